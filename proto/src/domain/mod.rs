@@ -1,0 +1,11 @@
+//! Domain types with validating parsers. Everything that arrives from the wire,
+//! a config file or a command line is parsed into these before use.
+
+mod names;
+mod version;
+
+#[cfg(test)]
+mod tests;
+
+pub use names::{Domain, HostId, NameError, RecipeName};
+pub use version::{CoopVersion, VersionChange, VersionError, MAX_VERSION_LENGTH};

@@ -1,0 +1,25 @@
+//! The ccfleet wire contract and domain types.
+//!
+//! `pb` holds the code generated from `proto/ccfleet/v1/*.proto`; `domain`
+//! holds the validated types (versions, names) that the rest of the workspace
+//! uses. Wire types stay in this crate's `pb` module and are converted at each
+//! side's edge; they never reach storage or abra.
+
+pub mod domain;
+
+/// Generated protobuf messages and gRPC clients and servers.
+#[allow(clippy::all, missing_docs)] // generated code, not ours to lint
+pub mod pb {
+    tonic::include_proto!("ccfleet.v1");
+
+    /// Encoded descriptors of every ccfleet `.proto`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ccfleet_descriptor");
+}
+
+pub use domain::{CoopVersion, Domain, HostId, NameError, RecipeName, VersionChange, VersionError};
+
+/// Upper bound on one decoded gRPC message, set explicitly on every client and
+/// service. The largest legitimate message is a full inventory (a few hundred
+/// apps of a few hundred bytes each); 4 MiB leaves ample headroom while
+/// refusing anything absurd.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,196 @@
+//! The Agent service: one stream per host. Registers the host on Hello,
+//! stores its observed inventory and durable events exactly once, and tracks
+//! liveness in `Fleet`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccfleet_proto::pb::{self, agent_message::Body, server_message};
+use ccfleet_proto::HostId;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::internal;
+use crate::fleet::Fleet;
+use crate::store::{now_millis, AgentEvent, EventOutcome, StoreHandle};
+
+/// Messages queued for one agent's stream before the sender waits.
+const OUTBOUND_QUEUE: usize = 32;
+
+pub struct AgentService {
+    pub store: StoreHandle,
+    pub fleet: Arc<Fleet>,
+    /// Interval the server asks agents to heartbeat at.
+    pub heartbeat_interval: Duration,
+    /// How long a new stream may take to send its Hello.
+    pub hello_timeout: Duration,
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    type ConnectStream = ServerStream;
+
+    async fn connect(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<ServerStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within the hello timeout"))??
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its hello"))?;
+        let Some(Body::Hello(hello)) = first.body else {
+            return Err(Status::invalid_argument(
+                "the first message on an agent stream must be a hello",
+            ));
+        };
+        let host_id = convert::host_id("hello.host_id", &hello.host_id)?;
+        let facts = convert::facts(hello.facts)?;
+        let now = now_millis();
+        let inventory = convert::inventory(hello.inventory, now)?;
+        let agent_version = hello.agent_version.chars().take(64).collect::<String>();
+        let registered = {
+            let host_id = host_id.clone();
+            self.store
+                .write(move |store| store.register_host(&host_id, &agent_version, &facts, &inventory, now))
+                .await
+                .map_err(internal)?
+        };
+        tracing::info!(host = %host_id, ?peer, apps = registered.app_count, "agent connected");
+
+        let ticket = self.fleet.connect(&host_id);
+        let (outbound, outbound_stream) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = pb::Welcome {
+            last_seq: registered.last_seq,
+            heartbeat_interval_seconds: self.heartbeat_interval.as_secs().max(1) as u32,
+        };
+        outbound
+            .send(Ok(pb::ServerMessage {
+                body: Some(server_message::Body::Welcome(welcome)),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("the agent went away"))?;
+
+        let session = StreamSession {
+            store: self.store.clone(),
+            fleet: self.fleet.clone(),
+            host_id,
+            connection_id: ticket.connection_id,
+            outbound,
+        };
+        tokio::spawn(session.run(inbound, ticket.closed));
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound_stream))))
+    }
+}
+
+/// The task that owns one agent stream after its hello.
+struct StreamSession {
+    store: StoreHandle,
+    fleet: Arc<Fleet>,
+    host_id: HostId,
+    connection_id: u64,
+    outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+}
+
+impl StreamSession {
+    async fn run(self, mut inbound: Streaming<pb::AgentMessage>, mut closed: tokio::sync::watch::Receiver<bool>) {
+        let ending = loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        self.fleet.touch(&self.host_id, self.connection_id);
+                        if let Err(status) = self.handle(message).await {
+                            tracing::warn!(host = %self.host_id, %status, "refusing agent message");
+                            let _ = self.outbound.send(Err(status)).await;
+                            break "refused a message";
+                        }
+                    }
+                    Ok(None) => break "stream closed by the agent",
+                    Err(status) => {
+                        tracing::debug!(host = %self.host_id, %status, "agent stream error");
+                        break "stream error";
+                    }
+                },
+                _ = closed.changed() => {
+                    let _ = self.outbound.try_send(Err(Status::unavailable(
+                        "session closed by the server (heartbeat timeout or a newer connection)",
+                    )));
+                    break "closed by the server";
+                }
+            }
+        };
+        let went_offline = self.fleet.disconnect(&self.host_id, self.connection_id);
+        tracing::info!(host = %self.host_id, reason = ending, went_offline, "agent stream ended");
+        if went_offline || *closed.borrow() {
+            record_last_seen(&self.store, &self.host_id).await;
+        }
+    }
+
+    async fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
+        let seq = message.seq;
+        let event = match message.body {
+            Some(Body::Heartbeat(_)) => return Ok(()),
+            Some(Body::Hello(_)) => return Err(Status::invalid_argument("hello may only be the first message")),
+            None => return Err(Status::invalid_argument("message without a body")),
+            Some(Body::Inventory(update)) => AgentEvent::Inventory(convert::inventory(update.inventory, now_millis())?),
+            Some(Body::Progress(progress)) => AgentEvent::Progress {
+                operation_id: convert::operation_id(&progress.operation_id)?,
+                domain: convert::domain("progress.domain", &progress.domain)?,
+                phase: convert::phase(progress.phase),
+                message: convert::progress_fields(&progress.message)?,
+            },
+            Some(Body::Result(result)) => {
+                let (from_version, to_version) = convert::versions(&result.from_version, &result.to_version)?;
+                AgentEvent::Result {
+                    operation_id: convert::operation_id(&result.operation_id)?,
+                    domain: convert::domain("result.domain", &result.domain)?,
+                    outcome: convert::outcome(result.outcome),
+                    from_version,
+                    to_version,
+                    message: convert::progress_fields(&result.message)?,
+                }
+            }
+        };
+        if seq == 0 {
+            return Err(Status::invalid_argument(
+                "durable events need a sequence number of 1 or more",
+            ));
+        }
+        let host_id = self.host_id.clone();
+        let outcome = self
+            .store
+            .write(move |store| store.apply_event(&host_id, seq, &event))
+            .await
+            .map_err(internal)?;
+        if outcome == EventOutcome::Duplicate {
+            tracing::debug!(host = %self.host_id, seq, "duplicate event ignored");
+        }
+        self.outbound
+            .send(Ok(pb::ServerMessage {
+                body: Some(server_message::Body::Ack(pb::Ack { seq })),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("the agent went away"))
+    }
+}
+
+/// Writes the coarse last-seen time when a session ends.
+async fn record_last_seen(store: &StoreHandle, host_id: &HostId) {
+    let host_id = host_id.clone();
+    let result = store
+        .write(move |store| {
+            if let Some(mut host) = store.host(&host_id)? {
+                host.last_seen = now_millis();
+                store.put_host(&host)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "cannot record last-seen time");
+    }
+}

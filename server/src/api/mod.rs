@@ -1,0 +1,15 @@
+//! gRPC services. Wire messages are converted to store records in `convert`;
+//! every `Status` for an internal failure is made by `internal`.
+
+pub mod admin;
+pub mod agent;
+pub mod convert;
+
+use crate::store::StoreError;
+
+/// The one place a storage failure becomes a gRPC status: logged in full
+/// here, reported to the caller without internals.
+pub fn internal(error: StoreError) -> tonic::Status {
+    tracing::error!(error = %error, source = ?std::error::Error::source(&error), "store failure");
+    tonic::Status::internal("the server could not access its state; see its log")
+}

@@ -1,0 +1,166 @@
+//! Connected agents: who is online, and the way to reach each one's stream.
+//!
+//! This is in-memory state only. Liveness changes with every heartbeat, which
+//! is far too often for storage (DESIGN.md, "Storage"); the store receives the
+//! coarse last-seen time when a session ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use ccfleet_proto::HostId;
+use tokio::sync::watch;
+
+/// One agent's open stream.
+struct Session {
+    /// Distinguishes this stream from an older or newer one of the same host.
+    connection_id: u64,
+    last_seen: Instant,
+    /// Set to true to ask the stream's task to end.
+    close: watch::Sender<bool>,
+}
+
+/// Registry of agent sessions. The lock is held for map operations only,
+/// never across I/O or an await.
+pub struct Fleet {
+    sessions: Mutex<HashMap<HostId, Session>>,
+    next_connection_id: std::sync::atomic::AtomicU64,
+    heartbeat_timeout: Duration,
+}
+
+/// What a stream's task holds: its identity and the signal that ends it.
+pub struct SessionTicket {
+    pub connection_id: u64,
+    pub closed: watch::Receiver<bool>,
+}
+
+impl Fleet {
+    pub fn new(heartbeat_timeout: Duration) -> Fleet {
+        Fleet {
+            sessions: Mutex::new(HashMap::new()),
+            next_connection_id: std::sync::atomic::AtomicU64::new(1),
+            heartbeat_timeout,
+        }
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Session>> {
+        // A panic while holding this lock leaves plain data behind; carry on.
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new stream for `host_id`. An older stream of the same host
+    /// is told to close: the newest connection wins.
+    pub fn connect(&self, host_id: &HostId) -> SessionTicket {
+        let connection_id = self
+            .next_connection_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (close, closed) = watch::channel(false);
+        let session = Session {
+            connection_id,
+            last_seen: Instant::now(),
+            close,
+        };
+        if let Some(previous) = self.sessions().insert(host_id.clone(), session) {
+            let _ = previous.close.send(true);
+        }
+        SessionTicket { connection_id, closed }
+    }
+
+    /// Notes that the stream `connection_id` of `host_id` showed signs of life.
+    pub fn touch(&self, host_id: &HostId, connection_id: u64) {
+        if let Some(session) = self.sessions().get_mut(host_id) {
+            if session.connection_id == connection_id {
+                session.last_seen = Instant::now();
+            }
+        }
+    }
+
+    /// Removes the stream `connection_id` of `host_id`, unless a newer one
+    /// replaced it. Returns whether the host went offline.
+    pub fn disconnect(&self, host_id: &HostId, connection_id: u64) -> bool {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(host_id)
+            .is_some_and(|session| session.connection_id == connection_id)
+        {
+            sessions.remove(host_id);
+            return true;
+        }
+        false
+    }
+
+    /// Whether `host_id` has an open stream that sent something within the
+    /// heartbeat timeout.
+    pub fn is_online(&self, host_id: &HostId) -> bool {
+        self.sessions()
+            .get(host_id)
+            .is_some_and(|session| session.last_seen.elapsed() <= self.heartbeat_timeout)
+    }
+
+    /// Closes every stream that has been silent for longer than the heartbeat
+    /// timeout, and returns their hosts.
+    pub fn expire_silent(&self) -> Vec<HostId> {
+        let mut expired = Vec::new();
+        self.sessions().retain(|host_id, session| {
+            if session.last_seen.elapsed() > self.heartbeat_timeout {
+                let _ = session.close.send(true);
+                expired.push(host_id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        expired
+    }
+
+    /// Number of open streams.
+    pub fn online_count(&self) -> usize {
+        self.sessions().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostId {
+        name.parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_sessions_expire_after_the_timeout() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let mut ticket = fleet.connect(&host("a"));
+        let _other = fleet.connect(&host("b"));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        fleet.touch(&host("b"), 2);
+        assert!(fleet.is_online(&host("a")));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!fleet.is_online(&host("a")), "a was silent for 12s");
+        assert!(fleet.is_online(&host("b")), "b was touched 6s ago");
+        assert_eq!(fleet.expire_silent(), vec![host("a")]);
+        assert!(*ticket.closed.borrow_and_update(), "a's stream was told to close");
+        assert_eq!(fleet.online_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_replaces_the_old_one() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let mut first = fleet.connect(&host("a"));
+        let second = fleet.connect(&host("a"));
+        assert!(*first.closed.borrow_and_update(), "the older stream is closed");
+        assert!(
+            !fleet.disconnect(&host("a"), first.connection_id),
+            "the old stream ending does not take the host offline"
+        );
+        assert!(fleet.is_online(&host("a")));
+        assert!(fleet.disconnect(&host("a"), second.connection_id));
+        assert!(!fleet.is_online(&host("a")));
+    }
+}

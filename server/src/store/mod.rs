@@ -1,0 +1,364 @@
+//! The fleet's durable state, and the only module that touches sled.
+//!
+//! `Store` is a small synchronous, typed API over a handful of sled trees.
+//! `StoreHandle` runs it on one dedicated OS thread and hands async callers a
+//! future per request: sled never runs on a tokio worker thread, writes are
+//! serialised by construction (so read-modify-write sequences need no locks),
+//! and every batch of requests that wrote something ends with one `flush`, so a
+//! caller that got an answer knows its write is on disk while a burst of
+//! writes costs one flush (DESIGN.md, "Storage").
+
+mod handle;
+mod records;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use ccfleet_proto::{HostId, RecipeName};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+pub use handle::StoreHandle;
+pub use records::*;
+
+/// Errors from the store. Each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("storage error")]
+    Sled(#[from] sled::Error),
+    #[error("cannot encode a record")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot decode a record in tree {tree}")]
+    Decode {
+        tree: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "record in tree {tree} has format {format}, this build reads format {}",
+        RECORD_FORMAT
+    )]
+    UnknownFormat { tree: &'static str, format: u8 },
+    #[error("host {0} is not registered")]
+    UnknownHost(HostId),
+    #[error("flushing the store failed: {0}")]
+    Flush(String),
+    #[error("the store thread has stopped")]
+    Stopped,
+}
+
+/// Outcome of applying a durable agent event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The event was new and is now stored.
+    Applied,
+    /// The event's sequence number was already applied; nothing changed.
+    Duplicate,
+}
+
+const HOSTS: &str = "hosts";
+const APPS: &str = "apps";
+const APPS_BY_RECIPE: &str = "apps_by_recipe";
+const OPERATIONS: &str = "operations";
+
+/// Separator inside composite keys. Every name in a key is a validated domain
+/// type, none of which can contain it.
+const SEPARATOR: u8 = 0;
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            key.push(SEPARATOR);
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn prefix(parts: &[&str]) -> Vec<u8> {
+    let mut prefix = key(parts);
+    prefix.push(SEPARATOR);
+    prefix
+}
+
+/// Synchronous typed access to the fleet database. Use it from one thread
+/// (see `StoreHandle`); tests use it directly.
+pub struct Store {
+    db: sled::Db,
+    hosts: sled::Tree,
+    apps: sled::Tree,
+    apps_by_recipe: sled::Tree,
+    operations: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `directory`.
+    pub fn open(directory: &Path) -> Result<Store, StoreError> {
+        let path = directory.join("fleet.sled");
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            hosts: db.open_tree(HOSTS)?,
+            apps: db.open_tree(APPS)?,
+            apps_by_recipe: db.open_tree(APPS_BY_RECIPE)?,
+            operations: db.open_tree(OPERATIONS)?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn host(&self, host_id: &HostId) -> Result<Option<HostRecord>, StoreError> {
+        self.hosts
+            .get(host_id.as_str())?
+            .map(|bytes| decode(HOSTS, &bytes))
+            .transpose()
+    }
+
+    /// Every host, sorted by id.
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.hosts.iter().map(|entry| decode(HOSTS, &entry?.1)).collect()
+    }
+
+    /// Writes a host record as given (registration, facts, coarse last-seen).
+    pub fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.hosts.insert(host.host_id.as_str(), encode(host)?)?;
+        Ok(())
+    }
+
+    /// Records that a host said hello: creates it on first contact, updates
+    /// its facts and agent version, and replaces its inventory, atomically.
+    /// Returns the stored host record.
+    pub fn register_host(
+        &self,
+        host_id: &HostId,
+        agent_version: &str,
+        facts: &HostFactsRecord,
+        inventory: &[AppRecord],
+        now: UnixMillis,
+    ) -> Result<HostRecord, StoreError> {
+        let mut host = self.host(host_id)?.unwrap_or_else(|| HostRecord {
+            host_id: host_id.clone(),
+            registered_at: now,
+            last_seen: now,
+            agent_version: String::new(),
+            facts: HostFactsRecord::default(),
+            last_seq: 0,
+            app_count: 0,
+        });
+        host.last_seen = now;
+        host.agent_version = agent_version.to_owned();
+        host.facts = facts.clone();
+        self.write_inventory(host, inventory)
+    }
+
+    /// Applies one durable event from `host_id` with sequence number `seq`,
+    /// unless an event with that number (or a later one) was already applied.
+    /// The event and the host's new `last_seq` are written atomically.
+    pub fn apply_event(&self, host_id: &HostId, seq: u64, event: &AgentEvent) -> Result<EventOutcome, StoreError> {
+        let mut host = self
+            .host(host_id)?
+            .ok_or_else(|| StoreError::UnknownHost(host_id.clone()))?;
+        if seq <= host.last_seq {
+            return Ok(EventOutcome::Duplicate);
+        }
+        host.last_seq = seq;
+        match event {
+            AgentEvent::Inventory(apps) => {
+                self.write_inventory(host, apps)?;
+            }
+            AgentEvent::Progress {
+                operation_id,
+                domain,
+                phase,
+                message,
+            } => {
+                let mut operation = self
+                    .operation(host_id, operation_id)?
+                    .unwrap_or_else(|| OperationRecord {
+                        host_id: host_id.clone(),
+                        operation_id: operation_id.clone(),
+                        domain: domain.clone(),
+                        phase: *phase,
+                        outcome: None,
+                        from_version: None,
+                        to_version: None,
+                        message: String::new(),
+                        updated_at: 0,
+                    });
+                operation.phase = *phase;
+                operation.message = message.clone();
+                operation.updated_at = now_millis();
+                self.write_operation(&host, &operation)?;
+            }
+            AgentEvent::Result {
+                operation_id,
+                domain,
+                outcome,
+                from_version,
+                to_version,
+                message,
+            } => {
+                let phase = self
+                    .operation(host_id, operation_id)?
+                    .map_or(OperationPhaseRecord::Unknown, |operation| operation.phase);
+                let operation = OperationRecord {
+                    host_id: host_id.clone(),
+                    operation_id: operation_id.clone(),
+                    domain: domain.clone(),
+                    phase,
+                    outcome: Some(*outcome),
+                    from_version: from_version.clone(),
+                    to_version: to_version.clone(),
+                    message: message.clone(),
+                    updated_at: now_millis(),
+                };
+                self.write_operation(&host, &operation)?;
+            }
+        }
+        Ok(EventOutcome::Applied)
+    }
+
+    pub fn operation(&self, host_id: &HostId, operation_id: &str) -> Result<Option<OperationRecord>, StoreError> {
+        self.operations
+            .get(key(&[host_id.as_str(), operation_id]))?
+            .map(|bytes| decode(OPERATIONS, &bytes))
+            .transpose()
+    }
+
+    fn write_operation(&self, host: &HostRecord, operation: &OperationRecord) -> Result<(), StoreError> {
+        let host_value = encode(host)?;
+        let operation_value = encode(operation)?;
+        let operation_key = key(&[host.host_id.as_str(), &operation.operation_id]);
+        (&self.hosts, &self.operations)
+            .transaction(|(hosts, operations)| {
+                hosts.insert(host.host_id.as_str(), host_value.clone())?;
+                operations.insert(operation_key.clone(), operation_value.clone())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// The apps of one host, sorted by domain.
+    pub fn host_apps(&self, host_id: &HostId) -> Result<Vec<AppRecord>, StoreError> {
+        self.apps
+            .scan_prefix(prefix(&[host_id.as_str()]))
+            .map(|entry| decode(APPS, &entry?.1))
+            .collect()
+    }
+
+    /// Every app on every host (sorted by host, then domain), or only those of
+    /// one recipe, found through the recipe index without a full scan.
+    pub fn apps(&self, recipe: Option<&RecipeName>) -> Result<Vec<(HostId, AppRecord)>, StoreError> {
+        let Some(recipe) = recipe else {
+            return self.all_apps();
+        };
+        let mut apps = Vec::new();
+        for entry in self.apps_by_recipe.scan_prefix(prefix(&[recipe.as_str()])) {
+            let (index_key, _) = entry?;
+            // recipe \0 host \0 domain -> host \0 domain
+            let app_key = &index_key[recipe.as_str().len() + 1..];
+            if let Some(bytes) = self.apps.get(app_key)? {
+                let app: AppRecord = decode(APPS, &bytes)?;
+                apps.push((host_of_app_key(app_key)?, app));
+            }
+        }
+        Ok(apps)
+    }
+
+    fn all_apps(&self) -> Result<Vec<(HostId, AppRecord)>, StoreError> {
+        self.apps
+            .iter()
+            .map(|entry| {
+                let (app_key, value) = entry?;
+                Ok((host_of_app_key(&app_key)?, decode(APPS, &value)?))
+            })
+            .collect()
+    }
+
+    /// Replaces a host's inventory with `inventory` and writes `host`,
+    /// atomically, touching only the apps that changed. Observations equal to
+    /// the stored ones keep their stored time, so an unchanged inventory
+    /// writes nothing but the host record.
+    fn write_inventory(&self, mut host: HostRecord, inventory: &[AppRecord]) -> Result<HostRecord, StoreError> {
+        let stored = self.host_apps(&host.host_id)?;
+        host.app_count = inventory.len() as u32;
+        let host_id = host.host_id.as_str();
+        let mut app_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut index_writes: Vec<(Vec<u8>, bool)> = Vec::new();
+        for old in &stored {
+            if !inventory.iter().any(|new| new.domain == old.domain) {
+                app_writes.push((key(&[host_id, old.domain.as_str()]), None));
+                index_writes.push((key(&[old.recipe.as_str(), host_id, old.domain.as_str()]), false));
+            }
+        }
+        for new in inventory {
+            let old = stored.iter().find(|old| old.domain == new.domain);
+            if old.is_some_and(|old| old.same_observation(new)) {
+                continue;
+            }
+            if let Some(old) = old.filter(|old| old.recipe != new.recipe) {
+                index_writes.push((key(&[old.recipe.as_str(), host_id, old.domain.as_str()]), false));
+            }
+            app_writes.push((key(&[host_id, new.domain.as_str()]), Some(encode(new)?)));
+            index_writes.push((key(&[new.recipe.as_str(), host_id, new.domain.as_str()]), true));
+        }
+        let host_value = encode(&host)?;
+        (&self.hosts, &self.apps, &self.apps_by_recipe)
+            .transaction(|(hosts, apps, index)| {
+                hosts.insert(host_id, host_value.clone())?;
+                for (app_key, value) in &app_writes {
+                    match value {
+                        Some(value) => apps.insert(app_key.clone(), value.clone())?,
+                        None => apps.remove(app_key.clone())?,
+                    };
+                }
+                for (index_key, present) in &index_writes {
+                    if *present {
+                        index.insert(index_key.clone(), &[])?;
+                    } else {
+                        index.remove(index_key.clone())?;
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)?;
+        Ok(host)
+    }
+}
+
+/// Our transactions never abort on purpose, so the only failure is storage.
+fn storage_error(error: TransactionError<()>) -> StoreError {
+    match error {
+        TransactionError::Storage(error) => StoreError::Sled(error),
+        TransactionError::Abort(()) => StoreError::Sled(sled::Error::ReportableBug("transaction aborted".into())),
+    }
+}
+
+fn host_of_app_key(app_key: &[u8]) -> Result<HostId, StoreError> {
+    let host = app_key.split(|byte| *byte == SEPARATOR).next().unwrap_or_default();
+    std::str::from_utf8(host)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(StoreError::UnknownFormat {
+            tree: APPS,
+            format: RECORD_FORMAT,
+        })
+}

@@ -1,0 +1,166 @@
+//! What the store keeps: plain serde records with a format version byte in
+//! front of each encoded value. Proto types never reach this module; the API
+//! layer converts at its edge.
+
+use std::collections::BTreeMap;
+
+use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Format version written in front of every record. Bump it when a record's
+/// encoding changes incompatibly, and teach `decode` to read the old one.
+pub const RECORD_FORMAT: u8 = 1;
+
+/// Milliseconds since the Unix epoch; the store's only time representation.
+pub type UnixMillis = u64;
+
+pub fn now_millis() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(super) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = vec![RECORD_FORMAT];
+    serde_json::to_writer(&mut bytes, record).map_err(StoreError::Encode)?;
+    Ok(bytes)
+}
+
+pub(super) fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, body)) => {
+            serde_json::from_slice(body).map_err(|source| StoreError::Decode { tree, source })
+        }
+        Some((&format, _)) => Err(StoreError::UnknownFormat { tree, format }),
+        None => Err(StoreError::UnknownFormat { tree, format: 0 }),
+    }
+}
+
+/// Facts an agent reported about its host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFactsRecord {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub docker_version: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One host of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: HostId,
+    pub registered_at: UnixMillis,
+    /// Last contact as last written; kept coarse on purpose (DESIGN.md,
+    /// "Storage": heartbeats are not persisted).
+    pub last_seen: UnixMillis,
+    pub agent_version: String,
+    pub facts: HostFactsRecord,
+    /// Highest durable event sequence number applied for this host.
+    pub last_seq: u64,
+    pub app_count: u32,
+}
+
+/// Observed state of an app, as the agent classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppStateRecord {
+    Unknown,
+    Converged,
+    Converging,
+    Degraded,
+    NotDeployed,
+}
+
+/// One app on one host, as last observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub domain: Domain,
+    pub recipe: RecipeName,
+    pub observed_version: Option<CoopVersion>,
+    pub declared_version: Option<CoopVersion>,
+    pub state: AppStateRecord,
+    pub desired_replicas: u32,
+    pub running_replicas: u32,
+    pub drift: Vec<String>,
+    pub chaos: bool,
+    /// When the server stored this observation.
+    pub observed_at: UnixMillis,
+}
+
+impl AppRecord {
+    /// Equal in everything the agent observed, ignoring when it was stored.
+    pub fn same_observation(&self, other: &AppRecord) -> bool {
+        AppRecord {
+            observed_at: 0,
+            ..self.clone()
+        } == AppRecord {
+            observed_at: 0,
+            ..other.clone()
+        }
+    }
+}
+
+/// Phase of an operation as last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationPhaseRecord {
+    Unknown,
+    Accepted,
+    Snapshotting,
+    Deploying,
+    Verifying,
+    RollingBack,
+}
+
+/// Final outcome of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationOutcomeRecord {
+    Unknown,
+    Succeeded,
+    RolledBack,
+    Held,
+    Failed,
+    Skipped,
+}
+
+/// What the server knows of one operation on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub host_id: HostId,
+    pub operation_id: String,
+    pub domain: Domain,
+    pub phase: OperationPhaseRecord,
+    pub outcome: Option<OperationOutcomeRecord>,
+    pub from_version: Option<CoopVersion>,
+    pub to_version: Option<CoopVersion>,
+    pub message: String,
+    pub updated_at: UnixMillis,
+}
+
+/// A durable event from an agent, applied at most once per sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// The complete observed inventory.
+    Inventory(Vec<AppRecord>),
+    /// An operation entered a phase.
+    Progress {
+        operation_id: String,
+        domain: Domain,
+        phase: OperationPhaseRecord,
+        message: String,
+    },
+    /// An operation finished.
+    Result {
+        operation_id: String,
+        domain: Domain,
+        outcome: OperationOutcomeRecord,
+        from_version: Option<CoopVersion>,
+        to_version: Option<CoopVersion>,
+        message: String,
+    },
+}

@@ -1,0 +1,305 @@
+//! The store's own test suite: the typed API, exactly-once events, the recipe
+//! index, durability across reopen, format versioning, and a stress run of
+//! the server's real write pattern through `StoreHandle`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+
+fn host(name: &str) -> HostId {
+    name.parse().unwrap()
+}
+
+fn app(domain: &str, recipe: &str, version: Option<&str>) -> AppRecord {
+    AppRecord {
+        domain: domain.parse().unwrap(),
+        recipe: recipe.parse().unwrap(),
+        observed_version: version.map(|v| v.parse().unwrap()),
+        declared_version: version.map(|v| v.parse().unwrap()),
+        state: AppStateRecord::Converged,
+        desired_replicas: 1,
+        running_replicas: 1,
+        drift: vec![],
+        chaos: false,
+        observed_at: 1,
+    }
+}
+
+fn facts() -> HostFactsRecord {
+    HostFactsRecord {
+        hostname: "web-1".into(),
+        os: "NixOS".into(),
+        arch: "x86_64".into(),
+        docker_version: "28.2.2".into(),
+        labels: BTreeMap::from([("site".into(), "berlin".into())]),
+    }
+}
+
+fn listing(store: &Store, recipe: Option<&str>) -> Vec<String> {
+    let recipe = recipe.map(|r| r.parse::<RecipeName>().unwrap());
+    store
+        .apps(recipe.as_ref())
+        .unwrap()
+        .into_iter()
+        .map(|(host, app)| {
+            format!(
+                "{host} {} {} {}",
+                app.domain,
+                app.recipe,
+                app.observed_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn register_then_replace_inventory_keeps_the_index_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store
+        .register_host(
+            &web,
+            "0.1.0",
+            &facts(),
+            &[
+                app("blog.example.org", "ghost", Some("1.0.0+5.0")),
+                app("wiki.example.org", "hedgedoc", Some("2.0.0+1.9")),
+            ],
+            10,
+        )
+        .unwrap();
+    assert_eq!(
+        listing(&store, Some("ghost")),
+        ["web-1 blog.example.org ghost 1.0.0+5.0"]
+    );
+
+    // The blog is upgraded, the wiki removed, a new app appears.
+    let outcome = store
+        .apply_event(
+            &web,
+            1,
+            &AgentEvent::Inventory(vec![
+                app("blog.example.org", "ghost", Some("1.1.0+5.1")),
+                app("chat.example.org", "matrix-synapse", None),
+            ]),
+        )
+        .unwrap();
+    assert_eq!(outcome, EventOutcome::Applied);
+    assert_eq!(
+        listing(&store, None),
+        [
+            "web-1 blog.example.org ghost 1.1.0+5.1",
+            "web-1 chat.example.org matrix-synapse -"
+        ]
+    );
+    assert_eq!(
+        listing(&store, Some("hedgedoc")),
+        Vec::<String>::new(),
+        "the index forgot the removed app"
+    );
+    let stored = store.host(&web).unwrap().unwrap();
+    assert_eq!((stored.last_seq, stored.app_count, stored.registered_at), (1, 2, 10));
+}
+
+#[test]
+fn a_recipe_change_of_one_domain_moves_it_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store
+        .register_host(
+            &web,
+            "0.1.0",
+            &facts(),
+            &[app("site.example.org", "custom-html", Some("1.0.0"))],
+            1,
+        )
+        .unwrap();
+    store
+        .apply_event(
+            &web,
+            1,
+            &AgentEvent::Inventory(vec![app("site.example.org", "custom-html-tiny", Some("1.0.0"))]),
+        )
+        .unwrap();
+    assert_eq!(listing(&store, Some("custom-html")), Vec::<String>::new());
+    assert_eq!(
+        listing(&store, Some("custom-html-tiny")),
+        ["web-1 site.example.org custom-html-tiny 1.0.0"]
+    );
+}
+
+#[test]
+fn events_apply_once_per_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store.register_host(&web, "0.1.0", &facts(), &[], 1).unwrap();
+    let result = AgentEvent::Result {
+        operation_id: "op-1".into(),
+        domain: "blog.example.org".parse().unwrap(),
+        outcome: OperationOutcomeRecord::Succeeded,
+        from_version: Some("1.0.0".parse().unwrap()),
+        to_version: Some("1.1.0".parse().unwrap()),
+        message: "ok".into(),
+    };
+    assert_eq!(store.apply_event(&web, 1, &result).unwrap(), EventOutcome::Applied);
+    assert_eq!(store.apply_event(&web, 1, &result).unwrap(), EventOutcome::Duplicate);
+    // A stale inventory re-sent after a reconnect must not overwrite newer state.
+    assert_eq!(
+        store
+            .apply_event(
+                &web,
+                1,
+                &AgentEvent::Inventory(vec![app("x.example.org", "ghost", None)])
+            )
+            .unwrap(),
+        EventOutcome::Duplicate
+    );
+    assert_eq!(listing(&store, None), Vec::<String>::new());
+    let operation = store.operation(&web, "op-1").unwrap().unwrap();
+    assert_eq!(operation.outcome, Some(OperationOutcomeRecord::Succeeded));
+}
+
+#[test]
+fn events_for_unknown_hosts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let error = store
+        .apply_event(&host("ghost-host"), 1, &AgentEvent::Inventory(vec![]))
+        .unwrap_err();
+    assert_eq!(error.to_string(), "host ghost-host is not registered");
+}
+
+#[test]
+fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .register_host(
+                &host("web-1"),
+                "0.1.0",
+                &facts(),
+                &[app("blog.example.org", "ghost", Some("1.0.0"))],
+                5,
+            )
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.hosts().unwrap().len(), 1);
+    assert_eq!(store.host(&host("web-1")).unwrap().unwrap().facts, facts());
+    assert_eq!(listing(&store, Some("ghost")), ["web-1 blog.example.org ghost 1.0.0"]);
+}
+
+#[test]
+fn records_of_an_unknown_format_are_reported_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.hosts.insert("web-1", b"\x09{}".to_vec()).unwrap();
+    let error = store.host(&host("web-1")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "record in tree hosts has format 9, this build reads format 1"
+    );
+    store.hosts.insert("web-2", vec![RECORD_FORMAT, b'x']).unwrap();
+    assert_eq!(
+        store.host(&host("web-2")).unwrap_err().to_string(),
+        "cannot decode a record in tree hosts"
+    );
+}
+
+#[test]
+fn an_unchanged_inventory_keeps_observation_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store
+        .register_host(
+            &web,
+            "0.1.0",
+            &facts(),
+            &[app("blog.example.org", "ghost", Some("1.0.0"))],
+            1,
+        )
+        .unwrap();
+    let mut again = app("blog.example.org", "ghost", Some("1.0.0"));
+    again.observed_at = 99;
+    store.apply_event(&web, 1, &AgentEvent::Inventory(vec![again])).unwrap();
+    assert_eq!(store.host_apps(&web).unwrap()[0].observed_at, 1);
+}
+
+/// The server's real write pattern, through the store thread: many hosts
+/// connecting, each sending a burst of inventory updates and operation events
+/// concurrently, interleaved with admin reads. A hang in sled (DESIGN.md,
+/// "Storage") shows as the watchdog firing; the counts prove nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_of_the_real_write_pattern() {
+    const HOSTS: usize = 200;
+    const UPDATES_PER_HOST: u64 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = StoreHandle::open(dir.path()).unwrap();
+    let work = async {
+        let mut tasks = Vec::new();
+        for index in 0..HOSTS {
+            let handle = handle.clone();
+            tasks.push(tokio::spawn(async move {
+                let host_id = host(&format!("host-{index}"));
+                let id = host_id.clone();
+                handle
+                    .write(move |store| store.register_host(&id, "0.1.0", &facts(), &[], 1))
+                    .await
+                    .unwrap();
+                for seq in 1..=UPDATES_PER_HOST {
+                    let id = host_id.clone();
+                    let version = format!("1.{seq}.0+6.42.0-alpine");
+                    let event = if seq % 5 == 0 {
+                        AgentEvent::Progress {
+                            operation_id: format!("op-{seq}"),
+                            domain: "blog.example.org".parse().unwrap(),
+                            phase: OperationPhaseRecord::Deploying,
+                            message: "x".repeat(1500),
+                        }
+                    } else {
+                        AgentEvent::Inventory(vec![
+                            app("blog.example.org", "ghost", Some(&version)),
+                            app("chat.example.org", "matrix-synapse", Some("2.0.0+1.100")),
+                        ])
+                    };
+                    handle
+                        .write(move |store| store.apply_event(&id, seq, &event))
+                        .await
+                        .unwrap();
+                    if seq % 10 == 0 {
+                        handle
+                            .read(|store| store.apps(Some(&"ghost".parse().unwrap())))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("store writes stalled for 120 s: possible sled deadlock (DESIGN.md, Storage)");
+    let hosts = handle.read(|store| store.hosts()).await.unwrap();
+    assert_eq!(hosts.len(), HOSTS);
+    assert!(hosts.iter().all(|host| host.last_seq == UPDATES_PER_HOST));
+    let ghosts = handle
+        .read(|store| store.apps(Some(&"ghost".parse().unwrap())))
+        .await
+        .unwrap();
+    assert_eq!(ghosts.len(), HOSTS);
+    assert!(ghosts
+        .iter()
+        .all(|(_, app)| app.observed_version.as_ref().unwrap().to_string() == "1.24.0+6.42.0-alpine"));
+}
