@@ -1,0 +1,51 @@
+//! Shared helpers for the end-to-end tests: locating the workspace's real
+//! binaries, starting the real server on a free port, and polling for
+//! conditions with a deadline instead of sleeping.
+
+pub mod server;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Path of one of the workspace's binaries (`ccfleet-server`, `ccfleet-agent`,
+/// `ccfleet`), built by `cargo build --workspace` next to the test executable's
+/// `deps/` directory. Panics with the command to run when it is missing, so a
+/// test never passes against nothing.
+pub fn binary(name: &str) -> PathBuf {
+    let test_executable = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
+    let profile_dir = test_executable
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (README.md, \"Tests\")",
+        path.display()
+    );
+    path
+}
+
+/// Polls `condition` until it returns `Some`, or panics after `deadline` with
+/// `what` and the last observation. This is how tests wait for the system to
+/// reach a state: on the event, bounded, never a bare sleep.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("never observed");
+    // Polls are spaced by a ticker, not used for synchronisation: the loop ends
+    // on the condition, and the deadline bounds it.
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    while start.elapsed() < deadline {
+        ticker.tick().await;
+        match condition().await {
+            Ok(value) => return value,
+            Err(observation) => last = observation,
+        }
+    }
+    panic!("timed out after {deadline:?} waiting for {what}; last observation: {last}");
+}

@@ -1,0 +1,440 @@
+//! The foundation's vertical slice: test agents stream to the real server,
+//! the real CLI shows exactly what they reported, state survives a killed
+//! server, and silent or departed hosts go offline.
+
+use std::time::Duration;
+
+use ccfleet_proto::pb;
+use ccfleet_tests::server::{observed, run_cli, TestAgent, TestServer};
+use ccfleet_tests::wait_for;
+use serde_json::{json, Value};
+
+fn fleet_inventories() -> Vec<(&'static str, Vec<pb::ObservedApp>)> {
+    vec![
+        (
+            "web-1",
+            vec![
+                observed("blog.coop.example", "ghost", "1.3.0+6.42.0-alpine"),
+                observed("wiki.coop.example", "hedgedoc", "2.1.0+1.10.0"),
+            ],
+        ),
+        (
+            "web-2",
+            vec![
+                observed("news.coop.example", "ghost", "1.4.0+6.43.0-alpine"),
+                observed("chat.coop.example", "matrix-synapse", "5.0.0+v1.120.0"),
+            ],
+        ),
+        (
+            "web-3",
+            vec![observed("blog.other.example", "ghost", "1.3.0+6.42.0-alpine")],
+        ),
+    ]
+}
+
+/// (host, status, app_count) for every host in `ccfleet --json hosts`.
+fn host_summary(hosts: &Value) -> Vec<(String, String, u64)> {
+    hosts
+        .as_array()
+        .expect("hosts is a JSON array")
+        .iter()
+        .map(|host| {
+            (
+                host["host_id"].as_str().unwrap().to_owned(),
+                host["status"].as_str().unwrap().to_owned(),
+                host["app_count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn app_summary(apps: &Value) -> Vec<String> {
+    apps.as_array()
+        .expect("apps is a JSON array")
+        .iter()
+        .map(|app| {
+            format!(
+                "{} {} {} {}",
+                app["host_id"].as_str().unwrap(),
+                app["domain"].as_str().unwrap(),
+                app["recipe"].as_str().unwrap(),
+                app["version"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+fn summary(rows: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    rows.iter()
+        .map(|(host, status, count)| (host.to_string(), status.to_string(), *count))
+        .collect()
+}
+
+async fn wait_for_hosts(server: &TestServer, expected: Vec<(String, String, u64)>) {
+    wait_for("the host list", Duration::from_secs(30), || {
+        let actual = host_summary(&server.cli_json(&["hosts"]));
+        let expected = expected.clone();
+        async move {
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(format!("{actual:?}"))
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_are_shown_exactly_and_survive_a_killed_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, &[]);
+    let mut agents = Vec::new();
+    for (host, apps) in fleet_inventories() {
+        let agent = TestAgent::connect(server.channel().await, host, apps)
+            .await
+            .expect("hello accepted");
+        assert_eq!(agent.welcome.last_seq, 0, "a new host has no stored events");
+        agents.push(agent);
+    }
+
+    let hosts = server.cli_json(&["hosts"]);
+    assert_eq!(
+        host_summary(&hosts),
+        summary(&[("web-1", "online", 2), ("web-2", "online", 2), ("web-3", "online", 1)])
+    );
+    assert_eq!(hosts[0]["agent_version"], "0.1.0-test");
+    assert_eq!(hosts[0]["labels"], json!({"site": "test"}));
+    assert_eq!(hosts[0]["os"], "NixOS 25.05");
+
+    let apps = server.cli_json(&["apps"]);
+    assert_eq!(
+        app_summary(&apps),
+        [
+            "web-1 blog.coop.example ghost 1.3.0+6.42.0-alpine",
+            "web-1 wiki.coop.example hedgedoc 2.1.0+1.10.0",
+            "web-2 chat.coop.example matrix-synapse 5.0.0+v1.120.0",
+            "web-2 news.coop.example ghost 1.4.0+6.43.0-alpine",
+            "web-3 blog.other.example ghost 1.3.0+6.42.0-alpine",
+        ]
+    );
+    assert_eq!(apps[0]["state"], "converged");
+    assert_eq!(apps[0]["replicas"], "1/1");
+    assert_eq!(
+        app_summary(&server.cli_json(&["apps", "--recipe", "ghost"])),
+        [
+            "web-1 blog.coop.example ghost 1.3.0+6.42.0-alpine",
+            "web-2 news.coop.example ghost 1.4.0+6.43.0-alpine",
+            "web-3 blog.other.example ghost 1.3.0+6.42.0-alpine",
+        ]
+    );
+
+    let versions = server.cli_json(&["versions", "ghost"]);
+    let groups: Vec<(String, Vec<String>)> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| {
+            let hosts = group["apps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|app| app["host_id"].as_str().unwrap().to_owned())
+                .collect();
+            (group["version"].as_str().unwrap().to_owned(), hosts)
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("1.4.0+6.43.0-alpine".to_string(), vec!["web-2".to_string()]),
+            (
+                "1.3.0+6.42.0-alpine".to_string(),
+                vec!["web-1".to_string(), "web-3".to_string()]
+            ),
+        ],
+        "newest first, hosts grouped by version"
+    );
+    assert_eq!(versions["recipe"], "ghost");
+
+    // An inventory update is acknowledged once it is stored; the people's
+    // table shows it too.
+    let web1 = &mut agents[0];
+    let acked = web1
+        .send_inventory(1, vec![observed("blog.coop.example", "ghost", "1.4.0+6.43.0-alpine")])
+        .await
+        .expect("update accepted");
+    assert_eq!(acked, 1);
+    let table = server.cli(&["versions", "ghost"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("1.4.0+6.43.0-alpine") && table.contains("blog.coop.example (web-1)"),
+        "{table}"
+    );
+
+    // SIGKILL: whatever was acknowledged must be on disk.
+    server.kill();
+    drop(agents);
+    let server = TestServer::start(&data, &[]);
+    assert_eq!(
+        host_summary(&server.cli_json(&["hosts"])),
+        summary(&[
+            ("web-1", "offline", 1),
+            ("web-2", "offline", 2),
+            ("web-3", "offline", 1)
+        ]),
+        "every host is known after the restart, and offline until it reconnects"
+    );
+    assert_eq!(
+        app_summary(&server.cli_json(&["apps", "--recipe", "ghost"])),
+        [
+            "web-1 blog.coop.example ghost 1.4.0+6.43.0-alpine",
+            "web-2 news.coop.example ghost 1.4.0+6.43.0-alpine",
+            "web-3 blog.other.example ghost 1.3.0+6.42.0-alpine",
+        ]
+    );
+
+    // The agent reconnects and learns which events the server already has.
+    let web1 = TestAgent::connect(
+        server.channel().await,
+        "web-1",
+        vec![observed("blog.coop.example", "ghost", "1.4.0+6.43.0-alpine")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(web1.welcome.last_seq, 1);
+    assert_eq!(
+        host_summary(&server.cli_json(&["hosts"]))[0],
+        ("web-1".to_string(), "online".to_string(), 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_goes_offline_after_the_heartbeat_timeout_and_a_live_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &["--heartbeat-interval", "1s", "--heartbeat-timeout", "3s"],
+    );
+    let silent = TestAgent::connect(server.channel().await, "silent", vec![])
+        .await
+        .unwrap();
+    let live = TestAgent::connect(server.channel().await, "live", vec![])
+        .await
+        .unwrap();
+    assert_eq!(live.welcome.heartbeat_interval_seconds, 1);
+    wait_for_hosts(&server, summary(&[("live", "online", 0), ("silent", "online", 0)])).await;
+
+    // The live agent heartbeats at the interval the server asked for; the
+    // silent one keeps its stream open but sends nothing.
+    let heartbeats = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            ticker.tick().await;
+            live.heartbeat().await;
+        }
+    });
+    wait_for_hosts(&server, summary(&[("live", "online", 0), ("silent", "offline", 0)])).await;
+    heartbeats.abort();
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_host_is_shown_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &["--heartbeat-interval", "1s", "--heartbeat-timeout", "3s"],
+    );
+    let agent = TestAgent::connect(
+        server.channel().await,
+        "leaving",
+        vec![observed("a.coop.example", "ghost", "1.0.0")],
+    )
+    .await
+    .unwrap();
+    wait_for_hosts(&server, summary(&[("leaving", "online", 1)])).await;
+    drop(agent);
+    wait_for_hosts(&server, summary(&[("leaving", "offline", 1)])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_events_are_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let mut agent = TestAgent::connect(server.channel().await, "web-1", vec![])
+        .await
+        .unwrap();
+    agent
+        .send_inventory(1, vec![observed("a.coop.example", "ghost", "1.0.0")])
+        .await
+        .unwrap();
+    agent
+        .send_inventory(2, vec![observed("a.coop.example", "ghost", "1.1.0")])
+        .await
+        .unwrap();
+    // A re-delivered older event (outbox replay after a reconnect) is
+    // acknowledged but must not roll the stored state back.
+    assert_eq!(
+        agent
+            .send_inventory(1, vec![observed("a.coop.example", "ghost", "1.0.0")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        app_summary(&server.cli_json(&["apps"])),
+        ["web-1 a.coop.example ghost 1.1.0"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_agent_input_is_refused_with_the_reason_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+
+    let refused = |result: Result<TestAgent, tonic::Status>| match result {
+        Ok(_) => panic!("the server accepted bad input"),
+        Err(status) => (status.code(), status.message().to_owned()),
+    };
+
+    let (code, message) = refused(TestAgent::connect(server.channel().await, "web;reboot", vec![]).await);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(
+        message.starts_with("hello.host_id: invalid host id \"web;reboot\": character ';'"),
+        "{message}"
+    );
+
+    let (code, message) = refused(TestAgent::connect(server.channel().await, "../etc", vec![]).await);
+    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+
+    let bad_version = vec![observed("a.coop.example", "ghost", "4.32.1_2")];
+    let (_, message) = refused(TestAgent::connect(server.channel().await, "web-1", bad_version).await);
+    assert!(
+        message.contains("inventory.apps[0].observed_version") && message.contains("old-style"),
+        "{message}"
+    );
+
+    let bad_domain = vec![observed("a.coop.example/../../x", "ghost", "1.0.0")];
+    let (_, message) = refused(TestAgent::connect(server.channel().await, "web-1", bad_domain).await);
+    assert!(message.contains("inventory.apps[0].domain"), "{message}");
+
+    let twice = vec![
+        observed("a.coop.example", "ghost", "1.0.0"),
+        observed("a.coop.example", "ghost", "1.0.0"),
+    ];
+    let (_, message) = refused(TestAgent::connect(server.channel().await, "web-1", twice).await);
+    assert!(message.contains("appears twice"), "{message}");
+
+    let heartbeat_first = pb::AgentMessage {
+        seq: 0,
+        body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})),
+    };
+    let (code, message) = refused(TestAgent::connect_with(server.channel().await, heartbeat_first, "x").await);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            tonic::Code::InvalidArgument,
+            "the first message on an agent stream must be a hello"
+        )
+    );
+
+    // Larger than the explicit 4 MiB message limit.
+    let huge = vec![pb::ObservedApp {
+        drift: vec!["x".repeat(4096); 1100],
+        ..observed("a.coop.example", "ghost", "1.0.0")
+    }];
+    let (code, message) = refused(TestAgent::connect(server.channel().await, "web-1", huge).await);
+    assert!(
+        matches!(code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        "{code:?} {message}"
+    );
+
+    assert_eq!(host_summary(&server.cli_json(&["hosts"])), vec![], "nothing was stored");
+
+    // Mid-stream: a valid host sending a bad event is cut off, its stored state unchanged.
+    let mut agent = TestAgent::connect(
+        server.channel().await,
+        "web-1",
+        vec![observed("a.coop.example", "ghost", "1.0.0")],
+    )
+    .await
+    .unwrap();
+    let status = agent
+        .send_inventory(1, vec![observed("a.coop.example", "gh ost", "1.0.0")])
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("inventory.apps[0].recipe"), "{status:?}");
+    let mut agent = TestAgent::connect(server.channel().await, "web-2", vec![])
+        .await
+        .unwrap();
+    let status = agent.send_inventory(0, vec![]).await.unwrap_err();
+    assert!(status.message().contains("sequence number"), "{status:?}");
+    assert_eq!(
+        app_summary(&server.cli_json(&["apps"])),
+        ["web-1 a.coop.example ghost 1.0.0"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_reports_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ccfleet.v1.Agent".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[test]
+fn the_cli_reports_an_unreachable_server_in_one_line_with_exit_code_3() {
+    // Bind and drop a listener so the port is free but nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let output = run_cli(&url, &["hosts"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: cannot reach the ccfleet server at {url}: Connection refused"
+        )),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn the_cli_refuses_bad_names_before_calling_the_server() {
+    let output = run_cli("http://127.0.0.1:9", &["versions", "../ghost"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("invalid recipe name \"../ghost\""), "{stderr}");
+}
+
+#[test]
+fn the_server_refuses_a_non_loopback_address_while_it_speaks_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(ccfleet_tests::binary("ccfleet-server"))
+        .args(["run", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests over the real binaries. One test binary for the crate
+//! (STYLE.md); each module covers one area.
+
+mod fleet;
+mod nix;
