@@ -1,0 +1,6 @@
+//! ccfleet host agent: reconciles the Co-op Cloud apps declared for this host through abra.
+//!
+//! Only the configuration is implemented so far; `main.rs` is a thin clap
+//! front end over this library.
+
+pub mod config;

@@ -1,0 +1,105 @@
+# `services.ccfleet-server`: the fleet server (gRPC over mTLS, sled state) as a hardened
+# systemd service with its own user.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption types;
+
+  cfg = config.services.ccfleet-server;
+  dataDir = "/var/lib/ccfleet-server";
+in
+{
+  options.services.ccfleet-server = {
+    enable = mkEnableOption "the ccfleet server, which tracks the fleet and runs staged rollouts";
+
+    package = lib.mkPackageOption pkgs "ccfleet" { };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "[::]";
+      example = "192.0.2.10";
+      description = "Address to listen on (IPv6 in brackets). The server speaks TLS only.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 7443;
+      description = "Port to listen on.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open `port` in the firewall for agents and admins.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Further arguments to `ccfleet-server run`.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    users.users.ccfleet-server = {
+      isSystemUser = true;
+      group = "ccfleet-server";
+      home = dataDir;
+      description = "ccfleet server";
+    };
+    users.groups.ccfleet-server = { };
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+
+    systemd.services.ccfleet-server = {
+      description = "ccfleet server";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([
+          (lib.getExe' cfg.package "ccfleet-server")
+          "run"
+          "--data"
+          dataDir
+          "--listen"
+          "${cfg.listenAddress}:${toString cfg.port}"
+        ] ++ cfg.extraArgs);
+        User = "ccfleet-server";
+        Group = "ccfleet-server";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        # sled and the CA keys live here; 0700 keeps the keys private.
+        StateDirectory = "ccfleet-server";
+        StateDirectoryMode = "0700";
+        UMask = "0077";
+        AmbientCapabilities = lib.optional (cfg.port < 1024) "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = lib.optional (cfg.port < 1024) "CAP_NET_BIND_SERVICE";
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateUsers = cfg.port >= 1024;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        RemoveIPC = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+        DevicePolicy = "closed";
+      };
+    };
+  };
+}

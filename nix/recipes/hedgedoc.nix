@@ -1,0 +1,8 @@
+# services.coop-cloud.hedgedoc: the `hedgedoc` recipe (health path and statefulness from ABRA.md).
+{ mkCcApp }:
+
+mkCcApp {
+  recipe = "hedgedoc";
+  healthPath = "/status";
+  stateful = true;
+}
