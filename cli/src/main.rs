@@ -4,31 +4,36 @@ mod exit;
 mod output;
 mod settings;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ccfleet_proto::pb::{self, admin_client::AdminClient};
-use ccfleet_proto::{RecipeName, MAX_MESSAGE_BYTES};
+use ccfleet_proto::tls::Credential;
+use ccfleet_proto::{HostId, RecipeName, MAX_MESSAGE_BYTES};
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::exit::Failure;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  unexpected error (bad config file, server-side failure)
-  2  usage error (unknown flag, invalid argument)
-  3  the server is unreachable
+  1  unexpected error (server-side failure, cannot write a file)
+  2  usage error (unknown flag, invalid argument, unusable config or credential file)
+  3  the server is unreachable (or the TLS handshake failed)
   4  the server refused the request (invalid input, not found, not allowed)
   5  the server does not support the request (older server version)";
 
 #[derive(Parser)]
 #[command(name = "ccfleet", version, about = "Operate a fleet of Co-op Cloud hosts", after_help = EXIT_CODES)]
 struct Cli {
-    /// Server URL [default: config file `server`, else http://127.0.0.1:7443].
+    /// Server URL [default: config file, else the credential's, else https://127.0.0.1:7443].
     #[arg(long, global = true, env = "CCFLEET_SERVER")]
     server: Option<String>,
+    /// Admin credential file [default: config file `credentials`, else ~/.config/ccfleet/credentials.toml].
+    #[arg(long, global = true, env = "CCFLEET_CREDENTIALS")]
+    credentials: Option<PathBuf>,
     /// Config file [default: ~/.config/ccfleet/config.toml].
     #[arg(long, global = true, env = "CCFLEET_CONFIG")]
     config: Option<PathBuf>,
@@ -54,9 +59,75 @@ enum Command {
         /// The recipe, e.g. `ghost`.
         recipe: RecipeName,
     },
+    /// Manage hosts.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Manage join tokens for enrolling hosts.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage admin credentials.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Forget a host and revoke its certificates; its next connection is refused.
+    Remove {
+        /// The host id.
+        host_id: HostId,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it (shown once; the server keeps a hash).
+    Create {
+        /// How long the token can be used, e.g. 1h, 2d (at most 31 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many hosts may enrol with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Label for hosts enrolled with this token, as key=value (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List join tokens (ids, expiry, uses left; never the secrets).
+    Ls,
+    /// Revoke a join token by id.
+    Revoke {
+        /// The token id (16 hex digits, as in `token ls`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make a credential for another admin: a key generated here, signed by the server.
+    Issue {
+        /// The admin's name (lowercase letters, digits, '-' and '.').
+        name: HostId,
+        /// Where to write the credential (created owner-only; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke every credential of an admin.
+    Revoke {
+        /// The admin's name.
+        name: HostId,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label {text:?} must be KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 fn main() {
+    ccfleet_proto::tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -69,14 +140,20 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<String, Failure> {
+    let usage = |error: anyhow::Error| Failure::Usage(format!("{error:#}"));
     let config_path = cli.config.clone().or_else(settings::default_config_path);
     let config = match &config_path {
-        Some(path) => settings::load_config(path).map_err(|error| Failure::Unexpected(format!("{error:#}")))?,
+        Some(path) => settings::load_config(path).map_err(usage)?,
         None => settings::ConfigFile::default(),
     };
-    let url = settings::server_url(cli.server.clone(), &config).map_err(|error| Failure::Usage(error.to_string()))?;
-    let mut client = connect(&url).await?;
+    let (credential_path, credential) = settings::load_credential(cli.credentials.clone(), &config).map_err(usage)?;
+    credential
+        .check()
+        .map_err(|error| Failure::Usage(format!("unusable credential {}: {error}", credential_path.display())))?;
+    let url = settings::server_url(cli.server.clone(), &config, Some(&credential.server)).map_err(usage)?;
+    let mut client = connect(&url, &credential).await?;
     let failure = |status| Failure::from_status(&url, status);
+    let json = cli.json;
     let text = match cli.command {
         Command::Hosts => {
             let response = client
@@ -85,7 +162,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(failure)?
                 .into_inner();
             let hosts: Vec<_> = response.hosts.iter().map(output::host).collect();
-            render(cli.json, &hosts, || output::hosts_table(&hosts))
+            render(json, &hosts, || output::hosts_table(&hosts))
         }
         Command::Apps { recipe } => {
             let request = pb::ListAppsRequest {
@@ -93,7 +170,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             };
             let response = client.list_apps(request).await.map_err(failure)?.into_inner();
             let apps: Vec<_> = response.apps.iter().map(output::app).collect();
-            render(cli.json, &apps, || output::apps_table(&apps))
+            render(json, &apps, || output::apps_table(&apps))
         }
         Command::Versions { recipe } => {
             let request = pb::RecipeVersionsRequest {
@@ -101,10 +178,121 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             };
             let response = client.recipe_versions(request).await.map_err(failure)?.into_inner();
             let versions = output::versions(&response);
-            render(cli.json, &versions, || output::versions_table(&versions))
+            render(json, &versions, || output::versions_table(&versions))
+        }
+        Command::Host(HostCommand::Remove { host_id }) => {
+            let request = pb::RemoveHostRequest {
+                host_id: host_id.to_string(),
+            };
+            let response = client.remove_host(request).await.map_err(failure)?.into_inner();
+            let result =
+                serde_json::json!({"host_id": host_id.as_str(), "revoked_certificates": response.revoked_certificates});
+            render(json, &result, || {
+                format!(
+                    "removed host {host_id}; revoked {} certificate(s)",
+                    response.revoked_certificates
+                )
+            })
+        }
+        Command::Token(TokenCommand::Create { ttl, uses, labels }) => {
+            let request = pb::CreateJoinTokenRequest {
+                ttl_seconds: ttl.as_secs().max(1),
+                uses,
+                labels: labels.into_iter().collect::<HashMap<_, _>>(),
+            };
+            let response = client.create_join_token(request).await.map_err(failure)?.into_inner();
+            let info = output::token(&response.info.unwrap_or_default());
+            let result = serde_json::json!({"token": response.token, "info": info});
+            // The token alone on stdout, so `ccfleet token create > token` works.
+            render(json, &result, || response.token.clone())
+        }
+        Command::Token(TokenCommand::Ls) => {
+            let response = client
+                .list_join_tokens(pb::ListJoinTokensRequest {})
+                .await
+                .map_err(failure)?
+                .into_inner();
+            let tokens: Vec<_> = response.tokens.iter().map(output::token).collect();
+            render(json, &tokens, || output::tokens_table(&tokens))
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            client
+                .revoke_join_token(pb::RevokeJoinTokenRequest { id: id.clone() })
+                .await
+                .map_err(failure)?;
+            render(json, &serde_json::json!({"revoked": id}), || {
+                format!("revoked join token {id}")
+            })
+        }
+        Command::Admin(AdminCommand::Issue { name, out }) => {
+            issue_admin(&mut client, &url, &name, &out, failure).await?;
+            render(
+                json,
+                &serde_json::json!({"name": name.as_str(), "credential": out}),
+                || format!("wrote the credential of admin {name} to {}", out.display()),
+            )
+        }
+        Command::Admin(AdminCommand::Revoke { name }) => {
+            let request = pb::RevokeAdminCredentialRequest { name: name.to_string() };
+            let response = client
+                .revoke_admin_credential(request)
+                .await
+                .map_err(failure)?
+                .into_inner();
+            render(
+                json,
+                &serde_json::json!({"name": name.as_str(), "revoked": response.revoked}),
+                || format!("revoked {} credential(s) of admin {name}", response.revoked),
+            )
         }
     };
     Ok(text)
+}
+
+async fn issue_admin(
+    client: &mut AdminClient<Channel>,
+    url: &str,
+    name: &HostId,
+    out: &Path,
+    failure: impl Fn(tonic::Status) -> Failure,
+) -> Result<(), Failure> {
+    if out.exists() {
+        return Err(Failure::Usage(format!(
+            "{} already exists; choose another --out",
+            out.display()
+        )));
+    }
+    let generated = ccfleet_proto::tls::generate_key_and_request(name.as_str())
+        .map_err(|error| Failure::Unexpected(error.to_string()))?;
+    let request = pb::IssueAdminCredentialRequest {
+        name: name.to_string(),
+        csr_pem: generated.csr_pem,
+    };
+    let response = client
+        .issue_admin_credential(request)
+        .await
+        .map_err(failure)?
+        .into_inner();
+    let credential = Credential {
+        server: url.to_owned(),
+        ca_certificate: response.ca_certificate_pem,
+        certificate: response.certificate_pem,
+        private_key: generated.private_key_pem,
+    };
+    let text = toml::to_string(&credential).map_err(|error| Failure::Unexpected(error.to_string()))?;
+    write_private(out, &text).map_err(|error| Failure::Unexpected(format!("cannot write {}: {error}", out.display())))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> String) -> String {
@@ -116,10 +304,9 @@ fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> St
     }
 }
 
-async fn connect(url: &str) -> Result<AdminClient<Channel>, Failure> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|error| Failure::Usage(format!("invalid server address {url:?}: {error}")))?
-        .connect_timeout(Duration::from_secs(5))
+async fn connect(url: &str, credential: &Credential) -> Result<AdminClient<Channel>, Failure> {
+    let endpoint = ccfleet_proto::tls::mtls_endpoint(url, credential)
+        .map_err(|error| Failure::Usage(error.to_string()))?
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|error| {
         Failure::Unreachable(format!(

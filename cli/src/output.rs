@@ -20,7 +20,10 @@ pub struct HostJson {
     pub os: String,
     pub arch: String,
     pub docker_version: String,
+    /// Labels from the host's join token and the agent's configuration.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Expiry of the host's certificate (RFC 3339); null if never enrolled.
+    pub certificate_not_after: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,7 +97,9 @@ pub fn host(host: &pb::Host) -> HostJson {
         os: facts.os,
         arch: facts.arch,
         docker_version: facts.docker_version,
-        labels: facts.labels.into_iter().collect(),
+        // Token labels first; the agent's own labels win on conflict.
+        labels: host.labels.clone().into_iter().chain(facts.labels).collect(),
+        certificate_not_after: time(host.certificate_not_after.as_ref()),
     }
 }
 
@@ -191,6 +196,42 @@ pub fn versions_table(versions: &VersionsJson) -> String {
             group.version.clone().unwrap_or_else(|| "unknown".into()),
             hosts.len().to_string(),
             apps.join("\n"),
+        ]);
+    }
+    table.to_string()
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenJson {
+    pub id: String,
+    pub created_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub uses_left: u32,
+    pub revoked: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+pub fn token(info: &pb::JoinTokenInfo) -> TokenJson {
+    TokenJson {
+        id: info.id.clone(),
+        created_at: time(info.created_at.as_ref()),
+        expires_at: time(info.expires_at.as_ref()),
+        uses_left: info.uses_left,
+        revoked: info.revoked,
+        labels: info.labels.clone().into_iter().collect(),
+    }
+}
+
+pub fn tokens_table(tokens: &[TokenJson]) -> String {
+    let mut table = table(&["ID", "EXPIRES", "USES LEFT", "REVOKED", "LABELS"]);
+    for token in tokens {
+        let labels: Vec<String> = token.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        table.add_row(vec![
+            token.id.clone(),
+            or_dash(&token.expires_at),
+            token.uses_left.to_string(),
+            if token.revoked { "yes" } else { "no" }.to_owned(),
+            labels.join(","),
         ]);
     }
     table.to_string()

@@ -7,18 +7,45 @@ use anyhow::Context;
 use serde::Deserialize;
 
 /// The address `ccfleet-server run` listens on by default.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7443";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7443";
 
 /// The CLI's config file (`~/.config/ccfleet/config.toml` by default).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Server URL, e.g. `http://127.0.0.1:7443`.
+    /// Server URL, e.g. `https://fleet.example.org:7443`.
     pub server: Option<String>,
+    /// Path of the admin credential file.
+    pub credentials: Option<PathBuf>,
 }
 
 pub fn default_config_path() -> Option<PathBuf> {
     dirs::config_dir().map(|dir| dir.join("ccfleet").join("config.toml"))
+}
+
+pub fn default_credentials_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|dir| dir.join("ccfleet").join("credentials.toml"))
+}
+
+/// Loads the admin credential: `--credentials`/`CCFLEET_CREDENTIALS`, then
+/// the config file's `credentials`, then `~/.config/ccfleet/credentials.toml`.
+pub fn load_credential(
+    flag_or_env: Option<PathBuf>,
+    config: &ConfigFile,
+) -> anyhow::Result<(PathBuf, ccfleet_proto::tls::Credential)> {
+    let path = flag_or_env
+        .or_else(|| config.credentials.clone())
+        .or_else(default_credentials_path)
+        .context("no credential: pass --credentials FILE or set CCFLEET_CREDENTIALS")?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the admin credential {} (the server's first one is <data>/admin-credential.toml; \
+             pass --credentials FILE, set CCFLEET_CREDENTIALS or copy it to ~/.config/ccfleet/credentials.toml)",
+            path.display()
+        )
+    })?;
+    let credential = toml::from_str(&text).with_context(|| format!("invalid credential file {}", path.display()))?;
+    Ok((path, credential))
 }
 
 /// Reads the config file; a missing file is an empty config, a broken one an error.
@@ -31,13 +58,18 @@ pub fn load_config(path: &Path) -> anyhow::Result<ConfigFile> {
 }
 
 /// Picks the server URL by precedence: flag or environment (clap merges the
-/// two), then the config file, then the default.
-pub fn server_url(flag_or_env: Option<String>, config: &ConfigFile) -> anyhow::Result<String> {
+/// two), then the config file, then the credential's, then the default.
+pub fn server_url(
+    flag_or_env: Option<String>,
+    config: &ConfigFile,
+    credential_server: Option<&str>,
+) -> anyhow::Result<String> {
     let url = flag_or_env
         .or_else(|| config.server.clone())
+        .or_else(|| credential_server.map(str::to_owned))
         .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        anyhow::bail!("server address {url:?} must start with http:// or https://");
+    if !url.starts_with("https://") {
+        anyhow::bail!("server address {url:?} must start with https:// (the server only speaks TLS)");
     }
     Ok(url)
 }
@@ -47,21 +79,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn precedence_is_flag_then_file_then_default() {
+    fn precedence_is_flag_then_file_then_credential_then_default() {
         let file = ConfigFile {
-            server: Some("http://127.0.0.2:7443".into()),
+            server: Some("https://127.0.0.2:7443".into()),
+            credentials: None,
         };
+        let credential = Some("https://127.0.0.3:7443");
         assert_eq!(
-            server_url(Some("http://[::1]:1".into()), &file).unwrap(),
-            "http://[::1]:1"
+            server_url(Some("https://[::1]:1".into()), &file, credential).unwrap(),
+            "https://[::1]:1"
         );
-        assert_eq!(server_url(None, &file).unwrap(), "http://127.0.0.2:7443");
-        assert_eq!(server_url(None, &ConfigFile::default()).unwrap(), DEFAULT_SERVER);
+        assert_eq!(server_url(None, &file, credential).unwrap(), "https://127.0.0.2:7443");
         assert_eq!(
-            server_url(Some("127.0.0.1:7443".into()), &file)
+            server_url(None, &ConfigFile::default(), credential).unwrap(),
+            "https://127.0.0.3:7443"
+        );
+        assert_eq!(server_url(None, &ConfigFile::default(), None).unwrap(), DEFAULT_SERVER);
+        assert_eq!(
+            server_url(Some("http://127.0.0.1:7443".into()), &file, None)
                 .unwrap_err()
                 .to_string(),
-            "server address \"127.0.0.1:7443\" must start with http:// or https://"
+            "server address \"http://127.0.0.1:7443\" must start with https:// (the server only speaks TLS)"
         );
     }
 

@@ -6,6 +6,7 @@
 //! side's edge; they never reach storage or abra.
 
 pub mod domain;
+pub mod tls;
 
 /// Generated protobuf messages and gRPC clients and servers.
 #[allow(clippy::all, missing_docs)] // generated code, not ours to lint

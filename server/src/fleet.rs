@@ -95,6 +95,13 @@ impl Fleet {
         false
     }
 
+    /// Closes the stream of `host_id`, if any (the host was removed).
+    pub fn close(&self, host_id: &HostId) {
+        if let Some(session) = self.sessions().remove(host_id) {
+            let _ = session.close.send(true);
+        }
+    }
+
     /// Whether `host_id` has an open stream that sent something within the
     /// heartbeat timeout.
     pub fn is_online(&self, host_id: &HostId) -> bool {

@@ -3,18 +3,23 @@
 //! the tests start it the same way.
 
 pub mod api;
+pub mod auth;
 pub mod fleet;
 pub mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ccfleet_proto::pb::{admin_server::AdminServer, agent_server::AgentServer};
+use ccfleet_proto::pb::{admin_server::AdminServer, agent_server::AgentServer, enrollment_server::EnrollmentServer};
 use ccfleet_proto::MAX_MESSAGE_BYTES;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::auth::ca::CertificateAuthority;
+use crate::auth::Revocations;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -33,6 +38,26 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     /// How long a new agent stream may take to send its hello.
     pub hello_timeout: Duration,
+    /// DNS names and IP addresses the server's certificate is made for (it is
+    /// made anew at every start; clients pin the CA, not this certificate).
+    pub server_names: Vec<String>,
+    /// Lifetime of host certificates; agents renew at two thirds of it.
+    pub host_certificate_lifetime: Duration,
+    /// Lifetime of admin certificates.
+    pub admin_certificate_lifetime: Duration,
+}
+
+/// Names every server certificate carries: the loopback names and this
+/// machine's hostname.
+pub fn default_server_names() -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let hostname = hostname.trim().to_lowercase();
+        if hostname.parse::<ccfleet_proto::HostId>().is_ok() && !names.contains(&hostname) {
+            names.push(hostname);
+        }
+    }
+    names
 }
 
 impl ServerConfig {
@@ -42,17 +67,71 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
+            server_names: default_server_names(),
+            host_certificate_lifetime: Duration::from_secs(7 * 24 * 3600),
+            admin_certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }
 
-/// Creates the state directory (owner-only) and the database in it. Idempotent.
-pub fn init(data_dir: &Path) -> anyhow::Result<()> {
+/// File in the state directory holding the first admin credential.
+pub const FIRST_ADMIN_CREDENTIAL: &str = "admin-credential.toml";
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct Initialised {
+    /// False when the state directory already held a CA.
+    pub created: bool,
+    /// Where the first admin credential was written (only when created).
+    pub admin_credential: Option<PathBuf>,
+    pub ca_fingerprint: String,
+}
+
+/// Creates the state directory (owner-only), the database, the CA and a
+/// first admin credential for `server_url`. Does nothing to a directory that
+/// already holds a CA.
+pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyhow::Result<Initialised> {
     create_private_dir(data_dir)?;
     store::Store::open(data_dir)
         .and_then(|store| store.flush())
         .with_context(|| format!("cannot initialise the store in {}", data_dir.display()))?;
-    Ok(())
+    if CertificateAuthority::exists(data_dir) {
+        let authority = CertificateAuthority::load(data_dir)?;
+        return Ok(Initialised {
+            created: false,
+            admin_credential: None,
+            ca_fingerprint: authority.fingerprint(),
+        });
+    }
+    let authority = CertificateAuthority::create(data_dir).context("cannot create the CA")?;
+    let admin = auth::Identity::Admin("admin".parse().expect("a valid admin name"));
+    let (issued, private_key) = authority.issue_client_certificate(&admin, admin_lifetime)?;
+    let credential = ccfleet_proto::tls::Credential {
+        server: server_url.to_owned(),
+        ca_certificate: authority.certificate_pem().to_owned(),
+        certificate: issued.certificate_pem.clone(),
+        private_key,
+    };
+    let path = data_dir.join(FIRST_ADMIN_CREDENTIAL);
+    auth::ca::write_secret_file(
+        &path,
+        &toml::to_string(&credential).context("cannot encode the credential")?,
+    )?;
+    let store = store::Store::open(data_dir)?;
+    store.record_certificate(&store::CertificateRecord {
+        serial: issued.serial,
+        kind: store::CertificateKind::Admin,
+        identity: "admin".into(),
+        issued_at: store::now_millis(),
+        not_after: api::enrollment::millis(issued.not_after),
+        revoked_at: None,
+    })?;
+    store.flush()?;
+    Ok(Initialised {
+        created: true,
+        admin_credential: Some(path),
+        ca_fingerprint: authority.fingerprint(),
+    })
 }
 
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {
@@ -67,17 +146,9 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses addresses other than loopback: until mutual TLS lands, the server
-/// speaks plaintext gRPC, which must never leave the machine.
-pub fn check_listen_address(address: SocketAddr) -> anyhow::Result<()> {
-    if !address.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {address}: this server version speaks plaintext gRPC, which is only \
-             allowed on a loopback address (127.0.0.1 or [::1])"
-        );
-    }
-    Ok(())
-}
+/// An enrolment carries a token, a host id, facts and a small CSR: 64 KiB
+/// is generous, and a caller without a certificate gets no more.
+const ENROLLMENT_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Serves the Agent and Admin services, gRPC health and reflection on
 /// `listener` until `shutdown` completes.
@@ -86,12 +157,26 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    ccfleet_proto::tls::install_crypto_provider();
     let local_address = listener.local_addr().context("listener has no local address")?;
-    check_listen_address(local_address)?;
-    init(&config.data_dir)?;
+    let authority = Arc::new(CertificateAuthority::load(&config.data_dir).with_context(|| {
+        format!(
+            "cannot load the CA from {} (run `ccfleet-server init` first)",
+            config.data_dir.display()
+        )
+    })?);
     let store = StoreHandle::open(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
+    let (server_certificate, server_key) = authority.issue_server_certificate(&config.server_names)?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(server_certificate, server_key))
+        .client_ca_root(Certificate::from_pem(authority.certificate_pem()))
+        // Enrollment and health are callable without a client certificate;
+        // every other service refuses such callers in its interceptor.
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10));
 
     let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
 
@@ -100,14 +185,28 @@ pub async fn serve(
         fleet: fleet.clone(),
         heartbeat_interval: config.heartbeat_interval,
         hello_timeout: config.hello_timeout,
+        authority: authority.clone(),
+        host_certificate_lifetime: config.host_certificate_lifetime,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let agent = InterceptedService::new(agent, auth::require_host(revocations.clone()));
     let admin = AdminServer::new(api::admin::AdminService {
         store: store.clone(),
         fleet: fleet.clone(),
+        authority: authority.clone(),
+        revocations: revocations.clone(),
+        admin_certificate_lifetime: config.admin_certificate_lifetime,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = InterceptedService::new(admin, auth::require_admin(revocations.clone()));
+    let enrollment = EnrollmentServer::new(api::enrollment::EnrollmentService {
+        store: store.clone(),
+        authority: authority.clone(),
+        host_certificate_lifetime: config.host_certificate_lifetime,
+    })
+    .max_decoding_message_size(ENROLLMENT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -122,15 +221,19 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
+    let reflection = InterceptedService::new(reflection, auth::require_admin(revocations.clone()));
 
     tracing::info!(address = %local_address, data = %config.data_dir.display(), "serving");
     let result = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("invalid TLS configuration")?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection)
         .add_service(agent)
         .add_service(admin)
+        .add_service(enrollment)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .context("gRPC server failed");

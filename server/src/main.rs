@@ -16,20 +16,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the state directory and database.
+    /// Create the state directory, database, CA and first admin credential.
     Init {
         /// State directory (created owner-only).
         #[arg(long, default_value = "./ccfleet-data", env = "CCFLEET_DATA")]
         data: PathBuf,
+        /// The URL clients will use to reach the server, written into the
+        /// first admin credential.
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        public_url: String,
     },
     /// Run the server (initialises the state directory on first use).
     Run {
         /// State directory.
         #[arg(long, default_value = "./ccfleet-data", env = "CCFLEET_DATA")]
         data: PathBuf,
-        /// Address to listen on; port 0 picks a free port. Loopback only in this version.
+        /// Address to listen on (TLS); port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:7443", env = "CCFLEET_LISTEN")]
         listen: SocketAddr,
+        /// Extra DNS name or IP address for the server certificate (repeatable);
+        /// localhost, the loopback addresses and the hostname are always included.
+        #[arg(long = "san", value_name = "NAME")]
+        server_names: Vec<String>,
+        /// URL written into the first admin credential if this run initialises
+        /// the state directory [default: https://<listen address>].
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Lifetime of host certificates; agents renew at two thirds of it.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        host_certificate_lifetime: Duration,
         /// How often agents send heartbeats.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         heartbeat_interval: Duration,
@@ -46,35 +61,70 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Init { data } => {
-            ccfleet_server::init(&data)?;
-            println!("initialised {}", data.display());
+        Command::Init { data, public_url } => {
+            let initialised = ccfleet_server::init(&data, &public_url, ADMIN_LIFETIME)?;
+            report_init(&data, &initialised);
             Ok(())
         }
         Command::Run {
             data,
             listen,
+            server_names,
+            public_url,
+            host_certificate_lifetime,
             heartbeat_interval,
             heartbeat_timeout,
         } => {
             if heartbeat_timeout <= heartbeat_interval {
                 anyhow::bail!("--heartbeat-timeout ({heartbeat_timeout:?}) must be longer than --heartbeat-interval ({heartbeat_interval:?})");
             }
-            ccfleet_server::check_listen_address(listen)?;
+            if host_certificate_lifetime < Duration::from_secs(3) {
+                anyhow::bail!("--host-certificate-lifetime must be at least 3s");
+            }
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 let address = listener.local_addr()?;
+                // Initialised after binding, so that a credential made for
+                // port 0 names the real port.
+                let public_url = public_url.unwrap_or_else(|| format!("https://{address}"));
+                let initialised = ccfleet_server::init(&data, &public_url, ADMIN_LIFETIME)?;
+                if initialised.created {
+                    report_init(&data, &initialised);
+                }
                 // Tests and scripts read this line to learn the port.
                 println!("listening on {address}");
                 let mut config = ccfleet_server::ServerConfig::new(data);
                 config.heartbeat_interval = heartbeat_interval;
                 config.heartbeat_timeout = heartbeat_timeout;
+                config.host_certificate_lifetime = host_certificate_lifetime;
+                config.server_names.extend(server_names);
                 ccfleet_server::serve(listener, config, shutdown_signal()).await
             })
         }
+    }
+}
+
+const ADMIN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Tells the operator what `init` made; on stderr, so that stdout stays
+/// machine-readable (`listening on ADDR`).
+fn report_init(data: &std::path::Path, initialised: &ccfleet_server::Initialised) {
+    match &initialised.admin_credential {
+        Some(credential) => eprintln!(
+            "initialised {}: CA fingerprint {}\nfirst admin credential: {} \
+             (copy it to ~/.config/ccfleet/credentials.toml, or pass --credentials)",
+            data.display(),
+            initialised.ca_fingerprint,
+            credential.display()
+        ),
+        None => eprintln!(
+            "{} is already initialised (CA fingerprint {})",
+            data.display(),
+            initialised.ca_fingerprint
+        ),
     }
 }
 

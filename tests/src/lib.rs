@@ -2,6 +2,7 @@
 //! binaries, starting the real server on a free port, and polling for
 //! conditions with a deadline instead of sleeping.
 
+pub mod docker;
 pub mod server;
 
 use std::path::PathBuf;
@@ -25,6 +26,19 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// An error and all its sources, joined: what a test prints when a
+/// connection fails, since the outermost message ("transport error") says little.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(source) = current {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        current = source.source();
+    }
+    text
 }
 
 /// Polls `condition` until it returns `Some`, or panics after `deadline` with

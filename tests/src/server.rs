@@ -6,10 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use ccfleet_proto::pb::{self, agent_client::AgentClient, agent_message::Body, server_message};
+use ccfleet_proto::pb::{
+    self, agent_client::AgentClient, agent_message::Body, enrollment_client::EnrollmentClient, server_message,
+};
+use ccfleet_proto::tls::Credential;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A running `ccfleet-server run`, killed when dropped.
 pub struct TestServer {
@@ -23,6 +26,7 @@ impl TestServer {
     /// Starts the server on a free loopback port with `data_dir`, passing
     /// `extra_args` to `run`. Its log goes to `<data_dir>.log`.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        ccfleet_proto::tls::install_crypto_provider();
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -63,7 +67,76 @@ impl TestServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        format!("https://{}", self.address)
+    }
+
+    /// The first admin credential, written by the server when it initialised
+    /// its state directory.
+    pub fn admin_credential_path(&self) -> PathBuf {
+        self.data_dir.join("admin-credential.toml")
+    }
+
+    pub fn admin_credential(&self) -> Credential {
+        let text = std::fs::read_to_string(self.admin_credential_path()).expect("the server wrote an admin credential");
+        toml::from_str(&text).expect("a valid credential file")
+    }
+
+    /// A join token made with the real CLI (`ccfleet token create`).
+    pub fn create_token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        let output = self.cli(&all);
+        assert!(
+            output.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Enrols `host_id` the way the agent does (pinned CA, key made here,
+    /// CSR with a fresh one-use token) and returns its credential.
+    pub async fn enroll(&self, host_id: &str) -> Credential {
+        let token = self.create_token(&["--uses", "1"]);
+        enroll(&self.url(), &token, host_id).await.expect("enrolment succeeds")
+    }
+
+    /// A channel presenting the credential of `host_id`, enrolling the host
+    /// on first use. Credentials are kept next to the data directory, so
+    /// they survive a server restart on the same directory.
+    pub async fn channel_for(&self, host_id: &str) -> Channel {
+        let directory = self.data_dir.with_extension("hosts");
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join(format!("{host_id}.toml"));
+        let credential = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).unwrap(),
+            Err(_) => {
+                let credential = self.enroll(host_id).await;
+                std::fs::write(&path, toml::to_string(&credential).unwrap()).unwrap();
+                credential
+            }
+        };
+        self.channel_as(&credential).await
+    }
+
+    /// A TLS channel without a client certificate (what an enrolling agent
+    /// or a health probe uses), pinned to the server's CA.
+    pub async fn anonymous_channel(&self) -> Channel {
+        let ca = ccfleet_proto::tls::first_certificate_der(&self.admin_credential().ca_certificate).unwrap();
+        ccfleet_proto::tls::pinned_endpoint(&self.url(), &ccfleet_proto::tls::fingerprint(&ca))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// A channel that presents `credential`.
+    pub async fn channel_as(&self, credential: &Credential) -> Channel {
+        ccfleet_proto::tls::mtls_endpoint(&self.url(), credential)
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server")
     }
 
     /// Kills the server with SIGKILL (no graceful shutdown: what was
@@ -78,18 +151,9 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A gRPC channel to the server.
-    pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the test server")
-    }
-
-    /// Runs the real `ccfleet` CLI against this server.
+    /// Runs the real `ccfleet` CLI against this server as its first admin.
     pub fn cli(&self, args: &[&str]) -> Output {
-        run_cli(&self.url(), args)
+        run_cli(&self.url(), &self.admin_credential_path(), args)
     }
 
     /// Runs `ccfleet --json ARGS` and parses its output, panicking with stderr on failure.
@@ -114,15 +178,54 @@ impl Drop for TestServer {
     }
 }
 
-/// Runs the `ccfleet` CLI against `url`, isolated from the user's config.
-pub fn run_cli(url: &str, args: &[&str]) -> Output {
+/// Runs the `ccfleet` CLI against `url` with `credentials`, isolated from
+/// the user's config.
+pub fn run_cli(url: &str, credentials: &Path, args: &[&str]) -> Output {
     Command::new(crate::binary("ccfleet"))
-        .args(["--server", url, "--config", "/nonexistent/ccfleet-test-config.toml"])
+        .args([
+            "--server",
+            url,
+            "--config",
+            "/nonexistent/ccfleet-test-config.toml",
+            "--credentials",
+        ])
+        .arg(credentials)
         .args(args)
         .env_remove("CCFLEET_SERVER")
         .env_remove("CCFLEET_CONFIG")
+        .env_remove("CCFLEET_CREDENTIALS")
         .output()
         .expect("ccfleet runs")
+}
+
+/// Enrols through the Enrollment service exactly as the agent does: the
+/// token's CA fingerprint pins the server before anything is sent.
+pub async fn enroll(url: &str, token: &str, host_id: &str) -> Result<Credential, tonic::Status> {
+    ccfleet_proto::tls::install_crypto_provider();
+    let token: ccfleet_proto::tls::JoinToken = token
+        .parse()
+        .map_err(|error| tonic::Status::invalid_argument(format!("{error}")))?;
+    let channel = ccfleet_proto::tls::pinned_endpoint(url, &token.ca_fingerprint)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(crate::error_chain(&error)))?;
+    let generated = ccfleet_proto::tls::generate_key_and_request(host_id).unwrap();
+    let response = EnrollmentClient::new(channel)
+        .enroll(pb::EnrollRequest {
+            token: token.to_string(),
+            host_id: host_id.into(),
+            csr_pem: generated.csr_pem,
+            facts: None,
+        })
+        .await?
+        .into_inner();
+    Ok(Credential {
+        server: url.into(),
+        ca_certificate: response.ca_certificate_pem,
+        certificate: response.certificate_pem,
+        private_key: generated.private_key_pem,
+    })
 }
 
 /// A test client speaking the Agent stream: what the real agent sends, under

@@ -14,9 +14,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use super::enrollment::millis;
 use super::internal;
+use crate::auth::{self, ca::CertificateAuthority, Identity};
 use crate::fleet::Fleet;
-use crate::store::{now_millis, AgentEvent, EventOutcome, StoreHandle};
+use crate::store::{now_millis, AgentEvent, CertificateKind, CertificateRecord, EventOutcome, StoreHandle};
 
 /// Messages queued for one agent's stream before the sender waits.
 const OUTBOUND_QUEUE: usize = 32;
@@ -28,6 +30,8 @@ pub struct AgentService {
     pub heartbeat_interval: Duration,
     /// How long a new stream may take to send its Hello.
     pub hello_timeout: Duration,
+    pub authority: Arc<CertificateAuthority>,
+    pub host_certificate_lifetime: Duration,
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -38,6 +42,7 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn connect(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<ServerStream>, Status> {
         let peer = request.remote_addr();
+        let caller = auth::authenticated(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
@@ -49,6 +54,13 @@ impl pb::agent_server::Agent for AgentService {
             ));
         };
         let host_id = convert::host_id("hello.host_id", &hello.host_id)?;
+        if caller.identity != Identity::Host(host_id.clone()) {
+            tracing::warn!(caller = %caller.identity, claimed = %host_id, ?peer, "refused: a host reported as another");
+            return Err(Status::permission_denied(format!(
+                "this certificate belongs to {}; it may not report as host {host_id}",
+                caller.identity
+            )));
+        }
         let facts = convert::facts(hello.facts)?;
         let now = now_millis();
         let inventory = convert::inventory(hello.inventory, now)?;
@@ -84,6 +96,38 @@ impl pb::agent_server::Agent for AgentService {
         };
         tokio::spawn(session.run(inbound, ticket.closed));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound_stream))))
+    }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let caller = auth::authenticated(&request)?;
+        let Identity::Host(host_id) = caller.identity.clone() else {
+            return Err(Status::permission_denied("only hosts renew through the Agent service"));
+        };
+        let issued = self
+            .authority
+            .sign_client_request(
+                &request.into_inner().csr_pem,
+                &caller.identity,
+                self.host_certificate_lifetime,
+            )
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let certificate = CertificateRecord {
+            serial: issued.serial.clone(),
+            kind: CertificateKind::Host,
+            identity: host_id.to_string(),
+            issued_at: now_millis(),
+            not_after: millis(issued.not_after),
+            revoked_at: None,
+        };
+        self.store
+            .write(move |store| store.record_certificate(&certificate))
+            .await
+            .map_err(internal)?;
+        tracing::info!(host = %host_id, old_serial = caller.serial, new_serial = issued.serial, "host certificate renewed");
+        Ok(Response::new(pb::RenewResponse {
+            certificate_pem: issued.certificate_pem,
+            not_after: Some(convert::timestamp(millis(issued.not_after))),
+        }))
     }
 }
 

@@ -227,6 +227,8 @@ pub fn host(host: &HostRecord, online: bool) -> pb::Host {
             labels: host.facts.labels.clone().into_iter().collect(),
         }),
         app_count: host.app_count,
+        labels: host.labels.clone().into_iter().collect(),
+        certificate_not_after: host.certificate_not_after.map(timestamp),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod convert;
+pub mod enrollment;
 
 use crate::store::StoreError;
 

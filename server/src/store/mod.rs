@@ -13,6 +13,7 @@ mod records;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ccfleet_proto::{HostId, RecipeName};
@@ -66,6 +67,8 @@ const HOSTS: &str = "hosts";
 const APPS: &str = "apps";
 const APPS_BY_RECIPE: &str = "apps_by_recipe";
 const OPERATIONS: &str = "operations";
+const TOKENS: &str = "tokens";
+const CERTIFICATES: &str = "certificates";
 
 /// Separator inside composite keys. Every name in a key is a validated domain
 /// type, none of which can contain it.
@@ -96,6 +99,8 @@ pub struct Store {
     apps: sled::Tree,
     apps_by_recipe: sled::Tree,
     operations: sled::Tree,
+    tokens: sled::Tree,
+    certificates: sled::Tree,
 }
 
 impl Store {
@@ -114,6 +119,8 @@ impl Store {
             apps: db.open_tree(APPS)?,
             apps_by_recipe: db.open_tree(APPS_BY_RECIPE)?,
             operations: db.open_tree(OPERATIONS)?,
+            tokens: db.open_tree(TOKENS)?,
+            certificates: db.open_tree(CERTIFICATES)?,
             db,
         })
     }
@@ -161,6 +168,8 @@ impl Store {
             facts: HostFactsRecord::default(),
             last_seq: 0,
             app_count: 0,
+            labels: BTreeMap::new(),
+            certificate_not_after: None,
         });
         host.last_seen = now;
         host.agent_version = agent_version.to_owned();
@@ -254,6 +263,162 @@ impl Store {
             })
             .map_err(storage_error)?;
         Ok(())
+    }
+
+    pub fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens.insert(token.id.as_bytes(), encode(token)?)?;
+        Ok(())
+    }
+
+    /// Every join token, sorted by id.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens.iter().map(|entry| decode(TOKENS, &entry?.1)).collect()
+    }
+
+    /// Marks a token revoked; false if there is no such token.
+    pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(bytes) = self.tokens.get(id.as_bytes())? else {
+            return Ok(false);
+        };
+        let mut token: TokenRecord = decode(TOKENS, &bytes)?;
+        token.revoked = true;
+        self.put_token(&token)?;
+        Ok(true)
+    }
+
+    /// Checks a token without consuming it.
+    pub fn check_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: UnixMillis,
+    ) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
+        let Some(bytes) = self.tokens.get(id.as_bytes())? else {
+            return Ok(Err(TokenRefusal::Invalid));
+        };
+        let token: TokenRecord = decode(TOKENS, &bytes)?;
+        // Both are hex SHA-256 digests of equal length; compare in constant time.
+        let matches = token.secret_hash.len() == secret_hash.len()
+            && token
+                .secret_hash
+                .bytes()
+                .zip(secret_hash.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        Ok(if !matches {
+            Err(TokenRefusal::Invalid)
+        } else if token.revoked {
+            Err(TokenRefusal::Revoked)
+        } else if now >= token.expires_at {
+            Err(TokenRefusal::Expired)
+        } else if token.uses_left == 0 {
+            Err(TokenRefusal::UsedUp)
+        } else {
+            Ok(token)
+        })
+    }
+
+    /// Records an enrolment: spends one use of `token`, creates the host with
+    /// the token's labels and records its certificate, in one transaction.
+    /// The caller has checked the token and that the host does not exist, on
+    /// the store thread, immediately before.
+    pub fn commit_enrolment(
+        &self,
+        mut token: TokenRecord,
+        host_id: &HostId,
+        facts: &HostFactsRecord,
+        certificate: &CertificateRecord,
+        now: UnixMillis,
+    ) -> Result<HostRecord, StoreError> {
+        token.uses_left -= 1;
+        let host = HostRecord {
+            host_id: host_id.clone(),
+            registered_at: now,
+            last_seen: now,
+            agent_version: String::new(),
+            facts: facts.clone(),
+            last_seq: 0,
+            app_count: 0,
+            labels: token.labels.clone(),
+            certificate_not_after: Some(certificate.not_after),
+        };
+        let (token_value, host_value, certificate_value) = (encode(&token)?, encode(&host)?, encode(certificate)?);
+        (&self.tokens, &self.hosts, &self.certificates)
+            .transaction(|(tokens, hosts, certificates)| {
+                tokens.insert(token.id.as_bytes(), token_value.clone())?;
+                hosts.insert(host_id.as_str(), host_value.clone())?;
+                certificates.insert(certificate.serial.as_bytes(), certificate_value.clone())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)?;
+        Ok(host)
+    }
+
+    /// Records a certificate signed outside enrolment (renewal, admins), and
+    /// for a host, its new expiry.
+    pub fn record_certificate(&self, certificate: &CertificateRecord) -> Result<(), StoreError> {
+        self.certificates
+            .insert(certificate.serial.as_bytes(), encode(certificate)?)?;
+        if certificate.kind == CertificateKind::Host {
+            if let Ok(host_id) = certificate.identity.parse::<HostId>() {
+                if let Some(mut host) = self.host(&host_id)? {
+                    host.certificate_not_after = Some(certificate.not_after);
+                    self.put_host(&host)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.certificates
+            .iter()
+            .map(|entry| decode(CERTIFICATES, &entry?.1))
+            .collect()
+    }
+
+    /// Revokes every certificate of `kind` issued to `identity` and returns
+    /// the serials revoked now.
+    pub fn revoke_certificates_of(
+        &self,
+        kind: CertificateKind,
+        identity: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut revoked = Vec::new();
+        for mut certificate in self.certificates()? {
+            if certificate.kind == kind && certificate.identity == identity && certificate.revoked_at.is_none() {
+                certificate.revoked_at = Some(now);
+                self.certificates
+                    .insert(certificate.serial.as_bytes(), encode(&certificate)?)?;
+                revoked.push(certificate.serial);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Serials of every revoked certificate that has not expired yet.
+    pub fn revoked_serials(&self, now: UnixMillis) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .certificates()?
+            .into_iter()
+            .filter(|certificate| certificate.revoked_at.is_some() && certificate.not_after > now)
+            .map(|certificate| certificate.serial)
+            .collect())
+    }
+
+    /// Forgets a host: its record, its apps and their index entries; revokes
+    /// its certificates. Returns the serials revoked, or `None` if the host
+    /// was unknown.
+    pub fn remove_host(&self, host_id: &HostId, now: UnixMillis) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(host) = self.host(host_id)? else {
+            return Ok(None);
+        };
+        let revoked = self.revoke_certificates_of(CertificateKind::Host, host_id.as_str(), now)?;
+        // An empty inventory removes the apps and their index entries.
+        self.write_inventory(host, &[])?;
+        self.hosts.remove(host_id.as_str())?;
+        Ok(Some(revoked))
     }
 
     /// The apps of one host, sorted by domain.

@@ -62,6 +62,12 @@ pub struct HostRecord {
     /// Highest durable event sequence number applied for this host.
     pub last_seq: u64,
     pub app_count: u32,
+    /// Labels from the join token the host enrolled with.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Expiry of the host's newest certificate.
+    #[serde(default)]
+    pub certificate_not_after: Option<UnixMillis>,
 }
 
 /// Observed state of an app, as the agent classified it.
@@ -163,4 +169,47 @@ pub enum AgentEvent {
         to_version: Option<CoopVersion>,
         message: String,
     },
+}
+
+/// A join token. The secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_hash: String,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub uses_left: u32,
+    pub revoked: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a join token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Unknown id or wrong secret: the caller learns nothing more.
+    Invalid,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+/// What a certificate was issued to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateKind {
+    Host,
+    Admin,
+}
+
+/// One certificate the CA signed, kept for listing and revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRecord {
+    /// Lowercase hex serial number.
+    pub serial: String,
+    pub kind: CertificateKind,
+    /// Host id or admin name.
+    pub identity: String,
+    pub issued_at: UnixMillis,
+    pub not_after: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
 }

@@ -92,7 +92,7 @@ async fn three_hosts_are_shown_exactly_and_survive_a_killed_server() {
     let server = TestServer::start(&data, &[]);
     let mut agents = Vec::new();
     for (host, apps) in fleet_inventories() {
-        let agent = TestAgent::connect(server.channel().await, host, apps)
+        let agent = TestAgent::connect(server.channel_for(host).await, host, apps)
             .await
             .expect("hello accepted");
         assert_eq!(agent.welcome.last_seq, 0, "a new host has no stored events");
@@ -197,7 +197,7 @@ async fn three_hosts_are_shown_exactly_and_survive_a_killed_server() {
 
     // The agent reconnects and learns which events the server already has.
     let web1 = TestAgent::connect(
-        server.channel().await,
+        server.channel_for("web-1").await,
         "web-1",
         vec![observed("blog.coop.example", "ghost", "1.4.0+6.43.0-alpine")],
     )
@@ -217,10 +217,10 @@ async fn a_silent_host_goes_offline_after_the_heartbeat_timeout_and_a_live_one_s
         &dir.path().join("data"),
         &["--heartbeat-interval", "1s", "--heartbeat-timeout", "3s"],
     );
-    let silent = TestAgent::connect(server.channel().await, "silent", vec![])
+    let silent = TestAgent::connect(server.channel_for("silent").await, "silent", vec![])
         .await
         .unwrap();
-    let live = TestAgent::connect(server.channel().await, "live", vec![])
+    let live = TestAgent::connect(server.channel_for("live").await, "live", vec![])
         .await
         .unwrap();
     assert_eq!(live.welcome.heartbeat_interval_seconds, 1);
@@ -248,7 +248,7 @@ async fn a_disconnected_host_is_shown_offline() {
         &["--heartbeat-interval", "1s", "--heartbeat-timeout", "3s"],
     );
     let agent = TestAgent::connect(
-        server.channel().await,
+        server.channel_for("leaving").await,
         "leaving",
         vec![observed("a.coop.example", "ghost", "1.0.0")],
     )
@@ -263,7 +263,7 @@ async fn a_disconnected_host_is_shown_offline() {
 async fn durable_events_are_kept_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("data"), &[]);
-    let mut agent = TestAgent::connect(server.channel().await, "web-1", vec![])
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
         .await
         .unwrap();
     agent
@@ -299,39 +299,40 @@ async fn bad_agent_input_is_refused_with_the_reason_and_stores_nothing() {
         Err(status) => (status.code(), status.message().to_owned()),
     };
 
-    let (code, message) = refused(TestAgent::connect(server.channel().await, "web;reboot", vec![]).await);
+    let (code, message) = refused(TestAgent::connect(server.channel_for("web-1").await, "web;reboot", vec![]).await);
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(
         message.starts_with("hello.host_id: invalid host id \"web;reboot\": character ';'"),
         "{message}"
     );
 
-    let (code, message) = refused(TestAgent::connect(server.channel().await, "../etc", vec![]).await);
+    let (code, message) = refused(TestAgent::connect(server.channel_for("web-1").await, "../etc", vec![]).await);
     assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
 
     let bad_version = vec![observed("a.coop.example", "ghost", "4.32.1_2")];
-    let (_, message) = refused(TestAgent::connect(server.channel().await, "web-1", bad_version).await);
+    let (_, message) = refused(TestAgent::connect(server.channel_for("web-1").await, "web-1", bad_version).await);
     assert!(
         message.contains("inventory.apps[0].observed_version") && message.contains("old-style"),
         "{message}"
     );
 
     let bad_domain = vec![observed("a.coop.example/../../x", "ghost", "1.0.0")];
-    let (_, message) = refused(TestAgent::connect(server.channel().await, "web-1", bad_domain).await);
+    let (_, message) = refused(TestAgent::connect(server.channel_for("web-1").await, "web-1", bad_domain).await);
     assert!(message.contains("inventory.apps[0].domain"), "{message}");
 
     let twice = vec![
         observed("a.coop.example", "ghost", "1.0.0"),
         observed("a.coop.example", "ghost", "1.0.0"),
     ];
-    let (_, message) = refused(TestAgent::connect(server.channel().await, "web-1", twice).await);
+    let (_, message) = refused(TestAgent::connect(server.channel_for("web-1").await, "web-1", twice).await);
     assert!(message.contains("appears twice"), "{message}");
 
     let heartbeat_first = pb::AgentMessage {
         seq: 0,
         body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})),
     };
-    let (code, message) = refused(TestAgent::connect_with(server.channel().await, heartbeat_first, "x").await);
+    let (code, message) =
+        refused(TestAgent::connect_with(server.channel_for("web-1").await, heartbeat_first, "web-1").await);
     assert_eq!(
         (code, message.as_str()),
         (
@@ -345,17 +346,21 @@ async fn bad_agent_input_is_refused_with_the_reason_and_stores_nothing() {
         drift: vec!["x".repeat(4096); 1100],
         ..observed("a.coop.example", "ghost", "1.0.0")
     }];
-    let (code, message) = refused(TestAgent::connect(server.channel().await, "web-1", huge).await);
+    let (code, message) = refused(TestAgent::connect(server.channel_for("web-1").await, "web-1", huge).await);
     assert!(
         matches!(code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
         "{code:?} {message}"
     );
 
-    assert_eq!(host_summary(&server.cli_json(&["hosts"])), vec![], "nothing was stored");
+    assert_eq!(
+        host_summary(&server.cli_json(&["hosts"])),
+        summary(&[("web-1", "offline", 0)]),
+        "the enrolment is all that is stored: no refused hello changed it"
+    );
 
     // Mid-stream: a valid host sending a bad event is cut off, its stored state unchanged.
     let mut agent = TestAgent::connect(
-        server.channel().await,
+        server.channel_for("web-1").await,
         "web-1",
         vec![observed("a.coop.example", "ghost", "1.0.0")],
     )
@@ -366,7 +371,7 @@ async fn bad_agent_input_is_refused_with_the_reason_and_stores_nothing() {
         .await
         .unwrap_err();
     assert!(status.message().contains("inventory.apps[0].recipe"), "{status:?}");
-    let mut agent = TestAgent::connect(server.channel().await, "web-2", vec![])
+    let mut agent = TestAgent::connect(server.channel_for("web-2").await, "web-2", vec![])
         .await
         .unwrap();
     let status = agent.send_inventory(0, vec![]).await.unwrap_err();
@@ -381,7 +386,7 @@ async fn bad_agent_input_is_refused_with_the_reason_and_stores_nothing() {
 async fn grpc_health_reports_serving() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("data"), &[]);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.anonymous_channel().await);
     let answer = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "ccfleet.v1.Agent".into(),
@@ -396,15 +401,12 @@ async fn grpc_health_reports_serving() {
 }
 
 #[test]
-fn the_cli_reports_an_unreachable_server_in_one_line_with_exit_code_3() {
-    // Bind and drop a listener so the port is free but nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let output = run_cli(&url, &["hosts"]);
+fn the_cli_reports_a_dead_server_in_one_line_with_exit_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let (url, credential) = (server.url(), server.admin_credential_path());
+    server.kill();
+    let output = run_cli(&url, &credential, &["hosts"]);
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -419,22 +421,27 @@ fn the_cli_reports_an_unreachable_server_in_one_line_with_exit_code_3() {
 
 #[test]
 fn the_cli_refuses_bad_names_before_calling_the_server() {
-    let output = run_cli("http://127.0.0.1:9", &["versions", "../ghost"]);
+    let output = run_cli(
+        "https://127.0.0.1:9",
+        std::path::Path::new("/nonexistent"),
+        &["versions", "../ghost"],
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("invalid recipe name \"../ghost\""), "{stderr}");
 }
 
 #[test]
-fn the_server_refuses_a_non_loopback_address_while_it_speaks_plaintext() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(ccfleet_tests::binary("ccfleet-server"))
-        .args(["run", "--listen", "0.0.0.0:0", "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
+fn the_cli_explains_a_missing_credential() {
+    let output = run_cli(
+        "https://127.0.0.1:9",
+        std::path::Path::new("/nonexistent/admin.toml"),
+        &["hosts"],
+    );
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("refusing to listen on 0.0.0.0:0"), "{stderr}");
-    assert!(!dir.path().join("data").exists(), "nothing was created");
+    assert!(
+        stderr.starts_with("error: cannot read the admin credential /nonexistent/admin.toml"),
+        "{stderr}"
+    );
 }

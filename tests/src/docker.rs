@@ -1,0 +1,1 @@
+//! Docker fixtures: swarm, the proxy network, fixture images, the abra test double.

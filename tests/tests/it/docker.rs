@@ -1,0 +1,1 @@
+//! The agent against the real Docker Engine, through the abra test double.

@@ -1,0 +1,416 @@
+//! Identity and mutual TLS against the real server: every refusal has a
+//! clear reason and changes nothing that is stored.
+
+use std::time::{Duration, SystemTime};
+
+use ccfleet_proto::pb::{self, admin_client::AdminClient, agent_client::AgentClient};
+use ccfleet_proto::tls::{Credential, JoinToken};
+use ccfleet_tests::server::{enroll, observed, run_cli, TestAgent, TestServer};
+use ccfleet_tests::{error_chain, wait_for};
+use serde_json::Value;
+
+fn host_ids(server: &TestServer) -> Vec<String> {
+    server
+        .cli_json(&["hosts"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn uses_left(server: &TestServer, token: &str) -> u64 {
+    let id = token.parse::<JoinToken>().unwrap().id;
+    let tokens = server.cli_json(&["token", "ls"]);
+    tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("token listed")["uses_left"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn refused_enrolment(server: &TestServer, token: &str, host: &str) -> tonic::Status {
+    match enroll(&server.url(), token, host).await {
+        Ok(_) => panic!("enrolment with a bad token succeeded"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_refused_when_expired_used_up_revoked_or_forged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+
+    // Used up: one use, two hosts.
+    let token = server.create_token(&["--uses", "1", "--label", "site=berlin"]);
+    enroll(&server.url(), &token, "web-1")
+        .await
+        .expect("the first use works");
+    let status = refused_enrolment(&server, &token, "web-2").await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(
+        status.message().starts_with("the join token has no uses left"),
+        "{status:?}"
+    );
+
+    // Revoked.
+    let token = server.create_token(&["--uses", "5"]);
+    let id = token.parse::<JoinToken>().unwrap().id;
+    assert!(server.cli(&["token", "revoke", &id]).status.success());
+    let status = refused_enrolment(&server, &token, "web-3").await;
+    assert_eq!(status.message(), "the join token has been revoked");
+    assert_eq!(uses_left(&server, &token), 5);
+
+    // Expired: wait on the clock, not on a sleep.
+    let created: Value =
+        serde_json::from_slice(&server.cli(&["--json", "token", "create", "--ttl", "1s"]).stdout).unwrap();
+    let expired_token = created["token"].as_str().unwrap().to_owned();
+    let expires_at = humantime::parse_rfc3339(created["info"]["expires_at"].as_str().unwrap()).unwrap();
+    wait_for("the token's expiry", Duration::from_secs(10), || async move {
+        if SystemTime::now() > expires_at + Duration::from_secs(1) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    let status = refused_enrolment(&server, &expired_token, "web-4").await;
+    assert!(status.message().starts_with("the join token has expired"), "{status:?}");
+
+    // Forged: the right CA, an invented id and secret; and a real id with a wrong secret.
+    let real: JoinToken = server.create_token(&["--uses", "3"]).parse().unwrap();
+    let invented = JoinToken::generate(&real.ca_fingerprint);
+    let status = refused_enrolment(&server, &invented.to_string(), "web-5").await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::Unauthenticated, "invalid join token")
+    );
+    let wrong_secret = JoinToken {
+        secret: invented.secret.clone(),
+        ..real.clone()
+    };
+    let status = refused_enrolment(&server, &wrong_secret.to_string(), "web-5").await;
+    assert_eq!(status.message(), "invalid join token");
+    assert_eq!(uses_left(&server, &real.to_string()), 3, "refusals spend no use");
+
+    // A token whose text is not a token at all.
+    let status = refused_enrolment(&server, "ccf1.not-a-token", "web-6").await;
+    assert!(status.message().starts_with("malformed join token"), "{status:?}");
+
+    assert_eq!(host_ids(&server), ["web-1"], "only the one good enrolment is stored");
+    let hosts = server.cli_json(&["hosts"]);
+    assert_eq!(
+        hosts[0]["labels"]["site"], "berlin",
+        "the token's labels reach the host"
+    );
+    assert!(hosts[0]["certificate_not_after"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_pins_the_ca_from_its_token_before_sending_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let impostor = TestServer::start(&dir.path().join("impostor"), &[]);
+    // A token for the real fleet, used against another server: the pin fails
+    // in the TLS handshake, so the token never reaches the impostor.
+    let token = server.create_token(&["--uses", "1"]);
+    let status = refused_enrolment(&impostor, &token, "web-1").await;
+    assert!(
+        status.message().contains("does not match the join token's fingerprint"),
+        "{status:?}"
+    );
+    assert!(host_ids(&impostor).is_empty());
+    assert_eq!(uses_left(&server, &token), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_only_open_their_own_doors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+
+    // A host certificate calling the Admin service.
+    let mut admin_as_host = AdminClient::new(server.channel_for("web-1").await);
+    let status = admin_as_host.list_hosts(pb::ListHostsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "host web-1 may not use the Admin service; it needs an admin certificate"
+    );
+
+    // An admin certificate calling the Agent service.
+    let admin_channel = server.channel_as(&server.admin_credential()).await;
+    let status = TestAgent::connect(admin_channel, "web-1", vec![])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status
+            .message()
+            .starts_with("admin admin may not use the Agent service"),
+        "{status:?}"
+    );
+
+    // Host A reporting as host B.
+    server.channel_for("web-2").await;
+    let status = TestAgent::connect(
+        server.channel_for("web-1").await,
+        "web-2",
+        vec![observed("a.coop.example", "ghost", "1.0.0")],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "this certificate belongs to host web-1; it may not report as host web-2"
+    );
+    assert!(
+        server.log().contains("refused: a host reported as another"),
+        "the attempt is logged"
+    );
+
+    // No certificate at all, on the Agent and Admin services.
+    let anonymous = server.anonymous_channel().await;
+    let status = AdminClient::new(anonymous.clone())
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = AgentClient::new(anonymous)
+        .renew(pb::RenewRequest { csr_pem: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    let apps = server.cli_json(&["apps"]);
+    assert_eq!(apps.as_array().unwrap().len(), 0, "nothing reached the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_host_is_cut_off_and_needs_an_explicit_new_enrolment() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let mut agent = TestAgent::connect(
+        server.channel_for("web-1").await,
+        "web-1",
+        vec![observed("a.coop.example", "ghost", "1.0.0")],
+    )
+    .await
+    .unwrap();
+
+    // Enrolling the same id again is refused while the host exists.
+    let token = server.create_token(&["--uses", "2"]);
+    let status = refused_enrolment(&server, &token, "web-1").await;
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    assert!(status.message().contains("ccfleet host remove web-1"), "{status:?}");
+
+    let removed = server.cli(&["host", "remove", "web-1"]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&removed.stdout).trim(),
+        "removed host web-1; revoked 1 certificate(s)"
+    );
+    // The open stream is closed by the server.
+    let ended = agent.inbound.message().await;
+    assert!(matches!(ended, Err(_) | Ok(None)), "{ended:?}");
+    // The next connection with the old certificate is refused.
+    let status = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "this certificate has been revoked");
+    assert!(host_ids(&server).is_empty());
+    assert_eq!(
+        server.cli_json(&["apps"]).as_array().unwrap().len(),
+        0,
+        "its apps are forgotten too"
+    );
+
+    // Removing it was the explicit decision: now the id can enrol again.
+    enroll(&server.url(), &token, "web-1")
+        .await
+        .expect("re-enrolment after removal");
+    let again = server.cli(&["host", "remove", "nope"]);
+    assert_eq!(again.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("there is no host nope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_plaintext_and_oversized_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let other = TestServer::start(&dir.path().join("other"), &[]);
+
+    // A client certificate from another CA, presented while trusting our CA:
+    // the server ends the handshake; the refusal shows on the first call.
+    let foreign = Credential {
+        ca_certificate: server.admin_credential().ca_certificate,
+        ..other.admin_credential()
+    };
+    let error = match ccfleet_proto::tls::mtls_endpoint(&server.url(), &foreign)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(error) => error_chain(&error),
+        Ok(channel) => AdminClient::new(channel)
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .unwrap_err()
+            .to_string(),
+    };
+    assert!(!error.is_empty());
+    assert!(foreign.check().is_err(), "the local check sees it too");
+
+    // The CLI checks its credential first and says what is wrong.
+    let path = dir.path().join("foreign.toml");
+    std::fs::write(&path, toml::to_string(&foreign).unwrap()).unwrap();
+    let output = run_cli(&server.url(), &path, &["hosts"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("was not issued by the CA in the same file (is it from another fleet?)"),
+        "{stderr}"
+    );
+
+    // Plaintext gRPC to the TLS port.
+    let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address)).unwrap();
+    let result = match plaintext.connect().await {
+        Err(error) => Err(error_chain(&error)),
+        Ok(channel) => AdminClient::new(channel)
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.to_string()),
+    };
+    assert!(result.is_err(), "a plaintext call succeeded");
+
+    // An enrolment larger than the service's 64 KiB limit, without a certificate.
+    let mut enrollment = pb::enrollment_client::EnrollmentClient::new(server.anonymous_channel().await);
+    let status = enrollment
+        .enroll(pb::EnrollRequest {
+            token: "x".repeat(100 * 1024),
+            host_id: "web-1".into(),
+            csr_pem: String::new(),
+            facts: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert!(host_ids(&server).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_admins_can_be_issued_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let bob = dir.path().join("bob.toml");
+    let issued = server.cli(&["admin", "issue", "bob", "--out", bob.to_str().unwrap()]);
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&bob).unwrap().permissions().mode() & 0o777, 0o600);
+    let as_bob = run_cli(&server.url(), &bob, &["--json", "hosts"]);
+    assert!(as_bob.status.success(), "{}", String::from_utf8_lossy(&as_bob.stderr));
+
+    // Never overwrite a credential file.
+    let again = server.cli(&["admin", "issue", "bob", "--out", bob.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+
+    let revoked = server.cli(&["admin", "revoke", "bob"]);
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let as_bob = run_cli(&server.url(), &bob, &["hosts"]);
+    assert_eq!(as_bob.status.code(), Some(4));
+    assert_eq!(
+        String::from_utf8_lossy(&as_bob.stderr).trim(),
+        "error: the server refused the request: this certificate has been revoked"
+    );
+
+    // An admin cannot lock themselves out.
+    let own = server.cli(&["admin", "revoke", "admin"]);
+    assert_eq!(own.status.code(), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_certificates_renew_over_mtls_and_expired_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &["--host-certificate-lifetime", "4s"]);
+    let token = server.create_token(&["--uses", "1"]);
+    let credential = enroll(&server.url(), &token, "web-1").await.unwrap();
+    let (_, first_expiry) = ccfleet_proto::tls::certificate_validity(&credential.certificate).unwrap();
+
+    // Renewal over the existing mTLS connection: no token involved.
+    let channel = server.channel_as(&credential).await;
+    let fresh = ccfleet_proto::tls::generate_key_and_request("web-1").unwrap();
+    let renewed = AgentClient::new(channel)
+        .renew(pb::RenewRequest { csr_pem: fresh.csr_pem })
+        .await
+        .unwrap()
+        .into_inner();
+    let renewed = Credential {
+        certificate: renewed.certificate_pem,
+        private_key: fresh.private_key_pem,
+        ..credential.clone()
+    };
+    let serial = |pem: &str| {
+        let der = ccfleet_proto::tls::first_certificate_der(pem).unwrap();
+        hex_serial(&der)
+    };
+    assert_ne!(serial(&renewed.certificate), serial(&credential.certificate));
+    let (_, renewed_expiry) = ccfleet_proto::tls::certificate_validity(&renewed.certificate).unwrap();
+    assert!(renewed_expiry >= first_expiry);
+
+    // A renewal request carrying a garbage CSR is refused with the reason.
+    let status = AgentClient::new(server.channel_as(&renewed).await)
+        .renew(pb::RenewRequest {
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("certificate request"), "{status:?}");
+
+    // Once the first certificate has expired (watched on the clock), it is refused.
+    wait_for(
+        "the first certificate's expiry",
+        Duration::from_secs(15),
+        || async move {
+            if SystemTime::now() > first_expiry + Duration::from_secs(1) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
+    .await;
+    let refused = match ccfleet_proto::tls::mtls_endpoint(&server.url(), &credential)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(error) => error_chain(&error),
+        Ok(channel) => match TestAgent::connect(channel, "web-1", vec![]).await {
+            Err(status) => status.to_string(),
+            Ok(_) => panic!("an expired certificate was accepted"),
+        },
+    };
+    assert!(!refused.is_empty());
+}
+
+fn hex_serial(der: &[u8]) -> String {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).unwrap();
+    certificate.raw_serial_as_string()
+}
