@@ -24,6 +24,8 @@ pub struct HostJson {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Expiry of the host's certificate (RFC 3339); null if never enrolled.
     pub certificate_not_after: Option<String>,
+    /// Highest durable event sequence number the server stored for the host.
+    pub last_event_seq: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +102,7 @@ pub fn host(host: &pb::Host) -> HostJson {
         // Token labels first; the agent's own labels win on conflict.
         labels: host.labels.clone().into_iter().chain(facts.labels).collect(),
         certificate_not_after: time(host.certificate_not_after.as_ref()),
+        last_event_seq: host.last_event_seq,
     }
 }
 

@@ -229,6 +229,7 @@ pub fn host(host: &HostRecord, online: bool) -> pb::Host {
         app_count: host.app_count,
         labels: host.labels.clone().into_iter().collect(),
         certificate_not_after: host.certificate_not_after.map(timestamp),
+        last_event_seq: host.last_seq,
     }
 }
 
