@@ -32,6 +32,8 @@ pub const DEFAULT_ALERTS_DIR: &str = "/var/lib/coop-cloud/alerts";
 pub const DEFAULT_ABRA_BINARY: &str = "abra";
 /// Default `abra.server`: the name `abra server add --local` stores (ABRA.md, unconfirmed).
 pub const DEFAULT_ABRA_SERVER: &str = "default";
+const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_OBSERVE_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -118,7 +120,7 @@ pub struct Config {
 /// Where the fleet server is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerConfig {
-    /// `https://host:port` (plain `http://` only for loopback hosts).
+    /// `https://host:port`.
     pub url: String,
     /// File holding the join token used for the first enrolment. Not checked
     /// for existence: after enrolment the token is no longer needed.
@@ -139,6 +141,12 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
     pub alerts_dir: PathBuf,
+    /// How often every declared app is reconciled without being asked.
+    #[serde(serialize_with = "serialize_duration")]
+    pub reconcile_interval: Duration,
+    /// How often Docker is read for changes to report to the server.
+    #[serde(serialize_with = "serialize_duration")]
+    pub observe_interval: Duration,
 }
 
 /// How the agent runs abra.
@@ -228,6 +236,8 @@ struct RawAgent {
     state_dir: Option<String>,
     control_socket: Option<String>,
     alerts_dir: Option<String>,
+    reconcile_interval: Option<String>,
+    observe_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -410,8 +420,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// `https://host[:port][/path]`, or `http://` when the host is loopback (for
-/// tests and for a server on the same machine behind nothing).
+/// `https://host[:port][/path]`: the server speaks TLS only.
 fn check_server_url(url: &str) -> Result<String, String> {
     let (scheme, rest) = url
         .split_once("://")
@@ -444,9 +453,8 @@ fn check_server_url(url: &str) -> Result<String, String> {
     }
     match scheme {
         "https" => Ok(url.to_owned()),
-        "http" if is_loopback_host(host) => Ok(url.to_owned()),
         "http" => Err(format!(
-            "{url:?} uses plain http, which is allowed only for loopback hosts (localhost, 127.0.0.0/8, ::1); use https://"
+            "{url:?} uses plain http; the server speaks TLS only, use https://"
         )),
         other => Err(format!("{url:?} has scheme {other:?}; use https://")),
     }
@@ -459,13 +467,6 @@ fn check_port(url: &str, port: Option<&str>, after_bracket: &str) -> Result<(), 
         Some(port) if port.parse::<u16>().is_ok_and(|port| port > 0) => Ok(()),
         Some(port) => Err(format!("{url:?} has an invalid port {port:?}")),
     }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
 }
 
 fn check_label_key(key: &str) -> Result<(), String> {
@@ -626,6 +627,16 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
         DEFAULT_CONTROL_SOCKET,
     );
     let alerts_dir = path_or_default("agent.alerts_dir", &raw.agent.alerts_dir, DEFAULT_ALERTS_DIR);
+    let reconcile_interval = top.duration(
+        "agent.reconcile_interval",
+        raw.agent.reconcile_interval.as_deref(),
+        DEFAULT_RECONCILE_INTERVAL,
+    );
+    let observe_interval = top.duration(
+        "agent.observe_interval",
+        raw.agent.observe_interval.as_deref(),
+        DEFAULT_OBSERVE_INTERVAL,
+    );
 
     let abra_binary = top.parse(
         "abra.binary",
@@ -660,6 +671,8 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
         abra_server,
         command_timeout,
         apps,
+        reconcile_interval,
+        observe_interval,
     ) {
         (
             Some(url),
@@ -673,6 +686,8 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
             Some(server),
             Some(command_timeout),
             Some(apps),
+            Some(reconcile_interval),
+            Some(observe_interval),
         ) if problems.is_empty() => Ok(Config {
             server: ServerConfig { url, join_token_file },
             host: HostConfig {
@@ -683,6 +698,8 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
                 state_dir,
                 control_socket,
                 alerts_dir,
+                reconcile_interval,
+                observe_interval,
             },
             abra: AbraConfig {
                 binary,

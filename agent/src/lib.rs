@@ -3,4 +3,13 @@
 //! Only the configuration is implemented so far; `main.rs` is a thin clap
 //! front end over this library.
 
+pub mod abra;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod docker;
+pub mod identity;
+pub mod link;
+pub mod outbox;
+pub mod process;
+pub mod reconcile;

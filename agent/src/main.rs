@@ -1,11 +1,16 @@
 //! `ccfleet-agent`: thin command-line front end over the `ccfleet_agent` library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use ccfleet_agent::config::Config;
+use ccfleet_agent::control::{self, Request, Response};
+use ccfleet_agent::{daemon, identity};
 use clap::{Parser, Subcommand};
+
+const DEFAULT_CONFIG: &str = "/etc/ccfleet/agent.toml";
 
 /// The ccfleet host agent.
 #[derive(Debug, Parser)]
@@ -17,22 +22,89 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: enrol if needed, reconcile the declared apps, report to the server.
+    Run {
+        /// The agent's TOML configuration.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a configuration file (including that secret files are readable) and print it,
     /// normalised with every default filled in, as JSON.
     CheckConfig {
         /// The agent's TOML configuration, e.g. /etc/ccfleet/agent.toml.
         file: PathBuf,
     },
+    /// Enrol this host with the server using a join token, and store its identity.
+    Enroll {
+        /// The server, e.g. https://fleet.example.org:7443.
+        #[arg(long)]
+        server: String,
+        /// File holding the join token (`ccfleet token create`).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The agent's state directory (the identity goes to <data>/identity.toml).
+        #[arg(long, default_value = "/var/lib/ccfleet-agent")]
+        data: PathBuf,
+        /// The host id to enrol as [default: the hostname, lowercased].
+        #[arg(long)]
+        host_id: Option<ccfleet_proto::HostId>,
+    },
+    /// Ask the running agent to converge now; with --wait, fail if an app fails.
+    Apply {
+        /// One app (its domain); all apps when omitted.
+        app: Option<String>,
+        /// Wait for the result and exit non-zero with the reason if an app failed.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Ask the running agent for an app's scheduled update (run by its systemd timer).
+    Update {
+        /// The app's domain.
+        app: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Show each app's declared and observed state, and the link to the server.
+    Status {
+        /// Print the full status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct SocketArgs {
+    /// The agent's configuration, to find its control socket.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The control socket, overriding the configuration's.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        Ok(Config::load(&self.config)?.agent.control_socket)
+    }
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    ccfleet_proto::tls::install_crypto_provider();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(dispatch(cli.command)),
+        Err(error) => Err(anyhow::Error::new(error).context("cannot start the async runtime")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,9 +118,143 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(file)?;
-    config.validate_files(file)?;
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => daemon::run(&config).await,
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Enroll {
+            server,
+            token_file,
+            data,
+            host_id,
+        } => enroll(&server, &token_file, &data, host_id).await,
+        Command::Apply { app, wait, socket } => {
+            // A first deploy can take long; the control call waits as long as
+            // the agent works, bounded generously.
+            let response = control::call(
+                &socket.path()?,
+                &Request::Apply { app, wait },
+                Duration::from_secs(3600),
+            )
+            .await?;
+            print_outcomes(&response)
+        }
+        Command::Update { app, socket } => {
+            let response = control::call(&socket.path()?, &Request::Update { app }, Duration::from_secs(3600)).await?;
+            print_outcomes(&response)
+        }
+        Command::Status { json, socket } => {
+            let response = control::call(&socket.path()?, &Request::Status, Duration::from_secs(30)).await?;
+            let status = response.status.context("the agent sent no status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_outcomes(response: &Response) -> anyhow::Result<()> {
+    for app in &response.apps {
+        println!(
+            "{}: {}{}",
+            app.domain,
+            if app.ok { "" } else { "FAILED: " },
+            app.message
+        );
+    }
+    if !response.ok {
+        anyhow::bail!("{}", response.message);
+    }
+    if response.apps.is_empty() {
+        println!("{}", response.message);
+    }
+    Ok(())
+}
+
+fn print_status(status: &serde_json::Value) {
+    let server = &status["server"];
+    println!(
+        "host {}: server {}{}; outbox: {} pending (last seq {})",
+        status["host_id"].as_str().unwrap_or("?"),
+        if server["connected"] == true {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        server["last_error"]
+            .as_str()
+            .filter(|e| !e.is_empty())
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default(),
+        status["outbox"]["pending"],
+        status["outbox"]["last_seq"],
+    );
+    for app in status["apps"].as_array().into_iter().flatten() {
+        let observed = &app["observed"];
+        println!(
+            "{}  {}  declared {}  observed {}  {}{}",
+            app["domain"].as_str().unwrap_or("?"),
+            app["recipe"].as_str().unwrap_or("?"),
+            app["declared_version"].as_str().unwrap_or("?"),
+            observed["observed_version"].as_str().unwrap_or("-"),
+            observed["state"].as_str().unwrap_or("unknown"),
+            observed["drift"]
+                .as_array()
+                .filter(|drift| !drift.is_empty())
+                .map(|drift| format!(
+                    "  drift: {}",
+                    drift.iter().filter_map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
+                ))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+async fn enroll(
+    server: &str,
+    token_file: &Path,
+    data: &Path,
+    host_id: Option<ccfleet_proto::HostId>,
+) -> anyhow::Result<()> {
+    if let Some(existing) = identity::load(data)? {
+        anyhow::bail!(
+            "{} already holds an identity for {}; remove it first to enrol again",
+            identity::identity_path(data).display(),
+            existing.server
+        );
+    }
+    let host_id = match host_id {
+        Some(host_id) => host_id,
+        None => {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").context("cannot read the hostname")?;
+            hostname
+                .trim()
+                .to_lowercase()
+                .parse()
+                .context("the hostname is not a valid host id; pass --host-id")?
+        }
+    };
+    let token = identity::read_token(token_file)?;
+    let facts = ccfleet_proto::pb::HostFacts {
+        hostname: host_id.to_string(),
+        arch: std::env::consts::ARCH.to_owned(),
+        ..Default::default()
+    };
+    let credential = identity::enroll(server, &token, &host_id, facts).await?;
+    identity::store(data, &credential)?;
+    println!(
+        "enrolled as {host_id}; identity stored in {} (valid until {})",
+        identity::identity_path(data).display(),
+        humantime::format_rfc3339_seconds(credential.not_after()?)
+    );
+    Ok(())
+}
+
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let config = daemon::load_config(file)?;
     let json = serde_json::to_string_pretty(&config).context("cannot render the configuration as JSON")?;
     println!("{json}");
     Ok(())

@@ -14,9 +14,10 @@
     ghost = {
       enable = true;
       domain = "blog.example.org";
-      # Bump this and run `nixos-rebuild switch`: cc-app-ghost.service reruns
-      # `ccfleet-agent apply blog.example.org --wait`, which upgrades (snapshot,
-      # health check, rollback on failure) and fails the switch if the upgrade fails.
+      # Bump this and run `nixos-rebuild switch`: the agent reloads its config, and
+      # cc-app-ghost.service reruns `ccfleet-agent apply blog.example.org --wait`, which
+      # moves the app to the new version with abra, waits until Docker shows it converged,
+      # and fails the switch if it does not.
       version = "1.3.0+6.42.0-alpine";
       secrets.db_password.file = "/run/secrets/ghost-db-password";
     };
@@ -25,7 +26,8 @@
       domain = "wiki.example.org";
       version = "2.1.0+1.10.0";
       healthPath = "/status";
-      # cc-app-wiki-update.timer asks the running agent for a health-gated update.
+      # cc-app-wiki-update.timer asks the running agent for the app's scheduled update
+      # (in this version: keep it converged at its declared version).
       autoUpdate = true;
       updateSchedule = "Sun 04:00";
     };

@@ -8,5 +8,7 @@
     listenAddress = "[::]";
     port = 7443;
     openFirewall = true;
+    publicUrl = "https://fleet.example.org:7443";
+    serverNames = [ "fleet.example.org" ];
   };
 }

@@ -108,7 +108,7 @@ in
     serverUrl = mkOption {
       type = types.str;
       example = "https://fleet.example.org:7443";
-      description = "URL of the ccfleet server (https; plain http only for a loopback address).";
+      description = "URL of the ccfleet server (https: the server speaks TLS only).";
     };
 
     joinTokenFile = mkOption {

@@ -33,6 +33,26 @@ in
       description = "Open `port` in the firewall for agents and admins.";
     };
 
+    publicUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://fleet.example.org:7443";
+      description = ''
+        URL that agents and admins use to reach the server; written into the first admin
+        credential (`<StateDirectory>/admin-credential.toml`) when the server initialises its state.
+      '';
+    };
+
+    serverNames = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "fleet.example.org" ];
+      description = ''
+        DNS names or IP addresses for the server's certificate, besides `localhost` and the
+        loopback addresses. Agents and admins must dial one of them.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -64,7 +84,10 @@ in
           dataDir
           "--listen"
           "${cfg.listenAddress}:${toString cfg.port}"
-        ] ++ cfg.extraArgs);
+        ]
+        ++ lib.optionals (cfg.publicUrl != null) [ "--public-url" cfg.publicUrl ]
+        ++ lib.concatMap (name: [ "--san" name ]) cfg.serverNames
+        ++ cfg.extraArgs);
         User = "ccfleet-server";
         Group = "ccfleet-server";
         Restart = "on-failure";

@@ -1,1 +1,238 @@
 //! Docker fixtures: swarm, the proxy network, fixture images, the abra test double.
+//!
+//! [`DockerTest::new`] prepares the machine once per test process (a
+//! single-node swarm, the external `proxy` overlay network, the fixture
+//! images) and gives the test its own `ABRA_DIR` and unique domains, whose
+//! stacks it removes when dropped. Where the engine refuses swarm or overlay
+//! networks, it panics with exactly that reason: a Docker test never passes
+//! without Docker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The fixture recipe (tests/fixtures/recipes/fixture-web).
+pub const FIXTURE_RECIPE: &str = "fixture-web";
+/// Healthy releases of the fixture recipe.
+pub const V1_0: &str = "1.0.0+1.0";
+pub const V1_1: &str = "1.1.0+1.1";
+/// A release whose container healthcheck fails.
+pub const V1_2_BROKEN: &str = "1.2.0+1.2";
+/// A major release, healthy.
+pub const V2_0: &str = "2.0.0+2.0";
+
+/// `tests/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The abra test double (`tests/fixtures/abra-double/abra`).
+pub fn abra_double() -> PathBuf {
+    fixtures_dir().join("abra-double").join("abra")
+}
+
+/// Runs `docker` with `arguments`, returning its output whatever the exit.
+pub fn docker(arguments: &[&str]) -> Output {
+    Command::new("docker")
+        .args(arguments)
+        .output()
+        .unwrap_or_else(|error| panic!("the Docker tests need the docker CLI: cannot run `docker`: {error}"))
+}
+
+fn text(output: &Output) -> String {
+    let mut text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !stderr.trim().is_empty() {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(stderr.trim());
+    }
+    text
+}
+
+/// Swarm, network and images, once per test process (nextest runs each test
+/// in its own process, so the steps tolerate a concurrent process doing the same).
+fn prepare_machine() {
+    static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(reason) = PREPARED.get_or_init(|| {
+        ensure_swarm()?;
+        ensure_proxy_network()?;
+        build_fixture_images()
+    }) {
+        panic!("{reason}");
+    }
+}
+
+fn swarm_state() -> Result<String, String> {
+    let output = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    if !output.status.success() {
+        return Err(format!(
+            "the Docker tests need a reachable Docker Engine: `docker info` failed: {}",
+            text(&output)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn ensure_swarm() -> Result<(), String> {
+    if swarm_state()? == "active" {
+        return Ok(());
+    }
+    let output = docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    // Another test process may have initialised it meanwhile.
+    match swarm_state()?.as_str() {
+        "active" => Ok(()),
+        state => Err(format!(
+            "the Docker Engine refused `docker swarm init --advertise-addr 127.0.0.1` (swarm state {state:?}): {}",
+            text(&output)
+        )),
+    }
+}
+
+fn proxy_network_driver() -> Option<String> {
+    let output = docker(&["network", "inspect", "--format", "{{.Driver}} {{.Scope}}", "proxy"]);
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn ensure_proxy_network() -> Result<(), String> {
+    let created = match proxy_network_driver() {
+        Some(_) => None,
+        None => Some(docker(&[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--attachable",
+            "proxy",
+        ])),
+    };
+    match (proxy_network_driver().as_deref(), created) {
+        (Some("overlay swarm"), _) => Ok(()),
+        (Some(other), _) => Err(format!(
+            "a network named proxy exists but is {other:?}, not an overlay network of the swarm: remove it"
+        )),
+        (None, Some(output)) => Err(format!(
+            "the Docker Engine refused to create the overlay network proxy \
+             (`docker network create --driver overlay --attachable proxy`): {}",
+            text(&output)
+        )),
+        (None, None) => Err("the proxy network vanished while the tests prepared it".into()),
+    }
+}
+
+fn build_fixture_images() -> Result<(), String> {
+    let script = fixtures_dir().join("images").join("build-fixture-images.sh");
+    let output = Command::new(&script)
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", script.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("building the fixture images failed: {}", text(&output)))
+    }
+}
+
+/// One Docker test's world: its own `ABRA_DIR` and state directory, and
+/// unique domains whose stacks are removed when it is dropped.
+pub struct DockerTest {
+    directory: tempfile::TempDir,
+    prefix: String,
+    domains: Vec<String>,
+}
+
+impl DockerTest {
+    /// Prepares the machine (once per process) and a fresh world for the
+    /// test `name` (a short lowercase word: it becomes part of stack names).
+    pub fn new(name: &str) -> DockerTest {
+        prepare_machine();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        // Unique across parallel processes and repeated runs, short enough
+        // that `<stack>_app` and secret names stay within Docker's limits.
+        let prefix = format!(
+            "{name}-{:x}{:x}{}",
+            std::process::id() & 0xffff,
+            nanos & 0xfff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        DockerTest {
+            directory: tempfile::tempdir().expect("a temporary directory"),
+            prefix,
+            domains: Vec::new(),
+        }
+    }
+
+    /// A domain unique to this test, e.g. `a.upgrade-1f2e3a0.ccfleet.test`;
+    /// its stack is removed at the end of the test.
+    pub fn domain(&mut self, label: &str) -> String {
+        let domain = format!("{label}.{}.ccfleet.test", self.prefix);
+        self.domains.push(domain.clone());
+        domain
+    }
+
+    /// The test's `ABRA_DIR`.
+    pub fn abra_dir(&self) -> PathBuf {
+        self.directory.path().join("abra")
+    }
+
+    /// The test's scratch directory (state directory, secret files).
+    pub fn path(&self) -> &Path {
+        self.directory.path()
+    }
+
+    /// The env file the double keeps for `domain`.
+    pub fn env_file(&self, domain: &str) -> PathBuf {
+        self.abra_dir()
+            .join("servers")
+            .join("default")
+            .join(format!("{domain}.env"))
+    }
+
+    /// Every command line the double was given, in order.
+    pub fn abra_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.abra_dir().join("double.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// An agent config (TOML) using the double and this test's directories,
+    /// with `apps` (`[[app]]` tables) appended.
+    pub fn agent_config(&self, apps: &str) -> String {
+        format!(
+            "[server]\nurl = \"https://fleet.example.org\"\n\n[host]\nid = \"docker-test\"\n\n\
+             [agent]\nstate_dir = {state:?}\ncontrol_socket = {socket:?}\nalerts_dir = {alerts:?}\n\n{abra}\n{apps}",
+            state = self.path().join("state").display().to_string(),
+            socket = self.path().join("control.sock").display().to_string(),
+            alerts = self.path().join("alerts").display().to_string(),
+            abra = self.abra_section(),
+        )
+    }
+
+    /// The `[abra]` section pointing at the double and this test's `ABRA_DIR`.
+    pub fn abra_section(&self) -> String {
+        format!(
+            "[abra]\nbinary = {binary:?}\ndir = {dir:?}\ncommand_timeout = \"2m\"\n",
+            binary = abra_double().display().to_string(),
+            dir = self.abra_dir().display().to_string(),
+        )
+    }
+}
+
+impl Drop for DockerTest {
+    fn drop(&mut self) {
+        for domain in &self.domains {
+            let stack = domain.replace('.', "_");
+            // `docker stack rm` also removes the stack's secrets and networks;
+            // a stack that was never deployed is not an error worth reporting.
+            let _ = docker(&["stack", "rm", &stack]);
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! binaries, starting the real server on a free port, and polling for
 //! conditions with a deadline instead of sleeping.
 
+pub mod agent;
 pub mod docker;
 pub mod server;
 

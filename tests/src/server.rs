@@ -26,6 +26,16 @@ impl TestServer {
     /// Starts the server on a free loopback port with `data_dir`, passing
     /// `extra_args` to `run`. Its log goes to `<data_dir>.log`.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        Self::start_listening(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts the server on a given loopback port (to come back where agents
+    /// expect it after a restart).
+    pub fn start_on(data_dir: &Path, port: u16, extra_args: &[&str]) -> TestServer {
+        Self::start_listening(data_dir, &format!("127.0.0.1:{port}"), extra_args)
+    }
+
+    fn start_listening(data_dir: &Path, listen: &str, extra_args: &[&str]) -> TestServer {
         ccfleet_proto::tls::install_crypto_provider();
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
@@ -37,7 +47,7 @@ impl TestServer {
             .arg("run")
             .arg("--data")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra_args)
             .env("RUST_LOG", "info,ccfleet_server=debug")
             .stdin(Stdio::null())

@@ -64,7 +64,9 @@ url = "https://fleet.example.org:7443"
               "agent": {
                 "state_dir": "/var/lib/ccfleet-agent",
                 "control_socket": "/run/ccfleet-agent/control.sock",
-                "alerts_dir": "/var/lib/coop-cloud/alerts"
+                "alerts_dir": "/var/lib/coop-cloud/alerts",
+                "reconcile_interval": "5m",
+                "observe_interval": "10s"
               },
               "abra": {
                 "binary": "abra",
@@ -136,7 +138,9 @@ path = "/ghost/api/admin/site/"
               "agent": {
                 "state_dir": "/srv/agent",
                 "control_socket": "/run/agent.sock",
-                "alerts_dir": "/srv/alerts"
+                "alerts_dir": "/srv/alerts",
+                "reconcile_interval": "5m",
+                "observe_interval": "10s"
               },
               "abra": {
                 "binary": "/opt/abra/bin/abra",
@@ -221,7 +225,9 @@ state_dir = "/srv/ccfleet"
               "agent": {
                 "state_dir": "/srv/ccfleet",
                 "control_socket": "/run/ccfleet-agent/control.sock",
-                "alerts_dir": "/var/lib/coop-cloud/alerts"
+                "alerts_dir": "/var/lib/coop-cloud/alerts",
+                "reconcile_interval": "5m",
+                "observe_interval": "10s"
               },
               "abra": {
                 "binary": "abra",
@@ -235,89 +241,29 @@ state_dir = "/srv/ccfleet"
 }
 
 #[test]
-fn http_only_for_loopback() {
+fn plain_http_is_refused_even_on_loopback() {
     check(
         "[server]\nurl = \"http://127.0.0.1:7443\"\n[host]\nid = \"h\"",
-        expect![[r#"
-        {
-          "server": {
-            "url": "http://127.0.0.1:7443",
-            "join_token_file": null
-          },
-          "host": {
-            "id": "h",
-            "labels": {}
-          },
-          "agent": {
-            "state_dir": "/var/lib/ccfleet-agent",
-            "control_socket": "/run/ccfleet-agent/control.sock",
-            "alerts_dir": "/var/lib/coop-cloud/alerts"
-          },
-          "abra": {
-            "binary": "abra",
-            "dir": "/var/lib/ccfleet-agent/abra",
-            "server": "default",
-            "command_timeout": "15m"
-          },
-          "apps": []
-        }"#]],
+        expect![[
+            r#"error: agent.toml: field "server.url": "http://127.0.0.1:7443" uses plain http; the server speaks TLS only, use https://"#
+        ]],
     );
     check(
         "[server]\nurl = \"http://[::1]:7443\"\n[host]\nid = \"h\"",
-        expect![[r#"
-        {
-          "server": {
-            "url": "http://[::1]:7443",
-            "join_token_file": null
-          },
-          "host": {
-            "id": "h",
-            "labels": {}
-          },
-          "agent": {
-            "state_dir": "/var/lib/ccfleet-agent",
-            "control_socket": "/run/ccfleet-agent/control.sock",
-            "alerts_dir": "/var/lib/coop-cloud/alerts"
-          },
-          "abra": {
-            "binary": "abra",
-            "dir": "/var/lib/ccfleet-agent/abra",
-            "server": "default",
-            "command_timeout": "15m"
-          },
-          "apps": []
-        }"#]],
+        expect![[
+            r#"error: agent.toml: field "server.url": "http://[::1]:7443" uses plain http; the server speaks TLS only, use https://"#
+        ]],
     );
     check(
         "[server]\nurl = \"http://localhost\"\n[host]\nid = \"h\"",
-        expect![[r#"
-        {
-          "server": {
-            "url": "http://localhost",
-            "join_token_file": null
-          },
-          "host": {
-            "id": "h",
-            "labels": {}
-          },
-          "agent": {
-            "state_dir": "/var/lib/ccfleet-agent",
-            "control_socket": "/run/ccfleet-agent/control.sock",
-            "alerts_dir": "/var/lib/coop-cloud/alerts"
-          },
-          "abra": {
-            "binary": "abra",
-            "dir": "/var/lib/ccfleet-agent/abra",
-            "server": "default",
-            "command_timeout": "15m"
-          },
-          "apps": []
-        }"#]],
+        expect![[
+            r#"error: agent.toml: field "server.url": "http://localhost" uses plain http; the server speaks TLS only, use https://"#
+        ]],
     );
     check(
         "[server]\nurl = \"http://fleet.example.org:7443\"\n[host]\nid = \"h\"",
         expect![[
-            r#"error: agent.toml: field "server.url": "http://fleet.example.org:7443" uses plain http, which is allowed only for loopback hosts (localhost, 127.0.0.0/8, ::1); use https://"#
+            r#"error: agent.toml: field "server.url": "http://fleet.example.org:7443" uses plain http; the server speaks TLS only, use https://"#
         ]],
     );
 }
@@ -667,7 +613,7 @@ version = "1.0.0+1.9.9"
 depends_on = ["blog.example.org"]
 "#,
         expect![[r#"
-            error: agent.toml: field "server.url": "http://fleet.example.org" uses plain http, which is allowed only for loopback hosts (localhost, 127.0.0.0/8, ::1); use https://
+            error: agent.toml: field "server.url": "http://fleet.example.org" uses plain http; the server speaks TLS only, use https://
             agent.toml: field "agent.state_dir": path "relative" must be absolute
             agent.toml: app[0]: field "domain": invalid app domain "Blog.example.org": uppercase character 'B'; names are lowercase at position 0 is not allowed (allowed: lowercase letters, digits, '-' and '.')
             agent.toml: app[0]: field "recipe": invalid recipe name "Ghost": uppercase character 'G'; names are lowercase at position 0 is not allowed (allowed: lowercase letters, digits and '-')

@@ -1,1 +1,470 @@
 //! The agent against the real Docker Engine, through the abra test double.
+//!
+//! Every test drives the agent library (`Reconciler`) with the double as its
+//! abra; the double really deploys the fixture recipe on the local swarm, so
+//! every state and version asserted here was read back from Docker.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ccfleet_agent::config::{AppConfig, Config};
+use ccfleet_agent::docker::Docker;
+use ccfleet_agent::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileErrorKind, Reconciler};
+use ccfleet_tests::docker::{abra_double, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0};
+use ccfleet_tests::wait_for;
+
+/// One `[[app]]` table of the fixture recipe.
+fn app_toml(domain: &str, version: &str, extra: &str) -> String {
+    format!(
+        "[[app]]\ndomain = \"{domain}\"\nrecipe = \"{FIXTURE_RECIPE}\"\nversion = \"{version}\"\n\
+         deploy_timeout = \"90s\"\n{extra}\n"
+    )
+}
+
+fn config(test: &DockerTest, apps: &str) -> Config {
+    Config::from_toml_str_with_hostname(&test.agent_config(apps), Path::new("agent.toml"), "docker-test")
+        .unwrap_or_else(|error| panic!("test config refused: {error}"))
+}
+
+async fn reconciler(config: &Config) -> Reconciler {
+    let docker = Docker::connect()
+        .await
+        .unwrap_or_else(|error| panic!("the Docker tests need the Docker Engine: {error}"));
+    Reconciler::from_config(config, docker).with_poll_interval(Duration::from_millis(250))
+}
+
+fn app<'a>(config: &'a Config, domain: &str) -> &'a AppConfig {
+    config.apps.iter().find(|app| app.domain.as_str() == domain).unwrap()
+}
+
+fn with_version(app: &AppConfig, version: &str) -> AppConfig {
+    AppConfig {
+        version: version.parse().unwrap(),
+        ..app.clone()
+    }
+}
+
+/// (domain, state, observed version, drift) for compact assertions.
+fn brief(observed: &ObservedApp) -> (String, AppState, Option<String>, Vec<String>) {
+    (
+        observed.domain.to_string(),
+        observed.state,
+        observed.observed_version.as_ref().map(ToString::to_string),
+        observed.drift.clone(),
+    )
+}
+
+#[tokio::test]
+async fn two_apps_converge_and_are_observed_at_their_versions() {
+    let mut test = DockerTest::new("two");
+    let first = test.domain("a");
+    let second = test.domain("b");
+    let secret_file = test.path().join("api_key");
+    std::fs::write(&secret_file, "from-a-file").unwrap();
+    let apps = app_toml(&first, V1_0, "")
+        + &app_toml(
+            &second,
+            V1_1,
+            &format!(
+                "depends_on = [\"{first}\"]\nenv = {{ GREETING = \"hello\" }}\nsecrets = {{ api_key = {:?} }}",
+                secret_file.display().to_string()
+            ),
+        );
+    let config = config(&test, &apps);
+    let reconciler = reconciler(&config).await;
+
+    let results = reconciler.reconcile_all().await;
+    let summaries: Vec<(String, String)> = results
+        .iter()
+        .map(|(domain, result)| {
+            let summary = match result {
+                Ok(outcome) => outcome.summary(),
+                Err(error) => panic!("{error}"),
+            };
+            (domain.to_string(), summary)
+        })
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            // The recipe's api_key is not declared for the first app: abra generates it.
+            (
+                first.clone(),
+                format!("created, generated the other secrets, deployed {V1_0}")
+            ),
+            (
+                second.clone(),
+                format!("created, wrote env keys GREETING, inserted secrets api_key, deployed {V1_1}")
+            ),
+        ]
+    );
+
+    let observed: Vec<_> = reconciler.observe_all().await.iter().map(brief).collect();
+    assert_eq!(
+        observed,
+        [
+            (first.clone(), AppState::Converged, Some(V1_0.to_owned()), vec![]),
+            (second.clone(), AppState::Converged, Some(V1_1.to_owned()), vec![]),
+        ]
+    );
+    let all = reconciler.observe_all().await;
+    assert_eq!((all[1].running_replicas, all[1].desired_replicas), (1, 1));
+
+    // The secret came from the file, with the version the recipe's env names.
+    let stack = second.replace('.', "_");
+    let secret = docker(&[
+        "secret",
+        "inspect",
+        "--format",
+        "{{.Spec.Name}}",
+        &format!("{stack}_api_key_v1"),
+    ]);
+    assert!(secret.status.success(), "{secret:?}");
+
+    // A second pass changes nothing.
+    let again: Vec<Vec<ReconcileAction>> = reconciler
+        .reconcile_all()
+        .await
+        .into_iter()
+        .map(|(_, result)| result.unwrap().actions)
+        .collect();
+    assert_eq!(
+        again,
+        [
+            vec![ReconcileAction::AlreadyConverged],
+            vec![ReconcileAction::AlreadyConverged]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_reconciles_of_one_app_run_one_at_a_time() {
+    let mut test = DockerTest::new("lock");
+    let domain = test.domain("app");
+    let config = config(&test, &app_toml(&domain, V1_1, ""));
+    let reconciler = reconciler(&config).await;
+    let declared = app(&config, &domain);
+    let (first, second) = tokio::join!(reconciler.reconcile_app(declared), reconciler.reconcile_app(declared));
+    let mut summaries = [first.unwrap().summary(), second.unwrap().summary()];
+    summaries.sort();
+    assert_eq!(
+        summaries,
+        [
+            "already converged".to_owned(),
+            format!("created, generated the other secrets, deployed {V1_1}")
+        ]
+    );
+    let creations = test
+        .abra_log()
+        .iter()
+        .filter(|line| line.starts_with("app new"))
+        .count();
+    assert_eq!(creations, 1);
+}
+
+#[tokio::test]
+async fn a_changed_declared_version_is_upgraded_to_and_rolled_back_to() {
+    let mut test = DockerTest::new("move");
+    let domain = test.domain("app");
+    let config = config(&test, &app_toml(&domain, V1_0, ""));
+    let reconciler = reconciler(&config).await;
+    let declared = app(&config, &domain);
+    reconciler.reconcile_app(declared).await.unwrap();
+
+    let newer = with_version(declared, V1_1);
+    let before = reconciler.observe(&newer).await;
+    assert_eq!(before.drift, [format!("declared {V1_1}, running {V1_0}")]);
+    let upgraded = reconciler.reconcile_app(&newer).await.unwrap();
+    assert_eq!(
+        upgraded.actions,
+        [ReconcileAction::Upgraded {
+            from: V1_0.parse().unwrap(),
+            to: V1_1.parse().unwrap()
+        }]
+    );
+    assert_eq!(
+        brief(&reconciler.observe(&newer).await),
+        (domain.clone(), AppState::Converged, Some(V1_1.to_owned()), vec![])
+    );
+
+    // A major jump is an upgrade too: the pin is the operator's explicit choice.
+    let major = reconciler.reconcile_app(&with_version(declared, V2_0)).await.unwrap();
+    assert_eq!(
+        major.actions,
+        [ReconcileAction::Upgraded {
+            from: V1_1.parse().unwrap(),
+            to: V2_0.parse().unwrap()
+        }]
+    );
+    assert_eq!(major.observed.observed_version, Some(V2_0.parse().unwrap()));
+
+    let rolled_back = reconciler.reconcile_app(declared).await.unwrap();
+    assert_eq!(
+        rolled_back.actions,
+        [ReconcileAction::RolledBack {
+            from: V2_0.parse().unwrap(),
+            to: V1_0.parse().unwrap()
+        }]
+    );
+    assert_eq!(
+        brief(&reconciler.observe(declared).await),
+        (domain.clone(), AppState::Converged, Some(V1_0.to_owned()), vec![])
+    );
+    // abra wrote the deployed version back into TYPE= each time.
+    let env = std::fs::read_to_string(test.env_file(&domain)).unwrap();
+    assert!(env.contains(&format!("TYPE={FIXTURE_RECIPE}:{V1_0}\n")), "{env}");
+    let moves: Vec<String> = test
+        .abra_log()
+        .into_iter()
+        .filter(|line| line.starts_with("app upgrade") || line.starts_with("app rollback"))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            format!("app upgrade {domain} {V1_1} -n -c"),
+            format!("app upgrade {domain} {V2_0} -n -c"),
+            format!("app rollback {domain} {V1_0} -n -c")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_app_is_reported_not_deployed_with_drift() {
+    let mut test = DockerTest::new("missing");
+    let domain = test.domain("absent");
+    let config = config(&test, &app_toml(&domain, V1_0, ""));
+    let reconciler = reconciler(&config).await;
+    let observed = reconciler.observe_all().await;
+    assert_eq!(
+        observed.iter().map(brief).collect::<Vec<_>>(),
+        [(domain, AppState::NotDeployed, None, vec!["not deployed".to_owned()])]
+    );
+    assert_eq!(observed[0].declared_version, Some(V1_0.parse().unwrap()));
+    assert!(test.abra_log().is_empty(), "observing must not run abra");
+}
+
+#[tokio::test]
+async fn keys_written_by_abra_or_the_recipe_survive_owned_env_writes() {
+    let mut test = DockerTest::new("env");
+    let domain = test.domain("app");
+    let first = config(&test, &app_toml(&domain, V1_0, "env = { GREETING = \"hello\" }"));
+    let reconciler = reconciler(&first).await;
+    reconciler.reconcile_app(app(&first, &domain)).await.unwrap();
+
+    // What abra or an operator's recipe step adds behind the agent's back.
+    let env_path = test.env_file(&domain);
+    let mut text = std::fs::read_to_string(&env_path).unwrap();
+    text.push_str("ADDED_BY_ABRA=keep-me\n");
+    std::fs::write(&env_path, text).unwrap();
+
+    let second = config(
+        &test,
+        &app_toml(&domain, V1_0, "env = { GREETING = \"bonjour\", MOTTO = \"two words\" }"),
+    );
+    let outcome = reconciler.reconcile_app(app(&second, &domain)).await.unwrap();
+    assert_eq!(
+        outcome.summary(),
+        format!("wrote env keys GREETING, MOTTO, redeployed {V1_0} (env keys changed)")
+    );
+    let env = std::fs::read_to_string(&env_path).unwrap();
+    for line in [
+        format!("TYPE={FIXTURE_RECIPE}:{V1_0}"),
+        format!("DOMAIN={domain}"),
+        "RECIPE_SAMPLE_KEY=from-the-sample".to_owned(),
+        "#GREETING=hello".to_owned(),
+        "SECRET_API_KEY_VERSION=v1".to_owned(),
+        "ADDED_BY_ABRA=keep-me".to_owned(),
+        "GREETING=bonjour".to_owned(),
+        "MOTTO='two words'".to_owned(),
+    ] {
+        assert!(
+            env.lines().any(|existing| existing == line),
+            "{line:?} missing from:\n{env}"
+        );
+    }
+    assert_eq!(
+        env.matches("GREETING=").count(),
+        2,
+        "one live assignment, one sample comment:\n{env}"
+    );
+
+    // The redeploy really reached the swarm: the service runs with the new value.
+    let stack = domain.replace('.', "_");
+    let spec_env = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+        &format!("{stack}_app"),
+    ]);
+    let spec_env = String::from_utf8_lossy(&spec_env.stdout);
+    assert!(spec_env.contains("\"GREETING=bonjour\""), "{spec_env}");
+}
+
+#[tokio::test]
+async fn the_failing_health_version_is_observed_degraded() {
+    let mut test = DockerTest::new("broken");
+    let domain = test.domain("app");
+    let apps = app_toml(&domain, V1_2_BROKEN, "").replace("deploy_timeout = \"90s\"", "deploy_timeout = \"8s\"");
+    let config = config(&test, &apps);
+    let reconciler = reconciler(&config).await;
+    let declared = app(&config, &domain);
+
+    let error = reconciler.reconcile_app(declared).await.unwrap_err();
+    assert!(matches!(error.kind, ReconcileErrorKind::NotConverged { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("{domain}: not converged at {V1_2_BROKEN} within 8s: ")),
+        "{error}"
+    );
+    assert_eq!(
+        error.actions,
+        [
+            ReconcileAction::Created,
+            ReconcileAction::SecretsGenerated,
+            ReconcileAction::Deployed {
+                version: V1_2_BROKEN.parse().unwrap()
+            }
+        ]
+    );
+
+    let degraded = wait_for(
+        "the broken release to be observed degraded",
+        Duration::from_secs(60),
+        || async {
+            let observed = reconciler.observe(declared).await;
+            if observed.state == AppState::Degraded {
+                Ok(observed)
+            } else {
+                Err(observed.summary())
+            }
+        },
+    )
+    .await;
+    assert_eq!(degraded.observed_version, Some(V1_2_BROKEN.parse().unwrap()));
+    assert_eq!((degraded.running_replicas, degraded.desired_replicas), (0, 1));
+    assert!(
+        degraded
+            .drift
+            .iter()
+            .any(|reason| reason.starts_with("not converged: 0/1 replicas (")),
+        "{:?}",
+        degraded.drift
+    );
+}
+
+#[tokio::test]
+async fn a_failed_dependency_skips_its_dependents_and_abra_output_is_kept() {
+    let mut test = DockerTest::new("deps");
+    let base = test.domain("base");
+    let dependent = test.domain("dependent");
+    // The fixture recipe has no 9.9.9: the double's `app new` refuses it.
+    let apps = app_toml(&base, "9.9.9+9", "") + &app_toml(&dependent, V1_0, &format!("depends_on = [\"{base}\"]"));
+    let config = config(&test, &apps);
+    let reconciler = reconciler(&config).await;
+    let results = reconciler.reconcile_all().await;
+    let messages: Vec<(String, String)> = results
+        .iter()
+        .map(|(domain, result)| (domain.to_string(), result.as_ref().unwrap_err().to_string()))
+        .collect();
+    let abra_failure = format!(
+        "{base}: cannot create the app (abra app new): `{} app new {FIXTURE_RECIPE} 9.9.9+9 --server default --domain {base} -n` \
+         failed (exit code 1): abra-double: recipe {FIXTURE_RECIPE} has no version 9.9.9+9",
+        abra_double().display()
+    );
+    assert_eq!(messages[0], (base.clone(), abra_failure.clone()));
+    assert_eq!(
+        messages[1],
+        (
+            dependent.clone(),
+            format!(
+                "{dependent}: skipped: it depends on {base}, which failed: {}",
+                abra_failure.trim_start_matches(&format!("{base}: "))
+            )
+        )
+    );
+    assert_eq!(
+        results[0].1.as_ref().unwrap_err().abra_output().unwrap().exit_code,
+        Some(1)
+    );
+    assert!(!test.abra_log().iter().any(|line| line.contains(&dependent)));
+}
+
+#[test]
+fn the_abra_double_refuses_command_lines_outside_abra_md() {
+    let test = DockerTest::new("refuse");
+    let abra_dir = test.abra_dir();
+    let run = |arguments: &[&str]| {
+        let output = Command::new(abra_double())
+            .args(arguments)
+            .env("ABRA_DIR", &abra_dir)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        )
+    };
+    assert_eq!(run(&["server", "add", "--local"]).0, Some(0));
+    let refused = |arguments: &[&str]| {
+        let (code, stderr) = run(arguments);
+        assert_eq!(code, Some(1), "{arguments:?} was accepted");
+        assert_eq!(
+            stderr,
+            format!("abra-double: unsupported command line: abra {}", arguments.join(" ")).trim_end()
+        );
+    };
+    refused(&["app", "deploy", "x.example.org", V1_0, "-n"]); // missing -c
+    refused(&["app", "deploy", "x.example.org", V1_0, "-c", "-n"]); // flags out of order
+    refused(&["app", "deploy", "x.example.org", V1_0, "-n", "-c", "--chaos"]);
+    refused(&["app", "upgrade", "x.example.org", V1_1]); // no -n -c
+    refused(&["app", "new", FIXTURE_RECIPE, V1_0, "--domain", "x.example.org", "-n"]); // no --server
+    refused(&["app", "secret", "generate", "x.example.org", "-n"]); // no --all
+    refused(&["app", "undeploy", "x.example.org"]);
+    refused(&["app", "remove", "x.example.org", "-n"]);
+    refused(&["server", "add", "remote.example.org"]);
+    refused(&["recipe", "versions"]);
+    refused(&["upgrade"]);
+    refused(&[]);
+    // Well-formed but wrong: refused with abra-like reasons, non-zero too.
+    assert_eq!(
+        run(&["app", "deploy", "x.example.org", V1_0, "-n", "-c"]),
+        (
+            Some(1),
+            format!(
+                "abra-double: app x.example.org does not exist (no x.example.org.env under {}/servers)",
+                abra_dir.display()
+            )
+        )
+    );
+    assert_eq!(
+        run(&[
+            "app",
+            "new",
+            "no-such-recipe",
+            "--server",
+            "default",
+            "--domain",
+            "x.example.org",
+            "-n"
+        ]),
+        (Some(1), "abra-double: unknown recipe no-such-recipe".to_owned())
+    );
+    let (code, stdout) = {
+        let output = Command::new(abra_double())
+            .args(["recipe", "versions", FIXTURE_RECIPE])
+            .env("ABRA_DIR", &abra_dir)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        (code, stdout),
+        (Some(0), "1.0.0+1.0\n1.1.0+1.1\n1.2.0+1.2\n2.0.0+2.0\n".to_owned())
+    );
+}

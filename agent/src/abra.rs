@@ -1,0 +1,468 @@
+//! The only module that runs abra, following `ABRA.md`'s command table: always
+//! non-interactive (`-n`), always with explicit versions, `-c` so that abra
+//! skips its own convergence wait (the agent observes Docker itself).
+//!
+//! Calls are serialised per recipe, because abra switches one shared git
+//! checkout per recipe (`$ABRA_DIR/recipes/<recipe>/`) between tags: two
+//! operations on apps of the same recipe at once could deploy the wrong tag.
+//! Every method that works on an app therefore takes the app's recipe too.
+//!
+//! abra's message text is not a stable interface: nothing here parses prose.
+//! A non-zero exit is failure, and its output tail travels in the error.
+
+pub mod env_file;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ccfleet_proto::{CoopVersion, Domain, RecipeName};
+
+use crate::config::AbraConfig;
+use crate::process::{self, CommandOutput, CommandSpec, ProcessError};
+
+pub use env_file::{AppType, EnvFile};
+
+/// Environment variables of the agent that abra (and the `docker` it starts)
+/// may need; nothing else of the agent's environment reaches abra. `HOME`
+/// because abra and docker look for their configuration under it.
+const PASSED_ENVIRONMENT: &[&str] = &["HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "TZ"];
+
+/// Why an abra operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AbraError {
+    /// abra ran and failed or timed out, or could not be started; the message
+    /// holds the command line and abra's output tail.
+    #[error(transparent)]
+    Command(#[from] ProcessError),
+    #[error("{}: {action}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `abra server add --local` succeeded but the configured server name has
+    /// no state directory: the config names a server abra did not create.
+    #[error(
+        "`abra server add --local` left no {}: abra.server {server:?} does not name the local server (abra stores it as \"default\", unconfirmed)",
+        directory.display()
+    )]
+    ServerMissing { server: String, directory: PathBuf },
+}
+
+impl AbraError {
+    /// abra's output, when abra ran.
+    pub fn output(&self) -> Option<&CommandOutput> {
+        match self {
+            AbraError::Command(error) => error.output(),
+            AbraError::Io { .. } | AbraError::ServerMissing { .. } => None,
+        }
+    }
+}
+
+/// Runs abra for one agent: one binary, one `ABRA_DIR`, one server.
+#[derive(Debug)]
+pub struct Abra {
+    binary: PathBuf,
+    dir: PathBuf,
+    server: String,
+    command_timeout: Duration,
+    recipe_locks: Mutex<HashMap<RecipeName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while the server is checked and added, so that it is added once.
+    server_added: tokio::sync::Mutex<bool>,
+}
+
+impl Abra {
+    pub fn new(config: &AbraConfig) -> Abra {
+        Abra {
+            binary: config.binary.clone(),
+            dir: config.dir.clone(),
+            server: config.server.clone(),
+            command_timeout: config.command_timeout,
+            recipe_locks: Mutex::new(HashMap::new()),
+            server_added: tokio::sync::Mutex::new(false),
+        }
+    }
+
+    /// `ABRA_DIR`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The app's env file, `$ABRA_DIR/servers/<server>/<domain>.env`.
+    pub fn env_file_path(&self, domain: &Domain) -> PathBuf {
+        self.server_dir().join(format!("{domain}.env"))
+    }
+
+    fn server_dir(&self) -> PathBuf {
+        self.dir.join("servers").join(&self.server)
+    }
+
+    /// Reads the app's env file; `Ok(None)` when the app does not exist.
+    pub fn read_env_file(&self, domain: &Domain) -> Result<Option<EnvFile>, AbraError> {
+        let path = self.env_file_path(domain);
+        env_file::read(&path).map_err(|source| AbraError::Io {
+            action: "cannot read the app's env file",
+            path,
+            source,
+        })
+    }
+
+    /// Sets `keys` in the app's env file, keeping every other line (what abra
+    /// and the recipe wrote), and replaces the file atomically when anything
+    /// changed. Returns the keys whose value changed. The file must exist:
+    /// abra creates it (`app new`). Holds the recipe lock, since abra writes
+    /// the same file after deploys.
+    pub async fn write_env_keys<'a>(
+        &self,
+        recipe: &RecipeName,
+        domain: &Domain,
+        keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Vec<String>, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let path = self.env_file_path(domain);
+        let mut file = self.read_env_file(domain)?.ok_or_else(|| AbraError::Io {
+            action: "cannot write env keys: the app's env file does not exist",
+            path: path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        let mut changed = Vec::new();
+        for (key, value) in keys {
+            if file.set(key, value) {
+                changed.push(key.to_owned());
+            }
+        }
+        if !changed.is_empty() {
+            env_file::write_atomically(&path, &file).map_err(|source| AbraError::Io {
+                action: "cannot replace the app's env file",
+                path,
+                source,
+            })?;
+        }
+        Ok(changed)
+    }
+
+    /// Makes sure abra knows the local server: `abra server add --local`,
+    /// unless its state directory already exists. A failure is tolerated when
+    /// the directory exists afterwards (abra refuses to add a server twice,
+    /// unconfirmed), so that a second agent start is not an error.
+    pub async fn ensure_server(&self) -> Result<(), AbraError> {
+        let mut added = self.server_added.lock().await;
+        if *added {
+            return Ok(());
+        }
+        let directory = self.server_dir();
+        if !directory.is_dir() {
+            std::fs::create_dir_all(&self.dir).map_err(|source| AbraError::Io {
+                action: "cannot create ABRA_DIR",
+                path: self.dir.clone(),
+                source,
+            })?;
+            let result = self.run(&["server", "add", "--local"]).await;
+            match result {
+                Ok(_) if directory.is_dir() => {}
+                Ok(_) => {
+                    return Err(AbraError::ServerMissing {
+                        server: self.server.clone(),
+                        directory,
+                    })
+                }
+                Err(error) if directory.is_dir() => {
+                    tracing::info!(%error, "abra server add failed, but the server exists: treated as already added");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        *added = true;
+        Ok(())
+    }
+
+    /// `abra app new <recipe> <version> --server <server> --domain <domain> -n`.
+    pub async fn app_new(
+        &self,
+        recipe: &RecipeName,
+        version: &CoopVersion,
+        domain: &Domain,
+    ) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let version = version.to_string();
+        self.run(&[
+            "app",
+            "new",
+            recipe.as_str(),
+            &version,
+            "--server",
+            &self.server,
+            "--domain",
+            domain.as_str(),
+            "-n",
+        ])
+        .await
+    }
+
+    /// `abra app secret generate <domain> --all -n`. Whether abra skips
+    /// secrets that already exist (inserted from files) is unconfirmed: the
+    /// caller runs this once, right after creating the app.
+    pub async fn secret_generate_all(&self, recipe: &RecipeName, domain: &Domain) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        self.run(&["app", "secret", "generate", domain.as_str(), "--all", "-n"])
+            .await
+    }
+
+    /// `abra app secret insert <domain> <name> <version> <file> -f -n`
+    /// (`-f`: the argument is a file holding the value, not the value itself).
+    pub async fn secret_insert(
+        &self,
+        recipe: &RecipeName,
+        domain: &Domain,
+        name: &str,
+        secret_version: &str,
+        file: &Path,
+    ) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let file = file.as_os_str().to_owned();
+        self.run_os(&[
+            "app".into(),
+            "secret".into(),
+            "insert".into(),
+            domain.as_str().into(),
+            name.into(),
+            secret_version.into(),
+            file,
+            "-f".into(),
+            "-n".into(),
+        ])
+        .await
+    }
+
+    /// `abra app deploy <domain> <version> -n -c`, with `-f` to redeploy an app
+    /// that is already deployed.
+    pub async fn deploy(
+        &self,
+        recipe: &RecipeName,
+        domain: &Domain,
+        version: &CoopVersion,
+        force: bool,
+    ) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let version = version.to_string();
+        let mut arguments = vec!["app", "deploy", domain.as_str(), &version, "-n", "-c"];
+        if force {
+            arguments.push("-f");
+        }
+        self.run(&arguments).await
+    }
+
+    /// `abra app upgrade <domain> <version> -n -c`.
+    pub async fn upgrade(
+        &self,
+        recipe: &RecipeName,
+        domain: &Domain,
+        version: &CoopVersion,
+    ) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let version = version.to_string();
+        self.run(&["app", "upgrade", domain.as_str(), &version, "-n", "-c"])
+            .await
+    }
+
+    /// `abra app rollback <domain> <version> -n -c`.
+    pub async fn rollback(
+        &self,
+        recipe: &RecipeName,
+        domain: &Domain,
+        version: &CoopVersion,
+    ) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let version = version.to_string();
+        self.run(&["app", "rollback", domain.as_str(), &version, "-n", "-c"])
+            .await
+    }
+
+    /// `abra app undeploy <domain> -n` (volumes and secrets stay).
+    pub async fn undeploy(&self, recipe: &RecipeName, domain: &Domain) -> Result<CommandOutput, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        self.run(&["app", "undeploy", domain.as_str(), "-n"]).await
+    }
+
+    /// `abra recipe versions <recipe>`: the recipe's published versions,
+    /// oldest first. abra prints a table whose layout is not a stable
+    /// interface (a `-m` JSON form is unconfirmed), so this keeps every
+    /// whitespace- or `│`-separated word that parses as a version and ignores
+    /// the rest; old `<upstream>_<n>` tags are skipped that way too.
+    pub async fn recipe_versions(&self, recipe: &RecipeName) -> Result<Vec<CoopVersion>, AbraError> {
+        let _recipe_guard = self.lock_recipe(recipe).await;
+        let output = self.run(&["recipe", "versions", recipe.as_str()]).await?;
+        Ok(versions_in(&output.stdout))
+    }
+
+    /// Waits for and holds the recipe's lock (see the module comment).
+    async fn lock_recipe(&self, recipe: &RecipeName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.recipe_locks.lock().expect("recipe lock map is never poisoned");
+            Arc::clone(locks.entry(recipe.clone()).or_default())
+        };
+        lock.lock_owned().await
+    }
+
+    async fn run(&self, arguments: &[&str]) -> Result<CommandOutput, AbraError> {
+        let arguments: Vec<OsString> = arguments.iter().map(OsString::from).collect();
+        self.run_os(&arguments).await
+    }
+
+    async fn run_os(&self, arguments: &[OsString]) -> Result<CommandOutput, AbraError> {
+        let mut spec = CommandSpec::new(&self.binary, &self.dir, self.command_timeout).env("ABRA_DIR", &self.dir);
+        spec.args = arguments.to_vec();
+        // abra's coloured, width-dependent output is for people; the kept tail is for reports.
+        spec = spec.env("NO_COLOR", "1");
+        for key in PASSED_ENVIRONMENT {
+            if let Some(value) = std::env::var_os(key) {
+                spec = spec.env(*key, value);
+            }
+        }
+        tracing::info!(command = %spec.command_line(), "running abra");
+        Ok(process::run(&spec).await?)
+    }
+}
+
+/// Every distinct version in `text`, oldest first.
+fn versions_in(text: &str) -> Vec<CoopVersion> {
+    let mut versions: Vec<CoopVersion> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, '│' | '|' | ','))
+        .filter_map(|word| word.parse::<CoopVersion>().ok())
+        .collect();
+    versions.sort();
+    versions.dedup();
+    versions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_picked_out_of_table_text() {
+        let text = "\
+┌──────────────┬──────┐
+│ VERSION      │ NOTE │
+├──────────────┼──────┤
+│ 1.1.0+1.1    │      │
+│ 1.0.0+1.0    │      │
+│ 5.2_1        │ old  │
+│ 2.0.0+2.0    │      │
+└──────────────┴──────┘
+1.0.0+1.0
+";
+        let versions: Vec<String> = versions_in(text).iter().map(ToString::to_string).collect();
+        assert_eq!(versions, ["1.0.0+1.0", "1.1.0+1.1", "2.0.0+2.0"]);
+    }
+
+    fn abra_with_script(directory: &Path, script: &str) -> Abra {
+        use std::os::unix::fs::PermissionsExt;
+        let binary = directory.join("abra");
+        std::fs::write(&binary, script).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Abra::new(&AbraConfig {
+            binary,
+            dir: directory.join("abra-dir"),
+            server: "default".into(),
+            command_timeout: Duration::from_secs(10),
+        })
+    }
+
+    #[tokio::test]
+    async fn command_lines_follow_abra_md() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = directory.path().join("log");
+        // A stand-in that records its arguments and environment, one call per line.
+        let abra = abra_with_script(
+            directory.path(),
+            &format!(
+                "#!/bin/sh\necho \"$* | ABRA_DIR=$ABRA_DIR pwd=$(pwd)\" >> {}\n[ \"$1\" = server ] && mkdir -p \"$ABRA_DIR/servers/default\"\nexit 0\n",
+                log.display()
+            ),
+        );
+        let recipe: RecipeName = "fixture-web".parse().unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let version: CoopVersion = "1.1.0+1.1".parse().unwrap();
+        abra.ensure_server().await.unwrap();
+        abra.ensure_server().await.unwrap();
+        abra.app_new(&recipe, &version, &domain).await.unwrap();
+        abra.secret_insert(&recipe, &domain, "db_password", "v1", Path::new("/run/secrets/db"))
+            .await
+            .unwrap();
+        abra.secret_generate_all(&recipe, &domain).await.unwrap();
+        abra.deploy(&recipe, &domain, &version, false).await.unwrap();
+        abra.deploy(&recipe, &domain, &version, true).await.unwrap();
+        abra.upgrade(&recipe, &domain, &version).await.unwrap();
+        abra.rollback(&recipe, &domain, &version).await.unwrap();
+        abra.undeploy(&recipe, &domain).await.unwrap();
+        abra.recipe_versions(&recipe).await.unwrap();
+        let abra_dir = directory.path().join("abra-dir");
+        let expected = [
+            "server add --local",
+            "app new fixture-web 1.1.0+1.1 --server default --domain blog.example.org -n",
+            "app secret insert blog.example.org db_password v1 /run/secrets/db -f -n",
+            "app secret generate blog.example.org --all -n",
+            "app deploy blog.example.org 1.1.0+1.1 -n -c",
+            "app deploy blog.example.org 1.1.0+1.1 -n -c -f",
+            "app upgrade blog.example.org 1.1.0+1.1 -n -c",
+            "app rollback blog.example.org 1.1.0+1.1 -n -c",
+            "app undeploy blog.example.org -n",
+            "recipe versions fixture-web",
+        ]
+        .map(|arguments| format!("{arguments} | ABRA_DIR={0} pwd={0}", abra_dir.display()))
+        .join("\n");
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim_end(), expected);
+    }
+
+    #[tokio::test]
+    async fn failure_carries_output_and_server_add_is_tolerated_when_present() {
+        let directory = tempfile::tempdir().unwrap();
+        let abra = abra_with_script(
+            directory.path(),
+            "#!/bin/sh\n[ \"$1\" = server ] && mkdir -p \"$ABRA_DIR/servers/default\"\necho \"FATA nope: $*\" >&2\nexit 1\n",
+        );
+        // server add "fails" but leaves the server behind: already added.
+        abra.ensure_server().await.unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let error = abra
+            .undeploy(&"fixture-web".parse().unwrap(), &domain)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .ends_with("abra app undeploy blog.example.org -n` failed (exit code 1): FATA nope: app undeploy blog.example.org -n"),
+            "{error}"
+        );
+        assert_eq!(error.output().unwrap().exit_code, Some(1));
+    }
+
+    #[tokio::test]
+    async fn env_keys_are_written_without_dropping_others() {
+        let directory = tempfile::tempdir().unwrap();
+        let abra = abra_with_script(directory.path(), "#!/bin/sh\nexit 0\n");
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let recipe: RecipeName = "fixture-web".parse().unwrap();
+        let missing = abra.write_env_keys(&recipe, &domain, [("A", "1")]).await.unwrap_err();
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        let path = abra.env_file_path(&domain);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "TYPE=fixture-web:1.0.0+1.0\nFROM_RECIPE=x\nOWNED=old\n").unwrap();
+        let changed = abra
+            .write_env_keys(&recipe, &domain, [("OWNED", "new"), ("ADDED", "yes")])
+            .await
+            .unwrap();
+        assert_eq!(changed, ["OWNED", "ADDED"]);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "TYPE=fixture-web:1.0.0+1.0\nFROM_RECIPE=x\nOWNED=new\nADDED=yes\n"
+        );
+        let unchanged = abra.write_env_keys(&recipe, &domain, [("OWNED", "new")]).await.unwrap();
+        assert!(unchanged.is_empty());
+    }
+}

@@ -1,0 +1,197 @@
+//! The agent's identity: enrolment with a join token, the stored credential,
+//! and renewal before the certificate runs out.
+//!
+//! The credential lives in `<state_dir>/identity.toml` (0600). The private key
+//! is generated here and never leaves the host: the server only ever sees
+//! certificate requests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ccfleet_proto::pb::{self, agent_client::AgentClient, enrollment_client::EnrollmentClient};
+use ccfleet_proto::tls::{self, Credential, JoinToken};
+use ccfleet_proto::HostId;
+use tonic::transport::Channel;
+
+/// Errors of enrolment and renewal, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read the join token file {path}")]
+    ReadToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the join token in {path} is unusable: {source}")]
+    BadToken {
+        path: PathBuf,
+        #[source]
+        source: tls::TlsError,
+    },
+    #[error("this host has no identity yet and no join token file is configured (server.join_token_file)")]
+    NoToken,
+    #[error("cannot reach the server at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("the server refused: {0}")]
+    Refused(String),
+    #[error("cannot store the identity in {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the stored identity {path} is unusable: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Where the credential lives in a state directory.
+pub fn identity_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("identity.toml")
+}
+
+/// Loads the stored credential, if the host has one.
+pub fn load(state_dir: &Path) -> Result<Option<Credential>, IdentityError> {
+    let path = identity_path(state_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(IdentityError::Corrupt {
+                path,
+                detail: error.to_string(),
+            })
+        }
+    };
+    let credential: Credential = toml::from_str(&text).map_err(|error| IdentityError::Corrupt {
+        path: path.clone(),
+        detail: error.to_string(),
+    })?;
+    credential.check().map_err(|error| IdentityError::Corrupt {
+        path,
+        detail: error.to_string(),
+    })?;
+    Ok(Some(credential))
+}
+
+/// Writes the credential atomically, readable by its owner only.
+pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = identity_path(state_dir);
+    let write_error = |source| IdentityError::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(write_error)?;
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let text = toml::to_string(credential).map_err(|error| IdentityError::Corrupt {
+        path: path.clone(),
+        detail: error.to_string(),
+    })?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(write_error)?;
+    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&temporary, &path).map_err(write_error)
+}
+
+/// Reads a join token from a file (surrounding whitespace ignored).
+pub fn read_token(path: &Path) -> Result<JoinToken, IdentityError> {
+    let text = std::fs::read_to_string(path).map_err(|source| IdentityError::ReadToken {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.trim().parse().map_err(|source| IdentityError::BadToken {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Enrols this host: pins the CA named by the token, generates a key here,
+/// sends a certificate request with the token, and returns the credential.
+pub async fn enroll(
+    url: &str,
+    token: &JoinToken,
+    host_id: &HostId,
+    facts: pb::HostFacts,
+) -> Result<Credential, IdentityError> {
+    tls::install_crypto_provider();
+    let unreachable = |detail: String| IdentityError::Unreachable {
+        url: url.to_owned(),
+        detail,
+    };
+    let channel = tls::pinned_endpoint(url, &token.ca_fingerprint)
+        .map_err(|error| unreachable(error.to_string()))?
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|error| unreachable(error_chain(&error)))?;
+    let generated = tls::generate_key_and_request(host_id.as_str())?;
+    let response = EnrollmentClient::new(channel)
+        .enroll(pb::EnrollRequest {
+            token: token.to_string(),
+            host_id: host_id.to_string(),
+            csr_pem: generated.csr_pem,
+            facts: Some(facts),
+        })
+        .await
+        .map_err(|status| IdentityError::Refused(status.message().to_owned()))?
+        .into_inner();
+    let credential = Credential {
+        server: url.to_owned(),
+        ca_certificate: response.ca_certificate_pem,
+        certificate: response.certificate_pem,
+        private_key: generated.private_key_pem,
+    };
+    credential.check()?;
+    Ok(credential)
+}
+
+/// When `credential` should be renewed: two thirds into its lifetime.
+pub fn renewal_due(credential: &Credential) -> Result<SystemTime, IdentityError> {
+    let (not_before, not_after) = tls::certificate_validity(&credential.certificate)?;
+    Ok(tls::renewal_time(not_before, not_after))
+}
+
+/// Renews over an existing mTLS channel: a new key, a new request, the same
+/// identity (the server takes it from the calling certificate).
+pub async fn renew(channel: Channel, host_id: &HostId, credential: &Credential) -> Result<Credential, IdentityError> {
+    let generated = tls::generate_key_and_request(host_id.as_str())?;
+    let response = AgentClient::new(channel)
+        .renew(pb::RenewRequest {
+            csr_pem: generated.csr_pem,
+        })
+        .await
+        .map_err(|status| IdentityError::Refused(status.message().to_owned()))?
+        .into_inner();
+    let renewed = Credential {
+        certificate: response.certificate_pem,
+        private_key: generated.private_key_pem,
+        ..credential.clone()
+    };
+    renewed.check()?;
+    Ok(renewed)
+}
+
+/// An error and its sources, joined, for one-line reports.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(source) = current {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        current = source.source();
+    }
+    text
+}

@@ -1,0 +1,548 @@
+//! Makes each declared app true on this host, and says how each one stands.
+//!
+//! [`Reconciler::reconcile_app`] creates the app with abra if it is missing,
+//! writes the env keys the config owns, inserts declared secrets, deploys the
+//! pinned version, moves a deployed app to a changed declared version with a
+//! plain `abra app upgrade` / `rollback` (the health-gated transaction of
+//! DESIGN.md replaces that later), then waits, polling Docker, until the app
+//! is converged at the declared version or its `deploy_timeout` runs out.
+//!
+//! One operation per app at a time (a per-app async mutex), so that the
+//! server, the local `apply` and the agent's own loop may ask concurrently;
+//! `agent::abra` separately serialises abra calls per recipe.
+
+pub mod observe;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ccfleet_proto::{CoopVersion, Domain, RecipeName, VersionChange};
+use serde::{Deserialize, Serialize};
+
+use crate::abra::{Abra, AbraError};
+use crate::config::{AppConfig, Config};
+use crate::docker::Docker;
+
+pub use observe::{AppState, ObservedApp};
+
+/// How often Docker is polled while waiting for an app to converge.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Secret version abra uses when the env file names none.
+const DEFAULT_SECRET_VERSION: &str = "v1";
+
+/// Drives abra and reads Docker for the declared apps of this host.
+#[derive(Debug)]
+pub struct Reconciler {
+    abra: Abra,
+    docker: Docker,
+    apps: Vec<AppConfig>,
+    app_locks: Mutex<HashMap<Domain, Arc<tokio::sync::Mutex<()>>>>,
+    poll_interval: Duration,
+}
+
+/// One thing `reconcile_app` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum ReconcileAction {
+    /// `abra app new`: the app had no env file.
+    Created,
+    /// These owned env keys were written (their values changed).
+    EnvKeysWritten {
+        keys: Vec<String>,
+    },
+    /// Declared secrets inserted from their files.
+    SecretsInserted {
+        names: Vec<String>,
+    },
+    /// `abra app secret generate --all` for the recipe's other secrets.
+    SecretsGenerated,
+    /// First deploy of the pinned version.
+    Deployed {
+        version: CoopVersion,
+    },
+    /// `deploy -f` of the pinned version: the env changed, or the running
+    /// version could not be read, or only the upstream part differs.
+    Redeployed {
+        version: CoopVersion,
+        reason: String,
+    },
+    Upgraded {
+        from: CoopVersion,
+        to: CoopVersion,
+    },
+    RolledBack {
+        from: CoopVersion,
+        to: CoopVersion,
+    },
+    /// Nothing needed doing.
+    AlreadyConverged,
+    /// Nothing was run, but Docker had not converged yet: the agent waited.
+    WaitedForConvergence,
+}
+
+impl fmt::Display for ReconcileAction {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconcileAction::Created => write!(formatter, "created"),
+            ReconcileAction::EnvKeysWritten { keys } => write!(formatter, "wrote env keys {}", keys.join(", ")),
+            ReconcileAction::SecretsInserted { names } => write!(formatter, "inserted secrets {}", names.join(", ")),
+            ReconcileAction::SecretsGenerated => write!(formatter, "generated the other secrets"),
+            ReconcileAction::Deployed { version } => write!(formatter, "deployed {version}"),
+            ReconcileAction::Redeployed { version, reason } => write!(formatter, "redeployed {version} ({reason})"),
+            ReconcileAction::Upgraded { from, to } => write!(formatter, "upgraded {from} -> {to}"),
+            ReconcileAction::RolledBack { from, to } => write!(formatter, "rolled back {from} -> {to}"),
+            ReconcileAction::AlreadyConverged => write!(formatter, "already converged"),
+            ReconcileAction::WaitedForConvergence => write!(formatter, "waited for convergence"),
+        }
+    }
+}
+
+/// What `reconcile_app` did, and how the app stood at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileOutcome {
+    pub domain: Domain,
+    /// In the order they happened; never empty.
+    pub actions: Vec<ReconcileAction>,
+    /// The last observation: converged at the declared version.
+    pub observed: ObservedApp,
+}
+
+impl ReconcileOutcome {
+    /// `created, deployed 1.0.0+1.0` and the like.
+    pub fn summary(&self) -> String {
+        self.actions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why an app could not be reconciled. The message is complete on its own
+/// (it includes abra's output tail), since it is what reports carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{domain}: {kind}")]
+pub struct ReconcileError {
+    pub domain: Domain,
+    pub kind: ReconcileErrorKind,
+    /// What had been done before the failure.
+    pub actions: Vec<ReconcileAction>,
+}
+
+/// The reasons [`ReconcileError`] gives.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileErrorKind {
+    #[error("cannot {step}: {}", error_chain(error))]
+    Abra { step: String, error: Box<AbraError> },
+    #[error("the app's env file names recipe {found:?}, the configuration declares {declared}: refusing to touch it")]
+    RecipeMismatch { declared: RecipeName, found: String },
+    #[error("cannot observe the app: {reason}")]
+    Observe { reason: String },
+    #[error("not converged at {declared} within {}: {}", humantime::format_duration(*timeout), observed.summary())]
+    NotConverged {
+        declared: CoopVersion,
+        timeout: Duration,
+        observed: Box<ObservedApp>,
+    },
+    #[error("skipped: it depends on {dependency}, which failed: {reason}")]
+    DependencyFailed { dependency: Domain, reason: String },
+}
+
+impl ReconcileError {
+    /// abra's output, when the failure was abra's.
+    pub fn abra_output(&self) -> Option<&crate::process::CommandOutput> {
+        match &self.kind {
+            ReconcileErrorKind::Abra { error, .. } => error.output(),
+            _ => None,
+        }
+    }
+}
+
+impl Reconciler {
+    /// A reconciler for `apps`, driving `abra` and observing through `docker`.
+    pub fn new(abra: Abra, docker: Docker, apps: Vec<AppConfig>) -> Reconciler {
+        Reconciler {
+            abra,
+            docker,
+            apps,
+            app_locks: Mutex::new(HashMap::new()),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// A reconciler for the apps and abra settings of `config`.
+    pub fn from_config(config: &Config, docker: Docker) -> Reconciler {
+        Reconciler::new(Abra::new(&config.abra), docker, config.apps.clone())
+    }
+
+    /// Polls Docker this often while waiting for convergence (default 1s).
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Reconciler {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// The declared apps, sorted by domain.
+    pub fn apps(&self) -> &[AppConfig] {
+        &self.apps
+    }
+
+    pub fn abra(&self) -> &Abra {
+        &self.abra
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// How `app` stands in Docker now. Never fails: when Docker cannot be
+    /// asked, the app is [`AppState::Unknown`] with the reason as drift.
+    pub async fn observe(&self, app: &AppConfig) -> ObservedApp {
+        // abra may shorten long stack names (ABRA.md, unconfirmed); the full
+        // name is used until that rule is known.
+        match self.docker.observe_stack(&app.domain.stack_name()).await {
+            Ok(stack) => observe::classify(app, &stack),
+            Err(error) => observe::unknown(app, &error_chain(&error)),
+        }
+    }
+
+    /// Every declared app, in declaration order (sorted by domain).
+    pub async fn observe_all(&self) -> Vec<ObservedApp> {
+        futures::future::join_all(self.apps.iter().map(|app| self.observe(app))).await
+    }
+
+    /// Makes `app` true on this host (see the module comment), returning what
+    /// was done, or why it failed with what had been done before.
+    pub async fn reconcile_app(&self, app: &AppConfig) -> Result<ReconcileOutcome, ReconcileError> {
+        let _app_guard = self.lock_app(&app.domain).await;
+        let mut actions = Vec::new();
+        let result = self.reconcile_locked(app, &mut actions).await;
+        match result {
+            Ok(observed) => {
+                if actions.is_empty() {
+                    actions.push(ReconcileAction::AlreadyConverged);
+                }
+                tracing::info!(app = %app.domain, actions = ?actions, "reconciled");
+                Ok(ReconcileOutcome {
+                    domain: app.domain.clone(),
+                    actions,
+                    observed,
+                })
+            }
+            Err(kind) => {
+                let error = ReconcileError {
+                    domain: app.domain.clone(),
+                    kind,
+                    actions,
+                };
+                tracing::warn!(error = %error, "reconcile failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// Reconciles every declared app, dependencies first: apps whose
+    /// dependencies are done run concurrently; an app whose dependency failed
+    /// is skipped with [`ReconcileErrorKind::DependencyFailed`]. Results come
+    /// in declaration order.
+    pub async fn reconcile_all(&self) -> Vec<(Domain, Result<ReconcileOutcome, ReconcileError>)> {
+        let mut results: BTreeMap<Domain, Result<ReconcileOutcome, ReconcileError>> = BTreeMap::new();
+        let mut pending: Vec<&AppConfig> = self.apps.iter().collect();
+        while !pending.is_empty() {
+            let (ready, waiting): (Vec<&AppConfig>, Vec<&AppConfig>) = pending
+                .into_iter()
+                .partition(|app| app.depends_on.iter().all(|dependency| results.contains_key(dependency)));
+            pending = waiting;
+            if ready.is_empty() {
+                // The config refuses cycles and unknown dependencies, so this
+                // only guards against a reconciler built from unchecked apps.
+                for app in pending.drain(..) {
+                    let dependency = app.depends_on.first().cloned().unwrap_or_else(|| app.domain.clone());
+                    let error = ReconcileError {
+                        domain: app.domain.clone(),
+                        kind: ReconcileErrorKind::DependencyFailed {
+                            dependency,
+                            reason: "it is not declared, or the dependencies form a cycle".into(),
+                        },
+                        actions: Vec::new(),
+                    };
+                    results.insert(app.domain.clone(), Err(error));
+                }
+                break;
+            }
+            let mut runnable = Vec::new();
+            for app in ready {
+                let failed = app
+                    .depends_on
+                    .iter()
+                    .find_map(|dependency| match results.get(dependency) {
+                        Some(Err(error)) => Some((dependency.clone(), error.kind.to_string())),
+                        _ => None,
+                    });
+                match failed {
+                    Some((dependency, reason)) => {
+                        let error = ReconcileError {
+                            domain: app.domain.clone(),
+                            kind: ReconcileErrorKind::DependencyFailed { dependency, reason },
+                            actions: Vec::new(),
+                        };
+                        results.insert(app.domain.clone(), Err(error));
+                    }
+                    None => runnable.push(app),
+                }
+            }
+            let outcomes = futures::future::join_all(runnable.iter().map(|app| self.reconcile_app(app))).await;
+            for (app, outcome) in runnable.into_iter().zip(outcomes) {
+                results.insert(app.domain.clone(), outcome);
+            }
+        }
+        self.apps
+            .iter()
+            .filter_map(|app| results.remove(&app.domain).map(|result| (app.domain.clone(), result)))
+            .collect()
+    }
+
+    async fn reconcile_locked(
+        &self,
+        app: &AppConfig,
+        actions: &mut Vec<ReconcileAction>,
+    ) -> Result<ObservedApp, ReconcileErrorKind> {
+        let abra_step = |step: &str| {
+            let step = step.to_owned();
+            move |error: AbraError| ReconcileErrorKind::Abra {
+                step,
+                error: Box::new(error),
+            }
+        };
+        self.abra
+            .ensure_server()
+            .await
+            .map_err(abra_step("add the local server to abra"))?;
+
+        let existing = self
+            .abra
+            .read_env_file(&app.domain)
+            .map_err(abra_step("read the app's env file"))?;
+        let created = existing.is_none();
+        if let Some(env) = &existing {
+            check_recipe(app, env)?;
+        } else {
+            self.abra
+                .app_new(&app.recipe, &app.version, &app.domain)
+                .await
+                .map_err(abra_step("create the app (abra app new)"))?;
+            actions.push(ReconcileAction::Created);
+        }
+
+        let changed_keys = self
+            .abra
+            .write_env_keys(
+                &app.recipe,
+                &app.domain,
+                app.env.iter().map(|(key, value)| (key.as_str(), value.as_str())),
+            )
+            .await
+            .map_err(abra_step("write the app's env keys"))?;
+        if !changed_keys.is_empty() {
+            actions.push(ReconcileAction::EnvKeysWritten {
+                keys: changed_keys.clone(),
+            });
+        }
+
+        // Secrets are set up once, when the app is created: abra (and Docker)
+        // refuse to overwrite an existing secret version. Rotation, and
+        // resuming after a failure between `app new` and here, need the
+        // agent's journal (a later issue).
+        if created {
+            self.set_up_secrets(app, actions).await?;
+        }
+
+        let before = self.observe(app).await;
+        let declared = &app.version;
+        match (&before.state, &before.observed_version) {
+            (AppState::Unknown, _) => {
+                return Err(ReconcileErrorKind::Observe {
+                    reason: before.drift.join("; "),
+                })
+            }
+            (AppState::NotDeployed, _) => {
+                self.abra
+                    .deploy(&app.recipe, &app.domain, declared, false)
+                    .await
+                    .map_err(abra_step("deploy the app (abra app deploy)"))?;
+                actions.push(ReconcileAction::Deployed {
+                    version: declared.clone(),
+                });
+            }
+            (_, None) => {
+                self.redeploy(app, "the running version is unknown", actions).await?;
+            }
+            (_, Some(running)) if running == declared => {
+                if !changed_keys.is_empty() && !created {
+                    self.redeploy(app, "env keys changed", actions).await?;
+                }
+            }
+            (_, Some(running)) => match running.change_to(declared) {
+                // The declared version is an explicit pin by the operator, so
+                // a major move is made too; `allow_major` governs only which
+                // versions automatic updates may choose.
+                VersionChange::Compatible | VersionChange::Major => {
+                    self.abra
+                        .upgrade(&app.recipe, &app.domain, declared)
+                        .await
+                        .map_err(abra_step("upgrade the app (abra app upgrade)"))?;
+                    actions.push(ReconcileAction::Upgraded {
+                        from: running.clone(),
+                        to: declared.clone(),
+                    });
+                }
+                VersionChange::Downgrade => {
+                    self.abra
+                        .rollback(&app.recipe, &app.domain, declared)
+                        .await
+                        .map_err(abra_step("roll the app back (abra app rollback)"))?;
+                    actions.push(ReconcileAction::RolledBack {
+                        from: running.clone(),
+                        to: declared.clone(),
+                    });
+                }
+                VersionChange::Same => {
+                    self.redeploy(app, "only the upstream part of the version differs", actions)
+                        .await?;
+                }
+            },
+        }
+
+        let observed = self.wait_converged(app, before).await?;
+        if actions.is_empty() && !observed.1 {
+            actions.push(ReconcileAction::WaitedForConvergence);
+        }
+        Ok(observed.0)
+    }
+
+    async fn redeploy(
+        &self,
+        app: &AppConfig,
+        reason: &str,
+        actions: &mut Vec<ReconcileAction>,
+    ) -> Result<(), ReconcileErrorKind> {
+        self.abra
+            .deploy(&app.recipe, &app.domain, &app.version, true)
+            .await
+            .map_err(|error| ReconcileErrorKind::Abra {
+                step: "redeploy the app (abra app deploy -f)".into(),
+                error: Box::new(error),
+            })?;
+        actions.push(ReconcileAction::Redeployed {
+            version: app.version.clone(),
+            reason: reason.into(),
+        });
+        Ok(())
+    }
+
+    async fn set_up_secrets(
+        &self,
+        app: &AppConfig,
+        actions: &mut Vec<ReconcileAction>,
+    ) -> Result<(), ReconcileErrorKind> {
+        let abra_step = |step: String| {
+            move |error: AbraError| ReconcileErrorKind::Abra {
+                step,
+                error: Box::new(error),
+            }
+        };
+        let recipe_secrets = self
+            .abra
+            .read_env_file(&app.domain)
+            .map_err(abra_step("read the app's env file".into()))?
+            .map(|env| env.secret_versions())
+            .unwrap_or_default();
+        for (name, file) in &app.secrets {
+            let secret_version = recipe_secrets.get(name).map_or(DEFAULT_SECRET_VERSION, String::as_str);
+            self.abra
+                .secret_insert(&app.recipe, &app.domain, name, secret_version, file)
+                .await
+                .map_err(abra_step(format!("insert secret {name} (abra app secret insert)")))?;
+        }
+        if !app.secrets.is_empty() {
+            actions.push(ReconcileAction::SecretsInserted {
+                names: app.secrets.keys().cloned().collect(),
+            });
+        }
+        if recipe_secrets.keys().any(|name| !app.secrets.contains_key(name)) {
+            self.abra
+                .secret_generate_all(&app.recipe, &app.domain)
+                .await
+                .map_err(abra_step(
+                    "generate the other secrets (abra app secret generate)".into(),
+                ))?;
+            actions.push(ReconcileAction::SecretsGenerated);
+        }
+        Ok(())
+    }
+
+    /// Polls Docker until the app is converged at the declared version, or
+    /// fails when `deploy_timeout` runs out. Returns the last observation and
+    /// whether `first` (taken before anything was run) already was converged.
+    async fn wait_converged(
+        &self,
+        app: &AppConfig,
+        first: ObservedApp,
+    ) -> Result<(ObservedApp, bool), ReconcileErrorKind> {
+        let deadline = tokio::time::Instant::now() + app.deploy_timeout;
+        let converged_at_first = first.is_converged_at_declared();
+        // The first tick completes at once: observe straight after the deploy,
+        // then once per poll interval until converged or the deadline.
+        let mut ticker = tokio::time::interval(self.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let observed = self.observe(app).await;
+            if observed.is_converged_at_declared() {
+                return Ok((observed, converged_at_first));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReconcileErrorKind::NotConverged {
+                    declared: app.version.clone(),
+                    timeout: app.deploy_timeout,
+                    observed: Box::new(observed),
+                });
+            }
+            tracing::debug!(app = %app.domain, observed = %observed.summary(), "waiting for convergence");
+        }
+    }
+
+    async fn lock_app(&self, domain: &Domain) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.app_locks.lock().expect("app lock map is never poisoned");
+            Arc::clone(locks.entry(domain.clone()).or_default())
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// An existing app must be of the declared recipe: redeploying another
+/// recipe's app under this name would destroy it.
+fn check_recipe(app: &AppConfig, env: &crate::abra::EnvFile) -> Result<(), ReconcileErrorKind> {
+    match env.app_type() {
+        Some(app_type) if app_type.recipe != app.recipe.as_str() => Err(ReconcileErrorKind::RecipeMismatch {
+            declared: app.recipe.clone(),
+            found: app_type.recipe,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

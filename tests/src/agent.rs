@@ -1,0 +1,88 @@
+//! The real `ccfleet-agent` binary as a child process, with a config that
+//! points at a test server, and helpers to talk to it as an operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// A running `ccfleet-agent run`, killed when dropped.
+pub struct AgentProcess {
+    child: Child,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent with the config at `config`, whose control socket is `socket`.
+    pub fn start(config: &Path, socket: &Path) -> AgentProcess {
+        let log = config.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("agent log file");
+        let child = Command::new(crate::binary("ccfleet-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,ccfleet_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("ccfleet-agent starts");
+        AgentProcess {
+            child,
+            config: config.to_owned(),
+            socket: socket.to_owned(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `ccfleet-agent ARGS --socket <socket>` (apply, update, status).
+    pub fn command(&self, args: &[&str]) -> Output {
+        Command::new(crate::binary("ccfleet-agent"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("ccfleet-agent runs")
+    }
+
+    /// `ccfleet-agent status --json`, or the reason it failed.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let output = self.command(&["status", "--json"]);
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())
+    }
+
+    /// Sends SIGHUP: the agent re-reads its configuration.
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "cannot signal the agent");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ccfleet-agent ARGS` to completion.
+pub fn agent_command(args: &[&str]) -> Output {
+    Command::new(crate::binary("ccfleet-agent"))
+        .args(args)
+        .output()
+        .expect("ccfleet-agent runs")
+}

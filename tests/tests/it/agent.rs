@@ -1,0 +1,459 @@
+//! The real agent binary with the real server: enrolment, certificate
+//! renewal, refusing bad configurations, and, on the real Docker Engine
+//! through the abra test double, converging apps, picking up a changed
+//! version and delivering its outbox across a server outage.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ccfleet_tests::agent::{agent_command, AgentProcess};
+use ccfleet_tests::docker::{DockerTest, FIXTURE_RECIPE, V1_0, V1_1};
+use ccfleet_tests::server::TestServer;
+use ccfleet_tests::wait_for;
+use serde_json::Value;
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write_token(server: &TestServer, path: &Path) {
+    std::fs::write(path, server.create_token(&["--uses", "1"])).unwrap();
+}
+
+/// An agent config for the server at `url`, enrolling with the token in
+/// `token_file`, with no apps, its state under `dir`.
+fn agent_config(url: &str, dir: &Path, host_id: &str, token_file: &Path) -> String {
+    format!(
+        "[server]\nurl = {url:?}\njoin_token_file = {token:?}\n\n[host]\nid = {host_id:?}\n\n\
+         [agent]\nstate_dir = {state:?}\ncontrol_socket = {socket:?}\nalerts_dir = {alerts:?}\nobserve_interval = \"1s\"\n",
+        token = token_file.display().to_string(),
+        state = dir.join("state").display().to_string(),
+        socket = dir.join("control.sock").display().to_string(),
+        alerts = dir.join("alerts").display().to_string(),
+    )
+}
+
+fn host_row(server: &TestServer, host_id: &str) -> Option<Value> {
+    let hosts = server.cli_json(&["hosts"]);
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|host| host["host_id"] == host_id)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_pins_the_ca_stores_the_identity_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let impostor = TestServer::start(&dir.path().join("impostor"), &[]);
+    let token_file = dir.path().join("token");
+    write_token(&server, &token_file);
+    let data = dir.path().join("agent");
+    let data_text = data.display().to_string();
+    let token_text = token_file.display().to_string();
+
+    // A token for this fleet, used against another server, is refused before anything is sent.
+    let output = agent_command(&[
+        "enroll",
+        "--server",
+        &impostor.url(),
+        "--token-file",
+        &token_text,
+        "--data",
+        &data_text,
+        "--host-id",
+        "web-1",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("does not match the join token's fingerprint"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!data.join("identity.toml").exists());
+
+    let output = agent_command(&[
+        "enroll",
+        "--server",
+        &server.url(),
+        "--token-file",
+        &token_text,
+        "--data",
+        &data_text,
+        "--host-id",
+        "web-1",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(data.join("identity.toml"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(host_row(&server, "web-1").is_some());
+
+    let output = agent_command(&[
+        "enroll",
+        "--server",
+        &server.url(),
+        "--token-file",
+        &token_text,
+        "--data",
+        &data_text,
+        "--host-id",
+        "web-1",
+    ]);
+    assert!(
+        stderr(&output).contains("already holds an identity"),
+        "{}",
+        stderr(&output)
+    );
+
+    std::fs::write(&token_file, "ccf1.garbage").unwrap();
+    let other = dir.path().join("other").display().to_string();
+    let output = agent_command(&[
+        "enroll",
+        "--server",
+        &server.url(),
+        "--token-file",
+        &token_text,
+        "--data",
+        &other,
+        "--host-id",
+        "web-2",
+    ]);
+    assert!(
+        stderr(&output).contains(&format!("the join token in {token_text} is unusable")),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn run_refuses_bad_configurations_with_the_reason_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let base = format!(
+        "[server]\nurl = \"https://127.0.0.1:9\"\n[host]\nid = \"web-1\"\n[agent]\nstate_dir = {:?}\ncontrol_socket = {:?}\n",
+        state.display().to_string(),
+        dir.path().join("control.sock").display().to_string()
+    );
+    let app = |domain: &str, recipe: &str, version: &str| {
+        format!("[[app]]\ndomain = {domain:?}\nrecipe = {recipe:?}\nversion = {version:?}\n")
+    };
+    let cases = [
+        (app("blog.example.org;reboot", "ghost", "1.0.0"), "character ';'"),
+        (app("blog.example.org", "../ghost", "1.0.0"), "invalid recipe name"),
+        (app("blog.example.org", "ghost", "4.32.1_2"), "old-style"),
+        (
+            format!(
+                "{}{}",
+                app("blog.example.org", "ghost", "1.0.0"),
+                app("blog.example.org", "ghost", "1.1.0")
+            ),
+            "declared twice",
+        ),
+        (
+            format!("{}colour = \"blue\"\n", app("blog.example.org", "ghost", "1.0.0")),
+            "unknown field `colour`",
+        ),
+        (
+            format!(
+                "{}[app.secrets]\ndb_password = \"/nonexistent/secret\"\n",
+                app("blog.example.org", "ghost", "1.0.0")
+            ),
+            "/nonexistent/secret",
+        ),
+    ];
+    for (index, (apps, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{index}.toml"));
+        std::fs::write(&path, format!("{base}{apps}")).unwrap();
+        for subcommand in [&["run", "--config"][..], &["check-config"][..]] {
+            let mut args = subcommand.to_vec();
+            let path_text = path.display().to_string();
+            args.push(&path_text);
+            let output = agent_command(&args);
+            assert_eq!(output.status.code(), Some(1), "{args:?} {}", stderr(&output));
+            assert!(
+                stderr(&output).contains(expected),
+                "{args:?}: expected {expected:?} in {}",
+                stderr(&output)
+            );
+        }
+        assert!(!state.exists(), "a refused config created the state directory");
+        assert!(!dir.path().join("control.sock").exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_enrols_on_boot_renews_its_certificate_and_stays_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            "--host-certificate-lifetime",
+            "6s",
+            "--heartbeat-interval",
+            "1s",
+            "--heartbeat-timeout",
+            "3s",
+        ],
+    );
+    let token_file = dir.path().join("token");
+    write_token(&server, &token_file);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(&server.url(), dir.path(), "renewing", &token_file),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config, &dir.path().join("control.sock"));
+
+    let identity = dir.path().join("state").join("identity.toml");
+    let serial = |path: &Path| -> Result<String, String> {
+        let text = std::fs::read_to_string(path).map_err(|error| error.to_string())?;
+        let credential: ccfleet_proto::tls::Credential = toml::from_str(&text).map_err(|error| error.to_string())?;
+        let der =
+            ccfleet_proto::tls::first_certificate_der(&credential.certificate).map_err(|error| error.to_string())?;
+        let (_, certificate) = x509_parser::parse_x509_certificate(&der).map_err(|error| error.to_string())?;
+        Ok(certificate.raw_serial_as_string())
+    };
+    let first = wait_for("the agent to enrol", Duration::from_secs(30), || {
+        let result = serial(&identity);
+        async move { result }
+    })
+    .await;
+    wait_for("the host to be online", Duration::from_secs(30), || {
+        let row = host_row(&server, "renewing");
+        async move {
+            match row {
+                Some(row) if row["status"] == "online" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // Two thirds of 6 s: the agent renews by itself, over its mTLS connection.
+    let first_for_wait = first.clone();
+    wait_for("a renewed certificate", Duration::from_secs(30), || {
+        let current = serial(&identity);
+        let first = first_for_wait.clone();
+        let log = agent.log();
+        async move {
+            match current {
+                Ok(current) if current != first => Ok(()),
+                other => Err(format!("{other:?}\n{log}")),
+            }
+        }
+    })
+    .await;
+    assert!(server.log().contains("host certificate renewed"));
+
+    // Renewed twice more, long past the first certificate's expiry, and still online.
+    let mut seen = vec![first];
+    for round in 0..2 {
+        let known = seen.clone();
+        let next = wait_for(&format!("renewal {round}"), Duration::from_secs(30), || {
+            let current = serial(&identity);
+            let known = known.clone();
+            async move {
+                match current {
+                    Ok(current) if !known.contains(&current) => Ok(current),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        seen.push(next);
+    }
+    wait_for(
+        "the host to be online with its newest certificate",
+        Duration::from_secs(30),
+        || {
+            let row = host_row(&server, "renewing");
+            async move {
+                match row {
+                    Some(row) if row["status"] == "online" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The host's apps as "domain version state", from the server's point of view.
+fn server_apps(server: &TestServer, host_id: &str) -> Vec<String> {
+    let apps = server.cli_json(&["apps"]);
+    apps.as_array()
+        .unwrap()
+        .iter()
+        .filter(|app| app["host_id"] == host_id)
+        .map(|app| {
+            format!(
+                "{} {} {}",
+                app["domain"].as_str().unwrap(),
+                app["version"].as_str().unwrap_or("-"),
+                app["state"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+async fn wait_for_server_apps(server: &TestServer, agent: &AgentProcess, host_id: &str, expected: Vec<String>) {
+    wait_for("the server's view of the host's apps", Duration::from_secs(120), || {
+        let actual = server_apps(server, host_id);
+        let expected = expected.clone();
+        let log = agent.log();
+        async move {
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{actual:?}\nagent log tail:\n{}",
+                    log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+                ))
+            }
+        }
+    })
+    .await;
+}
+
+fn docker_config(server: &TestServer, test: &DockerTest, token_file: &Path, apps: &[(&str, &str)]) -> String {
+    docker_config_for_url(&server.url(), test, token_file, apps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_converges_its_apps_and_the_server_sees_what_docker_runs() {
+    let mut test = DockerTest::new("agent");
+    let (blog, wiki) = (test.domain("blog"), test.domain("wiki"));
+    let server = TestServer::start(&test.path().join("data"), &[]);
+    let token_file = test.path().join("token");
+    write_token(&server, &token_file);
+    let config = test.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        docker_config(&server, &test, &token_file, &[(&blog, V1_0), (&wiki, V1_1)]),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config, &test.path().join("control.sock"));
+
+    wait_for("the agent's control socket", Duration::from_secs(30), || {
+        let status = agent.status();
+        async move { status.map(|_| ()) }
+    })
+    .await;
+    // What the NixOS unit runs at switch time: converge now, fail loudly.
+    let output = agent.command(&["apply", "--wait"]);
+    assert!(output.status.success(), "{}\n{}", stderr(&output), agent.log());
+    let applied = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(applied.contains(&blog) && applied.contains(&wiki), "{applied}");
+    let mut expected = vec![format!("{blog} {V1_0} converged"), format!("{wiki} {V1_1} converged")];
+    expected.sort();
+    wait_for_server_apps(&server, &agent, "docker-host", expected).await;
+
+    // The declared version changes (a nixos-rebuild switch): the agent picks it up.
+    std::fs::write(
+        &config,
+        docker_config(&server, &test, &token_file, &[(&blog, V1_1), (&wiki, V1_1)]),
+    )
+    .unwrap();
+    agent.reload();
+    let mut expected = vec![format!("{blog} {V1_1} converged"), format!("{wiki} {V1_1} converged")];
+    expected.sort();
+    wait_for_server_apps(&server, &agent, "docker-host", expected).await;
+
+    // `apply` of an app that is not declared fails with the reason.
+    let output = agent.command(&["apply", "nope.example.org", "--wait"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is not an app declared in"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_delivers_everything_once_across_a_server_outage() {
+    let mut test = DockerTest::new("outbox");
+    let blog = test.domain("blog");
+    let data = test.path().join("data");
+    let server = TestServer::start(&data, &[]);
+    let token_file = test.path().join("token");
+    write_token(&server, &token_file);
+    let config = test.path().join("agent.toml");
+    std::fs::write(&config, docker_config(&server, &test, &token_file, &[(&blog, V1_0)])).unwrap();
+    let agent = AgentProcess::start(&config, &test.path().join("control.sock"));
+    wait_for_server_apps(&server, &agent, "docker-host", vec![format!("{blog} {V1_0} converged")]).await;
+
+    // The server goes away; the agent keeps reconciling and queues its events.
+    let url = server.url();
+    let port = server.address.port();
+    server.kill();
+    std::fs::write(
+        &config,
+        docker_config_for_url(&url, &test, &token_file, &[(&blog, V1_1)]),
+    )
+    .unwrap();
+    agent.reload();
+    let queued = wait_for(
+        "the upgrade to happen offline and queue events",
+        Duration::from_secs(120),
+        || {
+            let status = agent.status();
+            async move {
+                let status = status?;
+                let observed = status["apps"][0]["observed"]["observed_version"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_owned();
+                let pending = status["outbox"]["pending"].as_u64().unwrap_or(0);
+                if observed == V1_1 && pending > 0 && status["server"]["connected"] == false {
+                    Ok(status["outbox"]["last_seq"].as_u64().unwrap())
+                } else {
+                    Err(format!("{status}"))
+                }
+            }
+        },
+    )
+    .await;
+
+    // The server comes back on the same address and state.
+    let server = TestServer::start_on(&data, port, &[]);
+    wait_for_server_apps(&server, &agent, "docker-host", vec![format!("{blog} {V1_1} converged")]).await;
+    wait_for("the outbox to drain", Duration::from_secs(60), || {
+        let status = agent.status();
+        let row = host_row(&server, "docker-host");
+        async move {
+            let status = status?;
+            let stored = row.map(|row| row["last_event_seq"].as_u64().unwrap_or(0)).unwrap_or(0);
+            let last = status["outbox"]["last_seq"].as_u64().unwrap_or(0);
+            if status["outbox"]["pending"] == 0 && stored == last && last >= queued {
+                Ok(())
+            } else {
+                Err(format!("server stored up to {stored}; agent: {status}"))
+            }
+        }
+    })
+    .await;
+}
+
+fn docker_config_for_url(url: &str, test: &DockerTest, token_file: &Path, apps: &[(&str, &str)]) -> String {
+    let apps: String = apps
+        .iter()
+        .map(|(domain, version)| {
+            format!("[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\ndeploy_timeout = \"90s\"\n\n")
+        })
+        .collect();
+    format!(
+        "{}\n{}\n{apps}",
+        agent_config(url, test.path(), "docker-host", token_file),
+        test.abra_section()
+    )
+}
