@@ -162,6 +162,7 @@ impl fmt::Display for ExitDescription {
 /// stdin is closed, so a child that would prompt fails instead of hanging.
 pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, ProcessError> {
     let command_line = spec.command_line();
+    #[allow(clippy::disallowed_methods)] // This is the one place that starts programs.
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
