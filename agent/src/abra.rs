@@ -70,7 +70,10 @@ pub struct Abra {
     dir: PathBuf,
     server: String,
     command_timeout: Duration,
-    recipe_locks: Mutex<HashMap<RecipeName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shared with the `Abra` that replaces this one on a config reload, so
+    /// that an operation still running on the old one is serialised with
+    /// those of the new one.
+    recipe_locks: Arc<Mutex<HashMap<RecipeName, Arc<tokio::sync::Mutex<()>>>>>,
     /// Held while the server is checked and added, so that it is added once.
     server_added: tokio::sync::Mutex<bool>,
 }
@@ -82,8 +85,16 @@ impl Abra {
             dir: config.dir.clone(),
             server: config.server.clone(),
             command_timeout: config.command_timeout,
-            recipe_locks: Mutex::new(HashMap::new()),
+            recipe_locks: Arc::default(),
             server_added: tokio::sync::Mutex::new(false),
+        }
+    }
+
+    /// An `Abra` for a new `config` that shares this one's recipe locks.
+    pub fn reconfigured(&self, config: &AbraConfig) -> Abra {
+        Abra {
+            recipe_locks: Arc::clone(&self.recipe_locks),
+            ..Abra::new(config)
         }
     }
 

@@ -262,6 +262,14 @@ fn outcome_lines(results: &[(Domain, Result<ReconcileOutcome, ReconcileError>)])
         .collect()
 }
 
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     ccfleet_proto::tls::install_crypto_provider();
@@ -329,8 +337,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 if !agent.periodic_reconcile_running.swap(true, Ordering::SeqCst) {
                     let agent = agent.clone();
                     tokio::spawn(async move {
+                        // Cleared on drop, so that even a panicking reconcile
+                        // does not stop the periodic ones for good.
+                        let _running = ClearOnDrop(&agent.periodic_reconcile_running);
                         agent.reconcile(None).await;
-                        agent.periodic_reconcile_running.store(false, Ordering::SeqCst);
                     });
                 }
             }

@@ -42,6 +42,12 @@ pub enum IdentityError {
     },
     #[error("the stored identity {path} is unusable: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the host certificate in {path} expired at {expired}: this host was offline for longer than \
+         its certificate's lifetime; an admin must run `ccfleet host remove <host id>`, then remove \
+         {path} and give the agent a new join token (server.join_token_file)"
+    )]
+    Expired { path: PathBuf, expired: String },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -68,20 +74,45 @@ pub fn load(state_dir: &Path) -> Result<Option<Credential>, IdentityError> {
         path: path.clone(),
         detail: error.to_string(),
     })?;
-    credential.check().map_err(|error| IdentityError::Corrupt {
-        path,
-        detail: error.to_string(),
+    credential.check().map_err(|error| match error {
+        tls::TlsError::Expired(expired) => IdentityError::Expired {
+            path: path.clone(),
+            expired,
+        },
+        other => IdentityError::Corrupt {
+            path: path.clone(),
+            detail: other.to_string(),
+        },
     })?;
     Ok(Some(credential))
 }
 
 /// Writes the credential atomically, readable by its owner only.
 pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), IdentityError> {
+    let path = identity_path(state_dir);
+    let text = toml::to_string(credential).map_err(|error| IdentityError::Corrupt {
+        path: path.clone(),
+        detail: error.to_string(),
+    })?;
+    write_private(state_dir, &path, &text)?;
+    // The enrolment key is now part of the identity.
+    match std::fs::remove_file(pending_path(state_dir)) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(IdentityError::Write {
+            path: pending_path(state_dir),
+            source,
+        }),
+    }
+}
+
+/// Writes `text` to `path` in `state_dir` (created 0700) readable by the
+/// owner only, atomically and durably.
+fn write_private(state_dir: &Path, path: &Path, text: &str) -> Result<(), IdentityError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = identity_path(state_dir);
     let write_error = |source| IdentityError::Write {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
     std::fs::DirBuilder::new()
@@ -91,10 +122,6 @@ pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), IdentityEr
         .map_err(write_error)?;
     let temporary = path.with_extension("tmp");
     let _ = std::fs::remove_file(&temporary);
-    let text = toml::to_string(credential).map_err(|error| IdentityError::Corrupt {
-        path: path.clone(),
-        detail: error.to_string(),
-    })?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -103,7 +130,49 @@ pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), IdentityEr
         .map_err(write_error)?;
     file.write_all(text.as_bytes()).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temporary, &path).map_err(write_error)
+    std::fs::rename(&temporary, path).map_err(write_error)?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(state_dir)
+        .and_then(|directory| directory.sync_all())
+        .map_err(write_error)
+}
+
+/// The key and request of an enrolment in progress, kept so that a retry
+/// after a lost answer presents the same key (the server re-issues the
+/// certificate for it instead of refusing a second enrolment).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingEnrollment {
+    host_id: String,
+    private_key_pem: String,
+    csr_pem: String,
+}
+
+fn pending_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("enrollment.toml")
+}
+
+/// The pending enrolment key for `host_id`, made and stored if there is none.
+fn pending_enrollment(state_dir: &Path, host_id: &HostId) -> Result<PendingEnrollment, IdentityError> {
+    let path = pending_path(state_dir);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        match toml::from_str::<PendingEnrollment>(&text) {
+            Ok(pending) if pending.host_id == host_id.as_str() => return Ok(pending),
+            // Another host id, or a damaged file: start over with a new key.
+            _ => {}
+        }
+    }
+    let generated = tls::generate_key_and_request(host_id.as_str())?;
+    let pending = PendingEnrollment {
+        host_id: host_id.to_string(),
+        private_key_pem: generated.private_key_pem,
+        csr_pem: generated.csr_pem,
+    };
+    let text = toml::to_string(&pending).map_err(|error| IdentityError::Corrupt {
+        path: path.clone(),
+        detail: error.to_string(),
+    })?;
+    write_private(state_dir, &path, &text)?;
+    Ok(pending)
 }
 
 /// Reads a join token from a file (surrounding whitespace ignored).
@@ -118,13 +187,16 @@ pub fn read_token(path: &Path) -> Result<JoinToken, IdentityError> {
     })
 }
 
-/// Enrols this host: pins the CA named by the token, generates a key here,
-/// sends a certificate request with the token, and returns the credential.
+/// Enrols this host: pins the CA named by the token, generates a key here
+/// (kept in `state_dir` until the identity is stored, so a retry uses the
+/// same one), sends a certificate request with the token, and returns the
+/// credential. The caller stores it with [`store`].
 pub async fn enroll(
     url: &str,
     token: &JoinToken,
     host_id: &HostId,
     facts: pb::HostFacts,
+    state_dir: &Path,
 ) -> Result<Credential, IdentityError> {
     tls::install_crypto_provider();
     let unreachable = |detail: String| IdentityError::Unreachable {
@@ -137,7 +209,7 @@ pub async fn enroll(
         .connect()
         .await
         .map_err(|error| unreachable(error_chain(&error)))?;
-    let generated = tls::generate_key_and_request(host_id.as_str())?;
+    let generated = pending_enrollment(state_dir, host_id)?;
     let response = EnrollmentClient::new(channel)
         .enroll(pb::EnrollRequest {
             token: token.to_string(),
@@ -194,4 +266,53 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         current = source.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential whose certificate, signed by its own CA, expired an hour ago.
+    fn expired_credential() -> Credential {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(3);
+        params.not_after = now - time::Duration::hours(1);
+        let certificate = params.signed_by(&key, &issuer).unwrap();
+        Credential {
+            server: "https://127.0.0.1:7443".into(),
+            ca_certificate: ca.pem(),
+            certificate: certificate.pem(),
+            private_key: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn an_expired_identity_says_how_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path(), &expired_credential()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(identity_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let error = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("expired at") && error.contains("ccfleet host remove"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn no_identity_yet_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+    }
 }

@@ -92,9 +92,15 @@ impl Link {
             .as_ref()
             .ok_or_else(|| identity::IdentityError::NoToken.to_string())?;
         let token = identity::read_token(token_file).map_err(|error| error.to_string())?;
-        let credential = identity::enroll(&self.server_url, &token, &self.host_id, self.facts.clone())
-            .await
-            .map_err(|error| format!("enrolment failed: {error}"))?;
+        let credential = identity::enroll(
+            &self.server_url,
+            &token,
+            &self.host_id,
+            self.facts.clone(),
+            &self.state_dir,
+        )
+        .await
+        .map_err(|error| format!("enrolment failed: {error}"))?;
         identity::store(&self.state_dir, &credential).map_err(|error| error.to_string())?;
         tracing::info!(host = %self.host_id, "enrolled with the server");
         Ok(credential)

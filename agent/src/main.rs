@@ -243,7 +243,7 @@ async fn enroll(
         arch: std::env::consts::ARCH.to_owned(),
         ..Default::default()
     };
-    let credential = identity::enroll(server, &token, &host_id, facts).await?;
+    let credential = identity::enroll(server, &token, &host_id, facts, data).await?;
     identity::store(data, &credential)?;
     println!(
         "enrolled as {host_id}; identity stored in {} (valid until {})",

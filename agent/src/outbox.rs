@@ -111,7 +111,11 @@ impl Outbox {
         let mut file = std::fs::File::create(&temporary).map_err(io)?;
         file.write_all(bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, &path).map_err(io)
+        std::fs::rename(&temporary, &path).map_err(io)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(&self.dir)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io)
     }
 
     /// Stores a durable event and returns its sequence number.

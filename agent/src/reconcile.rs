@@ -39,7 +39,9 @@ pub struct Reconciler {
     abra: Abra,
     docker: Docker,
     apps: Vec<AppConfig>,
-    app_locks: Mutex<HashMap<Domain, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shared with the reconciler that replaces this one on a config reload
+    /// (see [`Reconciler::reconfigured`]).
+    app_locks: Arc<Mutex<HashMap<Domain, Arc<tokio::sync::Mutex<()>>>>>,
     poll_interval: Duration,
 }
 
@@ -168,8 +170,21 @@ impl Reconciler {
             abra,
             docker,
             apps,
-            app_locks: Mutex::new(HashMap::new()),
+            app_locks: Arc::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// A reconciler for a reloaded `config` that shares this one's per-app
+    /// and per-recipe locks: an operation still running on the old
+    /// reconciler and one started on the new one never overlap.
+    pub fn reconfigured(&self, config: &Config) -> Reconciler {
+        Reconciler {
+            abra: self.abra.reconfigured(&config.abra),
+            docker: self.docker.clone(),
+            apps: config.apps.clone(),
+            app_locks: Arc::clone(&self.app_locks),
+            poll_interval: self.poll_interval,
         }
     }
 

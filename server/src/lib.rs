@@ -82,7 +82,8 @@ pub const FIRST_ADMIN_CREDENTIAL: &str = "admin-credential.toml";
 pub struct Initialised {
     /// False when the state directory already held a CA.
     pub created: bool,
-    /// Where the first admin credential was written (only when created).
+    /// Where a first admin credential was written, if one was: after a new
+    /// CA, or when no valid admin certificate was recorded.
     pub admin_credential: Option<PathBuf>,
     pub ca_fingerprint: String,
 }
@@ -95,15 +96,29 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
     store::Store::open(data_dir)
         .and_then(|store| store.flush())
         .with_context(|| format!("cannot initialise the store in {}", data_dir.display()))?;
-    if CertificateAuthority::exists(data_dir) {
-        let authority = CertificateAuthority::load(data_dir)?;
+    let created = !CertificateAuthority::exists(data_dir);
+    let authority = if created {
+        CertificateAuthority::create(data_dir).context("cannot create the CA")?
+    } else {
+        CertificateAuthority::load(data_dir)?
+    };
+    // A first admin credential is (re)issued whenever no valid admin
+    // certificate is recorded: after a fresh CA, after an `init` that died
+    // half-way, or to recover when every admin credential is lost, expired or
+    // revoked (which needs access to this directory, i.e. the server itself).
+    let now = store::now_millis();
+    let has_admin = store::Store::open(data_dir)?.certificates()?.iter().any(|certificate| {
+        certificate.kind == store::CertificateKind::Admin
+            && certificate.revoked_at.is_none()
+            && certificate.not_after > now
+    });
+    if has_admin {
         return Ok(Initialised {
-            created: false,
+            created,
             admin_credential: None,
             ca_fingerprint: authority.fingerprint(),
         });
     }
-    let authority = CertificateAuthority::create(data_dir).context("cannot create the CA")?;
     let admin = auth::Identity::Admin("admin".parse().expect("a valid admin name"));
     let (issued, private_key) = authority.issue_client_certificate(&admin, admin_lifetime)?;
     let credential = ccfleet_proto::tls::Credential {
@@ -128,7 +143,7 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
     })?;
     store.flush()?;
     Ok(Initialised {
-        created: true,
+        created,
         admin_credential: Some(path),
         ca_fingerprint: authority.fingerprint(),
     })

@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
                 // port 0 names the real port.
                 let public_url = public_url.unwrap_or_else(|| format!("https://{address}"));
                 let initialised = ccfleet_server::init(&data, &public_url, ADMIN_LIFETIME)?;
-                if initialised.created {
+                if initialised.created || initialised.admin_credential.is_some() {
                     report_init(&data, &initialised);
                 }
                 // Tests and scripts read this line to learn the port.

@@ -211,6 +211,18 @@ pub fn run_cli(url: &str, credentials: &Path, args: &[&str]) -> Output {
 /// Enrols through the Enrollment service exactly as the agent does: the
 /// token's CA fingerprint pins the server before anything is sent.
 pub async fn enroll(url: &str, token: &str, host_id: &str) -> Result<Credential, tonic::Status> {
+    let generated = ccfleet_proto::tls::generate_key_and_request(host_id).unwrap();
+    enroll_with_key(url, token, host_id, &generated.private_key_pem, &generated.csr_pem).await
+}
+
+/// [`enroll`] with a given key and certificate request (to retry with the same key).
+pub async fn enroll_with_key(
+    url: &str,
+    token: &str,
+    host_id: &str,
+    private_key_pem: &str,
+    csr_pem: &str,
+) -> Result<Credential, tonic::Status> {
     ccfleet_proto::tls::install_crypto_provider();
     let token: ccfleet_proto::tls::JoinToken = token
         .parse()
@@ -220,12 +232,11 @@ pub async fn enroll(url: &str, token: &str, host_id: &str) -> Result<Credential,
         .connect()
         .await
         .map_err(|error| tonic::Status::unavailable(crate::error_chain(&error)))?;
-    let generated = ccfleet_proto::tls::generate_key_and_request(host_id).unwrap();
     let response = EnrollmentClient::new(channel)
         .enroll(pb::EnrollRequest {
             token: token.to_string(),
             host_id: host_id.into(),
-            csr_pem: generated.csr_pem,
+            csr_pem: csr_pem.into(),
             facts: None,
         })
         .await?
@@ -234,7 +245,7 @@ pub async fn enroll(url: &str, token: &str, host_id: &str) -> Result<Credential,
         server: url.into(),
         ca_certificate: response.ca_certificate_pem,
         certificate: response.certificate_pem,
-        private_key: generated.private_key_pem,
+        private_key: private_key_pem.into(),
     })
 }
 

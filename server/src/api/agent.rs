@@ -18,7 +18,7 @@ use super::enrollment::millis;
 use super::internal;
 use crate::auth::{self, ca::CertificateAuthority, Identity};
 use crate::fleet::Fleet;
-use crate::store::{now_millis, AgentEvent, CertificateKind, CertificateRecord, EventOutcome, StoreHandle};
+use crate::store::{now_millis, AgentEvent, CertificateKind, CertificateRecord, EventOutcome, StoreError, StoreHandle};
 
 /// Messages queued for one agent's stream before the sender waits.
 const OUTBOUND_QUEUE: usize = 32;
@@ -70,7 +70,10 @@ impl pb::agent_server::Agent for AgentService {
             self.store
                 .write(move |store| store.register_host(&host_id, &agent_version, &facts, &inventory, now))
                 .await
-                .map_err(internal)?
+                .map_err(|error| match error {
+                    StoreError::UnknownHost(host) => not_enrolled(&host),
+                    other => internal(other),
+                })?
         };
         tracing::info!(host = %host_id, ?peer, apps = registered.app_count, "agent connected");
 
@@ -103,32 +106,54 @@ impl pb::agent_server::Agent for AgentService {
         let Identity::Host(host_id) = caller.identity.clone() else {
             return Err(Status::permission_denied("only hosts renew through the Agent service"));
         };
+        let csr_pem = request.into_inner().csr_pem;
+        let authority = self.authority.clone();
+        let lifetime = self.host_certificate_lifetime;
+        let (renewing_host, calling_serial) = (host_id.clone(), caller.serial.clone());
+        // Check and sign in one store job, serialised with host removal: a
+        // renewal racing `host remove` either runs first (and its new serial
+        // is revoked with the others) or finds the host gone.
         let issued = self
-            .authority
-            .sign_client_request(
-                &request.into_inner().csr_pem,
-                &caller.identity,
-                self.host_certificate_lifetime,
-            )
-            .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let certificate = CertificateRecord {
-            serial: issued.serial.clone(),
-            kind: CertificateKind::Host,
-            identity: host_id.to_string(),
-            issued_at: now_millis(),
-            not_after: millis(issued.not_after),
-            revoked_at: None,
-        };
-        self.store
-            .write(move |store| store.record_certificate(&certificate))
+            .store
+            .write(move |store| {
+                if store.host(&renewing_host)?.is_none() {
+                    return Ok(Err(not_enrolled(&renewing_host)));
+                }
+                if store
+                    .certificate(&calling_serial)?
+                    .is_some_and(|certificate| certificate.revoked_at.is_some())
+                {
+                    return Ok(Err(Status::permission_denied("this certificate has been revoked")));
+                }
+                let issued =
+                    match authority.sign_client_request(&csr_pem, &Identity::Host(renewing_host.clone()), lifetime) {
+                        Ok(issued) => issued,
+                        Err(error) => return Ok(Err(Status::invalid_argument(error.to_string()))),
+                    };
+                store.record_certificate(&CertificateRecord {
+                    serial: issued.serial.clone(),
+                    kind: CertificateKind::Host,
+                    identity: renewing_host.to_string(),
+                    issued_at: now_millis(),
+                    not_after: millis(issued.not_after),
+                    revoked_at: None,
+                })?;
+                Ok(Ok(issued))
+            })
             .await
-            .map_err(internal)?;
+            .map_err(internal)??;
         tracing::info!(host = %host_id, old_serial = caller.serial, new_serial = issued.serial, "host certificate renewed");
         Ok(Response::new(pb::RenewResponse {
             certificate_pem: issued.certificate_pem,
             not_after: Some(convert::timestamp(millis(issued.not_after))),
         }))
     }
+}
+
+fn not_enrolled(host_id: &HostId) -> Status {
+    Status::permission_denied(format!(
+        "host {host_id} is not enrolled (it was removed); enrol it again with a new join token"
+    ))
 }
 
 /// The task that owns one agent stream after its hello.
@@ -185,7 +210,7 @@ impl StreamSession {
                 operation_id: convert::operation_id(&progress.operation_id)?,
                 domain: convert::domain("progress.domain", &progress.domain)?,
                 phase: convert::phase(progress.phase),
-                message: convert::progress_fields(&progress.message)?,
+                message: convert::message(&progress.message),
             },
             Some(Body::Result(result)) => {
                 let (from_version, to_version) = convert::versions(&result.from_version, &result.to_version)?;
@@ -195,7 +220,7 @@ impl StreamSession {
                     outcome: convert::outcome(result.outcome),
                     from_version,
                     to_version,
-                    message: convert::progress_fields(&result.message)?,
+                    message: convert::message(&result.message),
                 }
             }
         };

@@ -21,14 +21,20 @@ pub fn invalid(field: &str, error: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {error}"))
 }
 
-fn text(field: &str, value: &str) -> Result<String, Status> {
-    if value.len() > MAX_TEXT {
-        return Err(invalid(
-            field,
-            format!("is {} bytes long, the limit is {MAX_TEXT}", value.len()),
-        ));
+/// Free text for people (drift reasons, messages, facts): too long is cut at
+/// a character boundary, not refused: refusing a durable event would block
+/// every event queued behind it in the agent's outbox, for good.
+pub fn bounded_text(field: &str, value: &str) -> String {
+    if value.len() <= MAX_TEXT {
+        return value.to_owned();
     }
-    Ok(value.to_owned())
+    const MARK: &str = " [truncated]";
+    let mut end = MAX_TEXT - MARK.len();
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    tracing::warn!(field, bytes = value.len(), "truncated overlong text from an agent");
+    format!("{}{MARK}", &value[..end])
 }
 
 pub fn host_id(field: &str, value: &str) -> Result<HostId, Status> {
@@ -60,13 +66,13 @@ pub fn facts(facts: Option<pb::HostFacts>) -> Result<HostFactsRecord, Status> {
     }
     let mut labels = std::collections::BTreeMap::new();
     for (key, value) in facts.labels {
-        labels.insert(text("facts.labels", &key)?, text("facts.labels", &value)?);
+        labels.insert(bounded_text("facts.labels", &key), bounded_text("facts.labels", &value));
     }
     Ok(HostFactsRecord {
-        hostname: text("facts.hostname", &facts.hostname)?,
-        os: text("facts.os", &facts.os)?,
-        arch: text("facts.arch", &facts.arch)?,
-        docker_version: text("facts.docker_version", &facts.docker_version)?,
+        hostname: bounded_text("facts.hostname", &facts.hostname),
+        os: bounded_text("facts.os", &facts.os),
+        arch: bounded_text("facts.arch", &facts.arch),
+        docker_version: bounded_text("facts.docker_version", &facts.docker_version),
         labels,
     })
 }
@@ -91,12 +97,6 @@ pub fn inventory(inventory: Option<pb::Inventory>, now: UnixMillis) -> Result<Ve
                 format!("{domain} appears twice in the inventory"),
             ));
         }
-        if app.drift.len() > MAX_DRIFT_REASONS {
-            return Err(invalid(
-                &field("drift"),
-                format!("has {} entries, the limit is {MAX_DRIFT_REASONS}", app.drift.len()),
-            ));
-        }
         let state = match pb::AppState::try_from(app.state) {
             Ok(pb::AppState::Converged) => AppStateRecord::Converged,
             Ok(pb::AppState::Converging) => AppStateRecord::Converging,
@@ -111,11 +111,7 @@ pub fn inventory(inventory: Option<pb::Inventory>, now: UnixMillis) -> Result<Ve
             state,
             desired_replicas: app.desired_replicas,
             running_replicas: app.running_replicas,
-            drift: app
-                .drift
-                .iter()
-                .map(|reason| text(&field("drift"), reason))
-                .collect::<Result<_, _>>()?,
+            drift: bounded_reasons(&field("drift"), &app.drift),
             chaos: app.chaos,
             observed_at: now,
             domain,
@@ -123,6 +119,21 @@ pub fn inventory(inventory: Option<pb::Inventory>, now: UnixMillis) -> Result<Ve
     }
     records.sort_by(|a, b| a.domain.cmp(&b.domain));
     Ok(records)
+}
+
+/// At most `MAX_DRIFT_REASONS` reasons, each bounded; the last says how many
+/// were left out.
+fn bounded_reasons(field: &str, reasons: &[String]) -> Vec<String> {
+    let mut kept: Vec<String> = reasons
+        .iter()
+        .take(MAX_DRIFT_REASONS)
+        .map(|reason| bounded_text(field, reason))
+        .collect();
+    if reasons.len() > MAX_DRIFT_REASONS {
+        kept.pop();
+        kept.push(format!("and {} more reasons", reasons.len() - MAX_DRIFT_REASONS + 1));
+    }
+    kept
 }
 
 pub fn operation_id(value: &str) -> Result<String, Status> {
@@ -162,8 +173,8 @@ pub fn outcome(value: i32) -> OperationOutcomeRecord {
     }
 }
 
-pub fn progress_fields(message: &str) -> Result<String, Status> {
-    text("message", message)
+pub fn message(message: &str) -> String {
+    bounded_text("message", message)
 }
 
 pub fn versions(from: &str, to: &str) -> Result<(Option<CoopVersion>, Option<CoopVersion>), Status> {
@@ -238,5 +249,27 @@ pub fn host_status(online: bool) -> pb::HostStatus {
         pb::HostStatus::Online
     } else {
         pb::HostStatus::Offline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlong_text_is_cut_at_a_character_boundary_not_refused() {
+        let long = "é".repeat(MAX_TEXT);
+        let cut = bounded_text("drift", &long);
+        assert!(cut.len() <= MAX_TEXT && cut.ends_with(" [truncated]"), "{}", cut.len());
+        assert_eq!(bounded_text("drift", "short"), "short");
+    }
+
+    #[test]
+    fn too_many_reasons_are_summarised() {
+        let reasons: Vec<String> = (0..40).map(|n| format!("reason {n}")).collect();
+        let kept = bounded_reasons("drift", &reasons);
+        assert_eq!(kept.len(), MAX_DRIFT_REASONS);
+        assert_eq!(kept.last().unwrap(), "and 9 more reasons");
+        assert_eq!(kept[30], "reason 30");
     }
 }

@@ -71,19 +71,15 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             .store
             .write(move |store| {
                 let now = now_millis();
-                let token = match store.check_token(&token.id, &hash, now)? {
-                    Ok(token) => token,
-                    Err(refusal) => return Ok(Err(Refusal::Token(refusal))),
-                };
-                if store.host(&enrolled_host)?.is_some() {
-                    return Ok(Err(Refusal::HostExists));
+                let checked = store.check_token(&token.id, &hash, now)?;
+                // Only a used-up token may still serve, for a retry (below).
+                if let Err(refusal) = checked {
+                    if refusal != TokenRefusal::UsedUp {
+                        return Ok(Err(Refusal::Token(refusal)));
+                    }
                 }
-                let issued =
-                    match authority.sign_client_request(&csr_pem, &Identity::Host(enrolled_host.clone()), lifetime) {
-                        Ok(issued) => issued,
-                        Err(error) => return Ok(Err(Refusal::BadRequest(error.to_string()))),
-                    };
-                let certificate = CertificateRecord {
+                let sign = || authority.sign_client_request(&csr_pem, &Identity::Host(enrolled_host.clone()), lifetime);
+                let record = |issued: &crate::auth::ca::Issued| CertificateRecord {
                     serial: issued.serial.clone(),
                     kind: CertificateKind::Host,
                     identity: enrolled_host.to_string(),
@@ -91,7 +87,34 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
                     not_after: millis(issued.not_after),
                     revoked_at: None,
                 };
-                store.commit_enrolment(token, &enrolled_host, &facts, &certificate, now)?;
+                if let Some(host) = store.host(&enrolled_host)? {
+                    // A retry of an enrolment whose answer was lost: the same
+                    // token (its use already spent) and the same key, before
+                    // the host ever connected. Anything else is a takeover.
+                    let retry_of = host
+                        .enrollment
+                        .as_ref()
+                        .filter(|enrollment| enrollment.token_id == token.id && host.agent_version.is_empty());
+                    let Some(enrollment) = retry_of else {
+                        return Ok(Err(Refusal::HostExists));
+                    };
+                    let issued = match sign() {
+                        Ok(issued) if issued.public_key == enrollment.public_key => issued,
+                        Ok(_) => return Ok(Err(Refusal::HostExists)),
+                        Err(error) => return Ok(Err(Refusal::BadRequest(error.to_string()))),
+                    };
+                    store.record_certificate(&record(&issued))?;
+                    return Ok(Ok(issued));
+                }
+                let token = match checked {
+                    Ok(token) => token,
+                    Err(refusal) => return Ok(Err(Refusal::Token(refusal))),
+                };
+                let issued = match sign() {
+                    Ok(issued) => issued,
+                    Err(error) => return Ok(Err(Refusal::BadRequest(error.to_string()))),
+                };
+                store.commit_enrolment(token, &enrolled_host, &facts, &record(&issued), &issued.public_key, now)?;
                 Ok(Ok(issued))
             })
             .await

@@ -52,6 +52,8 @@ pub struct Issued {
     /// Lowercase hex of the serial number, as the store and revocation know it.
     pub serial: String,
     pub not_after: SystemTime,
+    /// Hex SHA-256 of the certified public key (DER).
+    pub public_key: String,
 }
 
 pub struct CertificateAuthority {
@@ -80,13 +82,27 @@ fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> 
 /// Writes `contents` to `path` readable by the owner only, atomically
 /// replacing an existing file.
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), CaError> {
-    let temporary = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&temporary);
-    write_private(&temporary, contents, 0o600)?;
-    std::fs::rename(&temporary, path).map_err(|source| CaError::Write {
+    replace_file(path, contents, 0o600)
+}
+
+/// Writes `contents` to a temporary file with `mode`, syncs it, renames it
+/// over `path` and syncs the directory, so that after a crash `path` holds
+/// either the old or the new contents, and a completed call survives power loss.
+fn replace_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+    let write_error = |source| CaError::Write {
         path: path.to_owned(),
         source,
-    })
+    };
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    write_private(&temporary, contents, mode)?;
+    std::fs::rename(&temporary, path).map_err(write_error)?;
+    if let Some(directory) = path.parent() {
+        std::fs::File::open(directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(write_error)?;
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
@@ -133,8 +149,11 @@ impl CertificateAuthority {
         params.not_after = offset(now + CA_LIFETIME);
         params.serial_number = Some(random_serial());
         let certificate = params.self_signed(&key)?;
-        write_private(&data_dir.join(CA_KEY_FILE), &key.serialize_pem(), 0o600)?;
-        write_private(&data_dir.join(CA_CERTIFICATE_FILE), &certificate.pem(), 0o644)?;
+        // The certificate is written last: its presence is what marks the CA
+        // as existing, so a crash in between leaves a key that the next
+        // `init` replaces.
+        replace_file(&data_dir.join(CA_KEY_FILE), &key.serialize_pem(), 0o600)?;
+        replace_file(&data_dir.join(CA_CERTIFICATE_FILE), &certificate.pem(), 0o644)?;
         Self::load(data_dir)
     }
 
@@ -255,6 +274,10 @@ impl CertificateAuthority {
         params.not_after = offset(not_after);
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
+        let public_key = {
+            use rcgen::PublicKeyData;
+            ccfleet_proto::tls::fingerprint(request.public_key.der_bytes())
+        };
         let request = CertificateSigningRequestParams {
             params,
             public_key: request.public_key,
@@ -264,6 +287,7 @@ impl CertificateAuthority {
             certificate_pem: certificate.pem(),
             serial: hex::encode(serial.to_bytes()),
             not_after,
+            public_key,
         })
     }
 }

@@ -13,7 +13,6 @@ mod records;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ccfleet_proto::{HostId, RecipeName};
@@ -149,9 +148,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a host said hello: creates it on first contact, updates
-    /// its facts and agent version, and replaces its inventory, atomically.
-    /// Returns the stored host record.
+    /// Records that an enrolled host said hello: updates its facts and agent
+    /// version and replaces its inventory, atomically. Hosts are created by
+    /// enrolment only, so an unknown (never enrolled, or removed) host is
+    /// refused. Returns the stored host record.
     pub fn register_host(
         &self,
         host_id: &HostId,
@@ -160,17 +160,9 @@ impl Store {
         inventory: &[AppRecord],
         now: UnixMillis,
     ) -> Result<HostRecord, StoreError> {
-        let mut host = self.host(host_id)?.unwrap_or_else(|| HostRecord {
-            host_id: host_id.clone(),
-            registered_at: now,
-            last_seen: now,
-            agent_version: String::new(),
-            facts: HostFactsRecord::default(),
-            last_seq: 0,
-            app_count: 0,
-            labels: BTreeMap::new(),
-            certificate_not_after: None,
-        });
+        let mut host = self
+            .host(host_id)?
+            .ok_or_else(|| StoreError::UnknownHost(host_id.clone()))?;
         host.last_seen = now;
         host.agent_version = agent_version.to_owned();
         host.facts = facts.clone();
@@ -328,6 +320,7 @@ impl Store {
         host_id: &HostId,
         facts: &HostFactsRecord,
         certificate: &CertificateRecord,
+        public_key: &str,
         now: UnixMillis,
     ) -> Result<HostRecord, StoreError> {
         token.uses_left -= 1;
@@ -341,6 +334,10 @@ impl Store {
             app_count: 0,
             labels: token.labels.clone(),
             certificate_not_after: Some(certificate.not_after),
+            enrollment: Some(EnrollmentRecord {
+                token_id: token.id.clone(),
+                public_key: public_key.to_owned(),
+            }),
         };
         let (token_value, host_value, certificate_value) = (encode(&token)?, encode(&host)?, encode(certificate)?);
         (&self.tokens, &self.hosts, &self.certificates)
@@ -368,6 +365,13 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    pub fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        self.certificates
+            .get(serial.as_bytes())?
+            .map(|bytes| decode(CERTIFICATES, &bytes))
+            .transpose()
     }
 
     pub fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
@@ -411,14 +415,51 @@ impl Store {
     /// its certificates. Returns the serials revoked, or `None` if the host
     /// was unknown.
     pub fn remove_host(&self, host_id: &HostId, now: UnixMillis) -> Result<Option<Vec<String>>, StoreError> {
-        let Some(host) = self.host(host_id)? else {
+        if self.host(host_id)?.is_none() {
             return Ok(None);
-        };
-        let revoked = self.revoke_certificates_of(CertificateKind::Host, host_id.as_str(), now)?;
-        // An empty inventory removes the apps and their index entries.
-        self.write_inventory(host, &[])?;
-        self.hosts.remove(host_id.as_str())?;
-        Ok(Some(revoked))
+        }
+        // Everything to change is read first (this thread is the only
+        // writer), then written in one transaction: a failure leaves the
+        // host as it was, never half removed.
+        let mut revoked = Vec::new();
+        for mut certificate in self.certificates()? {
+            if certificate.kind == CertificateKind::Host
+                && certificate.identity == host_id.as_str()
+                && certificate.revoked_at.is_none()
+            {
+                certificate.revoked_at = Some(now);
+                revoked.push((certificate.serial.clone(), encode(&certificate)?));
+            }
+        }
+        let apps = self.host_apps(host_id)?;
+        let operation_keys: Vec<sled::IVec> = self
+            .operations
+            .scan_prefix(prefix(&[host_id.as_str()]))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        (
+            &self.certificates,
+            &self.hosts,
+            &self.apps,
+            &self.apps_by_recipe,
+            &self.operations,
+        )
+            .transaction(|(certificates, hosts, app_tree, index, operations)| {
+                for (serial, value) in &revoked {
+                    certificates.insert(serial.as_bytes(), value.clone())?;
+                }
+                for app in &apps {
+                    app_tree.remove(key(&[host_id.as_str(), app.domain.as_str()]))?;
+                    index.remove(key(&[app.recipe.as_str(), host_id.as_str(), app.domain.as_str()]))?;
+                }
+                for operation_key in &operation_keys {
+                    operations.remove(operation_key.clone())?;
+                }
+                hosts.remove(host_id.as_str())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)?;
+        Ok(Some(revoked.into_iter().map(|(serial, _)| serial).collect()))
     }
 
     /// The apps of one host, sorted by domain.

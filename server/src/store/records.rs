@@ -68,6 +68,18 @@ pub struct HostRecord {
     /// Expiry of the host's newest certificate.
     #[serde(default)]
     pub certificate_not_after: Option<UnixMillis>,
+    /// How the host enrolled, so that an enrolment whose answer was lost can
+    /// be retried (same token, same key) until the host first connects.
+    #[serde(default)]
+    pub enrollment: Option<EnrollmentRecord>,
+}
+
+/// The token and key of a host's enrolment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentRecord {
+    pub token_id: String,
+    /// Hex SHA-256 of the enrolled public key.
+    pub public_key: String,
 }
 
 /// Observed state of an app, as the agent classified it.

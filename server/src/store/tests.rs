@@ -36,6 +36,57 @@ fn facts() -> HostFactsRecord {
     }
 }
 
+/// Enrolment creates hosts in the server; these tests start from an
+/// enrolled host and then say hello as it.
+trait RegisterEnrolled {
+    fn register_enrolled(
+        &self,
+        host_id: &HostId,
+        agent_version: &str,
+        facts: &HostFactsRecord,
+        inventory: &[AppRecord],
+        now: UnixMillis,
+    ) -> Result<HostRecord, StoreError>;
+}
+
+impl RegisterEnrolled for Store {
+    fn register_enrolled(
+        &self,
+        host_id: &HostId,
+        agent_version: &str,
+        facts: &HostFactsRecord,
+        inventory: &[AppRecord],
+        now: UnixMillis,
+    ) -> Result<HostRecord, StoreError> {
+        if self.host(host_id)?.is_none() {
+            self.put_host(&HostRecord {
+                host_id: host_id.clone(),
+                registered_at: now,
+                last_seen: now,
+                agent_version: String::new(),
+                facts: HostFactsRecord::default(),
+                last_seq: 0,
+                app_count: 0,
+                labels: BTreeMap::new(),
+                certificate_not_after: None,
+                enrollment: None,
+            })?;
+        }
+        self.register_host(host_id, agent_version, facts, inventory, now)
+    }
+}
+
+#[test]
+fn hello_from_a_host_that_was_never_enrolled_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let error = store
+        .register_host(&host("stranger"), "0.1.0", &facts(), &[], 1)
+        .unwrap_err();
+    assert_eq!(error.to_string(), "host stranger is not registered");
+    assert!(store.hosts().unwrap().is_empty());
+}
+
 fn listing(store: &Store, recipe: Option<&str>) -> Vec<String> {
     let recipe = recipe.map(|r| r.parse::<RecipeName>().unwrap());
     store
@@ -61,7 +112,7 @@ fn register_then_replace_inventory_keeps_the_index_true() {
     let store = Store::open(dir.path()).unwrap();
     let web = host("web-1");
     store
-        .register_host(
+        .register_enrolled(
             &web,
             "0.1.0",
             &facts(),
@@ -111,7 +162,7 @@ fn a_recipe_change_of_one_domain_moves_it_in_the_index() {
     let store = Store::open(dir.path()).unwrap();
     let web = host("web-1");
     store
-        .register_host(
+        .register_enrolled(
             &web,
             "0.1.0",
             &facts(),
@@ -138,7 +189,7 @@ fn events_apply_once_per_sequence_number() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let web = host("web-1");
-    store.register_host(&web, "0.1.0", &facts(), &[], 1).unwrap();
+    store.register_enrolled(&web, "0.1.0", &facts(), &[], 1).unwrap();
     let result = AgentEvent::Result {
         operation_id: "op-1".into(),
         domain: "blog.example.org".parse().unwrap(),
@@ -181,7 +232,7 @@ fn state_survives_reopening() {
     {
         let store = Store::open(dir.path()).unwrap();
         store
-            .register_host(
+            .register_enrolled(
                 &host("web-1"),
                 "0.1.0",
                 &facts(),
@@ -220,7 +271,7 @@ fn an_unchanged_inventory_keeps_observation_times() {
     let store = Store::open(dir.path()).unwrap();
     let web = host("web-1");
     store
-        .register_host(
+        .register_enrolled(
             &web,
             "0.1.0",
             &facts(),
@@ -252,7 +303,7 @@ async fn stress_of_the_real_write_pattern() {
                 let host_id = host(&format!("host-{index}"));
                 let id = host_id.clone();
                 handle
-                    .write(move |store| store.register_host(&id, "0.1.0", &facts(), &[], 1))
+                    .write(move |store| store.register_enrolled(&id, "0.1.0", &facts(), &[], 1))
                     .await
                     .unwrap();
                 for seq in 1..=UPDATES_PER_HOST {
@@ -302,4 +353,59 @@ async fn stress_of_the_real_write_pattern() {
     assert!(ghosts
         .iter()
         .all(|(_, app)| app.observed_version.as_ref().unwrap().to_string() == "1.24.0+6.42.0-alpine"));
+}
+
+#[test]
+fn removing_a_host_forgets_its_apps_and_operations_and_revokes_its_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store
+        .register_enrolled(
+            &web,
+            "0.1.0",
+            &facts(),
+            &[app("blog.example.org", "ghost", Some("1.0.0"))],
+            1,
+        )
+        .unwrap();
+    store
+        .register_enrolled(
+            &host("web-2"),
+            "0.1.0",
+            &facts(),
+            &[app("news.example.org", "ghost", Some("1.0.0"))],
+            1,
+        )
+        .unwrap();
+    let certificate = |serial: &str, identity: &str| CertificateRecord {
+        serial: serial.into(),
+        kind: CertificateKind::Host,
+        identity: identity.into(),
+        issued_at: 1,
+        not_after: u64::MAX,
+        revoked_at: None,
+    };
+    store.record_certificate(&certificate("aa", "web-1")).unwrap();
+    store.record_certificate(&certificate("bb", "web-2")).unwrap();
+    let result = AgentEvent::Result {
+        operation_id: "op-1".into(),
+        domain: "blog.example.org".parse().unwrap(),
+        outcome: OperationOutcomeRecord::Succeeded,
+        from_version: None,
+        to_version: None,
+        message: String::new(),
+    };
+    store.apply_event(&web, 1, &result).unwrap();
+
+    assert_eq!(store.remove_host(&web, 5).unwrap(), Some(vec!["aa".to_string()]));
+    assert!(store.host(&web).unwrap().is_none());
+    assert_eq!(listing(&store, Some("ghost")), ["web-2 news.example.org ghost 1.0.0"]);
+    assert!(store.operation(&web, "op-1").unwrap().is_none());
+    assert_eq!(store.revoked_serials(2).unwrap(), ["aa"]);
+    assert_eq!(
+        store.remove_host(&web, 6).unwrap(),
+        None,
+        "removing twice finds nothing"
+    );
 }

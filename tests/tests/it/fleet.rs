@@ -166,12 +166,28 @@ async fn three_hosts_are_shown_exactly_and_survive_a_killed_server() {
         .await
         .expect("update accepted");
     assert_eq!(acked, 1);
-    let table = server.cli(&["versions", "ghost"]);
-    let table = String::from_utf8(table.stdout).unwrap();
-    assert!(
-        table.contains("1.4.0+6.43.0-alpine") && table.contains("blog.coop.example (web-1)"),
-        "{table}"
-    );
+    let versions = server.cli_json(&["versions", "ghost"]);
+    let hosts_of = |index: usize| -> Vec<String> {
+        versions["versions"][index]["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|app| {
+                format!(
+                    "{} {}",
+                    app["host_id"].as_str().unwrap(),
+                    app["domain"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(versions["versions"][0]["version"], "1.4.0+6.43.0-alpine");
+    assert_eq!(hosts_of(0), ["web-1 blog.coop.example", "web-2 news.coop.example"]);
+    assert_eq!(hosts_of(1), ["web-3 blog.other.example"], "web-1 left the 1.3.0 group");
+    // The people's table: the newest version's row lists the moved app.
+    let table = String::from_utf8(server.cli(&["versions", "ghost"]).stdout).unwrap();
+    let newest_row = table.split("1.3.0+6.42.0-alpine").next().unwrap();
+    assert!(newest_row.contains("blog.coop.example (web-1)"), "{table}");
 
     // SIGKILL: whatever was acknowledged must be on disk.
     server.kill();

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use ccfleet_proto::pb::{self, admin_client::AdminClient, agent_client::AgentClient};
 use ccfleet_proto::tls::{Credential, JoinToken};
-use ccfleet_tests::server::{enroll, observed, run_cli, TestAgent, TestServer};
+use ccfleet_tests::server::{enroll, enroll_with_key, observed, run_cli, TestAgent, TestServer};
 use ccfleet_tests::{error_chain, wait_for};
 use serde_json::Value;
 
@@ -413,4 +413,31 @@ async fn host_certificates_renew_over_mtls_and_expired_ones_are_refused() {
 fn hex_serial(der: &[u8]) -> String {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).unwrap();
     certificate.raw_serial_as_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_whose_answer_was_lost_can_be_retried_with_the_same_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let token = server.create_token(&["--uses", "1"]);
+    let key = ccfleet_proto::tls::generate_key_and_request("web-1").unwrap();
+    let url = server.url();
+    let retry = || enroll_with_key(&url, &token, "web-1", &key.private_key_pem, &key.csr_pem);
+
+    // The first answer is "lost": the agent retries with the same token and key.
+    retry().await.expect("first enrolment");
+    let credential = retry().await.expect("the retry gets a certificate for the same key");
+    assert_eq!(uses_left(&server, &token), 0, "the retry spent no second use");
+
+    // Another key under the same id and token is a takeover attempt.
+    let status = refused_enrolment(&server, &token, "web-1").await;
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+
+    // Once the host has connected, the retry window is closed.
+    TestAgent::connect(server.channel_as(&credential).await, "web-1", vec![])
+        .await
+        .unwrap();
+    let status = retry().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    assert_eq!(host_ids(&server), ["web-1"]);
 }
