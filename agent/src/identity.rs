@@ -256,17 +256,7 @@ pub async fn renew(channel: Channel, host_id: &HostId, credential: &Credential) 
     Ok(renewed)
 }
 
-/// An error and its sources, joined, for one-line reports.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(source) = current {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        current = source.source();
-    }
-    text
-}
+pub use ccfleet_proto::error_chain;
 
 #[cfg(test)]
 mod tests {

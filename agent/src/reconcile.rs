@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ccfleet_proto::{CoopVersion, Domain, RecipeName, VersionChange};
+use ccfleet_proto::{error_chain, CoopVersion, Domain, RecipeName, VersionChange};
 use serde::{Deserialize, Serialize};
 
 use crate::abra::{Abra, AbraError};
@@ -548,16 +548,4 @@ fn check_recipe(app: &AppConfig, env: &crate::abra::EnvFile) -> Result<(), Recon
         }),
         _ => Ok(()),
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

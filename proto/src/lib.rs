@@ -24,3 +24,16 @@ pub use domain::{CoopVersion, Domain, HostId, NameError, RecipeName, VersionChan
 /// apps of a few hundred bytes each); 4 MiB leaves ample headroom while
 /// refusing anything absurd.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// An error and all its sources joined with ": ", for one-line reports: the
+/// outermost message alone ("transport error") rarely says what went wrong.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

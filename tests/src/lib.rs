@@ -32,18 +32,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// An error and all its sources, joined: what a test prints when a
-/// connection fails, since the outermost message ("transport error") says little.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(source) = current {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        current = source.source();
-    }
-    text
-}
+pub use ccfleet_proto::error_chain;
 
 /// Polls `condition` until it returns `Some`, or panics after `deadline` with
 /// `what` and the last observation. This is how tests wait for the system to
