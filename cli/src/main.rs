@@ -315,6 +315,6 @@ async fn connect(url: &str, credential: &Credential) -> Result<AdminClient<Chann
         ))
     })?;
     Ok(AdminClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

@@ -25,6 +25,13 @@ pub use domain::{CoopVersion, Domain, HostId, NameError, RecipeName, VersionChan
 /// refusing anything absurd.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Upper bound on one Admin *response* (fleet-wide listings), set on the
+/// server's Admin service and on the CLI. Measured (BENCHMARKS.md): listing
+/// 10,000 hosts is about 4 MiB as JSON and less as protobuf, so 64 MiB leaves
+/// room for well over 100,000 hosts before listings need pagination. Requests
+/// to the server stay bounded by [`MAX_MESSAGE_BYTES`].
+pub const MAX_ADMIN_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// An error and all its sources joined with ": ", for one-line reports: the
 /// outermost message alone ("transport error") rarely says what went wrong.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -214,7 +214,7 @@ pub async fn serve(
         admin_certificate_lifetime: config.admin_certificate_lifetime,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_encoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES);
     let admin = InterceptedService::new(admin, auth::require_admin(revocations.clone()));
     let enrollment = EnrollmentServer::new(api::enrollment::EnrollmentService {
         store: store.clone(),

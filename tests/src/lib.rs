@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 /// `deps/` directory. Panics with the command to run when it is missing, so a
 /// test never passes against nothing.
 pub fn binary(name: &str) -> PathBuf {
-    let test_executable = std::env::current_exe().expect("the test knows its own path");
-    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
-    let profile_dir = test_executable
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    let executable = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/it-<hash> (a test) or target/<profile>/fleet-bench
+    // (a benchmark) -> target/<profile>/<name>
+    let mut profile_dir = executable.parent().expect("an executable lives in a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("deps/ lives in target/<profile>");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),

@@ -80,6 +80,11 @@ impl TestServer {
         format!("https://{}", self.address)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The first admin credential, written by the server when it initialised
     /// its state directory.
     pub fn admin_credential_path(&self) -> PathBuf {
@@ -327,6 +332,11 @@ impl TestAgent {
             inbound,
             welcome,
         })
+    }
+
+    /// A sender for this agent's stream, for tasks that send on their own.
+    pub fn sender(&self) -> mpsc::Sender<pb::AgentMessage> {
+        self.outbound.clone()
     }
 
     /// Sends a message without waiting for anything.

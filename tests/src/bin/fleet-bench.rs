@@ -1,0 +1,236 @@
+//! `fleet-bench`: how the real server copes with many connected agents.
+//!
+//! Starts the real `ccfleet-server` (build it in the same profile first), enrols
+//! N hosts through the Enrollment service, opens one mTLS stream per host (its
+//! own TCP connection, as real agents do), keeps them heartbeating, and
+//! measures: enrolment and connection rates, the server's memory and CPU with
+//! every agent connected, inventory-update acknowledgement latency under a
+//! burst from every agent, and the admin read path over the whole fleet.
+//! Everything runs on loopback on this machine; the benchmark client shares
+//! the CPU with the server, so the numbers are a lower bound on the server.
+//!
+//! Usage: `cargo build --release --workspace &&
+//! target/release/fleet-bench --agents 10000`. See BENCHMARKS.md.
+
+#![allow(clippy::disallowed_methods)] // starts the real server and CLI, as an operator would
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ccfleet_proto::pb;
+use ccfleet_tests::server::{enroll_with_key, observed, TestAgent, TestServer};
+use tokio::sync::Semaphore;
+
+fn argument(name: &str, default: usize) -> usize {
+    let arguments: Vec<String> = std::env::args().collect();
+    arguments
+        .iter()
+        .position(|argument| argument == name)
+        .and_then(|index| arguments.get(index + 1))
+        .map(|value| value.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .unwrap_or(default)
+}
+
+/// (resident memory in MiB, CPU seconds used so far) of a process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (rss_kib / 1024.0, ticks / 100.0)
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * fraction).round() as usize]
+}
+
+fn inventory(index: usize, version: &str) -> Vec<pb::ObservedApp> {
+    vec![
+        observed(&format!("blog.host-{index}.example.org"), "ghost", version),
+        observed(
+            &format!("chat.host-{index}.example.org"),
+            "matrix-synapse",
+            "5.0.0+v1.120.0",
+        ),
+        observed(&format!("wiki.host-{index}.example.org"), "hedgedoc", "2.1.0+1.10.0"),
+    ]
+}
+
+#[tokio::main]
+async fn main() {
+    ccfleet_proto::tls::install_crypto_provider();
+    let agents = argument("--agents", 1000);
+    let concurrency = argument("--concurrency", 64);
+    let steady_seconds = argument("--steady-seconds", 30) as u64;
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let server = TestServer::start(
+        &directory.path().join("data"),
+        &["--heartbeat-interval", "10s", "--heartbeat-timeout", "30s"],
+    );
+    let pid = server.pid();
+    let (idle_rss, _) = process_usage(pid);
+    println!("agents: {agents}; server pid {pid}, idle RSS {idle_rss:.1} MiB");
+
+    // Enrolment: one token for everyone, `concurrency` enrolments at a time.
+    let token = server.create_token(&["--uses", &agents.to_string(), "--ttl", "2h"]);
+    let url = server.url();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for index in 0..agents {
+        let (gate, url, token) = (gate.clone(), url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let host = format!("host-{index}");
+            let key = ccfleet_proto::tls::generate_key_and_request(&host).unwrap();
+            enroll_with_key(&url, &token, &host, &key.private_key_pem, &key.csr_pem)
+                .await
+                .expect("enrolment")
+        }));
+    }
+    let mut credentials = Vec::with_capacity(agents);
+    for task in tasks {
+        credentials.push(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "enrolled {agents} hosts in {:.1} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        agents as f64 / elapsed.as_secs_f64()
+    );
+
+    // Connection: one channel and stream per agent, Hello with three apps.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (index, credential) in credentials.into_iter().enumerate() {
+        let (gate, url) = (gate.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let channel = ccfleet_proto::tls::mtls_endpoint(&url, &credential)
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect");
+            TestAgent::connect(
+                channel,
+                &format!("host-{index}"),
+                inventory(index, "1.3.0+6.42.0-alpine"),
+            )
+            .await
+            .expect("hello")
+        }));
+    }
+    let mut connected = Vec::with_capacity(agents);
+    for task in tasks {
+        connected.push(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "connected {agents} streams in {:.1} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        agents as f64 / elapsed.as_secs_f64()
+    );
+
+    // Steady state: every agent heartbeats every 10 s, as the server asks.
+    let (rss_before, cpu_before) = process_usage(pid);
+    let mut heartbeats = Vec::new();
+    for agent in &connected {
+        let sender = agent.sender();
+        heartbeats.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                ticker.tick().await;
+                let heartbeat = pb::AgentMessage {
+                    seq: 0,
+                    body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})),
+                };
+                if sender.send(heartbeat).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let window_start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(steady_seconds));
+    ticker.tick().await;
+    ticker.tick().await;
+    let (rss_after, cpu_after) = process_usage(pid);
+    println!(
+        "steady state with {agents} agents: server RSS {rss_before:.1} -> {rss_after:.1} MiB ({:.1} KiB per agent), \
+         CPU {:.1}% of one core over {:.0} s",
+        (rss_after - idle_rss) * 1024.0 / agents as f64,
+        (cpu_after - cpu_before) / window_start.elapsed().as_secs_f64() * 100.0,
+        window_start.elapsed().as_secs_f64()
+    );
+
+    // Burst: every agent reports a changed inventory at once; latency to ack.
+    let started = Instant::now();
+    let cpu_burst_start = process_usage(pid).1;
+    let mut tasks = Vec::new();
+    for (index, mut agent) in connected.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            agent
+                .send_inventory(1, inventory(index, "1.4.0+6.43.0-alpine"))
+                .await
+                .expect("ack");
+            (sent.elapsed(), agent)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(agents);
+    let mut connected = Vec::with_capacity(agents);
+    for task in tasks {
+        let (latency, agent) = task.await.unwrap();
+        latencies.push(latency);
+        connected.push(agent);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!(
+        "inventory burst: {agents} updates stored and acknowledged in {:.2} s ({:.0}/s); ack latency p50 {:.0} ms, \
+         p99 {:.0} ms, max {:.0} ms; server CPU {:.1} s",
+        elapsed.as_secs_f64(),
+        agents as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        percentile(&latencies, 1.0).as_secs_f64() * 1000.0,
+        process_usage(pid).1 - cpu_burst_start,
+    );
+
+    // The admin read path over the whole fleet, through the real CLI.
+    for args in [
+        &["--json", "hosts"][..],
+        &["--json", "versions", "ghost"][..],
+        &["--json", "apps", "--recipe", "hedgedoc"][..],
+    ] {
+        let started = Instant::now();
+        let output = server.cli(args);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        println!(
+            "ccfleet {}: {:.0} ms, {} KiB of JSON",
+            args.join(" "),
+            started.elapsed().as_secs_f64() * 1000.0,
+            output.stdout.len() / 1024
+        );
+    }
+    for heartbeat in heartbeats {
+        heartbeat.abort();
+    }
+    drop(connected);
+}
