@@ -68,6 +68,13 @@ enum Command {
     /// Manage admin credentials.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print a shell completion script, e.g. `ccfleet completions bash > /etc/bash_completion.d/ccfleet`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `ccfleet man > ccfleet.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +147,27 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<String, Failure> {
+    // These two need neither a server nor a credential.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "ccfleet",
+                &mut script,
+            );
+            return Ok(String::from_utf8_lossy(&script).into_owned());
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut page)
+                .map_err(|error| Failure::Unexpected(format!("cannot render the man page: {error}")))?;
+            return Ok(String::from_utf8_lossy(&page).into_owned());
+        }
+        _ => {}
+    }
     let usage = |error: anyhow::Error| Failure::Usage(format!("{error:#}"));
     let config_path = cli.config.clone().or_else(settings::default_config_path);
     let config = match &config_path {
@@ -232,6 +260,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 || format!("wrote the credential of admin {name} to {}", out.display()),
             )
         }
+        Command::Completions { .. } | Command::Man => unreachable!("answered before connecting"),
         Command::Admin(AdminCommand::Revoke { name }) => {
             let request = pb::RevokeAdminCredentialRequest { name: name.to_string() };
             let response = client

@@ -461,3 +461,16 @@ fn the_cli_explains_a_missing_credential() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_cli_ships_completions_and_a_man_page_without_a_server() {
+    let nowhere = std::path::Path::new("/nonexistent/admin.toml");
+    let bash = run_cli("https://127.0.0.1:9", nowhere, &["completions", "bash"]);
+    assert!(bash.status.success(), "{}", String::from_utf8_lossy(&bash.stderr));
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("_ccfleet()") && script.contains("versions"), "{script}");
+    let man = run_cli("https://127.0.0.1:9", nowhere, &["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(page.contains(".TH ccfleet 1") && page.contains("Exit codes"), "{page}");
+}
