@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod fleet;
+pub mod metrics;
 pub mod store;
 
 use std::future::Future;
@@ -169,6 +170,7 @@ const ENROLLMENT_MESSAGE_BYTES: usize = 64 * 1024;
 /// `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -194,6 +196,19 @@ pub async fn serve(
         .timeout(Duration::from_secs(10));
 
     let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics_task = match metrics_listener {
+        Some(metrics_listener) => {
+            metrics::check_address(metrics_listener.local_addr()?)?;
+            Some(tokio::spawn(metrics::serve(
+                metrics_listener,
+                metrics.clone(),
+                fleet.clone(),
+                store.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let agent = AgentServer::new(api::agent::AgentService {
         store: store.clone(),
@@ -202,6 +217,7 @@ pub async fn serve(
         hello_timeout: config.hello_timeout,
         authority: authority.clone(),
         host_certificate_lifetime: config.host_certificate_lifetime,
+        metrics: metrics.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -220,6 +236,7 @@ pub async fn serve(
         store: store.clone(),
         authority: authority.clone(),
         host_certificate_lifetime: config.host_certificate_lifetime,
+        metrics: metrics.clone(),
     })
     .max_decoding_message_size(ENROLLMENT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -253,6 +270,9 @@ pub async fn serve(
         .await
         .context("gRPC server failed");
     sweeper.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     result
 }
 

@@ -42,6 +42,9 @@ enum Command {
         /// the state directory [default: https://<listen address>].
         #[arg(long)]
         public_url: Option<String>,
+        /// Serve Prometheus metrics (plain HTTP, `GET /metrics`) on this loopback address.
+        #[arg(long, env = "CCFLEET_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Lifetime of host certificates; agents renew at two thirds of it.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         host_certificate_lifetime: Duration,
@@ -71,10 +74,14 @@ fn main() -> anyhow::Result<()> {
             listen,
             server_names,
             public_url,
+            metrics_listen,
             host_certificate_lifetime,
             heartbeat_interval,
             heartbeat_timeout,
         } => {
+            if let Some(address) = metrics_listen {
+                ccfleet_server::metrics::check_address(address)?;
+            }
             if heartbeat_timeout <= heartbeat_interval {
                 anyhow::bail!("--heartbeat-timeout ({heartbeat_timeout:?}) must be longer than --heartbeat-interval ({heartbeat_interval:?})");
             }
@@ -94,14 +101,26 @@ fn main() -> anyhow::Result<()> {
                 if initialised.created || initialised.admin_credential.is_some() {
                     report_init(&data, &initialised);
                 }
-                // Tests and scripts read this line to learn the port.
+                let metrics_listener = match metrics_listen {
+                    Some(metrics_address) => {
+                        let metrics_listener = tokio::net::TcpListener::bind(metrics_address)
+                            .await
+                            .with_context(|| format!("cannot serve metrics on {metrics_address}"))?;
+                        // Printed before the "listening on" line, which is last.
+                        println!("metrics on {}", metrics_listener.local_addr()?);
+                        Some(metrics_listener)
+                    }
+                    None => None,
+                };
+                // Tests and scripts read this line to learn the port; nothing
+                // is printed on stdout after it.
                 println!("listening on {address}");
                 let mut config = ccfleet_server::ServerConfig::new(data);
                 config.heartbeat_interval = heartbeat_interval;
                 config.heartbeat_timeout = heartbeat_timeout;
                 config.host_certificate_lifetime = host_certificate_lifetime;
                 config.server_names.extend(server_names);
-                ccfleet_server::serve(listener, config, shutdown_signal()).await
+                ccfleet_server::serve(listener, metrics_listener, config, shutdown_signal()).await
             })
         }
     }

@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     child: Child,
     pub address: SocketAddr,
+    /// Where `--metrics-listen` serves, if it was given.
+    pub metrics_address: Option<SocketAddr>,
     pub data_dir: PathBuf,
     log: PathBuf,
 }
@@ -56,21 +58,29 @@ impl TestServer {
             .spawn()
             .expect("ccfleet-server starts");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut first_line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first_line)
-            .expect("read server stdout");
-        let Some(address) = first_line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!(
-                "the server did not report its address (got {first_line:?}); its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+        let mut stdout = BufReader::new(stdout);
+        // "metrics on ADDR" (optional), then "listening on ADDR", then nothing.
+        let mut metrics_address = None;
+        let address = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read server stdout");
+            if let Some(metrics) = line.trim().strip_prefix("metrics on ") {
+                metrics_address = Some(metrics.parse().expect("server prints a socket address"));
+                continue;
+            }
+            let Some(address) = line.trim().strip_prefix("listening on ") else {
+                let _ = child.kill();
+                panic!(
+                    "the server did not report its address (got {line:?}); its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            };
+            break address.parse().expect("server prints a socket address");
         };
-        let address = address.parse().expect("server prints a socket address");
         TestServer {
             child,
             address,
+            metrics_address,
             data_dir: data_dir.to_owned(),
             log,
         }

@@ -18,6 +18,7 @@ use super::enrollment::millis;
 use super::internal;
 use crate::auth::{self, ca::CertificateAuthority, Identity};
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::store::{now_millis, AgentEvent, CertificateKind, CertificateRecord, EventOutcome, StoreError, StoreHandle};
 
 /// Messages queued for one agent's stream before the sender waits.
@@ -32,6 +33,7 @@ pub struct AgentService {
     pub hello_timeout: Duration,
     pub authority: Arc<CertificateAuthority>,
     pub host_certificate_lifetime: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -41,6 +43,28 @@ impl pb::agent_server::Agent for AgentService {
     type ConnectStream = ServerStream;
 
     async fn connect(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<ServerStream>, Status> {
+        let opened = self.open_stream(request).await;
+        Metrics::increment(match &opened {
+            Ok(_) => &self.metrics.agent_streams_opened,
+            Err(_) => &self.metrics.agent_streams_refused,
+        });
+        opened
+    }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let renewed = self.renew_certificate(request).await;
+        if renewed.is_ok() {
+            Metrics::increment(&self.metrics.certificates_renewed);
+        }
+        renewed
+    }
+}
+
+impl AgentService {
+    async fn open_stream(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<ServerStream>, Status> {
         let peer = request.remote_addr();
         let caller = auth::authenticated(&request)?;
         let mut inbound = request.into_inner();
@@ -93,6 +117,7 @@ impl pb::agent_server::Agent for AgentService {
         let session = StreamSession {
             store: self.store.clone(),
             fleet: self.fleet.clone(),
+            metrics: self.metrics.clone(),
             host_id,
             connection_id: ticket.connection_id,
             outbound,
@@ -101,7 +126,10 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound_stream))))
     }
 
-    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
         let caller = auth::authenticated(&request)?;
         let Identity::Host(host_id) = caller.identity.clone() else {
             return Err(Status::permission_denied("only hosts renew through the Agent service"));
@@ -160,6 +188,7 @@ fn not_enrolled(host_id: &HostId) -> Status {
 struct StreamSession {
     store: StoreHandle,
     fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
     host_id: HostId,
     connection_id: u64,
     outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
@@ -237,6 +266,9 @@ impl StreamSession {
             .map_err(internal)?;
         if outcome == EventOutcome::Duplicate {
             tracing::debug!(host = %self.host_id, seq, "duplicate event ignored");
+            Metrics::increment(&self.metrics.agent_events_duplicate);
+        } else {
+            Metrics::increment(&self.metrics.agent_events_applied);
         }
         self.outbound
             .send(Ok(pb::ServerMessage {

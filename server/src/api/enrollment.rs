@@ -12,12 +12,14 @@ use tonic::{Request, Response, Status};
 use super::{convert, internal};
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::Identity;
+use crate::metrics::Metrics;
 use crate::store::{now_millis, CertificateKind, CertificateRecord, StoreHandle, TokenRefusal};
 
 pub struct EnrollmentService {
     pub store: StoreHandle,
     pub authority: Arc<CertificateAuthority>,
     pub host_certificate_lifetime: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why an enrolment failed, decided on the store thread.
@@ -49,6 +51,17 @@ pub fn token_refusal(refusal: TokenRefusal) -> Status {
 #[tonic::async_trait]
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let enrolled = self.enroll_host(request).await;
+        Metrics::increment(match &enrolled {
+            Ok(_) => &self.metrics.enrollments_succeeded,
+            Err(_) => &self.metrics.enrollments_refused,
+        });
+        enrolled
+    }
+}
+
+impl EnrollmentService {
+    async fn enroll_host(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
         let token: JoinToken = request

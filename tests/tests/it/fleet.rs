@@ -474,3 +474,62 @@ fn the_cli_ships_completions_and_a_man_page_without_a_server() {
     let page = String::from_utf8(man.stdout).unwrap();
     assert!(page.contains(".TH ccfleet 1") && page.contains("Exit codes"), "{page}");
 }
+
+/// `GET /metrics` over plain HTTP, as Prometheus scrapes it.
+fn scrape(address: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &["--metrics-listen", "127.0.0.1:0"]);
+    let address = server.metrics_address.expect("the server printed its metrics address");
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    agent
+        .send_inventory(1, vec![observed("a.coop.example", "ghost", "1.0.0")])
+        .await
+        .unwrap();
+    agent
+        .send_inventory(1, vec![observed("a.coop.example", "ghost", "1.0.0")])
+        .await
+        .unwrap();
+    let response = scrape(address);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    for line in [
+        "ccfleet_agents_connected 1",
+        "ccfleet_hosts 1",
+        "ccfleet_enrollments_total{outcome=\"succeeded\"} 1",
+        "ccfleet_agent_streams_total{outcome=\"accepted\"} 1",
+        "ccfleet_agent_events_total{outcome=\"applied\"} 1",
+        "ccfleet_agent_events_total{outcome=\"duplicate\"} 1",
+    ] {
+        assert!(response.lines().any(|l| l == line), "missing {line:?} in:\n{response}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(ccfleet_tests::binary("ccfleet-server"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "0.0.0.0:0",
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to serve metrics on 0.0.0.0:0"));
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}

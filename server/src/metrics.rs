@@ -1,0 +1,188 @@
+//! Prometheus metrics: a few counters kept in atomics by the services, and a
+//! minimal HTTP endpoint (`GET /metrics`, text exposition format 0.0.4) on
+//! its own loopback listener. Plain HTTP, so it refuses non-loopback
+//! addresses: nothing listens in plaintext beyond this machine.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::fleet::Fleet;
+use crate::store::StoreHandle;
+
+/// Counters updated by the services.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub agent_streams_opened: AtomicU64,
+    pub agent_streams_refused: AtomicU64,
+    pub agent_events_applied: AtomicU64,
+    pub agent_events_duplicate: AtomicU64,
+    pub enrollments_succeeded: AtomicU64,
+    pub enrollments_refused: AtomicU64,
+    pub certificates_renewed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn increment(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text, with the gauges read now.
+    pub fn render(&self, connected_agents: usize, hosts: usize) -> String {
+        let mut text = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(text, "{name}{labels} {value}");
+            }
+        };
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        metric(
+            "ccfleet_agents_connected",
+            "gauge",
+            "Agent streams open and heartbeating.",
+            &[("", connected_agents as u64)],
+        );
+        metric(
+            "ccfleet_hosts",
+            "gauge",
+            "Hosts known to the server.",
+            &[("", hosts as u64)],
+        );
+        metric(
+            "ccfleet_agent_streams_total",
+            "counter",
+            "Agent streams by outcome of their hello.",
+            &[
+                ("{outcome=\"accepted\"}", load(&self.agent_streams_opened)),
+                ("{outcome=\"refused\"}", load(&self.agent_streams_refused)),
+            ],
+        );
+        metric(
+            "ccfleet_agent_events_total",
+            "counter",
+            "Durable agent events by outcome (a duplicate is a re-delivered sequence number).",
+            &[
+                ("{outcome=\"applied\"}", load(&self.agent_events_applied)),
+                ("{outcome=\"duplicate\"}", load(&self.agent_events_duplicate)),
+            ],
+        );
+        metric(
+            "ccfleet_enrollments_total",
+            "counter",
+            "Enrolment requests by outcome.",
+            &[
+                ("{outcome=\"succeeded\"}", load(&self.enrollments_succeeded)),
+                ("{outcome=\"refused\"}", load(&self.enrollments_refused)),
+            ],
+        );
+        metric(
+            "ccfleet_certificates_renewed_total",
+            "counter",
+            "Host certificates renewed over mTLS.",
+            &[("", load(&self.certificates_renewed))],
+        );
+        text
+    }
+}
+
+/// Refuses anything but a loopback address for the plaintext endpoint.
+pub fn check_address(address: SocketAddr) -> anyhow::Result<()> {
+    if !address.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve metrics on {address}: the endpoint is plain HTTP, allowed only on a loopback \
+             address; scrape it through a local agent or proxy"
+        );
+    }
+    Ok(())
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, fleet: Arc<Fleet>, store: StoreHandle) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "metrics accept failed");
+                tokio::time::sleep_until(tokio::time::Instant::now() + std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (metrics, fleet, store) = (metrics.clone(), fleet.clone(), store.clone());
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, &metrics, &fleet, &store).await {
+                tracing::debug!(%error, "metrics request failed");
+            }
+        });
+    }
+}
+
+/// Requests are tiny: a request line and a few headers.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics, fleet: &Fleet, store: &StoreHandle) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < MAX_REQUEST_BYTES {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow request"))??;
+        if read == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..read]);
+    }
+    let request_line = String::from_utf8_lossy(&request)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, body) = if request_line.starts_with("GET /metrics ") || request_line == "GET /metrics" {
+        match store.read(|store| store.host_count()).await {
+            Ok(hosts) => ("200 OK", metrics.render(fleet.online_count(), hosts)),
+            Err(error) => ("500 Internal Server Error", format!("cannot read the store: {error}\n")),
+        }
+    } else {
+        ("404 Not Found", "only GET /metrics is served here\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_once() {
+        let metrics = Metrics::default();
+        Metrics::increment(&metrics.agent_events_applied);
+        Metrics::increment(&metrics.agent_events_applied);
+        Metrics::increment(&metrics.enrollments_refused);
+        let text = metrics.render(3, 5);
+        assert!(text.contains("ccfleet_agents_connected 3\n"), "{text}");
+        assert!(text.contains("ccfleet_hosts 5\n"));
+        assert!(text.contains("ccfleet_agent_events_total{outcome=\"applied\"} 2\n"));
+        assert!(text.contains("ccfleet_enrollments_total{outcome=\"refused\"} 1\n"));
+        assert_eq!(text.matches("# TYPE ccfleet_agent_events_total counter").count(), 1);
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_accepted() {
+        assert!(check_address("127.0.0.1:9464".parse().unwrap()).is_ok());
+        assert!(check_address("[::1]:9464".parse().unwrap()).is_ok());
+        let error = check_address("0.0.0.0:9464".parse().unwrap()).unwrap_err().to_string();
+        assert!(
+            error.starts_with("refusing to serve metrics on 0.0.0.0:9464"),
+            "{error}"
+        );
+    }
+}
