@@ -355,6 +355,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reconfigured_abra_shares_the_recipe_locks() {
+        let config = AbraConfig {
+            binary: "abra".into(),
+            dir: "/var/lib/ccfleet-agent/abra".into(),
+            server: "default".into(),
+            command_timeout: Duration::from_secs(60),
+        };
+        let first = Abra::new(&config);
+        let second = first.reconfigured(&AbraConfig {
+            dir: "/srv/abra".into(),
+            ..config
+        });
+        assert!(Arc::ptr_eq(&first.recipe_locks, &second.recipe_locks));
+        assert_eq!(second.dir(), Path::new("/srv/abra"));
+    }
+
+    #[test]
     fn versions_are_picked_out_of_table_text() {
         let text = "\
 ┌──────────────┬──────┐

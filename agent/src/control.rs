@@ -81,8 +81,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Accepts connections and forwards each request to `requests`.
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Incoming>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!(%error, "control socket accept failed");
+                tokio::time::sleep_until(tokio::time::Instant::now() + std::time::Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let requests = requests.clone();
         tokio::spawn(async move {

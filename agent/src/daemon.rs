@@ -103,18 +103,28 @@ struct Agent {
     last_failure: Mutex<HashMap<Domain, String>>,
     periodic_reconcile_running: AtomicBool,
     host_id: String,
+    /// The configuration the agent started with: its `[server]`, `[host]`
+    /// and `[agent]` sections are fixed until a restart.
+    started_with: Config,
 }
 
 impl Agent {
-    fn push(&self, body: Body) {
+    /// Stores a durable event; false (and logged) when the outbox cannot.
+    fn push(&self, body: Body) -> bool {
         let pushed = self
             .outbox
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(body);
         match pushed {
-            Ok(_) => self.outbox_changed.notify_one(),
-            Err(error) => tracing::error!(%error, "cannot write to the outbox"),
+            Ok(_) => {
+                self.outbox_changed.notify_one();
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot write to the outbox");
+                false
+            }
         }
     }
 
@@ -196,20 +206,19 @@ impl Agent {
     async fn observe(&self) {
         let reconciler = self.reconciler.borrow().clone();
         let observed = reconciler.observe_all().await;
-        let changed = {
-            let mut last = self.observations.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = *last != observed;
-            *last = observed.clone();
-            changed
+        if *self.observations.lock().unwrap_or_else(|p| p.into_inner()) == observed {
+            return;
+        }
+        let inventory = pb::Inventory {
+            apps: observed.iter().map(to_wire).collect(),
         };
-        if changed {
-            let inventory = pb::Inventory {
-                apps: observed.iter().map(to_wire).collect(),
-            };
-            self.inventory.send_replace(inventory.clone());
-            self.push(Body::Inventory(pb::InventoryUpdate {
-                inventory: Some(inventory),
-            }));
+        self.inventory.send_replace(inventory.clone());
+        // Remembered only once stored, so a failed write is retried at the
+        // next observation instead of being forgotten.
+        if self.push(Body::Inventory(pb::InventoryUpdate {
+            inventory: Some(inventory),
+        })) {
+            *self.observations.lock().unwrap_or_else(|p| p.into_inner()) = observed;
         }
     }
 
@@ -297,6 +306,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         last_failure: Mutex::new(HashMap::new()),
         periodic_reconcile_running: AtomicBool::new(false),
         host_id: config.host.id.to_string(),
+        started_with: config.clone(),
     });
     // Observe once before connecting, so the first Hello carries the truth.
     agent.observe().await;
@@ -371,9 +381,18 @@ fn reload(agent: &Arc<Agent>) {
     match load_config(&agent.config_path) {
         Ok(config) => {
             tracing::info!(apps = config.apps.len(), "configuration reloaded");
+            let fixed = &agent.started_with;
+            if config.server != fixed.server || config.host != fixed.host || config.agent != fixed.agent {
+                tracing::warn!(
+                    "the [server], [host] and [agent] sections changed: they take effect when the agent restarts; \
+                     the apps and [abra] take effect now"
+                );
+            }
+            // The new reconciler shares the old one's locks, so a reconcile
+            // still running on the old one never overlaps a new one.
             agent
                 .reconciler
-                .send_replace(Arc::new(Reconciler::from_config(&config, reconciler.docker().clone())));
+                .send_replace(Arc::new(reconciler.reconfigured(&config)));
             let agent = agent.clone();
             tokio::spawn(async move {
                 agent.reconcile(None).await;
