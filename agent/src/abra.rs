@@ -63,6 +63,17 @@ impl AbraError {
     }
 }
 
+/// Work the agent owes an app across crashes and failures, recorded as a
+/// file under `$ABRA_DIR/.ccfleet-pending/` before the step that creates the
+/// debt and removed once it is paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// The app was created; its secrets are not all inserted yet.
+    Secrets,
+    /// Owned env keys were (maybe) written; the running stack may not use them yet.
+    Redeploy,
+}
+
 /// Runs abra for one agent: one binary, one `ABRA_DIR`, one server.
 #[derive(Debug)]
 pub struct Abra {
@@ -110,6 +121,48 @@ impl Abra {
 
     fn server_dir(&self) -> PathBuf {
         self.dir.join("servers").join(&self.server)
+    }
+
+    fn pending_path(&self, domain: &Domain, work: Pending) -> PathBuf {
+        let kind = match work {
+            Pending::Secrets => "secrets",
+            Pending::Redeploy => "redeploy",
+        };
+        self.dir.join(".ccfleet-pending").join(format!("{domain}.{kind}"))
+    }
+
+    /// Whether `work` is still owed to `domain` (see [`Pending`]).
+    pub fn is_pending(&self, domain: &Domain, work: Pending) -> bool {
+        self.pending_path(domain, work).exists()
+    }
+
+    /// Records (durably) that `work` is owed to `domain`, or that it is done.
+    pub fn set_pending(&self, domain: &Domain, work: Pending, owed: bool) -> Result<(), AbraError> {
+        let path = self.pending_path(domain, work);
+        let io = |source| AbraError::Io {
+            action: "cannot record pending work",
+            path: path.clone(),
+            source,
+        };
+        let directory = path.parent().unwrap_or(&self.dir).to_owned();
+        if owed {
+            if path.exists() {
+                return Ok(());
+            }
+            std::fs::create_dir_all(&directory).map_err(io)?;
+            std::fs::File::create(&path)
+                .and_then(|file| file.sync_all())
+                .map_err(io)?;
+        } else {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => return Err(io(source)),
+            }
+        }
+        std::fs::File::open(&directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io)
     }
 
     /// Reads the app's env file; `Ok(None)` when the app does not exist.
@@ -219,7 +272,8 @@ impl Abra {
     /// caller runs this once, right after creating the app.
     pub async fn secret_generate_all(&self, recipe: &RecipeName, domain: &Domain) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
-        self.run(&["app", "secret", "generate", domain.as_str(), "--all", "-n"])
+        // abra prints the values it generated: they must not reach logs or reports.
+        self.run_redacted(&["app", "secret", "generate", domain.as_str(), "--all", "-n"].map(OsString::from))
             .await
     }
 
@@ -235,7 +289,7 @@ impl Abra {
     ) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         let file = file.as_os_str().to_owned();
-        self.run_os(&[
+        self.run_redacted(&[
             "app".into(),
             "secret".into(),
             "insert".into(),
@@ -324,6 +378,18 @@ impl Abra {
         self.run_os(&arguments).await
     }
 
+    /// [`Abra::run_os`] for commands whose stdout may hold secret values.
+    async fn run_redacted(&self, arguments: &[OsString]) -> Result<CommandOutput, AbraError> {
+        match self.run_os(arguments).await {
+            Ok(mut output) => {
+                output.stdout = process::REDACTED.into();
+                Ok(output)
+            }
+            Err(AbraError::Command(error)) => Err(AbraError::Command(error.redact_stdout())),
+            Err(other) => Err(other),
+        }
+    }
+
     async fn run_os(&self, arguments: &[OsString]) -> Result<CommandOutput, AbraError> {
         let mut spec = CommandSpec::new(&self.binary, &self.dir, self.command_timeout).env("ABRA_DIR", &self.dir);
         spec.args = arguments.to_vec();
@@ -399,6 +465,28 @@ mod tests {
             server: "default".into(),
             command_timeout: Duration::from_secs(10),
         })
+    }
+
+    #[tokio::test]
+    async fn generated_secret_values_reach_no_report() {
+        let directory = tempfile::tempdir().unwrap();
+        let abra = abra_with_script(
+            directory.path(),
+            "#!/bin/sh\necho 'db_password  s3cr3t-value'\necho 'docker refused the secret' >&2\nexit 1\n",
+        );
+        std::fs::create_dir_all(directory.path().join("abra-dir")).unwrap();
+        let recipe: RecipeName = "fixture-web".parse().unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let error = abra
+            .secret_generate_all(&recipe, &domain)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("s3cr3t"), "{error}");
+        assert!(error.contains("docker refused the secret"), "stderr is kept: {error}");
+        let ok = abra_with_script(directory.path(), "#!/bin/sh\necho 'db_password  s3cr3t-value'\n");
+        let output = ok.secret_generate_all(&recipe, &domain).await.unwrap();
+        assert!(!output.stdout.contains("s3cr3t"));
     }
 
     #[tokio::test]

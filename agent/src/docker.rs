@@ -187,14 +187,24 @@ impl Docker {
                 .filter(|task| task.status.as_ref().and_then(|status| status.state) == Some(TaskState::RUNNING))
                 .filter(|task| runs_current_spec(task.spec.as_ref(), spec.task_template.as_ref()))
                 .count();
-            let desired_replicas = match spec.mode.as_ref().and_then(|mode| mode.replicated.as_ref()) {
-                Some(replicated) => replicated.replicas.unwrap_or(1).max(0) as u64,
-                // Global (and job) services: Docker's own count of tasks meant to run.
-                None => service
-                    .service_status
+            let docker_desired = service
+                .service_status
+                .as_ref()
+                .and_then(|status| status.desired_tasks)
+                .unwrap_or(0);
+            let desired_replicas = match spec.mode.as_ref() {
+                Some(mode) if mode.replicated.is_some() => mode
+                    .replicated
                     .as_ref()
-                    .and_then(|status| status.desired_tasks)
-                    .unwrap_or(0),
+                    .and_then(|replicated| replicated.replicas)
+                    .unwrap_or(1)
+                    .max(0) as u64,
+                // A global service runs one task per node, and this swarm has
+                // at least this one: right after a deploy Docker may still say
+                // 0, which must not pass for converged.
+                Some(mode) if mode.global.is_some() => docker_desired.max(1),
+                // Jobs: Docker's own count of tasks meant to run.
+                _ => docker_desired,
             };
             let last_task_error = tasks
                 .iter()
@@ -328,8 +338,59 @@ fn runs_current_spec(task: Option<&TaskSpec>, service: Option<&TaskSpec>) -> boo
                 && task.args == service.args
                 && task.env == service.env
                 && task.labels == service.labels
+                // A release that only bumps a secret or config version, or
+                // changes a mount, keeps the image: compare those by name
+                // and target (Docker fills in IDs and defaults alike).
+                && secret_names(task) == secret_names(service)
+                && config_names(task) == config_names(service)
+                && mount_targets(task) == mount_targets(service)
         }
         (None, None) => true,
         _ => false,
     }
+}
+
+type ContainerSpec = bollard::models::TaskSpecContainerSpec;
+
+fn secret_names(spec: &ContainerSpec) -> Vec<(Option<String>, Option<String>)> {
+    let mut names: Vec<_> = spec
+        .secrets
+        .iter()
+        .flatten()
+        .map(|secret| {
+            (
+                secret.secret_name.clone(),
+                secret.file.as_ref().and_then(|file| file.name.clone()),
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn config_names(spec: &ContainerSpec) -> Vec<(Option<String>, Option<String>)> {
+    let mut names: Vec<_> = spec
+        .configs
+        .iter()
+        .flatten()
+        .map(|config| {
+            (
+                config.config_name.clone(),
+                config.file.as_ref().and_then(|file| file.name.clone()),
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn mount_targets(spec: &ContainerSpec) -> Vec<(Option<String>, Option<String>)> {
+    let mut mounts: Vec<_> = spec
+        .mounts
+        .iter()
+        .flatten()
+        .map(|mount| (mount.target.clone(), mount.source.clone()))
+        .collect();
+    mounts.sort();
+    mounts
 }

@@ -137,6 +137,15 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
+    /// Forgets what the child printed on stdout (for commands that print
+    /// secrets), so that it reaches no log and no report.
+    pub fn redact_stdout(mut self) -> ProcessError {
+        if let ProcessError::TimedOut { output, .. } | ProcessError::Failed { output } = &mut self {
+            output.stdout = REDACTED.into();
+        }
+        self
+    }
+
     /// What the child printed, when it ran at all.
     pub fn output(&self) -> Option<&CommandOutput> {
         match self {
@@ -157,6 +166,9 @@ impl fmt::Display for ExitDescription {
     }
 }
 
+/// What stands in for output that may hold secrets.
+pub const REDACTED: &str = "[stdout not kept: it may hold secret values]";
+
 /// Runs `spec` to completion. A non-zero exit is [`ProcessError::Failed`];
 /// running past the timeout kills the child and is [`ProcessError::TimedOut`].
 /// stdin is closed, so a child that would prompt fails instead of hanging.
@@ -173,7 +185,10 @@ pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, ProcessError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // If the caller's future is dropped (agent shutdown), the child goes with it.
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group, so that a timeout kills what it started too
+        // (abra runs docker; the test double runs `docker stack deploy`).
+        .process_group(0);
     match &spec.path {
         Some(path) => {
             command.env("PATH", path);
@@ -201,19 +216,31 @@ pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, ProcessError> {
         Ok(Ok(status)) => Some(status),
         Ok(Err(source)) => return Err(ProcessError::Wait { command_line, source }),
         Err(_elapsed) => {
-            // Only the direct child is killed; abra's own children (docker)
-            // notice their closed pipes or finish on their own.
+            // The whole group: a docker command abra started must not go on
+            // deploying after the agent has reported the failure and let go
+            // of the recipe's lock.
+            if let Some(pid) = child.id() {
+                let group = nix::unistd::Pid::from_raw(pid as i32);
+                if let Err(error) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+                    tracing::warn!(command = %command_line, %error, "cannot kill the timed-out process group");
+                }
+            }
             if let Err(error) = child.kill().await {
                 tracing::warn!(command = %command_line, %error, "cannot kill timed-out child");
             }
             None
         }
     };
+    let (stdout_abort, stderr_abort) = (stdout_reader.abort_handle(), stderr_reader.abort_handle());
     let drained = async {
         let _ = stdout_reader.await;
         let _ = stderr_reader.await;
     };
-    let _ = tokio::time::timeout(PIPE_DRAIN_GRACE, drained).await;
+    if tokio::time::timeout(PIPE_DRAIN_GRACE, drained).await.is_err() {
+        // A grandchild still holds the pipes open: stop reading them.
+        stdout_abort.abort();
+        stderr_abort.abort();
+    }
 
     let output = CommandOutput {
         command_line,
@@ -319,6 +346,27 @@ mod tests {
             error.to_string(),
             "`/bin/sh -c 'echo started; exec sleep 30'` was killed after its timeout of 300ms: started"
         );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_what_the_command_started_too() {
+        let directory = tempfile::tempdir().unwrap();
+        let pid_file = directory.path().join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let error = run(&shell(&script, Duration::from_millis(500))).await.unwrap_err();
+        assert!(matches!(error, ProcessError::TimedOut { .. }), "{error:?}");
+        let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+        // Killed, then reaped (gone) or waiting to be reaped (a zombie): not running.
+        let running = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+            Err(_) => false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        while running() {
+            assert!(Instant::now() < deadline, "the grandchild {pid} survived the timeout");
+            ticker.tick().await;
+        }
     }
 
     #[tokio::test]

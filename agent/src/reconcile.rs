@@ -21,7 +21,7 @@ use std::time::Duration;
 use ccfleet_proto::{error_chain, CoopVersion, Domain, RecipeName, VersionChange};
 use serde::{Deserialize, Serialize};
 
-use crate::abra::{Abra, AbraError};
+use crate::abra::{Abra, AbraError, Pending};
 use crate::config::{AppConfig, Config};
 use crate::docker::Docker;
 
@@ -341,9 +341,18 @@ impl Reconciler {
             .read_env_file(&app.domain)
             .map_err(abra_step("read the app's env file"))?;
         let created = existing.is_none();
+        let pending = |work, owed| {
+            self.abra
+                .set_pending(&app.domain, work, owed)
+                .map_err(abra_step("record the app's pending work"))
+        };
         if let Some(env) = &existing {
             check_recipe(app, env)?;
         } else {
+            // Owed from before `app new`, so that a failure or crash between
+            // creating the app and inserting its secrets is resumed, never
+            // forgotten.
+            pending(Pending::Secrets, true)?;
             self.abra
                 .app_new(&app.recipe, &app.version, &app.domain)
                 .await
@@ -351,6 +360,13 @@ impl Reconciler {
             actions.push(ReconcileAction::Created);
         }
 
+        // A redeploy is owed from before the env keys are written until the
+        // stack runs with them: a failed or interrupted redeploy is retried
+        // at the next reconcile instead of being taken for convergence.
+        let redeploy_owed = !created && self.abra.is_pending(&app.domain, Pending::Redeploy);
+        if !created {
+            pending(Pending::Redeploy, true)?;
+        }
         let changed_keys = self
             .abra
             .write_env_keys(
@@ -365,13 +381,17 @@ impl Reconciler {
                 keys: changed_keys.clone(),
             });
         }
+        let needs_redeploy = redeploy_owed || !changed_keys.is_empty();
+        if !needs_redeploy {
+            pending(Pending::Redeploy, false)?;
+        }
 
-        // Secrets are set up once, when the app is created: abra (and Docker)
-        // refuse to overwrite an existing secret version. Rotation, and
-        // resuming after a failure between `app new` and here, need the
-        // agent's journal (a later issue).
-        if created {
+        // Secrets are set up when the app is created, or after a failure in
+        // doing so. Rotating them is not supported yet: abra (and Docker)
+        // refuse to overwrite an existing secret version.
+        if created || self.abra.is_pending(&app.domain, Pending::Secrets) {
             self.set_up_secrets(app, actions).await?;
+            pending(Pending::Secrets, false)?;
         }
 
         let before = self.observe(app).await;
@@ -395,7 +415,7 @@ impl Reconciler {
                 self.redeploy(app, "the running version is unknown", actions).await?;
             }
             (_, Some(running)) if running == declared => {
-                if !changed_keys.is_empty() && !created {
+                if needs_redeploy && !created {
                     self.redeploy(app, "env keys changed", actions).await?;
                 }
             }
@@ -431,6 +451,9 @@ impl Reconciler {
         }
 
         let observed = self.wait_converged(app, before).await?;
+        // Converged with the env as written: whatever path led here
+        // (deploy, upgrade, rollback, redeploy) applied it.
+        pending(Pending::Redeploy, false)?;
         if actions.is_empty() && !observed.1 {
             actions.push(ReconcileAction::WaitedForConvergence);
         }

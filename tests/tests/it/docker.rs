@@ -303,6 +303,38 @@ async fn keys_written_by_abra_or_the_recipe_survive_owned_env_writes() {
 }
 
 #[tokio::test]
+async fn a_redeploy_that_failed_is_owed_until_it_succeeds() {
+    let mut test = DockerTest::new("owed");
+    let domain = test.domain("app");
+    let first = config(&test, &app_toml(&domain, V1_0, "env = { GREETING = \"hello\" }"));
+    let reconciler = reconciler(&first).await;
+    reconciler.reconcile_app(app(&first, &domain)).await.unwrap();
+
+    // The env key changes, and the redeploy that should apply it fails.
+    let second = config(&test, &app_toml(&domain, V1_0, "env = { GREETING = \"bonjour\" }"));
+    std::fs::write(test.abra_dir().join("fail-next-deploy"), "").unwrap();
+    let error = reconciler.reconcile_app(app(&second, &domain)).await.unwrap_err();
+    assert!(error.to_string().contains("deploy failed on purpose"), "{error}");
+
+    // The env file already holds the new value; the next reconcile must still
+    // redeploy instead of taking the running stack for converged.
+    let outcome = reconciler.reconcile_app(app(&second, &domain)).await.unwrap();
+    assert_eq!(outcome.summary(), format!("redeployed {V1_0} (env keys changed)"));
+    let stack = domain.replace('.', "_");
+    let spec_env = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+        &format!("{stack}_app"),
+    ]);
+    assert!(String::from_utf8_lossy(&spec_env.stdout).contains("\"GREETING=bonjour\""));
+    // Paid: a further reconcile has nothing to do.
+    let outcome = reconciler.reconcile_app(app(&second, &domain)).await.unwrap();
+    assert_eq!(outcome.summary(), "already converged");
+}
+
+#[tokio::test]
 async fn the_failing_health_version_is_observed_degraded() {
     let mut test = DockerTest::new("broken");
     let domain = test.domain("app");
