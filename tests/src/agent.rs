@@ -65,11 +65,6 @@ impl AgentProcess {
             .expect("kill runs");
         assert!(status.success(), "cannot signal the agent");
     }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for AgentProcess {

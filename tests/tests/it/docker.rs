@@ -45,6 +45,19 @@ fn with_version(app: &AppConfig, version: &str) -> AppConfig {
     }
 }
 
+/// The environment of the app's main service as Docker runs it (JSON list).
+fn service_env(domain: &str) -> String {
+    let stack = domain.replace('.', "_");
+    let output = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+        &format!("{stack}_app"),
+    ]);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// (domain, state, observed version, drift) for compact assertions.
 fn brief(observed: &ObservedApp) -> (String, AppState, Option<String>, Vec<String>) {
     (
@@ -290,15 +303,7 @@ async fn keys_written_by_abra_or_the_recipe_survive_owned_env_writes() {
     );
 
     // The redeploy really reached the swarm: the service runs with the new value.
-    let stack = domain.replace('.', "_");
-    let spec_env = docker(&[
-        "service",
-        "inspect",
-        "--format",
-        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
-        &format!("{stack}_app"),
-    ]);
-    let spec_env = String::from_utf8_lossy(&spec_env.stdout);
+    let spec_env = service_env(&domain);
     assert!(spec_env.contains("\"GREETING=bonjour\""), "{spec_env}");
 }
 
@@ -320,15 +325,8 @@ async fn a_redeploy_that_failed_is_owed_until_it_succeeds() {
     // redeploy instead of taking the running stack for converged.
     let outcome = reconciler.reconcile_app(app(&second, &domain)).await.unwrap();
     assert_eq!(outcome.summary(), format!("redeployed {V1_0} (env keys changed)"));
-    let stack = domain.replace('.', "_");
-    let spec_env = docker(&[
-        "service",
-        "inspect",
-        "--format",
-        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
-        &format!("{stack}_app"),
-    ]);
-    assert!(String::from_utf8_lossy(&spec_env.stdout).contains("\"GREETING=bonjour\""));
+    let spec_env = service_env(&domain);
+    assert!(spec_env.contains("\"GREETING=bonjour\""), "{spec_env}");
     // Paid: a further reconcile has nothing to do.
     let outcome = reconciler.reconcile_app(app(&second, &domain)).await.unwrap();
     assert_eq!(outcome.summary(), "already converged");
