@@ -47,6 +47,9 @@ pub fn to_wire(app: &ObservedApp) -> pb::ObservedApp {
         running_replicas: app.running_replicas,
         drift: app.drift.clone(),
         chaos: app.chaos,
+        // Filled in by the upgrade transaction's work (available versions,
+        // fleet targets, pins); unknown until then.
+        ..Default::default()
     }
 }
 

@@ -35,6 +35,7 @@ fn kind_of(body: &Body) -> &'static str {
         Body::Inventory(_) => "inventory",
         Body::Progress(_) => "progress",
         Body::Result(_) => "result",
+        Body::Alert(_) => "alert",
         // Not durable; never pushed (see `push`).
         Body::Hello(_) | Body::Heartbeat(_) => "other",
     }

@@ -285,6 +285,7 @@ pub fn observed(domain: &str, recipe: &str, version: &str) -> pb::ObservedApp {
         running_replicas: 1,
         drift: vec![],
         chaos: false,
+        ..Default::default()
     }
 }
 

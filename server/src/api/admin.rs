@@ -367,4 +367,18 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         Err(not_yet("alerts"))
     }
+
+    async fn list_operations(
+        &self,
+        _request: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        Err(not_yet("operation listings"))
+    }
+
+    async fn list_audit(
+        &self,
+        _request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        Err(not_yet("the audit log"))
+    }
 }

@@ -234,6 +234,7 @@ impl StreamSession {
             Some(Body::Heartbeat(_)) => return Ok(()),
             Some(Body::Hello(_)) => return Err(Status::invalid_argument("hello may only be the first message")),
             None => return Err(Status::invalid_argument("message without a body")),
+            Some(Body::Alert(_)) => return Err(Status::unimplemented("alert events are not stored yet")),
             Some(Body::Inventory(update)) => AgentEvent::Inventory(convert::inventory(update.inventory, now_millis())?),
             Some(Body::Progress(progress)) => AgentEvent::Progress {
                 operation_id: convert::operation_id(&progress.operation_id)?,

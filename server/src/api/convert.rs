@@ -220,6 +220,8 @@ pub fn observed_app(app: &AppRecord) -> pb::ObservedApp {
         running_replicas: app.running_replicas,
         drift: app.drift.clone(),
         chaos: app.chaos,
+        // Not stored yet: the records learn these with the upgrade work.
+        ..Default::default()
     }
 }
 
