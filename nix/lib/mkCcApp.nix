@@ -46,6 +46,11 @@ in
     });
   };
 
-  # The per-recipe modules feed the same list the agent renders `apps` from (apps.nix).
-  config.services.coop-cloud.recipeModuleApps = lib.mkIf cfg.enable [ cfg ];
+  config.services.coop-cloud = {
+    # The per-recipe modules feed the same list the agent renders `apps` from (apps.nix).
+    recipeModuleApps = lib.mkIf cfg.enable [ cfg ];
+    # Enabling a recipe module turns the base on (coop-cloud.nix); traefik, on because the
+    # base is, does not count.
+    recipeModulesEnabled = lib.mkIf (!enabledWithBase) [ cfg.enable ];
+  };
 }

@@ -176,6 +176,13 @@ in
       description = "The enabled per-recipe modules' apps (each module adds its own).";
     };
 
+    recipeModulesEnabled = mkOption {
+      type = types.listOf types.bool;
+      default = [ ];
+      internal = true;
+      description = "Whether each per-recipe module (other than traefik) is enabled.";
+    };
+
     enabledApps = mkOption {
       type = types.attrsOf types.raw;
       readOnly = true;

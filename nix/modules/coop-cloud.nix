@@ -12,10 +12,9 @@ let
   # Declaring any app (an `apps.<name>` or a recipe module other than traefik, which is
   # itself on because the base is) turns the base on. Read from the declarations, not
   # from `enabledApps`, which contains traefik and so depends on the base.
-  recipes = builtins.attrNames (import ../recipes/table.nix);
   anyAppDeclared =
     lib.any (app: app.enable) (builtins.attrValues cfg.apps)
-    || lib.any (recipe: recipe != "traefik" && cfg.${recipe}.enable) recipes;
+    || lib.any lib.id cfg.recipeModulesEnabled;
 in
 {
   imports = [

@@ -107,6 +107,21 @@ let
     alone = summary (harness.evalHost (ccfleetModules ++ [{
       services.coop-cloud.ghost = { enable = true; domain = "blog.example.org"; version = "1.3.0+6.42.0-alpine"; autoUpdate = true; };
     }]));
+    # A recipe module made outside ccfleet with the flake's `lib.mkCcApp`.
+    ownRecipe =
+      let
+        mkCcApp = import ../lib/mkCcApp.nix { inherit lib; };
+        evaluated = harness.evalHost (ccfleetModules ++ [
+          (mkCcApp { recipe = "nextcloud"; healthPath = "/status.php"; healthOk = [ 200 302 ]; })
+          {
+            services.coop-cloud.nextcloud = { enable = true; domain = "cloud.example.org"; version = "1.0.0+30.0.0"; };
+          }
+        ]);
+      in
+      summary evaluated // {
+        baseEnabled = evaluated.config.services.coop-cloud.enable;
+        inherit (evaluated.config.services.coop-cloud.nextcloud) healthPath healthAcceptedStatuses;
+      };
     appAlone = summary (harness.evalHost (ccfleetModules ++ [{
       services.coop-cloud.apps.wiki = { recipe = "hedgedoc"; domain = "wiki.example.org"; version = "2.1.0+1.10.0"; };
     }]));

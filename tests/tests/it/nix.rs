@@ -475,6 +475,11 @@ fn the_seed_interface_enables_the_base_and_names_what_is_missing() {
     ];
     assert_eq!(strings(&seed["alone"]["failedAssertions"]), missing);
     assert_eq!(strings(&seed["appAlone"]["failedAssertions"]), missing);
+    let own_recipe = &seed["ownRecipe"];
+    assert_eq!(strings(&own_recipe["failedAssertions"]), missing);
+    assert_eq!(own_recipe["baseEnabled"], true);
+    assert_eq!(own_recipe["healthPath"], "/status.php");
+    assert_eq!(own_recipe["healthAcceptedStatuses"], json!([200, 302]));
 
     let complete = &seed["complete"];
     assert_eq!(strings(&complete["failedAssertions"]), Vec::<String>::new());
@@ -680,4 +685,25 @@ fn every_recipe_module_has_its_defaults() {
         })
         .collect();
     assert_eq!(recipes, Value::Object(expected));
+}
+
+/// `nix/package.nix` evaluates with the Nix the tests run (Debian's 2.8, older than
+/// `lib.fileset` needs): its source is the cargo workspace only.
+#[test]
+fn the_package_source_evaluates_with_this_nix() {
+    let lib = nixpkgs_lib();
+    let expression = format!(
+        "let lib = import {}/lib; package = import ./nix/package.nix {{ inherit lib; rustPlatform.buildRustPackage = arguments: arguments; }}; \
+         in {{ src = \"${{package.src}}\"; inherit (package) pname version; }}",
+        lib.display()
+    );
+    let output = nix_instantiate(&["--eval", "--strict", "--json", "-E", &expression]).unwrap();
+    let package: Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(package["pname"], "ccfleet");
+    assert_eq!(package["version"], env!("CARGO_PKG_VERSION"));
+    let src = package["src"].as_str().unwrap();
+    assert!(
+        src.starts_with("/nix/store/") && src.ends_with("-ccfleet-source"),
+        "{src}"
+    );
 }
