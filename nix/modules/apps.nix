@@ -21,8 +21,24 @@ let
   # fail an assertion; leaving them out of the units keeps that assertion, not a type
   # error in a unit, the message the operator sees.
   renderable = lib.filterAttrs
-    (name: app: checks.appName name == null && app.recipe != null && app.domain != null && app.version != null)
+    (name: app:
+      checks.appName name == null
+      && app.recipe != null
+      && app.domain != null && checks.domain app.domain == null
+      && app.version != null && checks.version app.version == null)
     enabledApps;
+
+  # An app's own units are cc-app-<name>.service plus cc-app-<name>-update.* and
+  # cc-app-<name>-secrets.*; another app must not be named <name>-update or <name>-secrets.
+  unitSuffixes = [ "update" "secrets" ];
+  unitCollisions = lib.concatLists (lib.mapAttrsToList
+    (name: app: lib.concatMap
+      (suffix: lib.optional (enabledApps ? "${name}-${suffix}") {
+        assertion = false;
+        message = "${enabledApps."${name}-${suffix}".nameOption}: the name ${show "${name}-${suffix}"} clashes with the ${suffix} units of the app ${show name} (cc-app-${name}-${suffix}.*); choose another name.";
+      })
+      unitSuffixes)
+    enabledApps);
 
   # Other apps an app is deployed after, by name: its own `dependsOn` plus the implicit
   # ones (traefik), never itself, only apps that exist (others fail an assertion).
@@ -219,6 +235,7 @@ in
             message = "domain ${show domain} is declared by more than one app: ${lib.concatMapStringsSep ", " (at: "${at}.domain") declaredBy}; give each app its own domain.";
           })
           (repeated (app: app.domain))
+        ++ unitCollisions
         ++ map
           (members: {
             assertion = false;

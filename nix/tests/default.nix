@@ -74,6 +74,7 @@ let
     app-without-version = [{ services.coop-cloud.apps.extra = removeAttrs app [ "version" ]; }];
     app-without-recipe = [{ services.coop-cloud.apps.extra = removeAttrs app [ "recipe" ]; }];
     app-name-not-a-unit-name = [{ services.coop-cloud.apps."my blog" = app; }];
+    app-name-clashes-with-units = [{ services.coop-cloud.apps.wiki-update = app; }];
     app-name-template = [{ services.coop-cloud.ghost.appName = "blog@1"; }];
     recipe-module-without-domain = [{ services.coop-cloud.n8n = { enable = true; version = "1.0.0+1.2.3"; }; }];
     traefik-without-version = [{ services.coop-cloud.traefik.version = lib.mkForce null; }];

@@ -421,6 +421,7 @@ fn each_hostile_declaration_fails_one_assertion_naming_the_option() {
         ("app-without-version", "services.coop-cloud.apps.extra.version is not set: pin the recipe version"),
         ("app-without-recipe", "services.coop-cloud.apps.extra.recipe is not set: name the Co-op Cloud recipe"),
         ("app-name-not-a-unit-name", "services.coop-cloud.apps.\"my blog\": the name \"my blog\" cannot be part of a systemd unit name"),
+        ("app-name-clashes-with-units", "services.coop-cloud.apps.wiki-update: the name \"wiki-update\" clashes with the update units of the app \"wiki\""),
         ("app-name-template", "services.coop-cloud.ghost.appName: the name \"blog@1\" cannot be part of a systemd unit name"),
         ("recipe-module-without-domain", "services.coop-cloud.n8n.domain is not set"),
         ("traefik-without-version", "services.coop-cloud.traefik.version is not set"),
