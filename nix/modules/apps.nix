@@ -204,6 +204,7 @@ in
       readOnly = true;
       internal = true;
       default = enabledApps;
+      defaultText = lib.literalMD "the enabled `apps.<name>` and recipe modules, by name";
       description = "Every enabled app, by name.";
     };
 
@@ -212,6 +213,7 @@ in
       readOnly = true;
       internal = true;
       default = lib.mapAttrs (name: app: app // { dependencies = dependencies name app; }) renderable;
+      defaultText = lib.literalMD "the enabled apps that are complete and valid, with their dependencies";
       description = ''
         The apps that become units and `[[app]]` tables (complete and validly named), by
         name, each with `dependencies`: the names of the apps it is deployed after.
