@@ -32,7 +32,7 @@ let
   # cc-app-<name>-secrets.*; another app must not be named <name>-update or <name>-secrets.
   unitSuffixes = [ "update" "secrets" ];
   unitCollisions = lib.concatLists (lib.mapAttrsToList
-    (name: app: lib.concatMap
+    (name: _: lib.concatMap
       (suffix: lib.optional (enabledApps ? "${name}-${suffix}") {
         assertion = false;
         message = "${enabledApps."${name}-${suffix}".nameOption}: the name ${show "${name}-${suffix}"} clashes with the ${suffix} units of the app ${show name} (cc-app-${name}-${suffix}.*); choose another name.";
@@ -56,8 +56,6 @@ let
       assertion = false;
       message = "${option} = ${show value} ${problem}.";
     };
-
-  secretPath = secret: if secret.file != null then secret.file else secret.sopsPath;
 
   appAssertions = name: app:
     let
