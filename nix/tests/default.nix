@@ -58,6 +58,39 @@ let
       dockerLiveRestore = config.virtualisation.docker.liveRestore;
     };
 
+  # What a switch compares for the agent unit: everything in its unit text but the
+  # reload triggers (NixOS reloads a unit when only those changed and restarts it when
+  # anything else did), and the reload triggers.
+  agentUnitText = extra:
+    let
+      unit = (host extra).config.systemd.services.ccfleet-agent;
+      text = {
+        inherit (unit) description wantedBy wants requires after before unitConfig serviceConfig environment
+          restartIfChanged stopIfChanged reloadIfChanged restartTriggers;
+        path = map toString unit.path;
+      };
+    in
+    {
+      unit = builtins.toJSON text;
+      reloadTriggers = map toString unit.reloadTriggers;
+    };
+  agentSwitch =
+    let
+      before = agentUnitText [ ];
+      configChanged = agentUnitText [{ services.coop-cloud.ghost.version = lib.mkForce "1.4.0+6.50.0-alpine"; }];
+      packageChanged = agentUnitText [{ services.ccfleet-agent.package = harness.pkgs.ccfleet // { outPath = "/nix/store/11111111111111111111111111111111-ccfleet"; }; }];
+      abraChanged = agentUnitText [{ services.ccfleet-agent.abraPackage = harness.pkgs.abra // { outPath = "/nix/store/11111111111111111111111111111111-abra"; }; }];
+      compare = after: {
+        unitChanged = after.unit != before.unit;
+        reloadTriggersChanged = after.reloadTriggers != before.reloadTriggers;
+      };
+    in
+    {
+      configChanged = compare configChanged;
+      packageChanged = compare packageChanged;
+      abraChanged = compare abraChanged;
+    };
+
   # Each hostile declaration, added on top of the example host (`mkForce` where it
   # replaces one of the example's values).
   app = { recipe = "n8n"; domain = "n8n.example.org"; version = "1.0.0+1.2.3"; };
@@ -296,5 +329,5 @@ let
     in lib.mapAttrs (name: values: map functions.${name} values) (builtins.fromJSON checkValues);
 in
 {
-  inherit example cases seed settingsOverride strict docs appDefaults agentAlone withSops examples recipes checks;
+  inherit example agentSwitch cases seed settingsOverride strict docs appDefaults agentAlone withSops examples recipes checks;
 }

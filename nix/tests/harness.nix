@@ -33,13 +33,15 @@ let
     formats.json = { }: { type = jsonValue; };
     formats.toml = { }: {
       type = tomlValue;
-      # Stands in for the derivation: coerces to a store path and carries the text.
-      generate = name: value: {
-        inherit name;
-        type = "derivation";
-        outPath = "/nix/store/00000000000000000000000000000000-${name}";
-        text = import ./toml.nix { inherit lib; } value;
-      };
+      # Stands in for the derivation: coerces to a store path that changes with the
+      # content, as the real one does, and carries the text.
+      generate = name: value:
+        let text = import ./toml.nix { inherit lib; } value;
+        in {
+          inherit name text;
+          type = "derivation";
+          outPath = "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" text)}-${name}";
+        };
     };
   };
 

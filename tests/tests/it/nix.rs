@@ -323,6 +323,28 @@ fn agent_unit_is_notify_reloads_on_config_and_restarts_on_package() {
     assert_eq!(strings(&agent["requires"]), ["docker.service"]);
 }
 
+/// What `nixos-rebuild switch` sees: a configuration change (an app's version) changes
+/// only the agent unit's reload trigger, so the agent is reloaded; a new ccfleet or abra
+/// package changes the unit itself, so the agent (`restartIfChanged`) is restarted and
+/// the switch runs the new binary.
+#[test]
+fn a_switch_reloads_the_agent_for_config_and_restarts_it_for_a_package() {
+    let switch = evaluate("agentSwitch");
+    assert_eq!(
+        switch,
+        json!({
+            "configChanged": { "unitChanged": false, "reloadTriggersChanged": true },
+            "packageChanged": { "unitChanged": true, "reloadTriggersChanged": false },
+            "abraChanged": { "unitChanged": true, "reloadTriggersChanged": true },
+        })
+    );
+    let agent = &evaluate("example")["agentUnit"];
+    assert_eq!(
+        (&agent["restartIfChanged"], &agent["reloadIfChanged"]),
+        (&json!(true), &json!(false))
+    );
+}
+
 /// Every app unit requires and orders after the agent, swarm-init, traefik and its
 /// `dependsOn`; traefik itself depends on nothing but the agent and the swarm.
 #[test]
