@@ -124,8 +124,9 @@ in
       description = ''
         Pinned recipe version, `<recipe semver>+<upstream version>`. Required. Changing it and
         running `nixos-rebuild switch` reruns `cc-app-<name>.service`, which asks the agent
-        to move the app to this version (`abra app deploy` or `abra app upgrade`) and fails
-        the switch if Docker does not show the app converged within `deployTimeout`.
+        to move the app to this version (`abra app deploy`, `abra app upgrade`, or
+        `abra app rollback` to a lower version) and fails the switch if Docker does not show
+        the app converged within `deployTimeout`.
       '';
     };
 
