@@ -11,17 +11,19 @@ rustPlatform.buildRustPackage {
   inherit (workspace) version;
 
   # Only what cargo reads, so editing nix/ or docs does not rebuild the package.
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../proto
-      ../server
-      ../agent
-      ../cli
-      ../tests
-    ];
+  # `cleanSourceWith` (builtins.path) rather than `lib.fileset`, whose nixpkgs versions
+  # need `builtins.readFileType` (Nix 2.14): this file then evaluates with every Nix,
+  # Debian's nix-bin 2.8 of the tests included.
+  src = lib.cleanSourceWith {
+    name = "ccfleet-source";
+    src = ../.;
+    filter = path: type:
+      let
+        relative = lib.removePrefix (toString ../. + "/") (toString path);
+        topLevel = builtins.head (lib.splitString "/" relative);
+      in
+      lib.elem relative [ "Cargo.toml" "Cargo.lock" ]
+      || (lib.elem topLevel [ "proto" "server" "agent" "cli" "tests" ] && !(lib.hasSuffix "/target" relative));
   };
 
   cargoLock.lockFile = ../Cargo.lock;

@@ -1,40 +1,56 @@
-# `mkCcApp`: a thin NixOS module for one recipe, `services.coop-cloud.<recipe>`, that
-# forwards to `services.coop-cloud.apps.<recipe>` with the recipe's health path and
-# statefulness as overridable defaults.
+# `mkCcApp`: a thin NixOS module for one recipe, `services.coop-cloud.<recipe>`, with the
+# options of an app (../modules/app-options.nix) whose defaults are this recipe's.
 #
 #   mkCcApp { recipe = "ghost"; healthPath = "/ghost/api/admin/site/"; stateful = true; }
+#
+# The optional arguments keep the seed's names: `healthOk` (accepted HTTP statuses),
+# `healthTimeout` and `timeout` (seconds, or duration strings), `after` (extra systemd
+# units the app's unit orders after) and `appName` (the app's name on the host, default
+# the recipe). Each becomes the default of the option of the same name.
 { lib }:
 
 { recipe
 , healthPath
 , stateful ? true
 , description ? "the ${recipe} Co-op Cloud app"
+, healthOk ? [ 200 ]
+, healthTimeout ? "5m"
+, timeout ? "10m"
+, after ? [ ]
+, appName ? recipe
+  # true for traefik: on wherever `services.coop-cloud` is.
+, enabledWithBase ? false
 }:
 
-{ config, ... }:
+{ config, options, ... }:
 
 let
   cfg = config.services.coop-cloud.${recipe};
+  baseEnabled = (options.services.coop-cloud ? enable) && config.services.coop-cloud.enable;
 in
 {
   options.services.coop-cloud.${recipe} = lib.mkOption {
     description = "Deploy ${description} through the ccfleet agent.";
     default = { };
-    type = lib.types.submodule {
-      imports = [ ../modules/app-options.nix ];
-      config = {
-        # Off unless asked for, unlike an entry of `services.coop-cloud.apps` (whose
-        # option default is true). Priority 1400: above that option default, below
-        # `mkDefault`, so the base module can still turn traefik on with `mkDefault`.
-        enable = lib.mkOverride 1400 false;
-        recipe = lib.mkDefault recipe;
-        healthPath = lib.mkDefault healthPath;
-        stateful = lib.mkDefault stateful;
-        declaredAt = "services.coop-cloud.${recipe}";
+    type = lib.types.submodule (import ../modules/app-options.nix {
+      recipeModule = {
+        inherit recipe healthPath stateful description healthOk healthTimeout timeout after appName;
+        enable =
+          if enabledWithBase then {
+            default = baseEnabled;
+            defaultText = lib.literalExpression "config.services.coop-cloud.enable";
+          } else {
+            default = false;
+          };
       };
-    };
+    });
   };
 
-  config.services.coop-cloud.apps.${recipe} = lib.mkIf cfg.enable
-    (builtins.removeAttrs cfg [ "_module" ]);
+  config.services.coop-cloud = {
+    # The per-recipe modules feed the same list the agent renders `apps` from (apps.nix).
+    recipeModuleApps = lib.mkIf cfg.enable [ cfg ];
+    # Enabling a recipe module turns the base on (coop-cloud.nix); traefik, on because the
+    # base is, does not count.
+    recipeModulesEnabled = lib.mkIf (!enabledWithBase) [ cfg.enable ];
+  };
 }

@@ -1,10 +1,35 @@
-# The options of one Co-op Cloud app, shared by `services.coop-cloud.apps.<name>`
-# and by the per-recipe modules that `lib.mkCcApp` makes (`services.coop-cloud.<recipe>`).
+# The options of one Co-op Cloud app, shared by `services.coop-cloud.apps.<name>` and by
+# the per-recipe modules that `lib.mkCcApp` makes (`services.coop-cloud.<recipe>`).
 # A submodule: it only declares; apps.nix checks and agent.nix renders.
-{ lib, ... }:
+#
+# `recipeModule` is null for an entry of `apps` (the operator names the recipe, and a
+# recipe of ./../recipes/table.nix brings its health path and statefulness as defaults),
+# or mkCcApp's arguments for a per-recipe module (the recipe is fixed, the arguments are
+# the defaults). Either way the defaults are option defaults, so the option
+# documentation shows them and a plain definition overrides them.
+{ recipeModule ? null }:
+
+{ config, lib, name, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption types;
+
+  recipeTable = import ../recipes/table.nix;
+  isRecipeModule = recipeModule != null;
+  # The table's entry for an `apps.<name>` entry's recipe, if it is a known recipe.
+  known =
+    if isRecipeModule then recipeModule
+    else if config.recipe != null && recipeTable ? ${config.recipe} then recipeTable.${config.recipe}
+    else { };
+
+  # nixpkgs' `unitNameType` (nixos/lib/systemd-lib.nix).
+  unitNameType = types.strMatching "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)";
+
+  # Seconds (the seed's notation) or a humantime string; rendered as "<n>s" or as written.
+  durationType = types.either types.int types.str;
+
+  # How an option path is written, quoting names that are not plain identifiers.
+  attributePath = name: if builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" name != null then name else builtins.toJSON name;
 
   secretType = types.submodule {
     options = {
@@ -13,8 +38,10 @@ let
         default = null;
         example = "/run/secrets/ghost-db-password";
         description = ''
-          Absolute path of a file holding the secret's value, read by the agent at deploy time.
-          Never a Nix path literal: that would copy the secret into the world-readable Nix store.
+          Absolute path of a file holding the secret's value, read by the agent when it
+          inserts the secret. Never a Nix path literal: that would copy the secret into the
+          world-readable Nix store. When the file changes, `cc-app-<name>-secrets.path`
+          restarts `cc-app-<name>.service`, which runs `ccfleet-agent apply` for the app.
         '';
       };
       sopsKey = mkOption {
@@ -22,16 +49,54 @@ let
         default = null;
         example = "ghost/db_password";
         description = ''
-          Key of the secret in the host's sops file. Only with sops-nix imported: the module then
-          declares `sops.secrets."ccfleet/<sopsKey>"` and passes its path to the agent.
+          Key of the secret in the host's sops file. Only with sops-nix imported: the module
+          then declares `sops.secrets."ccfleet/<sopsKey>"` (which restarts
+          `cc-app-<name>.service` when the secret changes) and passes its path to the agent.
+        '';
+      };
+      sopsPath = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/ghost-db-password";
+        description = ''
+          With `sopsKey`: where sops-nix writes the decrypted secret (its `path`), which is
+          the file the agent reads. `null`: sops-nix's default, `/run/secrets/ccfleet/<sopsKey>`.
         '';
       };
     };
   };
 in
 {
+  imports = [
+    # The seed's parameter names, kept as aliases.
+    (lib.mkAliasOptionModule [ "healthOk" ] [ "healthAcceptedStatuses" ])
+    (lib.mkAliasOptionModule [ "timeout" ] [ "deployTimeout" ])
+  ];
+
   options = {
-    enable = mkEnableOption "this app" // { default = true; };
+    enable =
+      if isRecipeModule then
+        mkOption ({
+          type = types.bool;
+          example = true;
+          description = "Whether to deploy ${recipeModule.description}.";
+        } // recipeModule.enable)
+      else
+        mkEnableOption "this app" // { default = true; };
+
+    name = mkOption {
+      type = types.str;
+      internal = true;
+      default = if isRecipeModule then config.appName else name;
+      defaultText = lib.literalMD "the attribute name, or `appName`";
+      description = "The app's name on this host: its units are `cc-app-<name>.service` and friends.";
+    };
+
+    nameOption = mkOption {
+      type = types.str;
+      internal = true;
+      description = "Option path that holds the app's name, used to name it in assertions.";
+    };
 
     declaredAt = mkOption {
       type = types.str;
@@ -40,24 +105,28 @@ in
     };
 
     recipe = mkOption {
-      type = types.strMatching "[a-z][a-z0-9-]*";
+      type = types.nullOr types.str;
       example = "ghost";
       description = "Co-op Cloud recipe the app is deployed from.";
-    };
+    } // (if isRecipeModule then { default = recipeModule.recipe; readOnly = true; } else { default = null; });
 
     domain = mkOption {
       type = types.nullOr types.str;
       default = null;
       example = "blog.example.org";
-      description = "The app's domain, which is also its name for abra and the fleet.";
+      description = "The app's domain, which is also its name for abra and the fleet. Required.";
     };
 
     version = mkOption {
-      type = types.str;
+      type = types.nullOr types.str;
+      default = null;
       example = "1.3.0+6.42.0-alpine";
       description = ''
-        Pinned recipe version, `<recipe semver>+<upstream version>`. Changing it and running
-        `nixos-rebuild switch` upgrades the app (health-gated, rolled back on failure).
+        Pinned recipe version, `<recipe semver>+<upstream version>`. Required. Changing it and
+        running `nixos-rebuild switch` reruns `cc-app-<name>.service`, which asks the agent
+        to move the app to this version (`abra app deploy`, `abra app upgrade`, or
+        `abra app rollback` to a lower version) and fails the switch if Docker does not show
+        the app converged within `deployTimeout`.
       '';
     };
 
@@ -65,60 +134,94 @@ in
       type = types.attrsOf types.str;
       default = { };
       example = { SMTP_HOST = "mail.example.org"; };
-      description = "Variables written to the app's `.env` (not `TYPE` or `DOMAIN`, which abra owns).";
+      description = ''
+        Variables written to the app's `.env`: uppercase names (`^[A-Z_][A-Z0-9_]*$`), one-line
+        values; not `TYPE` or `DOMAIN`, which abra owns.
+      '';
     };
 
     secrets = mkOption {
       type = types.attrsOf secretType;
       default = { };
       example = { db_password.file = "/run/secrets/ghost-db"; };
-      description = "Secrets inserted with `abra app secret insert`, by abra secret name.";
+      description = "Secrets inserted with `abra app secret insert`, by abra secret name (`^[a-z0-9_]+$`).";
     };
 
     healthPath = mkOption {
       type = types.nullOr types.str;
-      default = null;
       example = "/health";
       description = ''
-        Path probed at `https://<domain><healthPath>` after a deploy. `null`: no HTTP probe, only
-        swarm convergence and the containers' own healthchecks.
+        HTTP path of the app's health check (`https://<domain><healthPath>`), written to the
+        agent's configuration as `health.path`; `null`: none. This version of the agent
+        records it but does not probe it yet: a deploy is judged by what Docker shows
+        (services converged, containers' own healthchecks).
       '';
-    };
+    } // (if isRecipeModule then {
+      default = recipeModule.healthPath;
+    } else {
+      default = known.healthPath or null;
+      defaultText = lib.literalMD "the recipe's health path when `recipe` is one ccfleet ships a module for (e.g. `\"/ghost/api/admin/site/\"` for ghost), else `null`";
+    });
 
     healthAcceptedStatuses = mkOption {
       type = types.listOf (types.ints.between 100 599);
-      default = [ 200 ];
-      description = "HTTP statuses of the health probe that count as healthy.";
+      default = if isRecipeModule then recipeModule.healthOk else [ 200 ];
+      example = [ 200 302 ];
+      description = ''
+        HTTP statuses the health check counts as healthy (`health.accepted_statuses`; alias
+        `healthOk`). Recorded for the health check of `healthPath`, which this version does not run yet.
+      '';
     };
 
     healthTimeout = mkOption {
-      type = types.str;
-      default = "5m";
-      description = "How long the app may take to become healthy after a deploy (humantime).";
+      type = durationType;
+      default = if isRecipeModule then recipeModule.healthTimeout else "5m";
+      example = 300;
+      description = ''
+        How long the app may take to become healthy (`health.timeout`): a number of seconds
+        or a duration such as `"5m"`. Recorded for the health check, which this version does not run yet.
+      '';
     };
 
     stateful = mkOption {
       type = types.bool;
-      default = true;
-      description = "Snapshot the app's volumes before an upgrade and restore them on rollback.";
-    };
+      example = false;
+      description = ''
+        Whether the app keeps data in volumes (`stateful` in the agent's configuration).
+        Recorded for the upgrade transaction (volume snapshots before an upgrade), which this
+        version of the agent does not have yet.
+      '';
+    } // (if isRecipeModule then {
+      default = recipeModule.stateful;
+    } else {
+      default = known.stateful or true;
+      defaultText = lib.literalMD "the recipe's statefulness when `recipe` is one ccfleet ships a module for, else `true`";
+    });
 
     autoUpdate = mkOption {
       type = types.bool;
       default = false;
-      description = "Upgrade to the newest compatible version on `updateSchedule`.";
+      description = ''
+        Add `cc-app-<name>-update.timer`, which runs `ccfleet-agent update <domain>` on
+        `updateSchedule`. In this version a scheduled update keeps the app converged at its
+        declared version; moving to newer versions is not built yet.
+      '';
     };
 
     updateSchedule = mkOption {
       type = types.str;
       default = "Sun *-*-* 04:00:00";
-      description = "systemd `OnCalendar` expression for automatic updates.";
+      description = "systemd `OnCalendar` expression of the update timer (with `autoUpdate`).";
     };
 
     allowMajor = mkOption {
       type = types.bool;
       default = false;
-      description = "Allow automatic updates across a major recipe version.";
+      description = ''
+        Allow automatic updates across a major recipe version (`allow_major`). No effect in
+        this version, whose automatic updates do not choose versions; a declared `version` is
+        deployed whatever its major.
+      '';
     };
 
     dependsOn = mkOption {
@@ -126,15 +229,48 @@ in
       default = [ ];
       example = [ "keycloak" ];
       description = ''
-        Names of other apps in `services.coop-cloud.apps` to deploy before this one
-        (traefik is always deployed first).
+        Names of other apps of this host (`services.coop-cloud.apps.<name>`, or a recipe
+        module's `appName`) to deploy before this one: their `cc-app-` units are required
+        and ordered before this app's, and the agent deploys them first. Traefik always is.
       '';
     };
 
-    deployTimeout = mkOption {
-      type = types.str;
-      default = "10m";
-      description = "Bound on one abra deploy or upgrade command (humantime).";
+    after = mkOption {
+      type = types.listOf unitNameType;
+      default = if isRecipeModule then recipeModule.after else [ ];
+      example = [ "postgresql.service" ];
+      description = "Further systemd units `cc-app-<name>.service` is ordered after (`After=`), such as a database on the host.";
     };
+
+    deployTimeout = mkOption {
+      type = durationType;
+      default = if isRecipeModule then recipeModule.timeout else "10m";
+      example = 600;
+      description = ''
+        How long the agent waits for Docker to show the app converged after a deploy or an
+        upgrade (`deploy_timeout`; alias `timeout`): a number of seconds or a duration such as `"10m"`.
+      '';
+    };
+  } // lib.optionalAttrs isRecipeModule {
+    appName = mkOption {
+      type = types.str;
+      default = recipeModule.appName;
+      example = "blog";
+      description = ''
+        The app's name on this host: its units are `cc-app-<appName>.service` (and
+        `-update`, `-secrets`), and other apps name it in `dependsOn`.
+      '';
+    };
+  };
+
+  config = {
+    nameOption = lib.mkDefault (
+      if isRecipeModule then "services.coop-cloud.${recipeModule.recipe}.appName"
+      else "services.coop-cloud.apps.${attributePath name}"
+    );
+    declaredAt = lib.mkDefault (
+      if isRecipeModule then "services.coop-cloud.${recipeModule.recipe}"
+      else "services.coop-cloud.apps.${attributePath name}"
+    );
   };
 }

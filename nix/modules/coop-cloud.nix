@@ -8,6 +8,13 @@ let
 
   cfg = config.services.coop-cloud;
   docker = lib.getExe' config.virtualisation.docker.package "docker";
+
+  # Declaring any app (an `apps.<name>` or a recipe module other than traefik, which is
+  # itself on because the base is) turns the base on. Read from the declarations, not
+  # from `enabledApps`, which contains traefik and so depends on the base.
+  anyAppDeclared =
+    lib.any (app: app.enable) (builtins.attrValues cfg.apps)
+    || lib.any lib.id cfg.recipeModulesEnabled;
 in
 {
   imports = [
@@ -17,7 +24,10 @@ in
   ];
 
   options.services.coop-cloud = {
-    enable = mkEnableOption "Co-op Cloud apps on this host, deployed by the ccfleet agent";
+    enable = mkEnableOption "Co-op Cloud apps on this host, deployed by the ccfleet agent" // {
+      default = anyAppDeclared;
+      defaultText = lib.literalMD "`true` when any app is declared (an enabled `apps.<name>` or recipe module)";
+    };
 
     openFirewall = mkOption {
       type = types.bool;
@@ -35,11 +45,9 @@ in
 
   config = lib.mkIf cfg.enable {
     # The proxy is an app like any other (so the agent deploys, observes and upgrades it),
-    # declared through its recipe module; the operator gives its domain and version.
-    services.coop-cloud.traefik.enable = lib.mkDefault true;
-    services.coop-cloud.implicitDependencies = lib.optional cfg.traefik.enable "traefik";
-
-    services.ccfleet-agent.enable = lib.mkDefault true;
+    # declared through its recipe module (enabled by default with the base); the operator
+    # gives its domain and version. Every other app requires its unit.
+    services.coop-cloud.implicitDependencies = lib.optional cfg.traefik.enable cfg.traefik.appName;
 
     virtualisation.docker = {
       enable = true;

@@ -92,6 +92,10 @@ in
         Group = "ccfleet-server";
         Restart = "on-failure";
         RestartSec = "5s";
+        # One descriptor per agent connection (every host holds one long-lived stream) plus
+        # sled's files: systemd's default soft limit of 1024 would cap the fleet at about a
+        # thousand hosts (issue 10).
+        LimitNOFILE = 65536;
         # sled and the CA keys live here; 0700 keeps the keys private.
         StateDirectory = "ccfleet-server";
         StateDirectoryMode = "0700";

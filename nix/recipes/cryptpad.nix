@@ -1,8 +1,6 @@
 # services.coop-cloud.cryptpad: the `cryptpad` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "cryptpad";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.custom-html-tiny: the `custom-html-tiny` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "custom-html-tiny";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
   description = "a tiny static site (its content lives in a volume)";

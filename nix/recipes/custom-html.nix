@@ -1,8 +1,6 @@
 # services.coop-cloud.custom-html: the `custom-html` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "custom-html";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
   description = "a static site (its content lives in a volume)";

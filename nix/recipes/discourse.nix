@@ -1,8 +1,6 @@
 # services.coop-cloud.discourse: the `discourse` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "discourse";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/srv/status";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.ghost: the `ghost` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "ghost";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/ghost/api/admin/site/";
   stateful = true;
 }

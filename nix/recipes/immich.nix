@@ -1,8 +1,6 @@
 # services.coop-cloud.immich: the `immich` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "immich";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/api/server/ping";
   stateful = true;
 }

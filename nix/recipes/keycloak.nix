@@ -1,8 +1,6 @@
 # services.coop-cloud.keycloak: the `keycloak` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "keycloak";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/realms/master";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.lasuite-docs: the `lasuite-docs` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "lasuite-docs";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
 }

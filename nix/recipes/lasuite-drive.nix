@@ -1,8 +1,6 @@
 # services.coop-cloud.lasuite-drive: the `lasuite-drive` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "lasuite-drive";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.lasuite-meet: the `lasuite-meet` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "lasuite-meet";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.matrix-synapse: the `matrix-synapse` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "matrix-synapse";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/health";
   stateful = true;
 }

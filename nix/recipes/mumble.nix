@@ -1,8 +1,6 @@
 # services.coop-cloud.mumble: the `mumble` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "mumble";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = null;
   stateful = true;
   description = "the Mumble voice server (TCP/UDP 64738; no HTTP endpoint to probe)";

@@ -1,8 +1,6 @@
 # services.coop-cloud.n8n: the `n8n` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "n8n";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/healthz";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.plausible: the `plausible` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "plausible";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/api/health";
   stateful = true;
 }

@@ -1,8 +1,6 @@
 # services.coop-cloud.uptime-kuma: the `uptime-kuma` recipe (health path and statefulness from ABRA.md).
-{ mkCcApp }:
-
-mkCcApp {
-  recipe = "uptime-kuma";
+# Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
+{
   healthPath = "/";
   stateful = true;
 }

@@ -1,19 +1,16 @@
 # Evaluation harness: runs ccfleet's NixOS modules through the nixpkgs module system
-# (`lib.evalModules`) without nixpkgs' package set or NixOS itself, which this
-# machine does not have.
+# (`lib.evalModules`) without nixpkgs' package set or NixOS itself, which the test
+# machines do not have.
 #
-# It declares, as loosely as possible, only the NixOS options our modules set
-# (`systemd.services`/`timers`, `virtualisation.docker`, `networking.firewall`,
-# `environment.etc`, `users`, `assertions`, `warnings`) and passes a fake `pkgs`
-# with just what the modules use: `formats.toml` (rendered by ./toml.nix at
-# evaluation time), `git`, `coreutils` and a `ccfleet` package whose paths are
-# placeholders. Loose means: these options accept any value and merge like
-# attribute sets, so the harness checks what our modules compute, not NixOS's
-# own types (the flake's `checks` build a real NixOS system for that).
+# The NixOS options our modules set are declared with NixOS's own types (./nixos.nix),
+# so a typo or a wrong value fails here as it would in NixOS. The fake `pkgs` has just
+# what the modules use: `formats.toml` and `formats.json` (the value types of
+# nixpkgs' formats; `generate` renders with ./toml.nix at evaluation time) and
+# packages whose paths are placeholders.
 { lib }:
 
 let
-  inherit (lib) mkOption types;
+  inherit (lib) types;
 
   fakePackage = name: {
     inherit name;
@@ -22,91 +19,49 @@ let
     meta.mainProgram = name;
   };
 
+  # nixpkgs' pkgs.formats value types (pkgs/pkgs-lib/formats.nix).
+  jsonValue = types.nullOr (types.oneOf [ types.bool types.int types.float types.str types.path (types.attrsOf jsonValue) (types.listOf jsonValue) ]) // { description = "JSON value"; };
+  tomlValue = types.oneOf [ types.bool types.int types.float types.str types.path (types.attrsOf tomlValue) (types.listOf tomlValue) ] // { description = "TOML value"; };
+
   pkgs = {
     ccfleet = fakePackage "ccfleet";
+    abra = fakePackage "abra";
     git = fakePackage "git";
     coreutils = fakePackage "coreutils";
+    systemd = fakePackage "systemd";
     docker = fakePackage "docker";
+    formats.json = { }: { type = jsonValue; };
     formats.toml = { }: {
-      type = types.attrsOf types.anything;
-      # Stands in for the derivation: coerces to a store path and carries the text.
-      generate = name: value: {
-        inherit name;
-        outPath = "/nix/store/00000000000000000000000000000000-${name}";
-        text = import ./toml.nix { inherit lib; } value;
-      };
+      type = tomlValue;
+      # Stands in for the derivation: coerces to a store path that changes with the
+      # content, as the real one does, and carries the text.
+      generate = name: value:
+        let text = import ./toml.nix { inherit lib; } value;
+        in {
+          inherit name text;
+          type = "derivation";
+          outPath = "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" text)}-${name}";
+        };
     };
   };
 
-  loose = mkOption {
-    type = types.attrsOf types.anything;
-    default = { };
-  };
-
-  # The NixOS options ccfleet's modules set, declared loosely.
-  nixosStub = {
-    options = {
-      assertions = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      warnings = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      systemd.services = loose;
-      systemd.timers = loose;
-      environment.etc = loose;
-      users.users = loose;
-      users.groups = loose;
-      networking.firewall.allowedTCPPorts = mkOption {
-        type = types.listOf types.port;
-        default = [ ];
-      };
-      virtualisation.docker = {
-        enable = mkOption {
-          type = types.bool;
-          default = false;
-        };
-        liveRestore = mkOption {
-          type = types.bool;
-          default = true;
-        };
-        package = mkOption {
-          type = types.unspecified;
-          default = pkgs.docker;
-        };
-      };
-    };
-  };
-
-  # sops-nix's `sops.secrets`, for the evaluations that pretend it is imported.
-  sopsStub = {
-    options.sops.secrets = mkOption {
-      default = { };
-      type = types.attrsOf (types.submodule ({ name, ... }: {
-        options.key = mkOption { type = types.str; };
-        options.path = mkOption {
-          type = types.str;
-          default = "/run/secrets/${name}";
-        };
-      }));
-    };
-  };
+  stubs = import ./nixos.nix { inherit lib; };
 in
 {
-  inherit sopsStub;
+  inherit pkgs;
+  sopsStub = stubs.sops;
 
   # Evaluates `modules` (ccfleet's plus the host's) and returns what the tests look at.
   evalHost = modules:
     let
       evaluated = lib.evalModules {
-        modules = [ nixosStub { _module.args.pkgs = pkgs; } ] ++ modules;
+        modules = [ stubs.nixos { _module.args.pkgs = pkgs; } ] ++ modules;
       };
       config = evaluated.config;
     in
     {
       inherit config;
+      inherit (evaluated) options;
       failedAssertions = map (assertion: assertion.message) (lib.filter (assertion: !assertion.assertion) config.assertions);
       agentToml = config.environment.etc."ccfleet/agent.toml".source.text or null;
     };
