@@ -9,8 +9,5 @@
 mod gate;
 mod probe;
 
-#[cfg(test)]
-mod probe_tests;
-
 pub use gate::{Check, GatePolicy, GateVerdict, HealthGate};
 pub use probe::{HttpProbe, ProbeError, ProbeScheme, ProbeTarget};

@@ -296,8 +296,8 @@ mod tests {
             10,
             &[(1, "ok"), (2, "503")],
             expect![[r#"
-                  1 ok     healthy after 1s
-                  2 503    healthy after 1s
+                at  1s ok      healthy after 1s
+                at  2s 503     healthy after 1s
             "#]],
         );
     }

@@ -17,6 +17,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::gate::{seconds, Check};
 
+#[cfg(test)]
+#[path = "probe_tests.rs"]
+mod tests;
+
 /// How the probe talks to the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeScheme {
