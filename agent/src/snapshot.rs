@@ -206,10 +206,14 @@ impl SnapshotStore {
     }
 
     /// Copies every volume into a new snapshot for `operation_id` and writes
-    /// its manifest. Checks free space first. An existing directory for the
-    /// same operation (a crash during an earlier attempt) is removed and the
-    /// snapshot taken again: the transaction only retakes a snapshot while the
-    /// app is still undeployed at its old version, so the volumes are the same.
+    /// its manifest. Checks free space first.
+    ///
+    /// Safe to retry after a crash: an incomplete directory for the same
+    /// operation (no manifest: the crash came while copying) is removed and
+    /// the snapshot taken again. A complete one is returned as it is and never
+    /// overwritten, because it may be the only copy of the data from before
+    /// the upgrade; verifying it (as the transaction always does) re-walks the
+    /// live volumes and says whether they still match.
     pub fn take(
         &self,
         domain: &Domain,
@@ -224,6 +228,9 @@ impl SnapshotStore {
             .map_err(|source| SnapshotError::io("create directory", &domain_dir, source))?;
 
         if tree::lstat(&dir).is_ok() {
+            if let Some(existing) = self.open(domain, operation_id)? {
+                return Ok(existing);
+            }
             copy::remove_snapshot_dir(&dir)?;
         }
 

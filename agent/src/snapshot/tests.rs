@@ -464,6 +464,31 @@ fn take_after_a_crash_replaces_the_half_written_snapshot() {
 }
 
 #[test]
+fn take_again_returns_the_complete_snapshot_without_overwriting_it() {
+    let fixture = Fixture::new();
+    let first = fixture.take_verified("op-1");
+    // The upgrade has run and changed the data since.
+    write_bytes(&fixture.content().join("a/b/c/deep.txt"), b"migrated");
+    let again = fixture.take("op-1");
+    assert_eq!(again, first);
+    assert!(fixture.store.is_verified(&again));
+    let copy = fixture
+        .store
+        .dir_of(&fixture.domain, "op-1")
+        .join("volumes/blog_example_org_content");
+    assert_eq!(fs::read(copy.join("a/b/c/deep.txt")).unwrap(), b"deep down");
+    // Verifying says the live volume no longer matches; restoring undoes it.
+    let error = fixture.store.verify(&again, &fixture.volumes).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "volume blog_example_org_content differs from the snapshot's manifest at a/b/c/deep.txt: \
+         in the live volume: size: expected 9 bytes, found 8"
+    );
+    fixture.store.restore(&again, &fixture.volumes).unwrap();
+    fixture.assert_volumes_match(&again);
+}
+
+#[test]
 fn no_room_is_refused_before_anything_is_copied() {
     let fixture = Fixture::new();
     fs::create_dir_all(fixture.base.join("state/snapshots")).unwrap();
