@@ -11,6 +11,7 @@ use ccfleet_proto::Domain;
 use expect_test::{expect, Expect};
 use proptest::prelude::*;
 
+use super::store::{available_bytes, read_manifest};
 use super::*;
 
 const FIVE_MIB: usize = 5 * 1024 * 1024;
