@@ -111,6 +111,15 @@ impl SnapshotStore {
     /// differs.
     pub fn verify(&self, snapshot: &Snapshot, volumes: &[VolumeSource]) -> Result<(), SnapshotError> {
         check_volume_list(volumes)?;
+        // The marker vouches for the manifest on disk, which is what a
+        // restore after a crash will read: it must be the one checked here.
+        let manifest_path = snapshot.dir.join(MANIFEST_FILE);
+        if read_manifest(&snapshot.dir)?.as_ref() != Some(&snapshot.manifest) {
+            return Err(SnapshotError::Manifest {
+                path: manifest_path,
+                detail: "is missing or differs from the snapshot being verified".to_owned(),
+            });
+        }
         let pairs = pair_volumes(snapshot, volumes)?;
         for (recorded, source) in pairs {
             let copy_root = snapshot.dir.join(VOLUMES_DIR).join(&recorded.volume);
@@ -188,8 +197,42 @@ impl SnapshotStore {
         snapshot.dir.join(VERIFIED_FILE).is_file()
     }
 
-    /// The domain's snapshot directories, newest first (ties by operation id).
+    /// The domain's snapshot directories, newest first (ties by operation
+    /// id). A directory whose manifest cannot be read is listed as incomplete.
     pub fn list(&self, domain: &Domain) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+        Ok(self.scan_domain(domain)?.into_iter().map(|(info, _)| info).collect())
+    }
+
+    /// Keeps the newest `keep` complete snapshots of the domain and every
+    /// snapshot whose operation id is in `protect`; deletes the rest and
+    /// returns their directories. Incomplete snapshots (no manifest: a crash
+    /// while copying) are deleted; one whose manifest exists but cannot be
+    /// read is kept and logged, for a person to look at: it may hold the only
+    /// copy of some data, and a newer agent's format must survive a downgrade.
+    pub fn prune(&self, domain: &Domain, keep: usize, protect: &[&str]) -> Result<Vec<PathBuf>, SnapshotError> {
+        let mut kept_complete = 0;
+        let mut deleted = Vec::new();
+        for (info, unreadable) in self.scan_domain(domain)? {
+            if protect.contains(&info.operation_id.as_str()) {
+                continue;
+            }
+            if let Some(error) = unreadable {
+                tracing::warn!(snapshot = %info.dir.display(), error = %error, "not pruning a snapshot whose manifest cannot be read");
+                continue;
+            }
+            if info.complete && kept_complete < keep {
+                kept_complete += 1;
+                continue;
+            }
+            copy::remove_snapshot_dir(&info.dir)?;
+            deleted.push(info.dir);
+        }
+        Ok(deleted)
+    }
+
+    /// Every snapshot directory of the domain, newest first, each with the
+    /// error that made its manifest unreadable, if any.
+    fn scan_domain(&self, domain: &Domain) -> Result<Vec<(SnapshotInfo, Option<String>)>, SnapshotError> {
         let domain_dir = self.root.join(domain.as_str());
         let reader = match std::fs::read_dir(&domain_dir) {
             Ok(reader) => reader,
@@ -207,51 +250,35 @@ impl SnapshotStore {
             if !metadata.is_dir() || check_name("operation id", &operation_id).is_err() {
                 continue;
             }
-            let info = match read_manifest(&dir)? {
-                Some(manifest) => SnapshotInfo {
-                    dir,
-                    operation_id,
-                    created_at_unix_ms: manifest.created_at_unix_ms,
-                    total_bytes: manifest.total_bytes,
-                    complete: true,
-                },
-                None => SnapshotInfo {
-                    dir,
-                    operation_id,
-                    created_at_unix_ms: metadata.modified().map(unix_ms).unwrap_or(0),
-                    total_bytes: 0,
-                    complete: false,
-                },
+            let incomplete = |dir| SnapshotInfo {
+                dir,
+                operation_id: operation_id.clone(),
+                created_at_unix_ms: metadata.modified().map(unix_ms).unwrap_or(0),
+                total_bytes: 0,
+                complete: false,
             };
-            found.push(info);
+            found.push(match read_manifest(&dir) {
+                Ok(Some(manifest)) => (
+                    SnapshotInfo {
+                        dir,
+                        operation_id: operation_id.clone(),
+                        created_at_unix_ms: manifest.created_at_unix_ms,
+                        total_bytes: manifest.total_bytes,
+                        complete: true,
+                    },
+                    None,
+                ),
+                Ok(None) => (incomplete(dir), None),
+                Err(error) => (incomplete(dir), Some(ccfleet_proto::error_chain(&error))),
+            });
         }
-        found.sort_by(|left, right| {
+        found.sort_by(|(left, _), (right, _)| {
             right
                 .created_at_unix_ms
                 .cmp(&left.created_at_unix_ms)
                 .then_with(|| right.operation_id.cmp(&left.operation_id))
         });
         Ok(found)
-    }
-
-    /// Keeps the newest `keep` complete snapshots of the domain and every
-    /// snapshot whose operation id is in `protect`; deletes the rest
-    /// (incomplete ones included) and returns their directories.
-    pub fn prune(&self, domain: &Domain, keep: usize, protect: &[&str]) -> Result<Vec<PathBuf>, SnapshotError> {
-        let mut kept_complete = 0;
-        let mut deleted = Vec::new();
-        for info in self.list(domain)? {
-            if protect.contains(&info.operation_id.as_str()) {
-                continue;
-            }
-            if info.complete && kept_complete < keep {
-                kept_complete += 1;
-                continue;
-            }
-            copy::remove_snapshot_dir(&info.dir)?;
-            deleted.push(info.dir);
-        }
-        Ok(deleted)
     }
 }
 

@@ -267,6 +267,24 @@ fn verify_refuses_volume_lists_that_differ_from_the_snapshot() {
     assert_eq!(error.to_string(), "volume blog_example_org_new is not in the snapshot");
 }
 
+#[test]
+fn verify_checks_the_manifest_on_disk_too() {
+    let fixture = Fixture::new();
+    let mut snapshot = fixture.take("op-1");
+    snapshot.manifest.volumes[1]
+        .entries
+        .retain(|entry| entry.path != "db.sqlite");
+    let error = fixture.store.verify(&snapshot, &fixture.volumes).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "manifest {}: is missing or differs from the snapshot being verified",
+            snapshot.dir.join("manifest.json").display()
+        )
+    );
+    assert!(!fixture.store.is_verified(&snapshot));
+}
+
 /// A change a new version (or an accident) could make to a volume.
 type Mutation = fn(&Path, &Path);
 
@@ -594,12 +612,22 @@ fn list_and_prune_keep_the_newest_and_the_protected() {
         .map(|info| info.operation_id)
         .collect();
     assert_eq!(left, ["op-5", "op-4", "op-1"]);
+    // Pruning again deletes nothing.
+    assert!(fixture.store.prune(&fixture.domain, 2, &["op-1"]).unwrap().is_empty());
+    // A snapshot whose manifest cannot be read is listed, never pruned.
+    write_bytes(
+        &fixture.store.dir_of(&fixture.domain, "op-4").join(MANIFEST_FILE),
+        b"{\"format\": 99}",
+    );
+    let listed = fixture.store.list(&fixture.domain).unwrap();
+    assert_eq!(listed.iter().filter(|info| !info.complete).count(), 1);
+    assert_eq!(fixture.store.prune(&fixture.domain, 0, &[]).unwrap().len(), 2);
+    assert_eq!(fixture.store.list(&fixture.domain).unwrap()[0].operation_id, "op-4");
+    fs::remove_file(fixture.store.dir_of(&fixture.domain, "op-4").join(MANIFEST_FILE)).unwrap();
+    assert_eq!(fixture.store.prune(&fixture.domain, 0, &[]).unwrap().len(), 1);
+    assert!(fixture.store.list(&fixture.domain).unwrap().is_empty());
     // Other domains are untouched.
     assert_eq!(fixture.store.list(&other).unwrap().len(), 1);
-    // Pruning again deletes nothing; keep 0 deletes all but the protected.
-    assert!(fixture.store.prune(&fixture.domain, 2, &["op-1"]).unwrap().is_empty());
-    assert_eq!(fixture.store.prune(&fixture.domain, 0, &["op-4"]).unwrap().len(), 2);
-    assert_eq!(fixture.store.list(&fixture.domain).unwrap().len(), 1);
 }
 
 #[test]
