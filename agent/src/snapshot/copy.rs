@@ -44,7 +44,8 @@ pub(crate) fn copy_tree(source: &Path, destination: &Path) -> Result<Vec<Manifes
         };
         let entry = tree::entry(path, &metadata, content);
         if entry.kind != EntryKind::Dir {
-            apply_metadata(&to, &entry, metadata.modified().ok())?;
+            // The file's mtime was set by finish_file; owner and mode do not change it.
+            apply_metadata(&to, &entry, None)?;
         }
         entries.push(entry);
     }

@@ -194,9 +194,20 @@ fn take_records_every_entry_of_the_source() {
         9 + 14 + FIVE_MIB as u64 + 4 + 10 + 1 + DB_BYTES.len() as u64
     );
 
-    // The copy walks to the same manifest, owners and modes included.
-    let copy = walk(&snapshot.dir.join("volumes/blog_example_org_content")).unwrap();
+    // The copy walks to the same manifest, owners and modes included, and
+    // keeps modification times.
+    let copy_root = snapshot.dir.join("volumes/blog_example_org_content");
+    let copy = walk(&copy_root).unwrap();
     assert_eq!(&copy, entries);
+    for path in ["a/b/c/deep.txt", "a/b", ""] {
+        let modified = |root: &Path| {
+            fs::metadata(tree::join_relative(root, path))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        assert_eq!(modified(&copy_root), modified(fixture.content()), "{path:?}");
+    }
     // The manifest on disk is the one returned, and open finds it.
     let opened = fixture.store.open(&fixture.domain, "op-1").unwrap().unwrap();
     assert_eq!(opened, snapshot);
@@ -397,6 +408,8 @@ fn restore_undoes_all_modifications_at_once() {
     let fixture = Fixture::new();
     let snapshot = fixture.take_verified("op-1");
     let outside = fixture.base.join("outside");
+    let modified = |path: &str| fs::metadata(fixture.content().join(path)).unwrap().modified().unwrap();
+    let deep_modified = modified("a/b/c/deep.txt");
     // All but those that would remove what a later one changes, or change
     // what an earlier one removed.
     for (_, mutate) in mutations()
@@ -413,6 +426,7 @@ fn restore_undoes_all_modifications_at_once() {
     fixture.store.verify(&snapshot, &fixture.volumes).unwrap();
     assert_eq!(fs::metadata(fixture.content().join("a/b/owned")).unwrap().uid(), 1234);
     assert_eq!(fs::metadata(fixture.content().join("a/b/owned")).unwrap().gid(), 5678);
+    assert_eq!(modified("a/b/c/deep.txt"), deep_modified);
 }
 
 #[test]
