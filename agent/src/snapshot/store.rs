@@ -123,11 +123,15 @@ impl SnapshotStore {
         let pairs = pair_volumes(snapshot, volumes)?;
         for (recorded, source) in pairs {
             let copy_root = snapshot.dir.join(VOLUMES_DIR).join(&recorded.volume);
-            for (side, root) in [
-                ("live volume", source.mountpoint.as_path()),
-                ("copy", copy_root.as_path()),
-            ] {
-                let actual = walk(root)?;
+            // The two walks read different files (often on different disks),
+            // and the app is down while they run: do them side by side.
+            let (live, copy) = std::thread::scope(|scope| {
+                let live = scope.spawn(|| walk(&source.mountpoint));
+                let copy = walk(&copy_root);
+                let live = live.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (live, copy)
+            });
+            for (side, actual) in [("live volume", live?), ("copy", copy?)] {
                 compare(&recorded.entries, &actual).map_err(|difference| SnapshotError::Mismatch {
                     volume: recorded.volume.clone(),
                     path: difference.path,
