@@ -361,6 +361,9 @@ async fn the_outbox_delivers_everything_once_across_a_server_outage() {
     // The server goes away; the agent keeps reconciling and queues its events.
     let url = server.url();
     let port = server.address.port();
+    let stored_before = host_row(&server, "docker-host").unwrap()["last_event_seq"]
+        .as_u64()
+        .unwrap();
     server.kill();
     std::fs::write(
         &config,
@@ -390,10 +393,11 @@ async fn the_outbox_delivers_everything_once_across_a_server_outage() {
     )
     .await;
 
-    // The server comes back on the same address and state.
-    let server = TestServer::start_on(&data, port, &[]);
+    // The server comes back on the same address and state (and counts what
+    // it receives, so that a duplicate shows).
+    let server = TestServer::start_on(&data, port, &["--metrics-listen", "127.0.0.1:0"]);
     wait_for_server_apps(&server, &agent, "docker-host", vec![format!("{blog} {V1_1} converged")]).await;
-    wait_for("the outbox to drain", Duration::from_secs(60), || {
+    let drained = wait_for("the outbox to drain", Duration::from_secs(60), || {
         let status = agent.status();
         let row = host_row(&server, "docker-host");
         async move {
@@ -401,13 +405,33 @@ async fn the_outbox_delivers_everything_once_across_a_server_outage() {
             let stored = row.map(|row| row["last_event_seq"].as_u64().unwrap_or(0)).unwrap_or(0);
             let last = status["outbox"]["last_seq"].as_u64().unwrap_or(0);
             if status["outbox"]["pending"] == 0 && stored == last && last >= queued {
-                Ok(())
+                Ok(last)
             } else {
                 Err(format!("server stored up to {stored}; agent: {status}"))
             }
         }
     })
     .await;
+
+    // Once: the restarted server was sent no event it already had (a
+    // re-delivered sequence number counts as a duplicate), and it applied at
+    // most as many events as the agent numbered while the server was away.
+    let page = ccfleet_tests::server::scrape_metrics(server.metrics_address.unwrap());
+    let count = |outcome: &str| {
+        ccfleet_tests::server::metric_value(&page, &format!("ccfleet_agent_events_total{{outcome=\"{outcome}\"}}"))
+            .unwrap_or_else(|| panic!("no {outcome} count in:\n{page}"))
+    };
+    assert_eq!(
+        count("duplicate"),
+        0,
+        "events re-delivered to the restarted server:\n{page}"
+    );
+    let applied = count("applied");
+    assert!(
+        (1..=drained - stored_before).contains(&applied),
+        "{applied} events applied, but the agent numbered {} after the server stored {stored_before}",
+        drained - stored_before
+    );
 }
 
 fn docker_config_for_url(url: &str, test: &DockerTest, token_file: &Path, apps: &[(&str, &str)]) -> String {
