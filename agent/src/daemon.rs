@@ -336,6 +336,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let (requests, mut incoming) = mpsc::channel(16);
     let control_task = tokio::spawn(control::serve(listener, requests));
+    control::notify_ready();
 
     let mut reconcile_timer = tokio::time::interval(config.agent.reconcile_interval);
     reconcile_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
