@@ -288,6 +288,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let docker = Docker::connect().await.context("cannot reach the Docker Engine")?;
     let facts = host_facts(&config, &docker).await;
+    crate::abra::Abra::new(&config.abra).log_version().await;
     let reconciler = Arc::new(Reconciler::from_config(&config, docker.clone()));
     let (reconciler_sender, _) = watch::channel(reconciler);
     let outbox = Outbox::open(&config.agent.state_dir.join("outbox")).context("cannot open the outbox")?;
@@ -335,6 +336,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let (requests, mut incoming) = mpsc::channel(16);
     let control_task = tokio::spawn(control::serve(listener, requests));
+    control::notify_ready();
 
     let mut reconcile_timer = tokio::time::interval(config.agent.reconcile_interval);
     reconcile_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -190,7 +190,11 @@ impl Reconciler {
 
     /// A reconciler for the apps and abra settings of `config`.
     pub fn from_config(config: &Config, docker: Docker) -> Reconciler {
-        Reconciler::new(Abra::new(&config.abra), docker, config.apps.clone())
+        Reconciler::new(
+            Abra::new(&config.abra).with_docker(docker.clone()),
+            docker,
+            config.apps.clone(),
+        )
     }
 
     /// Polls Docker this often while waiting for convergence (default 1s).

@@ -9,3 +9,4 @@ mod docker;
 mod fleet;
 mod nix;
 mod security;
+mod tidy;
