@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub host_certificate_lifetime: Duration,
     /// Lifetime of admin certificates.
     pub admin_certificate_lifetime: Duration,
+    /// Operation records kept per host; the oldest beyond it are pruned.
+    pub operation_quota: usize,
+    /// Operation records older than this are pruned (at start and hourly).
+    pub operation_retention: Duration,
 }
 
 /// Names every server certificate carries: the loopback names and this
@@ -71,6 +75,8 @@ impl ServerConfig {
             server_names: default_server_names(),
             host_certificate_lifetime: Duration::from_secs(7 * 24 * 3600),
             admin_certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
+            operation_quota: store::DEFAULT_OPERATION_QUOTA,
+            operation_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -182,7 +188,9 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let store = StoreHandle::open(&config.data_dir)
+    let store = store::Store::open(&config.data_dir)
+        .map(|store| store.with_operation_quota(config.operation_quota))
+        .and_then(StoreHandle::start)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
@@ -196,6 +204,7 @@ pub async fn serve(
         .timeout(Duration::from_secs(10));
 
     let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
+    let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
     let metrics_task = match metrics_listener {
         Some(metrics_listener) => {
@@ -270,6 +279,7 @@ pub async fn serve(
         .await
         .context("gRPC server failed");
     sweeper.abort();
+    pruner.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -285,6 +295,20 @@ async fn expire_silent_sessions(fleet: Arc<Fleet>) {
         ticker.tick().await;
         for host_id in fleet.expire_silent() {
             tracing::warn!(host = %host_id, "heartbeat timeout: host is offline");
+        }
+    }
+}
+
+/// Applies the operation records' retention age at start and then hourly.
+async fn prune_old_operations(store: StoreHandle, retention: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let cutoff = store::now_millis().saturating_sub(retention.as_millis() as u64);
+        match store.write(move |store| store.prune_operations_before(cutoff)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned operation records past their retention"),
+            Err(error) => tracing::error!(%error, "cannot prune old operation records"),
         }
     }
 }

@@ -54,6 +54,12 @@ enum Command {
         /// Silence after which a host is shown offline.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         heartbeat_timeout: Duration,
+        /// Operation records kept per host; the oldest beyond it are pruned.
+        #[arg(long, default_value_t = ccfleet_server::store::DEFAULT_OPERATION_QUOTA)]
+        operation_quota: usize,
+        /// Operation records older than this are pruned.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        operation_retention: Duration,
     },
 }
 
@@ -78,6 +84,8 @@ fn main() -> anyhow::Result<()> {
             host_certificate_lifetime,
             heartbeat_interval,
             heartbeat_timeout,
+            operation_quota,
+            operation_retention,
         } => {
             if let Some(address) = metrics_listen {
                 ccfleet_server::metrics::check_address(address)?;
@@ -119,6 +127,8 @@ fn main() -> anyhow::Result<()> {
                 config.heartbeat_interval = heartbeat_interval;
                 config.heartbeat_timeout = heartbeat_timeout;
                 config.host_certificate_lifetime = host_certificate_lifetime;
+                config.operation_quota = operation_quota;
+                config.operation_retention = operation_retention;
                 config.server_names.extend(server_names);
                 ccfleet_server::serve(listener, metrics_listener, config, shutdown_signal()).await
             })

@@ -88,7 +88,7 @@ impl AgentService {
         let facts = convert::facts(hello.facts)?;
         let now = now_millis();
         let inventory = convert::inventory(hello.inventory, now)?;
-        let agent_version = hello.agent_version.chars().take(64).collect::<String>();
+        let agent_version = convert::agent_version(&hello.agent_version);
         let registered = {
             let host_id = host_id.clone();
             self.store
@@ -234,7 +234,7 @@ impl StreamSession {
             Some(Body::Heartbeat(_)) => return Ok(()),
             Some(Body::Hello(_)) => return Err(Status::invalid_argument("hello may only be the first message")),
             None => return Err(Status::invalid_argument("message without a body")),
-            Some(Body::Alert(_)) => return Err(Status::unimplemented("alert events are not stored yet")),
+            Some(Body::Alert(alert)) => AgentEvent::Alert(convert::alert(alert, now_millis())?),
             Some(Body::Inventory(update)) => AgentEvent::Inventory(convert::inventory(update.inventory, now_millis())?),
             Some(Body::Progress(progress)) => AgentEvent::Progress {
                 operation_id: convert::operation_id(&progress.operation_id)?,

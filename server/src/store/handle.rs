@@ -23,7 +23,11 @@ pub struct StoreHandle {
 impl StoreHandle {
     /// Opens the store and starts its thread.
     pub fn open(directory: &Path) -> Result<StoreHandle, StoreError> {
-        let store = Store::open(directory)?;
+        Self::start(Store::open(directory)?)
+    }
+
+    /// Starts the store thread over an opened store.
+    pub fn start(store: Store) -> Result<StoreHandle, StoreError> {
         let (jobs, inbox) = std_mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ccfleet-store".into())
