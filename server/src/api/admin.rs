@@ -294,10 +294,19 @@ impl pb::admin_server::Admin for AdminService {
             not_after: millis(issued.not_after),
             revoked_at: None,
         };
-        self.store
-            .write(move |store| store.record_certificate(&certificate))
+        let recorded = self
+            .store
+            .write(move |store| store.record_admin_certificate(&certificate, now_millis()))
             .await
             .map_err(internal)?;
+        if let Err(holder) = recorded {
+            // The certificate just signed is dropped unseen: it never leaves
+            // this function.
+            return Err(Status::already_exists(format!(
+                "admin {name} already has a valid credential (serial {holder}); \
+                 another admin must revoke it first (`ccfleet admin revoke {name}`)"
+            )));
+        }
         tracing::info!(admin = caller.identity.name(), new_admin = %name, serial = issued.serial, "admin credential issued");
         Ok(Response::new(pb::IssueAdminCredentialResponse {
             certificate_pem: issued.certificate_pem,

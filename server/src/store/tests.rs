@@ -409,3 +409,97 @@ fn removing_a_host_forgets_its_apps_and_operations_and_revokes_its_certificates(
         "removing twice finds nothing"
     );
 }
+
+#[test]
+fn records_over_the_size_limit_are_refused_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store.register_enrolled(&web, "1.0", &facts(), &[], 1).unwrap();
+    let mut huge = app("blog.example.org", "ghost", None);
+    huge.drift = vec!["x".repeat(MAX_RECORD_BYTES)];
+    let error = store
+        .apply_event(&web, 1, &AgentEvent::Inventory(vec![huge]))
+        .unwrap_err();
+    assert!(matches!(error, StoreError::TooLarge { .. }), "{error:?}");
+    assert_eq!(store.host(&web).unwrap().unwrap().last_seq, 0, "nothing was applied");
+    assert!(store.host_apps(&web).unwrap().is_empty());
+}
+
+#[test]
+fn an_admin_name_with_a_valid_credential_is_not_issued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let certificate = |serial: &str, not_after: UnixMillis| CertificateRecord {
+        serial: serial.into(),
+        kind: CertificateKind::Admin,
+        identity: "alice".into(),
+        issued_at: 1,
+        not_after,
+        revoked_at: None,
+    };
+    assert_eq!(
+        store.record_admin_certificate(&certificate("01", 1_000), 10).unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.record_admin_certificate(&certificate("02", 1_000), 10).unwrap(),
+        Err("01".to_owned())
+    );
+    // Revoked or expired credentials free the name.
+    store
+        .revoke_certificates_of(CertificateKind::Admin, "alice", 20)
+        .unwrap();
+    assert_eq!(
+        store.record_admin_certificate(&certificate("03", 2_000), 30).unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .record_admin_certificate(&certificate("04", 5_000), 2_500)
+            .unwrap(),
+        Ok(())
+    );
+    assert!(
+        store.certificate("02").unwrap().is_none(),
+        "the refused one was never recorded"
+    );
+}
+
+#[test]
+fn alerts_are_replaced_cleared_and_removed_with_their_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store.register_enrolled(&web, "1.0", &facts(), &[], 1).unwrap();
+    let alert = |raised_at: UnixMillis, cleared: bool| {
+        AgentEvent::Alert(AlertEventRecord {
+            domain: "blog.example.org".parse().unwrap(),
+            recipe: None,
+            from_version: None,
+            to_version: None,
+            outcome: OperationOutcomeRecord::RolledBack,
+            severity: AlertSeverityRecord::Warning,
+            reason: "unhealthy".into(),
+            operation_id: None,
+            snapshot_path: String::new(),
+            raised_at,
+            cleared,
+        })
+    };
+    store.apply_event(&web, 1, &alert(5, false)).unwrap();
+    store.apply_event(&web, 2, &alert(7, false)).unwrap();
+    let alerts = store.alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].raised_at, 7, "a newer raise replaces the app's alert");
+    assert_eq!(
+        store.apply_event(&web, 2, &alert(9, true)).unwrap(),
+        EventOutcome::Duplicate
+    );
+    assert_eq!(store.alerts(Some(&web)).unwrap().len(), 1);
+    store.apply_event(&web, 3, &alert(9, true)).unwrap();
+    assert!(store.alerts(None).unwrap().is_empty());
+    store.apply_event(&web, 4, &alert(11, false)).unwrap();
+    store.remove_host(&web, 12).unwrap();
+    assert!(store.alerts(None).unwrap().is_empty());
+}
