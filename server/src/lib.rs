@@ -79,11 +79,9 @@ pub struct ServerConfig {
 /// machine's hostname.
 pub fn default_server_names() -> Vec<String> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let hostname = hostname.trim().to_lowercase();
-        if hostname.parse::<ccfleet_proto::HostId>().is_ok() && !names.contains(&hostname) {
-            names.push(hostname);
-        }
+    let hostname = ccfleet_proto::system_hostname();
+    if hostname.parse::<ccfleet_proto::HostId>().is_ok() && !names.contains(&hostname) {
+        names.push(hostname);
     }
     names
 }

@@ -277,7 +277,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::IssueAdminCredentialResponse>, Status> {
         let caller = auth::authenticated(&request)?;
         let request = request.into_inner();
-        let name = convert::host_id("name", &request.name)?;
+        let name = convert::admin_name("name", &request.name)?;
         let issued = self
             .authority
             .sign_client_request(
@@ -321,7 +321,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RevokeAdminCredentialRequest>,
     ) -> Result<Response<pb::RevokeAdminCredentialResponse>, Status> {
         let caller = auth::authenticated(&request)?;
-        let name = convert::host_id("name", &request.into_inner().name)?;
+        let name = convert::admin_name("name", &request.into_inner().name)?;
         if caller.identity == Identity::Admin(name.clone()) {
             return Err(Status::failed_precondition(
                 "an admin cannot revoke their own credential; ask another admin",
