@@ -8,6 +8,7 @@
 //! caller that got an answer knows its write is on disk while a burst of
 //! writes costs one flush (DESIGN.md, "Storage").
 
+mod enrolment;
 mod handle;
 mod listings;
 mod records;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::StoreHandle;
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;

@@ -503,3 +503,71 @@ fn alerts_are_replaced_cleared_and_removed_with_their_host() {
     store.remove_host(&web, 12).unwrap();
     assert!(store.alerts(None).unwrap().is_empty());
 }
+
+#[test]
+fn enrolment_spends_a_use_refuses_takeovers_and_allows_a_lost_answer_to_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_token(&TokenRecord {
+            id: "t1".into(),
+            secret_hash: "hash".into(),
+            created_at: 0,
+            expires_at: 1_000,
+            uses_left: 1,
+            revoked: false,
+            labels: BTreeMap::from([("site".into(), "berlin".into())]),
+        })
+        .unwrap();
+    let enrolment = |host_id: &str, serial: &str, key: &str, secret: &str| Enrolment {
+        token_id: "t1".into(),
+        secret_hash: secret.into(),
+        host_id: host(host_id),
+        facts: facts(),
+        certificate: CertificateRecord {
+            serial: serial.into(),
+            kind: CertificateKind::Host,
+            identity: host_id.into(),
+            issued_at: 10,
+            not_after: 500,
+            revoked_at: None,
+        },
+        public_key: key.into(),
+        now: 10,
+    };
+    let refused = |refusal| Ok(Err(refusal));
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-1", "01", "k1", "wrong"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::Token(TokenRefusal::Invalid))
+    );
+    assert_eq!(store.enrol(&enrolment("web-1", "02", "k1", "hash")).unwrap(), Ok(()));
+    let web1 = store.host(&host("web-1")).unwrap().unwrap();
+    assert_eq!(web1.labels.get("site").map(String::as_str), Some("berlin"));
+    // The use is spent: another host is refused; the same host with another key too.
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-2", "03", "k2", "hash"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::Token(TokenRefusal::UsedUp))
+    );
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-1", "04", "k9", "hash"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::HostExists)
+    );
+    // The same host, token and key before it ever connected: a retry.
+    assert_eq!(store.enrol(&enrolment("web-1", "05", "k1", "hash")).unwrap(), Ok(()));
+    assert!(store.certificate("05").unwrap().is_some());
+    assert!(store.certificate("04").unwrap().is_none() && store.certificate("03").unwrap().is_none());
+    // Once it said hello, the same request is a takeover.
+    store.register_host(&host("web-1"), "1.0", &facts(), &[], 20).unwrap();
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-1", "06", "k1", "hash"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::HostExists)
+    );
+}
