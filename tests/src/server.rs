@@ -40,7 +40,12 @@ impl TestServer {
     /// Starts the server under `prlimit --nofile=N:N`, so that flood tests
     /// stay small.
     pub fn start_with_fd_limit(data_dir: &Path, fd_limit: u64, extra_args: &[&str]) -> TestServer {
-        let limit = format!("--nofile={fd_limit}:{fd_limit}");
+        Self::start_with_fd_limits(data_dir, fd_limit, fd_limit, extra_args)
+    }
+
+    /// Starts the server under `prlimit --nofile=SOFT:HARD`.
+    pub fn start_with_fd_limits(data_dir: &Path, soft: u64, hard: u64, extra_args: &[&str]) -> TestServer {
+        let limit = format!("--nofile={soft}:{hard}");
         Self::start_command(data_dir, "127.0.0.1:0", extra_args, Some(&["prlimit", &limit, "--"]))
     }
 

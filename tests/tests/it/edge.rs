@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ccfleet_tests::server::{observed, TestAgent, TestServer};
+use ccfleet_tests::server::{enroll, observed, TestAgent, TestServer};
 use ccfleet_tests::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -346,11 +346,14 @@ async fn sigterm_with_agents_connected_exits_cleanly_and_writes_last_seen() {
     let data = dir.path().join("data");
     let mut server = TestServer::start(&data, &[]);
     let mut agents = Vec::new();
-    for number in 0..20 {
+    let hosts = 200;
+    let token = server.create_token(&["--uses", &hosts.to_string()]);
+    for number in 0..hosts {
         let host = format!("web-{number}");
+        let credential = enroll(&server.url(), &token, &host).await.expect("enrolment");
         let apps = vec![observed("blog.coop.example", "ghost", "1.3.0+6.42.0-alpine")];
         agents.push(
-            TestAgent::connect(server.channel_for(&host).await, &host, apps)
+            TestAgent::connect(server.channel_as(&credential).await, &host, apps)
                 .await
                 .unwrap(),
         );
@@ -387,9 +390,9 @@ async fn sigterm_with_agents_connected_exits_cleanly_and_writes_last_seen() {
     assert!(server.log().contains("store flushed; stopped"), "{}", server.log());
     drop(server);
     let server = TestServer::start(&data, &[]);
-    let hosts = server.cli_json(&["hosts"]);
+    let listed = server.cli_json(&["hosts"]);
     let floor = humantime::format_rfc3339_seconds(terminated_at - Duration::from_secs(1)).to_string();
-    for host in hosts.as_array().unwrap() {
+    for host in listed.as_array().unwrap() {
         let last_seen = host["last_seen"].as_str().unwrap();
         assert!(
             last_seen >= floor.as_str(),
@@ -397,5 +400,27 @@ async fn sigterm_with_agents_connected_exits_cleanly_and_writes_last_seen() {
             host["host_id"]
         );
     }
-    assert_eq!(hosts.as_array().unwrap().len(), 20);
+    assert_eq!(listed.as_array().unwrap().len(), hosts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_descriptor_limit_is_raised_at_start_and_the_cap_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // systemd's default: a low soft limit under a higher hard one.
+    let server = TestServer::start_with_fd_limits(
+        &dir.path().join("data"),
+        256,
+        1024,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(
+        metric(&server, "ccfleet_connections_max "),
+        896,
+        "the cap of 1024 descriptors"
+    );
+    let log = server.log();
+    assert!(
+        log.contains("raised the soft file-descriptor limit") && log.contains("to=1024"),
+        "{log}"
+    );
 }

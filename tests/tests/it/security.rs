@@ -424,8 +424,10 @@ async fn host_certificates_renew_over_mtls_and_expired_ones_are_refused() {
             Ok(_) => panic!("an expired certificate was accepted"),
         },
     };
+    // rustls refuses it in the handshake; with TLS 1.3 the client may see the
+    // alert, or only the connection closed after its own handshake finished.
     assert!(
-        refused.contains("CertificateExpired") || refused.contains("certificate expired"),
+        refused.contains("received fatal alert: CertificateExpired") || refused.contains("connection closed"),
         "{refused}"
     );
 }
