@@ -326,6 +326,10 @@ pub async fn serve(
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
         .http2_max_header_list_size(Some(16 * 1024))
+        .layer(tower::util::MapResponseLayer::new(
+            edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
+                as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(agent)

@@ -334,6 +334,33 @@ async fn invalid_utf8_from_an_agent_is_an_invalid_argument() {
         status.message().starts_with("undecodable message: failed to decode"),
         "{status:?}"
     );
+    // Unary calls too: Renew as the host, ListApps as an admin. Field 1 of
+    // both requests is a string.
+    let bad_string = vec![0x0a, 0x02, 0xff, 0xfe];
+    for (channel, path) in [
+        (server.channel_for("web-1").await, "/ccfleet.v1.Agent/Renew"),
+        (
+            server.channel_as(&server.admin_credential()).await,
+            "/ccfleet.v1.Admin/ListApps",
+        ),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(
+                tonic::Request::new(bad_string.clone()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{path}: {status:?}");
+        assert!(
+            status.message().starts_with("failed to decode Protobuf message"),
+            "{path}: {status:?}"
+        );
+    }
+
     // A well-formed agent is unaffected.
     TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
         .await
@@ -423,4 +450,50 @@ async fn the_soft_descriptor_limit_is_raised_at_start_and_the_cap_follows_it() {
         log.contains("raised the soft file-descriptor limit") && log.contains("to=1024"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_keeps_a_quiet_live_client_while_a_silent_one_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            "--idle-timeout",
+            "2s",
+            "--keepalive-interval",
+            "500ms",
+            "--keepalive-timeout",
+            "1s",
+        ],
+    );
+    // A live client that sends nothing itself: its HTTP/2 stack answers the
+    // server's pings, which is traffic.
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    // A peer that finished the handshake and went silent.
+    let (closed_sender, mut closed) = mpsc::unbounded_channel();
+    let silent = silent_tls_connection(&server).await.expect("handshake");
+    let opened = Instant::now();
+    report_close(0, silent, closed_sender);
+    let (_, silent_closed_at) = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the silent connection is closed")
+        .unwrap();
+    let silent_for = silent_closed_at - opened;
+    assert!(silent_for >= Duration::from_millis(1500), "closed after {silent_for:?}");
+    // Watched on the clock: twice the idle timeout has passed for the agent.
+    wait_for("twice the idle timeout", Duration::from_secs(10), || async move {
+        if opened.elapsed() > Duration::from_secs(4) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", opened.elapsed()))
+        }
+    })
+    .await;
+    let acked = agent
+        .send_inventory(1, vec![observed("blog.coop.example", "ghost", "1.3.0+6.42.0-alpine")])
+        .await
+        .expect("the quiet agent's stream is still open");
+    assert_eq!(acked, 1);
 }
