@@ -24,6 +24,13 @@ fn prune_slack(quota: usize) -> usize {
     (quota / 10).max(1)
 }
 
+/// The time-index key of the operation stored under `operation_key`.
+pub(super) fn time_key(updated_at: UnixMillis, operation_key: &[u8]) -> Vec<u8> {
+    let mut time_key = updated_at.to_be_bytes().to_vec();
+    time_key.extend_from_slice(operation_key);
+    time_key
+}
+
 /// Which operations to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OperationFilter {
@@ -88,25 +95,39 @@ impl Store {
     }
 
     /// Operations matching `filter`, newest first, at most `filter.limit`.
-    /// Reads one host's records by prefix when a host is given.
+    /// One host's records are read by prefix (at most its quota) and sorted;
+    /// fleet-wide, the time index is walked from its newest end until the
+    /// limit is reached.
     pub fn operations(&self, filter: &OperationFilter) -> Result<Vec<OperationRecord>, StoreError> {
-        let entries = match &filter.host_id {
-            Some(host_id) => self.operations.scan_prefix(prefix(&[host_id.as_str()])),
-            None => self.operations.scan_prefix([]),
+        let matches =
+            |operation: &OperationRecord| filter.domain.as_ref().is_none_or(|domain| *domain == operation.domain);
+        let Some(host_id) = &filter.host_id else {
+            let mut operations = Vec::new();
+            for entry in self.operations_by_time.iter().rev() {
+                if operations.len() >= filter.limit {
+                    break;
+                }
+                let (time_key, _) = entry?;
+                let Some(value) = self.operations.get(&time_key[8..])? else {
+                    continue;
+                };
+                let operation: OperationRecord = decode(OPERATIONS, &value)?;
+                if matches(&operation) {
+                    operations.push(operation);
+                }
+            }
+            return Ok(operations);
         };
         let mut operations = Vec::new();
-        for entry in entries {
+        for entry in self.operations.scan_prefix(prefix(&[host_id.as_str()])) {
             let operation: OperationRecord = decode(OPERATIONS, &entry?.1)?;
-            if filter.domain.as_ref().is_none_or(|domain| *domain == operation.domain) {
+            if matches(&operation) {
                 operations.push(operation);
             }
         }
+        // The index's order, newest first: time, then host, then id.
         operations.sort_by(|a, b| {
-            (Reverse(a.updated_at), &a.host_id, &a.operation_id).cmp(&(
-                Reverse(b.updated_at),
-                &b.host_id,
-                &b.operation_id,
-            ))
+            (b.updated_at, &b.host_id, &b.operation_id).cmp(&(a.updated_at, &a.host_id, &a.operation_id))
         });
         operations.truncate(filter.limit);
         Ok(operations)
@@ -120,17 +141,18 @@ impl Store {
             let (operation_key, value) = entry?;
             let operation: OperationRecord = decode(OPERATIONS, &value)?;
             if operation.updated_at < cutoff {
-                expired.push((operation_key, operation.host_id));
+                expired.push((operation_key, operation.host_id, operation.updated_at));
             }
         }
-        for (operation_key, _) in &expired {
+        for (operation_key, _, updated_at) in &expired {
             self.operations.remove(operation_key)?;
+            self.operations_by_time.remove(time_key(*updated_at, operation_key))?;
         }
         let mut counts = self
             .operation_counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (_, host_id) in &expired {
+        for (_, host_id, _) in &expired {
             if let Some(count) = counts.get_mut(host_id) {
                 *count = count.saturating_sub(1);
             }
@@ -161,11 +183,27 @@ impl Store {
         }
         records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let excess = records.len().saturating_sub(self.operation_quota);
-        for (_, operation_key) in records.iter().take(excess) {
+        for (updated_at, operation_key) in records.iter().take(excess) {
             self.operations.remove(operation_key)?;
+            self.operations_by_time.remove(time_key(*updated_at, operation_key))?;
         }
         tracing::warn!(host = %host_id, pruned = excess, quota = self.operation_quota, "host over its operation quota: oldest records pruned");
         counts.insert(host_id.clone(), records.len() - excess);
+        Ok(())
+    }
+
+    /// Builds the time index for a store written before it existed.
+    pub(super) fn index_operations_if_missing(&self) -> Result<(), StoreError> {
+        if !self.operations_by_time.is_empty() || self.operations.is_empty() {
+            return Ok(());
+        }
+        for entry in self.operations.iter() {
+            let (operation_key, value) = entry?;
+            let operation: OperationRecord = decode(OPERATIONS, &value)?;
+            self.operations_by_time
+                .insert(time_key(operation.updated_at, &operation_key), &[])?;
+        }
+        tracing::info!(operations = self.operations.len(), "indexed operation records by time");
         Ok(())
     }
 

@@ -75,6 +75,7 @@ const OPERATIONS: &str = "operations";
 const TOKENS: &str = "tokens";
 const CERTIFICATES: &str = "certificates";
 const ALERTS: &str = "alerts";
+const OPERATIONS_BY_TIME: &str = "operations_by_time";
 
 /// Separator inside composite keys. Every name in a key is a validated domain
 /// type, none of which can contain it.
@@ -109,6 +110,10 @@ pub struct Store {
     certificates: sled::Tree,
     /// `host\0domain` -> `AlertRecord`: at most one open alert per app.
     alerts: sled::Tree,
+    /// `updated_at (8 bytes, big-endian) host\0operation id` -> empty: the
+    /// operations in time order, for newest-first listings without sorting
+    /// every record.
+    operations_by_time: sled::Tree,
     /// Operation records kept per host; see `listings.rs`.
     operation_quota: usize,
     /// Operations stored per host, counted on first use (this thread is the
@@ -127,7 +132,7 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Store {
+        let store = Store {
             hosts: db.open_tree(HOSTS)?,
             apps: db.open_tree(APPS)?,
             apps_by_recipe: db.open_tree(APPS_BY_RECIPE)?,
@@ -135,10 +140,13 @@ impl Store {
             tokens: db.open_tree(TOKENS)?,
             certificates: db.open_tree(CERTIFICATES)?,
             alerts: db.open_tree(ALERTS)?,
+            operations_by_time: db.open_tree(OPERATIONS_BY_TIME)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
             db,
-        })
+        };
+        store.index_operations_if_missing()?;
+        Ok(store)
     }
 
     /// Makes every write so far durable.
@@ -269,14 +277,21 @@ impl Store {
     }
 
     fn write_operation(&self, host: &HostRecord, operation: &OperationRecord) -> Result<(), StoreError> {
-        let is_new = self.operation(&host.host_id, &operation.operation_id)?.is_none();
+        let previous = self.operation(&host.host_id, &operation.operation_id)?;
+        let is_new = previous.is_none();
         let host_value = encode(host)?;
         let operation_value = encode(operation)?;
         let operation_key = key(&[host.host_id.as_str(), &operation.operation_id]);
-        (&self.hosts, &self.operations)
-            .transaction(|(hosts, operations)| {
+        let old_time_key = previous.map(|previous| listings::time_key(previous.updated_at, &operation_key));
+        let new_time_key = listings::time_key(operation.updated_at, &operation_key);
+        (&self.hosts, &self.operations, &self.operations_by_time)
+            .transaction(|(hosts, operations, by_time)| {
                 hosts.insert(host.host_id.as_str(), host_value.clone())?;
                 operations.insert(operation_key.clone(), operation_value.clone())?;
+                if let Some(old_time_key) = &old_time_key {
+                    by_time.remove(old_time_key.clone())?;
+                }
+                by_time.insert(new_time_key.clone(), &[])?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
@@ -483,11 +498,14 @@ impl Store {
             }
         }
         let apps = self.host_apps(host_id)?;
-        let operation_keys: Vec<sled::IVec> = self
-            .operations
-            .scan_prefix(prefix(&[host_id.as_str()]))
-            .keys()
-            .collect::<Result<_, _>>()?;
+        let mut operation_keys: Vec<sled::IVec> = Vec::new();
+        let mut time_keys: Vec<Vec<u8>> = Vec::new();
+        for entry in self.operations.scan_prefix(prefix(&[host_id.as_str()])) {
+            let (operation_key, value) = entry?;
+            let operation: OperationRecord = decode(OPERATIONS, &value)?;
+            time_keys.push(listings::time_key(operation.updated_at, &operation_key));
+            operation_keys.push(operation_key);
+        }
         let alert_keys: Vec<sled::IVec> = self
             .alerts
             .scan_prefix(prefix(&[host_id.as_str()]))
@@ -500,8 +518,9 @@ impl Store {
             &self.apps_by_recipe,
             &self.operations,
             &self.alerts,
+            &self.operations_by_time,
         )
-            .transaction(|(certificates, hosts, app_tree, index, operations, alerts)| {
+            .transaction(|(certificates, hosts, app_tree, index, operations, alerts, by_time)| {
                 for (serial, value) in &revoked {
                     certificates.insert(serial.as_bytes(), value.clone())?;
                 }
@@ -514,6 +533,9 @@ impl Store {
                 }
                 for alert_key in &alert_keys {
                     alerts.remove(alert_key.clone())?;
+                }
+                for time_key in &time_keys {
+                    by_time.remove(time_key.clone())?;
                 }
                 hosts.remove(host_id.as_str())?;
                 Ok::<_, ConflictableTransactionError<()>>(())

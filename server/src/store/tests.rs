@@ -571,3 +571,92 @@ fn enrolment_spends_a_use_refuses_takeovers_and_allows_a_lost_answer_to_be_retri
         refused(EnrolmentRefusal::HostExists)
     );
 }
+
+#[test]
+fn operations_list_newest_first_through_the_time_index_which_pruning_and_removal_keep_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap().with_operation_quota(3);
+    for name in ["web-1", "web-2"] {
+        store.register_enrolled(&host(name), "1.0", &facts(), &[], 1).unwrap();
+    }
+    let write = |host_name: &str, id: &str, domain: &str, at: UnixMillis| {
+        let host_record = store.host(&host(host_name)).unwrap().unwrap();
+        store
+            .write_operation(
+                &host_record,
+                &OperationRecord {
+                    host_id: host(host_name),
+                    operation_id: id.into(),
+                    domain: domain.parse().unwrap(),
+                    phase: OperationPhaseRecord::Deploying,
+                    outcome: None,
+                    from_version: None,
+                    to_version: None,
+                    message: String::new(),
+                    updated_at: at,
+                },
+            )
+            .unwrap();
+    };
+    let list = |store: &Store, host_name: Option<&str>, domain: Option<&str>, limit: usize| -> Vec<String> {
+        let filter = OperationFilter {
+            host_id: host_name.map(host),
+            domain: domain.map(|domain| domain.parse().unwrap()),
+            limit,
+        };
+        store
+            .operations(&filter)
+            .unwrap()
+            .iter()
+            .map(|operation| {
+                format!(
+                    "{} {} {}",
+                    operation.host_id, operation.operation_id, operation.updated_at
+                )
+            })
+            .collect()
+    };
+    write("web-1", "a", "a.example.org", 10);
+    write("web-2", "b", "b.example.org", 20);
+    write("web-1", "c", "b.example.org", 30);
+    // An update moves the operation in time, leaving no stale index entry.
+    write("web-1", "a", "a.example.org", 40);
+    assert_eq!(list(&store, None, None, 10), ["web-1 a 40", "web-1 c 30", "web-2 b 20"]);
+    assert_eq!(list(&store, None, None, 2), ["web-1 a 40", "web-1 c 30"]);
+    assert_eq!(
+        list(&store, None, Some("b.example.org"), 10),
+        ["web-1 c 30", "web-2 b 20"]
+    );
+    assert_eq!(list(&store, Some("web-1"), None, 10), ["web-1 a 40", "web-1 c 30"]);
+    assert_eq!(
+        list(&store, Some("web-2"), Some("a.example.org"), 10),
+        Vec::<String>::new()
+    );
+    assert_eq!(store.operations_by_time.len(), 3);
+
+    // Quota 3 (+1 slack): four records are kept, the fifth prunes web-1
+    // down to its newest three.
+    write("web-1", "d", "a.example.org", 50);
+    write("web-1", "e", "a.example.org", 60);
+    assert_eq!(list(&store, Some("web-1"), None, 10).len(), 4);
+    write("web-1", "f", "a.example.org", 65);
+    assert_eq!(
+        list(&store, Some("web-1"), None, 10),
+        ["web-1 f 65", "web-1 e 60", "web-1 d 50"]
+    );
+    assert_eq!(store.operations_by_time.len(), store.operations.len());
+
+    // Retention, then removal of a host: the index follows.
+    assert_eq!(store.prune_operations_before(55).unwrap(), 2);
+    assert_eq!(list(&store, None, None, 10), ["web-1 f 65", "web-1 e 60"]);
+    store.remove_host(&host("web-1"), 70).unwrap();
+    assert!(list(&store, None, None, 10).is_empty());
+    assert!(store.operations_by_time.is_empty());
+
+    // A store written before the index existed is indexed when opened.
+    write("web-2", "g", "b.example.org", 80);
+    store.operations_by_time.clear().unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(list(&store, None, None, 10), ["web-2 g 80"]);
+}

@@ -229,6 +229,16 @@ async fn main() {
             output.stdout.len() / 1024
         );
     }
+
+    // Shutdown with every stream open: SIGTERM until the process has exited
+    // (streams told to end, last-seen written, store closed).
+    let mut server = server;
+    let (status, took) = server.terminate(Duration::from_secs(120));
+    println!(
+        "shutdown with {agents} streams open: exit code {:?} {:.2} s after SIGTERM",
+        status.code(),
+        took.as_secs_f64()
+    );
     for heartbeat in heartbeats {
         heartbeat.abort();
     }
