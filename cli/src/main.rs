@@ -365,7 +365,15 @@ fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> St
         // Serialising our own plain structs cannot fail.
         serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
     } else {
-        table() + "\n"
+        // Every line for people, tables or not, is shown with any control
+        // character escaped (the table cells already are; this also covers
+        // one-line answers that quote the server).
+        table()
+            .split('\n')
+            .map(output::printable)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     }
 }
 
