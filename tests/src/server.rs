@@ -82,12 +82,36 @@ impl TestServer {
             .spawn()
             .expect("ccfleet-server starts");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut stdout = BufReader::new(stdout);
+        // Lines are read on a thread so that a server that prints nothing
+        // fails the test after a deadline instead of hanging it.
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         // "metrics on ADDR" (optional), then "listening on ADDR", then nothing.
         let mut metrics_address = None;
         let address = loop {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read server stdout");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match received.recv_timeout(left) {
+                Ok(Ok(line)) => line,
+                Ok(Err(error)) => panic!("cannot read the server's stdout: {error}"),
+                Err(error) => {
+                    let _ = child.kill();
+                    let what = match error {
+                        std::sync::mpsc::RecvTimeoutError::Timeout => "did not report its address within 30 s",
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => "closed its stdout without an address",
+                    };
+                    panic!(
+                        "the server {what}; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            };
             if let Some(metrics) = line.trim().strip_prefix("metrics on ") {
                 metrics_address = Some(metrics.parse().expect("server prints a socket address"));
                 continue;
