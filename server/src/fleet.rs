@@ -28,6 +28,8 @@ pub struct Fleet {
     sessions: Mutex<HashMap<HostId, Session>>,
     next_connection_id: std::sync::atomic::AtomicU64,
     heartbeat_timeout: Duration,
+    /// Set by `close_all`: the server writes every last-seen time itself.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// What a stream's task holds: its identity and the signal that ends it.
@@ -42,6 +44,7 @@ impl Fleet {
             sessions: Mutex::new(HashMap::new()),
             next_connection_id: std::sync::atomic::AtomicU64::new(1),
             heartbeat_timeout,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -126,6 +129,12 @@ impl Fleet {
         expired
     }
 
+    /// Whether `close_all` was called: sessions then leave last-seen to
+    /// the shutdown, which writes them all in one store job.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Number of open streams.
     pub fn online_count(&self) -> usize {
         self.sessions().len()
@@ -133,6 +142,7 @@ impl Fleet {
 
     /// Closes every stream (the server is shutting down) and returns their hosts.
     pub fn close_all(&self) -> Vec<HostId> {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
         self.sessions()
             .drain()
             .map(|(host_id, session)| {

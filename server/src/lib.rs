@@ -336,10 +336,11 @@ pub async fn serve(
         .add_service(admin)
         .add_service(enrollment)
         .serve_with_incoming_shutdown(incoming, signal);
-    // The shutdown timeout is shared: 60 % for connections to drain, 20 %
-    // to write last-seen times, 20 % to close the store.
-    let drain = config.shutdown_timeout.mul_f32(0.6);
-    let store_budget = config.shutdown_timeout.mul_f32(0.2);
+    // The shutdown timeout is shared: half for connections to drain, 15 %
+    // each to write last-seen times and to close the store, and a fifth
+    // left for the process to drop what remains and exit.
+    let drain = config.shutdown_timeout.mul_f32(0.5);
+    let store_budget = config.shutdown_timeout.mul_f32(0.15);
     let result = tokio::select! {
         result = server => result.context("gRPC server failed"),
         () = async {

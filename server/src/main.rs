@@ -225,5 +225,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!("stop signal received");
 }

@@ -102,6 +102,9 @@ impl AgentService {
         };
         tracing::info!(host = %host_id, ?peer, apps = registered.app_count, "agent connected");
 
+        if self.fleet.is_shutting_down() {
+            return Err(Status::unavailable("the server is shutting down; reconnect later"));
+        }
         let ticket = self.fleet.connect(&host_id);
         let (outbound, outbound_stream) = mpsc::channel(OUTBOUND_QUEUE);
         let welcome = pb::Welcome {
@@ -240,7 +243,8 @@ impl StreamSession {
         };
         let went_offline = self.fleet.disconnect(&self.host_id, self.connection_id);
         tracing::info!(host = %self.host_id, reason = ending, went_offline, "agent stream ended");
-        if went_offline || *closed.borrow() {
+        // At shutdown the server writes every host's last-seen in one job.
+        if (went_offline || *closed.borrow()) && !self.fleet.is_shutting_down() {
             record_last_seen(&self.store, &self.host_id).await;
         }
     }
