@@ -269,7 +269,7 @@ async fn foreign_certificates_plaintext_and_oversized_messages_are_refused() {
     // refuses the signature during the handshake. With TLS 1.3 the client
     // may consider its handshake done before the alert arrives; it then
     // sees the connection closed instead. Never an answer from a service.
-    assert_refused_in_handshake(&error, &server, "invalid peer certificate: BadSignature");
+    assert_refused_in_handshake(&error, &server, "invalid peer certificate: BadSignature").await;
     let local = foreign.check().unwrap_err().to_string();
     assert!(
         local.contains("was not issued by the CA in the same file"),
@@ -421,7 +421,7 @@ async fn host_certificates_renew_over_mtls_and_expired_ones_are_refused() {
     };
     // rustls refuses it in the handshake; with TLS 1.3 the client may see the
     // alert, or only the connection closed after its own handshake finished.
-    assert_refused_in_handshake(&refused, &server, "invalid peer certificate: certificate expired");
+    assert_refused_in_handshake(&refused, &server, "invalid peer certificate: certificate expired").await;
 }
 
 fn hex_serial(der: &[u8]) -> String {
@@ -657,13 +657,29 @@ async fn an_admin_name_that_holds_a_valid_credential_cannot_be_issued_again() {
 /// client sees a transport error (with TLS 1.3 it may consider its own
 /// handshake done, and then sees the alert, or only the connection closed or
 /// a broken pipe), never an answer from a service; the server logs `reason`.
-fn assert_refused_in_handshake(client_error: &str, server: &TestServer, reason: &str) {
+async fn assert_refused_in_handshake(client_error: &str, server: &TestServer, reason: &str) {
     assert!(
         client_error.contains("received fatal alert")
             || client_error.contains("connection closed")
             || client_error.contains("broken pipe"),
         "{client_error}"
     );
-    let log = server.log();
-    assert!(log.contains(&format!("TLS handshake failed error={reason}")), "{log}");
+    // The server logs after it has sent its alert: wait for the line.
+    let line = format!("TLS handshake failed error={reason}");
+    wait_for(
+        "the server to log the handshake refusal",
+        Duration::from_secs(5),
+        || {
+            let log = server.log();
+            let found = log.contains(&line);
+            async move {
+                if found {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            }
+        },
+    )
+    .await;
 }
