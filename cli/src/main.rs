@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ccfleet_proto::pb::{self, admin_client::AdminClient};
 use ccfleet_proto::tls::Credential;
-use ccfleet_proto::{HostId, RecipeName, MAX_MESSAGE_BYTES};
+use ccfleet_proto::{AdminName, Domain, HostId, RecipeName, MAX_MESSAGE_BYTES};
 use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
@@ -58,6 +58,24 @@ enum Command {
     Versions {
         /// The recipe, e.g. `ghost`.
         recipe: RecipeName,
+    },
+    /// List open alerts (failed, rolled-back and held upgrades), newest first.
+    Alerts {
+        /// Only alerts of this host.
+        #[arg(long)]
+        host: Option<HostId>,
+    },
+    /// List the operations hosts reported (reconciles, upgrades, rollbacks), newest first.
+    Operations {
+        /// Only operations of this host.
+        #[arg(long)]
+        host: Option<HostId>,
+        /// Only operations on this app (its domain).
+        #[arg(long)]
+        app: Option<Domain>,
+        /// At most this many (1 to 10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
     },
     /// Manage hosts.
     #[command(subcommand)]
@@ -114,7 +132,7 @@ enum AdminCommand {
     /// Make a credential for another admin: a key generated here, signed by the server.
     Issue {
         /// The admin's name (lowercase letters, digits, '-' and '.').
-        name: HostId,
+        name: AdminName,
         /// Where to write the credential (created owner-only; never overwritten).
         #[arg(long)]
         out: PathBuf,
@@ -122,7 +140,7 @@ enum AdminCommand {
     /// Revoke every credential of an admin.
     Revoke {
         /// The admin's name.
-        name: HostId,
+        name: AdminName,
     },
 }
 
@@ -208,6 +226,24 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             let versions = output::versions(&response);
             render(json, &versions, || output::versions_table(&versions))
         }
+        Command::Alerts { host } => {
+            let request = pb::ListAlertsRequest {
+                host_id: host.map(String::from).unwrap_or_default(),
+            };
+            let response = client.list_alerts(request).await.map_err(failure)?.into_inner();
+            let alerts: Vec<_> = response.alerts.iter().map(output::alert).collect();
+            render(json, &alerts, || output::alerts_table(&alerts))
+        }
+        Command::Operations { host, app, limit } => {
+            let request = pb::ListOperationsRequest {
+                host_id: host.map(String::from).unwrap_or_default(),
+                domain: app.map(|domain| domain.to_string()).unwrap_or_default(),
+                limit,
+            };
+            let response = client.list_operations(request).await.map_err(failure)?.into_inner();
+            let operations: Vec<_> = response.operations.iter().map(output::operation).collect();
+            render(json, &operations, || output::operations_table(&operations))
+        }
         Command::Host(HostCommand::Remove { host_id }) => {
             let request = pb::RemoveHostRequest {
                 host_id: host_id.to_string(),
@@ -281,7 +317,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
 async fn issue_admin(
     client: &mut AdminClient<Channel>,
     url: &str,
-    name: &HostId,
+    name: &AdminName,
     out: &Path,
     failure: impl Fn(tonic::Status) -> Failure,
 ) -> Result<(), Failure> {
@@ -329,7 +365,15 @@ fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> St
         // Serialising our own plain structs cannot fail.
         serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
     } else {
-        table() + "\n"
+        // Every line for people, tables or not, is shown with any control
+        // character escaped (the table cells already are; this also covers
+        // one-line answers that quote the server).
+        table()
+            .split('\n')
+            .map(output::printable)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     }
 }
 

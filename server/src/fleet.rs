@@ -28,6 +28,8 @@ pub struct Fleet {
     sessions: Mutex<HashMap<HostId, Session>>,
     next_connection_id: std::sync::atomic::AtomicU64,
     heartbeat_timeout: Duration,
+    /// Set by `close_all`: the server writes every last-seen time itself.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// What a stream's task holds: its identity and the signal that ends it.
@@ -42,6 +44,7 @@ impl Fleet {
             sessions: Mutex::new(HashMap::new()),
             next_connection_id: std::sync::atomic::AtomicU64::new(1),
             heartbeat_timeout,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -126,9 +129,27 @@ impl Fleet {
         expired
     }
 
+    /// Whether `close_all` was called: sessions then leave last-seen to
+    /// the shutdown, which writes them all in one store job.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Number of open streams.
     pub fn online_count(&self) -> usize {
         self.sessions().len()
+    }
+
+    /// Closes every stream (the server is shutting down) and returns their hosts.
+    pub fn close_all(&self) -> Vec<HostId> {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.sessions()
+            .drain()
+            .map(|(host_id, session)| {
+                let _ = session.close.send(true);
+                host_id
+            })
+            .collect()
     }
 }
 
@@ -144,9 +165,11 @@ mod tests {
     async fn silent_sessions_expire_after_the_timeout() {
         let fleet = Fleet::new(Duration::from_secs(10));
         let mut ticket = fleet.connect(&host("a"));
-        let _other = fleet.connect(&host("b"));
+        let other = fleet.connect(&host("b"));
         tokio::time::advance(Duration::from_secs(6)).await;
-        fleet.touch(&host("b"), 2);
+        fleet.touch(&host("b"), other.connection_id);
+        // A touch for another (older) connection of a host changes nothing.
+        fleet.touch(&host("a"), other.connection_id);
         assert!(fleet.is_online(&host("a")));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!fleet.is_online(&host("a")), "a was silent for 12s");
@@ -154,6 +177,20 @@ mod tests {
         assert_eq!(fleet.expire_silent(), vec![host("a")]);
         assert!(*ticket.closed.borrow_and_update(), "a's stream was told to close");
         assert_eq!(fleet.online_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_every_session_and_names_their_hosts() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let mut tickets = vec![fleet.connect(&host("a")), fleet.connect(&host("b"))];
+        let mut closed = fleet.close_all();
+        closed.sort();
+        assert_eq!(closed, vec![host("a"), host("b")]);
+        for ticket in &mut tickets {
+            assert!(*ticket.closed.borrow_and_update(), "every stream is told to close");
+        }
+        assert_eq!(fleet.online_count(), 0);
+        assert!(!fleet.disconnect(&host("a"), tickets[0].connection_id));
     }
 
     #[tokio::test(start_paused = true)]

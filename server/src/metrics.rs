@@ -24,11 +24,60 @@ pub struct Metrics {
     pub enrollments_succeeded: AtomicU64,
     pub enrollments_refused: AtomicU64,
     pub certificates_renewed: AtomicU64,
+    /// Connections refused at the cap (or admitted to the admin reserve
+    /// without an admin certificate).
+    pub connections_refused: AtomicU64,
+    /// Connections closed because the peer sent nothing within the idle timeout.
+    pub connections_idle_closed: AtomicU64,
+    pub tls_handshakes_failed: AtomicU64,
+    /// `accept` failures for lack of file descriptors or memory.
+    pub accept_exhausted: AtomicU64,
+    /// 1 while the store thread has been stuck on one job for longer than
+    /// the stall threshold.
+    pub store_stalled: AtomicU64,
+    /// Seconds the store's current job has been running (0 when idle).
+    pub store_busy_seconds: AtomicU64,
+    pools: std::sync::OnceLock<ConnectionPools>,
+}
+
+/// The edge's semaphores, read for the open-connections gauge.
+#[derive(Debug)]
+struct ConnectionPools {
+    general: Arc<tokio::sync::Semaphore>,
+    reserve: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 impl Metrics {
     pub fn increment(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lets the metrics read how many connections are open.
+    pub fn set_connection_pools(
+        &self,
+        general: Arc<tokio::sync::Semaphore>,
+        reserve: Arc<tokio::sync::Semaphore>,
+        max_connections: usize,
+    ) {
+        let _ = self.pools.set(ConnectionPools {
+            general,
+            reserve,
+            max_connections,
+        });
+    }
+
+    fn connections_open(&self) -> (u64, u64) {
+        match self.pools.get() {
+            Some(pools) => {
+                let free = pools.general.available_permits() + pools.reserve.available_permits();
+                (
+                    pools.max_connections.saturating_sub(free) as u64,
+                    pools.max_connections as u64,
+                )
+            }
+            None => (0, 0),
+        }
     }
 
     /// The exposition text, with the gauges read now.
@@ -86,6 +135,47 @@ impl Metrics {
             "Host certificates renewed over mTLS.",
             &[("", load(&self.certificates_renewed))],
         );
+        let (open, max) = self.connections_open();
+        metric(
+            "ccfleet_connections_open",
+            "gauge",
+            "Client connections open (TLS handshakes included).",
+            &[("", open)],
+        );
+        metric(
+            "ccfleet_connections_max",
+            "gauge",
+            "The connection cap, derived from the file-descriptor limit.",
+            &[("", max)],
+        );
+        metric(
+            "ccfleet_connections_closed_total",
+            "counter",
+            "Connections the edge refused or closed, by reason.",
+            &[
+                ("{reason=\"cap\"}", load(&self.connections_refused)),
+                ("{reason=\"idle\"}", load(&self.connections_idle_closed)),
+                ("{reason=\"handshake\"}", load(&self.tls_handshakes_failed)),
+            ],
+        );
+        metric(
+            "ccfleet_accept_exhausted_total",
+            "counter",
+            "accept() failures for lack of file descriptors or memory (the server backs off).",
+            &[("", load(&self.accept_exhausted))],
+        );
+        metric(
+            "ccfleet_store_stalled",
+            "gauge",
+            "1 while the store has been stuck on one request past the stall threshold.",
+            &[("", load(&self.store_stalled))],
+        );
+        metric(
+            "ccfleet_store_busy_seconds",
+            "gauge",
+            "How long the store's current request has been running (0 when idle).",
+            &[("", load(&self.store_busy_seconds))],
+        );
         text
     }
 }
@@ -103,6 +193,7 @@ pub fn check_address(address: SocketAddr) -> anyhow::Result<()> {
 
 /// Serves `GET /metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, fleet: Arc<Fleet>, store: StoreHandle) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -112,14 +203,30 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, fleet: Arc<Flee
                 continue;
             }
         };
+        // Scrapers are few: past the limit, a connection is closed at once.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
         let (metrics, fleet, store) = (metrics.clone(), fleet.clone(), store.clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, &metrics, &fleet, &store).await {
-                tracing::debug!(%error, "metrics request failed");
+            // The whole exchange has one deadline: a client dripping one byte
+            // at a time cannot hold the connection by resetting a per-read
+            // timeout.
+            match tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &metrics, &fleet, &store)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "metrics request failed"),
+                Err(_) => tracing::debug!("metrics request exceeded its deadline"),
             }
+            drop(permit);
         });
     }
 }
+
+/// Connections the metrics endpoint serves at once.
+const MAX_SCRAPERS: usize = 16;
+
+/// A scrape must be read and answered within this, start to end.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Requests are tiny: a request line and a few headers.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;

@@ -8,7 +8,9 @@
 //! caller that got an answer knows its write is on disk while a burst of
 //! writes costs one flush (DESIGN.md, "Storage").
 
+mod enrolment;
 mod handle;
+mod listings;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -18,7 +20,9 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::StoreHandle;
+pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
 
 /// Errors from the store. Each names what it was doing.
@@ -34,6 +38,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("cannot encode a record")]
     Encode(#[source] serde_json::Error),
+    #[error("a record of {bytes} bytes is over the store's limit of {} bytes", MAX_RECORD_BYTES)]
+    TooLarge { bytes: usize },
     #[error("cannot decode a record in tree {tree}")]
     Decode {
         tree: &'static str,
@@ -68,6 +74,8 @@ const APPS_BY_RECIPE: &str = "apps_by_recipe";
 const OPERATIONS: &str = "operations";
 const TOKENS: &str = "tokens";
 const CERTIFICATES: &str = "certificates";
+const ALERTS: &str = "alerts";
+const OPERATIONS_BY_TIME: &str = "operations_by_time";
 
 /// Separator inside composite keys. Every name in a key is a validated domain
 /// type, none of which can contain it.
@@ -100,6 +108,17 @@ pub struct Store {
     operations: sled::Tree,
     tokens: sled::Tree,
     certificates: sled::Tree,
+    /// `host\0domain` -> `AlertRecord`: at most one open alert per app.
+    alerts: sled::Tree,
+    /// `updated_at (8 bytes, big-endian) host\0operation id` -> empty: the
+    /// operations in time order, for newest-first listings without sorting
+    /// every record.
+    operations_by_time: sled::Tree,
+    /// Operation records kept per host; see `listings.rs`.
+    operation_quota: usize,
+    /// Operations stored per host, counted on first use (this thread is the
+    /// only writer, so the count stays true).
+    operation_counts: std::sync::Mutex<std::collections::HashMap<HostId, usize>>,
 }
 
 impl Store {
@@ -113,15 +132,21 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Store {
+        let store = Store {
             hosts: db.open_tree(HOSTS)?,
             apps: db.open_tree(APPS)?,
             apps_by_recipe: db.open_tree(APPS_BY_RECIPE)?,
             operations: db.open_tree(OPERATIONS)?,
             tokens: db.open_tree(TOKENS)?,
             certificates: db.open_tree(CERTIFICATES)?,
+            alerts: db.open_tree(ALERTS)?,
+            operations_by_time: db.open_tree(OPERATIONS_BY_TIME)?,
+            operation_quota: DEFAULT_OPERATION_QUOTA,
+            operation_counts: Default::default(),
             db,
-        })
+        };
+        store.index_operations_if_missing()?;
+        Ok(store)
     }
 
     /// Makes every write so far durable.
@@ -213,6 +238,9 @@ impl Store {
                 operation.updated_at = now_millis();
                 self.write_operation(&host, &operation)?;
             }
+            AgentEvent::Alert(alert) => {
+                self.write_alert(&host, alert)?;
+            }
             AgentEvent::Result {
                 operation_id,
                 domain,
@@ -249,16 +277,27 @@ impl Store {
     }
 
     fn write_operation(&self, host: &HostRecord, operation: &OperationRecord) -> Result<(), StoreError> {
+        let previous = self.operation(&host.host_id, &operation.operation_id)?;
+        let is_new = previous.is_none();
         let host_value = encode(host)?;
         let operation_value = encode(operation)?;
         let operation_key = key(&[host.host_id.as_str(), &operation.operation_id]);
-        (&self.hosts, &self.operations)
-            .transaction(|(hosts, operations)| {
+        let old_time_key = previous.map(|previous| listings::time_key(previous.updated_at, &operation_key));
+        let new_time_key = listings::time_key(operation.updated_at, &operation_key);
+        (&self.hosts, &self.operations, &self.operations_by_time)
+            .transaction(|(hosts, operations, by_time)| {
                 hosts.insert(host.host_id.as_str(), host_value.clone())?;
                 operations.insert(operation_key.clone(), operation_value.clone())?;
+                if let Some(old_time_key) = &old_time_key {
+                    by_time.remove(old_time_key.clone())?;
+                }
+                by_time.insert(new_time_key.clone(), &[])?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        if is_new {
+            self.count_new_operation(&host.host_id)?;
+        }
         Ok(())
     }
 
@@ -372,6 +411,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records a new admin certificate unless the same name already holds a
+    /// valid (unrevoked, unexpired) one, whose serial is then returned:
+    /// nobody may take over another admin's name, and a name is issued again
+    /// only after `admin revoke`. Check and write happen in one store job.
+    pub fn record_admin_certificate(
+        &self,
+        certificate: &CertificateRecord,
+        now: UnixMillis,
+    ) -> Result<Result<(), String>, StoreError> {
+        let holder = self.certificates()?.into_iter().find(|existing| {
+            existing.kind == CertificateKind::Admin
+                && existing.identity == certificate.identity
+                && existing.revoked_at.is_none()
+                && existing.not_after > now
+        });
+        if let Some(holder) = holder {
+            return Ok(Err(holder.serial));
+        }
+        self.record_certificate(certificate)?;
+        Ok(Ok(()))
+    }
+
     pub fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
         self.certificates
             .get(serial.as_bytes())?
@@ -437,8 +498,16 @@ impl Store {
             }
         }
         let apps = self.host_apps(host_id)?;
-        let operation_keys: Vec<sled::IVec> = self
-            .operations
+        let mut operation_keys: Vec<sled::IVec> = Vec::new();
+        let mut time_keys: Vec<Vec<u8>> = Vec::new();
+        for entry in self.operations.scan_prefix(prefix(&[host_id.as_str()])) {
+            let (operation_key, value) = entry?;
+            let operation: OperationRecord = decode(OPERATIONS, &value)?;
+            time_keys.push(listings::time_key(operation.updated_at, &operation_key));
+            operation_keys.push(operation_key);
+        }
+        let alert_keys: Vec<sled::IVec> = self
+            .alerts
             .scan_prefix(prefix(&[host_id.as_str()]))
             .keys()
             .collect::<Result<_, _>>()?;
@@ -448,8 +517,10 @@ impl Store {
             &self.apps,
             &self.apps_by_recipe,
             &self.operations,
+            &self.alerts,
+            &self.operations_by_time,
         )
-            .transaction(|(certificates, hosts, app_tree, index, operations)| {
+            .transaction(|(certificates, hosts, app_tree, index, operations, alerts, by_time)| {
                 for (serial, value) in &revoked {
                     certificates.insert(serial.as_bytes(), value.clone())?;
                 }
@@ -460,10 +531,17 @@ impl Store {
                 for operation_key in &operation_keys {
                     operations.remove(operation_key.clone())?;
                 }
+                for alert_key in &alert_keys {
+                    alerts.remove(alert_key.clone())?;
+                }
+                for time_key in &time_keys {
+                    by_time.remove(time_key.clone())?;
+                }
                 hosts.remove(host_id.as_str())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.forget_operation_count(host_id);
         Ok(Some(revoked.into_iter().map(|(serial, _)| serial).collect()))
     }
 

@@ -72,6 +72,23 @@ fn inventory(index: usize, version: &str) -> Vec<pb::ObservedApp> {
     ]
 }
 
+/// Sends a heartbeat on `sender` every 10 s until the stream closes.
+fn heartbeat_every_10s(sender: tokio::sync::mpsc::Sender<pb::AgentMessage>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            ticker.tick().await;
+            let heartbeat = pb::AgentMessage {
+                seq: 0,
+                body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})),
+            };
+            if sender.send(heartbeat).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 #[tokio::main]
 async fn main() {
     ccfleet_proto::tls::install_crypto_provider();
@@ -127,18 +144,26 @@ async fn main() {
                 .connect()
                 .await
                 .expect("connect");
-            TestAgent::connect(
+            let agent = TestAgent::connect(
                 channel,
                 &format!("host-{index}"),
                 inventory(index, "1.3.0+6.42.0-alpine"),
             )
             .await
-            .expect("hello")
+            .expect("hello");
+            // Heartbeats from the start, as real agents send them: on a slow
+            // machine connecting everyone takes longer than the heartbeat
+            // timeout.
+            let heartbeat = heartbeat_every_10s(agent.sender());
+            (agent, heartbeat)
         }));
     }
     let mut connected = Vec::with_capacity(agents);
+    let mut heartbeats = Vec::with_capacity(agents);
     for task in tasks {
-        connected.push(task.await.unwrap());
+        let (agent, heartbeat) = task.await.unwrap();
+        connected.push(agent);
+        heartbeats.push(heartbeat);
     }
     let elapsed = started.elapsed();
     println!(
@@ -149,23 +174,6 @@ async fn main() {
 
     // Steady state: every agent heartbeats every 10 s, as the server asks.
     let (rss_before, cpu_before) = process_usage(pid);
-    let mut heartbeats = Vec::new();
-    for agent in &connected {
-        let sender = agent.sender();
-        heartbeats.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                ticker.tick().await;
-                let heartbeat = pb::AgentMessage {
-                    seq: 0,
-                    body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})),
-                };
-                if sender.send(heartbeat).await.is_err() {
-                    return;
-                }
-            }
-        }));
-    }
     let window_start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(steady_seconds));
     ticker.tick().await;
@@ -229,6 +237,16 @@ async fn main() {
             output.stdout.len() / 1024
         );
     }
+
+    // Shutdown with every stream open: SIGTERM until the process has exited
+    // (streams told to end, last-seen written, store closed).
+    let mut server = server;
+    let (status, took) = server.terminate(Duration::from_secs(120));
+    println!(
+        "shutdown with {agents} streams open: exit code {:?} {:.2} s after SIGTERM",
+        status.code(),
+        took.as_secs_f64()
+    );
     for heartbeat in heartbeats {
         heartbeat.abort();
     }

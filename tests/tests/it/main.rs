@@ -5,7 +5,9 @@
 #![allow(clippy::disallowed_methods)]
 
 mod agent;
+mod alerts;
 mod docker;
+mod edge;
 mod fleet;
 mod nix;
 mod security;
