@@ -1,0 +1,3 @@
+//! The local upgrade transaction (DESIGN.md, "The local upgrade transaction").
+
+pub mod machine;
