@@ -33,9 +33,10 @@ pub enum JournalError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// The final outcome of an operation (the wire contract's outcomes).
+/// The final outcome of an operation (the wire contract's outcomes, spelt
+/// as the wire and the CLI spell them: `ROLLED_BACK`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     Succeeded,
     RolledBack,

@@ -4,6 +4,7 @@
 //! front end over this library.
 
 pub mod abra;
+pub mod alerts;
 pub mod config;
 pub mod control;
 pub mod daemon;
