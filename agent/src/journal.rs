@@ -233,12 +233,18 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// The journal of `<state_dir>/journal`; its directories are created by
+    /// the first write (see [`Journal::open`] for the start-up checks).
+    pub fn at(state_dir: &Path) -> Journal {
+        Journal {
+            dir: state_dir.join("journal"),
+        }
+    }
+
     /// Opens (creating) `<state_dir>/journal`. Pending-work markers that an
     /// older agent kept under `$ABRA_DIR/.ccfleet-pending/` move here.
     pub fn open(state_dir: &Path, abra_dir: &Path) -> Result<Journal, JournalError> {
-        let journal = Journal {
-            dir: state_dir.join("journal"),
-        };
+        let journal = Journal::at(state_dir);
         for sub in ["ops", "apps", "pending"] {
             let path = journal.dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| JournalError::Io {
@@ -301,7 +307,11 @@ impl Journal {
     /// Every journaled operation, oldest first.
     pub fn operations(&self) -> Result<Vec<OperationRecord>, JournalError> {
         let dir = self.dir.join("ops");
-        let entries = std::fs::read_dir(&dir).map_err(|source| JournalError::Io {
+        let entries = match std::fs::read_dir(&dir) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other,
+        };
+        let entries = entries.map_err(|source| JournalError::Io {
             action: "cannot list the journal's operations",
             path: dir.clone(),
             source,
@@ -385,6 +395,7 @@ impl Journal {
             if path.exists() {
                 return Ok(());
             }
+            std::fs::create_dir_all(self.dir.join("pending")).map_err(io)?;
             File::create(&path).and_then(|file| file.sync_all()).map_err(io)?;
         } else {
             match std::fs::remove_file(&path) {
@@ -445,6 +456,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
         path: path.to_owned(),
         source,
     };
+    std::fs::create_dir_all(directory).map_err(|source| io("cannot create the directory", source))?;
     let mut file = File::create(&temporary).map_err(|source| io("cannot create a temporary file", source))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())

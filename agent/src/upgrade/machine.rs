@@ -104,6 +104,25 @@ pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
     Plan::Run { from: running.clone() }
 }
 
+/// The version `update DOMAIN` (autoUpdate) or `upgrade DOMAIN` without
+/// `--to` moves to: the newest available version above what runs, never
+/// below the declared version, within the running version's major unless
+/// `allow_major`. `None`: nothing newer.
+pub fn newest_target(
+    available: &[CoopVersion],
+    declared: &CoopVersion,
+    running: Option<&CoopVersion>,
+    allow_major: bool,
+) -> Option<CoopVersion> {
+    let base = running.unwrap_or(declared);
+    available
+        .iter()
+        .filter(|version| *version >= declared && *version > base)
+        .filter(|version| allow_major || version.recipe_version().major == base.recipe_version().major)
+        .max()
+        .cloned()
+}
+
 /// The result of one phase's effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepResult {

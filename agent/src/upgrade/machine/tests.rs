@@ -377,3 +377,52 @@ fn which_requests_run() {
             Operator 1.0.0+5.0 -> 1.0.0+5.1 major=false: run from 1.0.0+5.0"#]],
     );
 }
+
+#[test]
+fn newest_targets_stay_within_the_major_and_above_the_declared_version() {
+    let available: Vec<CoopVersion> = [
+        "0.9.0+1",
+        "1.0.0+5.0",
+        "1.1.0+5.1",
+        "1.2.0+5.2",
+        "2.0.0+6.0",
+        "2.1.0+6.1",
+    ]
+    .into_iter()
+    .map(version)
+    .collect();
+    let rows = [
+        ("1.0.0+5.0", Some("1.0.0+5.0"), false),
+        ("1.0.0+5.0", Some("1.0.0+5.0"), true),
+        ("1.0.0+5.0", Some("1.2.0+5.2"), false),
+        ("1.0.0+5.0", Some("2.1.0+6.1"), true),
+        ("1.0.0+5.0", None, false),
+        ("2.0.0+6.0", Some("1.2.0+5.2"), false),
+        ("3.0.0+7.0", Some("2.1.0+6.1"), true),
+    ];
+    let lines: Vec<String> = rows
+        .into_iter()
+        .map(|(declared, running, allow_major)| {
+            let target = newest_target(
+                &available,
+                &version(declared),
+                running.map(version).as_ref(),
+                allow_major,
+            );
+            format!(
+                "declared {declared} running {} major={allow_major}: {}",
+                running.unwrap_or("-"),
+                target.map_or("nothing newer".into(), |target| target.to_string())
+            )
+        })
+        .collect();
+    expect![[r#"
+        declared 1.0.0+5.0 running 1.0.0+5.0 major=false: 1.2.0+5.2
+        declared 1.0.0+5.0 running 1.0.0+5.0 major=true: 2.1.0+6.1
+        declared 1.0.0+5.0 running 1.2.0+5.2 major=false: nothing newer
+        declared 1.0.0+5.0 running 2.1.0+6.1 major=true: nothing newer
+        declared 1.0.0+5.0 running - major=false: 1.2.0+5.2
+        declared 2.0.0+6.0 running 1.2.0+5.2 major=false: nothing newer
+        declared 3.0.0+7.0 running 2.1.0+6.1 major=true: nothing newer"#]]
+    .assert_eq(&lines.join("\n"));
+}
