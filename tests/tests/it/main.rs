@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod agent;
+mod alerts;
 mod docker;
 mod fleet;
 mod nix;
