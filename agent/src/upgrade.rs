@@ -42,6 +42,10 @@ use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
 
 pub use machine::{Ask, Plan, StepResult};
 
+/// How long a stack must show no running container before its volumes are
+/// copied or restored (see [`Upgrader::undeploy`]).
+const UNDEPLOY_SETTLE: Duration = Duration::from_secs(3);
+
 /// Environment variable naming the test pause directory (see [`PauseHook`]).
 pub const PAUSE_DIR_ENV: &str = "CCFLEET_TEST_PAUSE_DIR";
 
@@ -475,17 +479,29 @@ impl Upgrader {
         }
         let deadline = Instant::now() + app.deploy_timeout;
         let mut ticker = tokio::time::interval(self.settings.poll_interval);
+        // Swarm removes a service at once but shuts its tasks down on its
+        // own time: a task that was still being prepared can start its
+        // container a moment after the removal (seen in the crash tests: a
+        // migration written after the restore). So the stack must show no
+        // running container for a settle time, not just once.
+        let mut quiet_since: Option<Instant> = None;
         loop {
             ticker.tick().await;
             match docker.running_containers(&stack).await {
-                Ok(0) => return StepResult::Ok,
+                Ok(0) => {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= UNDEPLOY_SETTLE {
+                        return StepResult::Ok;
+                    }
+                    continue;
+                }
                 Ok(count) if Instant::now() >= deadline => {
                     return StepResult::Failed(format!(
                         "{count} container(s) of stack {stack} still run {} after the undeploy",
                         humantime::format_duration(app.deploy_timeout)
                     ))
                 }
-                Ok(_) => {}
+                Ok(_) => quiet_since = None,
                 Err(error) if Instant::now() >= deadline => return StepResult::Failed(error_chain(&error)),
                 Err(error) => tracing::debug!(%error, "cannot count the stack's containers yet"),
             }
@@ -758,6 +774,7 @@ impl Upgrader {
             message: reason.chars().take(4000).collect(),
         }));
         if pushed {
+            tracing::info!(operation = %record.id, %outcome, "result recorded for the server");
             record.reported = true;
             self.journal.write_operation(&record)?;
         }

@@ -10,3 +10,4 @@ mod docker;
 mod fleet;
 mod nix;
 mod security;
+mod upgrade;
