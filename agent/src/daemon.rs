@@ -421,12 +421,15 @@ impl Agent {
             "apps": reconciler.apps().iter().map(|app| {
                 let observed = observations.iter().find(|o| o.domain == app.domain);
                 let record = reconciler.journal().app(&app.domain).unwrap_or_default();
+                let extras = observed.map(|observed| self.extras(&reconciler, observed)).unwrap_or_default();
                 serde_json::json!({
                     "domain": app.domain,
                     "recipe": app.recipe,
                     "declared_version": app.version.to_string(),
                     "observed": observed,
                     "fleet_managed": app.fleet_managed,
+                    "available_version": extras.available_version,
+                    "available_newest": extras.available_newest,
                     "last_good": record.last_good,
                     "fleet_target": record.fleet_target,
                     "held_back": record.rolled_back,

@@ -78,6 +78,16 @@ impl AgentProcess {
         self.child.wait().expect("the killed agent is reaped");
     }
 
+    /// Sends SIGTERM (a `systemctl stop`) and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "cannot signal the agent");
+        self.child.wait().expect("the agent exits")
+    }
+
     /// Sends SIGHUP: the agent re-reads its configuration.
     pub fn reload(&self) {
         let status = Command::new("kill")

@@ -33,12 +33,18 @@ struct World {
     server: Option<TestServer>,
     stateful: bool,
     port: u16,
+    /// More lines for the app's `[[app]]` table.
+    extra_app: String,
 }
 
 impl World {
     /// Starts the agent with the app declared at `version` and waits until
     /// `apply --wait` says it converged.
     async fn start(name: &str, stateful: bool, with_server: bool) -> World {
+        World::start_with(name, stateful, with_server, "").await
+    }
+
+    async fn start_with(name: &str, stateful: bool, with_server: bool, extra_app: &str) -> World {
         let mut test = DockerTest::new(name);
         let domain = test.domain("app");
         let server = with_server.then(|| TestServer::start(&test.path().join("server"), &[]));
@@ -51,6 +57,7 @@ impl World {
             server,
             stateful,
             port: free_port(),
+            extra_app: extra_app.to_owned(),
         };
         world.write_config(V1_3);
         world.start_agent();
@@ -74,11 +81,12 @@ impl World {
             &agent,
             &format!(
                 "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\n\
-                 stateful = {stateful}\ndeploy_timeout = \"60s\"\n\n[app.env]\nHTTP_PORT = \"{port}\"\n\n\
+                 stateful = {stateful}\ndeploy_timeout = \"60s\"\n{extra}\n[app.env]\nHTTP_PORT = \"{port}\"\n\n\
                  [app.health]\npath = \"/health\"\ntimeout = \"15s\"\n",
                 domain = self.domain,
                 stateful = self.stateful,
                 port = self.port,
+                extra = self.extra_app,
             ),
         );
         if let Some(server) = &self.server {
@@ -660,4 +668,60 @@ async fn a_crash_while_rolling_back_finishes_the_rollback() {
         "{record}"
     );
     assert!(!world.volume().join("migrations.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_operation_then_the_next_start_finishes_it() {
+    let mut world = World::start("upstop", true, false).await;
+    world.seed();
+    let before = world.manifest();
+    world.hold("verifying");
+    let (ok, _, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--operation-id", "op-stop"]);
+    assert!(ok, "{stderr}");
+    world.reached("verifying").await;
+    // The operation cannot finish (held): the stop waits its bound, says
+    // so, and exits cleanly; the journal has the operation.
+    let status = world.agent.as_mut().unwrap().terminate();
+    assert!(status.success(), "{status:?}");
+    let log = world.agent().log();
+    assert!(log.contains("operations still in flight after 5s"), "{log}");
+    assert!(log.contains("op-stop (verifying)"), "{log}");
+    std::fs::remove_file(world.pause.join("verifying.hold")).unwrap();
+    world.start_agent();
+    let record = world.finished("op-stop").await;
+    assert_eq!(record["phase"]["outcome"], "ROLLED_BACK", "{record}");
+    assert_eq!(record["phase"]["reason"], "interrupted during verifying");
+    world.converged_at(V1_3).await;
+    assert_eq!(world.manifest(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timer_moves_to_the_newest_release_of_the_major_once() {
+    let world = World::start_with(
+        "uptimer",
+        false,
+        false,
+        "auto_update = true\nschedule = \"Sun 04:00\"\n",
+    )
+    .await;
+    // The newest release of major 1 is 1.6.0 (its probe fails); 2.0.0 is a major away.
+    let output = world.agent().command(&["update", &world.domain]);
+    let said = output_text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("ROLLED_BACK {V1_3} -> {V1_6_HTTP_FAILS}")),
+        "{said}"
+    );
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["available_version"], V1_6_HTTP_FAILS, "{status}");
+    assert_eq!(status["apps"][0]["available_newest"], V2_0, "{status}");
+    assert_eq!(status["apps"][0]["alert"]["outcome"], "ROLLED_BACK");
+
+    // The next run of the timer leaves the rolled-back release alone.
+    let output = world.agent().command(&["update", &world.domain]);
+    let said = output_text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("left alone"), "{said}");
+    assert_eq!(world.abra_lines("app upgrade -n -c", V1_6_HTTP_FAILS), 1);
+    assert_eq!(world.running().as_deref(), Some(V1_3));
 }
