@@ -8,8 +8,10 @@
 //! caller that got an answer knows its write is on disk while a burst of
 //! writes costs one flush (DESIGN.md, "Storage").
 
+mod audit;
 mod handle;
 mod records;
+mod rollouts;
 #[cfg(test)]
 mod tests;
 
@@ -18,8 +20,10 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use audit::*;
 pub use handle::StoreHandle;
 pub use records::*;
+pub use rollouts::*;
 
 /// Errors from the store. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,8 @@ pub struct Store {
     operations: sled::Tree,
     tokens: sled::Tree,
     certificates: sled::Tree,
+    rollouts: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl Store {
@@ -120,6 +126,8 @@ impl Store {
             operations: db.open_tree(OPERATIONS)?,
             tokens: db.open_tree(TOKENS)?,
             certificates: db.open_tree(CERTIFICATES)?,
+            rollouts: db.open_tree(rollouts::ROLLOUTS)?,
+            audit: db.open_tree(audit::AUDIT)?,
             db,
         })
     }
