@@ -363,8 +363,8 @@ fn summary(rollout: &RolloutJson) -> String {
         printable(&rollout.target_version),
         rollout.state,
         counts(rollout),
-        rollout.current_wave,
-        waves,
+        (rollout.current_wave + 1).min(waves.max(1)),
+        waves.max(1),
         rollout.strategy.canary,
         rollout.strategy.batch,
         printable(&rollout.created_by),
@@ -609,8 +609,14 @@ pub fn progress_lines(previous: Option<&RolloutJson>, current: &RolloutJson) -> 
 }
 
 fn host_line(host: &RolloutHostJson) -> String {
+    // "2026-11-30T06:55:11Z" -> "06:55:11"
+    let at = host
+        .updated_at
+        .as_deref()
+        .and_then(|at| at.get(11..19))
+        .unwrap_or("--:--:--");
     let mut line = format!(
-        "wave {}  {}  {}  {} -> {}  {}",
+        "{at}  wave {}  {}  {}  {} -> {}  {}",
         host.wave,
         printable(&host.host_id),
         printable(&host.domain),
@@ -658,7 +664,7 @@ async fn follow(
     match last.state {
         "completed" => Ok(if json { String::new() } else { format!("{}\n", summary(&last)) }),
         "halted" => Err(Failure::Halted(format!("rollout {} halted: {}", last.id, printable(&last.reason)))),
-        "aborted" => Err(Failure::Aborted(format!("rollout {} was aborted: {}", last.id, printable(&last.reason)))),
+        "aborted" => Err(Failure::Aborted(format!("rollout {} was {}", last.id, printable(&last.reason)))),
         state => Err(Failure::Unreachable(format!(
             "the watch of rollout {} ended while it was {state}; follow it again with `ccfleet rollout show {} --follow`",
             last.id, last.id
@@ -740,7 +746,7 @@ mod tests {
         assert_eq!(
             progress_lines(Some(&first), &second),
             [
-                "wave 0  web-1  blog.example.org  1.0.0 -> -  failed  (unhealthy\\u{7})",
+                "--:--:--  wave 0  web-1  blog.example.org  1.0.0 -> -  failed  (unhealthy\\u{7})",
                 "rollout ghost-1 completed"
             ]
         );

@@ -8,4 +8,5 @@ mod agent;
 mod docker;
 mod fleet;
 mod nix;
+mod rollout;
 mod security;
