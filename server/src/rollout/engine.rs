@@ -244,9 +244,11 @@ impl EngineTask {
             match message {
                 Message::Start { rollout, reply } => {
                     let mut rollout = *rollout;
+                    // This batch's working copies are newer than the live records.
                     let active = self
                         .live
                         .values()
+                        .filter(|other| !changed.contains_key(&other.id))
                         .chain(changed.values())
                         .find(|other| other.recipe == rollout.recipe && !machine::is_settled(other))
                         .map(|other| other.id.clone());
@@ -437,6 +439,10 @@ pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Opti
             to_version: to_version.clone(),
             message: message.clone(),
         }),
-        crate::store::AgentEvent::Inventory(_) => None,
+        // Inventories (and any other event kind) do not concern rollouts.
+        _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -373,6 +373,10 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(step(), 0..80)
+}
+
 fn quantity() -> impl Strategy<Value = QuantityRecord> {
     prop_oneof![
         (1u32..6).prop_map(QuantityRecord::Count),
@@ -417,8 +421,24 @@ fn outcome_of(code: u8) -> OperationOutcomeRecord {
     }
 }
 
-/// Checks every invariant while running `steps` against a rollout.
-fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Result<(), TestCaseError> {
+/// The invariants of issue 9, each checked by its own property test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invariant {
+    /// No host gets two operation ids; re-deliveries (also after a restart) reuse the stored one.
+    OneOperationIdPerHost,
+    /// A wave never exceeds its size, and no later wave starts early.
+    WaveSizes,
+    /// Failures never exceed the budget by more than the hosts in flight when it was reached.
+    FailureBudget,
+    /// Abort beats pause beats promote.
+    Precedence,
+    /// Nothing restarts a completed, halted or aborted rollout.
+    FinalStaysFinal,
+}
+
+/// Runs `steps` against a rollout, checking `invariant` after each.
+fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Invariant) -> Result<(), TestCaseError> {
+    use Invariant::*;
     let mut rollout = rollout(hosts, strategy.clone());
     let canary_size = resolve(strategy.canary, hosts);
     let batch_size = resolve(strategy.batch, hosts);
@@ -469,6 +489,9 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Result<(), T
                 let stored = serde_json::to_vec(&rollout).unwrap();
                 rollout = serde_json::from_slice(&stored).unwrap();
                 prop_assert_eq!(&rollout, &before, "the record survives storage unchanged");
+                if invariant != OneOperationIdPerHost {
+                    continue;
+                }
                 for delivery in outstanding(&rollout) {
                     let index = rollout
                         .hosts
@@ -490,23 +513,31 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Result<(), T
         };
         let was_paused_by_operator = before.paused_by_operator && !before.state.is_final();
         let is_promote = event == Event::Promote;
+        let is_abort = matches!(event, Event::Abort { .. });
         let applied = apply(&mut rollout, event, now);
-        if before.state.is_final() && applied.is_err() {
+        if invariant == FinalStaysFinal && before.state.is_final() && applied.is_err() {
             prop_assert_eq!(&rollout, &before, "a refused action changes nothing");
         }
         let deliveries = applied.unwrap_or_default();
 
         // Nothing restarts a final rollout; an aborted one sends nothing at all.
-        if before.state.is_final() {
+        if invariant == FinalStaysFinal && before.state.is_final() {
             prop_assert_eq!(rollout.state, before.state);
             let only_rollbacks = deliveries.iter().all(|d| matches!(d.command, Command::Rollback { .. }));
             prop_assert!(only_rollbacks, "a final rollout sends no upgrade");
         }
-        if before.state == RolloutStateRecord::Aborted {
+        if invariant == FinalStaysFinal && before.state == RolloutStateRecord::Aborted {
             prop_assert!(deliveries.is_empty());
         }
         // Abort beats pause beats promote.
-        if is_promote && was_paused_by_operator {
+        if invariant == Precedence && is_abort && !before.state.is_final() {
+            prop_assert_eq!(
+                rollout.state,
+                RolloutStateRecord::Aborted,
+                "abort wins over any pause or gate"
+            );
+        }
+        if invariant == Precedence && is_promote && was_paused_by_operator {
             prop_assert!(
                 rollout.state != RolloutStateRecord::Running,
                 "promote does not undo a pause"
@@ -516,16 +547,16 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Result<(), T
         for (index, host) in rollout.hosts.iter().enumerate() {
             if let Some(operation_id) = &host.operation_id {
                 let first = minted.entry(index).or_insert_with(|| operation_id.clone());
-                prop_assert_eq!(first, operation_id);
+                prop_assert!(invariant != OneOperationIdPerHost || first == operation_id);
             }
             if let Some(rollback) = &host.rollback {
                 let first = minted_rollbacks
                     .entry(index)
                     .or_insert_with(|| rollback.operation_id.clone());
-                prop_assert_eq!(first, &rollback.operation_id);
+                prop_assert!(invariant != OneOperationIdPerHost || *first == rollback.operation_id);
             }
         }
-        for delivery in &deliveries {
+        for delivery in deliveries.iter().filter(|_| invariant == OneOperationIdPerHost) {
             let index = rollout
                 .hosts
                 .iter()
@@ -542,51 +573,76 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Result<(), T
             }
         }
         prop_assert!(
-            upgrade_deliveries.values().all(|count| *count == 1),
+            invariant != OneOperationIdPerHost || upgrade_deliveries.values().all(|count| *count == 1),
             "no upgrade is dispatched twice"
         );
-        // A wave never exceeds its size, and no later wave starts early.
-        let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
-        for host in rollout.hosts.iter().filter(|host| host.operation_id.is_some()) {
-            *per_wave.entry(host.wave).or_default() += 1;
-            prop_assert!(host.wave <= rollout.current_wave);
-        }
-        for (wave, count) in per_wave {
-            let size = if wave == 0 { canary_size } else { batch_size };
-            prop_assert!(count <= size, "wave {} has {} hosts, its size is {}", wave, count, size);
-        }
-        // The failure budget is never overrun by more than the hosts in flight.
-        let failed = failures(&rollout);
-        let in_flight_now = rollout.hosts.iter().filter(|host| host.outcome.is_in_flight()).count();
-        if failure_cap.is_none() && (failed >= limit || rollout.state.is_final()) {
-            failure_cap = Some(failed + in_flight_now);
-            if failed >= limit {
-                prop_assert!(rollout.state.is_final(), "reaching the budget halts");
+        if invariant == WaveSizes {
+            let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
+            for host in rollout.hosts.iter().filter(|host| host.operation_id.is_some()) {
+                *per_wave.entry(host.wave).or_default() += 1;
+                prop_assert!(host.wave <= rollout.current_wave, "a later wave started early");
+            }
+            for (wave, count) in per_wave {
+                let size = if wave == 0 { canary_size } else { batch_size };
+                prop_assert!(count <= size, "wave {} has {} hosts, its size is {}", wave, count, size);
             }
         }
-        if let Some(cap) = failure_cap {
-            prop_assert!(failed <= cap, "failures {failed} beyond {cap}");
-        } else {
-            prop_assert!(failed < limit);
-        }
-        if failed >= limit && before.state.is_final() {
-            let only_rollbacks = deliveries.iter().all(|d| matches!(d.command, Command::Rollback { .. }));
-            prop_assert!(only_rollbacks, "a final rollout sends no upgrade");
+        if invariant == FailureBudget {
+            let failed = failures(&rollout);
+            let in_flight_now = rollout.hosts.iter().filter(|host| host.outcome.is_in_flight()).count();
+            if failure_cap.is_none() && (failed >= limit || rollout.state.is_final()) {
+                failure_cap = Some(failed + in_flight_now);
+                if failed >= limit {
+                    prop_assert!(rollout.state.is_final(), "reaching the budget halts");
+                }
+            }
+            match failure_cap {
+                Some(cap) => prop_assert!(failed <= cap, "failures {} beyond {}", failed, cap),
+                None => prop_assert!(failed < limit),
+            }
+            if failed >= limit && before.state.is_final() {
+                let only_rollbacks = deliveries.iter().all(|d| matches!(d.command, Command::Rollback { .. }));
+                prop_assert!(only_rollbacks, "nothing new is dispatched past the budget");
+            }
         }
     }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn rollout_invariants_hold_for_random_event_sequences(
+    fn no_host_gets_two_operation_ids(hosts in 1usize..25, strategy in random_strategy(), steps in steps()) {
+        run(hosts, strategy, steps, Invariant::OneOperationIdPerHost)?;
+    }
+
+    #[test]
+    fn a_wave_never_exceeds_its_size(hosts in 1usize..25, strategy in random_strategy(), steps in steps()) {
+        run(hosts, strategy, steps, Invariant::WaveSizes)?;
+    }
+
+    #[test]
+    fn the_failure_budget_is_overrun_by_no_more_than_the_hosts_in_flight(
         hosts in 1usize..25,
         strategy in random_strategy(),
-        steps in proptest::collection::vec(step(), 0..80),
+        steps in steps(),
     ) {
-        run(hosts, strategy, steps)?;
+        run(hosts, strategy, steps, Invariant::FailureBudget)?;
+    }
+
+    #[test]
+    fn abort_beats_pause_beats_promote(hosts in 1usize..25, strategy in random_strategy(), steps in steps()) {
+        run(hosts, strategy, steps, Invariant::Precedence)?;
+    }
+
+    #[test]
+    fn nothing_restarts_a_completed_halted_or_aborted_rollout(
+        hosts in 1usize..25,
+        strategy in random_strategy(),
+        steps in steps(),
+    ) {
+        run(hosts, strategy, steps, Invariant::FinalStaysFinal)?;
     }
 
     /// Successful hosts only, no operator: every rollout completes.
