@@ -8,9 +8,11 @@
 //! caller that got an answer knows its write is on disk while a burst of
 //! writes costs one flush (DESIGN.md, "Storage").
 
+mod audit;
 mod handle;
 mod listings;
 mod records;
+mod rollouts;
 #[cfg(test)]
 mod tests;
 
@@ -19,9 +21,11 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use audit::*;
 pub use handle::StoreHandle;
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
+pub use rollouts::*;
 
 /// Errors from the store. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,8 @@ pub struct Store {
     /// Operations stored per host, counted on first use (this thread is the
     /// only writer, so the count stays true).
     operation_counts: std::sync::Mutex<std::collections::HashMap<HostId, usize>>,
+    rollouts: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl Store {
@@ -133,6 +139,8 @@ impl Store {
             alerts: db.open_tree(ALERTS)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
+            rollouts: db.open_tree(rollouts::ROLLOUTS)?,
+            audit: db.open_tree(audit::AUDIT)?,
             db,
         })
     }

@@ -9,5 +9,6 @@ mod alerts;
 mod docker;
 mod fleet;
 mod nix;
+mod rollout;
 mod security;
 mod upgrade;
