@@ -22,6 +22,7 @@ use std::time::Duration;
 use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 
 use crate::config::AbraConfig;
+use crate::docker::{Docker, DockerError};
 use crate::process::{self, CommandOutput, CommandSpec, ProcessError};
 
 pub use env_file::{AppType, EnvFile};
@@ -31,6 +32,52 @@ pub use versions::VersionsError;
 /// may need; nothing else of the agent's environment reaches abra. `HOME`
 /// because abra and docker look for their configuration under it.
 const PASSED_ENVIRONMENT: &[&str] = &["HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "TZ"];
+
+/// Docker's limit on the length of secret (and config) names (ABRA.md).
+pub const MAX_SECRET_NAME_LENGTH: usize = 64;
+
+/// The version a secret is first inserted at (`SECRET_<NAME>_VERSION=v1`).
+const FIRST_SECRET_VERSION: &str = "v1";
+
+/// The Docker secret abra makes for version `version` of the app's secret
+/// `name`: `<stack>_<name>_<version>`.
+pub fn secret_name(domain: &Domain, name: &str, version: &str) -> String {
+    format!("{}_{name}_{version}", domain.stack_name())
+}
+
+/// Whether every secret `names` of the app at `domain`, at its first version,
+/// stays within Docker's [`MAX_SECRET_NAME_LENGTH`]; the error names the
+/// longest one. Checked when the configuration is read, so that a domain too
+/// long for its secrets is refused before anything is created. abra may
+/// shorten long stack names (unconfirmed), which is not relied on.
+pub fn secret_name_fits<'a>(domain: &Domain, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    let longest = names
+        .into_iter()
+        .map(|name| secret_name(domain, name, FIRST_SECRET_VERSION))
+        .max_by_key(String::len);
+    match longest {
+        Some(longest) if longest.len() > MAX_SECRET_NAME_LENGTH => Err(too_long(&longest)),
+        _ => Ok(()),
+    }
+}
+
+fn too_long(secret: &str) -> String {
+    format!(
+        "the Docker secret name {secret:?} would be {} characters long, the limit is {MAX_SECRET_NAME_LENGTH}: \
+         use a shorter domain or secret name",
+        secret.len()
+    )
+}
+
+/// What [`Abra::secret_insert`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretInsert {
+    /// abra inserted the secret.
+    Inserted(CommandOutput),
+    /// The Docker secret existed already (an earlier attempt inserted it), so
+    /// abra was not run: inserting it again would fail.
+    AlreadyExists { secret: String },
+}
 
 /// Why an abra operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +103,16 @@ pub enum AbraError {
     /// The recipe's versions could not be read from abra's files.
     #[error(transparent)]
     Versions(#[from] VersionsError),
+    /// Docker could not say whether a secret exists.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// A secret's Docker name would exceed Docker's limit.
+    #[error("secret {name} of {domain}: {reason}")]
+    SecretNameTooLong {
+        domain: Domain,
+        name: String,
+        reason: String,
+    },
 }
 
 impl AbraError {
@@ -63,7 +120,11 @@ impl AbraError {
     pub fn output(&self) -> Option<&CommandOutput> {
         match self {
             AbraError::Command(error) => error.output(),
-            AbraError::Io { .. } | AbraError::ServerMissing { .. } | AbraError::Versions(_) => None,
+            AbraError::Io { .. }
+            | AbraError::ServerMissing { .. }
+            | AbraError::Versions(_)
+            | AbraError::Docker(_)
+            | AbraError::SecretNameTooLong { .. } => None,
         }
     }
 }
@@ -86,6 +147,11 @@ pub struct Abra {
     dir: PathBuf,
     server: String,
     command_timeout: Duration,
+    /// `-D` on deploys, upgrades and rollbacks: skip abra's DNS check of the domain.
+    no_domain_checks: bool,
+    /// Where the existence of secrets is checked before inserting them (see
+    /// [`Abra::secret_insert`]); `None` inserts unconditionally.
+    docker: Option<Docker>,
     /// Shared with the `Abra` that replaces this one on a config reload, so
     /// that an operation still running on the old one is serialised with
     /// those of the new one.
@@ -101,16 +167,58 @@ impl Abra {
             dir: config.dir.clone(),
             server: config.server.clone(),
             command_timeout: config.command_timeout,
+            no_domain_checks: config.no_domain_checks,
+            docker: None,
             recipe_locks: Arc::default(),
             server_added: tokio::sync::Mutex::new(false),
         }
     }
 
-    /// An `Abra` for a new `config` that shares this one's recipe locks.
+    /// An `Abra` for a new `config` that shares this one's recipe locks and
+    /// Docker connection.
     pub fn reconfigured(&self, config: &AbraConfig) -> Abra {
         Abra {
             recipe_locks: Arc::clone(&self.recipe_locks),
+            docker: self.docker.clone(),
             ..Abra::new(config)
+        }
+    }
+
+    /// Checks secrets through `docker` before inserting them, so that a
+    /// set-up that failed half-way can be retried.
+    pub fn with_docker(mut self, docker: Docker) -> Abra {
+        self.docker = Some(docker);
+        self
+    }
+
+    /// `abra --version`: the first line abra prints.
+    pub async fn version(&self) -> Result<String, AbraError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| AbraError::Io {
+            action: "cannot create ABRA_DIR",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let output = self.run(&["--version"]).await?;
+        let text = if output.stdout.trim().is_empty() {
+            &output.stderr
+        } else {
+            &output.stdout
+        };
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    /// Logs [`Abra::version`] at agent start: the line an operator needs to
+    /// tell which abra (and so which command-line dialect) runs. A failure is
+    /// a warning: the agent can still observe and report.
+    pub async fn log_version(&self) {
+        match self.version().await {
+            Ok(version) => tracing::info!(binary = %self.binary.display(), %version, "abra version"),
+            Err(error) => tracing::warn!(%error, "cannot run abra --version"),
         }
     }
 
@@ -277,6 +385,20 @@ impl Abra {
     /// caller runs this once, right after creating the app.
     pub async fn secret_generate_all(&self, recipe: &RecipeName, domain: &Domain) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
+        // The recipe's secrets are known only now (from the env file abra
+        // wrote): refuse names Docker would refuse, with the reason.
+        if let Some(env) = self.read_env_file(domain)? {
+            for (name, version) in env.secret_versions() {
+                let secret = secret_name(domain, &name, &version);
+                if secret.len() > MAX_SECRET_NAME_LENGTH {
+                    return Err(AbraError::SecretNameTooLong {
+                        domain: domain.clone(),
+                        name,
+                        reason: too_long(&secret),
+                    });
+                }
+            }
+        }
         // abra prints the values it generated: they must not reach logs or reports.
         self.run_redacted(&["app", "secret", "generate", "-n", "--all", domain.as_str()].map(OsString::from))
             .await
@@ -284,6 +406,11 @@ impl Abra {
 
     /// `abra app secret insert -n -f <domain> <name> <version> <file>`
     /// (`-f`: the argument is a file holding the value, not the value itself).
+    ///
+    /// Docker refuses to create a secret version that exists, so with a
+    /// Docker handle ([`Abra::with_docker`]) an existing
+    /// `<stack>_<name>_<version>` is skipped: a set-up that failed after
+    /// inserting some secrets succeeds when retried (ABRA.md).
     pub async fn secret_insert(
         &self,
         recipe: &RecipeName,
@@ -291,8 +418,22 @@ impl Abra {
         name: &str,
         secret_version: &str,
         file: &Path,
-    ) -> Result<CommandOutput, AbraError> {
+    ) -> Result<SecretInsert, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
+        let secret = secret_name(domain, name, secret_version);
+        if secret.len() > MAX_SECRET_NAME_LENGTH {
+            return Err(AbraError::SecretNameTooLong {
+                domain: domain.clone(),
+                name: name.to_owned(),
+                reason: too_long(&secret),
+            });
+        }
+        if let Some(docker) = &self.docker {
+            if docker.secret_exists(&secret).await? {
+                tracing::info!(%domain, %secret, "secret exists already: not inserted again");
+                return Ok(SecretInsert::AlreadyExists { secret });
+            }
+        }
         let file = file.as_os_str().to_owned();
         self.run_redacted(&[
             "app".into(),
@@ -306,10 +447,11 @@ impl Abra {
             file,
         ])
         .await
+        .map(SecretInsert::Inserted)
     }
 
-    /// `abra app deploy -n -c [-f] <domain> <version>`, with `-f` to redeploy
-    /// an app that is already deployed.
+    /// `abra app deploy -n -c [-f] [-D] <domain> <version>`, with `-f` to
+    /// redeploy an app that is already deployed.
     pub async fn deploy(
         &self,
         recipe: &RecipeName,
@@ -323,11 +465,12 @@ impl Abra {
         if force {
             arguments.push("-f");
         }
+        arguments.extend(self.domain_check_flag());
         arguments.extend([domain.as_str(), &version]);
         self.run(&arguments).await
     }
 
-    /// `abra app upgrade -n -c <domain> <version>`.
+    /// `abra app upgrade -n -c [-D] <domain> <version>`.
     pub async fn upgrade(
         &self,
         recipe: &RecipeName,
@@ -336,11 +479,10 @@ impl Abra {
     ) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         let version = version.to_string();
-        self.run(&["app", "upgrade", "-n", "-c", domain.as_str(), &version])
-            .await
+        self.run_moving("upgrade", domain, &version).await
     }
 
-    /// `abra app rollback -n -c <domain> <version>`.
+    /// `abra app rollback -n -c [-D] <domain> <version>`.
     pub async fn rollback(
         &self,
         recipe: &RecipeName,
@@ -349,8 +491,7 @@ impl Abra {
     ) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         let version = version.to_string();
-        self.run(&["app", "rollback", "-n", "-c", domain.as_str(), &version])
-            .await
+        self.run_moving("rollback", domain, &version).await
     }
 
     /// `abra app undeploy -n <domain>`: removes the stack; its volumes and
@@ -382,6 +523,19 @@ impl Abra {
             }
             (Err(fetch_error), Err(_)) => Err(fetch_error),
         }
+    }
+
+    /// `-D` when domain checks are off (the agent setting `no_domain_checks`).
+    fn domain_check_flag(&self) -> Option<&'static str> {
+        self.no_domain_checks.then_some("-D")
+    }
+
+    /// `abra app <upgrade|rollback> -n -c [-D] <domain> <version>`.
+    async fn run_moving(&self, action: &str, domain: &Domain, version: &str) -> Result<CommandOutput, AbraError> {
+        let mut arguments = vec!["app", action, "-n", "-c"];
+        arguments.extend(self.domain_check_flag());
+        arguments.extend([domain.as_str(), version]);
+        self.run(&arguments).await
     }
 
     /// Waits for and holds the recipe's lock (see the module comment).
@@ -436,6 +590,7 @@ mod tests {
             dir: "/var/lib/ccfleet-agent/abra".into(),
             server: "default".into(),
             command_timeout: Duration::from_secs(60),
+            no_domain_checks: false,
         };
         let first = Abra::new(&config);
         let second = first.reconfigured(&AbraConfig {
@@ -446,17 +601,83 @@ mod tests {
         assert_eq!(second.dir(), Path::new("/srv/abra"));
     }
 
+    fn abra_config(directory: &Path) -> AbraConfig {
+        AbraConfig {
+            binary: directory.join("abra"),
+            dir: directory.join("abra-dir"),
+            server: "default".into(),
+            command_timeout: Duration::from_secs(10),
+            no_domain_checks: false,
+        }
+    }
+
     fn abra_with_script(directory: &Path, script: &str) -> Abra {
         use std::os::unix::fs::PermissionsExt;
         let binary = directory.join("abra");
         std::fs::write(&binary, script).unwrap();
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Abra::new(&AbraConfig {
-            binary,
-            dir: directory.join("abra-dir"),
-            server: "default".into(),
-            command_timeout: Duration::from_secs(10),
-        })
+        Abra::new(&abra_config(directory))
+    }
+
+    #[test]
+    fn secret_names_must_fit_dockers_limit() {
+        // 64 characters exactly: `<stack>_pw_v1` with a 58-character stack.
+        let domain_of = |length: usize| -> Domain { format!("{}.org", "a".repeat(length - 4)).parse().unwrap() };
+        let names = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        for (domain_length, secrets, fits) in [
+            (58, names(&["pw"]), true),
+            (59, names(&["pw"]), false),
+            (59, names(&[]), true),
+            (
+                20,
+                names(&["a", "a_very_long_secret_name_that_goes_on_and_on_and_on"]),
+                false,
+            ),
+            (20, names(&["a", "a_long_secret_name_that_goes_on_and_on"]), true),
+        ] {
+            let domain = domain_of(domain_length);
+            let result = secret_name_fits(&domain, &secrets);
+            assert_eq!(result.is_ok(), fits, "{domain} {secrets:?}: {result:?}");
+        }
+        let error = secret_name_fits(&domain_of(59), &names(&["pw", "p"])).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "the Docker secret name \"{}_org_pw_v1\" would be 65 characters long, the limit is 64: \
+                 use a shorter domain or secret name",
+                "a".repeat(55)
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_name_too_long_is_refused_before_abra_runs() {
+        let directory = tempfile::tempdir().unwrap();
+        let abra = abra_with_script(directory.path(), "#!/bin/sh\necho ran >> \"$ABRA_DIR/ran\"\n");
+        let recipe: RecipeName = "fixture-web".parse().unwrap();
+        let domain: Domain = format!("{}.org", "b".repeat(50)).parse().unwrap();
+        std::fs::create_dir_all(abra.server_dir()).unwrap();
+        let error = abra
+            .secret_insert(&recipe, &domain, "database_password", "v1", Path::new("/run/x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AbraError::SecretNameTooLong { .. }), "{error}");
+        // The recipe's own secrets, known from the env file abra wrote.
+        std::fs::write(
+            abra.env_file_path(&domain),
+            "TYPE=fixture-web\nSECRET_SMTP_PASSWORD_VERSION=v12\n",
+        )
+        .unwrap();
+        let error = abra
+            .secret_generate_all(&recipe, &domain)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!("secret smtp_password of {domain}: the Docker secret name")),
+            "{error}"
+        );
+        assert!(!abra.dir().join("ran").exists(), "abra ran");
     }
 
     #[tokio::test]
@@ -492,6 +713,7 @@ mod tests {
                 "#!/bin/sh\necho \"$* | ABRA_DIR=$ABRA_DIR pwd=$(pwd)\" >> {}\n\
                  [ \"$1\" = server ] && mkdir -p \"$ABRA_DIR/servers/default\"\n\
                  [ \"$1\" = recipe ] && mkdir -p \"$ABRA_DIR/recipes/$3/.git/refs/tags\" && touch \"$ABRA_DIR/recipes/$3/.git/refs/tags/1.1.0+1.1\"\n\
+                 [ \"$1\" = --version ] && echo && echo '  abra version 0.11.0-beta-abcdef  '\n\
                  exit 0\n",
                 log.display()
             ),
@@ -515,6 +737,15 @@ mod tests {
             abra.available_versions(&recipe).await.unwrap(),
             std::slice::from_ref(&version)
         );
+        assert_eq!(abra.version().await.unwrap(), "abra version 0.11.0-beta-abcdef");
+        // With domain checks off, every command that deploys passes `-D`.
+        let unchecked = abra.reconfigured(&AbraConfig {
+            no_domain_checks: true,
+            ..abra_config(directory.path())
+        });
+        unchecked.deploy(&recipe, &domain, &version, true).await.unwrap();
+        unchecked.upgrade(&recipe, &domain, &version).await.unwrap();
+        unchecked.rollback(&recipe, &domain, &version).await.unwrap();
         let abra_dir = directory.path().join("abra-dir");
         let expected = [
             "server add --local",
@@ -527,6 +758,10 @@ mod tests {
             "app rollback -n -c blog.example.org 1.1.0+1.1",
             "app undeploy -n blog.example.org",
             "recipe fetch fixture-web",
+            "--version",
+            "app deploy -n -c -f -D blog.example.org 1.1.0+1.1",
+            "app upgrade -n -c -D blog.example.org 1.1.0+1.1",
+            "app rollback -n -c -D blog.example.org 1.1.0+1.1",
         ]
         .map(|arguments| format!("{arguments} | ABRA_DIR={0} pwd={0}", abra_dir.display()))
         .join("\n");

@@ -194,6 +194,10 @@ pub struct AbraConfig {
     pub server: String,
     #[serde(serialize_with = "serialize_duration")]
     pub command_timeout: Duration,
+    /// Pass `-D` (`--no-domain-checks`) to deploys, upgrades and rollbacks.
+    /// Shown in the rendered config only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_domain_checks: bool,
 }
 
 /// One declared app.
@@ -289,6 +293,8 @@ struct RawAbra {
     dir: Option<String>,
     server: Option<String>,
     command_timeout: Option<String>,
+    #[serde(default)]
+    no_domain_checks: bool,
 }
 
 #[derive(Deserialize)]
@@ -789,6 +795,7 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
                 dir,
                 server,
                 command_timeout,
+                no_domain_checks: raw.abra.no_domain_checks,
             },
             apps,
         }),
@@ -898,6 +905,9 @@ fn validate_app(raw: RawApp, domain: Option<Domain>, collector: &mut Collector<'
             }
         }
     }
+    let _ = domain
+        .as_ref()
+        .map(|domain| collector.parse("domain", crate::abra::secret_name_fits(domain, secrets.keys())));
     let health_path = match &raw.health.path {
         None => Some(None),
         Some(path) => collector.parse("health.path", check_health_path(path)).map(Some),

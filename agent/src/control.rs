@@ -16,6 +16,15 @@ use tokio::sync::{mpsc, oneshot};
 /// Longest accepted request line: requests are tiny.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How long a client waits for the agent's control socket to accept
+/// connections by default: at boot and on a switch, `apply` may start before
+/// the agent has bound its socket.
+pub const DEFAULT_CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The first and the longest pause between connection attempts.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
+const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -103,6 +112,15 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Tells systemd (`Type=notify`) that the agent is ready: called once the
+/// control socket is bound, so that units ordered after the agent find it.
+/// Nothing happens when `NOTIFY_SOCKET` is unset (not started by systemd).
+pub fn notify_ready() {
+    if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "cannot tell systemd that the agent is ready");
+    }
+}
+
 /// Accepts connections and forwards each request to `requests`.
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Incoming>) {
     loop {
@@ -148,16 +166,25 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> std::io
     writer.shutdown().await
 }
 
-/// Sends one request to the running agent and waits up to `timeout`.
+/// Sends one request to the running agent and waits up to `timeout` for the
+/// answer, after waiting up to [`DEFAULT_CONNECT_PATIENCE`] for the socket.
 pub async fn call(path: &Path, request: &Request, timeout: Duration) -> anyhow::Result<Response> {
+    call_with_patience(path, request, DEFAULT_CONNECT_PATIENCE, timeout).await
+}
+
+/// [`call`], waiting up to `patience` for the agent's socket to accept a
+/// connection: a socket that does not exist yet, or whose agent is not
+/// listening yet (a stale file), is retried with a short, growing pause;
+/// any other failure (no permission, say) is reported at once.
+pub async fn call_with_patience(
+    path: &Path,
+    request: &Request,
+    patience: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     use anyhow::Context;
+    let stream = connect(path, patience).await?;
     let exchange = async {
-        let stream = UnixStream::connect(path).await.with_context(|| {
-            format!(
-                "cannot reach the running agent at {} (is ccfleet-agent running?)",
-                path.display()
-            )
-        })?;
         let (reader, mut writer) = stream.into_split();
         let mut text = serde_json::to_string(request)?;
         text.push('\n');
@@ -173,6 +200,41 @@ pub async fn call(path: &Path, request: &Request, timeout: Duration) -> anyhow::
             humantime::format_duration(timeout)
         )
     })?
+}
+
+async fn connect(path: &Path, patience: Duration) -> anyhow::Result<UnixStream> {
+    let started = tokio::time::Instant::now();
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut told = false;
+    loop {
+        let error = match UnixStream::connect(path).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => error,
+        };
+        let waiting_helps = matches!(
+            error.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        );
+        let waited = started.elapsed();
+        if !waiting_helps || waited + delay > patience {
+            return Err(anyhow::Error::new(error).context(format!(
+                "cannot reach the running agent at {} (waited {}): is ccfleet-agent running \
+                 (`systemctl status ccfleet-agent`), and does agent.control_socket in its configuration name this path?",
+                path.display(),
+                humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)),
+            )));
+        }
+        if !told {
+            tracing::info!(
+                "waiting for the agent's control socket at {} (up to {}): {error}",
+                path.display(),
+                humantime::format_duration(patience)
+            );
+            told = true;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(LONGEST_RETRY_DELAY);
+    }
 }
 
 #[cfg(test)]
@@ -232,20 +294,66 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_missing_agent_is_reported_clearly() {
-        let error = call(
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_agent_is_reported_clearly_after_the_patience() {
+        let started = tokio::time::Instant::now();
+        let error = call_with_patience(
             Path::new("/nonexistent/control.sock"),
             &Request::Status,
+            Duration::from_secs(30),
             Duration::from_secs(1),
         )
         .await
         .unwrap_err();
+        let waited = started.elapsed();
         assert!(
-            error
-                .to_string()
-                .starts_with("cannot reach the running agent at /nonexistent/control.sock"),
-            "{error}"
+            (Duration::from_secs(29)..=Duration::from_secs(30)).contains(&waited),
+            "{waited:?}"
         );
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with("cannot reach the running agent at /nonexistent/control.sock (waited 29s")
+                && message.contains("agent.control_socket")
+                && message.ends_with("No such file or directory (os error 2)"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_refuses_for_another_reason_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where the socket's directory should be: no agent
+        // can ever bind there, so waiting would not help.
+        let file = dir.path().join("run");
+        std::fs::write(&file, "").unwrap();
+        let path = file.join("control.sock");
+        let started = std::time::Instant::now();
+        let error = call_with_patience(&path, &Request::Status, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{error:#}");
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with("cannot reach the running agent at")
+                && message.ends_with("Not a directory (os error 20)"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_started_before_the_agent_waits_for_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("control.sock");
+        let client = tokio::spawn({
+            let path = path.clone();
+            async move { call(&path, &Request::Status, Duration::from_secs(10)).await }
+        });
+        // The client is already trying (or about to); the agent binds later.
+        tokio::task::yield_now().await;
+        let (requests, mut incoming) = mpsc::channel(1);
+        tokio::spawn(serve(bind(&path).unwrap(), requests));
+        let (_, answer) = incoming.recv().await.unwrap();
+        answer.send(Response::error("answered")).unwrap();
+        assert_eq!(client.await.unwrap().unwrap().message, "answered");
     }
 }

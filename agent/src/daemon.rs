@@ -473,6 +473,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let docker = Docker::connect().await.context("cannot reach the Docker Engine")?;
     let facts = host_facts(&config, &docker).await;
+    crate::abra::Abra::new(&config.abra).log_version().await;
     let journal = Journal::open(&config.agent.state_dir, &config.abra.dir).context("cannot open the journal")?;
     let outbox = Outbox::open(&config.agent.state_dir.join("outbox")).context("cannot open the outbox")?;
     let outbox = Arc::new(Mutex::new(outbox));
@@ -563,6 +564,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let (requests, mut incoming) = mpsc::channel(16);
     let control_task = tokio::spawn(control::serve(listener, requests));
+    control::notify_ready();
 
     // Docker is observed off the loop below: a slow engine delays only the
     // inventory, never signals, commands or control requests.

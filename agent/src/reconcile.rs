@@ -230,7 +230,12 @@ impl Reconciler {
     pub fn from_config_with_events(config: &Config, docker: Docker, events: Arc<dyn Events>) -> Reconciler {
         let journal = Journal::at(&config.agent.state_dir);
         let upgrader = Upgrader::new(journal, upgrade::Settings::from_agent(&config.agent), events);
-        Reconciler::new(Abra::new(&config.abra), docker, config.apps.clone(), Arc::new(upgrader))
+        Reconciler::new(
+            Abra::new(&config.abra).with_docker(docker.clone()),
+            docker,
+            config.apps.clone(),
+            Arc::new(upgrader),
+        )
     }
 
     pub fn upgrader(&self) -> &Upgrader {

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
 
 use ccfleet_proto::pb::{
     self, agent_client::AgentClient, agent_message::Body, enrollment_client::EnrollmentClient, server_message,
@@ -13,6 +15,10 @@ use ccfleet_proto::tls::Credential;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+
+/// How long a starting server may take to print its address before the test
+/// gives up (a server stuck before binding must fail the test, not hang it).
+pub const SERVER_START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running `ccfleet-server run`, killed when dropped.
 pub struct TestServer {
@@ -57,23 +63,50 @@ impl TestServer {
             .stderr(log_file)
             .spawn()
             .expect("ccfleet-server starts");
+        // The lines are read on a thread of their own, so that waiting for
+        // them has a deadline; the thread then keeps draining stdout until the
+        // server exits, so that the server never blocks on a full pipe.
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut stdout = BufReader::new(stdout);
+        let (lines, incoming) = std_mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The receiver is gone once the address was read: keep draining.
+                let _ = lines.send(line);
+            }
+        });
+        let fail = |child: &mut Child, what: String| -> ! {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
         // "metrics on ADDR" (optional), then "listening on ADDR", then nothing.
+        let started = Instant::now();
         let mut metrics_address = None;
         let address = loop {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read server stdout");
+            let remaining = SERVER_START_DEADLINE.saturating_sub(started.elapsed());
+            let line = match incoming.recv_timeout(remaining) {
+                Ok(line) => line,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => fail(
+                    &mut child,
+                    format!("the server did not print its address within {SERVER_START_DEADLINE:?}"),
+                ),
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    fail(&mut child, "the server exited before printing its address".into())
+                }
+            };
             if let Some(metrics) = line.trim().strip_prefix("metrics on ") {
                 metrics_address = Some(metrics.parse().expect("server prints a socket address"));
                 continue;
             }
             let Some(address) = line.trim().strip_prefix("listening on ") else {
-                let _ = child.kill();
-                panic!(
-                    "the server did not report its address (got {line:?}); its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                fail(
+                    &mut child,
+                    format!("the server did not report its address (got {line:?})"),
+                )
             };
             break address.parse().expect("server prints a socket address");
         };
@@ -201,6 +234,29 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /metrics` over plain HTTP, as Prometheus scrapes it (the endpoint of
+/// `--metrics-listen`).
+pub fn scrape_metrics(address: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of one sample (`name{labels}`) in a metrics page; `None` when absent.
+pub fn metric_value(page: &str, sample: &str) -> Option<u64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Runs the `ccfleet` CLI against `url` with `credentials`, isolated from

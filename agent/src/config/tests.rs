@@ -716,3 +716,65 @@ fn fleet_managed_defaults_to_true_and_can_pin() {
     let config = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "h").unwrap();
     assert!(config.apps[0].fleet_managed);
 }
+
+#[test]
+fn a_domain_too_long_for_its_secrets_is_refused() {
+    // `<stack>_<secret>_v1` is 67 characters: too many for Docker.
+    let domain = format!("{}.example.org", "a".repeat(40));
+    check_apps(
+        &format!(
+            "[[app]]\ndomain = \"{domain}\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
+             secrets = {{ db_password = \"/run/secrets/db\" }}\n"
+        ),
+        expect![[
+            r#"error: agent.toml: app "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org": field "domain": the Docker secret name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_example_org_db_password_v1" would be 67 characters long, the limit is 64: use a shorter domain or secret name"#
+        ]],
+    );
+    // Without declared secrets nothing is known to be too long yet (the
+    // recipe's own secrets are checked when abra has written the env file).
+    check_apps(
+        &format!("[[app]]\ndomain = \"{domain}\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n"),
+        expect![[r#"
+            [
+              {
+                "domain": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org",
+                "recipe": "ghost",
+                "version": "1.0.0+1",
+                "stateful": true,
+                "auto_update": false,
+                "schedule": null,
+                "allow_major": false,
+                "fleet_managed": true,
+                "deploy_timeout": "10m",
+                "depends_on": [],
+                "env": {},
+                "secrets": {},
+                "health": {
+                  "path": null,
+                  "accepted_statuses": [
+                    200
+                  ],
+                  "timeout": "5m"
+                }
+              }
+            ]"#]],
+    );
+}
+
+#[test]
+fn domain_checks_can_be_turned_off() {
+    let text = format!("{HEAD}[abra]\nno_domain_checks = true\n");
+    let config = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "test-host").unwrap();
+    assert!(config.abra.no_domain_checks);
+    let config = Config::from_toml_str_with_hostname(HEAD, Path::new("agent.toml"), "test-host").unwrap();
+    assert!(!config.abra.no_domain_checks);
+    check(
+        &format!("{HEAD}[abra]\nno_domain_checks = \"yes\"\n"),
+        expect![[r#"
+            error: agent.toml: TOML parse error at line 7, column 20
+              |
+            7 | no_domain_checks = "yes"
+              |                    ^^^^^
+            invalid type: string "yes", expected a boolean"#]],
+    );
+}

@@ -361,6 +361,9 @@ async fn the_outbox_delivers_everything_once_across_a_server_outage() {
     // The server goes away; the agent keeps reconciling and queues its events.
     let url = server.url();
     let port = server.address.port();
+    let stored_before = host_row(&server, "docker-host").unwrap()["last_event_seq"]
+        .as_u64()
+        .unwrap();
     server.kill();
     std::fs::write(
         &config,
@@ -390,10 +393,11 @@ async fn the_outbox_delivers_everything_once_across_a_server_outage() {
     )
     .await;
 
-    // The server comes back on the same address and state.
-    let server = TestServer::start_on(&data, port, &[]);
+    // The server comes back on the same address and state (and counts what
+    // it receives, so that a duplicate shows).
+    let server = TestServer::start_on(&data, port, &["--metrics-listen", "127.0.0.1:0"]);
     wait_for_server_apps(&server, &agent, "docker-host", vec![format!("{blog} {V1_1} converged")]).await;
-    wait_for("the outbox to drain", Duration::from_secs(60), || {
+    let drained = wait_for("the outbox to drain", Duration::from_secs(60), || {
         let status = agent.status();
         let row = host_row(&server, "docker-host");
         async move {
@@ -401,13 +405,33 @@ async fn the_outbox_delivers_everything_once_across_a_server_outage() {
             let stored = row.map(|row| row["last_event_seq"].as_u64().unwrap_or(0)).unwrap_or(0);
             let last = status["outbox"]["last_seq"].as_u64().unwrap_or(0);
             if status["outbox"]["pending"] == 0 && stored == last && last >= queued {
-                Ok(())
+                Ok(last)
             } else {
                 Err(format!("server stored up to {stored}; agent: {status}"))
             }
         }
     })
     .await;
+
+    // Once: the restarted server was sent no event it already had (a
+    // re-delivered sequence number counts as a duplicate), and it applied at
+    // most as many events as the agent numbered while the server was away.
+    let page = ccfleet_tests::server::scrape_metrics(server.metrics_address.unwrap());
+    let count = |outcome: &str| {
+        ccfleet_tests::server::metric_value(&page, &format!("ccfleet_agent_events_total{{outcome=\"{outcome}\"}}"))
+            .unwrap_or_else(|| panic!("no {outcome} count in:\n{page}"))
+    };
+    assert_eq!(
+        count("duplicate"),
+        0,
+        "events re-delivered to the restarted server:\n{page}"
+    );
+    let applied = count("applied");
+    assert!(
+        (1..=drained - stored_before).contains(&applied),
+        "{applied} events applied, but the agent numbered {} after the server stored {stored_before}",
+        drained - stored_before
+    );
 }
 
 fn docker_config_for_url(url: &str, test: &DockerTest, token_file: &Path, apps: &[(&str, &str)]) -> String {
@@ -422,4 +446,83 @@ fn docker_config_for_url(url: &str, test: &DockerTest, token_file: &Path, apps: 
         agent_config(url, test.path(), "docker-host", token_file),
         test.abra_section()
     )
+}
+
+/// What a `cc-app-*` unit does at boot or on a switch: start right after the
+/// agent and ask it to converge. The client waits for the control socket, so
+/// that no attempt of 20 fails with "cannot reach the running agent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_right_after_the_agent_starts_never_misses_it() {
+    let test = DockerTest::new("boot");
+    let server = TestServer::start(&test.path().join("data"), &[]);
+    let token_file = test.path().join("token");
+    write_token(&server, &token_file);
+    let config = test.path().join("agent.toml");
+    std::fs::write(&config, docker_config_for_url(&server.url(), &test, &token_file, &[])).unwrap();
+    let socket = test.path().join("control.sock");
+    for attempt in 1..=20 {
+        let agent = AgentProcess::start(&config, &socket);
+        let output = agent.command(&["apply", "--wait"]);
+        assert!(
+            output.status.success(),
+            "attempt {attempt}: {}\nagent log:\n{}",
+            stderr(&output),
+            agent.log()
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "converged\n",
+            "attempt {attempt}"
+        );
+        // The agent logged which abra it drives (the double's version line).
+        assert!(
+            agent.log().contains("abra version 0.0.0-ccfleet-double"),
+            "attempt {attempt}: {}",
+            agent.log()
+        );
+        // The next start finds a stale socket file, as after a crash.
+        drop(agent);
+    }
+}
+
+/// `Type=notify`: the agent says READY=1 to systemd once its control socket
+/// is bound, so a unit ordered after it can talk to it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_tells_systemd_it_is_ready_once_its_socket_is_bound() {
+    let test = DockerTest::new("notify");
+    let server = TestServer::start(&test.path().join("data"), &[]);
+    let token_file = test.path().join("token");
+    write_token(&server, &token_file);
+    let config = test.path().join("agent.toml");
+    std::fs::write(&config, docker_config_for_url(&server.url(), &test, &token_file, &[])).unwrap();
+    let socket = test.path().join("control.sock");
+    let notify_path = test.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let log = std::fs::File::create(test.path().join("agent.log")).unwrap();
+    let mut agent = std::process::Command::new(ccfleet_tests::binary("ccfleet-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut message = [0u8; 256];
+    let received = notify.recv(&mut message);
+    // Right at READY=1 the socket is there (it is bound before the notification).
+    let socket_existed = socket.exists();
+    let status = std::process::Command::new(ccfleet_tests::binary("ccfleet-agent"))
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(test.path().join("agent.log")).unwrap_or_default();
+    let length = received.unwrap_or_else(|error| panic!("no notification from the agent ({error}); its log:\n{log}"));
+    assert_eq!(String::from_utf8_lossy(&message[..length]).trim_end(), "READY=1");
+    assert!(socket_existed, "READY=1 came before the control socket existed");
+    assert!(status.status.success(), "{}", stderr(&status));
 }

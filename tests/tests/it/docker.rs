@@ -664,3 +664,72 @@ async fn the_double_deploys_like_abra_and_undeploy_keeps_volumes_and_secrets() {
     let log = test.abra_log();
     assert_eq!(log.last().unwrap(), &format!("app undeploy -n {domain}"));
 }
+
+#[tokio::test]
+async fn a_secret_set_up_that_failed_half_way_succeeds_when_retried() {
+    let mut test = DockerTest::new("secretretry");
+    let domain = test.domain("app");
+    let stack = domain.replace('.', "_");
+    let api_key = test.path().join("api_key");
+    let smtp_password = test.path().join("smtp_password");
+    std::fs::write(&api_key, "from-a-file").unwrap();
+    std::fs::write(&smtp_password, "also-from-a-file").unwrap();
+    let config = config(
+        &test,
+        &app_toml(
+            &domain,
+            V1_0,
+            &format!(
+                "secrets = {{ api_key = {:?}, smtp_password = {:?} }}",
+                api_key.display().to_string(),
+                smtp_password.display().to_string()
+            ),
+        ),
+    );
+    let reconciler = reconciler(&config).await;
+    let declared = app(&config, &domain);
+
+    // The second secret's file vanishes after the configuration was checked
+    // (a secrets manager that has not decrypted it yet): abra inserts the
+    // first secret, then fails on the second.
+    std::fs::remove_file(&smtp_password).unwrap();
+    let error = reconciler.reconcile_app(declared).await.unwrap_err().to_string();
+    assert!(
+        error.contains("insert secret smtp_password (abra app secret insert)") && error.contains("does not exist"),
+        "{error}"
+    );
+    let docker_api = Docker::connect().await.unwrap();
+    assert!(docker_api.secret_exists(&format!("{stack}_api_key_v1")).await.unwrap());
+
+    // The file is back: the retry skips the secret that exists (Docker would
+    // refuse it again) and finishes the set-up.
+    std::fs::write(&smtp_password, "also-from-a-file").unwrap();
+    let outcome = reconciler.reconcile_app(declared).await.unwrap();
+    assert_eq!(
+        outcome.summary(),
+        format!("inserted secrets api_key, smtp_password, deployed {V1_0}")
+    );
+    assert!(docker_api
+        .secret_exists(&format!("{stack}_smtp_password_v1"))
+        .await
+        .unwrap());
+    let inserts: Vec<String> = test
+        .abra_log()
+        .into_iter()
+        .filter(|line| line.starts_with("app secret insert"))
+        .collect();
+    assert_eq!(
+        inserts,
+        [
+            format!("app secret insert -n -f {domain} api_key v1 {}", api_key.display()),
+            format!(
+                "app secret insert -n -f {domain} smtp_password v1 {}",
+                smtp_password.display()
+            ),
+            format!(
+                "app secret insert -n -f {domain} smtp_password v1 {}",
+                smtp_password.display()
+            ),
+        ]
+    );
+}

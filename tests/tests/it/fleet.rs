@@ -475,18 +475,6 @@ fn the_cli_ships_completions_and_a_man_page_without_a_server() {
     assert!(page.contains(".TH ccfleet 1") && page.contains("Exit codes"), "{page}");
 }
 
-/// `GET /metrics` over plain HTTP, as Prometheus scrapes it.
-fn scrape(address: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_count_what_happened() {
     let dir = tempfile::tempdir().unwrap();
@@ -503,7 +491,7 @@ async fn prometheus_metrics_count_what_happened() {
         .send_inventory(1, vec![observed("a.coop.example", "ghost", "1.0.0")])
         .await
         .unwrap();
-    let response = scrape(address);
+    let response = ccfleet_tests::server::scrape_metrics(address);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     for line in [
         "ccfleet_agents_connected 1",

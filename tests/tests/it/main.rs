@@ -11,4 +11,5 @@ mod fleet;
 mod nix;
 mod rollout;
 mod security;
+mod tidy;
 mod upgrade;

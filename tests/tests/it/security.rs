@@ -64,7 +64,8 @@ async fn join_tokens_are_refused_when_expired_used_up_revoked_or_forged() {
     assert_eq!(status.message(), "the join token has been revoked");
     assert_eq!(uses_left(&server, &token), 5);
 
-    // Expired: wait on the clock, not on a sleep.
+    // Expired: the server judges expiry by the real clock, so real time must
+    // pass; the test polls the wall clock (bounded) until the expiry is behind it.
     let created: Value =
         serde_json::from_slice(&server.cli(&["--json", "token", "create", "--ttl", "1s"]).stdout).unwrap();
     let expired_token = created["token"].as_str().unwrap().to_owned();
@@ -383,7 +384,9 @@ async fn host_certificates_renew_over_mtls_and_expired_ones_are_refused() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("certificate request"), "{status:?}");
 
-    // Once the first certificate has expired (watched on the clock), it is refused.
+    // Once the first certificate has expired, it is refused. TLS checks
+    // validity against the real clock, so this polls the wall clock (bounded)
+    // until the expiry is behind it.
     wait_for(
         "the first certificate's expiry",
         Duration::from_secs(15),
