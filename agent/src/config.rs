@@ -349,7 +349,7 @@ impl Config {
     /// Parses and validates `text`; `origin` (the file's path) prefixes every
     /// message. The host id defaults to this machine's hostname.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        Config::from_toml_str_with_hostname(text, origin, &system_hostname())
+        Config::from_toml_str_with_hostname(text, origin, &ccfleet_proto::system_hostname())
     }
 
     /// [`Config::from_toml_str`] with the hostname given (it is lowercased
@@ -398,15 +398,6 @@ fn check_readable_file(path: &Path) -> Result<(), String> {
     }
     std::fs::File::open(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     Ok(())
-}
-
-/// This machine's hostname as the kernel has it; empty when it cannot be read (the
-/// host id check then says so).
-fn system_hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .unwrap_or_default()
 }
 
 /// Collects problems for one part of the file.
@@ -470,53 +461,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// `https://host[:port][/path]`: the server speaks TLS only.
+/// `https://host[:port][/path]`: checked by `ccfleet_proto::ServerUrl`.
 fn check_server_url(url: &str) -> Result<String, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("{url:?} is not a URL; write e.g. \"https://fleet.example.org:7443\""))?;
-    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("{url:?} contains whitespace or a control character"));
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(format!(
-            "{url:?} must not carry credentials; the agent authenticates with its certificate"
-        ));
-    }
-    let host = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?} has an unclosed '[' in its host"))?;
-        check_port(url, after.strip_prefix(':'), after)?;
-        host
-    } else {
-        let (host, port) = match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        };
-        check_port(url, port, "")?;
-        host
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    match scheme {
-        "https" => Ok(url.to_owned()),
-        "http" => Err(format!(
-            "{url:?} uses plain http; the server speaks TLS only, use https://"
-        )),
-        other => Err(format!("{url:?} has scheme {other:?}; use https://")),
-    }
-}
-
-fn check_port(url: &str, port: Option<&str>, after_bracket: &str) -> Result<(), String> {
-    match port {
-        None if after_bracket.is_empty() => Ok(()),
-        None => Err(format!("{url:?} has unexpected text {after_bracket:?} after its host")),
-        Some(port) if port.parse::<u16>().is_ok_and(|port| port > 0) => Ok(()),
-        Some(port) => Err(format!("{url:?} has an invalid port {port:?}")),
-    }
+    url.parse::<ccfleet_proto::ServerUrl>()
+        .map(String::from)
+        .map_err(|error| format!("{:?} {}", error.input, error.reason))
 }
 
 fn check_label_key(key: &str) -> Result<(), String> {

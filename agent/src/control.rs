@@ -107,9 +107,22 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    // Bound inside a fresh owner-only directory, restricted there, and only
+    // then moved into place: no other user can ever reach the socket while
+    // its mode is still the umask's (a bind-then-chmod race otherwise).
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
+    let staging = parent.join(format!(".{name}.{}.staging", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 /// Tells systemd (`Type=notify`) that the agent is ready: called once the
@@ -248,6 +261,11 @@ mod tests {
         let listener = bind(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["control.sock"], "the staging directory is gone");
         let (requests, mut incoming) = mpsc::channel(1);
         tokio::spawn(serve(listener, requests));
         tokio::spawn(async move {

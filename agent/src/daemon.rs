@@ -161,10 +161,7 @@ async fn host_facts(config: &Config, docker: &Docker) -> pb::HostFacts {
             })
         })
         .unwrap_or_else(|| std::env::consts::OS.to_owned());
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let hostname = ccfleet_proto::system_hostname();
     let docker_version = match docker.engine_version().await {
         Ok(version) => version,
         Err(error) => {

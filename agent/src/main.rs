@@ -297,14 +297,9 @@ async fn enroll(
     }
     let host_id = match host_id {
         Some(host_id) => host_id,
-        None => {
-            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").context("cannot read the hostname")?;
-            hostname
-                .trim()
-                .to_lowercase()
-                .parse()
-                .context("the hostname is not a valid host id; pass --host-id")?
-        }
+        None => ccfleet_proto::system_hostname()
+            .parse()
+            .context("the hostname is not a valid host id; pass --host-id")?,
     };
     let token = identity::read_token(token_file)?;
     let facts = ccfleet_proto::pb::HostFacts {

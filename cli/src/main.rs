@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ccfleet_proto::pb::{self, admin_client::AdminClient};
 use ccfleet_proto::tls::Credential;
-use ccfleet_proto::{Domain, HostId, RecipeName, MAX_MESSAGE_BYTES};
+use ccfleet_proto::{AdminName, Domain, HostId, RecipeName, MAX_MESSAGE_BYTES};
 use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
@@ -143,7 +143,7 @@ enum AdminCommand {
     /// Make a credential for another admin: a key generated here, signed by the server.
     Issue {
         /// The admin's name (lowercase letters, digits, '-' and '.').
-        name: HostId,
+        name: AdminName,
         /// Where to write the credential (created owner-only; never overwritten).
         #[arg(long)]
         out: PathBuf,
@@ -151,7 +151,7 @@ enum AdminCommand {
     /// Revoke every credential of an admin.
     Revoke {
         /// The admin's name.
-        name: HostId,
+        name: AdminName,
     },
 }
 
@@ -331,7 +331,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
 async fn issue_admin(
     client: &mut AdminClient<Channel>,
     url: &str,
-    name: &HostId,
+    name: &AdminName,
     out: &Path,
     failure: impl Fn(tonic::Status) -> Failure,
 ) -> Result<(), Failure> {

@@ -68,10 +68,8 @@ pub fn server_url(
         .or_else(|| config.server.clone())
         .or_else(|| credential_server.map(str::to_owned))
         .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-    if !url.starts_with("https://") {
-        anyhow::bail!("server address {url:?} must start with https:// (the server only speaks TLS)");
-    }
-    Ok(url)
+    let url: ccfleet_proto::ServerUrl = url.parse()?;
+    Ok(url.into())
 }
 
 #[cfg(test)]
@@ -99,7 +97,7 @@ mod tests {
             server_url(Some("http://127.0.0.1:7443".into()), &file, None)
                 .unwrap_err()
                 .to_string(),
-            "server address \"http://127.0.0.1:7443\" must start with https:// (the server only speaks TLS)"
+            "invalid server URL \"http://127.0.0.1:7443\": uses plain http; the server speaks TLS only, use https://"
         );
     }
 

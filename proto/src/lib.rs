@@ -17,7 +17,10 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ccfleet_descriptor");
 }
 
-pub use domain::{CoopVersion, Domain, HostId, NameError, RecipeName, VersionChange, VersionError};
+pub use domain::{
+    system_hostname, AdminName, CoopVersion, Domain, HostId, NameError, RecipeName, ServerUrl, UrlError, VersionChange,
+    VersionError,
+};
 
 /// Upper bound on one decoded gRPC message, set explicitly on every client and
 /// service. The largest legitimate message is a full inventory (a few hundred

@@ -287,16 +287,15 @@ impl Credential {
 pub enum EndpointError {
     #[error("invalid server URL {url:?}: {detail}")]
     Url { url: String, detail: String },
-    #[error("the server URL {0:?} must start with https://; the server only speaks TLS")]
-    NotHttps(String),
+    #[error(transparent)]
+    Invalid(#[from] crate::UrlError),
     #[error("invalid TLS settings: {0}")]
     Tls(String),
 }
 
 fn base_endpoint(url: &str) -> Result<tonic::transport::Endpoint, EndpointError> {
-    if !url.starts_with("https://") {
-        return Err(EndpointError::NotHttps(url.to_owned()));
-    }
+    let url: crate::ServerUrl = url.parse()?;
+    let url = url.as_str();
     Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|error| EndpointError::Url {
             url: url.to_owned(),

@@ -289,6 +289,25 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
+/// A request tonic could not decode (invalid UTF-8 in a string field, a
+/// malformed message) is the caller's fault, but tonic's codec answers
+/// INTERNAL; this turns such answers into INVALID_ARGUMENT. Unary answers
+/// carry the status in their headers; streams are handled where they are
+/// read (`api::agent`).
+pub fn decode_errors_are_invalid_arguments<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|status| status == "13");
+    let undecodable = headers
+        .get("grpc-message")
+        .is_some_and(|message| message.as_bytes().starts_with(b"failed%20to%20decode"));
+    if internal && undecodable {
+        headers.insert("grpc-status", tonic::codegen::http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
 /// The TLS configuration: the server's certificate (with the CA in its
 /// chain), client certificates verified against the CA when given (Enrollment
 /// and health work without one; the interceptors refuse such callers

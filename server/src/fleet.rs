@@ -192,9 +192,11 @@ mod tests {
     async fn silent_sessions_expire_after_the_timeout() {
         let fleet = Fleet::new(Duration::from_secs(10));
         let mut ticket = fleet.connect(&host("a"));
-        let _other = fleet.connect(&host("b"));
+        let other = fleet.connect(&host("b"));
         tokio::time::advance(Duration::from_secs(6)).await;
-        fleet.touch(&host("b"), 2);
+        fleet.touch(&host("b"), other.connection_id);
+        // A touch for another (older) connection of a host changes nothing.
+        fleet.touch(&host("a"), other.connection_id);
         assert!(fleet.is_online(&host("a")));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!fleet.is_online(&host("a")), "a was silent for 12s");
@@ -202,6 +204,20 @@ mod tests {
         assert_eq!(fleet.expire_silent(), vec![host("a")]);
         assert!(*ticket.closed.borrow_and_update(), "a's stream was told to close");
         assert_eq!(fleet.online_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_every_session_and_names_their_hosts() {
+        let fleet = Fleet::new(Duration::from_secs(10));
+        let mut tickets = vec![fleet.connect(&host("a")), fleet.connect(&host("b"))];
+        let mut closed = fleet.close_all();
+        closed.sort();
+        assert_eq!(closed, vec![host("a"), host("b")]);
+        for ticket in &mut tickets {
+            assert!(*ticket.closed.borrow_and_update(), "every stream is told to close");
+        }
+        assert_eq!(fleet.online_count(), 0);
+        assert!(!fleet.disconnect(&host("a"), tickets[0].connection_id));
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,9 @@ pub mod metrics;
 pub mod rollout;
 pub mod store;
 
+#[cfg(test)]
+mod serve_tests;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,11 +80,9 @@ pub struct ServerConfig {
 /// machine's hostname.
 pub fn default_server_names() -> Vec<String> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let hostname = hostname.trim().to_lowercase();
-        if hostname.parse::<ccfleet_proto::HostId>().is_ok() && !names.contains(&hostname) {
-            names.push(hostname);
-        }
+    let hostname = ccfleet_proto::system_hostname();
+    if hostname.parse::<ccfleet_proto::HostId>().is_ok() && !names.contains(&hostname) {
+        names.push(hostname);
     }
     names
 }
@@ -310,8 +311,8 @@ pub async fn serve(
     ));
 
     // Shutdown: stop accepting (tonic), tell every agent stream to end (the
-    // agents reconnect with backoff), let connections drain for most of the
-    // shutdown timeout, then write last-seen and flush within the rest.
+    // agents reconnect with backoff), let connections drain, then write
+    // last-seen times and close the store, all within the shutdown timeout.
     let started = Arc::new(tokio::sync::Notify::new());
     let (closed_hosts_sender, closed_hosts) = tokio::sync::oneshot::channel();
     let signal = {
@@ -331,13 +332,20 @@ pub async fn serve(
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
         .http2_max_header_list_size(Some(16 * 1024))
+        .layer(tower::util::MapResponseLayer::new(
+            edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
+                as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(agent)
         .add_service(admin)
         .add_service(enrollment)
         .serve_with_incoming_shutdown(incoming, signal);
-    let drain = config.shutdown_timeout.mul_f32(0.75);
+    // The shutdown timeout is shared: 60 % for connections to drain, 20 %
+    // to write last-seen times, 20 % to close the store.
+    let drain = config.shutdown_timeout.mul_f32(0.6);
+    let store_budget = config.shutdown_timeout.mul_f32(0.2);
     let result = tokio::select! {
         result = server => result.context("gRPC server failed"),
         () = async {
@@ -355,9 +363,10 @@ pub async fn serve(
         task.abort();
     }
     if let Ok(hosts) = closed_hosts.await {
-        let written = tokio::time::timeout(config.shutdown_timeout - drain, async move {
+        let writer = store.clone();
+        let written = tokio::time::timeout(store_budget, async move {
             let now = store::now_millis();
-            store
+            writer
                 .write(move |store| {
                     for host_id in &hosts {
                         if let Some(mut host) = store.host(host_id)? {
@@ -375,6 +384,10 @@ pub async fn serve(
             Ok(Err(error)) => tracing::error!(%error, "cannot write last-seen times at shutdown"),
             Err(_) => tracing::error!("the store did not finish within the shutdown timeout"),
         }
+    }
+    // Bounded too: a store stuck in sled must not keep the process alive.
+    if tokio::time::timeout(store_budget, store.close()).await.is_err() {
+        tracing::error!("the store thread did not stop; exiting without it");
     }
     result
 }

@@ -193,6 +193,7 @@ pub fn check_address(address: SocketAddr) -> anyhow::Result<()> {
 
 /// Serves `GET /metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, fleet: Arc<Fleet>, store: StoreHandle) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -202,14 +203,30 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, fleet: Arc<Flee
                 continue;
             }
         };
+        // Scrapers are few: past the limit, a connection is closed at once.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
         let (metrics, fleet, store) = (metrics.clone(), fleet.clone(), store.clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, &metrics, &fleet, &store).await {
-                tracing::debug!(%error, "metrics request failed");
+            // The whole exchange has one deadline: a client dripping one byte
+            // at a time cannot hold the connection by resetting a per-read
+            // timeout.
+            match tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &metrics, &fleet, &store)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "metrics request failed"),
+                Err(_) => tracing::debug!("metrics request exceeded its deadline"),
             }
+            drop(permit);
         });
     }
 }
+
+/// Connections the metrics endpoint serves at once.
+const MAX_SCRAPERS: usize = 16;
+
+/// A scrape must be read and answered within this, start to end.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Requests are tiny: a request line and a few headers.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;

@@ -43,7 +43,23 @@ impl TestServer {
         Self::start_listening(data_dir, &format!("127.0.0.1:{port}"), extra_args)
     }
 
+    /// Starts the server under `prlimit --nofile=N:N`, so that flood tests
+    /// stay small.
+    pub fn start_with_fd_limit(data_dir: &Path, fd_limit: u64, extra_args: &[&str]) -> TestServer {
+        Self::start_with_fd_limits(data_dir, fd_limit, fd_limit, extra_args)
+    }
+
+    /// Starts the server under `prlimit --nofile=SOFT:HARD`.
+    pub fn start_with_fd_limits(data_dir: &Path, soft: u64, hard: u64, extra_args: &[&str]) -> TestServer {
+        let limit = format!("--nofile={soft}:{hard}");
+        Self::start_command(data_dir, "127.0.0.1:0", extra_args, Some(&["prlimit", &limit, "--"]))
+    }
+
     fn start_listening(data_dir: &Path, listen: &str, extra_args: &[&str]) -> TestServer {
+        Self::start_command(data_dir, listen, extra_args, None)
+    }
+
+    fn start_command(data_dir: &Path, listen: &str, extra_args: &[&str], wrapper: Option<&[&str]>) -> TestServer {
         ccfleet_proto::tls::install_crypto_provider();
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
@@ -51,7 +67,15 @@ impl TestServer {
             .append(true)
             .open(&log)
             .expect("server log file");
-        let mut child = Command::new(crate::binary("ccfleet-server"))
+        let mut command = match wrapper {
+            Some([program, arguments @ ..]) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(crate::binary("ccfleet-server"));
+                command
+            }
+            _ => Command::new(crate::binary("ccfleet-server")),
+        };
+        let mut child = command
             .arg("run")
             .arg("--data")
             .arg(data_dir)
@@ -202,6 +226,28 @@ impl TestServer {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for the server to exit;
+    /// returns its exit status and how long it took. Panics past the deadline.
+    pub fn terminate(&mut self, deadline: std::time::Duration) -> (std::process::ExitStatus, std::time::Duration) {
+        let start = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "cannot send SIGTERM to the server");
+        // Polls the process on a short period; the deadline bounds it.
+        while start.elapsed() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return (status, start.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "the server did not exit within {deadline:?} of SIGTERM; its log:\n{}",
+            self.log()
+        );
     }
 
     /// The server's log so far, for failure messages.

@@ -310,7 +310,7 @@ fn bad_server_urls() {
     check(
         "[server]\nurl = \"https://admin:pw@fleet.example.org\"\n[host]\nid = \"h\"",
         expect![[
-            r#"error: agent.toml: field "server.url": "https://admin:pw@fleet.example.org" must not carry credentials; the agent authenticates with its certificate"#
+            r#"error: agent.toml: field "server.url": "https://admin:pw@fleet.example.org" must not carry credentials; clients authenticate with their certificate"#
         ]],
     );
 }
@@ -389,7 +389,7 @@ fn host_id_default_comes_from_hostname_and_is_validated() {
     check(
         "[server]\nurl = \"https://fleet.example.org\"\n[host]\nid = \"Web 1\"",
         expect![[
-            r#"error: agent.toml: field "host.id": invalid host id "Web 1": uppercase character 'W'; names are lowercase at position 0 is not allowed (allowed: lowercase letters, digits, '-' and '.')"#
+            r#"error: agent.toml: field "host.id": invalid host id "Web 1": uppercase character 'W' at position 0 is not allowed: names are lowercase (allowed: lowercase letters, digits, '-' and '.')"#
         ]],
     );
 }
@@ -632,8 +632,8 @@ depends_on = ["blog.example.org"]
         expect![[r#"
             error: agent.toml: field "server.url": "http://fleet.example.org" uses plain http; the server speaks TLS only, use https://
             agent.toml: field "agent.state_dir": path "relative" must be absolute
-            agent.toml: app[0]: field "domain": invalid app domain "Blog.example.org": uppercase character 'B'; names are lowercase at position 0 is not allowed (allowed: lowercase letters, digits, '-' and '.')
-            agent.toml: app[0]: field "recipe": invalid recipe name "Ghost": uppercase character 'G'; names are lowercase at position 0 is not allowed (allowed: lowercase letters, digits and '-')
+            agent.toml: app[0]: field "domain": invalid app domain "Blog.example.org": uppercase character 'B' at position 0 is not allowed: names are lowercase (allowed: lowercase letters, digits, '-' and '.')
+            agent.toml: app[0]: field "recipe": invalid recipe name "Ghost": uppercase character 'G' at position 0 is not allowed: names are lowercase (allowed: lowercase letters, digits and '-')
             agent.toml: app[0]: field "version": invalid version "latest": the recipe part "latest" is not a semantic version MAJOR.MINOR.PATCH (unexpected character 'l' while parsing major version number)
             agent.toml: app "wiki.example.org": field "depends_on": "blog.example.org" is not an app declared in this file"#]],
     );

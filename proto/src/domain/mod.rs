@@ -2,10 +2,12 @@
 //! a config file or a command line is parsed into these before use.
 
 mod names;
+mod url;
 mod version;
 
 #[cfg(test)]
 mod tests;
 
-pub use names::{Domain, HostId, NameError, RecipeName};
+pub use names::{system_hostname, AdminName, Domain, HostId, NameError, RecipeName};
+pub use url::{ServerUrl, UrlError};
 pub use version::{CoopVersion, VersionChange, VersionError, MAX_VERSION_LENGTH};

@@ -46,22 +46,29 @@ fn check_characters(
         if allowed(character) {
             continue;
         }
-        let what = if character.is_control() {
-            format!("control character {:?}", character)
+        // What the character is, then where, then why and what is allowed:
+        // "uppercase character 'B' at position 0 is not allowed: names are
+        // lowercase (allowed: ...)".
+        let (what, why) = if character.is_control() {
+            (format!("control character {character:?}"), None)
         } else if !character.is_ascii() {
-            format!(
-                "non-ASCII character {:?} (U+{:04X}); international names must be given in their ASCII (punycode) form",
-                character, character as u32
+            (
+                format!("non-ASCII character {character:?} (U+{:04X})", character as u32),
+                Some("international names must be given in their ASCII (punycode) form"),
             )
         } else if character.is_ascii_uppercase() {
-            format!("uppercase character {character:?}; names are lowercase")
+            (
+                format!("uppercase character {character:?}"),
+                Some("names are lowercase"),
+            )
         } else {
-            format!("character {character:?}")
+            (format!("character {character:?}"), None)
         };
+        let why = why.map(|why| format!(": {why}")).unwrap_or_default();
         return Err(NameError::new(
             kind,
             input,
-            format!("{what} at position {position} is not allowed (allowed: {allowed_description})"),
+            format!("{what} at position {position} is not allowed{why} (allowed: {allowed_description})"),
         ));
     }
     Ok(())
@@ -235,4 +242,37 @@ impl FromStr for HostId {
         }
         Ok(HostId(input.to_owned()))
     }
+}
+
+/// An admin's name in the fleet (`alice`, `ops-team`): the identity of an
+/// admin certificate. Lowercase ASCII letters, digits, `-` and `.`, DNS
+/// label rules, at most 64 characters; its own type so that errors say
+/// "admin name", and so that a host id is never taken for one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AdminName(String);
+string_newtype!(AdminName);
+
+impl FromStr for AdminName {
+    type Err = NameError;
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        const KIND: &str = "admin name";
+        check_length(KIND, input, 64)?;
+        check_characters(KIND, input, is_dns_character, "lowercase letters, digits, '-' and '.'")?;
+        for label in input.split('.') {
+            check_label(KIND, input, label)?;
+        }
+        Ok(AdminName(input.to_owned()))
+    }
+}
+
+/// This machine's hostname as the kernel has it (`/proc/sys/kernel/hostname`,
+/// else `/etc/hostname`), trimmed and lowercased; empty when neither can be
+/// read. The one place the workspace reads it.
+pub fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_lowercase())
+        .unwrap_or_default()
 }

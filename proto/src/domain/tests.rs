@@ -72,7 +72,7 @@ fn domains() {
     check_domain(
         "Blog.example.org",
         expect![[
-            r#"error: invalid app domain "Blog.example.org": uppercase character 'B'; names are lowercase at position 0 is not allowed (allowed: lowercase letters, digits, '-' and '.')"#
+            r#"error: invalid app domain "Blog.example.org": uppercase character 'B' at position 0 is not allowed: names are lowercase (allowed: lowercase letters, digits, '-' and '.')"#
         ]],
     );
     check_domain(
@@ -118,7 +118,7 @@ fn domains() {
     check_domain(
         "blоg.example.org",
         expect![[
-            r#"error: invalid app domain "blоg.example.org": non-ASCII character 'о' (U+043E); international names must be given in their ASCII (punycode) form at position 2 is not allowed (allowed: lowercase letters, digits, '-' and '.')"#
+            r#"error: invalid app domain "blоg.example.org": non-ASCII character 'о' (U+043E) at position 2 is not allowed: international names must be given in their ASCII (punycode) form (allowed: lowercase letters, digits, '-' and '.')"#
         ]],
     );
     check_domain(
@@ -215,8 +215,95 @@ fn host_ids() {
     check_host(
         "wеb",
         expect![[
-            r#"error: invalid host id "wеb": non-ASCII character 'е' (U+0435); international names must be given in their ASCII (punycode) form at position 1 is not allowed (allowed: lowercase letters, digits, '-' and '.')"#
+            r#"error: invalid host id "wеb": non-ASCII character 'е' (U+0435) at position 1 is not allowed: international names must be given in their ASCII (punycode) form (allowed: lowercase letters, digits, '-' and '.')"#
         ]],
+    );
+}
+
+fn check_admin(input: &str, expect: Expect) {
+    let actual = match input.parse::<AdminName>() {
+        Ok(name) => format!("ok {name}"),
+        Err(error) => format!("error: {error}"),
+    };
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn admin_names() {
+    check_admin("alice", expect![[r#"ok alice"#]]);
+    check_admin("ops-team.berlin", expect![[r#"ok ops-team.berlin"#]]);
+    check_admin(
+        "Bob",
+        expect![[
+            r#"error: invalid admin name "Bob": uppercase character 'B' at position 0 is not allowed: names are lowercase (allowed: lowercase letters, digits, '-' and '.')"#
+        ]],
+    );
+    check_admin("", expect![[r#"error: invalid admin name "": must not be empty"#]]);
+    check_admin(
+        &"a".repeat(65),
+        expect![[
+            r#"error: invalid admin name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa": is 65 characters long, the limit is 64"#
+        ]],
+    );
+    check_admin(
+        "-bob",
+        expect![[r#"error: invalid admin name "-bob": label "-bob" starts or ends with '-'"#]],
+    );
+}
+
+fn check_url(input: &str, expect: Expect) {
+    let actual = match input.parse::<ServerUrl>() {
+        Ok(url) => format!("ok {url}"),
+        Err(error) => format!("error: {error}"),
+    };
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn server_urls() {
+    check_url(
+        "https://fleet.example.org:7443",
+        expect![[r#"ok https://fleet.example.org:7443"#]],
+    );
+    check_url("https://[::1]:7443/", expect![[r#"ok https://[::1]:7443/"#]]);
+    check_url("https://127.0.0.1", expect![[r#"ok https://127.0.0.1"#]]);
+    check_url(
+        "http://fleet.example.org",
+        expect![[
+            r#"error: invalid server URL "http://fleet.example.org": uses plain http; the server speaks TLS only, use https://"#
+        ]],
+    );
+    check_url(
+        "fleet.example.org",
+        expect![[
+            r#"error: invalid server URL "fleet.example.org": is not a URL; write e.g. "https://fleet.example.org:7443""#
+        ]],
+    );
+    check_url(
+        "https://user:pw@fleet.example.org",
+        expect![[
+            r#"error: invalid server URL "https://user:pw@fleet.example.org": must not carry credentials; clients authenticate with their certificate"#
+        ]],
+    );
+    check_url(
+        "https://fleet.example.org:0",
+        expect![[r#"error: invalid server URL "https://fleet.example.org:0": has an invalid port "0""#]],
+    );
+    check_url(
+        "https://[::1",
+        expect![[r#"error: invalid server URL "https://[::1": has an unclosed '[' in its host"#]],
+    );
+    check_url(
+        "https://:7443",
+        expect![[r#"error: invalid server URL "https://:7443": has no host"#]],
+    );
+    check_url(
+        "https://fleet .org",
+        expect![[r#"error: invalid server URL "https://fleet .org": contains whitespace or a control character"#]],
+    );
+    check_url(
+        "ftp://fleet.example.org",
+        expect![[r#"error: invalid server URL "ftp://fleet.example.org": has scheme "ftp"; use https://"#]],
     );
 }
 

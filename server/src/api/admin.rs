@@ -294,7 +294,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::IssueAdminCredentialResponse>, Status> {
         let caller = auth::authenticated(&request)?;
         let request = request.into_inner();
-        let name = convert::host_id("name", &request.name)?;
+        let name = convert::admin_name("name", &request.name)?;
         let issued = self
             .authority
             .sign_client_request(
@@ -311,10 +311,19 @@ impl pb::admin_server::Admin for AdminService {
             not_after: millis(issued.not_after),
             revoked_at: None,
         };
-        self.store
-            .write(move |store| store.record_certificate(&certificate))
+        let recorded = self
+            .store
+            .write(move |store| store.record_admin_certificate(&certificate, now_millis()))
             .await
             .map_err(internal)?;
+        if let Err(holder) = recorded {
+            // The certificate just signed is dropped unseen: it never leaves
+            // this function.
+            return Err(Status::already_exists(format!(
+                "admin {name} already has a valid credential (serial {holder}); \
+                 another admin must revoke it first (`ccfleet admin revoke {name}`)"
+            )));
+        }
         tracing::info!(admin = caller.identity.name(), new_admin = %name, serial = issued.serial, "admin credential issued");
         super::rollouts::audit(
             &self.store,
@@ -337,7 +346,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RevokeAdminCredentialRequest>,
     ) -> Result<Response<pb::RevokeAdminCredentialResponse>, Status> {
         let caller = auth::authenticated(&request)?;
-        let name = convert::host_id("name", &request.into_inner().name)?;
+        let name = convert::admin_name("name", &request.into_inner().name)?;
         if caller.identity == Identity::Admin(name.clone()) {
             return Err(Status::failed_precondition(
                 "an admin cannot revoke their own credential; ask another admin",

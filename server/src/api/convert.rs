@@ -86,6 +86,10 @@ pub fn host_id(field: &str, value: &str) -> Result<HostId, Status> {
     value.parse().map_err(|error| invalid(field, error))
 }
 
+pub fn admin_name(field: &str, value: &str) -> Result<ccfleet_proto::AdminName, Status> {
+    value.parse().map_err(|error| invalid(field, error))
+}
+
 pub fn recipe(field: &str, value: &str) -> Result<RecipeName, Status> {
     value.parse().map_err(|error| invalid(field, error))
 }

@@ -13,20 +13,16 @@ use super::{convert, internal};
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::Identity;
 use crate::metrics::Metrics;
-use crate::store::{now_millis, CertificateKind, CertificateRecord, StoreHandle, TokenRefusal};
+use crate::store::{
+    now_millis, CertificateKind, CertificateRecord, Enrolment, EnrolmentRefusal, StoreHandle, TokenRefusal,
+};
+use ccfleet_proto::HostId;
 
 pub struct EnrollmentService {
     pub store: StoreHandle,
     pub authority: Arc<CertificateAuthority>,
     pub host_certificate_lifetime: Duration,
     pub metrics: Arc<Metrics>,
-}
-
-/// Why an enrolment failed, decided on the store thread.
-enum Refusal {
-    Token(TokenRefusal),
-    HostExists,
-    BadRequest(String),
 }
 
 pub fn millis(time: std::time::SystemTime) -> u64 {
@@ -74,66 +70,56 @@ impl EnrollmentService {
         let host_id = convert::host_id("host_id", &request.host_id)?;
         let facts = convert::facts(request.facts)?;
         let hash = secret_hash(&token.secret);
-        let authority = self.authority.clone();
-        let lifetime = self.host_certificate_lifetime;
-        let csr_pem = request.csr_pem;
-        let enrolled_host = host_id.clone();
-        // Check, sign and commit in one store job, so two enrolments racing
-        // for the last use of a token, or for one host id, cannot both win.
+        // A cheap read first, so that a caller without a valid token never
+        // costs the server a signature; the decision proper is in `enrol`.
+        {
+            let (id, hash) = (token.id.clone(), hash.clone());
+            let checked = self
+                .store
+                .read(move |store| store.check_token(&id, &hash, now_millis()))
+                .await
+                .map_err(internal)?;
+            match checked {
+                Ok(_) | Err(TokenRefusal::UsedUp) => {}
+                Err(refusal) => return Err(self.refused(&host_id, peer, token_refusal(refusal))),
+            }
+        }
+        // Signing is CPU work: off the store thread and off the async workers.
+        let (authority, lifetime, csr_pem, identity) = (
+            self.authority.clone(),
+            self.host_certificate_lifetime,
+            request.csr_pem,
+            Identity::Host(host_id.clone()),
+        );
+        let issued = tokio::task::spawn_blocking(move || authority.sign_client_request(&csr_pem, &identity, lifetime))
+            .await
+            .map_err(|_| Status::internal("the signing task failed"))?
+            .map_err(|error| self.refused(&host_id, peer, Status::invalid_argument(error.to_string())))?;
+        let now = now_millis();
+        let enrolment = Enrolment {
+            token_id: token.id.clone(),
+            secret_hash: hash,
+            host_id: host_id.clone(),
+            facts,
+            certificate: CertificateRecord {
+                serial: issued.serial.clone(),
+                kind: CertificateKind::Host,
+                identity: host_id.to_string(),
+                issued_at: now,
+                not_after: millis(issued.not_after),
+                revoked_at: None,
+            },
+            public_key: issued.public_key.clone(),
+            now,
+        };
+        // A refused enrolment drops the certificate just signed unseen.
         let outcome = self
             .store
-            .write(move |store| {
-                let now = now_millis();
-                let checked = store.check_token(&token.id, &hash, now)?;
-                // Only a used-up token may still serve, for a retry (below).
-                if let Err(refusal) = checked {
-                    if refusal != TokenRefusal::UsedUp {
-                        return Ok(Err(Refusal::Token(refusal)));
-                    }
-                }
-                let sign = || authority.sign_client_request(&csr_pem, &Identity::Host(enrolled_host.clone()), lifetime);
-                let record = |issued: &crate::auth::ca::Issued| CertificateRecord {
-                    serial: issued.serial.clone(),
-                    kind: CertificateKind::Host,
-                    identity: enrolled_host.to_string(),
-                    issued_at: now,
-                    not_after: millis(issued.not_after),
-                    revoked_at: None,
-                };
-                if let Some(host) = store.host(&enrolled_host)? {
-                    // A retry of an enrolment whose answer was lost: the same
-                    // token (its use already spent) and the same key, before
-                    // the host ever connected. Anything else is a takeover.
-                    let retry_of = host
-                        .enrollment
-                        .as_ref()
-                        .filter(|enrollment| enrollment.token_id == token.id && host.agent_version.is_empty());
-                    let Some(enrollment) = retry_of else {
-                        return Ok(Err(Refusal::HostExists));
-                    };
-                    let issued = match sign() {
-                        Ok(issued) if issued.public_key == enrollment.public_key => issued,
-                        Ok(_) => return Ok(Err(Refusal::HostExists)),
-                        Err(error) => return Ok(Err(Refusal::BadRequest(error.to_string()))),
-                    };
-                    store.record_certificate(&record(&issued))?;
-                    return Ok(Ok(issued));
-                }
-                let token = match checked {
-                    Ok(token) => token,
-                    Err(refusal) => return Ok(Err(Refusal::Token(refusal))),
-                };
-                let issued = match sign() {
-                    Ok(issued) => issued,
-                    Err(error) => return Ok(Err(Refusal::BadRequest(error.to_string()))),
-                };
-                store.commit_enrolment(token, &enrolled_host, &facts, &record(&issued), &issued.public_key, now)?;
-                Ok(Ok(issued))
-            })
+            .write(move |store| store.enrol(&enrolment))
             .await
             .map_err(internal)?;
         match outcome {
-            Ok(issued) => {
+            Ok(()) => {
                 tracing::info!(host = %host_id, ?peer, serial = issued.serial, "host enrolled");
                 Ok(Response::new(pb::EnrollResponse {
                     certificate_pem: issued.certificate_pem,
@@ -141,18 +127,20 @@ impl EnrollmentService {
                     not_after: Some(convert::timestamp(millis(issued.not_after))),
                 }))
             }
-            Err(refusal) => {
-                let status = match refusal {
-                    Refusal::Token(refusal) => token_refusal(refusal),
-                    Refusal::HostExists => Status::already_exists(format!(
-                        "host {host_id} is already enrolled; to enrol a machine under this id again, an admin \
-                         must first run `ccfleet host remove {host_id}`"
-                    )),
-                    Refusal::BadRequest(message) => Status::invalid_argument(message),
-                };
-                tracing::warn!(host = %host_id, ?peer, %status, "enrolment refused");
-                Err(status)
-            }
+            Err(EnrolmentRefusal::Token(refusal)) => Err(self.refused(&host_id, peer, token_refusal(refusal))),
+            Err(EnrolmentRefusal::HostExists) => Err(self.refused(
+                &host_id,
+                peer,
+                Status::already_exists(format!(
+                    "host {host_id} is already enrolled; to enrol a machine under this id again, an admin \
+                     must first run `ccfleet host remove {host_id}`"
+                )),
+            )),
         }
+    }
+
+    fn refused(&self, host_id: &HostId, peer: Option<std::net::SocketAddr>, status: Status) -> Status {
+        tracing::warn!(host = %host_id, ?peer, %status, "enrolment refused");
+        status
     }
 }

@@ -19,15 +19,14 @@ pub mod ca;
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use ccfleet_proto::HostId;
+use ccfleet_proto::{AdminName, HostId};
 use tonic::{Request, Status};
 
 /// A client identity as written into its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     Host(HostId),
-    /// Admin names follow the host-id rules (lowercase letters, digits, '-', '.').
-    Admin(HostId),
+    Admin(AdminName),
 }
 
 const HOST_URI_PREFIX: &str = "urn:ccfleet:host:";
@@ -36,7 +35,8 @@ const ADMIN_URI_PREFIX: &str = "urn:ccfleet:admin:";
 impl Identity {
     pub fn name(&self) -> &str {
         match self {
-            Identity::Host(name) | Identity::Admin(name) => name.as_str(),
+            Identity::Host(host) => host.as_str(),
+            Identity::Admin(name) => name.as_str(),
         }
     }
 

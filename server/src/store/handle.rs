@@ -24,6 +24,9 @@ pub struct StoreHandle {
     /// When the job (or flush) the thread is running started, in Unix
     /// milliseconds; 0 while it waits. Read by the stall watchdog.
     busy_since: Arc<AtomicU64>,
+    /// Set by `close`: the thread stops after the current batch.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl StoreHandle {
@@ -37,11 +40,36 @@ impl StoreHandle {
         let (jobs, inbox) = std_mpsc::channel::<Job>();
         let busy_since = Arc::new(AtomicU64::new(0));
         let busy = busy_since.clone();
-        std::thread::Builder::new()
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
             .name("ccfleet-store".into())
-            .spawn(move || run_store_thread(store, inbox, &busy))
+            .spawn(move || run_store_thread(store, inbox, &busy, &stop))
             .map_err(|_| StoreError::Stopped)?;
-        Ok(StoreHandle { jobs, busy_since })
+        Ok(StoreHandle {
+            jobs,
+            busy_since,
+            stopping,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Stops the store thread after the requests queued so far, flushes and
+    /// closes the database; later requests fail with `Stopped`. Returns once
+    /// the database is closed (its lock released), so the directory can be
+    /// opened again in the same process.
+    pub async fn close(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // An empty job wakes the thread if it is waiting.
+        let _ = self.jobs.send(Box::new(|_: &Store| None));
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// How long the store thread has been on its current job or flush;
@@ -109,7 +137,12 @@ const MAX_BATCH: usize = 512;
 /// The store thread: runs jobs in arrival order; after draining every job that
 /// is already queued, flushes once if any of them wrote, then answers the
 /// writers. Stops when every handle is gone.
-fn run_store_thread(store: Store, inbox: std_mpsc::Receiver<Job>, busy_since: &AtomicU64) {
+fn run_store_thread(
+    store: Store,
+    inbox: std_mpsc::Receiver<Job>,
+    busy_since: &AtomicU64,
+    stopping: &std::sync::atomic::AtomicBool,
+) {
     let mut replies: Vec<PendingReply> = Vec::new();
     while let Ok(first) = inbox.recv() {
         busy_since.store(super::now_millis().max(1), Ordering::Relaxed);
@@ -130,6 +163,9 @@ fn run_store_thread(store: Store, inbox: std_mpsc::Receiver<Job>, busy_since: &A
             }
         }
         busy_since.store(0, Ordering::Relaxed);
+        if stopping.load(Ordering::Relaxed) {
+            break;
+        }
     }
     if let Err(error) = store.flush() {
         tracing::error!(%error, "final store flush failed");

@@ -9,6 +9,7 @@
 //! writes costs one flush (DESIGN.md, "Storage").
 
 mod audit;
+mod enrolment;
 mod handle;
 mod listings;
 mod records;
@@ -22,6 +23,7 @@ use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 pub use audit::*;
+pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::StoreHandle;
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
@@ -40,6 +42,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("cannot encode a record")]
     Encode(#[source] serde_json::Error),
+    #[error("a record of {bytes} bytes is over the store's limit of {} bytes", MAX_RECORD_BYTES)]
+    TooLarge { bytes: usize },
     #[error("cannot decode a record in tree {tree}")]
     Decode {
         tree: &'static str,
@@ -398,6 +402,28 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Records a new admin certificate unless the same name already holds a
+    /// valid (unrevoked, unexpired) one, whose serial is then returned:
+    /// nobody may take over another admin's name, and a name is issued again
+    /// only after `admin revoke`. Check and write happen in one store job.
+    pub fn record_admin_certificate(
+        &self,
+        certificate: &CertificateRecord,
+        now: UnixMillis,
+    ) -> Result<Result<(), String>, StoreError> {
+        let holder = self.certificates()?.into_iter().find(|existing| {
+            existing.kind == CertificateKind::Admin
+                && existing.identity == certificate.identity
+                && existing.revoked_at.is_none()
+                && existing.not_after > now
+        });
+        if let Some(holder) = holder {
+            return Ok(Err(holder.serial));
+        }
+        self.record_certificate(certificate)?;
+        Ok(Ok(()))
     }
 
     pub fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {

@@ -23,9 +23,18 @@ pub fn now_millis() -> UnixMillis {
         .unwrap_or(0)
 }
 
+/// Largest encoded record the store writes. sled keeps values above 128 KiB
+/// as separate blob files, and one such record once froze the store thread
+/// inside `flush`; `api::convert` bounds every field so that real records
+/// stay far below this, and this refuses whatever slipped through.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
 pub(super) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
     let mut bytes = vec![RECORD_FORMAT];
     serde_json::to_writer(&mut bytes, record).map_err(StoreError::Encode)?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge { bytes: bytes.len() });
+    }
     Ok(bytes)
 }
 

@@ -413,3 +413,165 @@ fn removing_a_host_forgets_its_apps_and_operations_and_revokes_its_certificates(
         "removing twice finds nothing"
     );
 }
+
+#[test]
+fn records_over_the_size_limit_are_refused_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store.register_enrolled(&web, "1.0", &facts(), &[], 1).unwrap();
+    let mut huge = app("blog.example.org", "ghost", None);
+    huge.drift = vec!["x".repeat(MAX_RECORD_BYTES)];
+    let error = store
+        .apply_event(&web, 1, &AgentEvent::Inventory(vec![huge]))
+        .unwrap_err();
+    assert!(matches!(error, StoreError::TooLarge { .. }), "{error:?}");
+    assert_eq!(store.host(&web).unwrap().unwrap().last_seq, 0, "nothing was applied");
+    assert!(store.host_apps(&web).unwrap().is_empty());
+}
+
+#[test]
+fn an_admin_name_with_a_valid_credential_is_not_issued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let certificate = |serial: &str, not_after: UnixMillis| CertificateRecord {
+        serial: serial.into(),
+        kind: CertificateKind::Admin,
+        identity: "alice".into(),
+        issued_at: 1,
+        not_after,
+        revoked_at: None,
+    };
+    assert_eq!(
+        store.record_admin_certificate(&certificate("01", 1_000), 10).unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.record_admin_certificate(&certificate("02", 1_000), 10).unwrap(),
+        Err("01".to_owned())
+    );
+    // Revoked or expired credentials free the name.
+    store
+        .revoke_certificates_of(CertificateKind::Admin, "alice", 20)
+        .unwrap();
+    assert_eq!(
+        store.record_admin_certificate(&certificate("03", 2_000), 30).unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .record_admin_certificate(&certificate("04", 5_000), 2_500)
+            .unwrap(),
+        Ok(())
+    );
+    assert!(
+        store.certificate("02").unwrap().is_none(),
+        "the refused one was never recorded"
+    );
+}
+
+#[test]
+fn alerts_are_replaced_cleared_and_removed_with_their_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store.register_enrolled(&web, "1.0", &facts(), &[], 1).unwrap();
+    let alert = |raised_at: UnixMillis, cleared: bool| {
+        AgentEvent::Alert(AlertEventRecord {
+            domain: "blog.example.org".parse().unwrap(),
+            recipe: None,
+            from_version: None,
+            to_version: None,
+            outcome: OperationOutcomeRecord::RolledBack,
+            severity: AlertSeverityRecord::Warning,
+            reason: "unhealthy".into(),
+            operation_id: None,
+            snapshot_path: String::new(),
+            raised_at,
+            cleared,
+        })
+    };
+    store.apply_event(&web, 1, &alert(5, false)).unwrap();
+    store.apply_event(&web, 2, &alert(7, false)).unwrap();
+    let alerts = store.alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].raised_at, 7, "a newer raise replaces the app's alert");
+    assert_eq!(
+        store.apply_event(&web, 2, &alert(9, true)).unwrap(),
+        EventOutcome::Duplicate
+    );
+    assert_eq!(store.alerts(Some(&web)).unwrap().len(), 1);
+    store.apply_event(&web, 3, &alert(9, true)).unwrap();
+    assert!(store.alerts(None).unwrap().is_empty());
+    store.apply_event(&web, 4, &alert(11, false)).unwrap();
+    store.remove_host(&web, 12).unwrap();
+    assert!(store.alerts(None).unwrap().is_empty());
+}
+
+#[test]
+fn enrolment_spends_a_use_refuses_takeovers_and_allows_a_lost_answer_to_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_token(&TokenRecord {
+            id: "t1".into(),
+            secret_hash: "hash".into(),
+            created_at: 0,
+            expires_at: 1_000,
+            uses_left: 1,
+            revoked: false,
+            labels: BTreeMap::from([("site".into(), "berlin".into())]),
+        })
+        .unwrap();
+    let enrolment = |host_id: &str, serial: &str, key: &str, secret: &str| Enrolment {
+        token_id: "t1".into(),
+        secret_hash: secret.into(),
+        host_id: host(host_id),
+        facts: facts(),
+        certificate: CertificateRecord {
+            serial: serial.into(),
+            kind: CertificateKind::Host,
+            identity: host_id.into(),
+            issued_at: 10,
+            not_after: 500,
+            revoked_at: None,
+        },
+        public_key: key.into(),
+        now: 10,
+    };
+    let refused = |refusal| Ok(Err(refusal));
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-1", "01", "k1", "wrong"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::Token(TokenRefusal::Invalid))
+    );
+    assert_eq!(store.enrol(&enrolment("web-1", "02", "k1", "hash")).unwrap(), Ok(()));
+    let web1 = store.host(&host("web-1")).unwrap().unwrap();
+    assert_eq!(web1.labels.get("site").map(String::as_str), Some("berlin"));
+    // The use is spent: another host is refused; the same host with another key too.
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-2", "03", "k2", "hash"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::Token(TokenRefusal::UsedUp))
+    );
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-1", "04", "k9", "hash"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::HostExists)
+    );
+    // The same host, token and key before it ever connected: a retry.
+    assert_eq!(store.enrol(&enrolment("web-1", "05", "k1", "hash")).unwrap(), Ok(()));
+    assert!(store.certificate("05").unwrap().is_some());
+    assert!(store.certificate("04").unwrap().is_none() && store.certificate("03").unwrap().is_none());
+    // Once it said hello, the same request is a takeover.
+    store.register_host(&host("web-1"), "1.0", &facts(), &[], 20).unwrap();
+    assert_eq!(
+        store
+            .enrol(&enrolment("web-1", "06", "k1", "hash"))
+            .map_err(|e| e.to_string()),
+        refused(EnrolmentRefusal::HostExists)
+    );
+}

@@ -7,6 +7,7 @@
 mod agent;
 mod alerts;
 mod docker;
+mod edge;
 mod fleet;
 mod nix;
 mod rollout;
