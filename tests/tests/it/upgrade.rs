@@ -724,4 +724,81 @@ async fn the_timer_moves_to_the_newest_release_of_the_major_once() {
     assert!(said.contains("left alone"), "{said}");
     assert_eq!(world.abra_lines("app upgrade -n -c", V1_6_HTTP_FAILS), 1);
     assert_eq!(world.running().as_deref(), Some(V1_3));
+
+    // A later success of the app clears its alert.
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json"]);
+    assert!(ok, "{stderr}\n{report}");
+    assert!(world.alert().is_none());
+    assert_eq!(world.agent().status().unwrap()["apps"][0]["alert"], Value::Null);
+}
+
+/// Starts a rollout of the fixture recipe to `version` on the world's server
+/// and waits until it is no longer running; returns the rollout.
+async fn roll_out(world: &World, version: &str) -> Value {
+    let server = world.server.as_ref().unwrap();
+    let host_id = world.host_id();
+    wait_for("the host to be online", PATIENCE, || {
+        let hosts = server.cli_json(&["hosts"]);
+        let host_id = host_id.clone();
+        async move {
+            let online = hosts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|host| host["host_id"] == host_id.as_str() && host["status"] == "online");
+            online.then_some(()).ok_or_else(|| hosts.to_string())
+        }
+    })
+    .await;
+    let started = server.cli_json(&["upgrade", FIXTURE_RECIPE, "--to", version]);
+    let id = started["id"].as_str().expect("a rollout id").to_owned();
+    wait_for("the rollout to end", PATIENCE, || {
+        let rollout = server.cli_json(&["rollout", "show", &id]);
+        async move {
+            if rollout["state"] == "running" || rollout["state"] == "paused" {
+                Err(rollout.to_string())
+            } else {
+                Ok(rollout)
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
+    let world = World::start("upfleet", true, true).await;
+    world.seed();
+    let rollout = roll_out(&world, V1_3_1_MIGRATES).await;
+    assert_eq!(rollout["state"], "completed", "{rollout}\n{}", world.agent().log());
+    assert_eq!(rollout["hosts"][0]["outcome"], "succeeded", "{rollout}");
+    assert_eq!(world.running().as_deref(), Some(V1_3_1_MIGRATES));
+    assert!(world.volume().join("posts").join("hello.md").is_file());
+
+    // The rollout's target is recorded: the declared 1.3.0 is a floor, so
+    // the next reconcile keeps 1.3.1 and reports the difference as drift.
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(world.running().as_deref(), Some(V1_3_1_MIGRATES));
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["fleet_target"], V1_3_1_MIGRATES, "{status}");
+    assert_eq!(
+        status["apps"][0]["observed"]["drift"][0],
+        format!("declared {V1_3}, running {V1_3_1_MIGRATES}"),
+        "{status}"
+    );
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_rollout_skips_an_app_pinned_by_its_host() {
+    let world = World::start_with("uppinned", true, true, "fleet_managed = false\n").await;
+    // The inventory carries the pin (`pinned_by_host`), and the server plans
+    // the host as skipped without sending it anything.
+    let rollout = roll_out(&world, V1_3_1_MIGRATES).await;
+    let host = &rollout["hosts"][0];
+    assert_eq!(host["outcome"], "skipped", "{rollout}\n{}", world.agent().log());
+    assert_eq!(host["message"], "pinned by host configuration", "{rollout}");
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    assert!(world.alert().is_none());
 }
