@@ -608,7 +608,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Some((request, answer)) = incoming.recv() => {
                 let agent = agent.clone();
                 tokio::spawn(async move {
-                    let _ = answer.send(handle_request(&agent, request).await);
+                    let progress = answer.progress();
+                    let _ = answer.send(handle_request(&agent, request, progress).await);
                 });
             }
             Some(command) = incoming_commands.recv() => {
@@ -693,7 +694,67 @@ fn reload(agent: &Arc<Agent>) {
     }
 }
 
-async fn handle_request(agent: &Arc<Agent>, request: Request) -> Response {
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a waiting client hears how its apps stand.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+/// While the returned guard lives, sends `progress` a line per app of
+/// `domains` every few seconds: the operation and phase under way (from the
+/// journal), Docker's latest picture (from the observation task, so no
+/// extra Docker calls), and the time spent.
+fn report_progress(
+    agent: &Arc<Agent>,
+    domains: Vec<Domain>,
+    progress: Option<mpsc::Sender<String>>,
+) -> Option<AbortOnDrop> {
+    let progress = progress?;
+    let agent = agent.clone();
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let started = Instant::now();
+        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let reconciler = agent.reconciler.borrow().clone();
+            let unfinished = reconciler.journal().unfinished().unwrap_or_default();
+            for domain in &domains {
+                let doing = unfinished
+                    .iter()
+                    .rev()
+                    .find(|record| &record.domain == domain)
+                    .map_or_else(
+                        || "reconciling".to_owned(),
+                        |record| format!("upgrade {} -> {}: {}", record.from, record.to, record.phase.name()),
+                    );
+                let observed = agent
+                    .observations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|observed| &observed.domain == domain)
+                    .map(ObservedApp::summary)
+                    .unwrap_or_else(|| "not observed yet".into());
+                let line = format!(
+                    "{domain}: {doing}; {observed} ({} elapsed)",
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+                );
+                if progress.send(line).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })))
+}
+
+async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<mpsc::Sender<String>>) -> Response {
     match request {
         Request::Status => Response {
             ok: true,
@@ -702,11 +763,24 @@ async fn handle_request(agent: &Arc<Agent>, request: Request) -> Response {
             status: Some(agent.status()),
             operation: None,
         },
-        Request::Apply { app, wait } => {
+        Request::Apply { app, wait, .. } => {
             let app = match app.as_deref().map(|domain| agent.declared(domain)).transpose() {
                 Ok(app) => app,
                 Err(message) => return Response::error(message),
             };
+            let domains = match &app {
+                Some(app) => vec![app.domain.clone()],
+                None => agent
+                    .reconciler
+                    .borrow()
+                    .apps()
+                    .iter()
+                    .map(|app| app.domain.clone())
+                    .collect(),
+            };
+            let _progress = wait
+                .then(|| report_progress(agent, domains, progress.clone()))
+                .flatten();
             let in_flight = agent.in_flight.enter();
             if !wait {
                 let agent = agent.clone();
@@ -746,11 +820,15 @@ async fn handle_request(agent: &Arc<Agent>, request: Request) -> Response {
             major,
             wait,
             operation_id,
+            ..
         } => {
             let app = match agent.declared(&app) {
                 Ok(app) => app,
                 Err(message) => return Response::error(message),
             };
+            let _progress = wait
+                .then(|| report_progress(agent, vec![app.domain.clone()], progress.clone()))
+                .flatten();
             let reconciler = agent.reconciler.borrow().clone();
             let target = match to.as_deref().map(str::parse::<CoopVersion>).transpose() {
                 Err(error) => return Response::error(format!("--to: {error}")),

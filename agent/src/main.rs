@@ -56,6 +56,12 @@ enum Command {
         /// Wait for the result and exit non-zero with the reason if an app failed.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long (the agent goes on), e.g. "30m".
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// With --wait: print progress lines on stderr (the default on a terminal).
+        #[arg(long)]
+        progress: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -153,15 +159,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             data,
             host_id,
         } => enroll(&server, &token_file, &data, host_id).await,
-        Command::Apply { app, wait, socket } => {
-            // A first deploy can take long; the control call waits as long as
-            // the agent works, bounded generously.
-            let response = control::call(
-                &socket.path()?,
-                &Request::Apply { app, wait },
-                Duration::from_secs(3600),
-            )
-            .await?;
+        Command::Apply {
+            app,
+            wait,
+            timeout,
+            progress,
+            socket,
+        } => {
+            use std::io::IsTerminal;
+            let progress = wait && (progress || std::io::stderr().is_terminal());
+            let request = Request::Apply { app, wait, progress };
+            // The whole wait is bounded, the agent's lock on a busy app included.
+            let response =
+                control::call_with_progress(&socket.path()?, &request, timeout, &mut |line| eprintln!("... {line}"))
+                    .await?;
             print_outcomes(&response)
         }
         Command::Update { app, socket } => {
@@ -177,14 +188,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             operation_id,
             socket,
         } => {
+            use std::io::IsTerminal;
             let request = Request::Upgrade {
                 app,
                 to,
                 major,
                 wait: wait || json,
                 operation_id,
+                progress: (wait || json) && std::io::stderr().is_terminal(),
             };
-            let response = control::call(&socket.path()?, &request, Duration::from_secs(6 * 3600)).await?;
+            let response =
+                control::call_with_progress(&socket.path()?, &request, Duration::from_secs(6 * 3600), &mut |line| {
+                    eprintln!("... {line}")
+                })
+                .await?;
             if json {
                 let report = response.operation.clone().unwrap_or(serde_json::Value::Null);
                 println!("{}", serde_json::to_string_pretty(&report)?);

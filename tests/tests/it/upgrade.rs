@@ -341,9 +341,18 @@ async fn a_failed_http_gate_restores_the_volume_alerts_and_is_not_retried() {
     // reload reconciles, the transaction rolls back, apply --wait fails.
     world.write_config(V1_4_MIGRATES_THEN_FAILS_HTTP);
     world.agent().reload();
-    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    let output = world.agent().command(&["apply", &world.domain, "--wait", "--progress"]);
     let said = output_text(&output);
     assert!(!output.status.success(), "apply --wait must fail: {said}");
+    // While it waited, it said what was going on.
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        progress.contains(&format!(
+            "... {}: upgrade {V1_3} -> {V1_4_MIGRATES_THEN_FAILS_HTTP}: ",
+            world.domain
+        )),
+        "{progress}"
+    );
     // Whichever reconcile ran the transaction (the reload's or this one),
     // the failure names the pin and why it was rolled back.
     assert!(
