@@ -29,9 +29,32 @@ const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Converge now: one app (by domain) or all of them.
-    Apply { app: Option<String>, wait: bool },
+    Apply {
+        app: Option<String>,
+        wait: bool,
+        /// Stream progress lines before the answer (see [`call_with_progress`]).
+        #[serde(default)]
+        progress: bool,
+    },
     /// The scheduled update of one app (from its systemd timer).
     Update { app: String },
+    /// The upgrade transaction for one app, to `to` or the newest available.
+    Upgrade {
+        app: String,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        major: bool,
+        #[serde(default)]
+        wait: bool,
+        /// Makes the request idempotent: a retry with the same id returns
+        /// the recorded result instead of running again.
+        #[serde(default)]
+        operation_id: Option<String>,
+        /// Stream progress lines before the answer.
+        #[serde(default)]
+        progress: bool,
+    },
     /// Declared and observed state of every app.
     Status,
 }
@@ -55,6 +78,9 @@ pub struct Response {
     /// For `status`: the agent's full state as JSON.
     #[serde(default)]
     pub status: Option<serde_json::Value>,
+    /// For `upgrade --wait`: the operation's report as JSON.
+    #[serde(default)]
+    pub operation: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -64,12 +90,56 @@ impl Response {
             message: message.into(),
             apps: vec![],
             status: None,
+            operation: None,
+        }
+    }
+
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            ..Response::error(message)
         }
     }
 }
 
 /// A request from the socket, with the way to answer it.
-pub type Incoming = (Request, oneshot::Sender<Response>);
+pub type Incoming = (Request, Answer);
+
+/// How a request is answered: once, with a [`Response`], and, for requests
+/// that asked for it, with progress lines before that.
+#[derive(Debug)]
+pub struct Answer {
+    reply: oneshot::Sender<Response>,
+    progress: Option<mpsc::Sender<String>>,
+}
+
+impl Answer {
+    /// Sends the answer; gives it back when the client is gone.
+    pub fn send(self, response: Response) -> Result<(), Response> {
+        self.reply.send(response)
+    }
+
+    /// Where progress lines go, when the client asked for them.
+    pub fn progress(&self) -> Option<mpsc::Sender<String>> {
+        self.progress.clone()
+    }
+}
+
+/// One progress line on the socket (before the [`Response`] line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgressLine {
+    progress: String,
+}
+
+impl Request {
+    fn wants_progress(&self) -> bool {
+        matches!(
+            self,
+            Request::Apply { progress: true, .. } | Request::Upgrade { progress: true, .. }
+        )
+    }
+}
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -138,13 +208,26 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> std::io
     let response = match serde_json::from_str::<Request>(&line) {
         Err(error) => Response::error(format!("invalid request: {error}")),
         Ok(request) => {
-            let (answer, answered) = oneshot::channel();
-            if requests.send((request, answer)).await.is_err() {
+            let (reply, mut answered) = oneshot::channel();
+            let (progress, mut progress_lines) = mpsc::channel::<String>(16);
+            let progress = request.wants_progress().then_some(progress);
+            if requests.send((request, Answer { reply, progress })).await.is_err() {
                 Response::error("the agent is shutting down")
             } else {
-                answered
-                    .await
-                    .unwrap_or_else(|_| Response::error("the agent dropped the request"))
+                loop {
+                    tokio::select! {
+                        // Progress sent before the answer is written before it.
+                        biased;
+                        Some(progress) = progress_lines.recv() => {
+                            let mut text = serde_json::to_string(&ProgressLine { progress }).unwrap_or_default();
+                            text.push('\n');
+                            writer.write_all(text.as_bytes()).await?;
+                        }
+                        answer = &mut answered => {
+                            break answer.unwrap_or_else(|_| Response::error("the agent dropped the request"));
+                        }
+                    }
+                }
             }
         }
     };
@@ -188,6 +271,52 @@ pub async fn call_with_patience(
             humantime::format_duration(timeout)
         )
     })?
+}
+
+/// [`call`] for a request that asked for progress: each progress line the
+/// agent sends before its answer goes to `on_progress`. Gives up after
+/// `timeout` in all (the agent goes on with its work), saying what it last
+/// heard.
+pub async fn call_with_progress(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+    on_progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<Response> {
+    use anyhow::Context;
+    let started = tokio::time::Instant::now();
+    let stream = connect(path, DEFAULT_CONNECT_PATIENCE).await?;
+    let mut last = String::new();
+    let exchange = async {
+        let (reader, mut writer) = stream.into_split();
+        let mut text = serde_json::to_string(request)?;
+        text.push('\n');
+        writer.write_all(text.as_bytes()).await?;
+        writer.shutdown().await?;
+        let mut lines = BufReader::new(reader).lines();
+        while let Some(line) = lines.next_line().await? {
+            if let Ok(progress) = serde_json::from_str::<ProgressLine>(&line) {
+                on_progress(&progress.progress);
+                last = progress.progress;
+                continue;
+            }
+            return serde_json::from_str::<Response>(&line).context("the agent sent an invalid answer");
+        }
+        anyhow::bail!("the agent closed the connection without an answer")
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(remaining, exchange).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!(
+            "gave up waiting after {} (the agent goes on; see `ccfleet-agent status`){}",
+            humantime::format_duration(timeout),
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!("; last seen: {last}")
+            }
+        ),
+    }
 }
 
 async fn connect(path: &Path, patience: Duration) -> anyhow::Result<UnixStream> {
@@ -250,17 +379,19 @@ mod tests {
                     message: format!("{request:?}"),
                     apps: vec![],
                     status: None,
+                    operation: None,
                 });
             }
         });
         let request = Request::Apply {
             app: Some("blog.example.org".into()),
             wait: true,
+            progress: false,
         };
         let response = call(&path, &request, Duration::from_secs(10)).await.unwrap();
         assert_eq!(
             response.message,
-            r#"Apply { app: Some("blog.example.org"), wait: true }"#
+            r#"Apply { app: Some("blog.example.org"), wait: true, progress: false }"#
         );
     }
 
@@ -347,5 +478,57 @@ mod tests {
         let (_, answer) = incoming.recv().await.unwrap();
         answer.send(Response::error("answered")).unwrap();
         assert_eq!(client.await.unwrap().unwrap().message, "answered");
+    }
+
+    #[tokio::test]
+    async fn progress_lines_come_before_the_answer_and_a_bounded_wait_says_what_it_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (requests, mut incoming) = mpsc::channel(4);
+        tokio::spawn(serve(bind(&path).unwrap(), requests));
+        tokio::spawn(async move {
+            while let Some((request, answer)) = incoming.recv().await {
+                let progress = answer.progress().expect("progress was asked for");
+                progress.send("blog.example.org: deploying".into()).await.unwrap();
+                progress.send("blog.example.org: verifying".into()).await.unwrap();
+                if matches!(request, Request::Apply { wait: true, .. }) {
+                    answer.send(Response::ok("converged")).unwrap();
+                } else {
+                    // Never answers: the client's bound must end the wait.
+                    std::mem::forget(answer);
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let request = Request::Apply {
+            app: None,
+            wait: true,
+            progress: true,
+        };
+        let response = call_with_progress(&path, &request, Duration::from_secs(10), &mut |line| {
+            seen.push(line.to_owned())
+        })
+        .await
+        .unwrap();
+        assert_eq!(response.message, "converged");
+        assert_eq!(seen, ["blog.example.org: deploying", "blog.example.org: verifying"]);
+
+        let request = Request::Upgrade {
+            app: "blog.example.org".into(),
+            to: None,
+            major: false,
+            wait: true,
+            operation_id: None,
+            progress: true,
+        };
+        let error = call_with_progress(&path, &request, Duration::from_millis(500), &mut |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "gave up waiting after 500ms (the agent goes on; see `ccfleet-agent status`); \
+             last seen: blog.example.org: verifying"
+        );
     }
 }

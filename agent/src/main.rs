@@ -56,6 +56,12 @@ enum Command {
         /// Wait for the result and exit non-zero with the reason if an app failed.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long (the agent goes on), e.g. "30m".
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// With --wait: print progress lines on stderr (the default on a terminal).
+        #[arg(long)]
+        progress: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -63,6 +69,31 @@ enum Command {
     Update {
         /// The app's domain.
         app: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Run the health-gated upgrade transaction for one app: snapshot (stateful apps), upgrade,
+    /// health gate, rollback with restore when unhealthy. Exits non-zero unless it succeeded.
+    Upgrade {
+        /// The app's domain.
+        app: String,
+        /// The version to move to (older versions too: an explicit rollback); default: the
+        /// newest available version within the running major.
+        #[arg(long)]
+        to: Option<String>,
+        /// Allow a change of the recipe's major version.
+        #[arg(long)]
+        major: bool,
+        /// Wait for the outcome (otherwise the operation runs in the background).
+        #[arg(long)]
+        wait: bool,
+        /// Print the operation's report as JSON (implies --wait).
+        #[arg(long)]
+        json: bool,
+        /// Make the request idempotent: with an id used before, the recorded result is
+        /// returned and nothing runs again.
+        #[arg(long)]
+        operation_id: Option<String>,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -128,19 +159,57 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             data,
             host_id,
         } => enroll(&server, &token_file, &data, host_id).await,
-        Command::Apply { app, wait, socket } => {
-            // A first deploy can take long; the control call waits as long as
-            // the agent works, bounded generously.
-            let response = control::call(
-                &socket.path()?,
-                &Request::Apply { app, wait },
-                Duration::from_secs(3600),
-            )
-            .await?;
+        Command::Apply {
+            app,
+            wait,
+            timeout,
+            progress,
+            socket,
+        } => {
+            use std::io::IsTerminal;
+            let progress = wait && (progress || std::io::stderr().is_terminal());
+            let request = Request::Apply { app, wait, progress };
+            // The whole wait is bounded, the agent's lock on a busy app included.
+            let response =
+                control::call_with_progress(&socket.path()?, &request, timeout, &mut |line| eprintln!("... {line}"))
+                    .await?;
             print_outcomes(&response)
         }
         Command::Update { app, socket } => {
             let response = control::call(&socket.path()?, &Request::Update { app }, Duration::from_secs(3600)).await?;
+            print_outcomes(&response)
+        }
+        Command::Upgrade {
+            app,
+            to,
+            major,
+            wait,
+            json,
+            operation_id,
+            socket,
+        } => {
+            use std::io::IsTerminal;
+            let request = Request::Upgrade {
+                app,
+                to,
+                major,
+                wait: wait || json,
+                operation_id,
+                progress: (wait || json) && std::io::stderr().is_terminal(),
+            };
+            let response =
+                control::call_with_progress(&socket.path()?, &request, Duration::from_secs(6 * 3600), &mut |line| {
+                    eprintln!("... {line}")
+                })
+                .await?;
+            if json {
+                let report = response.operation.clone().unwrap_or(serde_json::Value::Null);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                if !response.ok {
+                    anyhow::bail!("{}", response.message);
+                }
+                return Ok(());
+            }
             print_outcomes(&response)
         }
         Command::Status { json, socket } => {
@@ -210,6 +279,23 @@ fn print_status(status: &serde_json::Value) {
                 ))
                 .unwrap_or_default(),
         );
+        if let Some(alert) = app["alert"].as_object() {
+            println!(
+                "    ALERT {} ({}): {} -> {}: {}",
+                alert.get("outcome").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("severity").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("to").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("reason").and_then(|v| v.as_str()).unwrap_or(""),
+            );
+        }
+        if let Some(snapshot) = app["snapshots"].as_array().and_then(|snapshots| snapshots.first()) {
+            println!(
+                "    snapshots: {} (newest of {})",
+                snapshot.as_str().unwrap_or("?"),
+                app["snapshots"].as_array().map_or(0, Vec::len)
+            );
+        }
     }
 }
 

@@ -13,6 +13,10 @@ pub enum Failure {
     Refused(String),
     /// Exit 5.
     Unsupported(String),
+    /// Exit 6: a followed rollout halted.
+    Halted(String),
+    /// Exit 7: a followed rollout was aborted.
+    Aborted(String),
 }
 
 impl Failure {
@@ -23,6 +27,8 @@ impl Failure {
             Failure::Unreachable(_) => 3,
             Failure::Refused(_) => 4,
             Failure::Unsupported(_) => 5,
+            Failure::Halted(_) => 6,
+            Failure::Aborted(_) => 7,
         }
     }
 
@@ -32,7 +38,9 @@ impl Failure {
             | Failure::Usage(message)
             | Failure::Unreachable(message)
             | Failure::Refused(message)
-            | Failure::Unsupported(message) => message,
+            | Failure::Unsupported(message)
+            | Failure::Halted(message)
+            | Failure::Aborted(message) => message,
         }
     }
 

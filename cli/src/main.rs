@@ -2,6 +2,7 @@
 
 mod exit;
 mod output;
+mod rollout;
 mod settings;
 
 use std::collections::HashMap;
@@ -23,7 +24,9 @@ Exit codes:
   2  usage error (unknown flag, invalid argument, unusable config or credential file)
   3  the server is unreachable (or the TLS handshake failed)
   4  the server refused the request (invalid input, not found, not allowed)
-  5  the server does not support the request (older server version)";
+  5  the server does not support the request (older server version)
+  6  --follow: the rollout halted
+  7  --follow: the rollout was aborted";
 
 #[derive(Parser)]
 #[command(name = "ccfleet", version, about = "Operate a fleet of Co-op Cloud hosts", after_help = EXIT_CODES)]
@@ -86,6 +89,14 @@ enum Command {
     /// Manage admin credentials.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Upgrade a recipe across the fleet in waves: canary, then batches, halting on failures.
+    #[command(after_help = rollout::UPGRADE_HELP)]
+    Upgrade(rollout::UpgradeArgs),
+    /// List, show, follow, pause, resume, promote or abort rollouts.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Show the audit log of admin actions (who, what, when), newest first.
+    Audit(rollout::AuditArgs),
     /// Print a shell completion script, e.g. `ccfleet completions bash > /etc/bash_completion.d/ccfleet`.
     Completions {
         /// The shell.
@@ -296,6 +307,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 || format!("wrote the credential of admin {name} to {}", out.display()),
             )
         }
+        Command::Upgrade(args) => rollout::upgrade(&mut client, args, json, failure).await?,
+        Command::Rollout(command) => rollout::rollout(&mut client, command, json, failure).await?,
+        Command::Audit(args) => rollout::audit(&mut client, args, json, failure).await?,
         Command::Completions { .. } | Command::Man => unreachable!("answered before connecting"),
         Command::Admin(AdminCommand::Revoke { name }) => {
             let request = pb::RevokeAdminCredentialRequest { name: name.to_string() };

@@ -20,7 +20,12 @@ struct Session {
     last_seen: Instant,
     /// Set to true to ask the stream's task to end.
     close: watch::Sender<bool>,
+    /// The stream's outbound queue, once its Welcome is queued (commands go here).
+    outbound: Option<Outbound>,
 }
+
+/// The sending side of one agent stream.
+pub type Outbound = tokio::sync::mpsc::Sender<Result<ccfleet_proto::pb::ServerMessage, tonic::Status>>;
 
 /// Registry of agent sessions. The lock is held for map operations only,
 /// never across I/O or an await.
@@ -68,11 +73,43 @@ impl Fleet {
             connection_id,
             last_seen: Instant::now(),
             close,
+            outbound: None,
         };
         if let Some(previous) = self.sessions().insert(host_id.clone(), session) {
             let _ = previous.close.send(true);
         }
         SessionTicket { connection_id, closed }
+    }
+
+    /// Makes the stream `connection_id` of `host_id` the way to send it commands.
+    pub fn attach(&self, host_id: &HostId, connection_id: u64, outbound: Outbound) {
+        if let Some(session) = self.sessions().get_mut(host_id) {
+            if session.connection_id == connection_id {
+                session.outbound = Some(outbound);
+            }
+        }
+    }
+
+    /// Queues `message` on the open stream of `host_id`; false if it has none.
+    /// Never waits: a full queue is drained by a task of its own.
+    pub fn send(&self, host_id: &HostId, message: ccfleet_proto::pb::ServerMessage) -> bool {
+        let Some(outbound) = self
+            .sessions()
+            .get(host_id)
+            .and_then(|session| session.outbound.clone())
+        else {
+            return false;
+        };
+        match outbound.try_send(Ok(message)) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(message)) => {
+                tokio::spawn(async move {
+                    let _ = outbound.send(message).await;
+                });
+                true
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Notes that the stream `connection_id` of `host_id` showed signs of life.

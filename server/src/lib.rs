@@ -7,6 +7,7 @@ pub mod auth;
 pub mod edge;
 pub mod fleet;
 pub mod metrics;
+pub mod rollout;
 pub mod store;
 
 #[cfg(test)]
@@ -223,6 +224,9 @@ pub async fn serve(
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
+    let rollouts = rollout::RolloutEngine::start(store.clone(), fleet.clone())
+        .await
+        .context("cannot resume the stored rollouts")?;
     let (server_certificate, server_key) = authority.issue_server_certificate(&config.server_names)?;
     let acceptor = edge::tls_acceptor(&server_certificate, &server_key, authority.certificate_pem())?;
     let limits = connection_limits(&config);
@@ -257,6 +261,7 @@ pub async fn serve(
         authority: authority.clone(),
         host_certificate_lifetime: config.host_certificate_lifetime,
         metrics: metrics.clone(),
+        rollouts: rollouts.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -267,6 +272,7 @@ pub async fn serve(
         authority: authority.clone(),
         revocations: revocations.clone(),
         admin_certificate_lifetime: config.admin_certificate_lifetime,
+        rollouts: rollouts.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES);

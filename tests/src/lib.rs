@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod docker;
 pub mod server;
+pub mod simulated;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

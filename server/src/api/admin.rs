@@ -27,6 +27,7 @@ pub struct AdminService {
     pub authority: Arc<CertificateAuthority>,
     pub revocations: Arc<Revocations>,
     pub admin_certificate_lifetime: Duration,
+    pub rollouts: crate::rollout::RolloutEngine,
 }
 
 /// Longest join-token lifetime accepted: a token is a bearer secret, so it
@@ -182,6 +183,14 @@ impl pb::admin_server::Admin for AdminService {
         self.revocations.revoke(serials.iter().cloned());
         self.fleet.close(&host_id);
         tracing::info!(admin = caller.identity.name(), host = %host_id, revoked = serials.len(), "host removed");
+        super::rollouts::audit(
+            &self.store,
+            &caller,
+            "host.remove",
+            host_id.as_str(),
+            format!("revoked {} certificate(s)", serials.len()),
+        )
+        .await;
         Ok(Response::new(pb::RemoveHostResponse {
             revoked_certificates: serials.len() as u32,
         }))
@@ -224,11 +233,18 @@ impl pb::admin_server::Admin for AdminService {
             labels: request.labels.into_iter().collect(),
         };
         let info = token_info(&record);
+        let detail = format!(
+            "uses {}, ttl {}s, labels {:?}",
+            record.uses_left,
+            ttl.as_secs(),
+            record.labels
+        );
         self.store
             .write(move |store| store.put_token(&record))
             .await
             .map_err(internal)?;
         tracing::info!(admin = caller.identity.name(), token = token.id, "join token created");
+        super::rollouts::audit(&self.store, &caller, "token.create", &token.id, detail).await;
         Ok(Response::new(pb::CreateJoinTokenResponse {
             token: token.to_string(),
             info: Some(info),
@@ -268,6 +284,7 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::not_found(format!("there is no join token {id}")));
         }
         tracing::info!(admin = caller.identity.name(), token = id, "join token revoked");
+        super::rollouts::audit(&self.store, &caller, "token.revoke", &id, String::new()).await;
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
 
@@ -308,6 +325,14 @@ impl pb::admin_server::Admin for AdminService {
             )));
         }
         tracing::info!(admin = caller.identity.name(), new_admin = %name, serial = issued.serial, "admin credential issued");
+        super::rollouts::audit(
+            &self.store,
+            &caller,
+            "admin.issue",
+            name.as_str(),
+            format!("serial {}", issued.serial),
+        )
+        .await;
         Ok(Response::new(pb::IssueAdminCredentialResponse {
             certificate_pem: issued.certificate_pem,
             ca_certificate_pem: self.authority.certificate_pem().to_owned(),
@@ -339,49 +364,57 @@ impl pb::admin_server::Admin for AdminService {
         }
         self.revocations.revoke(serials.iter().cloned());
         tracing::info!(admin = caller.identity.name(), revoked_admin = %name, count = serials.len(), "admin credential revoked");
+        super::rollouts::audit(
+            &self.store,
+            &caller,
+            "admin.revoke",
+            name.as_str(),
+            format!("revoked {} certificate(s)", serials.len()),
+        )
+        .await;
         Ok(Response::new(pb::RevokeAdminCredentialResponse {
             revoked: serials.len() as u32,
         }))
     }
 
-    async fn start_rollout(&self, _request: Request<pb::StartRolloutRequest>) -> Rollout {
-        Err(not_yet("rollouts"))
+    async fn start_rollout(&self, request: Request<pb::StartRolloutRequest>) -> Rollout {
+        self.start_rollout_request(request).await
     }
 
-    async fn get_rollout(&self, _request: Request<pb::GetRolloutRequest>) -> Rollout {
-        Err(not_yet("rollouts"))
+    async fn get_rollout(&self, request: Request<pb::GetRolloutRequest>) -> Rollout {
+        self.get_rollout_request(request).await
     }
 
     async fn list_rollouts(
         &self,
-        _request: Request<pb::ListRolloutsRequest>,
+        request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-        Err(not_yet("rollouts"))
+        self.list_rollouts_request(request).await
     }
 
-    type WatchRolloutStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Rollout, Status>> + Send>>;
+    type WatchRolloutStream = super::rollouts::WatchStream;
 
     async fn watch_rollout(
         &self,
-        _request: Request<pb::GetRolloutRequest>,
+        request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
-        Err(not_yet("rollouts"))
+        self.watch_rollout_request(request).await
     }
 
-    async fn pause_rollout(&self, _request: Request<pb::RolloutActionRequest>) -> Rollout {
-        Err(not_yet("rollouts"))
+    async fn pause_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Rollout {
+        self.rollout_action(request, "pause").await
     }
 
-    async fn resume_rollout(&self, _request: Request<pb::RolloutActionRequest>) -> Rollout {
-        Err(not_yet("rollouts"))
+    async fn resume_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Rollout {
+        self.rollout_action(request, "resume").await
     }
 
-    async fn promote_rollout(&self, _request: Request<pb::RolloutActionRequest>) -> Rollout {
-        Err(not_yet("rollouts"))
+    async fn promote_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Rollout {
+        self.rollout_action(request, "promote").await
     }
 
-    async fn abort_rollout(&self, _request: Request<pb::RolloutActionRequest>) -> Rollout {
-        Err(not_yet("rollouts"))
+    async fn abort_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Rollout {
+        self.rollout_action(request, "abort").await
     }
 
     async fn list_alerts(
@@ -435,8 +468,8 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_audit(
         &self,
-        _request: Request<pb::ListAuditRequest>,
+        request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        Err(not_yet("the audit log"))
+        self.list_audit_request(request).await
     }
 }

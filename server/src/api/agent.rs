@@ -34,6 +34,7 @@ pub struct AgentService {
     pub authority: Arc<CertificateAuthority>,
     pub host_certificate_lifetime: Duration,
     pub metrics: Arc<Metrics>,
+    pub rollouts: crate::rollout::RolloutEngine,
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -117,11 +118,15 @@ impl AgentService {
             }))
             .await
             .map_err(|_| Status::cancelled("the agent went away"))?;
+        // Commands follow the Welcome on the same queue; outstanding ones go out now.
+        self.fleet.attach(&host_id, ticket.connection_id, outbound.clone());
+        self.rollouts.host_connected(host_id.clone());
 
         let session = StreamSession {
             store: self.store.clone(),
             fleet: self.fleet.clone(),
             metrics: self.metrics.clone(),
+            rollouts: self.rollouts.clone(),
             host_id,
             connection_id: ticket.connection_id,
             outbound,
@@ -194,6 +199,7 @@ struct StreamSession {
     store: StoreHandle,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
+    rollouts: crate::rollout::RolloutEngine,
     host_id: HostId,
     connection_id: u64,
     outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
@@ -281,11 +287,16 @@ impl StreamSession {
             ));
         }
         let host_id = self.host_id.clone();
+        let rollout_event = crate::rollout::engine::rollout_event(&self.host_id, &event);
         let outcome = self
             .store
             .write(move |store| store.apply_event(&host_id, seq, &event))
             .await
             .map_err(internal)?;
+        if let (EventOutcome::Applied, Some(rollout_event)) = (outcome, rollout_event) {
+            // Stored first: a restarted engine finds the result in the store.
+            self.rollouts.agent_event(rollout_event);
+        }
         if outcome == EventOutcome::Duplicate {
             tracing::debug!(host = %self.host_id, seq, "duplicate event ignored");
             Metrics::increment(&self.metrics.agent_events_duplicate);

@@ -173,6 +173,10 @@ pub fn inventory(inventory: Option<pb::Inventory>, now: UnixMillis) -> Result<Ve
             drift: bounded_reasons(&field("drift"), &app.drift),
             chaos: app.chaos,
             observed_at: now,
+            available_version: optional_version(&field("available_version"), &app.available_version)?,
+            available_newest: optional_version(&field("available_newest"), &app.available_newest)?,
+            pinned_by_host: app.pinned_by_host,
+            fleet_target: optional_version(&field("fleet_target"), &app.fleet_target)?,
             domain,
         });
     }
@@ -378,9 +382,15 @@ pub fn observed_app(app: &AppRecord) -> pb::ObservedApp {
         running_replicas: app.running_replicas,
         drift: app.drift.clone(),
         chaos: app.chaos,
-        // Not stored yet: the records learn these with the upgrade work.
-        ..Default::default()
+        available_version: optional_text(&app.available_version),
+        available_newest: optional_text(&app.available_newest),
+        pinned_by_host: app.pinned_by_host,
+        fleet_target: optional_text(&app.fleet_target),
     }
+}
+
+fn optional_text(version: &Option<CoopVersion>) -> String {
+    version.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
 pub fn host(host: &HostRecord, online: bool) -> pb::Host {

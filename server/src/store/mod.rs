@@ -8,10 +8,12 @@
 //! caller that got an answer knows its write is on disk while a burst of
 //! writes costs one flush (DESIGN.md, "Storage").
 
+mod audit;
 mod enrolment;
 mod handle;
 mod listings;
 mod records;
+mod rollouts;
 #[cfg(test)]
 mod tests;
 
@@ -20,10 +22,12 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use audit::*;
 pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::StoreHandle;
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
+pub use rollouts::*;
 
 /// Errors from the store. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,8 @@ pub struct Store {
     /// Operations stored per host, counted on first use (this thread is the
     /// only writer, so the count stays true).
     operation_counts: std::sync::Mutex<std::collections::HashMap<HostId, usize>>,
+    rollouts: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl Store {
@@ -143,6 +149,8 @@ impl Store {
             operations_by_time: db.open_tree(OPERATIONS_BY_TIME)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
+            rollouts: db.open_tree(rollouts::ROLLOUTS)?,
+            audit: db.open_tree(audit::AUDIT)?,
             db,
         };
         store.index_operations_if_missing()?;

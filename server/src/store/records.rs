@@ -116,6 +116,18 @@ pub struct AppRecord {
     pub chaos: bool,
     /// When the server stored this observation.
     pub observed_at: UnixMillis,
+    /// Newest version available within the running major, if the agent knows.
+    #[serde(default)]
+    pub available_version: Option<CoopVersion>,
+    /// Newest version available in any major, if the agent knows.
+    #[serde(default)]
+    pub available_newest: Option<CoopVersion>,
+    /// The host pins this app for good (`fleetManaged = false`); rollouts skip it.
+    #[serde(default)]
+    pub pinned_by_host: bool,
+    /// The fleet rollout target the agent recorded for this app.
+    #[serde(default)]
+    pub fleet_target: Option<CoopVersion>,
 }
 
 impl AppRecord {

@@ -23,6 +23,10 @@ fn app(domain: &str, recipe: &str, version: Option<&str>) -> AppRecord {
         drift: vec![],
         chaos: false,
         observed_at: 1,
+        available_version: None,
+        available_newest: None,
+        pinned_by_host: false,
+        fleet_target: None,
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ccfleet_agent::abra::Abra;
 use ccfleet_agent::config::{AbraConfig, AppConfig, Config};
 use ccfleet_agent::docker::Docker;
+use ccfleet_agent::journal::Outcome;
 use ccfleet_agent::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileErrorKind, Reconciler};
 use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 use ccfleet_tests::docker::{abra_double, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0};
@@ -179,10 +180,14 @@ async fn concurrent_reconciles_of_one_app_run_one_at_a_time() {
 }
 
 #[tokio::test]
-async fn a_changed_declared_version_is_upgraded_to_and_rolled_back_to() {
+async fn a_raised_declared_version_goes_through_the_transaction_and_a_lowered_one_never_downgrades() {
     let mut test = DockerTest::new("move");
     let domain = test.domain("app");
-    let config = config(&test, &app_toml(&domain, V1_0, ""));
+    let text = test.agent_config_with(
+        "min_healthy_time = \"1s\"\n",
+        &app_toml(&domain, V1_0, "stateful = false"),
+    );
+    let config = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "docker-test").unwrap();
     let reconciler = reconciler(&config).await;
     let declared = app(&config, &domain);
     reconciler.reconcile_app(declared).await.unwrap();
@@ -203,45 +208,43 @@ async fn a_changed_declared_version_is_upgraded_to_and_rolled_back_to() {
         (domain.clone(), AppState::Converged, Some(V1_1.to_owned()), vec![])
     );
 
-    // A major jump is an upgrade too: the pin is the operator's explicit choice.
-    let major = reconciler.reconcile_app(&with_version(declared, V2_0)).await.unwrap();
-    assert_eq!(
-        major.actions,
-        [ReconcileAction::Upgraded {
-            from: V1_1.parse().unwrap(),
-            to: V2_0.parse().unwrap()
-        }]
+    // A major pin is held: majors need allow_major (DESIGN.md).
+    let major = reconciler
+        .reconcile_app(&with_version(declared, V2_0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            major.kind,
+            ReconcileErrorKind::UpgradeNotApplied {
+                outcome: Outcome::Held,
+                ..
+            }
+        ),
+        "{major}"
     );
-    assert_eq!(major.observed.observed_version, Some(V2_0.parse().unwrap()));
 
-    let rolled_back = reconciler.reconcile_app(declared).await.unwrap();
-    assert_eq!(
-        rolled_back.actions,
-        [ReconcileAction::RolledBack {
-            from: V2_0.parse().unwrap(),
-            to: V1_0.parse().unwrap()
-        }]
-    );
+    // A lowered declaration never downgrades: it is drift, not a rollback.
+    let lowered = reconciler.reconcile_app(declared).await.unwrap();
+    assert_eq!(lowered.actions, [ReconcileAction::AlreadyConverged]);
     assert_eq!(
         brief(&reconciler.observe(declared).await),
-        (domain.clone(), AppState::Converged, Some(V1_0.to_owned()), vec![])
+        (
+            domain.clone(),
+            AppState::Converged,
+            Some(V1_1.to_owned()),
+            vec![format!("declared {V1_0}, running {V1_1}")]
+        )
     );
-    // abra wrote the deployed version back into TYPE= each time.
+    // abra wrote the deployed version back into TYPE=.
     let env = std::fs::read_to_string(test.env_file(&domain)).unwrap();
-    assert!(env.contains(&format!("TYPE={FIXTURE_RECIPE}:{V1_0}\n")), "{env}");
+    assert!(env.contains(&format!("TYPE={FIXTURE_RECIPE}:{V1_1}\n")), "{env}");
     let moves: Vec<String> = test
         .abra_log()
         .into_iter()
         .filter(|line| line.starts_with("app upgrade") || line.starts_with("app rollback"))
         .collect();
-    assert_eq!(
-        moves,
-        [
-            format!("app upgrade -n -c {domain} {V1_1}"),
-            format!("app upgrade -n -c {domain} {V2_0}"),
-            format!("app rollback -n -c {domain} {V1_0}")
-        ]
-    );
+    assert_eq!(moves, [format!("app upgrade -n -c {domain} {V1_1}")]);
 }
 
 #[tokio::test]

@@ -10,5 +10,7 @@ mod docker;
 mod edge;
 mod fleet;
 mod nix;
+mod rollout;
 mod security;
 mod tidy;
+mod upgrade;

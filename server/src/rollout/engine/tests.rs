@@ -1,0 +1,191 @@
+//! The engine over a real store: one active rollout per recipe, and a
+//! restarted engine that applies results stored while it was down and
+//! re-delivers outstanding commands with their original operation ids.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccfleet_proto::pb;
+
+use super::*;
+use crate::rollout::plan::{plan, Candidate};
+use crate::store::{
+    AgentEvent, HostFactsRecord, HostOutcomeRecord, HostRecord, OperationOutcomeRecord, QuantityRecord,
+    RolloutStateRecord, StrategyRecord,
+};
+
+fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
+    let candidates = hosts
+        .iter()
+        .map(|host| Candidate {
+            host_id: host.parse().unwrap(),
+            domain: format!("app.{host}.example.org").parse().unwrap(),
+            online: true,
+            observed: Some("1.0.0".parse().unwrap()),
+            pinned_by_host: false,
+        })
+        .collect();
+    let strategy = StrategyRecord {
+        canary: QuantityRecord::Count(canary),
+        batch: QuantityRecord::Count(1),
+        max_failures: 1,
+        max_failure_ppm: 0,
+        pause_after_canary: false,
+        wave_interval_ms: 0,
+        host_deadline_ms: 600_000,
+        progress_deadline_ms: 0,
+        rollback_on_halt: false,
+        allow_major: false,
+    };
+    plan(
+        String::new(),
+        recipe.parse().unwrap(),
+        "1.1.0".parse().unwrap(),
+        strategy,
+        candidates,
+        "admin".into(),
+        now_millis(),
+    )
+    .unwrap()
+}
+
+fn register(store: &crate::store::Store, host: &str) {
+    store
+        .put_host(&HostRecord {
+            host_id: host.parse().unwrap(),
+            registered_at: 1,
+            last_seen: 1,
+            agent_version: "test".into(),
+            facts: HostFactsRecord::default(),
+            last_seq: 0,
+            app_count: 1,
+            labels: BTreeMap::new(),
+            certificate_not_after: None,
+            enrollment: None,
+        })
+        .unwrap();
+}
+
+/// A stream for `host` registered in `fleet`, as `AgentService` makes one.
+fn open_stream(fleet: &Fleet, host: &str) -> tokio::sync::mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>> {
+    let host_id: HostId = host.parse().unwrap();
+    let ticket = fleet.connect(&host_id);
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    fleet.attach(&host_id, ticket.connection_id, sender);
+    receiver
+}
+
+async fn next_operation(
+    receiver: &mut tokio::sync::mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>>,
+) -> String {
+    let message = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+        .await
+        .expect("a command within 10 s")
+        .expect("the stream is open")
+        .expect("not an error");
+    match message.body {
+        Some(pb::server_message::Body::Command(command)) => command.operation_id,
+        other => panic!("expected a command, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_rollout_of_a_recipe_is_refused_with_the_first_ones_id() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    let engine = RolloutEngine::start(store.clone(), Arc::new(Fleet::new(Duration::from_secs(30))))
+        .await
+        .unwrap();
+    let first = engine.start_rollout(planned("ghost", &["a", "b"], 1)).await.unwrap();
+    assert_eq!(first.state, RolloutStateRecord::Running);
+    assert_eq!(first.hosts[0].operation_id, Some(format!("{}.0", first.id)));
+    let stored = store.read({
+        let id = first.id.clone();
+        move |store| store.rollout(&id)
+    });
+    assert_eq!(stored.await.unwrap().as_ref(), Some(&first), "stored before the answer");
+    match engine.start_rollout(planned("ghost", &["a"], 1)).await {
+        Err(StartError::Active(id)) => assert_eq!(id, first.id),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let other_recipe = engine.start_rollout(planned("hedgedoc", &["a"], 1)).await.unwrap();
+    assert_ne!(other_recipe.id, first.id);
+    // Once the first ends, the recipe is free again.
+    engine
+        .act(first.id.clone(), Event::Abort { reason: String::new() })
+        .await
+        .unwrap();
+    engine.agent_event(Event::Result {
+        host_id: "a".parse().unwrap(),
+        operation_id: format!("{}.0", first.id),
+        outcome: OperationOutcomeRecord::Succeeded,
+        to_version: None,
+        message: String::new(),
+    });
+    let second = engine.start_rollout(planned("ghost", &["a"], 1)).await.unwrap();
+    assert_ne!(second.id, first.id);
+}
+
+#[tokio::test]
+async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    store
+        .write(|store| {
+            for host in ["a", "b", "c"] {
+                register(store, host);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    let mut stream_b = open_stream(&fleet, "b");
+    let rollout = engine
+        .start_rollout(planned("ghost", &["a", "b", "c"], 2))
+        .await
+        .unwrap();
+    let id = rollout.id.clone();
+    assert_eq!(next_operation(&mut stream_b).await, format!("{id}.1"));
+    // The engine goes away (the server died); meanwhile a's result reached the store.
+    drop(engine);
+    let operation = format!("{id}.0");
+    store
+        .write(move |store| {
+            store.apply_event(
+                &"a".parse().unwrap(),
+                1,
+                &AgentEvent::Result {
+                    operation_id: operation,
+                    domain: "app.a.example.org".parse().unwrap(),
+                    outcome: OperationOutcomeRecord::Succeeded,
+                    from_version: Some("1.0.0".parse().unwrap()),
+                    to_version: Some("1.1.0".parse().unwrap()),
+                    message: "healthy".into(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    // Messages are handled in order: this answer comes after the stored result was applied.
+    let resumed = engine.act(id.clone(), Event::Resume).await.unwrap();
+    assert_eq!(resumed.hosts[0].outcome, HostOutcomeRecord::Succeeded);
+    assert_eq!(resumed.hosts[1].outcome, HostOutcomeRecord::Dispatched);
+    assert_eq!(
+        resumed.hosts[2].outcome,
+        HostOutcomeRecord::Pending,
+        "b has not answered yet"
+    );
+    let mut stream_b = open_stream(&fleet, "b");
+    engine.host_connected("b".parse().unwrap());
+    assert_eq!(
+        next_operation(&mut stream_b).await,
+        format!("{id}.1"),
+        "the original id again"
+    );
+}

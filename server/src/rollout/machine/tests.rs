@@ -1,0 +1,661 @@
+//! Table tests for the rollout state machine, and property tests over random
+//! event sequences for each invariant of issue 9.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::rollout::plan::{plan, resolve, Candidate};
+use crate::store::{QuantityRecord, StrategyRecord};
+
+fn strategy() -> StrategyRecord {
+    StrategyRecord {
+        canary: QuantityRecord::Count(1),
+        batch: QuantityRecord::Count(2),
+        max_failures: 1,
+        max_failure_ppm: 0,
+        pause_after_canary: false,
+        wave_interval_ms: 0,
+        host_deadline_ms: 60_000,
+        progress_deadline_ms: 0,
+        rollback_on_halt: false,
+        allow_major: false,
+    }
+}
+
+fn host(index: usize) -> HostId {
+    format!("h{index}").parse().unwrap()
+}
+
+fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
+    let candidates = (0..hosts)
+        .map(|index| Candidate {
+            host_id: host(index),
+            domain: format!("app.h{index}.example.org").parse().unwrap(),
+            online: true,
+            observed: Some("1.0.0+a".parse().unwrap()),
+            pinned_by_host: false,
+        })
+        .collect();
+    plan(
+        "ghost-t1".into(),
+        "ghost".parse().unwrap(),
+        "1.1.0+b".parse().unwrap(),
+        strategy,
+        candidates,
+        "admin".into(),
+        0,
+    )
+    .unwrap()
+}
+
+fn result(delivery: &Delivery, outcome: OperationOutcomeRecord) -> Event {
+    Event::Result {
+        host_id: delivery.host_id.clone(),
+        operation_id: delivery.operation_id.clone(),
+        outcome,
+        to_version: None,
+        message: format!("{outcome:?}"),
+    }
+}
+
+fn hosts_of(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| match &delivery.command {
+            Command::Upgrade { .. } => format!("{} upgrade {}", delivery.host_id, delivery.operation_id),
+            Command::Rollback { version, .. } => format!("{} rollback to {version}", delivery.host_id),
+        })
+        .collect()
+}
+
+fn outcomes(rollout: &RolloutRecord) -> String {
+    rollout
+        .hosts
+        .iter()
+        .map(|host| format!("{:?}", host.outcome))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+use OperationOutcomeRecord::{Failed, RolledBack, Succeeded};
+
+#[test]
+fn canary_then_batches_move_every_host() {
+    let mut rollout = rollout(5, strategy());
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    assert_eq!(hosts_of(&canary), ["h0 upgrade ghost-t1.0"]);
+    let wave_1 = apply(&mut rollout, result(&canary[0], Succeeded), 2).unwrap();
+    assert_eq!(hosts_of(&wave_1), ["h1 upgrade ghost-t1.1", "h2 upgrade ghost-t1.2"]);
+    assert!(apply(&mut rollout, result(&wave_1[1], Succeeded), 3)
+        .unwrap()
+        .is_empty());
+    let wave_2 = apply(&mut rollout, result(&wave_1[0], Succeeded), 4).unwrap();
+    assert_eq!(hosts_of(&wave_2), ["h3 upgrade ghost-t1.3", "h4 upgrade ghost-t1.4"]);
+    for delivery in &wave_2 {
+        apply(&mut rollout, result(delivery, Succeeded), 5).unwrap();
+    }
+    assert_eq!(rollout.state, RolloutStateRecord::Completed);
+    assert_eq!(outcomes(&rollout), "Succeeded Succeeded Succeeded Succeeded Succeeded");
+    assert!(is_settled(&rollout));
+}
+
+#[test]
+fn a_failure_halts_in_flight_hosts_finish_and_succeeded_hosts_roll_back() {
+    let mut rollout = rollout(
+        5,
+        StrategyRecord {
+            rollback_on_halt: true,
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    let wave_1 = apply(&mut rollout, result(&canary[0], Succeeded), 2).unwrap();
+    let rollbacks = apply(&mut rollout, result(&wave_1[0], RolledBack), 3).unwrap();
+    assert_eq!(rollout.state, RolloutStateRecord::Halted);
+    assert_eq!(rollout.reason, "1 host(s) failed, the failure budget is 1");
+    assert_eq!(hosts_of(&rollbacks), ["h0 rollback to 1.0.0+a"]);
+    assert!(!is_settled(&rollout), "h2 and h0's rollback are out");
+    // h2 was in flight: it finishes, and as it succeeded it goes back too.
+    let late = apply(&mut rollout, result(&wave_1[1], Succeeded), 4).unwrap();
+    assert_eq!(hosts_of(&late), ["h2 rollback to 1.0.0+a"]);
+    apply(&mut rollout, result(&rollbacks[0], Succeeded), 5).unwrap();
+    apply(&mut rollout, result(&late[0], Failed), 6).unwrap();
+    assert_eq!(outcomes(&rollout), "RolledBack RolledBack Failed Pending Pending");
+    assert_eq!(rollout.hosts[2].message, "rollback to 1.0.0+a failed: Failed");
+    assert!(is_settled(&rollout));
+    assert!(
+        apply(&mut rollout, Event::Resume, 7).is_err(),
+        "nothing restarts a halted rollout"
+    );
+}
+
+#[test]
+fn pause_after_canary_waits_for_promote() {
+    let mut rollout = rollout(
+        3,
+        StrategyRecord {
+            pause_after_canary: true,
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    assert!(apply(&mut rollout, result(&canary[0], Succeeded), 2)
+        .unwrap()
+        .is_empty());
+    assert_eq!(rollout.state, RolloutStateRecord::Paused);
+    assert_eq!(rollout.reason, "the canary wave finished; waiting for promote");
+    assert!(
+        apply(&mut rollout, Event::Resume, 3).unwrap().is_empty(),
+        "resume does not open the canary gate"
+    );
+    let wave_1 = apply(&mut rollout, Event::Promote, 4).unwrap();
+    assert_eq!(hosts_of(&wave_1).len(), 2);
+    assert_eq!(rollout.state, RolloutStateRecord::Running);
+}
+
+#[test]
+fn pause_beats_promote_and_abort_beats_pause() {
+    let mut rollout = rollout(
+        5,
+        StrategyRecord {
+            pause_after_canary: true,
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    apply(&mut rollout, Event::Pause, 2).unwrap();
+    apply(&mut rollout, result(&canary[0], Succeeded), 3).unwrap();
+    assert!(apply(&mut rollout, Event::Promote, 4).unwrap().is_empty());
+    assert_eq!(rollout.state, RolloutStateRecord::Paused, "pause beats promote");
+    assert_eq!(rollout.reason, "paused by an operator");
+    let wave_1 = apply(&mut rollout, Event::Resume, 5).unwrap();
+    assert_eq!(hosts_of(&wave_1).len(), 2, "promoted earlier, so resume moves on");
+    apply(&mut rollout, Event::Pause, 6).unwrap();
+    apply(
+        &mut rollout,
+        Event::Abort {
+            reason: "bad release".into(),
+        },
+        7,
+    )
+    .unwrap();
+    assert_eq!(rollout.state, RolloutStateRecord::Aborted);
+    assert_eq!(rollout.reason, "aborted: bad release");
+    for event in [
+        Event::Resume,
+        Event::Promote,
+        Event::Pause,
+        Event::Abort { reason: String::new() },
+    ] {
+        assert_eq!(
+            apply(&mut rollout, event, 8).unwrap_err().to_string(),
+            "rollout ghost-t1 is aborted; nothing restarts or changes it"
+        );
+    }
+    // In-flight hosts still report; nothing new is sent.
+    assert!(apply(&mut rollout, result(&wave_1[0], Succeeded), 9)
+        .unwrap()
+        .is_empty());
+    assert!(apply(&mut rollout, result(&wave_1[1], Succeeded), 9)
+        .unwrap()
+        .is_empty());
+    assert_eq!(outcomes(&rollout), "Succeeded Succeeded Succeeded Pending Pending");
+    assert!(is_settled(&rollout));
+    assert!(outstanding(&rollout).is_empty());
+}
+
+#[test]
+fn a_host_past_its_deadline_times_out_and_counts_as_a_failure() {
+    let mut rollout = rollout(3, strategy());
+    let canary = apply(&mut rollout, Event::Tick, 1000).unwrap();
+    assert!(apply(&mut rollout, Event::Tick, 60_999).unwrap().is_empty());
+    assert_eq!(rollout.hosts[0].outcome, HostOutcomeRecord::Dispatched);
+    apply(&mut rollout, Event::Tick, 61_000).unwrap();
+    assert_eq!(rollout.hosts[0].outcome, HostOutcomeRecord::TimedOut);
+    assert_eq!(rollout.hosts[0].message, "no result within the host deadline of 60s");
+    assert_eq!(rollout.state, RolloutStateRecord::Halted);
+    // The late result changes nothing.
+    let before = rollout.clone();
+    apply(&mut rollout, result(&canary[0], Succeeded), 62_000).unwrap();
+    assert_eq!(rollout, before);
+}
+
+#[test]
+fn duplicate_and_unknown_results_change_nothing() {
+    let mut rollout = rollout(3, strategy());
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    apply(&mut rollout, result(&canary[0], Succeeded), 2).unwrap();
+    let before = rollout.clone();
+    apply(&mut rollout, result(&canary[0], Failed), 3).unwrap();
+    let stranger = Delivery {
+        host_id: host(1),
+        operation_id: "ghost-t1.0".into(),
+        command: canary[0].command.clone(),
+    };
+    apply(&mut rollout, result(&stranger, Failed), 3).unwrap();
+    assert_eq!(rollout, before);
+}
+
+#[test]
+fn waves_wait_for_the_interval_unless_promoted() {
+    let mut rollout = rollout(
+        5,
+        StrategyRecord {
+            wave_interval_ms: 10_000,
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 0).unwrap();
+    assert!(apply(&mut rollout, result(&canary[0], Succeeded), 1_000)
+        .unwrap()
+        .is_empty());
+    assert_eq!(rollout.next_wave_at, Some(11_000));
+    assert!(apply(&mut rollout, Event::Tick, 10_999).unwrap().is_empty());
+    let wave_1 = apply(&mut rollout, Event::Tick, 11_000).unwrap();
+    assert_eq!(hosts_of(&wave_1).len(), 2);
+    for delivery in &wave_1 {
+        apply(&mut rollout, result(delivery, Succeeded), 12_000).unwrap();
+    }
+    assert_eq!(rollout.next_wave_at, Some(22_000));
+    assert_eq!(
+        apply(&mut rollout, Event::Promote, 13_000).unwrap().len(),
+        2,
+        "promote skips the wait"
+    );
+}
+
+#[test]
+fn the_progress_deadline_halts_a_stalled_rollout() {
+    let mut rollout = rollout(
+        2,
+        StrategyRecord {
+            host_deadline_ms: 0,
+            progress_deadline_ms: 30_000,
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 0).unwrap();
+    apply(
+        &mut rollout,
+        Event::Progress {
+            host_id: canary[0].host_id.clone(),
+            operation_id: canary[0].operation_id.clone(),
+        },
+        20_000,
+    )
+    .unwrap();
+    assert_eq!(rollout.hosts[0].outcome, HostOutcomeRecord::Upgrading);
+    apply(&mut rollout, Event::Tick, 49_999).unwrap();
+    assert_eq!(rollout.state, RolloutStateRecord::Running);
+    apply(&mut rollout, Event::Tick, 50_000).unwrap();
+    assert_eq!(rollout.state, RolloutStateRecord::Halted);
+    assert_eq!(rollout.reason, "no progress for 30s (progress deadline)");
+}
+
+#[test]
+fn a_failure_ratio_sets_the_budget() {
+    let check = |hosts, count, ratio, expect| {
+        let rollout = rollout(
+            hosts,
+            StrategyRecord {
+                max_failures: count,
+                max_failure_ppm: ratio,
+                ..strategy()
+            },
+        );
+        assert_eq!(
+            failure_limit(&rollout),
+            expect,
+            "{hosts} hosts, count {count}, ratio {ratio}"
+        );
+    };
+    check(10, 1, 0, 1);
+    check(10, 0, 200_000, 2);
+    check(10, 3, 500_000, 3);
+    check(10, 0, 10_000, 1);
+    check(10, 0, 0, 1);
+}
+
+#[test]
+fn a_restarted_server_redelivers_with_the_original_operation_ids() {
+    let mut rollout = rollout(
+        4,
+        StrategyRecord {
+            batch: QuantityRecord::Count(3),
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 0).unwrap();
+    let wave_1 = apply(&mut rollout, result(&canary[0], Succeeded), 1).unwrap();
+    apply(&mut rollout, result(&wave_1[1], Succeeded), 2).unwrap();
+    let stored = serde_json::to_string(&rollout).unwrap();
+    let reloaded: RolloutRecord = serde_json::from_str(&stored).unwrap();
+    assert_eq!(reloaded, rollout);
+    let again = outstanding(&reloaded);
+    assert_eq!(again, vec![wave_1[0].clone(), wave_1[2].clone()]);
+}
+
+// ---------------------------------------------------------------------------
+// Property tests: random strategies and random event sequences.
+
+#[derive(Debug, Clone)]
+enum Step {
+    Tick(u64),
+    /// A result for the host at this position (modulo the host count), with
+    /// its current operation id, or a made-up one.
+    Result {
+        host: usize,
+        outcome: u8,
+        stale: bool,
+    },
+    Progress(usize),
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+    /// The server stops and starts again: the record goes through storage.
+    Restart,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u64..40_000).prop_map(Step::Tick),
+        8 => (0usize..40, 0u8..10, proptest::bool::weighted(0.1))
+            .prop_map(|(host, outcome, stale)| Step::Result { host, outcome, stale }),
+        1 => (0usize..40).prop_map(Step::Progress),
+        1 => Just(Step::Pause),
+        1 => Just(Step::Resume),
+        1 => Just(Step::Promote),
+        1 => Just(Step::Abort),
+        1 => Just(Step::Restart),
+    ]
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(step(), 0..80)
+}
+
+fn quantity() -> impl Strategy<Value = QuantityRecord> {
+    prop_oneof![
+        (1u32..6).prop_map(QuantityRecord::Count),
+        (1u32..=100).prop_map(QuantityRecord::Percent)
+    ]
+}
+
+fn random_strategy() -> impl Strategy<Value = StrategyRecord> {
+    (
+        quantity(),
+        quantity(),
+        0u32..4,
+        prop_oneof![Just(0u32), 50_000u32..600_000],
+        any::<bool>(),
+        prop_oneof![Just(0u64), 1_000u64..20_000],
+        prop_oneof![Just(0u64), 5_000u64..60_000],
+        any::<bool>(),
+    )
+        .prop_map(
+            |(canary, batch, max_failures, ratio, pause_after_canary, interval, deadline, rollback)| StrategyRecord {
+                canary,
+                batch,
+                max_failures,
+                max_failure_ppm: ratio,
+                pause_after_canary,
+                wave_interval_ms: interval,
+                host_deadline_ms: deadline,
+                progress_deadline_ms: 0,
+                rollback_on_halt: rollback,
+                allow_major: false,
+            },
+        )
+}
+
+fn outcome_of(code: u8) -> OperationOutcomeRecord {
+    match code {
+        0..=5 => Succeeded,
+        6 => RolledBack,
+        7 => Failed,
+        8 => OperationOutcomeRecord::Held,
+        _ => OperationOutcomeRecord::Skipped,
+    }
+}
+
+/// The invariants of issue 9, each checked by its own property test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invariant {
+    /// No host gets two operation ids; re-deliveries (also after a restart) reuse the stored one.
+    OneOperationIdPerHost,
+    /// A wave never exceeds its size, and no later wave starts early.
+    WaveSizes,
+    /// Failures never exceed the budget by more than the hosts in flight when it was reached.
+    FailureBudget,
+    /// Abort beats pause beats promote.
+    Precedence,
+    /// Nothing restarts a completed, halted or aborted rollout.
+    FinalStaysFinal,
+}
+
+/// Runs `steps` against a rollout, checking `invariant` after each.
+fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Invariant) -> Result<(), TestCaseError> {
+    use Invariant::*;
+    let mut rollout = rollout(hosts, strategy.clone());
+    let canary_size = resolve(strategy.canary, hosts);
+    let batch_size = resolve(strategy.batch, hosts);
+    let limit = failure_limit(&rollout);
+    let mut now = 0;
+    let mut minted: BTreeMap<usize, String> = BTreeMap::new();
+    let mut minted_rollbacks: BTreeMap<usize, String> = BTreeMap::new();
+    let mut upgrade_deliveries: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failure_cap: Option<usize> = None;
+    let mut steps = steps;
+    steps.insert(0, Step::Tick(0));
+    for step in steps {
+        let before = rollout.clone();
+        let event = match step {
+            Step::Tick(dt) => {
+                now += dt;
+                Event::Tick
+            }
+            Step::Result { host, outcome, stale } => {
+                let index = host % hosts;
+                let target = &rollout.hosts[index];
+                let operation_id = match (&target.rollback, &target.operation_id) {
+                    _ if stale => format!("{}.{}", rollout.id, index + 1),
+                    (Some(rollback), _) => rollback.operation_id.clone(),
+                    (None, Some(operation_id)) => operation_id.clone(),
+                    (None, None) => format!("{}.{index}", rollout.id),
+                };
+                Event::Result {
+                    host_id: target.host_id.clone(),
+                    operation_id,
+                    outcome: outcome_of(outcome),
+                    to_version: None,
+                    message: String::new(),
+                }
+            }
+            Step::Progress(host) => {
+                let target = &rollout.hosts[host % hosts];
+                Event::Progress {
+                    host_id: target.host_id.clone(),
+                    operation_id: target.operation_id.clone().unwrap_or_default(),
+                }
+            }
+            Step::Pause => Event::Pause,
+            Step::Resume => Event::Resume,
+            Step::Promote => Event::Promote,
+            Step::Abort => Event::Abort { reason: "test".into() },
+            Step::Restart => {
+                let stored = serde_json::to_vec(&rollout).unwrap();
+                rollout = serde_json::from_slice(&stored).unwrap();
+                prop_assert_eq!(&rollout, &before, "the record survives storage unchanged");
+                if invariant != OneOperationIdPerHost {
+                    continue;
+                }
+                for delivery in outstanding(&rollout) {
+                    let index = rollout
+                        .hosts
+                        .iter()
+                        .position(|host| host.host_id == delivery.host_id)
+                        .unwrap();
+                    let expected = match delivery.command {
+                        Command::Upgrade { .. } => minted.get(&index),
+                        Command::Rollback { .. } => minted_rollbacks.get(&index),
+                    };
+                    prop_assert_eq!(
+                        Some(&delivery.operation_id),
+                        expected,
+                        "re-delivery keeps the original id"
+                    );
+                }
+                continue;
+            }
+        };
+        let was_paused_by_operator = before.paused_by_operator && !before.state.is_final();
+        let is_promote = event == Event::Promote;
+        let is_abort = matches!(event, Event::Abort { .. });
+        let applied = apply(&mut rollout, event, now);
+        if invariant == FinalStaysFinal && before.state.is_final() && applied.is_err() {
+            prop_assert_eq!(&rollout, &before, "a refused action changes nothing");
+        }
+        let deliveries = applied.unwrap_or_default();
+
+        // Nothing restarts a final rollout; an aborted one sends nothing at all.
+        if invariant == FinalStaysFinal && before.state.is_final() {
+            prop_assert_eq!(rollout.state, before.state);
+            let only_rollbacks = deliveries.iter().all(|d| matches!(d.command, Command::Rollback { .. }));
+            prop_assert!(only_rollbacks, "a final rollout sends no upgrade");
+        }
+        if invariant == FinalStaysFinal && before.state == RolloutStateRecord::Aborted {
+            prop_assert!(deliveries.is_empty());
+        }
+        // Abort beats pause beats promote.
+        if invariant == Precedence && is_abort && !before.state.is_final() {
+            prop_assert_eq!(
+                rollout.state,
+                RolloutStateRecord::Aborted,
+                "abort wins over any pause or gate"
+            );
+        }
+        if invariant == Precedence && is_promote && was_paused_by_operator {
+            prop_assert!(
+                rollout.state != RolloutStateRecord::Running,
+                "promote does not undo a pause"
+            );
+        }
+        // One operation id per host, for good; deliveries carry the stored id.
+        for (index, host) in rollout.hosts.iter().enumerate() {
+            if let Some(operation_id) = &host.operation_id {
+                let first = minted.entry(index).or_insert_with(|| operation_id.clone());
+                prop_assert!(invariant != OneOperationIdPerHost || first == operation_id);
+            }
+            if let Some(rollback) = &host.rollback {
+                let first = minted_rollbacks
+                    .entry(index)
+                    .or_insert_with(|| rollback.operation_id.clone());
+                prop_assert!(invariant != OneOperationIdPerHost || *first == rollback.operation_id);
+            }
+        }
+        for delivery in deliveries.iter().filter(|_| invariant == OneOperationIdPerHost) {
+            let index = rollout
+                .hosts
+                .iter()
+                .position(|host| host.host_id == delivery.host_id)
+                .unwrap();
+            match delivery.command {
+                Command::Upgrade { .. } => {
+                    prop_assert_eq!(Some(&delivery.operation_id), minted.get(&index));
+                    *upgrade_deliveries.entry(delivery.operation_id.clone()).or_default() += 1;
+                }
+                Command::Rollback { .. } => {
+                    prop_assert_eq!(Some(&delivery.operation_id), minted_rollbacks.get(&index));
+                }
+            }
+        }
+        prop_assert!(
+            invariant != OneOperationIdPerHost || upgrade_deliveries.values().all(|count| *count == 1),
+            "no upgrade is dispatched twice"
+        );
+        if invariant == WaveSizes {
+            let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
+            for host in rollout.hosts.iter().filter(|host| host.operation_id.is_some()) {
+                *per_wave.entry(host.wave).or_default() += 1;
+                prop_assert!(host.wave <= rollout.current_wave, "a later wave started early");
+            }
+            for (wave, count) in per_wave {
+                let size = if wave == 0 { canary_size } else { batch_size };
+                prop_assert!(count <= size, "wave {} has {} hosts, its size is {}", wave, count, size);
+            }
+        }
+        if invariant == FailureBudget {
+            let failed = failures(&rollout);
+            let in_flight_now = rollout.hosts.iter().filter(|host| host.outcome.is_in_flight()).count();
+            if failure_cap.is_none() && (failed >= limit || rollout.state.is_final()) {
+                failure_cap = Some(failed + in_flight_now);
+                if failed >= limit {
+                    prop_assert!(rollout.state.is_final(), "reaching the budget halts");
+                }
+            }
+            match failure_cap {
+                Some(cap) => prop_assert!(failed <= cap, "failures {} beyond {}", failed, cap),
+                None => prop_assert!(failed < limit),
+            }
+            if failed >= limit && before.state.is_final() {
+                let only_rollbacks = deliveries.iter().all(|d| matches!(d.command, Command::Rollback { .. }));
+                prop_assert!(only_rollbacks, "nothing new is dispatched past the budget");
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn no_host_gets_two_operation_ids(hosts in 1usize..25, strategy in random_strategy(), steps in steps()) {
+        run(hosts, strategy, steps, Invariant::OneOperationIdPerHost)?;
+    }
+
+    #[test]
+    fn a_wave_never_exceeds_its_size(hosts in 1usize..25, strategy in random_strategy(), steps in steps()) {
+        run(hosts, strategy, steps, Invariant::WaveSizes)?;
+    }
+
+    #[test]
+    fn the_failure_budget_is_overrun_by_no_more_than_the_hosts_in_flight(
+        hosts in 1usize..25,
+        strategy in random_strategy(),
+        steps in steps(),
+    ) {
+        run(hosts, strategy, steps, Invariant::FailureBudget)?;
+    }
+
+    #[test]
+    fn abort_beats_pause_beats_promote(hosts in 1usize..25, strategy in random_strategy(), steps in steps()) {
+        run(hosts, strategy, steps, Invariant::Precedence)?;
+    }
+
+    #[test]
+    fn nothing_restarts_a_completed_halted_or_aborted_rollout(
+        hosts in 1usize..25,
+        strategy in random_strategy(),
+        steps in steps(),
+    ) {
+        run(hosts, strategy, steps, Invariant::FinalStaysFinal)?;
+    }
+
+    /// Successful hosts only, no operator: every rollout completes.
+    #[test]
+    fn rollouts_of_healthy_hosts_complete(hosts in 1usize..40, canary in quantity(), batch in quantity()) {
+        let mut rollout = rollout(hosts, StrategyRecord { canary, batch, ..strategy() });
+        let mut pending = apply(&mut rollout, Event::Tick, 0).unwrap();
+        let mut now = 0;
+        while let Some(delivery) = pending.pop() {
+            now += 1;
+            pending.extend(apply(&mut rollout, result(&delivery, Succeeded), now).unwrap());
+        }
+        prop_assert_eq!(rollout.state, RolloutStateRecord::Completed);
+        prop_assert!(rollout.hosts.iter().all(|host| host.outcome == HostOutcomeRecord::Succeeded));
+    }
+}
