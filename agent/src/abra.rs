@@ -11,6 +11,7 @@
 //! A non-zero exit is failure, and its output tail travels in the error.
 
 pub mod env_file;
+pub mod versions;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ use crate::config::AbraConfig;
 use crate::process::{self, CommandOutput, CommandSpec, ProcessError};
 
 pub use env_file::{AppType, EnvFile};
+pub use versions::VersionsError;
 
 /// Environment variables of the agent that abra (and the `docker` it starts)
 /// may need; nothing else of the agent's environment reaches abra. `HOME`
@@ -51,6 +53,9 @@ pub enum AbraError {
         directory.display()
     )]
     ServerMissing { server: String, directory: PathBuf },
+    /// The recipe's versions could not be read from abra's files.
+    #[error(transparent)]
+    Versions(#[from] VersionsError),
 }
 
 impl AbraError {
@@ -58,7 +63,7 @@ impl AbraError {
     pub fn output(&self) -> Option<&CommandOutput> {
         match self {
             AbraError::Command(error) => error.output(),
-            AbraError::Io { .. } | AbraError::ServerMissing { .. } => None,
+            AbraError::Io { .. } | AbraError::ServerMissing { .. } | AbraError::Versions(_) => None,
         }
     }
 }
@@ -244,7 +249,7 @@ impl Abra {
         Ok(())
     }
 
-    /// `abra app new <recipe> <version> --server <server> --domain <domain> -n`.
+    /// `abra app new -n --server <server> --domain <domain> <recipe> <version>`.
     pub async fn app_new(
         &self,
         recipe: &RecipeName,
@@ -256,28 +261,28 @@ impl Abra {
         self.run(&[
             "app",
             "new",
-            recipe.as_str(),
-            &version,
+            "-n",
             "--server",
             &self.server,
             "--domain",
             domain.as_str(),
-            "-n",
+            recipe.as_str(),
+            &version,
         ])
         .await
     }
 
-    /// `abra app secret generate <domain> --all -n`. Whether abra skips
+    /// `abra app secret generate -n --all <domain>`. Whether abra skips
     /// secrets that already exist (inserted from files) is unconfirmed: the
     /// caller runs this once, right after creating the app.
     pub async fn secret_generate_all(&self, recipe: &RecipeName, domain: &Domain) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         // abra prints the values it generated: they must not reach logs or reports.
-        self.run_redacted(&["app", "secret", "generate", domain.as_str(), "--all", "-n"].map(OsString::from))
+        self.run_redacted(&["app", "secret", "generate", "-n", "--all", domain.as_str()].map(OsString::from))
             .await
     }
 
-    /// `abra app secret insert <domain> <name> <version> <file> -f -n`
+    /// `abra app secret insert -n -f <domain> <name> <version> <file>`
     /// (`-f`: the argument is a file holding the value, not the value itself).
     pub async fn secret_insert(
         &self,
@@ -293,18 +298,18 @@ impl Abra {
             "app".into(),
             "secret".into(),
             "insert".into(),
+            "-n".into(),
+            "-f".into(),
             domain.as_str().into(),
             name.into(),
             secret_version.into(),
             file,
-            "-f".into(),
-            "-n".into(),
         ])
         .await
     }
 
-    /// `abra app deploy <domain> <version> -n -c`, with `-f` to redeploy an app
-    /// that is already deployed.
+    /// `abra app deploy -n -c [-f] <domain> <version>`, with `-f` to redeploy
+    /// an app that is already deployed.
     pub async fn deploy(
         &self,
         recipe: &RecipeName,
@@ -314,14 +319,15 @@ impl Abra {
     ) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         let version = version.to_string();
-        let mut arguments = vec!["app", "deploy", domain.as_str(), &version, "-n", "-c"];
+        let mut arguments = vec!["app", "deploy", "-n", "-c"];
         if force {
             arguments.push("-f");
         }
+        arguments.extend([domain.as_str(), &version]);
         self.run(&arguments).await
     }
 
-    /// `abra app upgrade <domain> <version> -n -c`.
+    /// `abra app upgrade -n -c <domain> <version>`.
     pub async fn upgrade(
         &self,
         recipe: &RecipeName,
@@ -330,11 +336,11 @@ impl Abra {
     ) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         let version = version.to_string();
-        self.run(&["app", "upgrade", domain.as_str(), &version, "-n", "-c"])
+        self.run(&["app", "upgrade", "-n", "-c", domain.as_str(), &version])
             .await
     }
 
-    /// `abra app rollback <domain> <version> -n -c`.
+    /// `abra app rollback -n -c <domain> <version>`.
     pub async fn rollback(
         &self,
         recipe: &RecipeName,
@@ -343,25 +349,39 @@ impl Abra {
     ) -> Result<CommandOutput, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
         let version = version.to_string();
-        self.run(&["app", "rollback", domain.as_str(), &version, "-n", "-c"])
+        self.run(&["app", "rollback", "-n", "-c", domain.as_str(), &version])
             .await
     }
 
-    /// `abra app undeploy <domain> -n` (volumes and secrets stay).
-    pub async fn undeploy(&self, recipe: &RecipeName, domain: &Domain) -> Result<CommandOutput, AbraError> {
+    /// `abra app undeploy -n <domain>`: removes the stack; its volumes and
+    /// secrets stay (ABRA.md).
+    pub async fn undeploy(&self, recipe: &RecipeName, domain: &Domain) -> Result<(), AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
-        self.run(&["app", "undeploy", domain.as_str(), "-n"]).await
+        self.run(&["app", "undeploy", "-n", domain.as_str()]).await?;
+        Ok(())
     }
 
-    /// `abra recipe versions <recipe>`: the recipe's published versions,
-    /// oldest first. abra prints a table whose layout is not a stable
-    /// interface (a `-m` JSON form is unconfirmed), so this keeps every
-    /// whitespace- or `│`-separated word that parses as a version and ignores
-    /// the rest; old `<upstream>_<n>` tags are skipped that way too.
-    pub async fn recipe_versions(&self, recipe: &RecipeName) -> Result<Vec<CoopVersion>, AbraError> {
+    /// The recipe's published versions, oldest first, without duplicates:
+    /// `abra recipe fetch <recipe>` refreshes the recipe checkout, then its
+    /// git tags (or else the cached catalogue) are read from disk (see
+    /// [`versions`]); abra's printed tables are never parsed. A failed fetch
+    /// (no network) is logged and the versions already on disk are used:
+    /// stale versions only delay an upgrade, while the fetch error alone would
+    /// say nothing about what is known. When nothing is on disk either, the
+    /// fetch error is returned.
+    pub async fn available_versions(&self, recipe: &RecipeName) -> Result<Vec<CoopVersion>, AbraError> {
         let _recipe_guard = self.lock_recipe(recipe).await;
-        let output = self.run(&["recipe", "versions", recipe.as_str()]).await?;
-        Ok(versions_in(&output.stdout))
+        // `abra recipe fetch <recipe>` with no flags (unconfirmed: recent abra
+        // also has `--all` and `--force`; a fetch has no prompt, so no `-n`).
+        let fetched = self.run(&["recipe", "fetch", recipe.as_str()]).await;
+        match (fetched, versions::available_versions(&self.dir, recipe)) {
+            (Ok(_), on_disk) => Ok(on_disk?),
+            (Err(fetch_error), Ok(versions)) => {
+                tracing::warn!(%recipe, error = %fetch_error, "abra recipe fetch failed; using the versions already on disk");
+                Ok(versions)
+            }
+            (Err(fetch_error), Err(_)) => Err(fetch_error),
+        }
     }
 
     /// Waits for and holds the recipe's lock (see the module comment).
@@ -405,17 +425,6 @@ impl Abra {
     }
 }
 
-/// Every distinct version in `text`, oldest first.
-fn versions_in(text: &str) -> Vec<CoopVersion> {
-    let mut versions: Vec<CoopVersion> = text
-        .split(|c: char| c.is_whitespace() || matches!(c, '│' | '|' | ','))
-        .filter_map(|word| word.parse::<CoopVersion>().ok())
-        .collect();
-    versions.sort();
-    versions.dedup();
-    versions
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,23 +444,6 @@ mod tests {
         });
         assert!(Arc::ptr_eq(&first.recipe_locks, &second.recipe_locks));
         assert_eq!(second.dir(), Path::new("/srv/abra"));
-    }
-
-    #[test]
-    fn versions_are_picked_out_of_table_text() {
-        let text = "\
-┌──────────────┬──────┐
-│ VERSION      │ NOTE │
-├──────────────┼──────┤
-│ 1.1.0+1.1    │      │
-│ 1.0.0+1.0    │      │
-│ 5.2_1        │ old  │
-│ 2.0.0+2.0    │      │
-└──────────────┴──────┘
-1.0.0+1.0
-";
-        let versions: Vec<String> = versions_in(text).iter().map(ToString::to_string).collect();
-        assert_eq!(versions, ["1.0.0+1.0", "1.1.0+1.1", "2.0.0+2.0"]);
     }
 
     fn abra_with_script(directory: &Path, script: &str) -> Abra {
@@ -497,7 +489,10 @@ mod tests {
         let abra = abra_with_script(
             directory.path(),
             &format!(
-                "#!/bin/sh\necho \"$* | ABRA_DIR=$ABRA_DIR pwd=$(pwd)\" >> {}\n[ \"$1\" = server ] && mkdir -p \"$ABRA_DIR/servers/default\"\nexit 0\n",
+                "#!/bin/sh\necho \"$* | ABRA_DIR=$ABRA_DIR pwd=$(pwd)\" >> {}\n\
+                 [ \"$1\" = server ] && mkdir -p \"$ABRA_DIR/servers/default\"\n\
+                 [ \"$1\" = recipe ] && mkdir -p \"$ABRA_DIR/recipes/$3/.git/refs/tags\" && touch \"$ABRA_DIR/recipes/$3/.git/refs/tags/1.1.0+1.1\"\n\
+                 exit 0\n",
                 log.display()
             ),
         );
@@ -516,19 +511,22 @@ mod tests {
         abra.upgrade(&recipe, &domain, &version).await.unwrap();
         abra.rollback(&recipe, &domain, &version).await.unwrap();
         abra.undeploy(&recipe, &domain).await.unwrap();
-        abra.recipe_versions(&recipe).await.unwrap();
+        assert_eq!(
+            abra.available_versions(&recipe).await.unwrap(),
+            std::slice::from_ref(&version)
+        );
         let abra_dir = directory.path().join("abra-dir");
         let expected = [
             "server add --local",
-            "app new fixture-web 1.1.0+1.1 --server default --domain blog.example.org -n",
-            "app secret insert blog.example.org db_password v1 /run/secrets/db -f -n",
-            "app secret generate blog.example.org --all -n",
-            "app deploy blog.example.org 1.1.0+1.1 -n -c",
-            "app deploy blog.example.org 1.1.0+1.1 -n -c -f",
-            "app upgrade blog.example.org 1.1.0+1.1 -n -c",
-            "app rollback blog.example.org 1.1.0+1.1 -n -c",
-            "app undeploy blog.example.org -n",
-            "recipe versions fixture-web",
+            "app new -n --server default --domain blog.example.org fixture-web 1.1.0+1.1",
+            "app secret insert -n -f blog.example.org db_password v1 /run/secrets/db",
+            "app secret generate -n --all blog.example.org",
+            "app deploy -n -c blog.example.org 1.1.0+1.1",
+            "app deploy -n -c -f blog.example.org 1.1.0+1.1",
+            "app upgrade -n -c blog.example.org 1.1.0+1.1",
+            "app rollback -n -c blog.example.org 1.1.0+1.1",
+            "app undeploy -n blog.example.org",
+            "recipe fetch fixture-web",
         ]
         .map(|arguments| format!("{arguments} | ABRA_DIR={0} pwd={0}", abra_dir.display()))
         .join("\n");
@@ -552,10 +550,36 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .ends_with("abra app undeploy blog.example.org -n` failed (exit code 1): FATA nope: app undeploy blog.example.org -n"),
+                .ends_with("abra app undeploy -n blog.example.org` failed (exit code 1): FATA nope: app undeploy -n blog.example.org"),
             "{error}"
         );
         assert_eq!(error.output().unwrap().exit_code, Some(1));
+    }
+
+    #[tokio::test]
+    async fn versions_survive_a_failed_fetch_only_when_some_are_on_disk() {
+        let directory = tempfile::tempdir().unwrap();
+        let abra = abra_with_script(
+            directory.path(),
+            "#!/bin/sh\necho 'FATA network is unreachable' >&2\nexit 1\n",
+        );
+        let recipe: RecipeName = "fixture-web".parse().unwrap();
+        std::fs::create_dir_all(abra.dir()).unwrap();
+        let error = abra.available_versions(&recipe).await.unwrap_err().to_string();
+        assert!(error.contains("network is unreachable"), "{error}");
+        let tags = abra.dir().join("recipes/fixture-web/.git/refs/tags");
+        std::fs::create_dir_all(&tags).unwrap();
+        std::fs::write(tags.join("1.0.0+1.0"), "0123\n").unwrap();
+        let versions = abra.available_versions(&recipe).await.unwrap();
+        assert_eq!(versions, ["1.0.0+1.0".parse::<CoopVersion>().unwrap()]);
+        // A fetch that works but leaves nothing readable is the versions error.
+        let succeeding = abra_with_script(directory.path(), "#!/bin/sh\nexit 0\n");
+        let error = succeeding
+            .available_versions(&"other".parse().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("no versions of recipe other"), "{error}");
     }
 
     #[tokio::test]

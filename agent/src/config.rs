@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +38,15 @@ const DEFAULT_OBSERVE_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default `agent.snapshot_retention`: snapshots kept per app.
+pub const DEFAULT_SNAPSHOT_RETENTION: usize = 3;
+const MAX_SNAPSHOT_RETENTION: i64 = 1000;
+const DEFAULT_MIN_HEALTHY_TIME: Duration = Duration::from_secs(10);
+/// Default `agent.probe_address`: the host's own Traefik.
+pub const DEFAULT_PROBE_ADDRESS: &str = "127.0.0.1:443";
+/// Below systemd's default `TimeoutStopSec` (90 s), so that the agent records
+/// an interrupted operation before systemd resorts to SIGKILL.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(80);
 
 /// Bounds that keep garbage out of logs, units and `.env` files.
 const MAX_LABEL_KEY_LENGTH: usize = 128;
@@ -147,6 +157,30 @@ pub struct AgentConfig {
     /// How often Docker is read for changes to report to the server.
     #[serde(serialize_with = "serialize_duration")]
     pub observe_interval: Duration,
+    /// Verified snapshots kept per app (the newest ones); older ones are removed.
+    pub snapshot_retention: usize,
+    /// How long an upgraded app must stay healthy, without interruption,
+    /// before the upgrade counts as healthy.
+    #[serde(serialize_with = "serialize_duration")]
+    pub min_healthy_time: Duration,
+    /// Where the HTTP health probe connects (the host's own Traefik); the
+    /// app's domain goes in SNI and `Host`.
+    pub probe_address: SocketAddr,
+    pub probe_scheme: ProbeScheme,
+    /// On SIGTERM, how long an operation in flight may finish before the agent
+    /// records it as interrupted and exits (the journal resumes it at start).
+    #[serde(serialize_with = "serialize_duration")]
+    pub stop_timeout: Duration,
+}
+
+/// How the health probe talks to `probe_address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeScheme {
+    /// TLS without certificate verification: the probe checks the app, not the PKI.
+    Https,
+    /// Plain HTTP (tests point the probe at a fixture's published port).
+    Http,
 }
 
 /// How the agent runs abra.
@@ -173,6 +207,9 @@ pub struct AppConfig {
     /// systemd `OnCalendar` text; always set when `auto_update` is.
     pub schedule: Option<String>,
     pub allow_major: bool,
+    /// Whether fleet rollouts may move this app; false pins it to this
+    /// host's configuration ("pinned by host configuration").
+    pub fleet_managed: bool,
     #[serde(serialize_with = "serialize_duration")]
     pub deploy_timeout: Duration,
     /// Sorted, without duplicates; every entry is another declared app.
@@ -238,6 +275,11 @@ struct RawAgent {
     alerts_dir: Option<String>,
     reconcile_interval: Option<String>,
     observe_interval: Option<String>,
+    snapshot_retention: Option<i64>,
+    min_healthy_time: Option<String>,
+    probe_address: Option<String>,
+    probe_scheme: Option<ProbeScheme>,
+    stop_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -262,6 +304,8 @@ struct RawApp {
     schedule: Option<String>,
     #[serde(default)]
     allow_major: bool,
+    #[serde(default = "default_true")]
+    fleet_managed: bool,
     deploy_timeout: Option<String>,
     #[serde(default)]
     depends_on: Vec<String>,
@@ -638,6 +682,38 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
         DEFAULT_OBSERVE_INTERVAL,
     );
 
+    let snapshot_retention = match raw.agent.snapshot_retention {
+        None => Some(DEFAULT_SNAPSHOT_RETENTION),
+        Some(count) if (1..=MAX_SNAPSHOT_RETENTION).contains(&count) => usize::try_from(count).ok(),
+        Some(count) => {
+            top.push(
+                "agent.snapshot_retention",
+                format!("{count} is out of range: keep 1 to {MAX_SNAPSHOT_RETENTION} snapshots per app"),
+            );
+            None
+        }
+    };
+    let min_healthy_time = top.duration(
+        "agent.min_healthy_time",
+        raw.agent.min_healthy_time.as_deref(),
+        DEFAULT_MIN_HEALTHY_TIME,
+    );
+    let probe_address = top.parse(
+        "agent.probe_address",
+        raw.agent
+            .probe_address
+            .as_deref()
+            .unwrap_or(DEFAULT_PROBE_ADDRESS)
+            .parse::<SocketAddr>()
+            .map_err(|error| format!("not an address with a port (write e.g. \"127.0.0.1:443\"): {error}")),
+    );
+    let probe_scheme = raw.agent.probe_scheme.unwrap_or(ProbeScheme::Https);
+    let stop_timeout = top.duration(
+        "agent.stop_timeout",
+        raw.agent.stop_timeout.as_deref(),
+        DEFAULT_STOP_TIMEOUT,
+    );
+
     let abra_binary = top.parse(
         "abra.binary",
         check_abra_binary(raw.abra.binary.as_deref().unwrap_or(DEFAULT_ABRA_BINARY)),
@@ -673,6 +749,7 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
         apps,
         reconcile_interval,
         observe_interval,
+        (snapshot_retention, min_healthy_time, probe_address, stop_timeout),
     ) {
         (
             Some(url),
@@ -688,6 +765,7 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
             Some(apps),
             Some(reconcile_interval),
             Some(observe_interval),
+            (Some(snapshot_retention), Some(min_healthy_time), Some(probe_address), Some(stop_timeout)),
         ) if problems.is_empty() => Ok(Config {
             server: ServerConfig { url, join_token_file },
             host: HostConfig {
@@ -700,6 +778,11 @@ fn validate(raw: RawConfig, hostname: &str) -> Result<Config, Vec<Problem>> {
                 alerts_dir,
                 reconcile_interval,
                 observe_interval,
+                snapshot_retention,
+                min_healthy_time,
+                probe_address,
+                probe_scheme,
+                stop_timeout,
             },
             abra: AbraConfig {
                 binary,
@@ -849,6 +932,7 @@ fn validate_app(raw: RawApp, domain: Option<Domain>, collector: &mut Collector<'
         auto_update: raw.auto_update,
         schedule: schedule?,
         allow_major: raw.allow_major,
+        fleet_managed: raw.fleet_managed,
         deploy_timeout: deploy_timeout?,
         depends_on: depends_on.into_iter().collect(),
         env: raw.env,

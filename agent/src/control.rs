@@ -23,6 +23,20 @@ pub enum Request {
     Apply { app: Option<String>, wait: bool },
     /// The scheduled update of one app (from its systemd timer).
     Update { app: String },
+    /// The upgrade transaction for one app, to `to` or the newest available.
+    Upgrade {
+        app: String,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        major: bool,
+        #[serde(default)]
+        wait: bool,
+        /// Makes the request idempotent: a retry with the same id returns
+        /// the recorded result instead of running again.
+        #[serde(default)]
+        operation_id: Option<String>,
+    },
     /// Declared and observed state of every app.
     Status,
 }
@@ -46,6 +60,9 @@ pub struct Response {
     /// For `status`: the agent's full state as JSON.
     #[serde(default)]
     pub status: Option<serde_json::Value>,
+    /// For `upgrade --wait`: the operation's report as JSON.
+    #[serde(default)]
+    pub operation: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -55,6 +72,14 @@ impl Response {
             message: message.into(),
             apps: vec![],
             status: None,
+            operation: None,
+        }
+    }
+
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            ..Response::error(message)
         }
     }
 }
@@ -170,6 +195,7 @@ mod tests {
                     message: format!("{request:?}"),
                     apps: vec![],
                     status: None,
+                    operation: None,
                 });
             }
         });

@@ -1,27 +1,56 @@
 //! `ccfleet-agent run`: the long-running agent. It owns the event loop that
 //! sequences everything on this host: periodic and requested reconciles,
-//! observation of Docker, the outbox, the server link, the control socket,
-//! and configuration reloads on SIGHUP.
+//! upgrade operations (local and from the server), the outbox, the server
+//! link, the control socket, and configuration reloads on SIGHUP. Docker is
+//! observed by a task of its own, so a slow engine never stalls the loop.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ccfleet_proto::pb::{self, agent_message::Body};
-use ccfleet_proto::Domain;
+use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{AppConfig, Config};
 use crate::control::{self, AppOutcome, Request, Response};
 use crate::docker::Docker;
+use crate::journal::{Journal, Outcome, Trigger};
 use crate::link::{Link, LinkStatus};
 use crate::outbox::Outbox;
 use crate::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileError, ReconcileOutcome, Reconciler};
+use crate::upgrade::{self, Ask, Events, OperationReport, OperationRequest, RunResult};
+
+/// How long known available versions of a recipe are used before abra is
+/// asked again (observations never run abra themselves).
+const VERSIONS_REFRESH: Duration = Duration::from_secs(5 * 60);
+
+/// Facts about an app beyond Docker's, for the inventory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppExtras {
+    /// Newest available version within the running (else declared) major.
+    pub available_version: Option<CoopVersion>,
+    /// Newest available version, any major.
+    pub available_newest: Option<CoopVersion>,
+    pub pinned_by_host: bool,
+    pub fleet_target: Option<CoopVersion>,
+}
+
+/// Newest of `versions` within `base`'s major, and newest overall.
+pub fn newest_available(versions: &[CoopVersion], base: &CoopVersion) -> (Option<CoopVersion>, Option<CoopVersion>) {
+    let same_major = versions
+        .iter()
+        .filter(|version| version.recipe_version().major == base.recipe_version().major)
+        .max()
+        .cloned();
+    (same_major, versions.iter().max().cloned())
+}
 
 /// Converts the agent's observation to the wire type, at the link's edge.
-pub fn to_wire(app: &ObservedApp) -> pb::ObservedApp {
+pub fn to_wire(app: &ObservedApp, extras: &AppExtras) -> pb::ObservedApp {
     let state = match app.state {
         AppState::Converged => pb::AppState::Converged,
         AppState::Converging => pb::AppState::Converging,
@@ -47,9 +76,77 @@ pub fn to_wire(app: &ObservedApp) -> pb::ObservedApp {
         running_replicas: app.running_replicas,
         drift: app.drift.clone(),
         chaos: app.chaos,
-        // Filled in by the upgrade transaction's work (available versions,
-        // fleet targets, pins); unknown until then.
-        ..Default::default()
+        available_version: extras
+            .available_version
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        available_newest: extras
+            .available_newest
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        pinned_by_host: extras.pinned_by_host,
+        fleet_target: extras
+            .fleet_target
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    }
+}
+
+/// The transaction's events go to the outbox.
+struct OutboxEvents {
+    outbox: Arc<Mutex<Outbox>>,
+    changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for OutboxEvents {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("OutboxEvents")
+    }
+}
+
+impl Events for OutboxEvents {
+    fn push(&self, body: Body) -> bool {
+        let pushed = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(body);
+        match pushed {
+            Ok(_) => {
+                self.changed.notify_one();
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot write to the outbox");
+                false
+            }
+        }
+    }
+}
+
+/// Counts operations in flight, so that a stop waits for them (bounded).
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(Arc::clone(self))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -109,6 +206,11 @@ struct Agent {
     /// The configuration the agent started with: its `[server]`, `[host]`
     /// and `[agent]` sections are fixed until a restart.
     started_with: Config,
+    in_flight: Arc<InFlight>,
+    /// The inventory last stored in the outbox.
+    pushed_inventory: Mutex<pb::Inventory>,
+    /// Available versions per recipe, and when abra was last asked.
+    versions: Mutex<HashMap<RecipeName, (Instant, Vec<CoopVersion>)>>,
 }
 
 impl Agent {
@@ -148,17 +250,19 @@ impl Agent {
                             ReconcileAction::AlreadyConverged | ReconcileAction::WaitedForConvergence
                         )
                     });
-                    if !changed {
+                    // An upgrade reported its own result under its own operation id.
+                    let upgraded = outcome
+                        .actions
+                        .iter()
+                        .any(|action| matches!(action, ReconcileAction::Upgraded { .. }));
+                    if !changed || upgraded {
                         continue;
                     }
                     let (from, to) = outcome
                         .actions
                         .iter()
                         .fold((None, None), |(from, to), action| match action {
-                            ReconcileAction::Upgraded { from: f, to: t }
-                            | ReconcileAction::RolledBack { from: f, to: t } => {
-                                (from.or(Some(f.clone())), Some(t.clone()))
-                            }
+                            ReconcileAction::Upgraded { from: f, to: t } => (from.or(Some(f.clone())), Some(t.clone())),
                             ReconcileAction::Deployed { version } | ReconcileAction::Redeployed { version, .. } => {
                                 (from, Some(version.clone()))
                             }
@@ -173,6 +277,7 @@ impl Agent {
                         message: outcome.summary(),
                     }));
                 }
+                Err(error) if error.kind.reported_elsewhere() => {}
                 Err(error) => {
                     let message: String = error.to_string().chars().take(4000).collect();
                     let mut failures = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,23 +310,91 @@ impl Agent {
         results
     }
 
+    /// Inventory facts beyond Docker's for `app`.
+    fn extras(&self, reconciler: &Reconciler, app: &ObservedApp) -> AppExtras {
+        let Some(config) = reconciler.apps().iter().find(|config| config.domain == app.domain) else {
+            return AppExtras::default();
+        };
+        let record = reconciler.journal().app(&app.domain).unwrap_or_default();
+        let base = app.observed_version.as_ref().unwrap_or(&config.version);
+        let (available_version, available_newest) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&config.recipe)
+            .map(|(_, versions)| newest_available(versions, base))
+            .unwrap_or_default();
+        AppExtras {
+            available_version,
+            available_newest,
+            pinned_by_host: !config.fleet_managed,
+            fleet_target: record.fleet_target,
+        }
+    }
+
+    /// Asks abra for the recipe's available versions and caches them.
+    async fn refresh_versions(&self, reconciler: &Reconciler, recipe: &RecipeName) -> Option<Vec<CoopVersion>> {
+        match reconciler.abra().available_versions(recipe).await {
+            Ok(versions) => {
+                self.versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(recipe.clone(), (Instant::now(), versions.clone()));
+                Some(versions)
+            }
+            Err(error) => {
+                tracing::warn!(%recipe, error = %ccfleet_proto::error_chain(&error), "cannot read the recipe's available versions");
+                // Not asked again before the refresh interval either.
+                self.versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(recipe.clone())
+                    .or_insert_with(|| (Instant::now(), Vec::new()))
+                    .0 = Instant::now();
+                None
+            }
+        }
+    }
+
+    /// Refreshes the versions of recipes not asked about for a while.
+    async fn refresh_stale_versions(&self, reconciler: &Reconciler) {
+        let mut recipes: Vec<RecipeName> = reconciler.apps().iter().map(|app| app.recipe.clone()).collect();
+        recipes.sort();
+        recipes.dedup();
+        for recipe in recipes {
+            let stale = self
+                .versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&recipe)
+                .is_none_or(|(asked, _)| asked.elapsed() >= VERSIONS_REFRESH);
+            if stale {
+                self.refresh_versions(reconciler, &recipe).await;
+            }
+        }
+    }
+
     /// Reads Docker; pushes an inventory event when the picture changed.
     async fn observe(&self) {
         let reconciler = self.reconciler.borrow().clone();
         let observed = reconciler.observe_all().await;
-        if *self.observations.lock().unwrap_or_else(|p| p.into_inner()) == observed {
+        let inventory = pb::Inventory {
+            apps: observed
+                .iter()
+                .map(|app| to_wire(app, &self.extras(&reconciler, app)))
+                .collect(),
+        };
+        *self.observations.lock().unwrap_or_else(|p| p.into_inner()) = observed;
+        if *self.pushed_inventory.lock().unwrap_or_else(|p| p.into_inner()) == inventory {
             return;
         }
-        let inventory = pb::Inventory {
-            apps: observed.iter().map(to_wire).collect(),
-        };
         self.inventory.send_replace(inventory.clone());
         // Remembered only once stored, so a failed write is retried at the
         // next observation instead of being forgotten.
         if self.push(Body::Inventory(pb::InventoryUpdate {
-            inventory: Some(inventory),
+            inventory: Some(inventory.clone()),
         })) {
-            *self.observations.lock().unwrap_or_else(|p| p.into_inner()) = observed;
+            *self.pushed_inventory.lock().unwrap_or_else(|p| p.into_inner()) = inventory;
         }
     }
 
@@ -243,13 +416,22 @@ impl Agent {
             "host_id": self.host_id,
             "server": *self.link_status.borrow(),
             "outbox": {"last_seq": outbox.last_seq(), "pending": outbox.pending_count().unwrap_or(0)},
+            "snapshots_dir": reconciler.upgrader().snapshots_root(),
+            "alerts_dir": reconciler.upgrader().settings().alerts_dir,
             "apps": reconciler.apps().iter().map(|app| {
                 let observed = observations.iter().find(|o| o.domain == app.domain);
+                let record = reconciler.journal().app(&app.domain).unwrap_or_default();
                 serde_json::json!({
                     "domain": app.domain,
                     "recipe": app.recipe,
                     "declared_version": app.version.to_string(),
                     "observed": observed,
+                    "fleet_managed": app.fleet_managed,
+                    "last_good": record.last_good,
+                    "fleet_target": record.fleet_target,
+                    "held_back": record.rolled_back,
+                    "alert": crate::alerts::read(&reconciler.upgrader().settings().alerts_dir, app.domain.as_str()),
+                    "snapshots": reconciler.upgrader().snapshot_dirs(&app.domain),
                 })
             }).collect::<Vec<_>>(),
         })
@@ -288,11 +470,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let docker = Docker::connect().await.context("cannot reach the Docker Engine")?;
     let facts = host_facts(&config, &docker).await;
-    let reconciler = Arc::new(Reconciler::from_config(&config, docker.clone()));
-    let (reconciler_sender, _) = watch::channel(reconciler);
+    let journal = Journal::open(&config.agent.state_dir, &config.abra.dir).context("cannot open the journal")?;
     let outbox = Outbox::open(&config.agent.state_dir.join("outbox")).context("cannot open the outbox")?;
     let outbox = Arc::new(Mutex::new(outbox));
     let outbox_changed = Arc::new(Notify::new());
+    let events = Arc::new(OutboxEvents {
+        outbox: outbox.clone(),
+        changed: outbox_changed.clone(),
+    });
+    let reconciler = Arc::new(Reconciler::from_config_with_events(&config, docker.clone(), events));
+    let unfinished = journal.unfinished().context("cannot read the journal")?;
+    let (reconciler_sender, _) = watch::channel(reconciler.clone());
     let (inventory_sender, inventory_receiver) = watch::channel(pb::Inventory::default());
     let (status_sender, status_receiver) = watch::channel(LinkStatus::default());
     let (shutdown_sender, shutdown) = watch::channel(false);
@@ -310,10 +498,46 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         periodic_reconcile_running: AtomicBool::new(false),
         host_id: config.host.id.to_string(),
         started_with: config.clone(),
+        in_flight: Arc::default(),
+        versions: Mutex::new(HashMap::new()),
+        pushed_inventory: Mutex::new(pb::Inventory::default()),
     });
+
+    // Operations a previous run left unfinished are finished before anything
+    // else may touch their apps: their locks are taken now, before the first
+    // reconcile can ask for them.
+    if !unfinished.is_empty() {
+        let mut guards = Vec::new();
+        for record in &unfinished {
+            guards.push(reconciler.lock_app(&record.domain).await);
+        }
+        let agent = agent.clone();
+        let in_flight = agent.in_flight.enter();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let _guards = guards;
+            let reconciler = agent.reconciler.borrow().clone();
+            for record in unfinished {
+                let app = reconciler
+                    .apps()
+                    .iter()
+                    .find(|app| app.domain == record.domain)
+                    .cloned();
+                match reconciler.upgrader().resume(&reconciler, app.as_ref(), record).await {
+                    Ok(report) => {
+                        tracing::info!(operation = %report.operation_id, outcome = %report.outcome, reason = %report.reason, "resumed operation finished")
+                    }
+                    Err(error) => tracing::error!(%error, "cannot resume an unfinished operation"),
+                }
+            }
+            agent.observe_now.notify_one();
+        });
+    }
+
     // Observe once before connecting, so the first Hello carries the truth.
     agent.observe().await;
 
+    let (commands, mut incoming_commands) = mpsc::channel::<pb::Command>(64);
     let link = Link {
         server_url: config.server.url.clone(),
         host_id: config.host.id.clone(),
@@ -324,6 +548,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         outbox_changed,
         inventory: inventory_receiver,
         status: status_sender,
+        commands,
     };
     let link_task = tokio::spawn(link.run(shutdown.clone()));
 
@@ -336,10 +561,29 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (requests, mut incoming) = mpsc::channel(16);
     let control_task = tokio::spawn(control::serve(listener, requests));
 
+    // Docker is observed off the loop below: a slow engine delays only the
+    // inventory, never signals, commands or control requests.
+    let observe_task = {
+        let agent = agent.clone();
+        let interval = config.agent.observe_interval;
+        tokio::spawn(async move {
+            let mut observe_timer = tokio::time::interval(interval);
+            observe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = observe_timer.tick() => {
+                        let reconciler = agent.reconciler.borrow().clone();
+                        agent.refresh_stale_versions(&reconciler).await;
+                    }
+                    _ = agent.observe_now.notified() => {}
+                }
+                agent.observe().await;
+            }
+        })
+    };
+
     let mut reconcile_timer = tokio::time::interval(config.agent.reconcile_interval);
     reconcile_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut observe_timer = tokio::time::interval(config.agent.observe_interval);
-    observe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(host = %config.host.id, apps = config.apps.len(), "agent running");
@@ -349,7 +593,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = reconcile_timer.tick() => {
                 if !agent.periodic_reconcile_running.swap(true, Ordering::SeqCst) {
                     let agent = agent.clone();
+                    let in_flight = agent.in_flight.enter();
                     tokio::spawn(async move {
+                        let _in_flight = in_flight;
                         // Cleared on drop, so that even a panicking reconcile
                         // does not stop the periodic ones for good.
                         let _running = ClearOnDrop(&agent.periodic_reconcile_running);
@@ -357,12 +603,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     });
                 }
             }
-            _ = observe_timer.tick() => agent.observe().await,
-            _ = agent.observe_now.notified() => agent.observe().await,
             Some((request, answer)) = incoming.recv() => {
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     let _ = answer.send(handle_request(&agent, request).await);
+                });
+            }
+            Some(command) = incoming_commands.recv() => {
+                let agent = agent.clone();
+                let in_flight = agent.in_flight.enter();
+                tokio::spawn(async move {
+                    let _in_flight = in_flight;
+                    handle_command(&agent, command).await;
                 });
             }
             _ = hangup.recv() => reload(&agent),
@@ -371,10 +623,44 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     tracing::info!("agent shutting down");
-    let _ = shutdown_sender.send(true);
     control_task.abort();
-    let _ = link_task.await;
+    observe_task.abort();
     let _ = std::fs::remove_file(&config.agent.control_socket);
+    // An operation in flight (abra mid-deploy, a health gate) is given time
+    // to finish; after the bound, the process exits and its journal record,
+    // written before each step, makes the next start finish it ("interrupted").
+    let stop_timeout = config.agent.stop_timeout;
+    let waited = tokio::time::timeout(stop_timeout, async {
+        loop {
+            let changed = agent.in_flight.changed.notified();
+            if agent.in_flight.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        let unfinished: Vec<String> = reconciler
+            .journal()
+            .unfinished()
+            .map(|records| {
+                records
+                    .into_iter()
+                    .map(|record| format!("{} ({})", record.id, record.phase.name()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::warn!(
+            ?unfinished,
+            "operations still in flight after {}: they are recorded as interrupted and finished at the next start",
+            humantime::format_duration(stop_timeout)
+        );
+    }
+    // The link goes last, so that results of operations finished above still
+    // reach the server when it is connected.
+    let _ = shutdown_sender.send(true);
+    let _ = link_task.await;
     Ok(())
 }
 
@@ -412,25 +698,24 @@ async fn handle_request(agent: &Arc<Agent>, request: Request) -> Response {
             message: String::new(),
             apps: vec![],
             status: Some(agent.status()),
+            operation: None,
         },
         Request::Apply { app, wait } => {
             let app = match app.as_deref().map(|domain| agent.declared(domain)).transpose() {
                 Ok(app) => app,
                 Err(message) => return Response::error(message),
             };
+            let in_flight = agent.in_flight.enter();
             if !wait {
                 let agent = agent.clone();
                 tokio::spawn(async move {
+                    let _in_flight = in_flight;
                     agent.reconcile(app.as_ref()).await;
                 });
-                return Response {
-                    ok: true,
-                    message: "reconcile started".into(),
-                    apps: vec![],
-                    status: None,
-                };
+                return Response::ok("reconcile started");
             }
             let results = agent.reconcile(app.as_ref()).await;
+            drop(in_flight);
             let apps = outcome_lines(&results);
             let failed = apps.iter().filter(|outcome| !outcome.ok).count();
             Response {
@@ -442,6 +727,7 @@ async fn handle_request(agent: &Arc<Agent>, request: Request) -> Response {
                 },
                 apps,
                 status: None,
+                operation: None,
             }
         }
         Request::Update { app } => {
@@ -449,18 +735,249 @@ async fn handle_request(agent: &Arc<Agent>, request: Request) -> Response {
                 Ok(app) => app,
                 Err(message) => return Response::error(message),
             };
-            // Moving to newer versions on a schedule needs the health-gated
-            // upgrade transaction, which lands with its own issue; until then
-            // a scheduled update keeps the app converged at its declared version.
-            let results = agent.reconcile(Some(&app)).await;
-            let apps = outcome_lines(&results);
-            let ok = apps.iter().all(|outcome| outcome.ok);
-            Response {
-                ok,
-                message: "reconciled to the declared version (automatic upgrades to newer versions are not in this agent version)".into(),
-                apps,
-                status: None,
-            }
+            let _in_flight = agent.in_flight.enter();
+            update(agent, &app).await
         }
+        Request::Upgrade {
+            app,
+            to,
+            major,
+            wait,
+            operation_id,
+        } => {
+            let app = match agent.declared(&app) {
+                Ok(app) => app,
+                Err(message) => return Response::error(message),
+            };
+            let reconciler = agent.reconciler.borrow().clone();
+            let target = match to.as_deref().map(str::parse::<CoopVersion>).transpose() {
+                Err(error) => return Response::error(format!("--to: {error}")),
+                Ok(Some(target)) => target,
+                Ok(None) => {
+                    let Some(available) = agent.refresh_versions(&reconciler, &app.recipe).await else {
+                        return Response::error(format!(
+                            "cannot read the available versions of {}: give the version with --to",
+                            app.recipe
+                        ));
+                    };
+                    let running = reconciler.observe(&app).await.observed_version;
+                    match upgrade::machine::newest_target(
+                        &available,
+                        &app.version,
+                        running.as_ref(),
+                        major || app.allow_major,
+                    ) {
+                        Some(target) => target,
+                        None => {
+                            return Response::ok(format!(
+                                "{}: nothing newer than {} is available{}",
+                                app.domain,
+                                running.as_ref().unwrap_or(&app.version),
+                                if major || app.allow_major {
+                                    ""
+                                } else {
+                                    " in its major (--major to look further)"
+                                }
+                            ))
+                        }
+                    }
+                }
+            };
+            let operation_id = match operation_id {
+                Some(id) if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) => {
+                    return Response::error("--operation-id must be 1 to 128 printable characters")
+                }
+                Some(id) => id,
+                None => upgrade::local_operation_id(),
+            };
+            let request = OperationRequest {
+                id: operation_id.clone(),
+                ask: Ask {
+                    trigger: Trigger::Operator,
+                    target,
+                    allow_major: major,
+                },
+            };
+            let in_flight = agent.in_flight.enter();
+            if !wait {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    let _in_flight = in_flight;
+                    if let Err(error) = run_operation(&agent, &app, &request).await {
+                        tracing::error!(operation = %request.id, %error, "upgrade failed");
+                    }
+                });
+                return Response::ok(format!("upgrade started as operation {operation_id}"));
+            }
+            let report = run_operation(agent, &app, &request).await;
+            drop(in_flight);
+            operation_response(report)
+        }
+    }
+}
+
+/// Runs one operation for a declared app and asks for a fresh observation.
+async fn run_operation(agent: &Arc<Agent>, app: &AppConfig, request: &OperationRequest) -> Result<RunResult, String> {
+    let reconciler = agent.reconciler.borrow().clone();
+    let result = reconciler
+        .run_operation(app, request)
+        .await
+        .map_err(|error| error.to_string());
+    agent.observe_now.notify_one();
+    result
+}
+
+fn operation_response(result: Result<RunResult, String>) -> Response {
+    match result {
+        Err(message) => Response::error(message),
+        Ok(RunResult::LeftAlone { reason }) => Response::ok(format!("left alone: {reason}")),
+        Ok(RunResult::Finished(report)) => report_response(&report),
+    }
+}
+
+fn report_response(report: &OperationReport) -> Response {
+    let ok = report.outcome == Outcome::Succeeded;
+    let mut message = format!(
+        "{}: {} {} -> {} (operation {}{})",
+        report.domain,
+        report.outcome,
+        report.from.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
+        report.to,
+        report.operation_id,
+        if report.replayed { ", recorded earlier" } else { "" }
+    );
+    if !report.reason.is_empty() {
+        message.push_str(": ");
+        message.push_str(&report.reason);
+    }
+    Response {
+        ok,
+        message,
+        apps: vec![],
+        status: None,
+        operation: serde_json::to_value(report).ok(),
+    }
+}
+
+/// `update DOMAIN` (the autoUpdate timer): converge, then move to the newest
+/// available version of the same major (any with `allow_major`), never below
+/// the declared version, through the transaction.
+async fn update(agent: &Arc<Agent>, app: &AppConfig) -> Response {
+    if !app.auto_update {
+        return Response::error(format!(
+            "{}: auto_update is off, so its scheduled update does nothing (use ccfleet-agent upgrade)",
+            app.domain
+        ));
+    }
+    let results = agent.reconcile(Some(app)).await;
+    if let Some((_, Err(_))) = results.first() {
+        return Response {
+            ok: false,
+            message: "the app could not be reconciled before its update".into(),
+            apps: outcome_lines(&results),
+            status: None,
+            operation: None,
+        };
+    }
+    let reconciler = agent.reconciler.borrow().clone();
+    let Some(available) = agent.refresh_versions(&reconciler, &app.recipe).await else {
+        return Response::error(format!("cannot read the available versions of {}", app.recipe));
+    };
+    let running = reconciler.observe(app).await.observed_version;
+    let Some(target) = upgrade::machine::newest_target(&available, &app.version, running.as_ref(), app.allow_major)
+    else {
+        return Response::ok(format!(
+            "{}: up to date at {}",
+            app.domain,
+            running.as_ref().unwrap_or(&app.version)
+        ));
+    };
+    let request = OperationRequest {
+        id: upgrade::local_operation_id(),
+        ask: Ask {
+            trigger: Trigger::AutoUpdate,
+            target,
+            allow_major: false,
+        },
+    };
+    operation_response(run_operation(agent, app, &request).await)
+}
+
+/// A server command: the same transaction, under the server's operation id.
+/// Its result travels through the outbox, once per operation id.
+async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
+    let id = command.operation_id.clone();
+    let (domain, version, trigger, allow_major) = match command.kind {
+        Some(pb::command::Kind::Upgrade(upgrade)) => (
+            upgrade.domain,
+            upgrade.version,
+            Trigger::FleetUpgrade,
+            upgrade.allow_major,
+        ),
+        Some(pb::command::Kind::Rollback(rollback)) => {
+            (rollback.domain, rollback.version, Trigger::FleetRollback, false)
+        }
+        None => {
+            tracing::warn!(operation = %id, "a server command without a kind: ignored");
+            return;
+        }
+    };
+    let refuse = |message: String| {
+        tracing::warn!(operation = %id, %message, "server command refused");
+        agent.push(Body::Result(pb::OperationResult {
+            operation_id: id.clone(),
+            domain: domain.clone(),
+            outcome: pb::OperationOutcome::Skipped as i32,
+            message,
+            ..Default::default()
+        }));
+    };
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        tracing::warn!("a server command with an invalid operation id: ignored");
+        return;
+    }
+    let parsed_domain = match domain.parse::<Domain>() {
+        Ok(parsed) => parsed,
+        Err(error) => return refuse(format!("invalid domain: {error}")),
+    };
+    let target = match version.parse::<CoopVersion>() {
+        Ok(target) => target,
+        Err(error) => return refuse(format!("invalid version: {error}")),
+    };
+    let reconciler = agent.reconciler.borrow().clone();
+    let Some(app) = reconciler
+        .apps()
+        .iter()
+        .find(|app| app.domain == parsed_domain)
+        .cloned()
+    else {
+        if let Err(error) = reconciler
+            .upgrader()
+            .skip_undeclared(&id, parsed_domain, target, trigger)
+        {
+            tracing::error!(%error, "cannot journal a skipped command");
+        }
+        return;
+    };
+    let request = OperationRequest {
+        id: id.clone(),
+        ask: Ask {
+            trigger,
+            target,
+            allow_major,
+        },
+    };
+    match run_operation(agent, &app, &request).await {
+        Ok(RunResult::Finished(report)) => tracing::info!(
+            operation = %id,
+            outcome = %report.outcome,
+            replayed = report.replayed,
+            reason = %report.reason,
+            "server command finished"
+        ),
+        Ok(RunResult::LeftAlone { reason }) => {
+            tracing::info!(operation = %id, %reason, "server command left the app alone")
+        }
+        Err(error) => tracing::error!(operation = %id, %error, "server command failed"),
     }
 }

@@ -1,14 +1,18 @@
 //! The only module that touches bollard: what the local Docker Engine says
 //! about one stack (services, the version label, replicas, update state,
-//! container health) and about itself (engine version).
+//! container health, volumes, containers still running), about secrets, and
+//! about itself (engine version).
 //!
 //! The observation is plain data ([`StackObservation`]); deciding what it
 //! means for an app (converged, degraded, drift) belongs to `reconcile`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
-use bollard::models::{HealthStatusEnum, ServiceUpdateStatusStateEnum, TaskSpec, TaskState};
-use bollard::query_parameters::{ListContainersOptions, ListServicesOptions, ListTasksOptions};
+use bollard::models::{ContainerSummaryStateEnum, HealthStatusEnum, ServiceUpdateStatusStateEnum, TaskSpec, TaskState};
+use bollard::query_parameters::{
+    ListContainersOptions, ListSecretsOptions, ListServicesOptions, ListTasksOptions, ListVolumesOptions,
+};
 use serde::{Deserialize, Serialize};
 
 /// Label that `docker stack deploy` puts on everything of a stack.
@@ -45,6 +49,18 @@ pub struct StackObservation {
     pub services: BTreeMap<String, ServiceObservation>,
     /// Health of the stack's running containers that have a healthcheck.
     pub containers: Vec<ContainerObservation>,
+}
+
+/// One volume of a stack (label `com.docker.stack.namespace=<stack>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackVolume {
+    /// The volume's full name (`<stack>_<volume>`).
+    pub name: String,
+    /// `local` for volumes whose data sits under [`StackVolume::mountpoint`].
+    pub driver: String,
+    /// Where the volume's data is on the host.
+    pub mountpoint: PathBuf,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One service of a stack.
@@ -147,10 +163,94 @@ impl Docker {
         Ok(version.version.unwrap_or_else(|| "unknown".into()))
     }
 
+    /// The volumes of `stack`, sorted by name. They outlive `docker stack rm`
+    /// (and `abra app undeploy`), so this answers for an undeployed stack too.
+    pub async fn stack_volumes(&self, stack: &str) -> Result<Vec<StackVolume>, DockerError> {
+        let response = self
+            .client
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(namespace_filter(stack)),
+            }))
+            .await
+            .map_err(|source| DockerError::Request {
+                what: format!("cannot list the volumes of stack {stack}"),
+                source,
+            })?;
+        let mut volumes: Vec<StackVolume> = response
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            // The engine filters by label already; this keeps a stack's
+            // volumes even from an engine that ignored the filter apart.
+            .filter(|volume| volume.labels.get(STACK_NAMESPACE_LABEL).map(String::as_str) == Some(stack))
+            .map(|volume| StackVolume {
+                name: volume.name,
+                driver: volume.driver,
+                mountpoint: PathBuf::from(volume.mountpoint),
+                labels: volume.labels.into_iter().collect(),
+            })
+            .collect();
+        volumes.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(volumes)
+    }
+
+    /// How many containers of `stack` exist in any state but exited, dead or
+    /// created: after `docker stack rm` the services vanish at once but their
+    /// containers take a moment to stop, and a volume must not be copied
+    /// while one still writes to it. A state the engine does not name counts
+    /// as running.
+    pub async fn running_containers(&self, stack: &str) -> Result<usize, DockerError> {
+        let containers = self
+            .client
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(namespace_filter(stack)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| DockerError::Request {
+                what: format!("cannot list the containers of stack {stack}"),
+                source,
+            })?;
+        Ok(containers
+            .iter()
+            .filter(|container| {
+                !matches!(
+                    container.state,
+                    Some(
+                        ContainerSummaryStateEnum::EXITED
+                            | ContainerSummaryStateEnum::DEAD
+                            | ContainerSummaryStateEnum::CREATED
+                    )
+                )
+            })
+            .count())
+    }
+
+    /// Whether a swarm secret named exactly `name` exists
+    /// (`<stack>_<secret>_<version>`, ABRA.md).
+    pub async fn secret_exists(&self, name: &str) -> Result<bool, DockerError> {
+        // Listing by name, then comparing exactly: inspecting by name would
+        // also match a secret whose id starts with `name`.
+        let secrets = self
+            .client
+            .list_secrets(Some(ListSecretsOptions {
+                filters: Some(HashMap::from([("name".to_owned(), vec![name.to_owned()])])),
+            }))
+            .await
+            .map_err(|source| DockerError::Request {
+                what: format!("cannot list the secrets named {name}"),
+                source,
+            })?;
+        Ok(secrets
+            .iter()
+            .any(|secret| secret.spec.as_ref().and_then(|spec| spec.name.as_deref()) == Some(name)))
+    }
+
     /// Everything the agent needs to know about `stack`. A stack with no
     /// services is not deployed; that is an observation, not an error.
     pub async fn observe_stack(&self, stack: &str) -> Result<StackObservation, DockerError> {
-        let namespace_filter = HashMap::from([("label".to_owned(), vec![format!("{STACK_NAMESPACE_LABEL}={stack}")])]);
+        let namespace_filter = namespace_filter(stack);
         let services = self
             .client
             .list_services(Some(ListServicesOptions {
@@ -317,6 +417,11 @@ impl Docker {
         containers.sort_by(|left, right| left.name.cmp(&right.name));
         Ok(containers)
     }
+}
+
+/// The engine filter for everything of `stack`.
+fn namespace_filter(stack: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{STACK_NAMESPACE_LABEL}={stack}")])])
 }
 
 /// Whether a task was made from the service's current task template. Swarm

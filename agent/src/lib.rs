@@ -4,12 +4,17 @@
 //! front end over this library.
 
 pub mod abra;
+pub mod alerts;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod docker;
+pub mod health;
 pub mod identity;
+pub mod journal;
 pub mod link;
 pub mod outbox;
 pub mod process;
 pub mod reconcile;
+pub mod snapshot;
+pub mod upgrade;

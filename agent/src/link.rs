@@ -39,6 +39,8 @@ pub struct Link {
     /// The newest observed inventory, sent in every Hello.
     pub inventory: watch::Receiver<pb::Inventory>,
     pub status: watch::Sender<LinkStatus>,
+    /// Server commands go to the daemon, which runs the upgrade transaction.
+    pub commands: mpsc::Sender<pb::Command>,
 }
 
 /// Why one connection attempt or stream ended.
@@ -186,7 +188,10 @@ impl Link {
                         self.acknowledge(ack.seq).map_err(|error| (error, true))?;
                     }
                     Ok(Some(pb::ServerMessage { body: Some(server_message::Body::Command(command)) })) => {
-                        self.refuse_command(command);
+                        tracing::info!(operation = %command.operation_id, "server command received");
+                        if self.commands.send(command).await.is_err() {
+                            return Ok(Ending::Shutdown);
+                        }
                     }
                     Ok(Some(other)) => tracing::debug!(?other, "ignoring an unexpected server message"),
                     Ok(None) => return Err(("the server closed the stream".into(), true)),
@@ -234,38 +239,5 @@ impl Link {
             sender.send(message).await.map_err(|_| "the stream closed".to_owned())?;
         }
         Ok(mark)
-    }
-
-    /// This agent version runs no server commands yet (rollouts land later):
-    /// answer each with a durable "skipped" result so the server never waits.
-    fn refuse_command(&self, command: pb::Command) {
-        tracing::warn!(
-            operation = command.operation_id,
-            "server command not supported by this agent version"
-        );
-        let domain = match &command.kind {
-            Some(pb::command::Kind::Upgrade(upgrade)) => upgrade.domain.clone(),
-            Some(pb::command::Kind::Rollback(rollback)) => rollback.domain.clone(),
-            None => String::new(),
-        };
-        let result = pb::OperationResult {
-            operation_id: command.operation_id,
-            domain,
-            outcome: pb::OperationOutcome::Skipped as i32,
-            message: format!(
-                "ccfleet-agent {} does not run server commands",
-                env!("CARGO_PKG_VERSION")
-            ),
-            ..Default::default()
-        };
-        let pushed = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(Body::Result(result));
-        match pushed {
-            Ok(_) => self.outbox_changed.notify_one(),
-            Err(error) => tracing::error!(%error, "cannot record the command's result"),
-        }
     }
 }

@@ -66,6 +66,31 @@ enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
+    /// Run the health-gated upgrade transaction for one app: snapshot (stateful apps), upgrade,
+    /// health gate, rollback with restore when unhealthy. Exits non-zero unless it succeeded.
+    Upgrade {
+        /// The app's domain.
+        app: String,
+        /// The version to move to (older versions too: an explicit rollback); default: the
+        /// newest available version within the running major.
+        #[arg(long)]
+        to: Option<String>,
+        /// Allow a change of the recipe's major version.
+        #[arg(long)]
+        major: bool,
+        /// Wait for the outcome (otherwise the operation runs in the background).
+        #[arg(long)]
+        wait: bool,
+        /// Print the operation's report as JSON (implies --wait).
+        #[arg(long)]
+        json: bool,
+        /// Make the request idempotent: with an id used before, the recorded result is
+        /// returned and nothing runs again.
+        #[arg(long)]
+        operation_id: Option<String>,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
     /// Show each app's declared and observed state, and the link to the server.
     Status {
         /// Print the full status as JSON.
@@ -143,6 +168,33 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let response = control::call(&socket.path()?, &Request::Update { app }, Duration::from_secs(3600)).await?;
             print_outcomes(&response)
         }
+        Command::Upgrade {
+            app,
+            to,
+            major,
+            wait,
+            json,
+            operation_id,
+            socket,
+        } => {
+            let request = Request::Upgrade {
+                app,
+                to,
+                major,
+                wait: wait || json,
+                operation_id,
+            };
+            let response = control::call(&socket.path()?, &request, Duration::from_secs(6 * 3600)).await?;
+            if json {
+                let report = response.operation.clone().unwrap_or(serde_json::Value::Null);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                if !response.ok {
+                    anyhow::bail!("{}", response.message);
+                }
+                return Ok(());
+            }
+            print_outcomes(&response)
+        }
         Command::Status { json, socket } => {
             let response = control::call(&socket.path()?, &Request::Status, Duration::from_secs(30)).await?;
             let status = response.status.context("the agent sent no status")?;
@@ -210,6 +262,23 @@ fn print_status(status: &serde_json::Value) {
                 ))
                 .unwrap_or_default(),
         );
+        if let Some(alert) = app["alert"].as_object() {
+            println!(
+                "    ALERT {} ({}): {} -> {}: {}",
+                alert.get("outcome").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("severity").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("to").and_then(|v| v.as_str()).unwrap_or("?"),
+                alert.get("reason").and_then(|v| v.as_str()).unwrap_or(""),
+            );
+        }
+        if let Some(snapshot) = app["snapshots"].as_array().and_then(|snapshots| snapshots.first()) {
+            println!(
+                "    snapshots: {} (newest of {})",
+                snapshot.as_str().unwrap_or("?"),
+                app["snapshots"].as_array().map_or(0, Vec::len)
+            );
+        }
     }
 }
 

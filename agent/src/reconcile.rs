@@ -2,28 +2,32 @@
 //!
 //! [`Reconciler::reconcile_app`] creates the app with abra if it is missing,
 //! writes the env keys the config owns, inserts declared secrets, deploys the
-//! pinned version, moves a deployed app to a changed declared version with a
-//! plain `abra app upgrade` / `rollback` (the health-gated transaction of
-//! DESIGN.md replaces that later), then waits, polling Docker, until the app
-//! is converged at the declared version or its `deploy_timeout` runs out.
+//! pinned version, moves a deployed app up to its desired version (max of
+//! declared and fleet target) through the upgrade transaction
+//! (`agent::upgrade`), never down, then waits, polling Docker, until the app
+//! is converged or its `deploy_timeout` runs out. What to do about the
+//! version is decided by the pure [`plan::version_step`].
 //!
 //! One operation per app at a time (a per-app async mutex), so that the
 //! server, the local `apply` and the agent's own loop may ask concurrently;
 //! `agent::abra` separately serialises abra calls per recipe.
 
 pub mod observe;
+pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ccfleet_proto::{error_chain, CoopVersion, Domain, RecipeName, VersionChange};
+use ccfleet_proto::{error_chain, CoopVersion, Domain, RecipeName};
 use serde::{Deserialize, Serialize};
 
-use crate::abra::{Abra, AbraError, Pending};
+use crate::abra::{Abra, AbraError};
 use crate::config::{AppConfig, Config};
 use crate::docker::Docker;
+use crate::journal::{Journal, JournalError, Outcome, PendingWork, Trigger};
+use crate::upgrade::{self, Ask, Events, OperationRequest, RunResult, Upgrader};
 
 pub use observe::{AppState, ObservedApp};
 
@@ -43,6 +47,8 @@ pub struct Reconciler {
     /// (see [`Reconciler::reconfigured`]).
     app_locks: Arc<Mutex<HashMap<Domain, Arc<tokio::sync::Mutex<()>>>>>,
     poll_interval: Duration,
+    /// The upgrade transaction, shared across reloads.
+    upgrader: Arc<Upgrader>,
 }
 
 /// One thing `reconcile_app` did.
@@ -75,10 +81,6 @@ pub enum ReconcileAction {
         from: CoopVersion,
         to: CoopVersion,
     },
-    RolledBack {
-        from: CoopVersion,
-        to: CoopVersion,
-    },
     /// Nothing needed doing.
     AlreadyConverged,
     /// Nothing was run, but Docker had not converged yet: the agent waited.
@@ -95,7 +97,6 @@ impl fmt::Display for ReconcileAction {
             ReconcileAction::Deployed { version } => write!(formatter, "deployed {version}"),
             ReconcileAction::Redeployed { version, reason } => write!(formatter, "redeployed {version} ({reason})"),
             ReconcileAction::Upgraded { from, to } => write!(formatter, "upgraded {from} -> {to}"),
-            ReconcileAction::RolledBack { from, to } => write!(formatter, "rolled back {from} -> {to}"),
             ReconcileAction::AlreadyConverged => write!(formatter, "already converged"),
             ReconcileAction::WaitedForConvergence => write!(formatter, "waited for convergence"),
         }
@@ -151,6 +152,23 @@ pub enum ReconcileErrorKind {
     },
     #[error("skipped: it depends on {dependency}, which failed: {reason}")]
     DependencyFailed { dependency: Domain, reason: String },
+    #[error("cannot {step}: {}", error_chain(error))]
+    Journal { step: String, error: Box<JournalError> },
+    /// The upgrade transaction ran and did not reach the target; it reported
+    /// its own result and alert.
+    #[error("upgrade to {to} {outcome} (operation {operation_id}): {reason}")]
+    UpgradeNotApplied {
+        operation_id: String,
+        to: CoopVersion,
+        outcome: Outcome,
+        reason: String,
+    },
+    /// The desired version is held back (it was rolled back before, or is a
+    /// major move that is not allowed); nothing ran.
+    #[error("{to} is not applied: {reason}")]
+    HeldBack { to: CoopVersion, reason: String },
+    #[error("the upgrade transaction failed: {reason}")]
+    Upgrade { reason: String },
 }
 
 impl ReconcileError {
@@ -163,15 +181,28 @@ impl ReconcileError {
     }
 }
 
+impl ReconcileErrorKind {
+    /// Whether the failure was already reported by the upgrade transaction
+    /// (or is a standing hold): the reconcile must not report it again.
+    pub fn reported_elsewhere(&self) -> bool {
+        matches!(
+            self,
+            ReconcileErrorKind::UpgradeNotApplied { .. } | ReconcileErrorKind::HeldBack { .. }
+        )
+    }
+}
+
 impl Reconciler {
-    /// A reconciler for `apps`, driving `abra` and observing through `docker`.
-    pub fn new(abra: Abra, docker: Docker, apps: Vec<AppConfig>) -> Reconciler {
+    /// A reconciler for `apps`, driving `abra`, observing through `docker`,
+    /// and moving versions through `upgrader`.
+    pub fn new(abra: Abra, docker: Docker, apps: Vec<AppConfig>, upgrader: Arc<Upgrader>) -> Reconciler {
         Reconciler {
             abra,
             docker,
             apps,
             app_locks: Arc::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            upgrader,
         }
     }
 
@@ -185,12 +216,39 @@ impl Reconciler {
             apps: config.apps.clone(),
             app_locks: Arc::clone(&self.app_locks),
             poll_interval: self.poll_interval,
+            upgrader: Arc::clone(&self.upgrader),
         }
     }
 
-    /// A reconciler for the apps and abra settings of `config`.
+    /// A reconciler for the apps and abra settings of `config`, whose
+    /// transaction events are only logged (no server link).
     pub fn from_config(config: &Config, docker: Docker) -> Reconciler {
-        Reconciler::new(Abra::new(&config.abra), docker, config.apps.clone())
+        Reconciler::from_config_with_events(config, docker, Arc::new(upgrade::LogEvents))
+    }
+
+    /// A reconciler for `config` whose transaction events go to `events`.
+    pub fn from_config_with_events(config: &Config, docker: Docker, events: Arc<dyn Events>) -> Reconciler {
+        let journal = Journal::at(&config.agent.state_dir);
+        let upgrader = Upgrader::new(journal, upgrade::Settings::from_agent(&config.agent), events);
+        Reconciler::new(Abra::new(&config.abra), docker, config.apps.clone(), Arc::new(upgrader))
+    }
+
+    pub fn upgrader(&self) -> &Upgrader {
+        &self.upgrader
+    }
+
+    pub fn journal(&self) -> &Journal {
+        self.upgrader.journal()
+    }
+
+    /// Runs the upgrade transaction for `app` (taking its lock).
+    pub async fn run_operation(
+        &self,
+        app: &AppConfig,
+        request: &OperationRequest,
+    ) -> Result<RunResult, upgrade::UpgradeError> {
+        let _app_guard = self.lock_app(&app.domain).await;
+        self.upgrader.run(self, app, request).await
     }
 
     /// Polls Docker this often while waiting for convergence (default 1s).
@@ -341,10 +399,14 @@ impl Reconciler {
             .read_env_file(&app.domain)
             .map_err(abra_step("read the app's env file"))?;
         let created = existing.is_none();
+        let journal = self.journal();
         let pending = |work, owed| {
-            self.abra
+            journal
                 .set_pending(&app.domain, work, owed)
-                .map_err(abra_step("record the app's pending work"))
+                .map_err(|error| ReconcileErrorKind::Journal {
+                    step: "record the app's pending work".into(),
+                    error: Box::new(error),
+                })
         };
         if let Some(env) = &existing {
             check_recipe(app, env)?;
@@ -352,7 +414,7 @@ impl Reconciler {
             // Owed from before `app new`, so that a failure or crash between
             // creating the app and inserting its secrets is resumed, never
             // forgotten.
-            pending(Pending::Secrets, true)?;
+            pending(PendingWork::Secrets, true)?;
             self.abra
                 .app_new(&app.recipe, &app.version, &app.domain)
                 .await
@@ -363,9 +425,9 @@ impl Reconciler {
         // A redeploy is owed from before the env keys are written until the
         // stack runs with them: a failed or interrupted redeploy is retried
         // at the next reconcile instead of being taken for convergence.
-        let redeploy_owed = !created && self.abra.is_pending(&app.domain, Pending::Redeploy);
+        let redeploy_owed = !created && journal.is_pending(&app.domain, PendingWork::Redeploy);
         if !created {
-            pending(Pending::Redeploy, true)?;
+            pending(PendingWork::Redeploy, true)?;
         }
         let changed_keys = self
             .abra
@@ -383,77 +445,79 @@ impl Reconciler {
         }
         let needs_redeploy = redeploy_owed || !changed_keys.is_empty();
         if !needs_redeploy {
-            pending(Pending::Redeploy, false)?;
+            pending(PendingWork::Redeploy, false)?;
         }
 
         // Secrets are set up when the app is created, or after a failure in
         // doing so. Rotating them is not supported yet: abra (and Docker)
         // refuse to overwrite an existing secret version.
-        if created || self.abra.is_pending(&app.domain, Pending::Secrets) {
+        if created || journal.is_pending(&app.domain, PendingWork::Secrets) {
             self.set_up_secrets(app, actions).await?;
-            pending(Pending::Secrets, false)?;
+            pending(PendingWork::Secrets, false)?;
         }
 
         let before = self.observe(app).await;
-        let declared = &app.version;
-        match (&before.state, &before.observed_version) {
-            (AppState::Unknown, _) => {
-                return Err(ReconcileErrorKind::Observe {
-                    reason: before.drift.join("; "),
-                })
-            }
-            (AppState::NotDeployed, _) => {
+        let fleet_target = journal
+            .app(&app.domain)
+            .map_err(|error| ReconcileErrorKind::Journal {
+                step: "read the app's journal record".into(),
+                error: Box::new(error),
+            })?
+            .fleet_target;
+        let desired = plan::desired_version(&app.version, fleet_target.as_ref());
+        let expected = match plan::version_step(&before, &desired, needs_redeploy && !created) {
+            plan::VersionStep::CannotObserve { reason } => return Err(ReconcileErrorKind::Observe { reason }),
+            plan::VersionStep::Deploy { version } => {
                 self.abra
-                    .deploy(&app.recipe, &app.domain, declared, false)
+                    .deploy(&app.recipe, &app.domain, &version, false)
                     .await
                     .map_err(abra_step("deploy the app (abra app deploy)"))?;
                 actions.push(ReconcileAction::Deployed {
-                    version: declared.clone(),
+                    version: version.clone(),
                 });
+                version
             }
-            (_, None) => {
-                self.redeploy(app, "the running version is unknown", actions).await?;
+            plan::VersionStep::Redeploy { version, reason } => {
+                self.redeploy(app, &version, &reason, actions).await?;
+                version
             }
-            (_, Some(running)) if running == declared => {
-                if needs_redeploy && !created {
-                    self.redeploy(app, "env keys changed", actions).await?;
+            plan::VersionStep::Keep { version } => version,
+            plan::VersionStep::Upgrade { from, to } => {
+                let request = OperationRequest {
+                    id: upgrade::local_operation_id(),
+                    ask: Ask {
+                        trigger: Trigger::Declared,
+                        target: to.clone(),
+                        allow_major: false,
+                    },
+                };
+                match self.upgrader.run(self, app, &request).await {
+                    Err(error) => {
+                        return Err(ReconcileErrorKind::Upgrade {
+                            reason: error.to_string(),
+                        })
+                    }
+                    Ok(RunResult::LeftAlone { reason }) => return Err(ReconcileErrorKind::HeldBack { to, reason }),
+                    Ok(RunResult::Finished(report)) if report.outcome == Outcome::Succeeded => {
+                        actions.push(ReconcileAction::Upgraded { from, to: to.clone() });
+                        to
+                    }
+                    Ok(RunResult::Finished(report)) => {
+                        return Err(ReconcileErrorKind::UpgradeNotApplied {
+                            operation_id: report.operation_id,
+                            to,
+                            outcome: report.outcome,
+                            reason: report.reason,
+                        })
+                    }
                 }
             }
-            (_, Some(running)) => match running.change_to(declared) {
-                // The declared version is an explicit pin by the operator, so
-                // a major move is made too; `allow_major` governs only which
-                // versions automatic updates may choose.
-                VersionChange::Compatible | VersionChange::Major => {
-                    self.abra
-                        .upgrade(&app.recipe, &app.domain, declared)
-                        .await
-                        .map_err(abra_step("upgrade the app (abra app upgrade)"))?;
-                    actions.push(ReconcileAction::Upgraded {
-                        from: running.clone(),
-                        to: declared.clone(),
-                    });
-                }
-                VersionChange::Downgrade => {
-                    self.abra
-                        .rollback(&app.recipe, &app.domain, declared)
-                        .await
-                        .map_err(abra_step("roll the app back (abra app rollback)"))?;
-                    actions.push(ReconcileAction::RolledBack {
-                        from: running.clone(),
-                        to: declared.clone(),
-                    });
-                }
-                VersionChange::Same => {
-                    self.redeploy(app, "only the upstream part of the version differs", actions)
-                        .await?;
-                }
-            },
-        }
+        };
 
-        let observed = self.wait_converged(app, before).await?;
+        let observed = self.wait_converged(app, &expected, before).await?;
         // Converged with the env as written: whatever path led here
         // (deploy, upgrade, rollback, redeploy) applied it.
-        pending(Pending::Redeploy, false)?;
+        pending(PendingWork::Redeploy, false)?;
         if actions.is_empty() && !observed.1 {
             actions.push(ReconcileAction::WaitedForConvergence);
         }
@@ -463,18 +527,19 @@ impl Reconciler {
     async fn redeploy(
         &self,
         app: &AppConfig,
+        version: &CoopVersion,
         reason: &str,
         actions: &mut Vec<ReconcileAction>,
     ) -> Result<(), ReconcileErrorKind> {
         self.abra
-            .deploy(&app.recipe, &app.domain, &app.version, true)
+            .deploy(&app.recipe, &app.domain, version, true)
             .await
             .map_err(|error| ReconcileErrorKind::Abra {
                 step: "redeploy the app (abra app deploy -f)".into(),
                 error: Box::new(error),
             })?;
         actions.push(ReconcileAction::Redeployed {
-            version: app.version.clone(),
+            version: version.clone(),
             reason: reason.into(),
         });
         Ok(())
@@ -527,10 +592,21 @@ impl Reconciler {
     async fn wait_converged(
         &self,
         app: &AppConfig,
+        expected: &CoopVersion,
         first: ObservedApp,
     ) -> Result<(ObservedApp, bool), ReconcileErrorKind> {
+        // Converged at the version that should run (which may be above the
+        // declared one); the observation still reports drift against the
+        // declaration.
+        let at_expected = AppConfig {
+            version: expected.clone(),
+            ..app.clone()
+        };
+        let converged = |observed: &ObservedApp| {
+            observed.state == AppState::Converged && observed.observed_version.as_ref() == Some(expected)
+        };
         let deadline = tokio::time::Instant::now() + app.deploy_timeout;
-        let converged_at_first = first.is_converged_at_declared();
+        let converged_at_first = converged(&first);
         // The first tick completes at once: observe straight after the deploy,
         // then once per poll interval until converged or the deadline.
         let mut ticker = tokio::time::interval(self.poll_interval);
@@ -538,12 +614,13 @@ impl Reconciler {
         loop {
             ticker.tick().await;
             let observed = self.observe(app).await;
-            if observed.is_converged_at_declared() {
+            if converged(&observed) {
                 return Ok((observed, converged_at_first));
             }
             if tokio::time::Instant::now() >= deadline {
+                let observed = self.observe(&at_expected).await;
                 return Err(ReconcileErrorKind::NotConverged {
-                    declared: app.version.clone(),
+                    declared: expected.clone(),
                     timeout: app.deploy_timeout,
                     observed: Box::new(observed),
                 });
@@ -552,7 +629,8 @@ impl Reconciler {
         }
     }
 
-    async fn lock_app(&self, domain: &Domain) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Waits for and holds the app's lock: one operation per app at a time.
+    pub async fn lock_app(&self, domain: &Domain) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.app_locks.lock().expect("app lock map is never poisoned");
             Arc::clone(locks.entry(domain.clone()).or_default())

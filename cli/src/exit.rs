@@ -45,7 +45,7 @@ impl Failure {
     }
 
     pub fn exit(self) -> ! {
-        eprintln!("error: {}", self.message());
+        eprintln!("error: {}", crate::output::printable(self.message()));
         std::process::exit(self.code())
     }
 

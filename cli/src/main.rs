@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ccfleet_proto::pb::{self, admin_client::AdminClient};
 use ccfleet_proto::tls::Credential;
-use ccfleet_proto::{HostId, RecipeName, MAX_MESSAGE_BYTES};
+use ccfleet_proto::{Domain, HostId, RecipeName, MAX_MESSAGE_BYTES};
 use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
@@ -61,6 +61,24 @@ enum Command {
     Versions {
         /// The recipe, e.g. `ghost`.
         recipe: RecipeName,
+    },
+    /// List open alerts (failed, rolled-back and held upgrades), newest first.
+    Alerts {
+        /// Only alerts of this host.
+        #[arg(long)]
+        host: Option<HostId>,
+    },
+    /// List the operations hosts reported (reconciles, upgrades, rollbacks), newest first.
+    Operations {
+        /// Only operations of this host.
+        #[arg(long)]
+        host: Option<HostId>,
+        /// Only operations on this app (its domain).
+        #[arg(long)]
+        app: Option<Domain>,
+        /// At most this many (1 to 10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
     },
     /// Manage hosts.
     #[command(subcommand)]
@@ -218,6 +236,24 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             let response = client.recipe_versions(request).await.map_err(failure)?.into_inner();
             let versions = output::versions(&response);
             render(json, &versions, || output::versions_table(&versions))
+        }
+        Command::Alerts { host } => {
+            let request = pb::ListAlertsRequest {
+                host_id: host.map(String::from).unwrap_or_default(),
+            };
+            let response = client.list_alerts(request).await.map_err(failure)?.into_inner();
+            let alerts: Vec<_> = response.alerts.iter().map(output::alert).collect();
+            render(json, &alerts, || output::alerts_table(&alerts))
+        }
+        Command::Operations { host, app, limit } => {
+            let request = pb::ListOperationsRequest {
+                host_id: host.map(String::from).unwrap_or_default(),
+                domain: app.map(|domain| domain.to_string()).unwrap_or_default(),
+                limit,
+            };
+            let response = client.list_operations(request).await.map_err(failure)?.into_inner();
+            let operations: Vec<_> = response.operations.iter().map(output::operation).collect();
+            render(json, &operations, || output::operations_table(&operations))
         }
         Command::Host(HostCommand::Remove { host_id }) => {
             let request = pb::RemoveHostRequest {

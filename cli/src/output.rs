@@ -20,8 +20,13 @@ pub struct HostJson {
     pub os: String,
     pub arch: String,
     pub docker_version: String,
-    /// Labels from the host's join token and the agent's configuration.
+    /// Labels from the host's join token and the agent's configuration;
+    /// where both name a key, the token's (the admin's) value wins.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Labels an admin gave through the join token.
+    pub token_labels: std::collections::BTreeMap<String, String>,
+    /// Labels the host reports about itself (its agent configuration).
+    pub host_labels: std::collections::BTreeMap<String, String>,
     /// Expiry of the host's certificate (RFC 3339); null if never enrolled.
     pub certificate_not_after: Option<String>,
     /// Highest durable event sequence number the server stored for the host.
@@ -99,8 +104,11 @@ pub fn host(host: &pb::Host) -> HostJson {
         os: facts.os,
         arch: facts.arch,
         docker_version: facts.docker_version,
-        // Token labels first; the agent's own labels win on conflict.
-        labels: host.labels.clone().into_iter().chain(facts.labels).collect(),
+        // The host's own labels first, so that the admin's token labels
+        // override them: a host must not relabel itself into another site.
+        labels: facts.labels.clone().into_iter().chain(host.labels.clone()).collect(),
+        token_labels: host.labels.clone().into_iter().collect(),
+        host_labels: facts.labels.into_iter().collect(),
         certificate_not_after: time(host.certificate_not_after.as_ref()),
         last_event_seq: host.last_event_seq,
     }
@@ -151,14 +159,17 @@ pub fn hosts_table(hosts: &[HostJson]) -> String {
     let mut table = table(&["HOST", "STATUS", "APPS", "AGENT", "LAST SEEN", "LABELS"]);
     for host in hosts {
         let labels: Vec<String> = host.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        table.add_row(vec![
-            host.host_id.clone(),
-            host.status.to_owned(),
-            host.app_count.to_string(),
-            host.agent_version.clone(),
-            or_dash(&host.last_seen),
-            labels.join(","),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                host.host_id.clone(),
+                host.status.to_owned(),
+                host.app_count.to_string(),
+                host.agent_version.clone(),
+                or_dash(&host.last_seen),
+                labels.join(","),
+            ],
+        );
     }
     table.to_string()
 }
@@ -168,20 +179,23 @@ pub fn apps_table(apps: &[AppJson]) -> String {
         "HOST", "APP", "RECIPE", "VERSION", "DECLARED", "STATE", "REPLICAS", "DRIFT",
     ]);
     for app in apps {
-        table.add_row(vec![
-            format!(
-                "{}{}",
-                app.host_id,
-                if app.host_status == "offline" { " (offline)" } else { "" }
-            ),
-            app.domain.clone(),
-            app.recipe.clone(),
-            or_dash(&app.version),
-            or_dash(&app.declared_version),
-            app.state.to_owned(),
-            app.replicas.clone(),
-            app.drift.join("; "),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                format!(
+                    "{}{}",
+                    app.host_id,
+                    if app.host_status == "offline" { " (offline)" } else { "" }
+                ),
+                app.domain.clone(),
+                app.recipe.clone(),
+                or_dash(&app.version),
+                or_dash(&app.declared_version),
+                app.state.to_owned(),
+                app.replicas.clone(),
+                app.drift.join("; "),
+            ],
+        );
     }
     table.to_string()
 }
@@ -193,10 +207,11 @@ pub fn versions_table(versions: &VersionsJson) -> String {
         let apps: Vec<String> = group
             .apps
             .iter()
-            .map(|app| format!("{} ({})", app.domain, app.host_id))
+            .map(|app| printable(&format!("{} ({})", app.domain, app.host_id)))
             .collect();
+        // One app per line: the line breaks are ours, each app is escaped.
         table.add_row(vec![
-            group.version.clone().unwrap_or_else(|| "unknown".into()),
+            printable(&group.version.clone().unwrap_or_else(|| "unknown".into())),
             hosts.len().to_string(),
             apps.join("\n"),
         ]);
@@ -229,13 +244,241 @@ pub fn tokens_table(tokens: &[TokenJson]) -> String {
     let mut table = table(&["ID", "EXPIRES", "USES LEFT", "REVOKED", "LABELS"]);
     for token in tokens {
         let labels: Vec<String> = token.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        table.add_row(vec![
-            token.id.clone(),
-            or_dash(&token.expires_at),
-            token.uses_left.to_string(),
-            if token.revoked { "yes" } else { "no" }.to_owned(),
-            labels.join(","),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                token.id.clone(),
+                or_dash(&token.expires_at),
+                token.uses_left.to_string(),
+                if token.revoked { "yes" } else { "no" }.to_owned(),
+                labels.join(","),
+            ],
+        );
     }
     table.to_string()
+}
+
+/// Text from the server made safe for a terminal: control characters and
+/// invisible direction overrides are shown escaped (`\u{1b}`), never
+/// interpreted. The server strips them already; this holds even against a
+/// server (or a record) that did not.
+pub fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for character in text.chars() {
+        if is_unprintable(character) {
+            shown.extend(character.escape_unicode());
+        } else {
+            shown.push(character);
+        }
+    }
+    shown
+}
+
+fn is_unprintable(character: char) -> bool {
+    character.is_control()
+        || matches!(
+            character,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
+/// Adds a row whose every cell is [`printable`]; every table goes through it.
+fn add_row(table: &mut Table, cells: Vec<String>) {
+    table.add_row(cells.iter().map(|cell| printable(cell)).collect::<Vec<_>>());
+}
+
+fn outcome(value: i32) -> Option<&'static str> {
+    match pb::OperationOutcome::try_from(value) {
+        Ok(pb::OperationOutcome::Succeeded) => Some("succeeded"),
+        Ok(pb::OperationOutcome::RolledBack) => Some("rolled_back"),
+        Ok(pb::OperationOutcome::Held) => Some("held"),
+        Ok(pb::OperationOutcome::Failed) => Some("failed"),
+        Ok(pb::OperationOutcome::Skipped) => Some("skipped"),
+        Ok(pb::OperationOutcome::Unspecified) | Err(_) => None,
+    }
+}
+
+fn phase(value: i32) -> &'static str {
+    match pb::OperationPhase::try_from(value) {
+        Ok(pb::OperationPhase::Accepted) => "accepted",
+        Ok(pb::OperationPhase::Snapshotting) => "snapshotting",
+        Ok(pb::OperationPhase::Deploying) => "deploying",
+        Ok(pb::OperationPhase::Verifying) => "verifying",
+        Ok(pb::OperationPhase::RollingBack) => "rolling_back",
+        Ok(pb::OperationPhase::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AlertJson {
+    pub host_id: String,
+    pub domain: String,
+    /// null when the agent did not say.
+    pub recipe: Option<String>,
+    /// "warning", "critical" or "unknown".
+    pub severity: &'static str,
+    /// "rolled_back", "held", "failed", ...; null when the agent did not say.
+    pub outcome: Option<&'static str>,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    /// Why, for people; never parse it.
+    pub reason: String,
+    pub operation_id: Option<String>,
+    /// Where the agent keeps the snapshot taken before the operation.
+    pub snapshot_path: Option<String>,
+    /// RFC 3339, UTC.
+    pub raised_at: Option<String>,
+}
+
+pub fn alert(alert: &pb::Alert) -> AlertJson {
+    AlertJson {
+        host_id: alert.host_id.clone(),
+        domain: alert.domain.clone(),
+        recipe: non_empty(&alert.recipe),
+        severity: match pb::AlertSeverity::try_from(alert.severity) {
+            Ok(pb::AlertSeverity::Warning) => "warning",
+            Ok(pb::AlertSeverity::Critical) => "critical",
+            _ => "unknown",
+        },
+        outcome: outcome(alert.outcome),
+        from_version: non_empty(&alert.from_version),
+        to_version: non_empty(&alert.to_version),
+        reason: alert.message.clone(),
+        operation_id: non_empty(&alert.operation_id),
+        snapshot_path: non_empty(&alert.snapshot_path),
+        raised_at: time(alert.raised_at.as_ref()),
+    }
+}
+
+pub fn alerts_table(alerts: &[AlertJson]) -> String {
+    if alerts.is_empty() {
+        return "no open alerts".into();
+    }
+    let mut table = table(&["RAISED", "HOST", "APP", "SEVERITY", "OUTCOME", "FROM", "TO", "REASON"]);
+    for alert in alerts {
+        add_row(
+            &mut table,
+            vec![
+                or_dash(&alert.raised_at),
+                alert.host_id.clone(),
+                alert.domain.clone(),
+                alert.severity.to_owned(),
+                alert.outcome.unwrap_or("-").to_owned(),
+                or_dash(&alert.from_version),
+                or_dash(&alert.to_version),
+                alert.reason.clone(),
+            ],
+        );
+    }
+    table.to_string()
+}
+
+#[derive(Debug, Serialize)]
+pub struct OperationJson {
+    pub host_id: String,
+    pub operation_id: String,
+    pub domain: String,
+    /// Last phase reported: "accepted", "snapshotting", "deploying",
+    /// "verifying", "rolling_back" or "unknown".
+    pub phase: &'static str,
+    /// null while the operation runs; else "succeeded", "rolled_back",
+    /// "held", "failed" or "skipped".
+    pub outcome: Option<&'static str>,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub message: String,
+    /// RFC 3339, UTC.
+    pub updated_at: Option<String>,
+}
+
+pub fn operation(operation: &pb::Operation) -> OperationJson {
+    OperationJson {
+        host_id: operation.host_id.clone(),
+        operation_id: operation.operation_id.clone(),
+        domain: operation.domain.clone(),
+        phase: phase(operation.phase),
+        outcome: outcome(operation.outcome),
+        from_version: non_empty(&operation.from_version),
+        to_version: non_empty(&operation.to_version),
+        message: operation.message.clone(),
+        updated_at: time(operation.updated_at.as_ref()),
+    }
+}
+
+pub fn operations_table(operations: &[OperationJson]) -> String {
+    if operations.is_empty() {
+        return "no operations recorded".into();
+    }
+    let mut table = table(&[
+        "UPDATED",
+        "HOST",
+        "APP",
+        "OPERATION",
+        "PHASE",
+        "OUTCOME",
+        "FROM",
+        "TO",
+        "MESSAGE",
+    ]);
+    for operation in operations {
+        add_row(
+            &mut table,
+            vec![
+                or_dash(&operation.updated_at),
+                operation.host_id.clone(),
+                operation.domain.clone(),
+                operation.operation_id.clone(),
+                operation.phase.to_owned(),
+                operation.outcome.unwrap_or("running").to_owned(),
+                or_dash(&operation.from_version),
+                or_dash(&operation.to_version),
+                operation.message.clone(),
+            ],
+        );
+    }
+    table.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_shown_escaped() {
+        let cases = [
+            ("converged", "converged"),
+            ("\u{1b}[2J", "\\u{1b}[2J"),
+            ("\u{1b}]52;c;aGk=\u{7}", "\\u{1b}]52;c;aGk=\\u{7}"),
+            ("a\nb", "a\\u{a}b"),
+            ("\u{9b}x", "\\u{9b}x"),
+            ("ab\u{202e}c", "ab\\u{202e}c"),
+            ("日本 ☃", "日本 ☃"),
+        ];
+        for (input, shown) in cases {
+            assert_eq!(printable(input), shown, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn tables_never_carry_escape_sequences() {
+        let host = HostJson {
+            host_id: "web-1".into(),
+            status: "online",
+            last_seen: None,
+            registered_at: None,
+            agent_version: "\u{1b}]0;owned\u{7}".into(),
+            app_count: 0,
+            hostname: String::new(),
+            os: String::new(),
+            arch: String::new(),
+            docker_version: String::new(),
+            labels: [("site".to_owned(), "\u{1b}[2Jx".to_owned())].into(),
+            token_labels: Default::default(),
+            host_labels: Default::default(),
+            certificate_not_after: None,
+            last_event_seq: 0,
+        };
+        let table = hosts_table(&[host]);
+        assert!(!table.contains('\u{1b}') && !table.contains('\u{7}'), "{table}");
+    }
 }

@@ -167,6 +167,17 @@ impl Fleet {
     pub fn online_count(&self) -> usize {
         self.sessions().len()
     }
+
+    /// Closes every stream (the server is shutting down) and returns their hosts.
+    pub fn close_all(&self) -> Vec<HostId> {
+        self.sessions()
+            .drain()
+            .map(|(host_id, session)| {
+                let _ = session.close.send(true);
+                host_id
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod edge;
 pub mod fleet;
 pub mod metrics;
 pub mod rollout;
@@ -18,12 +19,10 @@ use anyhow::Context;
 use ccfleet_proto::pb::{admin_server::AdminServer, agent_server::AgentServer, enrollment_server::EnrollmentServer};
 use ccfleet_proto::MAX_MESSAGE_BYTES;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::Revocations;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::fleet::Fleet;
 use crate::store::StoreHandle;
@@ -47,6 +46,31 @@ pub struct ServerConfig {
     pub host_certificate_lifetime: Duration,
     /// Lifetime of admin certificates.
     pub admin_certificate_lifetime: Duration,
+    /// Operation records kept per host; the oldest beyond it are pruned.
+    pub operation_quota: usize,
+    /// Operation records older than this are pruned (at start and hourly).
+    pub operation_retention: Duration,
+    /// On shutdown, how long agent streams and other connections get to end
+    /// before the server closes them and exits.
+    pub shutdown_timeout: Duration,
+    /// Connections open at once; `None` derives it from the file-descriptor
+    /// limit (`edge::connection_cap`), after raising the soft limit.
+    pub max_connections: Option<usize>,
+    /// The TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (this is the
+    /// HTTP/2 preface timeout too). Must exceed `keepalive_interval`.
+    pub idle_timeout: Duration,
+    /// The server pings a connection that has been quiet this long ...
+    pub keepalive_interval: Duration,
+    /// ... and closes it if the ping is not answered within this.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams (calls) one connection may have open at once; also the
+    /// per-connection concurrency limit.
+    pub max_concurrent_streams: u32,
+    /// A store request running longer than this marks the server
+    /// NOT_SERVING in gRPC health until it finishes.
+    pub store_stall_threshold: Duration,
 }
 
 /// Names every server certificate carries: the loopback names and this
@@ -72,6 +96,16 @@ impl ServerConfig {
             server_names: default_server_names(),
             host_certificate_lifetime: Duration::from_secs(7 * 24 * 3600),
             admin_certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
+            operation_quota: store::DEFAULT_OPERATION_QUOTA,
+            operation_retention: Duration::from_secs(90 * 24 * 3600),
+            shutdown_timeout: Duration::from_secs(10),
+            max_connections: None,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 32,
+            store_stall_threshold: Duration::from_secs(10),
         }
     }
 }
@@ -183,7 +217,9 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let store = StoreHandle::open(&config.data_dir)
+    let store = store::Store::open(&config.data_dir)
+        .map(|store| store.with_operation_quota(config.operation_quota))
+        .and_then(StoreHandle::start)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
@@ -191,16 +227,18 @@ pub async fn serve(
         .await
         .context("cannot resume the stored rollouts")?;
     let (server_certificate, server_key) = authority.issue_server_certificate(&config.server_names)?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(server_certificate, server_key))
-        .client_ca_root(Certificate::from_pem(authority.certificate_pem()))
-        // Enrollment and health are callable without a client certificate;
-        // every other service refuses such callers in its interceptor.
-        .client_auth_optional(true)
-        .timeout(Duration::from_secs(10));
+    let acceptor = edge::tls_acceptor(&server_certificate, &server_key, authority.certificate_pem())?;
+    let limits = connection_limits(&config);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        admin_reserve = limits.admin_reserve,
+        "connection limits"
+    );
 
     let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
+    let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
+    let incoming = edge::incoming(listener, acceptor, limits, metrics.clone());
     let metrics_task = match metrics_listener {
         Some(metrics_listener) => {
             metrics::check_address(metrics_listener.local_addr()?)?;
@@ -254,6 +292,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<AdminServer<api::admin::AdminService>>()
         .await;
+    health_reporter
+        .set_serving::<EnrollmentServer<api::enrollment::EnrollmentService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ccfleet_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -261,26 +302,143 @@ pub async fn serve(
         .context("cannot build the reflection service")?;
     let reflection = InterceptedService::new(reflection, auth::require_admin(revocations.clone()));
 
+    let watchdog = tokio::spawn(watch_store(
+        store.clone(),
+        health_reporter.clone(),
+        metrics.clone(),
+        config.store_stall_threshold,
+    ));
+
+    // Shutdown: stop accepting (tonic), tell every agent stream to end (the
+    // agents reconnect with backoff), let connections drain for most of the
+    // shutdown timeout, then write last-seen and flush within the rest.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (closed_hosts_sender, closed_hosts) = tokio::sync::oneshot::channel();
+    let signal = {
+        let (fleet, started) = (fleet.clone(), started.clone());
+        async move {
+            shutdown.await;
+            let hosts = fleet.close_all();
+            tracing::info!(streams = hosts.len(), "shutting down: closing agent streams");
+            let _ = closed_hosts_sender.send(hosts);
+            started.notify_one();
+        }
+    };
     tracing::info!(address = %local_address, data = %config.data_dir.display(), "serving");
-    let result = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .context("invalid TLS configuration")?
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
+        .http2_max_header_list_size(Some(16 * 1024))
         .add_service(health)
         .add_service(reflection)
         .add_service(agent)
         .add_service(admin)
         .add_service(enrollment)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .context("gRPC server failed");
+        .serve_with_incoming_shutdown(incoming, signal);
+    let drain = config.shutdown_timeout.mul_f32(0.75);
+    let result = tokio::select! {
+        result = server => result.context("gRPC server failed"),
+        () = async {
+            started.notified().await;
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!(?drain, "connections still open at the shutdown timeout: closing them");
+            Ok(())
+        }
+    };
     sweeper.abort();
+    pruner.abort();
+    watchdog.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
+    if let Ok(hosts) = closed_hosts.await {
+        let written = tokio::time::timeout(config.shutdown_timeout - drain, async move {
+            let now = store::now_millis();
+            store
+                .write(move |store| {
+                    for host_id in &hosts {
+                        if let Some(mut host) = store.host(host_id)? {
+                            host.last_seen = host.last_seen.max(now);
+                            store.put_host(&host)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => tracing::info!("store flushed; stopped"),
+            Ok(Err(error)) => tracing::error!(%error, "cannot write last-seen times at shutdown"),
+            Err(_) => tracing::error!("the store did not finish within the shutdown timeout"),
+        }
+    }
     result
 }
+
+/// The edge's limits from the configuration, deriving the connection cap
+/// from the (raised) file-descriptor limit unless it was given.
+fn connection_limits(config: &ServerConfig) -> edge::ConnectionLimits {
+    let (max_connections, admin_reserve) = match config.max_connections {
+        Some(max_connections) => {
+            let max_connections = max_connections.max(2);
+            (max_connections, (max_connections / 20).clamp(1, 64))
+        }
+        None => edge::connection_cap(edge::raise_fd_limit()),
+    };
+    edge::ConnectionLimits {
+        max_connections,
+        admin_reserve,
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+    }
+}
+
+/// Makes a stuck store visible: while one store request has been running
+/// longer than `threshold`, gRPC health says NOT_SERVING, the
+/// `ccfleet_store_stalled` metric is 1 and an error is logged.
+async fn watch_store(
+    store: StoreHandle,
+    health: tonic_health::server::HealthReporter,
+    metrics: Arc<metrics::Metrics>,
+    threshold: Duration,
+) {
+    use std::sync::atomic::Ordering;
+    use tonic_health::ServingStatus;
+    let mut ticker = tokio::time::interval((threshold / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+    let mut stalled = false;
+    loop {
+        ticker.tick().await;
+        let busy = store.busy_for().unwrap_or_default();
+        metrics.store_busy_seconds.store(busy.as_secs(), Ordering::Relaxed);
+        let now_stalled = busy >= threshold;
+        if now_stalled == stalled {
+            continue;
+        }
+        stalled = now_stalled;
+        metrics.store_stalled.store(u64::from(stalled), Ordering::Relaxed);
+        let status = if stalled {
+            tracing::error!(
+                ?busy,
+                "the store is stuck: one request has run for longer than {threshold:?}; health is NOT_SERVING"
+            );
+            ServingStatus::NotServing
+        } else {
+            tracing::info!("the store is answering again; health is SERVING");
+            ServingStatus::Serving
+        };
+        for service in HEALTH_SERVICES {
+            health.set_service_status(*service, status).await;
+        }
+    }
+}
+
+/// Service names whose health follows the store: the whole server ("") and
+/// every ccfleet service.
+const HEALTH_SERVICES: &[&str] = &["", "ccfleet.v1.Agent", "ccfleet.v1.Admin", "ccfleet.v1.Enrollment"];
 
 /// Closes streams of hosts that stopped sending heartbeats.
 async fn expire_silent_sessions(fleet: Arc<Fleet>) {
@@ -291,6 +449,20 @@ async fn expire_silent_sessions(fleet: Arc<Fleet>) {
         ticker.tick().await;
         for host_id in fleet.expire_silent() {
             tracing::warn!(host = %host_id, "heartbeat timeout: host is offline");
+        }
+    }
+}
+
+/// Applies the operation records' retention age at start and then hourly.
+async fn prune_old_operations(store: StoreHandle, retention: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let cutoff = store::now_millis().saturating_sub(retention.as_millis() as u64);
+        match store.write(move |store| store.prune_operations_before(cutoff)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned operation records past their retention"),
+            Err(error) => tracing::error!(%error, "cannot prune old operation records"),
         }
     }
 }

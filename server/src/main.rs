@@ -14,6 +14,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process; boxing `Run` would only obscure the clap derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Create the state directory, database, CA and first admin credential.
@@ -54,7 +56,47 @@ enum Command {
         /// Silence after which a host is shown offline.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         heartbeat_timeout: Duration,
+        /// Operation records kept per host; the oldest beyond it are pruned.
+        #[arg(long, default_value_t = ccfleet_server::store::DEFAULT_OPERATION_QUOTA)]
+        operation_quota: usize,
+        /// Operation records older than this are pruned.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        operation_retention: Duration,
+        #[command(flatten)]
+        limits: Limits,
     },
+}
+
+/// The network edge's limits (README.md, "Limits").
+#[derive(clap::Args)]
+struct Limits {
+    /// On SIGTERM/SIGINT: how long connections get to end before the server
+    /// closes them, writes last-seen times and exits.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// Connections open at once [default: derived from the file-descriptor
+    /// limit, which is raised to its hard limit at start].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A TLS handshake must finish within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (also the
+    /// HTTP/2 preface timeout); must be longer than --keepalive-interval.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Ping a connection that has been quiet this long.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    keepalive_interval: Duration,
+    /// Close a connection whose ping is not answered within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Duration,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_concurrent_streams: u32,
+    /// A store request running longer than this turns gRPC health NOT_SERVING.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    store_stall_threshold: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +120,17 @@ fn main() -> anyhow::Result<()> {
             host_certificate_lifetime,
             heartbeat_interval,
             heartbeat_timeout,
+            operation_quota,
+            operation_retention,
+            limits,
         } => {
+            if limits.idle_timeout <= limits.keepalive_interval {
+                anyhow::bail!(
+                    "--idle-timeout ({:?}) must be longer than --keepalive-interval ({:?}), or idle but live clients are cut",
+                    limits.idle_timeout,
+                    limits.keepalive_interval
+                );
+            }
             if let Some(address) = metrics_listen {
                 ccfleet_server::metrics::check_address(address)?;
             }
@@ -119,6 +171,16 @@ fn main() -> anyhow::Result<()> {
                 config.heartbeat_interval = heartbeat_interval;
                 config.heartbeat_timeout = heartbeat_timeout;
                 config.host_certificate_lifetime = host_certificate_lifetime;
+                config.operation_quota = operation_quota;
+                config.operation_retention = operation_retention;
+                config.shutdown_timeout = limits.shutdown_timeout;
+                config.max_connections = limits.max_connections;
+                config.handshake_timeout = limits.handshake_timeout;
+                config.idle_timeout = limits.idle_timeout;
+                config.keepalive_interval = limits.keepalive_interval;
+                config.keepalive_timeout = limits.keepalive_timeout;
+                config.max_concurrent_streams = limits.max_concurrent_streams;
+                config.store_stall_threshold = limits.store_stall_threshold;
                 config.server_names.extend(server_names);
                 ccfleet_server::serve(listener, metrics_listener, config, shutdown_signal()).await
             })

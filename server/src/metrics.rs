@@ -24,11 +24,60 @@ pub struct Metrics {
     pub enrollments_succeeded: AtomicU64,
     pub enrollments_refused: AtomicU64,
     pub certificates_renewed: AtomicU64,
+    /// Connections refused at the cap (or admitted to the admin reserve
+    /// without an admin certificate).
+    pub connections_refused: AtomicU64,
+    /// Connections closed because the peer sent nothing within the idle timeout.
+    pub connections_idle_closed: AtomicU64,
+    pub tls_handshakes_failed: AtomicU64,
+    /// `accept` failures for lack of file descriptors or memory.
+    pub accept_exhausted: AtomicU64,
+    /// 1 while the store thread has been stuck on one job for longer than
+    /// the stall threshold.
+    pub store_stalled: AtomicU64,
+    /// Seconds the store's current job has been running (0 when idle).
+    pub store_busy_seconds: AtomicU64,
+    pools: std::sync::OnceLock<ConnectionPools>,
+}
+
+/// The edge's semaphores, read for the open-connections gauge.
+#[derive(Debug)]
+struct ConnectionPools {
+    general: Arc<tokio::sync::Semaphore>,
+    reserve: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 impl Metrics {
     pub fn increment(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lets the metrics read how many connections are open.
+    pub fn set_connection_pools(
+        &self,
+        general: Arc<tokio::sync::Semaphore>,
+        reserve: Arc<tokio::sync::Semaphore>,
+        max_connections: usize,
+    ) {
+        let _ = self.pools.set(ConnectionPools {
+            general,
+            reserve,
+            max_connections,
+        });
+    }
+
+    fn connections_open(&self) -> (u64, u64) {
+        match self.pools.get() {
+            Some(pools) => {
+                let free = pools.general.available_permits() + pools.reserve.available_permits();
+                (
+                    pools.max_connections.saturating_sub(free) as u64,
+                    pools.max_connections as u64,
+                )
+            }
+            None => (0, 0),
+        }
     }
 
     /// The exposition text, with the gauges read now.
@@ -85,6 +134,47 @@ impl Metrics {
             "counter",
             "Host certificates renewed over mTLS.",
             &[("", load(&self.certificates_renewed))],
+        );
+        let (open, max) = self.connections_open();
+        metric(
+            "ccfleet_connections_open",
+            "gauge",
+            "Client connections open (TLS handshakes included).",
+            &[("", open)],
+        );
+        metric(
+            "ccfleet_connections_max",
+            "gauge",
+            "The connection cap, derived from the file-descriptor limit.",
+            &[("", max)],
+        );
+        metric(
+            "ccfleet_connections_closed_total",
+            "counter",
+            "Connections the edge refused or closed, by reason.",
+            &[
+                ("{reason=\"cap\"}", load(&self.connections_refused)),
+                ("{reason=\"idle\"}", load(&self.connections_idle_closed)),
+                ("{reason=\"handshake\"}", load(&self.tls_handshakes_failed)),
+            ],
+        );
+        metric(
+            "ccfleet_accept_exhausted_total",
+            "counter",
+            "accept() failures for lack of file descriptors or memory (the server backs off).",
+            &[("", load(&self.accept_exhausted))],
+        );
+        metric(
+            "ccfleet_store_stalled",
+            "gauge",
+            "1 while the store has been stuck on one request past the stall threshold.",
+            &[("", load(&self.store_stalled))],
+        );
+        metric(
+            "ccfleet_store_busy_seconds",
+            "gauge",
+            "How long the store's current request has been running (0 when idle).",
+            &[("", load(&self.store_busy_seconds))],
         );
         text
     }

@@ -15,9 +15,24 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent with the config at `config`, whose control socket is `socket`.
     pub fn start(config: &Path, socket: &Path) -> AgentProcess {
+        AgentProcess::start_with_env(config, socket, &[])
+    }
+
+    /// [`AgentProcess::start`] with extra environment variables. The log
+    /// (`<config>.log`) is appended to, so a restarted agent's log follows
+    /// the first one's.
+    pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &Path)]) -> AgentProcess {
         let log = config.with_extension("log");
-        let log_file = std::fs::File::create(&log).expect("agent log file");
-        let child = Command::new(crate::binary("ccfleet-agent"))
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log file");
+        let mut command = Command::new(crate::binary("ccfleet-agent"));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,ccfleet_agent=debug")
@@ -55,6 +70,12 @@ impl AgentProcess {
             return Err(String::from_utf8_lossy(&output.stderr).into_owned());
         }
         serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())
+    }
+
+    /// SIGKILL, as a crash or a power cut would stop it, and waits for the end.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("the agent can be killed");
+        self.child.wait().expect("the killed agent is reaped");
     }
 
     /// Sends SIGHUP: the agent re-reads its configuration.

@@ -22,6 +22,18 @@ pub const V1_1: &str = "1.1.0+1.1";
 pub const V1_2_BROKEN: &str = "1.2.0+1.2";
 /// A major release, healthy.
 pub const V2_0: &str = "2.0.0+2.0";
+/// The upgrade tests' releases: each has the volume `data` (mounted at
+/// `/data`) and publishes port 8080 on the host port `HTTP_PORT` of its env.
+/// Stateful, healthy, writes nothing on start.
+pub const V1_3: &str = "1.3.0+1.3";
+/// Migrates (appends to `/data/migrations.log` on start), healthy.
+pub const V1_3_1_MIGRATES: &str = "1.3.1+1.3";
+/// Migrates, then fails its HTTP health path (`/health` answers 404).
+pub const V1_4_MIGRATES_THEN_FAILS_HTTP: &str = "1.4.0+1.4";
+/// Never converges: its process exits at once.
+pub const V1_5_NEVER_CONVERGES: &str = "1.5.0+1.5";
+/// Converged and container-healthy, but its HTTP probe fails.
+pub const V1_6_HTTP_FAILS: &str = "1.6.0+1.6";
 
 /// `tests/fixtures`.
 pub fn fixtures_dir() -> PathBuf {
@@ -206,9 +218,14 @@ impl DockerTest {
     /// An agent config (TOML) using the double and this test's directories,
     /// with `apps` (`[[app]]` tables) appended.
     pub fn agent_config(&self, apps: &str) -> String {
+        self.agent_config_with("", apps)
+    }
+
+    /// [`DockerTest::agent_config`] with more `[agent]` settings (TOML lines).
+    pub fn agent_config_with(&self, agent_settings: &str, apps: &str) -> String {
         format!(
             "[server]\nurl = \"https://fleet.example.org\"\n\n[host]\nid = \"docker-test\"\n\n\
-             [agent]\nstate_dir = {state:?}\ncontrol_socket = {socket:?}\nalerts_dir = {alerts:?}\n\n{abra}\n{apps}",
+             [agent]\nstate_dir = {state:?}\ncontrol_socket = {socket:?}\nalerts_dir = {alerts:?}\n{agent_settings}\n{abra}\n{apps}",
             state = self.path().join("state").display().to_string(),
             socket = self.path().join("control.sock").display().to_string(),
             alerts = self.path().join("alerts").display().to_string(),
@@ -234,5 +251,50 @@ impl Drop for DockerTest {
             // a stack that was never deployed is not an error worth reporting.
             let _ = docker(&["stack", "rm", &stack]);
         }
+        // Volumes outlive their stack; they can go once its containers have
+        // stopped (bounded: a leftover volume is not worth a hanging test).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for domain in &self.domains {
+            let stack = domain.replace('.', "_");
+            let filter = format!("label=com.docker.stack.namespace={stack}");
+            let listed = docker(&["volume", "ls", "--quiet", "--filter", &filter]);
+            for volume in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                while !docker(&["volume", "rm", volume]).status.success() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+        }
     }
+}
+
+/// A TCP port that was free a moment ago (for a fixture's published port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free local port")
+}
+
+/// The host mount point of volume `name`.
+pub fn volume_mountpoint(name: &str) -> PathBuf {
+    let output = docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", name]);
+    assert!(output.status.success(), "volume {name}: {}", text(&output));
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// The `coop-cloud.<stack>.version` label of `<stack>_app`, if deployed.
+pub fn deployed_version(domain: &str) -> Option<String> {
+    let stack = domain.replace('.', "_");
+    let output = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        &format!("{{{{ index .Spec.Labels \"coop-cloud.{stack}.version\" }}}}"),
+        &format!("{stack}_app"),
+    ]);
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .filter(|version| !version.is_empty())
 }

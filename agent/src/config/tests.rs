@@ -66,7 +66,12 @@ url = "https://fleet.example.org:7443"
                 "control_socket": "/run/ccfleet-agent/control.sock",
                 "alerts_dir": "/var/lib/coop-cloud/alerts",
                 "reconcile_interval": "5m",
-                "observe_interval": "10s"
+                "observe_interval": "10s",
+                "snapshot_retention": 3,
+                "min_healthy_time": "10s",
+                "probe_address": "127.0.0.1:443",
+                "probe_scheme": "https",
+                "stop_timeout": "1m 20s"
               },
               "abra": {
                 "binary": "abra",
@@ -140,7 +145,12 @@ path = "/ghost/api/admin/site/"
                 "control_socket": "/run/agent.sock",
                 "alerts_dir": "/srv/alerts",
                 "reconcile_interval": "5m",
-                "observe_interval": "10s"
+                "observe_interval": "10s",
+                "snapshot_retention": 3,
+                "min_healthy_time": "10s",
+                "probe_address": "127.0.0.1:443",
+                "probe_scheme": "https",
+                "stop_timeout": "1m 20s"
               },
               "abra": {
                 "binary": "/opt/abra/bin/abra",
@@ -157,6 +167,7 @@ path = "/ghost/api/admin/site/"
                   "auto_update": true,
                   "schedule": "Sun 04:00",
                   "allow_major": true,
+                  "fleet_managed": true,
                   "deploy_timeout": "10m",
                   "depends_on": [
                     "sso.example.org"
@@ -183,6 +194,7 @@ path = "/ghost/api/admin/site/"
                   "auto_update": false,
                   "schedule": null,
                   "allow_major": false,
+                  "fleet_managed": true,
                   "deploy_timeout": "20m",
                   "depends_on": [],
                   "env": {
@@ -227,7 +239,12 @@ state_dir = "/srv/ccfleet"
                 "control_socket": "/run/ccfleet-agent/control.sock",
                 "alerts_dir": "/var/lib/coop-cloud/alerts",
                 "reconcile_interval": "5m",
-                "observe_interval": "10s"
+                "observe_interval": "10s",
+                "snapshot_retention": 3,
+                "min_healthy_time": "10s",
+                "probe_address": "127.0.0.1:443",
+                "probe_scheme": "https",
+                "stop_timeout": "1m 20s"
               },
               "abra": {
                 "binary": "abra",
@@ -329,7 +346,7 @@ fn unknown_fields_are_named() {
            |
         11 | enabled = true
            | ^^^^^^^
-        unknown field `enabled`, expected one of `domain`, `recipe`, `version`, `stateful`, `auto_update`, `schedule`, `allow_major`, `deploy_timeout`, `depends_on`, `env`, `secrets`, `health`"#]],
+        unknown field `enabled`, expected one of `domain`, `recipe`, `version`, `stateful`, `auto_update`, `schedule`, `allow_major`, `fleet_managed`, `deploy_timeout`, `depends_on`, `env`, `secrets`, `health`"#]],
     );
     check_apps(
         &format!("{GHOST}[app.health]\npaht = \"/\"\n"),
@@ -655,4 +672,47 @@ fn load_reports_a_missing_file() {
         .unwrap_or_default();
     expect!["/nonexistent/agent.toml: cannot read the configuration: No such file or directory (os error 2)"]
         .assert_eq(&format!("{error}: {source}"));
+}
+
+#[test]
+fn upgrade_settings_are_checked() {
+    check(
+        &format!(
+            "{HEAD}[agent]\nsnapshot_retention = 0\nmin_healthy_time = \"0s\"\nprobe_address = \"localhost\"\nstop_timeout = \"soon\"\n"
+        ),
+        expect![[r#"
+            error: agent.toml: field "agent.snapshot_retention": 0 is out of range: keep 1 to 1000 snapshots per app
+            agent.toml: field "agent.min_healthy_time": duration "0s" must be longer than zero
+            agent.toml: field "agent.probe_address": not an address with a port (write e.g. "127.0.0.1:443"): invalid socket address syntax
+            agent.toml: field "agent.stop_timeout": invalid duration "soon": expected number at 0 (write e.g. "90s", "15m")"#]],
+    );
+    check(
+        &format!("{HEAD}[agent]\nprobe_scheme = \"gopher\"\n"),
+        expect![[r#"
+            error: agent.toml: TOML parse error at line 7, column 16
+              |
+            7 | probe_scheme = "gopher"
+              |                ^^^^^^^^
+            unknown variant `gopher`, expected `https` or `http`"#]],
+    );
+    let text = format!(
+        "{HEAD}[agent]\nsnapshot_retention = 5\nmin_healthy_time = \"2s\"\nprobe_address = \"127.0.0.1:18080\"\nprobe_scheme = \"http\"\n"
+    );
+    let agent = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "h")
+        .unwrap()
+        .agent;
+    assert_eq!(agent.snapshot_retention, 5);
+    assert_eq!(agent.min_healthy_time, std::time::Duration::from_secs(2));
+    assert_eq!(agent.probe_address.to_string(), "127.0.0.1:18080");
+    assert_eq!(agent.probe_scheme, super::ProbeScheme::Http);
+}
+
+#[test]
+fn fleet_managed_defaults_to_true_and_can_pin() {
+    let text = format!("{HEAD}{GHOST}fleet_managed = false\n");
+    let config = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "h").unwrap();
+    assert!(!config.apps[0].fleet_managed);
+    let text = format!("{HEAD}{GHOST}");
+    let config = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "h").unwrap();
+    assert!(config.apps[0].fleet_managed);
 }

@@ -15,7 +15,9 @@ use super::enrollment::millis;
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::{self, Identity, Revocations};
 use crate::fleet::Fleet;
-use crate::store::{now_millis, AppRecord, CertificateKind, CertificateRecord, StoreHandle, TokenRecord};
+use crate::store::{
+    now_millis, AppRecord, CertificateKind, CertificateRecord, OperationFilter, StoreHandle, TokenRecord,
+};
 use ccfleet_proto::tls::{secret_hash, JoinToken};
 use ccfleet_proto::HostId;
 
@@ -68,8 +70,16 @@ fn check_label(key: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn not_yet(feature: &str) -> Status {
-    Status::unimplemented(format!("{feature} is not available in this server version"))
+/// Operations listed when the request names no limit, and the most one
+/// request may ask for.
+const DEFAULT_OPERATION_LIMIT: usize = 100;
+const MAX_OPERATION_LIMIT: usize = 10_000;
+
+fn optional_host_id(value: &str) -> Result<Option<HostId>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    convert::host_id("host_id", value).map(Some)
 }
 
 impl AdminService {
@@ -396,16 +406,51 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_alerts(
         &self,
-        _request: Request<pb::ListAlertsRequest>,
+        request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
-        Err(not_yet("alerts"))
+        let host_id = optional_host_id(&request.into_inner().host_id)?;
+        let alerts = self
+            .store
+            .read(move |store| store.alerts(host_id.as_ref()))
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts: alerts.iter().map(convert::alert_to_wire).collect(),
+        }))
     }
 
     async fn list_operations(
         &self,
-        _request: Request<pb::ListOperationsRequest>,
+        request: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
-        Err(not_yet("operation listings"))
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_OPERATION_LIMIT,
+            limit if limit as usize > MAX_OPERATION_LIMIT => {
+                return Err(convert::invalid(
+                    "limit",
+                    format!("must be at most {MAX_OPERATION_LIMIT}"),
+                ))
+            }
+            limit => limit as usize,
+        };
+        let filter = OperationFilter {
+            host_id: optional_host_id(&request.host_id)?,
+            domain: if request.domain.is_empty() {
+                None
+            } else {
+                Some(convert::domain("domain", &request.domain)?)
+            },
+            limit,
+        };
+        let operations = self
+            .store
+            .read(move |store| store.operations(&filter))
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListOperationsResponse {
+            operations: operations.iter().map(convert::operation_to_wire).collect(),
+        }))
     }
 
     async fn list_audit(

@@ -71,7 +71,8 @@ impl AgentService {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within the hello timeout"))??
+            .map_err(|_| Status::deadline_exceeded("no hello within the hello timeout"))?
+            .map_err(undecodable)?
             .ok_or_else(|| Status::invalid_argument("the stream ended before its hello"))?;
         let Some(Body::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument(
@@ -89,7 +90,7 @@ impl AgentService {
         let facts = convert::facts(hello.facts)?;
         let now = now_millis();
         let inventory = convert::inventory(hello.inventory, now)?;
-        let agent_version = hello.agent_version.chars().take(64).collect::<String>();
+        let agent_version = convert::agent_version(&hello.agent_version);
         let registered = {
             let host_id = host_id.clone();
             self.store
@@ -126,6 +127,7 @@ impl AgentService {
             host_id,
             connection_id: ticket.connection_id,
             outbound,
+            certificate_expires: expiry_instant(caller.not_after),
         };
         tokio::spawn(session.run(inbound, ticket.closed));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound_stream))))
@@ -198,6 +200,9 @@ struct StreamSession {
     host_id: HostId,
     connection_id: u64,
     outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    /// When the stream's certificate expires: the stream ends then, as the
+    /// next call would be refused.
+    certificate_expires: tokio::time::Instant,
 }
 
 impl StreamSession {
@@ -214,14 +219,26 @@ impl StreamSession {
                         }
                     }
                     Ok(None) => break "stream closed by the agent",
+                    Err(status) if is_decode_error(&status) => {
+                        let status = undecodable(status);
+                        tracing::warn!(host = %self.host_id, %status, "refusing agent message");
+                        let _ = self.outbound.send(Err(status)).await;
+                        break "sent an undecodable message";
+                    }
                     Err(status) => {
                         tracing::debug!(host = %self.host_id, %status, "agent stream error");
                         break "stream error";
                     }
                 },
+                () = tokio::time::sleep_until(self.certificate_expires) => {
+                    let _ = self.outbound.try_send(Err(Status::unauthenticated(
+                        "the host certificate expired during the stream; renew before expiry or enrol again",
+                    )));
+                    break "certificate expired";
+                }
                 _ = closed.changed() => {
                     let _ = self.outbound.try_send(Err(Status::unavailable(
-                        "session closed by the server (heartbeat timeout or a newer connection)",
+                        "session closed by the server (shutting down, heartbeat timeout, host removed or a newer connection); reconnect",
                     )));
                     break "closed by the server";
                 }
@@ -240,7 +257,7 @@ impl StreamSession {
             Some(Body::Heartbeat(_)) => return Ok(()),
             Some(Body::Hello(_)) => return Err(Status::invalid_argument("hello may only be the first message")),
             None => return Err(Status::invalid_argument("message without a body")),
-            Some(Body::Alert(_)) => return Err(Status::unimplemented("alert events are not stored yet")),
+            Some(Body::Alert(alert)) => AgentEvent::Alert(convert::alert(alert, now_millis())?),
             Some(Body::Inventory(update)) => AgentEvent::Inventory(convert::inventory(update.inventory, now_millis())?),
             Some(Body::Progress(progress)) => AgentEvent::Progress {
                 operation_id: convert::operation_id(&progress.operation_id)?,
@@ -289,6 +306,27 @@ impl StreamSession {
             .await
             .map_err(|_| Status::cancelled("the agent went away"))
     }
+}
+
+/// A message the server could not decode (invalid UTF-8 in a string,
+/// malformed protobuf) is the agent's fault: INVALID_ARGUMENT, not INTERNAL
+/// as tonic's codec reports it.
+fn is_decode_error(status: &Status) -> bool {
+    status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode")
+}
+
+fn undecodable(status: Status) -> Status {
+    if is_decode_error(&status) {
+        Status::invalid_argument(format!("undecodable message: {}", status.message()))
+    } else {
+        status
+    }
+}
+
+/// The instant a certificate expiring at `not_after` (Unix milliseconds) expires.
+fn expiry_instant(not_after: crate::store::UnixMillis) -> tokio::time::Instant {
+    let left = not_after.saturating_sub(now_millis());
+    tokio::time::Instant::now() + Duration::from_millis(left)
 }
 
 /// Writes the coarse last-seen time when a session ends.

@@ -7,34 +7,79 @@ use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
 use tonic::Status;
 
 use crate::store::{
-    AppRecord, AppStateRecord, HostFactsRecord, HostRecord, OperationOutcomeRecord, OperationPhaseRecord, UnixMillis,
+    AlertEventRecord, AlertRecord, AlertSeverityRecord, AppRecord, AppStateRecord, HostFactsRecord, HostRecord,
+    OperationOutcomeRecord, OperationPhaseRecord, OperationRecord, UnixMillis,
 };
 
 /// Bounds on free text and collections from agents, so one misbehaving agent
-/// cannot fill the store.
-const MAX_TEXT: usize = 4096;
+/// cannot fill the store, and every stored record stays far below sled's
+/// 128 KiB blob threshold (a record above it once froze the store thread
+/// inside `flush`): a host record is at most about 20 KiB (facts, 32 labels
+/// of 64 + 256 bytes), an app record about 9 KiB (16 drift reasons of 512
+/// bytes), an operation or alert record about 6 KiB.
+pub const MAX_TEXT: usize = 4096;
+/// Short texts: facts, drift reasons, label keys and values, agent version.
+pub const MAX_SHORT_TEXT: usize = 256;
+pub const MAX_DRIFT_REASON: usize = 512;
 const MAX_APPS: usize = 1000;
-const MAX_LABELS: usize = 64;
-const MAX_DRIFT_REASONS: usize = 32;
+pub const MAX_LABELS: usize = 32;
+pub const MAX_DRIFT_REASONS: usize = 16;
+const MAX_PATH_TEXT: usize = 1024;
 
 pub fn invalid(field: &str, error: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {error}"))
 }
 
-/// Free text for people (drift reasons, messages, facts): too long is cut at
-/// a character boundary, not refused: refusing a durable event would block
-/// every event queued behind it in the agent's outbox, for good.
+/// Free text for people (messages): see [`bounded_text_of`].
 pub fn bounded_text(field: &str, value: &str) -> String {
-    if value.len() <= MAX_TEXT {
-        return value.to_owned();
+    bounded_text_of(field, value, MAX_TEXT)
+}
+
+/// Marker appended to text cut at its bound.
+pub const TRUNCATED: &str = " [truncated]";
+
+/// Free text for people (drift reasons, messages, facts), made safe to store
+/// and to print: control characters and Unicode direction overrides are
+/// removed (tabs and line breaks become spaces), so a host cannot clear an
+/// admin's screen, set a terminal's title, write its clipboard (OSC 52) or
+/// reorder what a table shows; text longer than `max` bytes is cut at a
+/// character boundary and marked, not refused: refusing a durable event would
+/// block every event queued behind it in the agent's outbox, for good.
+pub fn bounded_text_of(field: &str, value: &str, max: usize) -> String {
+    let mut clean = String::with_capacity(value.len().min(max));
+    let mut stripped = false;
+    for character in value.chars() {
+        if matches!(character, '\t' | '\n' | '\r') {
+            clean.push(' ');
+        } else if is_unprintable(character) {
+            stripped = true;
+        } else {
+            clean.push(character);
+        }
     }
-    const MARK: &str = " [truncated]";
-    let mut end = MAX_TEXT - MARK.len();
-    while !value.is_char_boundary(end) {
+    if stripped {
+        tracing::warn!(field, "removed control characters from text sent by an agent");
+    }
+    if clean.len() <= max {
+        return clean;
+    }
+    let mut end = max - TRUNCATED.len();
+    while !clean.is_char_boundary(end) {
         end -= 1;
     }
     tracing::warn!(field, bytes = value.len(), "truncated overlong text from an agent");
-    format!("{}{MARK}", &value[..end])
+    format!("{}{TRUNCATED}", &clean[..end])
+}
+
+/// Control characters (C0, DEL, C1) and the invisible formatting characters
+/// that change how text is displayed (bidirectional overrides and isolates,
+/// zero-width characters, the byte-order mark).
+pub fn is_unprintable(character: char) -> bool {
+    character.is_control()
+        || matches!(
+            character,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 pub fn host_id(field: &str, value: &str) -> Result<HostId, Status> {
@@ -56,6 +101,13 @@ pub fn domain(field: &str, value: &str) -> Result<Domain, Status> {
     value.parse().map_err(|error| invalid(field, error))
 }
 
+const MAX_LABEL_KEY: usize = 64;
+
+/// The agent version from a hello, bounded and printable.
+pub fn agent_version(value: &str) -> String {
+    bounded_text_of("hello.agent_version", value, 64)
+}
+
 pub fn facts(facts: Option<pb::HostFacts>) -> Result<HostFactsRecord, Status> {
     let facts = facts.unwrap_or_default();
     if facts.labels.len() > MAX_LABELS {
@@ -66,13 +118,16 @@ pub fn facts(facts: Option<pb::HostFacts>) -> Result<HostFactsRecord, Status> {
     }
     let mut labels = std::collections::BTreeMap::new();
     for (key, value) in facts.labels {
-        labels.insert(bounded_text("facts.labels", &key), bounded_text("facts.labels", &value));
+        labels.insert(
+            bounded_text_of("facts.labels", &key, MAX_LABEL_KEY),
+            bounded_text_of("facts.labels", &value, MAX_SHORT_TEXT),
+        );
     }
     Ok(HostFactsRecord {
-        hostname: bounded_text("facts.hostname", &facts.hostname),
-        os: bounded_text("facts.os", &facts.os),
-        arch: bounded_text("facts.arch", &facts.arch),
-        docker_version: bounded_text("facts.docker_version", &facts.docker_version),
+        hostname: bounded_text_of("facts.hostname", &facts.hostname, MAX_SHORT_TEXT),
+        os: bounded_text_of("facts.os", &facts.os, MAX_SHORT_TEXT),
+        arch: bounded_text_of("facts.arch", &facts.arch, MAX_SHORT_TEXT),
+        docker_version: bounded_text_of("facts.docker_version", &facts.docker_version, MAX_SHORT_TEXT),
         labels,
     })
 }
@@ -131,7 +186,7 @@ fn bounded_reasons(field: &str, reasons: &[String]) -> Vec<String> {
     let mut kept: Vec<String> = reasons
         .iter()
         .take(MAX_DRIFT_REASONS)
-        .map(|reason| bounded_text(field, reason))
+        .map(|reason| bounded_text_of(field, reason, MAX_DRIFT_REASON))
         .collect();
     if reasons.len() > MAX_DRIFT_REASONS {
         kept.pop();
@@ -186,6 +241,105 @@ pub fn versions(from: &str, to: &str) -> Result<(Option<CoopVersion>, Option<Coo
         optional_version("from_version", from)?,
         optional_version("to_version", to)?,
     ))
+}
+
+/// An alert event, validated whole: names parse, free text is bounded and
+/// printable, a missing time is the server's receipt time.
+pub fn alert(alert: pb::AlertEvent, now: UnixMillis) -> Result<AlertEventRecord, Status> {
+    let (from_version, to_version) = versions(&alert.from_version, &alert.to_version)?;
+    Ok(AlertEventRecord {
+        domain: domain("alert.domain", &alert.domain)?,
+        recipe: if alert.recipe.is_empty() {
+            None
+        } else {
+            Some(recipe("alert.recipe", &alert.recipe)?)
+        },
+        from_version,
+        to_version,
+        outcome: outcome(alert.outcome),
+        severity: match pb::AlertSeverity::try_from(alert.severity) {
+            Ok(pb::AlertSeverity::Warning) => AlertSeverityRecord::Warning,
+            Ok(pb::AlertSeverity::Critical) => AlertSeverityRecord::Critical,
+            Ok(pb::AlertSeverity::Unspecified) | Err(_) => AlertSeverityRecord::Unknown,
+        },
+        reason: bounded_text("alert.reason", &alert.reason),
+        operation_id: if alert.operation_id.is_empty() {
+            None
+        } else {
+            Some(operation_id(&alert.operation_id)?)
+        },
+        snapshot_path: bounded_text_of("alert.snapshot_path", &alert.snapshot_path, MAX_PATH_TEXT),
+        raised_at: alert.raised_at.map_or(now, |time| millis_of(&time, now)),
+        cleared: alert.cleared,
+    })
+}
+
+/// A wire timestamp as Unix milliseconds; `fallback` for times before 1970.
+fn millis_of(time: &prost_types::Timestamp, fallback: UnixMillis) -> UnixMillis {
+    if time.seconds < 0 {
+        return fallback;
+    }
+    (time.seconds as u64)
+        .saturating_mul(1000)
+        .saturating_add(time.nanos.clamp(0, 999_999_999) as u64 / 1_000_000)
+}
+
+pub fn alert_to_wire(alert: &AlertRecord) -> pb::Alert {
+    pb::Alert {
+        host_id: alert.host_id.to_string(),
+        domain: alert.domain.to_string(),
+        severity: match alert.severity {
+            AlertSeverityRecord::Unknown => pb::AlertSeverity::Unspecified,
+            AlertSeverityRecord::Warning => pb::AlertSeverity::Warning,
+            AlertSeverityRecord::Critical => pb::AlertSeverity::Critical,
+        } as i32,
+        message: alert.reason.clone(),
+        raised_at: Some(timestamp(alert.raised_at)),
+        operation_id: alert.operation_id.clone().unwrap_or_default(),
+        recipe: alert.recipe.as_ref().map(ToString::to_string).unwrap_or_default(),
+        from_version: version_text(alert.from_version.as_ref()),
+        to_version: version_text(alert.to_version.as_ref()),
+        outcome: outcome_to_wire(alert.outcome) as i32,
+        snapshot_path: alert.snapshot_path.clone(),
+    }
+}
+
+pub fn operation_to_wire(operation: &OperationRecord) -> pb::Operation {
+    pb::Operation {
+        host_id: operation.host_id.to_string(),
+        operation_id: operation.operation_id.clone(),
+        domain: operation.domain.to_string(),
+        phase: match operation.phase {
+            OperationPhaseRecord::Unknown => pb::OperationPhase::Unspecified,
+            OperationPhaseRecord::Accepted => pb::OperationPhase::Accepted,
+            OperationPhaseRecord::Snapshotting => pb::OperationPhase::Snapshotting,
+            OperationPhaseRecord::Deploying => pb::OperationPhase::Deploying,
+            OperationPhaseRecord::Verifying => pb::OperationPhase::Verifying,
+            OperationPhaseRecord::RollingBack => pb::OperationPhase::RollingBack,
+        } as i32,
+        outcome: operation
+            .outcome
+            .map_or(pb::OperationOutcome::Unspecified, outcome_to_wire) as i32,
+        from_version: version_text(operation.from_version.as_ref()),
+        to_version: version_text(operation.to_version.as_ref()),
+        message: operation.message.clone(),
+        updated_at: Some(timestamp(operation.updated_at)),
+    }
+}
+
+fn version_text(version: Option<&CoopVersion>) -> String {
+    version.map(ToString::to_string).unwrap_or_default()
+}
+
+fn outcome_to_wire(outcome: OperationOutcomeRecord) -> pb::OperationOutcome {
+    match outcome {
+        OperationOutcomeRecord::Unknown => pb::OperationOutcome::Unspecified,
+        OperationOutcomeRecord::Succeeded => pb::OperationOutcome::Succeeded,
+        OperationOutcomeRecord::RolledBack => pb::OperationOutcome::RolledBack,
+        OperationOutcomeRecord::Held => pb::OperationOutcome::Held,
+        OperationOutcomeRecord::Failed => pb::OperationOutcome::Failed,
+        OperationOutcomeRecord::Skipped => pb::OperationOutcome::Skipped,
+    }
 }
 
 pub fn timestamp(millis: UnixMillis) -> prost_types::Timestamp {
@@ -277,11 +431,125 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_and_direction_overrides_are_stripped() {
+        let cases = [
+            ("plain", "plain"),
+            ("\u{1b}[2J\u{1b}[Hconverged", "[2J[Hconverged"),
+            ("\u{1b}]52;c;aGVsbG8=\u{7}title", "]52;c;aGVsbG8=title"),
+            ("a\tb\nc\rd", "a b c d"),
+            ("\u{9b}31mred\u{7f}", "31mred"),
+            ("left\u{202E}thgir\u{2066}x\u{200B}y\u{FEFF}", "leftthgirxy"),
+            ("naïve ☃ 日本", "naïve ☃ 日本"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(bounded_text("drift", input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn every_bound_keeps_records_far_below_the_blob_threshold() {
+        let huge = "x".repeat(100_000);
+        let facts = facts(Some(pb::HostFacts {
+            hostname: huge.clone(),
+            os: huge.clone(),
+            arch: huge.clone(),
+            docker_version: huge.clone(),
+            labels: (0..MAX_LABELS).map(|n| (format!("{n}{huge}"), huge.clone())).collect(),
+        }))
+        .unwrap();
+        let app = pb::ObservedApp {
+            domain: "a.example.org".into(),
+            recipe: "ghost".into(),
+            drift: vec![huge.clone(); 100],
+            ..Default::default()
+        };
+        let apps = inventory(Some(pb::Inventory { apps: vec![app] }), 1).unwrap();
+        let host = HostRecord {
+            host_id: "web-1".parse().unwrap(),
+            registered_at: 1,
+            last_seen: 1,
+            agent_version: agent_version(&huge),
+            facts,
+            last_seq: 1,
+            app_count: 1,
+            labels: Default::default(),
+            certificate_not_after: None,
+            enrollment: None,
+        };
+        let host_bytes = serde_json::to_vec(&host).unwrap().len();
+        let app_bytes = serde_json::to_vec(&apps[0]).unwrap().len();
+        // sled stores values above 128 KiB as separate blob files.
+        assert!(host_bytes < 32 * 1024, "host record of {host_bytes} bytes");
+        assert!(app_bytes < 16 * 1024, "app record of {app_bytes} bytes");
+        let alert = alert(
+            pb::AlertEvent {
+                domain: "a.example.org".into(),
+                reason: huge.clone(),
+                snapshot_path: huge.clone(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        assert!(alert.reason.len() <= MAX_TEXT && alert.reason.ends_with(TRUNCATED));
+        assert!(alert.snapshot_path.len() <= 1024);
+    }
+
+    #[test]
+    fn alerts_are_validated_whole() {
+        let valid = pb::AlertEvent {
+            domain: "a.example.org".into(),
+            recipe: "ghost".into(),
+            from_version: "1.0.0+5.0".into(),
+            to_version: "2.0.0+6.0".into(),
+            operation_id: "op-1".into(),
+            ..Default::default()
+        };
+        assert!(alert(valid.clone(), 7).is_ok());
+        assert_eq!(alert(valid.clone(), 7).unwrap().raised_at, 7);
+        let cases = [
+            (
+                pb::AlertEvent {
+                    domain: "A..b".into(),
+                    ..valid.clone()
+                },
+                "alert.domain",
+            ),
+            (
+                pb::AlertEvent {
+                    recipe: "Ghost".into(),
+                    ..valid.clone()
+                },
+                "alert.recipe",
+            ),
+            (
+                pb::AlertEvent {
+                    to_version: "two".into(),
+                    ..valid.clone()
+                },
+                "to_version",
+            ),
+            (
+                pb::AlertEvent {
+                    operation_id: "a b".into(),
+                    ..valid.clone()
+                },
+                "operation_id",
+            ),
+        ];
+        for (event, field) in cases {
+            let status = alert(event, 7).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().starts_with(&format!("{field}: ")), "{status:?}");
+        }
+    }
+
+    #[test]
     fn too_many_reasons_are_summarised() {
         let reasons: Vec<String> = (0..40).map(|n| format!("reason {n}")).collect();
         let kept = bounded_reasons("drift", &reasons);
         assert_eq!(kept.len(), MAX_DRIFT_REASONS);
-        assert_eq!(kept.last().unwrap(), "and 9 more reasons");
-        assert_eq!(kept[30], "reason 30");
+        assert_eq!(kept.last().unwrap(), "and 25 more reasons");
+        assert_eq!(kept[14], "reason 14");
     }
 }

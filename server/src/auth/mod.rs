@@ -3,9 +3,10 @@
 //! Every certificate the CA signs for a client carries exactly one URI
 //! subject alternative name, `urn:ccfleet:host:<host id>` or
 //! `urn:ccfleet:admin:<name>`; that URI, not the common name, is the
-//! identity. The TLS layer (rustls through tonic) has already checked that the
-//! certificate chains to the fleet CA and is within its validity period; this
-//! module adds revocation and the per-service rules:
+//! identity. The TLS layer (rustls, in `edge`) has already checked that the
+//! certificate chains to the fleet CA and was within its validity period at
+//! the handshake; this module checks expiry again on every call (connections
+//! outlive certificates), and adds revocation and the per-service rules:
 //!
 //! - Agent service: host certificates only (and the stream's hello must name
 //!   the certificate's own host, checked in `api::agent`);
@@ -74,6 +75,8 @@ pub struct Caller {
     pub identity: Identity,
     /// Hex serial of the certificate used.
     pub serial: String,
+    /// When that certificate expires (Unix milliseconds): streams end then.
+    pub not_after: crate::store::UnixMillis,
 }
 
 /// The set of revoked certificate serials, loaded from the store at start
@@ -120,18 +123,38 @@ pub fn caller<T>(request: &Request<T>, revocations: &Revocations) -> Result<Call
         tracing::warn!(serial, "refused a revoked certificate");
         return Err(Status::permission_denied("this certificate has been revoked"));
     }
-    let identity = parsed
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .and_then(|names| {
-            names.value.general_names.iter().find_map(|name| match name {
-                x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
-                _ => None,
-            })
-        })
+    // rustls checked the validity period at the handshake; a connection can
+    // outlive it, so every call checks again.
+    let not_after = parsed.validity().not_after.timestamp();
+    if not_after <= crate::store::now_millis() as i64 / 1000 {
+        tracing::warn!(serial, "refused an expired certificate on an open connection");
+        return Err(Status::unauthenticated(
+            "this certificate has expired; enrol again (hosts) or ask an admin for a new credential",
+        ));
+    }
+    let identity = identity_in(&parsed)
         .ok_or_else(|| Status::unauthenticated("the client certificate carries no ccfleet identity"))?;
-    Ok(Caller { identity, serial })
+    Ok(Caller {
+        identity,
+        serial,
+        not_after: u64::try_from(not_after).unwrap_or(0).saturating_mul(1000),
+    })
+}
+
+fn identity_in(certificate: &x509_parser::certificate::X509Certificate<'_>) -> Option<Identity> {
+    certificate.subject_alternative_name().ok().flatten().and_then(|names| {
+        names.value.general_names.iter().find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
+            _ => None,
+        })
+    })
+}
+
+/// The identity written into a DER certificate, if it carries one. Used by
+/// the edge to tell admins apart before any call; it checks nothing else.
+pub fn identity_of(der: &[u8]) -> Option<Identity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    identity_in(&parsed)
 }
 
 /// Interceptor for the Agent service: host certificates only.

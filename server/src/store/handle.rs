@@ -1,7 +1,10 @@
 //! `StoreHandle`: the async face of the store, backed by one dedicated thread.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -18,18 +21,36 @@ type PendingReply = Box<dyn FnOnce(Result<(), String>) + Send>;
 #[derive(Clone)]
 pub struct StoreHandle {
     jobs: std_mpsc::Sender<Job>,
+    /// When the job (or flush) the thread is running started, in Unix
+    /// milliseconds; 0 while it waits. Read by the stall watchdog.
+    busy_since: Arc<AtomicU64>,
 }
 
 impl StoreHandle {
     /// Opens the store and starts its thread.
     pub fn open(directory: &Path) -> Result<StoreHandle, StoreError> {
-        let store = Store::open(directory)?;
+        Self::start(Store::open(directory)?)
+    }
+
+    /// Starts the store thread over an opened store.
+    pub fn start(store: Store) -> Result<StoreHandle, StoreError> {
         let (jobs, inbox) = std_mpsc::channel::<Job>();
+        let busy_since = Arc::new(AtomicU64::new(0));
+        let busy = busy_since.clone();
         std::thread::Builder::new()
             .name("ccfleet-store".into())
-            .spawn(move || run_store_thread(store, inbox))
+            .spawn(move || run_store_thread(store, inbox, &busy))
             .map_err(|_| StoreError::Stopped)?;
-        Ok(StoreHandle { jobs })
+        Ok(StoreHandle { jobs, busy_since })
+    }
+
+    /// How long the store thread has been on its current job or flush;
+    /// `None` while it is idle.
+    pub fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(super::now_millis().saturating_sub(since))),
+        }
     }
 
     /// Runs a read on the store thread.
@@ -88,9 +109,10 @@ const MAX_BATCH: usize = 512;
 /// The store thread: runs jobs in arrival order; after draining every job that
 /// is already queued, flushes once if any of them wrote, then answers the
 /// writers. Stops when every handle is gone.
-fn run_store_thread(store: Store, inbox: std_mpsc::Receiver<Job>) {
+fn run_store_thread(store: Store, inbox: std_mpsc::Receiver<Job>, busy_since: &AtomicU64) {
     let mut replies: Vec<PendingReply> = Vec::new();
     while let Ok(first) = inbox.recv() {
+        busy_since.store(super::now_millis().max(1), Ordering::Relaxed);
         replies.extend(first(&store));
         // Group what is already queued, up to a bound so that a steady
         // stream of writes cannot postpone the flush indefinitely.
@@ -107,6 +129,7 @@ fn run_store_thread(store: Store, inbox: std_mpsc::Receiver<Job>) {
                 reply(flushed.clone());
             }
         }
+        busy_since.store(0, Ordering::Relaxed);
     }
     if let Err(error) = store.flush() {
         tracing::error!(%error, "final store flush failed");

@@ -10,6 +10,7 @@
 
 mod audit;
 mod handle;
+mod listings;
 mod records;
 mod rollouts;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 pub use audit::*;
 pub use handle::StoreHandle;
+pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
 pub use rollouts::*;
 
@@ -72,6 +74,7 @@ const APPS_BY_RECIPE: &str = "apps_by_recipe";
 const OPERATIONS: &str = "operations";
 const TOKENS: &str = "tokens";
 const CERTIFICATES: &str = "certificates";
+const ALERTS: &str = "alerts";
 
 /// Separator inside composite keys. Every name in a key is a validated domain
 /// type, none of which can contain it.
@@ -106,6 +109,13 @@ pub struct Store {
     certificates: sled::Tree,
     rollouts: sled::Tree,
     audit: sled::Tree,
+    /// `host\0domain` -> `AlertRecord`: at most one open alert per app.
+    alerts: sled::Tree,
+    /// Operation records kept per host; see `listings.rs`.
+    operation_quota: usize,
+    /// Operations stored per host, counted on first use (this thread is the
+    /// only writer, so the count stays true).
+    operation_counts: std::sync::Mutex<std::collections::HashMap<HostId, usize>>,
 }
 
 impl Store {
@@ -128,6 +138,9 @@ impl Store {
             certificates: db.open_tree(CERTIFICATES)?,
             rollouts: db.open_tree(rollouts::ROLLOUTS)?,
             audit: db.open_tree(audit::AUDIT)?,
+            alerts: db.open_tree(ALERTS)?,
+            operation_quota: DEFAULT_OPERATION_QUOTA,
+            operation_counts: Default::default(),
             db,
         })
     }
@@ -221,6 +234,9 @@ impl Store {
                 operation.updated_at = now_millis();
                 self.write_operation(&host, &operation)?;
             }
+            AgentEvent::Alert(alert) => {
+                self.write_alert(&host, alert)?;
+            }
             AgentEvent::Result {
                 operation_id,
                 domain,
@@ -257,6 +273,7 @@ impl Store {
     }
 
     fn write_operation(&self, host: &HostRecord, operation: &OperationRecord) -> Result<(), StoreError> {
+        let is_new = self.operation(&host.host_id, &operation.operation_id)?.is_none();
         let host_value = encode(host)?;
         let operation_value = encode(operation)?;
         let operation_key = key(&[host.host_id.as_str(), &operation.operation_id]);
@@ -267,6 +284,9 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        if is_new {
+            self.count_new_operation(&host.host_id)?;
+        }
         Ok(())
     }
 
@@ -450,14 +470,20 @@ impl Store {
             .scan_prefix(prefix(&[host_id.as_str()]))
             .keys()
             .collect::<Result<_, _>>()?;
+        let alert_keys: Vec<sled::IVec> = self
+            .alerts
+            .scan_prefix(prefix(&[host_id.as_str()]))
+            .keys()
+            .collect::<Result<_, _>>()?;
         (
             &self.certificates,
             &self.hosts,
             &self.apps,
             &self.apps_by_recipe,
             &self.operations,
+            &self.alerts,
         )
-            .transaction(|(certificates, hosts, app_tree, index, operations)| {
+            .transaction(|(certificates, hosts, app_tree, index, operations, alerts)| {
                 for (serial, value) in &revoked {
                     certificates.insert(serial.as_bytes(), value.clone())?;
                 }
@@ -468,10 +494,14 @@ impl Store {
                 for operation_key in &operation_keys {
                     operations.remove(operation_key.clone())?;
                 }
+                for alert_key in &alert_keys {
+                    alerts.remove(alert_key.clone())?;
+                }
                 hosts.remove(host_id.as_str())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.forget_operation_count(host_id);
         Ok(Some(revoked.into_iter().map(|(serial, _)| serial).collect()))
     }
 

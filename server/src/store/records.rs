@@ -193,6 +193,8 @@ pub enum AgentEvent {
         to_version: Option<CoopVersion>,
         message: String,
     },
+    /// An app's alert was raised (replacing its open one) or cleared.
+    Alert(AlertEventRecord),
 }
 
 /// A join token. The secret itself is never stored, only its SHA-256.
@@ -236,4 +238,51 @@ pub struct CertificateRecord {
     pub issued_at: UnixMillis,
     pub not_after: UnixMillis,
     pub revoked_at: Option<UnixMillis>,
+}
+
+/// How bad an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertSeverityRecord {
+    Unknown,
+    /// The app runs a healthy version, but not the one asked for.
+    Warning,
+    /// The app may be down.
+    Critical,
+}
+
+/// The open alert of one app on one host: a newer raise replaces it, a
+/// clear removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub host_id: HostId,
+    pub domain: Domain,
+    pub recipe: Option<RecipeName>,
+    pub from_version: Option<CoopVersion>,
+    pub to_version: Option<CoopVersion>,
+    pub outcome: OperationOutcomeRecord,
+    pub severity: AlertSeverityRecord,
+    /// Free text for people, bounded and stripped of control characters.
+    pub reason: String,
+    pub operation_id: Option<String>,
+    pub snapshot_path: String,
+    /// When the agent raised it.
+    pub raised_at: UnixMillis,
+}
+
+/// An alert event as the agent sent it, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertEventRecord {
+    pub domain: Domain,
+    pub recipe: Option<RecipeName>,
+    pub from_version: Option<CoopVersion>,
+    pub to_version: Option<CoopVersion>,
+    pub outcome: OperationOutcomeRecord,
+    pub severity: AlertSeverityRecord,
+    pub reason: String,
+    pub operation_id: Option<String>,
+    pub snapshot_path: String,
+    pub raised_at: UnixMillis,
+    /// True: the app's open alert is removed instead.
+    pub cleared: bool,
 }

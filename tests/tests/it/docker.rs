@@ -8,9 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ccfleet_agent::config::{AppConfig, Config};
+use ccfleet_agent::abra::Abra;
+use ccfleet_agent::config::{AbraConfig, AppConfig, Config};
 use ccfleet_agent::docker::Docker;
+use ccfleet_agent::journal::Outcome;
 use ccfleet_agent::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileErrorKind, Reconciler};
+use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 use ccfleet_tests::docker::{abra_double, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0};
 use ccfleet_tests::wait_for;
 
@@ -177,10 +180,14 @@ async fn concurrent_reconciles_of_one_app_run_one_at_a_time() {
 }
 
 #[tokio::test]
-async fn a_changed_declared_version_is_upgraded_to_and_rolled_back_to() {
+async fn a_raised_declared_version_goes_through_the_transaction_and_a_lowered_one_never_downgrades() {
     let mut test = DockerTest::new("move");
     let domain = test.domain("app");
-    let config = config(&test, &app_toml(&domain, V1_0, ""));
+    let text = test.agent_config_with(
+        "min_healthy_time = \"1s\"\n",
+        &app_toml(&domain, V1_0, "stateful = false"),
+    );
+    let config = Config::from_toml_str_with_hostname(&text, Path::new("agent.toml"), "docker-test").unwrap();
     let reconciler = reconciler(&config).await;
     let declared = app(&config, &domain);
     reconciler.reconcile_app(declared).await.unwrap();
@@ -201,45 +208,43 @@ async fn a_changed_declared_version_is_upgraded_to_and_rolled_back_to() {
         (domain.clone(), AppState::Converged, Some(V1_1.to_owned()), vec![])
     );
 
-    // A major jump is an upgrade too: the pin is the operator's explicit choice.
-    let major = reconciler.reconcile_app(&with_version(declared, V2_0)).await.unwrap();
-    assert_eq!(
-        major.actions,
-        [ReconcileAction::Upgraded {
-            from: V1_1.parse().unwrap(),
-            to: V2_0.parse().unwrap()
-        }]
+    // A major pin is held: majors need allow_major (DESIGN.md).
+    let major = reconciler
+        .reconcile_app(&with_version(declared, V2_0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            major.kind,
+            ReconcileErrorKind::UpgradeNotApplied {
+                outcome: Outcome::Held,
+                ..
+            }
+        ),
+        "{major}"
     );
-    assert_eq!(major.observed.observed_version, Some(V2_0.parse().unwrap()));
 
-    let rolled_back = reconciler.reconcile_app(declared).await.unwrap();
-    assert_eq!(
-        rolled_back.actions,
-        [ReconcileAction::RolledBack {
-            from: V2_0.parse().unwrap(),
-            to: V1_0.parse().unwrap()
-        }]
-    );
+    // A lowered declaration never downgrades: it is drift, not a rollback.
+    let lowered = reconciler.reconcile_app(declared).await.unwrap();
+    assert_eq!(lowered.actions, [ReconcileAction::AlreadyConverged]);
     assert_eq!(
         brief(&reconciler.observe(declared).await),
-        (domain.clone(), AppState::Converged, Some(V1_0.to_owned()), vec![])
+        (
+            domain.clone(),
+            AppState::Converged,
+            Some(V1_1.to_owned()),
+            vec![format!("declared {V1_0}, running {V1_1}")]
+        )
     );
-    // abra wrote the deployed version back into TYPE= each time.
+    // abra wrote the deployed version back into TYPE=.
     let env = std::fs::read_to_string(test.env_file(&domain)).unwrap();
-    assert!(env.contains(&format!("TYPE={FIXTURE_RECIPE}:{V1_0}\n")), "{env}");
+    assert!(env.contains(&format!("TYPE={FIXTURE_RECIPE}:{V1_1}\n")), "{env}");
     let moves: Vec<String> = test
         .abra_log()
         .into_iter()
         .filter(|line| line.starts_with("app upgrade") || line.starts_with("app rollback"))
         .collect();
-    assert_eq!(
-        moves,
-        [
-            format!("app upgrade {domain} {V1_1} -n -c"),
-            format!("app upgrade {domain} {V2_0} -n -c"),
-            format!("app rollback {domain} {V1_0} -n -c")
-        ]
-    );
+    assert_eq!(moves, [format!("app upgrade -n -c {domain} {V1_1}")]);
 }
 
 #[tokio::test]
@@ -400,7 +405,7 @@ async fn a_failed_dependency_skips_its_dependents_and_abra_output_is_kept() {
         .map(|(domain, result)| (domain.to_string(), result.as_ref().unwrap_err().to_string()))
         .collect();
     let abra_failure = format!(
-        "{base}: cannot create the app (abra app new): `{} app new {FIXTURE_RECIPE} 9.9.9+9 --server default --domain {base} -n` \
+        "{base}: cannot create the app (abra app new): `{} app new -n --server default --domain {base} {FIXTURE_RECIPE} 9.9.9+9` \
          failed (exit code 1): abra-double: recipe {FIXTURE_RECIPE} has no version 9.9.9+9",
         abra_double().display()
     );
@@ -441,26 +446,38 @@ fn the_abra_double_refuses_command_lines_outside_abra_md() {
     let refused = |arguments: &[&str]| {
         let (code, stderr) = run(arguments);
         assert_eq!(code, Some(1), "{arguments:?} was accepted");
-        assert_eq!(
-            stderr,
-            format!("abra-double: unsupported command line: abra {}", arguments.join(" ")).trim_end()
-        );
+        let expected = format!("abra-double: unsupported command line: abra {}", arguments.join(" "));
+        assert!(stderr.starts_with(expected.trim_end()), "{stderr}");
     };
-    refused(&["app", "deploy", "x.example.org", V1_0, "-n"]); // missing -c
-    refused(&["app", "deploy", "x.example.org", V1_0, "-c", "-n"]); // flags out of order
-    refused(&["app", "deploy", "x.example.org", V1_0, "-n", "-c", "--chaos"]);
+    refused(&["app", "deploy", "-n", "x.example.org", V1_0]); // missing -c
+    refused(&["app", "deploy", "x.example.org", V1_0, "-n", "-c"]); // flags after the arguments
+    refused(&["app", "deploy", "-n", "-c", "x.example.org", V1_0, "-f"]);
+    refused(&["app", "deploy", "-n", "-c", "--chaos", "x.example.org", V1_0]);
     refused(&["app", "upgrade", "x.example.org", V1_1]); // no -n -c
-    refused(&["app", "new", FIXTURE_RECIPE, V1_0, "--domain", "x.example.org", "-n"]); // no --server
-    refused(&["app", "secret", "generate", "x.example.org", "-n"]); // no --all
+    refused(&["app", "new", "-n", "--domain", "x.example.org", FIXTURE_RECIPE, V1_0]); // no --server
+    refused(&["app", "secret", "generate", "-n", "x.example.org"]); // no --all
+    refused(&[
+        "app",
+        "secret",
+        "insert",
+        "x.example.org",
+        "a",
+        "v1",
+        "/dev/null",
+        "-f",
+        "-n",
+    ]);
     refused(&["app", "undeploy", "x.example.org"]);
-    refused(&["app", "remove", "x.example.org", "-n"]);
+    refused(&["app", "undeploy", "x.example.org", "-n"]);
+    refused(&["app", "remove", "-n", "x.example.org"]);
     refused(&["server", "add", "remote.example.org"]);
-    refused(&["recipe", "versions"]);
+    refused(&["recipe", "versions", FIXTURE_RECIPE]); // its table is never read
+    refused(&["recipe", "fetch"]);
     refused(&["upgrade"]);
     refused(&[]);
     // Well-formed but wrong: refused with abra-like reasons, non-zero too.
     assert_eq!(
-        run(&["app", "deploy", "x.example.org", V1_0, "-n", "-c"]),
+        run(&["app", "deploy", "-n", "-c", "x.example.org", V1_0]),
         (
             Some(1),
             format!(
@@ -473,28 +490,177 @@ fn the_abra_double_refuses_command_lines_outside_abra_md() {
         run(&[
             "app",
             "new",
-            "no-such-recipe",
+            "-n",
             "--server",
             "default",
             "--domain",
             "x.example.org",
-            "-n"
+            "no-such-recipe"
         ]),
         (Some(1), "abra-double: unknown recipe no-such-recipe".to_owned())
     );
-    let (code, stdout) = {
-        let output = Command::new(abra_double())
-            .args(["recipe", "versions", FIXTURE_RECIPE])
-            .env("ABRA_DIR", &abra_dir)
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    };
+    assert_eq!(run(&["--version"]), (Some(0), String::new()));
+}
+
+/// The release versions the fixture recipe ships, oldest first: what
+/// `available_versions` must find after the double's `recipe fetch`.
+fn fixture_versions() -> Vec<CoopVersion> {
+    let directory = ccfleet_tests::docker::fixtures_dir()
+        .join("recipes")
+        .join(FIXTURE_RECIPE)
+        .join("versions");
+    let mut versions: Vec<CoopVersion> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap().parse().unwrap())
+        .collect();
+    versions.sort();
+    versions
+}
+
+#[tokio::test]
+async fn available_versions_come_from_the_tags_the_double_fetches() {
+    let test = DockerTest::new("versions");
+    let config = config(&test, "");
+    let abra = Abra::new(&config.abra);
+    let recipe: RecipeName = FIXTURE_RECIPE.parse().unwrap();
+    std::fs::create_dir_all(test.abra_dir()).unwrap();
+
+    // A first fetch clones: the tags land in packed-refs.
+    assert_eq!(abra.available_versions(&recipe).await.unwrap(), fixture_versions());
+    let git = test.abra_dir().join("recipes").join(FIXTURE_RECIPE).join(".git");
+    let packed = std::fs::read_to_string(git.join("packed-refs")).unwrap();
     assert_eq!(
-        (code, stdout),
-        (Some(0), "1.0.0+1.0\n1.1.0+1.1\n1.2.0+1.2\n2.0.0+2.0\n".to_owned())
+        packed.matches(" refs/tags/").count(),
+        fixture_versions().len(),
+        "{packed}"
     );
+
+    // A tag the checkout lacks comes back as a loose ref on the next fetch.
+    let newest = fixture_versions().last().unwrap().to_string();
+    let without_newest: String = packed
+        .lines()
+        .filter(|line| !line.ends_with(&format!(" refs/tags/{newest}")))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(git.join("packed-refs"), without_newest).unwrap();
+    assert_eq!(abra.available_versions(&recipe).await.unwrap(), fixture_versions());
+    assert!(git.join("refs").join("tags").join(&newest).is_file());
+
+    // Without a checkout, the catalogue the fetch wrote answers alone.
+    std::fs::remove_dir_all(&git).unwrap();
+    let offline = Abra::new(&AbraConfig {
+        binary: "/nonexistent/abra".into(),
+        ..config.abra.clone()
+    });
+    assert_eq!(offline.available_versions(&recipe).await.unwrap(), fixture_versions());
+    assert_eq!(
+        test.abra_log(),
+        [
+            format!("recipe fetch {FIXTURE_RECIPE}"),
+            format!("recipe fetch {FIXTURE_RECIPE}")
+        ]
+    );
+}
+
+/// Removes a Docker volume when dropped, so that a failed test leaves none.
+struct VolumeGuard(String);
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        let _ = docker(&["volume", "rm", "--force", &self.0]);
+    }
+}
+
+#[tokio::test]
+async fn the_double_deploys_like_abra_and_undeploy_keeps_volumes_and_secrets() {
+    let mut test = DockerTest::new("likeabra");
+    let domain = test.domain("app");
+    let stack = domain.replace('.', "_");
+    let config = config(&test, "");
+    let abra = Abra::new(&config.abra);
+    let docker_api = Docker::connect().await.unwrap();
+    let recipe: RecipeName = FIXTURE_RECIPE.parse().unwrap();
+    let parsed_domain: Domain = domain.parse().unwrap();
+    let version: CoopVersion = V1_0.parse().unwrap();
+
+    abra.ensure_server().await.unwrap();
+    abra.app_new(&recipe, &version, &parsed_domain).await.unwrap();
+    // The version label must come from abra, not from the recipe: take it
+    // out of the checkout's compose file.
+    let compose = test
+        .abra_dir()
+        .join("recipes")
+        .join(FIXTURE_RECIPE)
+        .join("versions")
+        .join(V1_0)
+        .join("compose.yml");
+    let text = std::fs::read_to_string(&compose).unwrap();
+    let without_label: String = text
+        .lines()
+        .filter(|line| !line.contains("coop-cloud."))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_ne!(text, without_label, "the fixture compose file carried the label");
+    std::fs::write(&compose, without_label).unwrap();
+    let secret_file = test.path().join("api_key");
+    std::fs::write(&secret_file, "from-a-file").unwrap();
+    abra.secret_insert(&recipe, &parsed_domain, "api_key", "v1", &secret_file)
+        .await
+        .unwrap();
+    abra.deploy(&recipe, &parsed_domain, &version, false).await.unwrap();
+    let observed = docker_api.observe_stack(&stack).await.unwrap();
+    assert_eq!(observed.version_label(), Some(V1_0));
+
+    // A service of the stack that the compose file does not name survives a
+    // redeploy: abra deploys without pruning.
+    let extra = format!("{stack}_extra");
+    let created = docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &extra,
+        "--label",
+        &format!("com.docker.stack.namespace={stack}"),
+        "--container-label",
+        &format!("com.docker.stack.namespace={stack}"),
+        "ccfleet-fixture-web:1.0.0",
+    ]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    abra.deploy(&recipe, &parsed_domain, &version, true).await.unwrap();
+    let observed = docker_api.observe_stack(&stack).await.unwrap();
+    assert!(observed.services.contains_key(&extra), "{:?}", observed.services.keys());
+
+    // A volume of the stack, as a recipe's named volume would be.
+    let volume = VolumeGuard(format!("{stack}_data"));
+    let made = docker(&[
+        "volume",
+        "create",
+        "--label",
+        &format!("com.docker.stack.namespace={stack}"),
+        &volume.0,
+    ]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+
+    abra.undeploy(&recipe, &parsed_domain).await.unwrap();
+    assert!(docker_api.observe_stack(&stack).await.unwrap().services.is_empty());
+    wait_for("the stack's containers to stop", Duration::from_secs(60), || async {
+        match docker_api.running_containers(&stack).await.unwrap() {
+            0 => Ok(()),
+            running => Err(format!("{running} containers still running")),
+        }
+    })
+    .await;
+    let volumes = docker_api.stack_volumes(&stack).await.unwrap();
+    assert_eq!(
+        volumes.iter().map(|volume| volume.name.as_str()).collect::<Vec<_>>(),
+        [volume.0.as_str()]
+    );
+    assert_eq!(volumes[0].driver, "local");
+    assert!(volumes[0].mountpoint.is_absolute(), "{volumes:?}");
+    assert!(docker_api.secret_exists(&format!("{stack}_api_key_v1")).await.unwrap());
+    assert!(!docker_api.secret_exists(&format!("{stack}_api_key_v")).await.unwrap());
+    assert!(docker_api.stack_volumes(&format!("{stack}x")).await.unwrap().is_empty());
+    let log = test.abra_log();
+    assert_eq!(log.last().unwrap(), &format!("app undeploy -n {domain}"));
 }

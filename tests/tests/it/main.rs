@@ -5,8 +5,10 @@
 #![allow(clippy::disallowed_methods)]
 
 mod agent;
+mod alerts;
 mod docker;
 mod fleet;
 mod nix;
 mod rollout;
 mod security;
+mod upgrade;

@@ -1,0 +1,602 @@
+//! The agent's durable local state, `<state_dir>/journal/`: one record per
+//! upgrade operation (`ops/`), one record per app (`apps/`: last good version,
+//! fleet target, rolled-back targets) and the pending-work ledger
+//! (`pending/`). Every record is replaced atomically (write a temporary file,
+//! fsync it, rename it over the old one, fsync the directory), so that after
+//! a crash a record is either the old one or the new one, never half of each.
+//!
+//! The journal only stores; `agent::upgrade` decides what the records mean
+//! and writes each step here *before* it performs it.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ccfleet_proto::{CoopVersion, Domain, RecipeName};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// The format of every record; a record of another format is refused.
+pub const FORMAT: u32 = 1;
+
+/// Why the journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{}: {action}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a journal record of format {FORMAT}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The final outcome of an operation (the wire contract's outcomes, spelt
+/// as the wire and the CLI spell them: `ROLLED_BACK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    Succeeded,
+    RolledBack,
+    Held,
+    Failed,
+    Skipped,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Outcome::Succeeded => "SUCCEEDED",
+            Outcome::RolledBack => "ROLLED_BACK",
+            Outcome::Held => "HELD",
+            Outcome::Failed => "FAILED",
+            Outcome::Skipped => "SKIPPED",
+        })
+    }
+}
+
+/// Who asked for an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The declared version was raised (`apply`, the periodic reconcile).
+    Declared,
+    /// `ccfleet-agent update DOMAIN` (the autoUpdate timer).
+    AutoUpdate,
+    /// `ccfleet-agent upgrade DOMAIN`.
+    Operator,
+    /// A server `UpgradeCommand`.
+    FleetUpgrade,
+    /// A server `RollbackCommand`.
+    FleetRollback,
+}
+
+/// Where an operation stands. Each phase is written before its effect runs
+/// (`agent::upgrade::machine` says what follows each one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum Phase {
+    /// Journaled, nothing done yet.
+    Accepted,
+    /// `abra app undeploy`, then waiting until no container of the stack runs.
+    Undeploying,
+    /// Copying the stack's volumes into the snapshot.
+    Snapshotting,
+    /// Checking the snapshot against a fresh walk of the volumes.
+    VerifyingSnapshot,
+    /// abra deploys the target version.
+    Deploying,
+    /// The health gate on the target version.
+    Verifying,
+    /// The target passed its health gate; recording it as last good.
+    Healthy,
+    /// Rolling back: undeploying the target before restoring the volumes.
+    RollbackUndeploying,
+    /// Rolling back: restoring every volume from the verified snapshot.
+    Restoring,
+    /// Rolling back: deploying the version that ran before.
+    RollbackDeploying,
+    /// Rolling back: the health gate on the version that ran before.
+    RollbackVerifying,
+    /// Finished with this outcome; `reported` in the record says whether the
+    /// result reached the outbox.
+    Done { outcome: Outcome, reason: String },
+}
+
+impl Phase {
+    /// A short name, used for the test pause hook's files and in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Accepted => "accepted",
+            Phase::Undeploying => "undeploying",
+            Phase::Snapshotting => "snapshotting",
+            Phase::VerifyingSnapshot => "verifying-snapshot",
+            Phase::Deploying => "deploying",
+            Phase::Verifying => "verifying",
+            Phase::Healthy => "healthy",
+            Phase::RollbackUndeploying => "rollback-undeploying",
+            Phase::Restoring => "restoring",
+            Phase::RollbackDeploying => "rollback-deploying",
+            Phase::RollbackVerifying => "rollback-verifying",
+            Phase::Done { .. } => "done",
+        }
+    }
+}
+
+/// Why the way forward was abandoned, and what the outcome is once the
+/// version that ran before is healthy again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub outcome_when_recovered: Outcome,
+    pub reason: String,
+}
+
+/// One upgrade (or explicit rollback) of one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub format: u32,
+    /// The server's operation id, or `local-<hex>`.
+    pub id: String,
+    pub domain: Domain,
+    pub recipe: RecipeName,
+    pub trigger: Trigger,
+    /// The version running (and healthy) before; the rollback target.
+    pub from: CoopVersion,
+    pub to: CoopVersion,
+    /// Volumes are snapshotted before and restored on rollback.
+    pub stateful: bool,
+    pub phase: Phase,
+    pub failure: Option<Failure>,
+    /// `<state_dir>/snapshots/<domain>/<operation>/` once taken.
+    pub snapshot: Option<PathBuf>,
+    /// The snapshot was verified against the volumes: restoring it is safe.
+    pub snapshot_verified: bool,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+    /// The result was pushed to the outbox (it reaches the server from there).
+    pub reported: bool,
+}
+
+impl OperationRecord {
+    /// The outcome and reason, once done.
+    pub fn result(&self) -> Option<(Outcome, &str)> {
+        match &self.phase {
+            Phase::Done { outcome, reason } => Some((*outcome, reason)),
+            _ => None,
+        }
+    }
+}
+
+/// A target that was rolled back, and the declared version at the time: it is
+/// not tried again automatically until the declared version changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBackTarget {
+    pub version: CoopVersion,
+    pub declared_then: CoopVersion,
+    pub operation_id: String,
+    pub reason: String,
+}
+
+/// What the agent remembers about one app between operations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// The newest version that passed a health gate on this host.
+    pub last_good: Option<CoopVersion>,
+    /// The target of the last fleet `UpgradeCommand` that succeeded; the
+    /// desired version is max(declared, this).
+    pub fleet_target: Option<CoopVersion>,
+    pub rolled_back: Vec<RolledBackTarget>,
+}
+
+impl AppRecord {
+    /// Whether automatic triggers (reconcile, timer) must leave `target` alone.
+    pub fn holds_back(&self, target: &CoopVersion, declared: &CoopVersion) -> Option<&RolledBackTarget> {
+        self.rolled_back
+            .iter()
+            .find(|entry| &entry.version == target && &entry.declared_then == declared)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredApp {
+    format: u32,
+    #[serde(flatten)]
+    record: AppRecord,
+}
+
+/// Work the agent owes an app across crashes and failures, recorded before
+/// the step that creates the debt and removed once it is paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingWork {
+    /// The app was created; its secrets are not all inserted yet.
+    Secrets,
+    /// Owned env keys were (maybe) written; the running stack may not use them yet.
+    Redeploy,
+}
+
+impl PendingWork {
+    fn suffix(self) -> &'static str {
+        match self {
+            PendingWork::Secrets => "secrets",
+            PendingWork::Redeploy => "redeploy",
+        }
+    }
+}
+
+/// The journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// The journal of `<state_dir>/journal`; its directories are created by
+    /// the first write (see [`Journal::open`] for the start-up checks).
+    pub fn at(state_dir: &Path) -> Journal {
+        Journal {
+            dir: state_dir.join("journal"),
+        }
+    }
+
+    /// Opens (creating) `<state_dir>/journal`. Pending-work markers that an
+    /// older agent kept under `$ABRA_DIR/.ccfleet-pending/` move here.
+    pub fn open(state_dir: &Path, abra_dir: &Path) -> Result<Journal, JournalError> {
+        let journal = Journal::at(state_dir);
+        for sub in ["ops", "apps", "pending"] {
+            let path = journal.dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|source| JournalError::Io {
+                action: "cannot create the journal directory",
+                path,
+                source,
+            })?;
+        }
+        let legacy = abra_dir.join(".ccfleet-pending");
+        if let Ok(entries) = std::fs::read_dir(&legacy) {
+            for entry in entries.flatten() {
+                let target = journal.dir.join("pending").join(entry.file_name());
+                std::fs::rename(entry.path(), &target).map_err(|source| JournalError::Io {
+                    action: "cannot move a pending-work marker into the journal",
+                    path: entry.path(),
+                    source,
+                })?;
+            }
+            sync_directory(&journal.dir.join("pending"))?;
+        }
+        Ok(journal)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of operation `id`: the id itself when it is a plain file name,
+    /// else its sha256 (ids come from the server and may hold anything).
+    pub fn operation_path(&self, id: &str) -> PathBuf {
+        let plain = !id.is_empty()
+            && id.len() <= 100
+            && !id.starts_with('.')
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let name = if plain {
+            id.to_owned()
+        } else {
+            format!("sha256-{}", hex::encode(sha2::Sha256::digest(id.as_bytes())))
+        };
+        self.dir.join("ops").join(format!("{name}.json"))
+    }
+
+    /// Operation `id`, if it was ever journaled.
+    pub fn operation(&self, id: &str) -> Result<Option<OperationRecord>, JournalError> {
+        let path = self.operation_path(id);
+        let Some(record) = read_json::<OperationRecord>(&path)? else {
+            return Ok(None);
+        };
+        check_format(&path, record.format)?;
+        Ok(Some(record))
+    }
+
+    /// Writes `record` durably (see the module comment).
+    pub fn write_operation(&self, record: &OperationRecord) -> Result<(), JournalError> {
+        write_json(&self.operation_path(&record.id), record)
+    }
+
+    /// Every journaled operation, oldest first.
+    pub fn operations(&self) -> Result<Vec<OperationRecord>, JournalError> {
+        let dir = self.dir.join("ops");
+        let entries = match std::fs::read_dir(&dir) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other,
+        };
+        let entries = entries.map_err(|source| JournalError::Io {
+            action: "cannot list the journal's operations",
+            path: dir.clone(),
+            source,
+        })?;
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|extension| extension != "json") {
+                continue;
+            }
+            if let Some(record) = read_json::<OperationRecord>(&path)? {
+                check_format(&path, record.format)?;
+                records.push(record);
+            }
+        }
+        records.sort_by(|left, right| (left.started_at, &left.id).cmp(&(right.started_at, &right.id)));
+        Ok(records)
+    }
+
+    /// Operations that are not done, or done but whose result was not reported.
+    pub fn unfinished(&self) -> Result<Vec<OperationRecord>, JournalError> {
+        Ok(self
+            .operations()?
+            .into_iter()
+            .filter(|record| record.result().is_none() || !record.reported)
+            .collect())
+    }
+
+    fn app_path(&self, domain: &Domain) -> PathBuf {
+        self.dir.join("apps").join(format!("{domain}.json"))
+    }
+
+    /// The app's record; empty when none was written yet.
+    pub fn app(&self, domain: &Domain) -> Result<AppRecord, JournalError> {
+        let path = self.app_path(domain);
+        match read_json::<StoredApp>(&path)? {
+            None => Ok(AppRecord::default()),
+            Some(stored) => {
+                check_format(&path, stored.format)?;
+                Ok(stored.record)
+            }
+        }
+    }
+
+    pub fn write_app(&self, domain: &Domain, record: &AppRecord) -> Result<(), JournalError> {
+        write_json(
+            &self.app_path(domain),
+            &StoredApp {
+                format: FORMAT,
+                record: record.clone(),
+            },
+        )
+    }
+
+    /// Reads, changes and writes the app's record.
+    pub fn update_app(&self, domain: &Domain, change: impl FnOnce(&mut AppRecord)) -> Result<AppRecord, JournalError> {
+        let mut record = self.app(domain)?;
+        change(&mut record);
+        self.write_app(domain, &record)?;
+        Ok(record)
+    }
+
+    fn pending_path(&self, domain: &Domain, work: PendingWork) -> PathBuf {
+        self.dir.join("pending").join(format!("{domain}.{}", work.suffix()))
+    }
+
+    /// Whether `work` is still owed to `domain`.
+    pub fn is_pending(&self, domain: &Domain, work: PendingWork) -> bool {
+        self.pending_path(domain, work).exists()
+    }
+
+    /// Records (durably) that `work` is owed to `domain`, or that it is done.
+    pub fn set_pending(&self, domain: &Domain, work: PendingWork, owed: bool) -> Result<(), JournalError> {
+        let path = self.pending_path(domain, work);
+        let io = |source| JournalError::Io {
+            action: "cannot record pending work",
+            path: path.clone(),
+            source,
+        };
+        if owed {
+            if path.exists() {
+                return Ok(());
+            }
+            std::fs::create_dir_all(self.dir.join("pending")).map_err(io)?;
+            File::create(&path).and_then(|file| file.sync_all()).map_err(io)?;
+        } else {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => return Err(io(source)),
+            }
+        }
+        sync_directory(&self.dir.join("pending"))
+    }
+}
+
+fn check_format(path: &Path, format: u32) -> Result<(), JournalError> {
+    if format == FORMAT {
+        Ok(())
+    } else {
+        Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("format {format}"),
+        })
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, JournalError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(JournalError::Io {
+                action: "cannot read a journal record",
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| JournalError::Corrupt {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), JournalError> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("journal records always serialise");
+    bytes.push(b'\n');
+    write_atomically(path, &bytes)
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file in
+/// the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let directory = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("record");
+    let temporary = directory.join(format!(".{name}.tmp"));
+    let io = |action, source| JournalError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(directory).map_err(|source| io("cannot create the directory", source))?;
+    let mut file = File::create(&temporary).map_err(|source| io("cannot create a temporary file", source))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| io("cannot write a temporary file", source))?;
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(|source| io("cannot replace the file", source))?;
+    sync_directory(directory)
+}
+
+fn sync_directory(directory: &Path) -> Result<(), JournalError> {
+    File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(|source| JournalError::Io {
+            action: "cannot sync the directory",
+            path: directory.to_owned(),
+            source,
+        })
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(text: &str) -> CoopVersion {
+        text.parse().unwrap()
+    }
+
+    fn record(id: &str) -> OperationRecord {
+        OperationRecord {
+            format: FORMAT,
+            id: id.into(),
+            domain: "blog.example.org".parse().unwrap(),
+            recipe: "ghost".parse().unwrap(),
+            trigger: Trigger::FleetUpgrade,
+            from: version("1.0.0+5.0"),
+            to: version("1.1.0+5.1"),
+            stateful: true,
+            phase: Phase::Accepted,
+            failure: None,
+            snapshot: None,
+            snapshot_verified: false,
+            started_at: 1,
+            finished_at: None,
+            reported: false,
+        }
+    }
+
+    #[test]
+    fn operations_round_trip_and_unfinished_ones_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &dir.path().join("abra")).unwrap();
+        let mut first = record("op-1");
+        journal.write_operation(&first).unwrap();
+        assert_eq!(journal.operation("op-1").unwrap(), Some(first.clone()));
+        assert_eq!(journal.operation("op-2").unwrap(), None);
+        first.phase = Phase::Done {
+            outcome: Outcome::Succeeded,
+            reason: String::new(),
+        };
+        first.reported = true;
+        journal.write_operation(&first).unwrap();
+        let mut second = record("weird id/../x");
+        second.started_at = 2;
+        journal.write_operation(&second).unwrap();
+        let unfinished: Vec<String> = journal.unfinished().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(unfinished, ["weird id/../x"]);
+        assert!(journal
+            .operation_path("weird id/../x")
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("sha256-"));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(journal.dir().join("ops"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|name| !name.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_not_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &dir.path().join("abra")).unwrap();
+        std::fs::write(journal.operation_path("op-1"), b"{\"format\": 1").unwrap();
+        let error = journal.operation("op-1").unwrap_err().to_string();
+        assert!(error.contains("not a journal record of format 1"), "{error}");
+    }
+
+    #[test]
+    fn app_records_hold_back_rolled_back_targets_per_declared_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &dir.path().join("abra")).unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        assert_eq!(journal.app(&domain).unwrap(), AppRecord::default());
+        let record = journal
+            .update_app(&domain, |record| {
+                record.rolled_back.push(RolledBackTarget {
+                    version: version("1.1.0+5.1"),
+                    declared_then: version("1.1.0+5.1"),
+                    operation_id: "op-1".into(),
+                    reason: "unhealthy".into(),
+                })
+            })
+            .unwrap();
+        assert_eq!(journal.app(&domain).unwrap(), record);
+        assert!(record
+            .holds_back(&version("1.1.0+5.1"), &version("1.1.0+5.1"))
+            .is_some());
+        assert!(record
+            .holds_back(&version("1.1.0+5.1"), &version("1.2.0+5.2"))
+            .is_none());
+        assert!(record
+            .holds_back(&version("1.2.0+5.2"), &version("1.1.0+5.1"))
+            .is_none());
+    }
+
+    #[test]
+    fn pending_work_moves_in_from_the_old_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let abra = dir.path().join("abra");
+        std::fs::create_dir_all(abra.join(".ccfleet-pending")).unwrap();
+        std::fs::write(abra.join(".ccfleet-pending").join("blog.example.org.secrets"), b"").unwrap();
+        let journal = Journal::open(dir.path(), &abra).unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        assert!(journal.is_pending(&domain, PendingWork::Secrets));
+        assert!(!journal.is_pending(&domain, PendingWork::Redeploy));
+        journal.set_pending(&domain, PendingWork::Redeploy, true).unwrap();
+        assert!(journal.is_pending(&domain, PendingWork::Redeploy));
+        journal.set_pending(&domain, PendingWork::Secrets, false).unwrap();
+        journal.set_pending(&domain, PendingWork::Secrets, false).unwrap();
+        assert!(!journal.is_pending(&domain, PendingWork::Secrets));
+    }
+}

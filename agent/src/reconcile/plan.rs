@@ -1,0 +1,167 @@
+//! What a reconcile does about an app's version, as a pure function of what
+//! Docker shows, the desired version and the work owed: the decision half of
+//! `Reconciler::reconcile_app`, tested as a table.
+//!
+//! The desired version is max(declared, fleet target) (DESIGN.md, "Who
+//! decides an app's version"): a running version above it is kept (drift,
+//! never a downgrade), one below it is moved up by the upgrade transaction.
+
+use ccfleet_proto::{CoopVersion, VersionChange};
+
+use super::{AppState, ObservedApp};
+
+/// The version step a reconcile takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionStep {
+    /// Docker could not be asked: fail with the reason.
+    CannotObserve { reason: String },
+    /// Not deployed: first deploy of the desired version.
+    Deploy { version: CoopVersion },
+    /// `deploy -f` of `version` (the env changed, the running version is
+    /// unknown, or only its upstream part differs).
+    Redeploy { version: CoopVersion, reason: String },
+    /// Below the desired version: the upgrade transaction moves it.
+    Upgrade { from: CoopVersion, to: CoopVersion },
+    /// Nothing to run; wait until converged at `version`.
+    Keep { version: CoopVersion },
+}
+
+/// The max of the declared version and the fleet target.
+pub fn desired_version(declared: &CoopVersion, fleet_target: Option<&CoopVersion>) -> CoopVersion {
+    match fleet_target {
+        Some(target) if target > declared => target.clone(),
+        _ => declared.clone(),
+    }
+}
+
+/// Decides the version step. `redeploy_owed`: owned env keys changed (or a
+/// redeploy failed before) and the app existed before this reconcile.
+pub fn version_step(observed: &ObservedApp, desired: &CoopVersion, redeploy_owed: bool) -> VersionStep {
+    let running = match (&observed.state, &observed.observed_version) {
+        (AppState::Unknown, _) => {
+            return VersionStep::CannotObserve {
+                reason: observed.drift.join("; "),
+            }
+        }
+        (AppState::NotDeployed, _) => {
+            return VersionStep::Deploy {
+                version: desired.clone(),
+            }
+        }
+        (_, None) => {
+            return VersionStep::Redeploy {
+                version: desired.clone(),
+                reason: "the running version is unknown".into(),
+            }
+        }
+        (_, Some(running)) => running,
+    };
+    let keep_running = || {
+        if redeploy_owed {
+            VersionStep::Redeploy {
+                version: running.clone(),
+                reason: "env keys changed".into(),
+            }
+        } else {
+            VersionStep::Keep {
+                version: running.clone(),
+            }
+        }
+    };
+    match running.change_to(desired) {
+        VersionChange::Same if running == desired => keep_running(),
+        VersionChange::Same => VersionStep::Redeploy {
+            version: desired.clone(),
+            reason: "only the upstream part of the version differs".into(),
+        },
+        VersionChange::Compatible | VersionChange::Major => VersionStep::Upgrade {
+            from: running.clone(),
+            to: desired.clone(),
+        },
+        // Never below what runs: only an explicit rollback moves an app down.
+        VersionChange::Downgrade => keep_running(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::expect;
+
+    use super::*;
+
+    fn version(text: &str) -> CoopVersion {
+        text.parse().unwrap()
+    }
+
+    fn observed(state: AppState, running: Option<&str>) -> ObservedApp {
+        ObservedApp {
+            domain: "blog.example.org".parse().unwrap(),
+            recipe: "ghost".parse().unwrap(),
+            observed_version: running.map(version),
+            declared_version: Some(version("1.0.0+5.0")),
+            state,
+            desired_replicas: 1,
+            running_replicas: 1,
+            drift: if state == AppState::Unknown {
+                vec!["cannot observe: docker is down".into()]
+            } else {
+                vec![]
+            },
+            chaos: false,
+        }
+    }
+
+    #[test]
+    fn version_steps() {
+        let rows = [
+            (AppState::Unknown, None, "1.0.0+5.0", false),
+            (AppState::NotDeployed, None, "1.0.0+5.0", false),
+            (AppState::Converged, None, "1.0.0+5.0", false),
+            (AppState::Converged, Some("1.0.0+5.0"), "1.0.0+5.0", false),
+            (AppState::Converged, Some("1.0.0+5.0"), "1.0.0+5.0", true),
+            (AppState::Converging, Some("1.0.0+5.0"), "1.0.0+5.1", false),
+            (AppState::Converged, Some("1.0.0+5.0"), "1.1.0+5.1", true),
+            (AppState::Degraded, Some("1.0.0+5.0"), "2.0.0+6.0", false),
+            (AppState::Converged, Some("1.1.0+5.1"), "1.0.0+5.0", false),
+            (AppState::Converged, Some("1.1.0+5.1"), "1.0.0+5.0", true),
+        ];
+        let lines: Vec<String> = rows
+            .into_iter()
+            .map(|(state, running, desired, owed)| {
+                let step = match version_step(&observed(state, running), &version(desired), owed) {
+                    VersionStep::CannotObserve { reason } => format!("cannot observe: {reason}"),
+                    VersionStep::Deploy { version } => format!("deploy {version}"),
+                    VersionStep::Redeploy { version, reason } => format!("redeploy {version} ({reason})"),
+                    VersionStep::Upgrade { from, to } => format!("upgrade {from} -> {to}"),
+                    VersionStep::Keep { version } => format!("keep {version}"),
+                };
+                format!(
+                    "{state} {} desired {desired} owed={owed}: {step}",
+                    running.unwrap_or("-")
+                )
+            })
+            .collect();
+        expect![[r#"
+            unknown - desired 1.0.0+5.0 owed=false: cannot observe: cannot observe: docker is down
+            not deployed - desired 1.0.0+5.0 owed=false: deploy 1.0.0+5.0
+            converged - desired 1.0.0+5.0 owed=false: redeploy 1.0.0+5.0 (the running version is unknown)
+            converged 1.0.0+5.0 desired 1.0.0+5.0 owed=false: keep 1.0.0+5.0
+            converged 1.0.0+5.0 desired 1.0.0+5.0 owed=true: redeploy 1.0.0+5.0 (env keys changed)
+            converging 1.0.0+5.0 desired 1.0.0+5.1 owed=false: redeploy 1.0.0+5.1 (only the upstream part of the version differs)
+            converged 1.0.0+5.0 desired 1.1.0+5.1 owed=true: upgrade 1.0.0+5.0 -> 1.1.0+5.1
+            degraded 1.0.0+5.0 desired 2.0.0+6.0 owed=false: upgrade 1.0.0+5.0 -> 2.0.0+6.0
+            converged 1.1.0+5.1 desired 1.0.0+5.0 owed=false: keep 1.1.0+5.1
+            converged 1.1.0+5.1 desired 1.0.0+5.0 owed=true: redeploy 1.1.0+5.1 (env keys changed)"#]].assert_eq(&lines.join("\n"));
+    }
+
+    #[test]
+    fn the_desired_version_is_the_max_of_declared_and_fleet_target() {
+        let declared = version("1.1.0+5.1");
+        assert_eq!(desired_version(&declared, None), declared);
+        assert_eq!(desired_version(&declared, Some(&version("1.0.0+5.0"))), declared);
+        assert_eq!(
+            desired_version(&declared, Some(&version("1.2.0+5.2"))),
+            version("1.2.0+5.2")
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The upgrade transaction's decisions, as pure functions over plain values:
+//! whether a request runs at all ([`plan`]), which phase follows a phase and
+//! the result of its effect ([`transition`]), and where an operation found
+//! unfinished at start goes ([`resume`]). `agent::upgrade` performs the
+//! effects and journals every phase before it runs; nothing here touches abra,
+//! Docker or the file system, so every rule is a row in a table test.
+
+use ccfleet_proto::{CoopVersion, VersionChange};
+
+use crate::journal::{AppRecord, Failure, OperationRecord, Outcome, Phase, Trigger};
+
+/// What was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub trigger: Trigger,
+    pub target: CoopVersion,
+    /// `--major` locally, `allow_major` in a server command.
+    pub allow_major: bool,
+}
+
+impl Ask {
+    /// Automatic triggers (the declared version, the timer) respect the
+    /// rolled-back hold; an operator or a rollout asking again overrides it.
+    pub fn is_automatic(&self) -> bool {
+        matches!(self.trigger, Trigger::Declared | Trigger::AutoUpdate)
+    }
+
+    fn is_fleet(&self) -> bool {
+        matches!(self.trigger, Trigger::FleetUpgrade | Trigger::FleetRollback)
+    }
+}
+
+/// The app as the decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppFacts {
+    pub declared: CoopVersion,
+    pub running: Option<CoopVersion>,
+    pub stateful: bool,
+    /// `allow_major` on the app.
+    pub allow_major: bool,
+    pub fleet_managed: bool,
+}
+
+/// Whether and how a request runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Journal an operation from `from` to the target and run it.
+    Run { from: CoopVersion },
+    /// The app already runs the target: check its health, record it as last good.
+    AlreadyThere { version: CoopVersion },
+    /// Finish at once with this outcome (journaled, reported, alerted as any other).
+    Finish { outcome: Outcome, reason: String },
+    /// Nothing to journal: an automatic trigger must leave this target alone.
+    LeaveAlone { reason: String },
+}
+
+/// Decides whether `ask` runs for an app standing as `app` with `record`.
+pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
+    let finish = |outcome, reason: String| Plan::Finish { outcome, reason };
+    if ask.is_fleet() && !app.fleet_managed {
+        return finish(Outcome::Skipped, "pinned by host configuration".into());
+    }
+    let Some(running) = &app.running else {
+        return finish(
+            Outcome::Skipped,
+            "the app is not deployed on this host (or its version label cannot be read)".into(),
+        );
+    };
+    let change = running.change_to(&ask.target);
+    if change == VersionChange::Same && running == &ask.target {
+        return Plan::AlreadyThere {
+            version: running.clone(),
+        };
+    }
+    if ask.is_automatic() {
+        if change == VersionChange::Downgrade {
+            return Plan::LeaveAlone {
+                reason: format!(
+                    "running {running}, above {}: only an explicit rollback moves an app down",
+                    ask.target
+                ),
+            };
+        }
+        if let Some(held) = record.holds_back(&ask.target, &app.declared) {
+            return Plan::LeaveAlone {
+                reason: format!(
+                    "{} was rolled back by operation {} ({}); not retried until the declared version changes, \
+                     a newer version appears, or an operator asks (ccfleet-agent upgrade --to)",
+                    held.version, held.operation_id, held.reason
+                ),
+            };
+        }
+    }
+    if change == VersionChange::Major && !(app.allow_major || ask.allow_major) {
+        return finish(
+            Outcome::Held,
+            format!(
+                "{running} -> {} changes the recipe's major version: allow it with allow_major on the app, \
+                 --major on the command line, or a rollout started with --major",
+                ask.target
+            ),
+        );
+    }
+    Plan::Run { from: running.clone() }
+}
+
+/// The version `update DOMAIN` (autoUpdate) or `upgrade DOMAIN` without
+/// `--to` moves to: the newest available version above what runs, never
+/// below the declared version, within the running version's major unless
+/// `allow_major`. `None`: nothing newer.
+pub fn newest_target(
+    available: &[CoopVersion],
+    declared: &CoopVersion,
+    running: Option<&CoopVersion>,
+    allow_major: bool,
+) -> Option<CoopVersion> {
+    let base = running.unwrap_or(declared);
+    available
+        .iter()
+        .filter(|version| *version >= declared && *version > base)
+        .filter(|version| allow_major || version.recipe_version().major == base.recipe_version().major)
+        .max()
+        .cloned()
+}
+
+/// The result of one phase's effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepResult {
+    Ok,
+    /// The effect failed; the reason is for people.
+    Failed(String),
+    /// The effect was refused by policy or circumstance, with nothing lost
+    /// (no room for the snapshot, a volume driver that cannot be copied):
+    /// the operation ends HELD once the old version runs again.
+    Refused(String),
+}
+
+/// The phase after `record.phase` given its effect's result, with the
+/// record's `failure` updated. A phase never moves backwards, and every path
+/// ends in [`Phase::Done`].
+pub fn transition(record: &OperationRecord, result: StepResult) -> (Phase, Option<Failure>) {
+    use Phase::*;
+    let failure = record.failure.clone();
+    let fail = |outcome, reason: String| {
+        Some(Failure {
+            outcome_when_recovered: outcome,
+            reason,
+        })
+    };
+    // Where a rollback starts: with a verified snapshot, the target may have
+    // changed the volumes, so they are restored; without one, redeploying the
+    // old version is all there is to do.
+    let rollback_start = if record.stateful && record.snapshot_verified {
+        RollbackUndeploying
+    } else {
+        RollbackDeploying
+    };
+    let done = |outcome, reason: String| Done { outcome, reason };
+    match (&record.phase, result) {
+        (Accepted, _) if record.stateful => (Undeploying, failure),
+        (Accepted, _) => (Deploying, failure),
+        (Undeploying, StepResult::Ok) => (Snapshotting, failure),
+        (Undeploying, StepResult::Failed(reason) | StepResult::Refused(reason)) => (
+            RollbackDeploying,
+            fail(
+                Outcome::Failed,
+                format!("cannot stop the app for its snapshot: {reason}"),
+            ),
+        ),
+        (Snapshotting, StepResult::Ok) => (VerifyingSnapshot, failure),
+        (Snapshotting | VerifyingSnapshot, StepResult::Refused(reason)) => (
+            RollbackDeploying,
+            fail(Outcome::Held, format!("no snapshot, no upgrade: {reason}")),
+        ),
+        (Snapshotting | VerifyingSnapshot, StepResult::Failed(reason)) => (
+            RollbackDeploying,
+            fail(Outcome::Failed, format!("no verified snapshot, no upgrade: {reason}")),
+        ),
+        (VerifyingSnapshot, StepResult::Ok) => (Deploying, failure),
+        (Deploying, StepResult::Ok) => (Verifying, failure),
+        (Deploying, StepResult::Failed(reason) | StepResult::Refused(reason)) => (
+            rollback_start,
+            fail(Outcome::RolledBack, format!("deploying {} failed: {reason}", record.to)),
+        ),
+        (Verifying, StepResult::Ok) => (Healthy, failure),
+        (Verifying, StepResult::Failed(reason) | StepResult::Refused(reason)) => (
+            rollback_start,
+            fail(
+                Outcome::RolledBack,
+                format!("{} failed its health gate: {reason}", record.to),
+            ),
+        ),
+        (Healthy, _) => (done(Outcome::Succeeded, String::new()), failure),
+        (RollbackUndeploying, StepResult::Ok) => (Restoring, failure),
+        (Restoring, StepResult::Ok) => (RollbackDeploying, failure),
+        (RollbackDeploying, StepResult::Ok) => (RollbackVerifying, failure),
+        (RollbackVerifying, StepResult::Ok) => {
+            let (outcome, reason) = failure
+                .as_ref()
+                .map(|failure| (failure.outcome_when_recovered, failure.reason.clone()))
+                .unwrap_or((Outcome::RolledBack, "rolled back".into()));
+            (done(outcome, reason), failure)
+        }
+        (
+            RollbackUndeploying | Restoring | RollbackDeploying | RollbackVerifying,
+            StepResult::Failed(reason) | StepResult::Refused(reason),
+        ) => {
+            let before = failure
+                .as_ref()
+                .map(|failure| format!("{}; ", failure.reason))
+                .unwrap_or_default();
+            let what = match record.phase {
+                RollbackUndeploying => "cannot stop it to restore its volumes",
+                Restoring => "restoring its volumes failed",
+                RollbackDeploying => "deploying it failed",
+                _ => "it is unhealthy too",
+            };
+            let kept = record
+                .snapshot
+                .as_ref()
+                .map(|path| format!("; the snapshot is kept at {}", path.display()))
+                .unwrap_or_default();
+            (
+                done(
+                    Outcome::Failed,
+                    format!("{before}the rollback to {} failed: {what}: {reason}{kept}", record.from),
+                ),
+                failure,
+            )
+        }
+        (Done { outcome, reason }, _) => (done(*outcome, reason.clone()), failure),
+    }
+}
+
+/// Where an operation found unfinished at start continues. One that had
+/// recorded "healthy" is finished as SUCCEEDED; any other is rolled back to
+/// the version that ran before (restoring the volumes when a verified
+/// snapshot exists and the target may have run), reported ROLLED_BACK with
+/// the reason "interrupted" — or, if it was already rolling back for a
+/// reason, with that reason.
+pub fn resume(record: &OperationRecord) -> (Phase, Option<Failure>) {
+    use Phase::*;
+    let interrupted = Some(Failure {
+        outcome_when_recovered: Outcome::RolledBack,
+        reason: format!("interrupted during {}", record.phase.name()),
+    });
+    match &record.phase {
+        Done { .. } | Healthy => (record.phase.clone(), record.failure.clone()),
+        // The volumes were only read so far.
+        Accepted | Undeploying | Snapshotting | VerifyingSnapshot => (RollbackDeploying, interrupted),
+        Deploying | Verifying if record.stateful && record.snapshot_verified => (RollbackUndeploying, interrupted),
+        Deploying | Verifying => (RollbackDeploying, interrupted),
+        // A rollback starts over: each of its steps may be repeated safely.
+        RollbackUndeploying | Restoring | RollbackDeploying | RollbackVerifying => {
+            let failure = record.failure.clone().or(interrupted);
+            if record.stateful && record.snapshot_verified {
+                (RollbackUndeploying, failure)
+            } else {
+                (RollbackDeploying, failure)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

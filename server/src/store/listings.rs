@@ -1,0 +1,178 @@
+//! Alerts and operation records: what admins list, and the bounds that keep
+//! one host from filling the disk with them (a quota per host, a retention
+//! age for everyone).
+
+use std::cmp::Reverse;
+
+use ccfleet_proto::{Domain, HostId};
+use sled::transaction::{ConflictableTransactionError, Transactional};
+
+use super::{
+    decode, encode, key, prefix, storage_error, AlertEventRecord, AlertRecord, HostRecord, OperationRecord, Store,
+    StoreError, UnixMillis, ALERTS, OPERATIONS,
+};
+
+/// Operation records kept per host unless configured otherwise: a busy host
+/// reports a few operations a day, so this is months of history, and at
+/// most a few hundred KiB per host.
+pub const DEFAULT_OPERATION_QUOTA: usize = 1000;
+
+/// A host may go this far over its quota before the oldest records are
+/// pruned, so that pruning (a scan of the host's records) runs once per
+/// this many new operations rather than on every one.
+fn prune_slack(quota: usize) -> usize {
+    (quota / 10).max(1)
+}
+
+/// Which operations to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationFilter {
+    pub host_id: Option<HostId>,
+    pub domain: Option<Domain>,
+    pub limit: usize,
+}
+
+impl Store {
+    /// Keeps at most `quota` (at least 1) operation records per host.
+    pub fn with_operation_quota(mut self, quota: usize) -> Store {
+        self.operation_quota = quota.max(1);
+        self
+    }
+
+    /// Raises (replacing the app's open alert) or clears an alert, writing
+    /// the host record (its `last_seq`) in the same transaction.
+    pub(super) fn write_alert(&self, host: &HostRecord, alert: &AlertEventRecord) -> Result<(), StoreError> {
+        let host_value = encode(host)?;
+        let alert_key = key(&[host.host_id.as_str(), alert.domain.as_str()]);
+        let alert_value = if alert.cleared {
+            None
+        } else {
+            Some(encode(&AlertRecord {
+                host_id: host.host_id.clone(),
+                domain: alert.domain.clone(),
+                recipe: alert.recipe.clone(),
+                from_version: alert.from_version.clone(),
+                to_version: alert.to_version.clone(),
+                outcome: alert.outcome,
+                severity: alert.severity,
+                reason: alert.reason.clone(),
+                operation_id: alert.operation_id.clone(),
+                snapshot_path: alert.snapshot_path.clone(),
+                raised_at: alert.raised_at,
+            })?)
+        };
+        (&self.hosts, &self.alerts)
+            .transaction(|(hosts, alerts)| {
+                hosts.insert(host.host_id.as_str(), host_value.clone())?;
+                match &alert_value {
+                    Some(value) => alerts.insert(alert_key.clone(), value.clone())?,
+                    None => alerts.remove(alert_key.clone())?,
+                };
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// Open alerts, of one host or all, newest first.
+    pub fn alerts(&self, host_id: Option<&HostId>) -> Result<Vec<AlertRecord>, StoreError> {
+        let entries = match host_id {
+            Some(host_id) => self.alerts.scan_prefix(prefix(&[host_id.as_str()])),
+            None => self.alerts.scan_prefix([]),
+        };
+        let mut alerts: Vec<AlertRecord> = entries
+            .map(|entry| decode(ALERTS, &entry?.1))
+            .collect::<Result<_, _>>()?;
+        alerts.sort_by_key(|alert| (Reverse(alert.raised_at), alert.host_id.clone(), alert.domain.clone()));
+        Ok(alerts)
+    }
+
+    /// Operations matching `filter`, newest first, at most `filter.limit`.
+    /// Reads one host's records by prefix when a host is given.
+    pub fn operations(&self, filter: &OperationFilter) -> Result<Vec<OperationRecord>, StoreError> {
+        let entries = match &filter.host_id {
+            Some(host_id) => self.operations.scan_prefix(prefix(&[host_id.as_str()])),
+            None => self.operations.scan_prefix([]),
+        };
+        let mut operations = Vec::new();
+        for entry in entries {
+            let operation: OperationRecord = decode(OPERATIONS, &entry?.1)?;
+            if filter.domain.as_ref().is_none_or(|domain| *domain == operation.domain) {
+                operations.push(operation);
+            }
+        }
+        operations.sort_by(|a, b| {
+            (Reverse(a.updated_at), &a.host_id, &a.operation_id).cmp(&(
+                Reverse(b.updated_at),
+                &b.host_id,
+                &b.operation_id,
+            ))
+        });
+        operations.truncate(filter.limit);
+        Ok(operations)
+    }
+
+    /// Deletes every operation record last updated before `cutoff`; returns
+    /// how many. Run at start and periodically (the retention age).
+    pub fn prune_operations_before(&self, cutoff: UnixMillis) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.operations.iter() {
+            let (operation_key, value) = entry?;
+            let operation: OperationRecord = decode(OPERATIONS, &value)?;
+            if operation.updated_at < cutoff {
+                expired.push((operation_key, operation.host_id));
+            }
+        }
+        for (operation_key, _) in &expired {
+            self.operations.remove(operation_key)?;
+        }
+        let mut counts = self
+            .operation_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (_, host_id) in &expired {
+            if let Some(count) = counts.get_mut(host_id) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        Ok(expired.len())
+    }
+
+    /// Counts a new operation record of `host_id`; past the quota (plus
+    /// slack) deletes the host's oldest records down to the quota.
+    pub(super) fn count_new_operation(&self, host_id: &HostId) -> Result<(), StoreError> {
+        let mut counts = self
+            .operation_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = match counts.get(host_id) {
+            Some(count) => count + 1,
+            None => self.operations.scan_prefix(prefix(&[host_id.as_str()])).count(),
+        };
+        if count <= self.operation_quota + prune_slack(self.operation_quota) {
+            counts.insert(host_id.clone(), count);
+            return Ok(());
+        }
+        let mut records: Vec<(UnixMillis, sled::IVec)> = Vec::with_capacity(count);
+        for entry in self.operations.scan_prefix(prefix(&[host_id.as_str()])) {
+            let (operation_key, value) = entry?;
+            let operation: OperationRecord = decode(OPERATIONS, &value)?;
+            records.push((operation.updated_at, operation_key));
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let excess = records.len().saturating_sub(self.operation_quota);
+        for (_, operation_key) in records.iter().take(excess) {
+            self.operations.remove(operation_key)?;
+        }
+        tracing::warn!(host = %host_id, pruned = excess, quota = self.operation_quota, "host over its operation quota: oldest records pruned");
+        counts.insert(host_id.clone(), records.len() - excess);
+        Ok(())
+    }
+
+    pub(super) fn forget_operation_count(&self, host_id: &HostId) {
+        self.operation_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(host_id);
+    }
+}

@@ -1,0 +1,663 @@
+//! The health-gated upgrade transaction on the real Docker Engine: the real
+//! agent binary, the abra test double, real volumes and the fixture recipe's
+//! scenario versions (a migration that passes, one that fails its HTTP
+//! probe, one that never converges). Crash safety is tested by SIGKILL of the
+//! agent inside each phase, timed by the agent's test pause hook
+//! (`CCFLEET_TEST_PAUSE_DIR`), never by sleeps.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ccfleet_agent::snapshot::{walk, ManifestEntry};
+use ccfleet_tests::agent::AgentProcess;
+use ccfleet_tests::docker::{
+    deployed_version, free_port, volume_mountpoint, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES,
+    V1_4_MIGRATES_THEN_FAILS_HTTP, V1_5_NEVER_CONVERGES, V1_6_HTTP_FAILS, V2_0,
+};
+use ccfleet_tests::server::TestServer;
+use ccfleet_tests::wait_for;
+use serde_json::Value;
+
+/// How long an upgrade test waits for the agent to reach a state.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+/// One app of the fixture recipe under a real agent, with its own published
+/// port (the agent's probe address), pause directory and, optionally, a real
+/// server the agent enrols with.
+struct World {
+    test: DockerTest,
+    domain: String,
+    config: PathBuf,
+    pause: PathBuf,
+    agent: Option<AgentProcess>,
+    server: Option<TestServer>,
+    stateful: bool,
+    port: u16,
+}
+
+impl World {
+    /// Starts the agent with the app declared at `version` and waits until
+    /// `apply --wait` says it converged.
+    async fn start(name: &str, stateful: bool, with_server: bool) -> World {
+        let mut test = DockerTest::new(name);
+        let domain = test.domain("app");
+        let server = with_server.then(|| TestServer::start(&test.path().join("server"), &[]));
+        let mut world = World {
+            config: test.path().join("agent.toml"),
+            pause: test.path().join("pause"),
+            test,
+            domain,
+            agent: None,
+            server,
+            stateful,
+            port: free_port(),
+        };
+        world.write_config(V1_3);
+        world.start_agent();
+        let output = world.agent().command(&["apply", &world.domain.clone(), "--wait"]);
+        assert!(
+            output.status.success(),
+            "the app did not converge at {V1_3}: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            world.agent().log()
+        );
+        world
+    }
+
+    fn write_config(&self, version: &str) {
+        let mut agent = format!(
+            "observe_interval = \"1s\"\nreconcile_interval = \"1h\"\nmin_healthy_time = \"2s\"\n\
+             probe_address = \"127.0.0.1:{port}\"\nprobe_scheme = \"http\"\nstop_timeout = \"5s\"\n",
+            port = self.port
+        );
+        let mut text = self.test.agent_config_with(
+            &agent,
+            &format!(
+                "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\n\
+                 stateful = {stateful}\ndeploy_timeout = \"60s\"\n\n[app.env]\nHTTP_PORT = \"{port}\"\n\n\
+                 [app.health]\npath = \"/health\"\ntimeout = \"15s\"\n",
+                domain = self.domain,
+                stateful = self.stateful,
+                port = self.port,
+            ),
+        );
+        if let Some(server) = &self.server {
+            let token_file = self.test.path().join("token");
+            if !token_file.exists() {
+                std::fs::write(&token_file, server.create_token(&["--uses", "1"])).unwrap();
+            }
+            text = text
+                .replace(
+                    "url = \"https://fleet.example.org\"",
+                    &format!(
+                        "url = {:?}\njoin_token_file = {:?}",
+                        server.url(),
+                        token_file.display().to_string()
+                    ),
+                )
+                .replace("id = \"docker-test\"", &format!("id = {:?}", self.host_id()));
+        }
+        agent.clear();
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn host_id(&self) -> String {
+        "upgrade-host".into()
+    }
+
+    fn start_agent(&mut self) {
+        let agent = AgentProcess::start_with_env(
+            &self.config,
+            &self.test.path().join("control.sock"),
+            &[("CCFLEET_TEST_PAUSE_DIR", &self.pause)],
+        );
+        self.agent = Some(agent);
+        let agent = self.agent();
+        let started = std::time::Instant::now();
+        // The control socket answers once the agent runs (and any unfinished
+        // operation's locks are taken).
+        while agent.status().is_err() {
+            assert!(started.elapsed() < PATIENCE, "the agent did not start: {}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn agent(&self) -> &AgentProcess {
+        self.agent.as_ref().expect("the agent runs")
+    }
+
+    /// SIGKILL, then a new agent process on the same state.
+    fn crash_and_restart(&mut self) {
+        self.agent.as_mut().expect("the agent runs").kill();
+        self.start_agent();
+    }
+
+    /// `ccfleet-agent upgrade DOMAIN ARGS --socket ...`.
+    fn upgrade(&self, args: &[&str]) -> (bool, Value, String) {
+        let mut all = vec!["upgrade", self.domain.as_str()];
+        all.extend_from_slice(args);
+        let output = self.agent().command(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (output.status.success(), report, stderr)
+    }
+
+    fn volume(&self) -> PathBuf {
+        volume_mountpoint(&format!("{}_data", self.domain.replace('.', "_")))
+    }
+
+    fn manifest(&self) -> Vec<ManifestEntry> {
+        walk(&self.volume()).expect("the volume can be walked")
+    }
+
+    fn alert(&self) -> Option<Value> {
+        let path = self.test.path().join("alerts").join(format!("{}.json", self.domain));
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn alert_count(&self) -> usize {
+        std::fs::read_dir(self.test.path().join("alerts")).map_or(0, |entries| entries.count())
+    }
+
+    fn operation(&self, id: &str) -> Option<Value> {
+        let path = self
+            .test
+            .path()
+            .join("state")
+            .join("journal")
+            .join("ops")
+            .join(format!("{id}.json"));
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn snapshots(&self) -> PathBuf {
+        self.test.path().join("state").join("snapshots").join(&self.domain)
+    }
+
+    /// Lines of the double's log that start with `prefix` and name `version`.
+    fn abra_lines(&self, prefix: &str, version: &str) -> usize {
+        self.test
+            .abra_log()
+            .iter()
+            .filter(|line| line.starts_with(prefix) && line.ends_with(&format!(" {version}")))
+            .count()
+    }
+
+    /// Writes data into the volume, as the app's users would have.
+    fn seed(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let volume = self.volume();
+        std::fs::create_dir_all(volume.join("posts")).unwrap();
+        std::fs::write(volume.join("posts").join("hello.md"), "# written before the upgrade\n").unwrap();
+        std::fs::set_permissions(
+            volume.join("posts").join("hello.md"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let _ = std::os::unix::fs::symlink("posts/hello.md", volume.join("latest"));
+    }
+
+    fn hold(&self, phase: &str) {
+        std::fs::create_dir_all(&self.pause).unwrap();
+        std::fs::write(self.pause.join(format!("{phase}.hold")), b"").unwrap();
+    }
+
+    fn release(&self, phase: &str) {
+        std::fs::remove_file(self.pause.join(format!("{phase}.hold"))).unwrap();
+        std::fs::write(self.pause.join(format!("{phase}.go")), b"").unwrap();
+    }
+
+    async fn reached(&self, phase: &str) {
+        let marker = self.pause.join(format!("{phase}.reached"));
+        wait_for(&format!("the agent to reach {phase}"), PATIENCE, || {
+            let reached = marker.exists();
+            let log = if reached { String::new() } else { self.agent().log() };
+            async move {
+                reached
+                    .then_some(())
+                    .ok_or_else(|| log.lines().last().unwrap_or("").to_owned())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until operation `id` is done and its result reported.
+    async fn finished(&self, id: &str) -> Value {
+        wait_for(&format!("operation {id} to finish"), PATIENCE, || {
+            let record = self.operation(id);
+            async move {
+                match record {
+                    Some(record) if record["phase"]["phase"] == "done" && record["reported"] == true => Ok(record),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+
+    fn running(&self) -> Option<String> {
+        deployed_version(&self.domain)
+    }
+
+    /// Waits until the agent observes the app converged at `version`.
+    async fn converged_at(&self, version: &str) {
+        wait_for(&format!("{} converged at {version}", self.domain), PATIENCE, || {
+            let status = self.agent().status();
+            async move {
+                let status = status?;
+                let observed = &status["apps"][0]["observed"];
+                if observed["state"] == "converged" && observed["observed_version"] == version {
+                    Ok(())
+                } else {
+                    Err(observed.to_string())
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// What a command printed, stdout then stderr.
+fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn files(manifest: &[ManifestEntry]) -> Vec<String> {
+    manifest.iter().map(|entry| entry.path.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_upgrade_snapshots_migrates_and_keeps_the_data() {
+    let world = World::start("upok", true, false).await;
+    world.seed();
+    let before = world.manifest();
+
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-ok"]);
+    assert!(ok, "{stderr}\n{report}\n{}", world.agent().log());
+    assert_eq!(report["outcome"], "SUCCEEDED", "{report}");
+    assert_eq!(report["running"], V1_3_1_MIGRATES);
+    assert_eq!(world.running().as_deref(), Some(V1_3_1_MIGRATES));
+
+    // The data written before is still there, and the migration ran on it.
+    let volume = world.volume();
+    assert_eq!(
+        std::fs::read_to_string(volume.join("posts").join("hello.md")).unwrap(),
+        "# written before the upgrade\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("migrations.log")).unwrap(),
+        format!("migrated to {V1_3_1_MIGRATES}\n")
+    );
+    let after = world.manifest();
+    assert!(files(&before).iter().all(|path| files(&after).contains(path)));
+
+    // The verified snapshot holds the pre-upgrade state, and status says where.
+    let snapshot = world.snapshots().join("op-ok");
+    assert!(snapshot.join("verified").is_file(), "{}", snapshot.display());
+    let copy = walk(
+        &snapshot
+            .join("volumes")
+            .join(format!("{}_data", world.domain.replace('.', "_"))),
+    )
+    .unwrap();
+    assert_eq!(copy, before);
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["snapshots"][0], snapshot.display().to_string());
+    assert_eq!(status["apps"][0]["last_good"], V1_3_1_MIGRATES);
+    assert!(world.alert().is_none());
+    // Undeployed for the snapshot, deployed afresh at the target.
+    assert!(world
+        .test
+        .abra_log()
+        .iter()
+        .any(|line| line == &format!("app undeploy -n {}", world.domain)));
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_http_gate_restores_the_volume_alerts_and_is_not_retried() {
+    let world = World::start("uphttp", true, true).await;
+    world.seed();
+    let before = world.manifest();
+
+    // The operator raises the declared version (nixos-rebuild switch): the
+    // reload reconciles, the transaction rolls back, apply --wait fails.
+    world.write_config(V1_4_MIGRATES_THEN_FAILS_HTTP);
+    world.agent().reload();
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    let said = output_text(&output);
+    assert!(!output.status.success(), "apply --wait must fail: {said}");
+    // Whichever reconcile ran the transaction (the reload's or this one),
+    // the failure names the pin and why it was rolled back.
+    assert!(
+        said.contains(&format!("{V1_4_MIGRATES_THEN_FAILS_HTTP} failed its health gate"))
+            && said.contains("answered 404"),
+        "{said}"
+    );
+    world.converged_at(V1_3).await;
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+
+    // The volume is exactly as before the upgrade: the migration is undone.
+    assert_eq!(world.manifest(), before);
+    assert!(!world.volume().join("migrations.log").exists());
+
+    let alert = world.alert().expect("an alert file");
+    assert_eq!(alert["outcome"], "ROLLED_BACK", "{alert}");
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["from"], V1_3);
+    assert_eq!(alert["to"], V1_4_MIGRATES_THEN_FAILS_HTTP);
+    assert!(
+        alert["reason"].as_str().unwrap().contains("failed its health gate"),
+        "{alert}"
+    );
+    let snapshot = PathBuf::from(alert["snapshot_path"].as_str().expect("the snapshot is named"));
+    assert!(snapshot.join("verified").is_file());
+
+    // The server shows the alert.
+    let server = world.server.as_ref().unwrap();
+    let operation_id = alert["operation_id"].as_str().unwrap().to_owned();
+    wait_for("the server to show the alert", PATIENCE, || {
+        let alerts = server.cli_json(&["alerts"]);
+        let operation_id = operation_id.clone();
+        async move {
+            let found = alerts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|alert| alert["operation_id"] == operation_id.as_str() && alert["outcome"] == "rolled_back");
+            found.then_some(()).ok_or_else(|| alerts.to_string())
+        }
+    })
+    .await;
+
+    // Not retried: the next reconcile leaves the target alone, and says why.
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    let said = output_text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("was rolled back by operation"), "{said}");
+    assert_eq!(
+        world.abra_lines("app deploy -n -c -f", V1_4_MIGRATES_THEN_FAILS_HTTP),
+        1
+    );
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollback_is_failed_critical_and_keeps_the_snapshot() {
+    let world = World::start("upfail", true, false).await;
+    world.seed();
+    world.hold("rollback-deploying");
+    let upgrade = {
+        let socket = world.test.path().join("control.sock");
+        let domain = world.domain.clone();
+        std::thread::spawn(move || {
+            ccfleet_tests::agent::agent_command(&[
+                "upgrade",
+                &domain,
+                "--to",
+                V1_4_MIGRATES_THEN_FAILS_HTTP,
+                "--json",
+                "--operation-id",
+                "op-fail",
+                "--socket",
+                &socket.display().to_string(),
+            ])
+        })
+    };
+    world.reached("rollback-deploying").await;
+    // The deploy of the old version fails (the double's injected fault), so
+    // the rollback cannot make the app healthy again.
+    std::fs::write(world.test.abra_dir().join("fail-next-deploy"), b"").unwrap();
+    world.release("rollback-deploying");
+    let output = upgrade.join().unwrap();
+    assert!(!output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["outcome"], "FAILED", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the rollback to 1.3.0+1.3 failed: deploying it failed"),
+        "{reason}"
+    );
+    let snapshot = world.snapshots().join("op-fail");
+    assert!(
+        reason.contains(&format!("the snapshot is kept at {}", snapshot.display())),
+        "{reason}"
+    );
+    assert!(snapshot.join("verified").is_file());
+
+    let alert = world.alert().expect("an alert file");
+    assert_eq!(alert["outcome"], "FAILED");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["snapshot_path"], snapshot.display().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_major_upgrade_is_held_and_touches_nothing() {
+    let world = World::start("upmajor", true, false).await;
+    let commands_before = world.test.abra_log().len();
+    let (ok, report, _) = world.upgrade(&["--to", V2_0, "--json"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "HELD", "{report}");
+    assert!(report["reason"]
+        .as_str()
+        .unwrap()
+        .contains("changes the recipe's major version"));
+    assert_eq!(
+        world.test.abra_log().len(),
+        commands_before,
+        "nothing may run: {:?}",
+        world.test.abra_log()
+    );
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    assert!(!world.snapshots().exists());
+    let alert = world.alert().expect("an alert file");
+    assert_eq!(alert["outcome"], "HELD");
+    assert_eq!(alert["severity"], "warning");
+
+    // Allowed explicitly, it runs (and its success clears the alert).
+    let (ok, report, stderr) = world.upgrade(&["--to", V2_0, "--major", "--json"]);
+    // 2.0.0 has no /health: its HTTP probe fails, so it rolls back; the
+    // point here is that --major lets it run at all.
+    assert!(!ok, "{stderr}");
+    assert_eq!(report["outcome"], "ROLLED_BACK", "{report}");
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V2_0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_app_that_never_converges_rolls_back_without_a_snapshot() {
+    let world = World::start("upstateless", false, false).await;
+    let (ok, report, _) = world.upgrade(&["--to", V1_5_NEVER_CONVERGES, "--json"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "ROLLED_BACK", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not converged at 1.5.0+1.5"),
+        "{report}"
+    );
+    assert_eq!(report["snapshot"], Value::Null);
+    assert!(!world.snapshots().exists());
+    world.converged_at(V1_3).await;
+    // abra moved it up in place and back with a redeploy; nothing was undeployed.
+    assert_eq!(world.abra_lines("app upgrade -n -c", V1_5_NEVER_CONVERGES), 1);
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 1);
+    assert!(!world
+        .test
+        .abra_log()
+        .iter()
+        .any(|line| line.starts_with("app undeploy")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_fails_verification_stops_the_upgrade() {
+    let world = World::start("upcorrupt", true, false).await;
+    world.seed();
+    let before = world.manifest();
+    world.hold("verifying-snapshot");
+    let upgrade = {
+        let socket = world.test.path().join("control.sock");
+        let domain = world.domain.clone();
+        std::thread::spawn(move || {
+            ccfleet_tests::agent::agent_command(&[
+                "upgrade",
+                &domain,
+                "--to",
+                V1_3_1_MIGRATES,
+                "--json",
+                "--operation-id",
+                "op-corrupt",
+                "--socket",
+                &socket.display().to_string(),
+            ])
+        })
+    };
+    world.reached("verifying-snapshot").await;
+    // One file of the copy changes between the copy and its verification.
+    let copy = world
+        .snapshots()
+        .join("op-corrupt")
+        .join("volumes")
+        .join(format!("{}_data", world.domain.replace('.', "_")))
+        .join("posts")
+        .join("hello.md");
+    std::fs::write(&copy, "# bit rot\n").unwrap();
+    world.release("verifying-snapshot");
+    let output = upgrade.join().unwrap();
+    assert!(!output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["outcome"], "FAILED", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.starts_with("no verified snapshot, no upgrade"), "{reason}");
+    assert!(reason.contains("posts/hello.md"), "{reason}");
+    // The old version runs again on untouched data; the target never ran.
+    world.converged_at(V1_3).await;
+    assert_eq!(world.manifest(), before);
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 0);
+    assert_eq!(world.alert().expect("an alert")["outcome"], "FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_operation_id_runs_once() {
+    let world = World::start("uponce", false, false).await;
+    let first = world.upgrade(&["--to", V1_6_HTTP_FAILS, "--json", "--operation-id", "op-once"]);
+    assert_eq!(first.1["outcome"], "ROLLED_BACK", "{}", first.1);
+    assert!(
+        first.1["reason"].as_str().unwrap().contains("answered 404"),
+        "converged and container-healthy, but the probe fails: {}",
+        first.1
+    );
+    let second = world.upgrade(&["--to", V1_6_HTTP_FAILS, "--json", "--operation-id", "op-once"]);
+    assert_eq!(second.1["outcome"], "ROLLED_BACK");
+    assert_eq!(second.1["replayed"], true);
+    assert_eq!(second.1["reason"], first.1["reason"]);
+    assert_eq!(world.abra_lines("app upgrade -n -c", V1_6_HTTP_FAILS), 1);
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+}
+
+/// SIGKILL inside `phase` of an upgrade to `target`, restart, and check the
+/// outcome: a version that passed its health gate runs, the volume is the
+/// pre-upgrade one (or the successful upgrade's), one result reached the
+/// server, at most one alert exists.
+async fn crash_inside(name: &str, phase: &str, target: &str) -> (World, Value) {
+    let mut world = World::start(name, true, true).await;
+    world.seed();
+    let before = world.manifest();
+    let id = format!("op-crash-{phase}");
+    world.hold(phase);
+    let (ok, _, stderr) = world.upgrade(&["--to", target, "--operation-id", &id]);
+    assert!(ok, "the upgrade starts in the background: {stderr}");
+    world.reached(phase).await;
+    let record = world.operation(&id).expect("the phase is journaled before it runs");
+    assert_eq!(record["phase"]["phase"], phase.replace('-', "_"), "{record}");
+    std::fs::remove_file(world.pause.join(format!("{phase}.hold"))).unwrap();
+    world.crash_and_restart();
+
+    let record = world.finished(&id).await;
+    world.converged_at(V1_3).await;
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    assert_eq!(
+        world.manifest(),
+        before,
+        "the volume is the pre-upgrade one; {record}\n{}",
+        world.agent().log()
+    );
+    assert!(world.alert_count() <= 1);
+
+    // Exactly one result for the operation reached the server: the server
+    // lists the operation once, with the journaled outcome, and the agent
+    // pushed its result once across both runs.
+    let server = world.server.as_ref().unwrap();
+    let outcome = record["phase"]["outcome"].as_str().unwrap().to_lowercase();
+    wait_for("the server to record the result", PATIENCE, || {
+        let operations = server.cli_json(&["operations", "--json"]);
+        let (id, outcome) = (id.clone(), outcome.clone());
+        async move {
+            let matching: Vec<&Value> = operations
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|operation| operation["operation_id"] == id.as_str())
+                .collect();
+            match matching.as_slice() {
+                [one] if one["outcome"] == outcome.as_str() => Ok(()),
+                _ => Err(operations.to_string()),
+            }
+        }
+    })
+    .await;
+    let pushed = world
+        .agent()
+        .log()
+        .lines()
+        .filter(|line| line.contains("result recorded for the server") && line.contains(&id))
+        .count();
+    assert_eq!(pushed, 1, "{}", world.agent().log());
+    (world, record)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_snapshotting_rolls_back_as_interrupted() {
+    let (_world, record) = crash_inside("crashsnap", "snapshotting", V1_3_1_MIGRATES).await;
+    assert_eq!(record["phase"]["outcome"], "ROLLED_BACK", "{record}");
+    assert_eq!(record["phase"]["reason"], "interrupted during snapshotting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_deploying_restores_and_rolls_back_as_interrupted() {
+    let (world, record) = crash_inside("crashdeploy", "deploying", V1_3_1_MIGRATES).await;
+    assert_eq!(record["phase"]["outcome"], "ROLLED_BACK", "{record}");
+    assert_eq!(record["phase"]["reason"], "interrupted during deploying");
+    assert_eq!(world.alert().unwrap()["outcome"], "ROLLED_BACK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_verifying_undoes_the_migration() {
+    let (world, record) = crash_inside("crashverify", "verifying", V1_3_1_MIGRATES).await;
+    assert_eq!(record["phase"]["outcome"], "ROLLED_BACK", "{record}");
+    assert_eq!(record["phase"]["reason"], "interrupted during verifying");
+    assert!(!world.volume().join("migrations.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_rolling_back_finishes_the_rollback() {
+    let (world, record) = crash_inside("crashrollback", "rollback-deploying", V1_4_MIGRATES_THEN_FAILS_HTTP).await;
+    assert_eq!(record["phase"]["outcome"], "ROLLED_BACK", "{record}");
+    assert!(
+        record["phase"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed its health gate"),
+        "{record}"
+    );
+    assert!(!world.volume().join("migrations.log").exists());
+}
