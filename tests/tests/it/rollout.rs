@@ -573,3 +573,219 @@ async fn an_offline_host_gets_its_command_on_reconnect_and_a_silent_one_times_ou
         agent.stop().await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Real agents on the real Docker Engine (through the abra test double).
+
+mod real_agents {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use ccfleet_tests::agent::AgentProcess;
+    use ccfleet_tests::docker::{
+        deployed_version, free_port, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES, V1_6_HTTP_FAILS,
+    };
+    use ccfleet_tests::server::TestServer;
+    use ccfleet_tests::wait_for;
+
+    use super::{cli, cli_json, host_outcome, outcomes, save_output, text, wait_for_state};
+
+    const PATIENCE: Duration = Duration::from_secs(240);
+
+    /// One host: its own Docker world (ABRA_DIR, state, unique domain, own
+    /// probe port) and a real `ccfleet-agent` enrolled with the test server.
+    struct RealHost {
+        test: DockerTest,
+        host_id: String,
+        domain: String,
+        agent: AgentProcess,
+    }
+
+    impl RealHost {
+        fn start(server: &TestServer, index: usize) -> RealHost {
+            let mut test = DockerTest::new(&format!("ro{index}"));
+            let domain = test.domain("app");
+            let host_id = format!("real-{index}");
+            let port = free_port();
+            let settings = format!(
+                "observe_interval = \"1s\"\nreconcile_interval = \"1h\"\nmin_healthy_time = \"2s\"\n\
+                 probe_address = \"127.0.0.1:{port}\"\nprobe_scheme = \"http\"\nstop_timeout = \"5s\"\n"
+            );
+            let apps = format!(
+                "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {V1_3:?}\n\
+                 stateful = false\ndeploy_timeout = \"90s\"\n\n[app.env]\nHTTP_PORT = \"{port}\"\n\n\
+                 [app.health]\npath = \"/health\"\ntimeout = \"15s\"\n"
+            );
+            let token_file = test.path().join("token");
+            std::fs::write(&token_file, server.create_token(&["--uses", "1"])).unwrap();
+            let config_text = test
+                .agent_config_with(&settings, &apps)
+                .replace(
+                    "url = \"https://fleet.example.org\"",
+                    &format!(
+                        "url = {:?}\njoin_token_file = {:?}",
+                        server.url(),
+                        token_file.display().to_string()
+                    ),
+                )
+                .replace("id = \"docker-test\"", &format!("id = {host_id:?}"));
+            let config: PathBuf = test.path().join("agent.toml");
+            std::fs::write(&config, config_text).unwrap();
+            let agent = AgentProcess::start(&config, &test.path().join("control.sock"));
+            RealHost {
+                test,
+                host_id,
+                domain,
+                agent,
+            }
+        }
+
+        /// `abra app upgrade` calls the double saw for `version`.
+        fn upgrades_to(&self, version: &str) -> usize {
+            self.test
+                .abra_log()
+                .iter()
+                .filter(|line| line.starts_with("app upgrade") && line.ends_with(&format!(" {version}")))
+                .count()
+        }
+    }
+
+    async fn converged(hosts: &[RealHost]) {
+        for host in hosts {
+            wait_for(&format!("{} to converge at {V1_3}", host.host_id), PATIENCE, || async {
+                match deployed_version(&host.domain) {
+                    Some(version) if version == V1_3 => Ok(()),
+                    other => Err(format!("{other:?}; agent log tail: {}", tail(&host.agent.log()))),
+                }
+            })
+            .await;
+        }
+    }
+
+    fn tail(log: &str) -> String {
+        log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// Five real agents; a rollout with a canary and batches of two moves
+    /// them all; the server is SIGKILLed mid-wave and restarted, and no host
+    /// is upgraded twice (counted in the double's log). Then a release that
+    /// fails its health gate halts at the canary, which rolls itself back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn five_real_agents_roll_out_survive_a_server_kill_and_halt_on_a_failing_release() {
+        let directory = tempfile::tempdir().unwrap();
+        let data = directory.path().join("data");
+        let server = TestServer::start(&data, &[]);
+        let port = server.address.port();
+        let hosts: Vec<RealHost> = (0..5).map(|index| RealHost::start(&server, index)).collect();
+        converged(&hosts).await;
+        wait_for("five hosts reporting fixture-web", PATIENCE, || async {
+            let apps = cli_json(&server, &["apps", "--recipe", FIXTURE_RECIPE]).await;
+            let at_v1_3 = apps
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|app| app["version"] == V1_3 && app["host_status"] == "online")
+                .count();
+            if at_v1_3 == 5 {
+                Ok(())
+            } else {
+                Err(apps.to_string())
+            }
+        })
+        .await;
+
+        let started = cli_json(
+            &server,
+            &[
+                "upgrade",
+                FIXTURE_RECIPE,
+                "--to",
+                V1_3_1_MIGRATES,
+                "--canary",
+                "1",
+                "--batch",
+                "2",
+            ],
+        )
+        .await;
+        let id = started["id"].as_str().unwrap().to_owned();
+        let wave_1 = wait_for_state(&server, &id, "wave 1 dispatched", |rollout| {
+            rollout["current_wave"] == 1
+        })
+        .await;
+        server.kill();
+        let server = TestServer::start_on(&data, port, &[]);
+        let finished = wait_for(
+            &format!("rollout {id} to complete after the restart"),
+            PATIENCE,
+            || async {
+                let rollout = cli_json(&server, &["rollout", "show", &id]).await;
+                if rollout["state"] == "completed" {
+                    Ok(rollout)
+                } else {
+                    Err(format!("{} {:?}", rollout["state"], outcomes(&rollout)))
+                }
+            },
+        )
+        .await;
+        assert!(
+            outcomes(&finished).iter().all(|outcome| outcome.ends_with("succeeded")),
+            "{:?} (at the kill: {:?})",
+            outcomes(&finished),
+            outcomes(&wave_1)
+        );
+        for host in &hosts {
+            assert_eq!(
+                deployed_version(&host.domain).as_deref(),
+                Some(V1_3_1_MIGRATES),
+                "{}",
+                host.host_id
+            );
+            assert_eq!(
+                host.upgrades_to(V1_3_1_MIGRATES),
+                1,
+                "{} upgraded once: {:?}",
+                host.host_id,
+                host.test.abra_log()
+            );
+        }
+
+        let halted = cli(
+            &server,
+            &[
+                "upgrade",
+                FIXTURE_RECIPE,
+                "--to",
+                V1_6_HTTP_FAILS,
+                "--canary",
+                "1",
+                "--batch",
+                "2",
+                "--max-failures",
+                "1",
+                "--rollback-on-halt",
+                "--follow",
+            ],
+        )
+        .await;
+        save_output("real-agents-halt.txt", &halted);
+        assert_eq!(halted.status.code(), Some(6), "{}\n{}", text(&halted), server.log());
+        let rollout = cli_json(&server, &["rollout", "ls"]).await[0].clone();
+        assert_eq!(
+            host_outcome(&rollout, "real-0"),
+            "rolled_back",
+            "{:?}",
+            outcomes(&rollout)
+        );
+        for host in &hosts {
+            assert_eq!(
+                deployed_version(&host.domain).as_deref(),
+                Some(V1_3_1_MIGRATES),
+                "{}",
+                host.host_id
+            );
+        }
+        assert_eq!(hosts[0].upgrades_to(V1_6_HTTP_FAILS), 1);
+        assert!(hosts[1..].iter().all(|host| host.upgrades_to(V1_6_HTTP_FAILS) == 0));
+    }
+}
