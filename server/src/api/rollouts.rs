@@ -265,6 +265,9 @@ impl AdminService {
                     .is_some_and(|labels| crate::rollout::plan::selected(&selectors, host_id, labels))
             })
             .collect();
+        if apps.is_empty() {
+            return Err(Status::failed_precondition(plan::PlanError::NoApps(recipe).to_string()));
+        }
         let target = match explicit {
             Some(target) => target,
             None => crate::rollout::plan::newest_available(

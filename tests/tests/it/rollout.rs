@@ -298,7 +298,7 @@ async fn a_failing_host_halts_the_rollout_and_the_upgraded_hosts_roll_back() {
             pb::OperationOutcome::Succeeded
         },
         delay: Duration::from_millis(if index == 2 { 1500 } else { 100 }),
-        answers: true,
+        ..Behaviour::default()
     })
     .await;
     let followed = cli(
@@ -569,6 +569,92 @@ async fn an_offline_host_gets_its_command_on_reconnect_and_a_silent_one_times_ou
     assert_eq!(back.executed().len(), 1, "the command reached web-1 when it came back");
     assert_eq!(back.version(), "1.1.0");
     back.stop().await;
+    for agent in fleet.agents {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unselected_hosts_stay_out() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let nothing_available = cli(&server, &["upgrade", "fixture", "--dry-run"]).await;
+    assert_eq!(nothing_available.status.code(), Some(4), "{}", text(&nothing_available));
+    assert!(
+        text(&nothing_available).contains("no selected host runs recipe fixture"),
+        "{}",
+        text(&nothing_available)
+    );
+    let mut fleet = fleet(&server, "web", 4, |index| Behaviour {
+        available_version: ["1.2.0", "1.1.0", "1.3.0", ""][index].into(),
+        pinned_by_host: index == 2,
+        ..Behaviour::default()
+    })
+    .await;
+    let away = fleet.agents.pop().unwrap();
+    away.stop().await;
+    wait_for("web-3 offline", DEADLINE, || async {
+        let hosts = cli_json(&server, &["hosts"]).await;
+        if hosts[3]["status"] == "offline" {
+            Ok(())
+        } else {
+            Err(hosts[3].to_string())
+        }
+    })
+    .await;
+    // The pinned host's 1.3.0 counts as available too: availability is what agents report.
+    let planned = cli_json(&server, &["upgrade", "fixture", "--dry-run"]).await;
+    assert_eq!(planned["target_version"], "1.3.0");
+    assert_eq!(
+        outcomes(&planned),
+        [
+            "web-0 w0 pending",
+            "web-1 w1 pending",
+            "web-2 w0 skipped",
+            "web-3 w0 skipped"
+        ]
+    );
+    let reasons: Vec<&str> = planned["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| host["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["", "", "pinned by host configuration", "host offline at the start"]
+    );
+    let selected = cli_json(
+        &server,
+        &[
+            "upgrade",
+            "fixture",
+            "--dry-run",
+            "--hosts",
+            "web-1",
+            "--hosts",
+            "web-9",
+        ],
+    )
+    .await;
+    assert_eq!(selected["target_version"], "1.1.0");
+    assert_eq!(outcomes(&selected), ["web-1 w0 pending"]);
+    let by_label = cli_json(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "site=test"]).await;
+    assert_eq!(by_label["hosts"].as_array().unwrap().len(), 4);
+    let nobody = cli(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "site=mars"]).await;
+    assert_eq!(nobody.status.code(), Some(4));
+    let bad = cli(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "Not A Host"]).await;
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(
+        text(&bad).contains("is neither a host id nor a key=value label"),
+        "{}",
+        text(&bad)
+    );
+    assert!(
+        fleet.agents.iter().all(|agent| agent.received().is_empty()),
+        "dry runs send nothing"
+    );
+    assert_eq!(cli_json(&server, &["rollout", "ls"]).await, serde_json::json!([]));
     for agent in fleet.agents {
         agent.stop().await;
     }
