@@ -396,7 +396,12 @@ impl AdminService {
                 return;
             }
             loop {
-                let next = match updates.recv().await {
+                let update = tokio::select! {
+                    // The watcher went away: stop now, not at the next change.
+                    _ = sender.closed() => return,
+                    update = updates.recv() => update,
+                };
+                let next = match update {
                     Ok(rollout) if rollout.id == id => (*rollout).clone(),
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

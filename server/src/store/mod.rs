@@ -108,6 +108,7 @@ pub struct Store {
     tokens: sled::Tree,
     certificates: sled::Tree,
     rollouts: sled::Tree,
+    rollout_hosts: sled::Tree,
     audit: sled::Tree,
     /// `host\0domain` -> `AlertRecord`: at most one open alert per app.
     alerts: sled::Tree,
@@ -137,6 +138,7 @@ impl Store {
             tokens: db.open_tree(TOKENS)?,
             certificates: db.open_tree(CERTIFICATES)?,
             rollouts: db.open_tree(rollouts::ROLLOUTS)?,
+            rollout_hosts: db.open_tree(rollouts::ROLLOUT_HOSTS)?,
             audit: db.open_tree(audit::AUDIT)?,
             alerts: db.open_tree(ALERTS)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
