@@ -660,6 +660,65 @@ async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unsel
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_action_is_audited_with_the_name_in_the_callers_certificate() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let fleet = fleet(&server, "web", 1, |_| Behaviour::default()).await;
+    let ops = directory.path().join("ops.toml");
+    let issued = cli(&server, &["admin", "issue", "ops", "--out", ops.to_str().unwrap()]).await;
+    assert!(issued.status.success(), "{}", text(&issued));
+    // The new admin acts under its own name.
+    let token = {
+        let (url, ops) = (server.url(), ops.clone());
+        let output = tokio::task::spawn_blocking(move || run_cli(&url, &ops, &["--json", "token", "create"]))
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+        created["info"]["id"].as_str().unwrap().to_owned()
+    };
+    for args in [
+        vec!["token", "revoke", token.as_str()],
+        vec!["host", "remove", "web-0"],
+        vec!["admin", "revoke", "ops"],
+    ] {
+        let output = cli(&server, &args).await;
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+    }
+    let audit = cli_json(&server, &["audit", "--since", "10m"]).await;
+    let entries: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(5)
+        .map(|entry| {
+            format!(
+                "{} {} {}",
+                entry["who"].as_str().unwrap(),
+                entry["action"].as_str().unwrap(),
+                entry["target"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "admin admin.revoke ops".to_owned(),
+            "admin host.remove web-0".to_owned(),
+            format!("admin token.revoke {token}"),
+            format!("ops token.create {token}"),
+            "admin admin.issue ops".to_owned(),
+        ]
+    );
+    assert!(audit[0]["at"].as_str().unwrap().ends_with('Z'));
+    let limited = cli_json(&server, &["audit", "--limit", "2"]).await;
+    assert_eq!(limited.as_array().unwrap().len(), 2);
+    for agent in fleet.agents {
+        agent.stop().await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Real agents on the real Docker Engine (through the abra test double).
 
