@@ -504,6 +504,16 @@ async fn a_server_killed_mid_wave_resumes_and_dispatches_no_host_twice() {
         );
     }
     assert!(server.log().contains("resuming rollout"), "{}", server.log());
+    let redelivered: Vec<&str> = fleet
+        .agents
+        .iter()
+        .filter(|agent| agent.received().len() > agent.executed().len())
+        .map(|agent| agent.host_id.as_str())
+        .collect();
+    assert!(
+        !redelivered.is_empty(),
+        "the restarted server re-delivered the commands in flight (same ids)"
+    );
     for agent in fleet.agents {
         agent.stop().await;
     }
