@@ -24,6 +24,10 @@ pub struct Behaviour {
     pub outcome: pb::OperationOutcome,
     /// False: upgrades are accepted but never answered (a hung host).
     pub answers: bool,
+    /// The newest version the agent reports as available (same major); empty for none.
+    pub available_version: String,
+    /// The host pins the app (`fleetManaged = false`).
+    pub pinned_by_host: bool,
 }
 
 impl Default for Behaviour {
@@ -32,7 +36,19 @@ impl Default for Behaviour {
             delay: Duration::from_millis(50),
             outcome: pb::OperationOutcome::Succeeded,
             answers: true,
+            available_version: String::new(),
+            pinned_by_host: false,
         }
+    }
+}
+
+/// The agent's one app as it reports it.
+fn app(domain: &str, recipe: &str, shared: &Mutex<Shared>) -> pb::ObservedApp {
+    let shared = shared.lock().unwrap();
+    pb::ObservedApp {
+        available_version: shared.behaviour.available_version.clone(),
+        pinned_by_host: shared.behaviour.pinned_by_host,
+        ..observed(domain, recipe, &shared.version)
     }
 }
 
@@ -173,8 +189,7 @@ async fn run(
                 .connect()
                 .await
                 .ok()?;
-            let version = shared.lock().unwrap().version.clone();
-            TestAgent::connect(channel, &host_id, vec![observed(&domain, &recipe, &version)])
+            TestAgent::connect(channel, &host_id, vec![app(&domain, &recipe, &shared)])
                 .await
                 .ok()
         };
@@ -211,18 +226,17 @@ async fn run(
                     Ok(None) | Err(_) => break,
                 },
                 Some(done) = finished.recv() => {
-                    let version = {
+                    {
                         let mut state = shared.lock().unwrap();
                         state.journal.insert(done.result.operation_id.clone(), Some(done.result.clone()));
                         if !done.result.to_version.is_empty() {
                             state.version = done.result.to_version.clone();
                         }
-                        state.version.clone()
-                    };
+                    }
                     let result = push_durable(&shared, Body::Result(done.result));
                     let _ = sender.send(result).await;
                     let inventory = push_durable(&shared, Body::Inventory(pb::InventoryUpdate {
-                        inventory: Some(pb::Inventory { apps: vec![observed(&domain, &recipe, &version)] }),
+                        inventory: Some(pb::Inventory { apps: vec![app(&domain, &recipe, &shared)] }),
                     }));
                     let _ = sender.send(inventory).await;
                 }

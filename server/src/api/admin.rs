@@ -82,10 +82,6 @@ fn optional_host_id(value: &str) -> Result<Option<HostId>, Status> {
     convert::host_id("host_id", value).map(Some)
 }
 
-fn not_yet(feature: &str) -> Status {
-    Status::unimplemented(format!("{feature} is not available in this server version"))
-}
-
 impl AdminService {
     fn host_app(&self, host_id: &HostId, app: &AppRecord) -> pb::HostApp {
         pb::HostApp {

@@ -265,6 +265,9 @@ impl AdminService {
                     .is_some_and(|labels| crate::rollout::plan::selected(&selectors, host_id, labels))
             })
             .collect();
+        if apps.is_empty() {
+            return Err(Status::failed_precondition(plan::PlanError::NoApps(recipe).to_string()));
+        }
         let target = match explicit {
             Some(target) => target,
             None => crate::rollout::plan::newest_available(
@@ -393,7 +396,12 @@ impl AdminService {
                 return;
             }
             loop {
-                let next = match updates.recv().await {
+                let update = tokio::select! {
+                    // The watcher went away: stop now, not at the next change.
+                    _ = sender.closed() => return,
+                    update = updates.recv() => update,
+                };
+                let next = match update {
                     Ok(rollout) if rollout.id == id => (*rollout).clone(),
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::machine::{self, ActionError, Command, Delivery, Event};
 use crate::fleet::Fleet;
-use crate::store::{now_millis, RolloutRecord, StoreError, StoreHandle, UnixMillis};
+use crate::store::{now_millis, RolloutChange, RolloutRecord, StoreError, StoreHandle, UnixMillis};
 
 /// How often deadlines and wave intervals are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -308,8 +308,23 @@ impl EngineTask {
         // Keep only records that really changed.
         changed.retain(|id, rollout| self.live.get(id) != Some(rollout));
         if !changed.is_empty() {
-            let records: Vec<RolloutRecord> = changed.values().cloned().collect();
-            if let Err(error) = self.store.write(move |store| store.put_rollouts(&records)).await {
+            // The header and only the hosts that changed (all of a new rollout).
+            let records: Vec<RolloutChange> = changed
+                .values()
+                .map(|rollout| RolloutChange {
+                    rollout: rollout.clone(),
+                    changed_hosts: self
+                        .live
+                        .get(&rollout.id)
+                        .filter(|old| old.hosts.len() == rollout.hosts.len())
+                        .map(|old| {
+                            (0..rollout.hosts.len())
+                                .filter(|&position| old.hosts[position] != rollout.hosts[position])
+                                .collect()
+                        }),
+                })
+                .collect();
+            if let Err(error) = self.store.write(move |store| store.put_rollouts(records)).await {
                 // Nothing takes effect: no command goes out, callers learn it failed.
                 tracing::error!(%error, "cannot store rollout changes; they do not take effect");
                 for reply in replies {

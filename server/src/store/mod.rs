@@ -112,6 +112,9 @@ pub struct Store {
     operations: sled::Tree,
     tokens: sled::Tree,
     certificates: sled::Tree,
+    rollouts: sled::Tree,
+    rollout_hosts: sled::Tree,
+    audit: sled::Tree,
     /// `host\0domain` -> `AlertRecord`: at most one open alert per app.
     alerts: sled::Tree,
     /// `updated_at (8 bytes, big-endian) host\0operation id` -> empty: the
@@ -123,8 +126,6 @@ pub struct Store {
     /// Operations stored per host, counted on first use (this thread is the
     /// only writer, so the count stays true).
     operation_counts: std::sync::Mutex<std::collections::HashMap<HostId, usize>>,
-    rollouts: sled::Tree,
-    audit: sled::Tree,
 }
 
 impl Store {
@@ -145,12 +146,13 @@ impl Store {
             operations: db.open_tree(OPERATIONS)?,
             tokens: db.open_tree(TOKENS)?,
             certificates: db.open_tree(CERTIFICATES)?,
+            rollouts: db.open_tree(rollouts::ROLLOUTS)?,
+            rollout_hosts: db.open_tree(rollouts::ROLLOUT_HOSTS)?,
+            audit: db.open_tree(audit::AUDIT)?,
             alerts: db.open_tree(ALERTS)?,
             operations_by_time: db.open_tree(OPERATIONS_BY_TIME)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
-            rollouts: db.open_tree(rollouts::ROLLOUTS)?,
-            audit: db.open_tree(audit::AUDIT)?,
             db,
         };
         store.index_operations_if_missing()?;

@@ -1,13 +1,18 @@
-//! Rollouts in the store: one record per rollout, holding its strategy, its
-//! state and every host's progress, written whole at each transition (before
-//! the transition takes effect; see `rollout::engine`).
+//! Rollouts in the store: a header per rollout (strategy, state, reason) and
+//! a record per host of it, so that a transition writes the header and only
+//! the hosts it changed (a rollout of 1,000 hosts does not rewrite 300 KB per
+//! result). Every transition is stored before it takes effect (see
+//! `rollout::engine`).
 
 use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
 use serde::{Deserialize, Serialize};
 
+use sled::transaction::Transactional;
+
 use super::{decode, encode, Store, StoreError, UnixMillis};
 
 pub(super) const ROLLOUTS: &str = "rollouts";
+pub(super) const ROLLOUT_HOSTS: &str = "rollout_hosts";
 
 /// State of a whole rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,21 +178,69 @@ pub struct RolloutRecord {
     pub last_progress_at: UnixMillis,
 }
 
+/// A rollout to store, and which of its hosts changed (`None`: all of them).
+#[derive(Debug, Clone)]
+pub struct RolloutChange {
+    pub rollout: RolloutRecord,
+    pub changed_hosts: Option<Vec<usize>>,
+}
+
+/// `rollout id \0 host position (big-endian)`: a rollout's hosts in order.
+fn host_key(id: &str, position: usize) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(super::SEPARATOR);
+    key.extend_from_slice(&(position as u32).to_be_bytes());
+    key
+}
+
 impl Store {
-    /// Writes rollouts as given, atomically (one sled batch).
-    pub fn put_rollouts(&self, rollouts: &[RolloutRecord]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for rollout in rollouts {
-            batch.insert(rollout.id.as_bytes(), encode(rollout)?);
+    /// Writes rollouts (their headers and changed hosts) in one transaction.
+    pub fn put_rollouts(&self, changes: Vec<RolloutChange>) -> Result<(), StoreError> {
+        let mut headers = Vec::with_capacity(changes.len());
+        let mut hosts = Vec::new();
+        for RolloutChange {
+            mut rollout,
+            changed_hosts,
+        } in changes
+        {
+            let all_hosts = std::mem::take(&mut rollout.hosts);
+            let positions = changed_hosts.unwrap_or_else(|| (0..all_hosts.len()).collect());
+            for position in positions {
+                if let Some(host) = all_hosts.get(position) {
+                    hosts.push((host_key(&rollout.id, position), encode(host)?));
+                }
+            }
+            headers.push((rollout.id.clone(), encode(&rollout)?));
         }
-        self.rollouts.apply_batch(batch)?;
+        (&self.rollouts, &self.rollout_hosts)
+            .transaction(|(rollouts, rollout_hosts)| {
+                for (id, header) in &headers {
+                    rollouts.insert(id.as_bytes(), header.clone())?;
+                }
+                for (key, host) in &hosts {
+                    rollout_hosts.insert(key.clone(), host.clone())?;
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(super::storage_error)?;
         Ok(())
+    }
+
+    fn with_hosts(&self, mut rollout: RolloutRecord) -> Result<RolloutRecord, StoreError> {
+        let mut prefix = rollout.id.as_bytes().to_vec();
+        prefix.push(super::SEPARATOR);
+        rollout.hosts = self
+            .rollout_hosts
+            .scan_prefix(prefix)
+            .map(|entry| decode(ROLLOUT_HOSTS, &entry?.1))
+            .collect::<Result<_, _>>()?;
+        Ok(rollout)
     }
 
     pub fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
         self.rollouts
             .get(id.as_bytes())?
-            .map(|bytes| decode(ROLLOUTS, &bytes))
+            .map(|bytes| decode(ROLLOUTS, &bytes).and_then(|rollout| self.with_hosts(rollout)))
             .transpose()
     }
 
@@ -196,9 +249,100 @@ impl Store {
         let mut rollouts: Vec<RolloutRecord> = self
             .rollouts
             .iter()
-            .map(|entry| decode(ROLLOUTS, &entry?.1))
+            .map(|entry| decode(ROLLOUTS, &entry?.1).and_then(|rollout| self.with_hosts(rollout)))
             .collect::<Result<_, _>>()?;
         rollouts.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
         Ok(rollouts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(id: &str, created_at: UnixMillis, hosts: usize) -> RolloutRecord {
+        RolloutRecord {
+            id: id.into(),
+            recipe: "ghost".parse().unwrap(),
+            target: "1.1.0".parse().unwrap(),
+            state: RolloutStateRecord::Running,
+            strategy: StrategyRecord {
+                canary: QuantityRecord::Count(1),
+                batch: QuantityRecord::Percent(25),
+                max_failures: 1,
+                max_failure_ppm: 0,
+                pause_after_canary: false,
+                wave_interval_ms: 0,
+                host_deadline_ms: 1000,
+                progress_deadline_ms: 0,
+                rollback_on_halt: false,
+                allow_major: false,
+            },
+            hosts: (0..hosts)
+                .map(|index| RolloutHostRecord {
+                    host_id: format!("h{index}").parse().unwrap(),
+                    domain: format!("app.h{index}.example.org").parse().unwrap(),
+                    wave: index as u32,
+                    outcome: HostOutcomeRecord::Pending,
+                    from_version: Some("1.0.0".parse().unwrap()),
+                    to_version: None,
+                    message: String::new(),
+                    updated_at: created_at,
+                    operation_id: None,
+                    dispatched_at: None,
+                    rollback: None,
+                })
+                .collect(),
+            current_wave: 0,
+            wave_count: hosts as u32,
+            created_at,
+            updated_at: created_at,
+            reason: String::new(),
+            created_by: "admin".into(),
+            paused_by_operator: false,
+            awaiting_promotion: false,
+            promoted: false,
+            next_wave_at: None,
+            last_progress_at: created_at,
+        }
+    }
+
+    #[test]
+    fn rollouts_are_stored_as_headers_and_changed_hosts_and_read_back_whole() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        let mut first = rollout("ghost-a", 1, 300);
+        let second = rollout("ghost-b", 2, 2);
+        store
+            .put_rollouts(vec![
+                RolloutChange {
+                    rollout: first.clone(),
+                    changed_hosts: None,
+                },
+                RolloutChange {
+                    rollout: second.clone(),
+                    changed_hosts: None,
+                },
+            ])
+            .unwrap();
+        first.hosts[257].outcome = HostOutcomeRecord::Dispatched;
+        first.hosts[257].operation_id = Some("ghost-a.257".into());
+        first.state = RolloutStateRecord::Paused;
+        store
+            .put_rollouts(vec![RolloutChange {
+                rollout: first.clone(),
+                changed_hosts: Some(vec![257]),
+            }])
+            .unwrap();
+        assert_eq!(store.rollout("ghost-a").unwrap(), Some(first.clone()));
+        assert_eq!(store.rollout("ghost").unwrap(), None);
+        assert_eq!(store.rollouts().unwrap(), vec![second, first], "newest first");
+        // Only the changed host was rewritten: the others still hold the first write.
+        drop(store);
+        let store = Store::open(directory.path()).unwrap();
+        assert_eq!(
+            store.rollout("ghost-a").unwrap().unwrap().hosts[257].outcome,
+            HostOutcomeRecord::Dispatched
+        );
     }
 }

@@ -326,7 +326,7 @@ async fn rollout_bench(agents: usize, concurrency: usize) {
             } else {
                 pb::OperationOutcome::Succeeded
             },
-            answers: true,
+            ..Behaviour::default()
         };
         simulated.push(SimulatedAgent::start(
             url.clone(),

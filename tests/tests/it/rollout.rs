@@ -298,7 +298,7 @@ async fn a_failing_host_halts_the_rollout_and_the_upgraded_hosts_roll_back() {
             pb::OperationOutcome::Succeeded
         },
         delay: Duration::from_millis(if index == 2 { 1500 } else { 100 }),
-        answers: true,
+        ..Behaviour::default()
     })
     .await;
     let followed = cli(
@@ -504,6 +504,16 @@ async fn a_server_killed_mid_wave_resumes_and_dispatches_no_host_twice() {
         );
     }
     assert!(server.log().contains("resuming rollout"), "{}", server.log());
+    let redelivered: Vec<&str> = fleet
+        .agents
+        .iter()
+        .filter(|agent| agent.received().len() > agent.executed().len())
+        .map(|agent| agent.host_id.as_str())
+        .collect();
+    assert!(
+        !redelivered.is_empty(),
+        "the restarted server re-delivered the commands in flight (same ids)"
+    );
     for agent in fleet.agents {
         agent.stop().await;
     }
@@ -571,5 +581,366 @@ async fn an_offline_host_gets_its_command_on_reconnect_and_a_silent_one_times_ou
     back.stop().await;
     for agent in fleet.agents {
         agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unselected_hosts_stay_out() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let nothing_available = cli(&server, &["upgrade", "fixture", "--dry-run"]).await;
+    assert_eq!(nothing_available.status.code(), Some(4), "{}", text(&nothing_available));
+    assert!(
+        text(&nothing_available).contains("no selected host runs recipe fixture"),
+        "{}",
+        text(&nothing_available)
+    );
+    let mut fleet = fleet(&server, "web", 4, |index| Behaviour {
+        available_version: ["1.2.0", "1.1.0", "1.3.0", ""][index].into(),
+        pinned_by_host: index == 2,
+        ..Behaviour::default()
+    })
+    .await;
+    let away = fleet.agents.pop().unwrap();
+    away.stop().await;
+    wait_for("web-3 offline", DEADLINE, || async {
+        let hosts = cli_json(&server, &["hosts"]).await;
+        if hosts[3]["status"] == "offline" {
+            Ok(())
+        } else {
+            Err(hosts[3].to_string())
+        }
+    })
+    .await;
+    // The pinned host's 1.3.0 counts as available too: availability is what agents report.
+    let planned = cli_json(&server, &["upgrade", "fixture", "--dry-run"]).await;
+    assert_eq!(planned["target_version"], "1.3.0");
+    assert_eq!(
+        outcomes(&planned),
+        [
+            "web-0 w0 pending",
+            "web-1 w1 pending",
+            "web-2 w0 skipped",
+            "web-3 w0 skipped"
+        ]
+    );
+    let reasons: Vec<&str> = planned["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| host["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["", "", "pinned by host configuration", "host offline at the start"]
+    );
+    let selected = cli_json(
+        &server,
+        &[
+            "upgrade",
+            "fixture",
+            "--dry-run",
+            "--hosts",
+            "web-1",
+            "--hosts",
+            "web-9",
+        ],
+    )
+    .await;
+    assert_eq!(selected["target_version"], "1.1.0");
+    assert_eq!(outcomes(&selected), ["web-1 w0 pending"]);
+    let by_label = cli_json(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "site=test"]).await;
+    assert_eq!(by_label["hosts"].as_array().unwrap().len(), 4);
+    let nobody = cli(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "site=mars"]).await;
+    assert_eq!(nobody.status.code(), Some(4));
+    let bad = cli(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "Not A Host"]).await;
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(
+        text(&bad).contains("is neither a host id nor a key=value label"),
+        "{}",
+        text(&bad)
+    );
+    assert!(
+        fleet.agents.iter().all(|agent| agent.received().is_empty()),
+        "dry runs send nothing"
+    );
+    assert_eq!(cli_json(&server, &["rollout", "ls"]).await, serde_json::json!([]));
+    for agent in fleet.agents {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_action_is_audited_with_the_name_in_the_callers_certificate() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let fleet = fleet(&server, "web", 1, |_| Behaviour::default()).await;
+    let ops = directory.path().join("ops.toml");
+    let issued = cli(&server, &["admin", "issue", "ops", "--out", ops.to_str().unwrap()]).await;
+    assert!(issued.status.success(), "{}", text(&issued));
+    // The new admin acts under its own name.
+    let token = {
+        let (url, ops) = (server.url(), ops.clone());
+        let output = tokio::task::spawn_blocking(move || run_cli(&url, &ops, &["--json", "token", "create"]))
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+        created["info"]["id"].as_str().unwrap().to_owned()
+    };
+    for args in [
+        vec!["token", "revoke", token.as_str()],
+        vec!["host", "remove", "web-0"],
+        vec!["admin", "revoke", "ops"],
+    ] {
+        let output = cli(&server, &args).await;
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+    }
+    let audit = cli_json(&server, &["audit", "--since", "10m"]).await;
+    let entries: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(5)
+        .map(|entry| {
+            format!(
+                "{} {} {}",
+                entry["who"].as_str().unwrap(),
+                entry["action"].as_str().unwrap(),
+                entry["target"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "admin admin.revoke ops".to_owned(),
+            "admin host.remove web-0".to_owned(),
+            format!("admin token.revoke {token}"),
+            format!("ops token.create {token}"),
+            "admin admin.issue ops".to_owned(),
+        ]
+    );
+    assert!(audit[0]["at"].as_str().unwrap().ends_with('Z'));
+    let limited = cli_json(&server, &["audit", "--limit", "2"]).await;
+    assert_eq!(limited.as_array().unwrap().len(), 2);
+    for agent in fleet.agents {
+        agent.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real agents on the real Docker Engine (through the abra test double).
+
+mod real_agents {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use ccfleet_tests::agent::AgentProcess;
+    use ccfleet_tests::docker::{
+        deployed_version, free_port, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES, V1_6_HTTP_FAILS,
+    };
+    use ccfleet_tests::server::TestServer;
+    use ccfleet_tests::wait_for;
+
+    use super::{cli, cli_json, host_outcome, outcomes, save_output, text, wait_for_state};
+
+    const PATIENCE: Duration = Duration::from_secs(240);
+
+    /// One host: its own Docker world (ABRA_DIR, state, unique domain, own
+    /// probe port) and a real `ccfleet-agent` enrolled with the test server.
+    struct RealHost {
+        test: DockerTest,
+        host_id: String,
+        domain: String,
+        agent: AgentProcess,
+    }
+
+    impl RealHost {
+        fn start(server: &TestServer, index: usize) -> RealHost {
+            let mut test = DockerTest::new(&format!("ro{index}"));
+            let domain = test.domain("app");
+            let host_id = format!("real-{index}");
+            let port = free_port();
+            let settings = format!(
+                "observe_interval = \"1s\"\nreconcile_interval = \"1h\"\nmin_healthy_time = \"2s\"\n\
+                 probe_address = \"127.0.0.1:{port}\"\nprobe_scheme = \"http\"\nstop_timeout = \"5s\"\n"
+            );
+            let apps = format!(
+                "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {V1_3:?}\n\
+                 stateful = false\ndeploy_timeout = \"90s\"\n\n[app.env]\nHTTP_PORT = \"{port}\"\n\n\
+                 [app.health]\npath = \"/health\"\ntimeout = \"15s\"\n"
+            );
+            let token_file = test.path().join("token");
+            std::fs::write(&token_file, server.create_token(&["--uses", "1"])).unwrap();
+            let config_text = test
+                .agent_config_with(&settings, &apps)
+                .replace(
+                    "url = \"https://fleet.example.org\"",
+                    &format!(
+                        "url = {:?}\njoin_token_file = {:?}",
+                        server.url(),
+                        token_file.display().to_string()
+                    ),
+                )
+                .replace("id = \"docker-test\"", &format!("id = {host_id:?}"));
+            let config: PathBuf = test.path().join("agent.toml");
+            std::fs::write(&config, config_text).unwrap();
+            let agent = AgentProcess::start(&config, &test.path().join("control.sock"));
+            RealHost {
+                test,
+                host_id,
+                domain,
+                agent,
+            }
+        }
+
+        /// `abra app upgrade` calls the double saw for `version`.
+        fn upgrades_to(&self, version: &str) -> usize {
+            self.test
+                .abra_log()
+                .iter()
+                .filter(|line| line.starts_with("app upgrade") && line.ends_with(&format!(" {version}")))
+                .count()
+        }
+    }
+
+    async fn converged(hosts: &[RealHost]) {
+        for host in hosts {
+            wait_for(&format!("{} to converge at {V1_3}", host.host_id), PATIENCE, || async {
+                match deployed_version(&host.domain) {
+                    Some(version) if version == V1_3 => Ok(()),
+                    other => Err(format!("{other:?}; agent log tail: {}", tail(&host.agent.log()))),
+                }
+            })
+            .await;
+        }
+    }
+
+    fn tail(log: &str) -> String {
+        log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// Five real agents; a rollout with a canary and batches of two moves
+    /// them all; the server is SIGKILLed mid-wave and restarted, and no host
+    /// is upgraded twice (counted in the double's log). Then a release that
+    /// fails its health gate halts at the canary, which rolls itself back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn five_real_agents_roll_out_survive_a_server_kill_and_halt_on_a_failing_release() {
+        let directory = tempfile::tempdir().unwrap();
+        let data = directory.path().join("data");
+        let server = TestServer::start(&data, &[]);
+        let port = server.address.port();
+        let hosts: Vec<RealHost> = (0..5).map(|index| RealHost::start(&server, index)).collect();
+        converged(&hosts).await;
+        wait_for("five hosts reporting fixture-web", PATIENCE, || async {
+            let apps = cli_json(&server, &["apps", "--recipe", FIXTURE_RECIPE]).await;
+            let at_v1_3 = apps
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|app| app["version"] == V1_3 && app["host_status"] == "online")
+                .count();
+            if at_v1_3 == 5 {
+                Ok(())
+            } else {
+                Err(apps.to_string())
+            }
+        })
+        .await;
+
+        let started = cli_json(
+            &server,
+            &[
+                "upgrade",
+                FIXTURE_RECIPE,
+                "--to",
+                V1_3_1_MIGRATES,
+                "--canary",
+                "1",
+                "--batch",
+                "2",
+            ],
+        )
+        .await;
+        let id = started["id"].as_str().unwrap().to_owned();
+        let wave_1 = wait_for_state(&server, &id, "wave 1 dispatched", |rollout| {
+            rollout["current_wave"] == 1
+        })
+        .await;
+        server.kill();
+        let server = TestServer::start_on(&data, port, &[]);
+        let finished = wait_for(
+            &format!("rollout {id} to complete after the restart"),
+            PATIENCE,
+            || async {
+                let rollout = cli_json(&server, &["rollout", "show", &id]).await;
+                if rollout["state"] == "completed" {
+                    Ok(rollout)
+                } else {
+                    Err(format!("{} {:?}", rollout["state"], outcomes(&rollout)))
+                }
+            },
+        )
+        .await;
+        assert!(
+            outcomes(&finished).iter().all(|outcome| outcome.ends_with("succeeded")),
+            "{:?} (at the kill: {:?})",
+            outcomes(&finished),
+            outcomes(&wave_1)
+        );
+        for host in &hosts {
+            assert_eq!(
+                deployed_version(&host.domain).as_deref(),
+                Some(V1_3_1_MIGRATES),
+                "{}",
+                host.host_id
+            );
+            assert_eq!(
+                host.upgrades_to(V1_3_1_MIGRATES),
+                1,
+                "{} upgraded once: {:?}",
+                host.host_id,
+                host.test.abra_log()
+            );
+        }
+
+        let halted = cli(
+            &server,
+            &[
+                "upgrade",
+                FIXTURE_RECIPE,
+                "--to",
+                V1_6_HTTP_FAILS,
+                "--canary",
+                "1",
+                "--batch",
+                "2",
+                "--max-failures",
+                "1",
+                "--rollback-on-halt",
+                "--follow",
+            ],
+        )
+        .await;
+        save_output("real-agents-halt.txt", &halted);
+        assert_eq!(halted.status.code(), Some(6), "{}\n{}", text(&halted), server.log());
+        let rollout = cli_json(&server, &["rollout", "ls"]).await[0].clone();
+        assert_eq!(
+            host_outcome(&rollout, "real-0"),
+            "rolled_back",
+            "{:?}",
+            outcomes(&rollout)
+        );
+        for host in &hosts {
+            assert_eq!(
+                deployed_version(&host.domain).as_deref(),
+                Some(V1_3_1_MIGRATES),
+                "{}",
+                host.host_id
+            );
+        }
+        assert_eq!(hosts[0].upgrades_to(V1_6_HTTP_FAILS), 1);
+        assert!(hosts[1..].iter().all(|host| host.upgrades_to(V1_6_HTTP_FAILS) == 0));
     }
 }
