@@ -819,14 +819,17 @@ impl Upgrader {
         }
     }
 
-    /// Keeps the newest snapshots per the retention, and always the one of a
-    /// FAILED operation (the operator needs it).
+    /// Keeps the newest snapshots per the retention, and always the one
+    /// named by the app's open FAILED alert (the operator needs it until a
+    /// later success clears the alert).
     fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome) {
-        let protect: Vec<&str> = if outcome == Outcome::Failed {
-            vec![record.id.as_str()]
-        } else {
-            vec![]
-        };
+        let open_alert = alerts::read(&self.settings.alerts_dir, record.domain.as_str())
+            .filter(|alert| alert.outcome == Outcome::Failed)
+            .map(|alert| alert.operation_id);
+        let mut protect: Vec<&str> = open_alert.iter().map(String::as_str).collect();
+        if outcome == Outcome::Failed {
+            protect.push(record.id.as_str());
+        }
         match self
             .snapshots
             .prune(&record.domain, self.settings.snapshot_retention, &protect)
