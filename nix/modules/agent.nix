@@ -36,6 +36,7 @@ let
       stateful = app.stateful;
       auto_update = app.autoUpdate;
       allow_major = app.allowMajor;
+      fleet_managed = app.fleetManaged;
       deploy_timeout = app.deployTimeout;
       depends_on = map (dependency: apps.${dependency}.domain) (dependencyNames name app);
       env = app.env;

@@ -121,6 +121,15 @@ in
       description = "Allow automatic updates across a major recipe version.";
     };
 
+    fleetManaged = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether fleet rollouts (`ccfleet upgrade`) may move this app. When false, the host pins
+        the app to this configuration: rollouts skip it with "pinned by host configuration".
+      '';
+    };
+
     dependsOn = mkOption {
       type = types.listOf types.str;
       default = [ ];
