@@ -495,6 +495,7 @@ impl Reconciler {
                         target: to.clone(),
                         allow_major: false,
                     },
+                    deadline: None,
                 };
                 match self.upgrader.run(self, app, &request).await {
                     Err(error) => {

@@ -72,6 +72,9 @@ pub struct OperationRequest {
     /// The server's operation id, or `local-<hex>` (see [`local_operation_id`]).
     pub id: String,
     pub ask: Ask,
+    /// A server command's deadline: the target's health gate stops waiting
+    /// when it passes (the rollback's gate is never cut short).
+    pub deadline: Option<Duration>,
 }
 
 /// A new local operation id.
@@ -240,7 +243,7 @@ impl Upgrader {
             }
             // Journaled but unfinished (interrupted before the start-up
             // resume reached it): finish it, never start it again.
-            let record = self.drive(reconciler, app, record, true).await?;
+            let record = self.drive(reconciler, app, record, true, None).await?;
             return Ok(RunResult::Finished(Box::new(self.report_of(&record, None))));
         }
 
@@ -282,7 +285,7 @@ impl Upgrader {
                 record.phase = Phase::Done { outcome, reason };
             }
             Plan::AlreadyThere { version } => {
-                let reason = match self.gate(reconciler, app, &version).await {
+                let reason = match self.gate(reconciler, app, &version, None).await {
                     StepResult::Ok => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
@@ -299,7 +302,8 @@ impl Upgrader {
             }
             Plan::Run { .. } => {}
         }
-        let record = self.drive(reconciler, app, record, false).await?;
+        let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
+        let record = self.drive(reconciler, app, record, false, gate_deadline).await?;
         let mut report = self.report_of(&record, running);
         report.running = reconciler.observe(app).await.observed_version;
         Ok(RunResult::Finished(Box::new(report)))
@@ -332,7 +336,7 @@ impl Upgrader {
             return Ok(self.report_of(&record, None));
         };
         tracing::warn!(operation = %record.id, app = %app.domain, phase = record.phase.name(), "resuming an unfinished operation");
-        let record = self.drive(reconciler, app, record, true).await?;
+        let record = self.drive(reconciler, app, record, true, None).await?;
         Ok(self.report_of(&record, None))
     }
 
@@ -403,6 +407,7 @@ impl Upgrader {
         app: &AppConfig,
         mut record: OperationRecord,
         resumed: bool,
+        gate_deadline: Option<Instant>,
     ) -> Result<OperationRecord, UpgradeError> {
         if resumed {
             let (phase, failure) = machine::resume(&record);
@@ -427,7 +432,7 @@ impl Upgrader {
             }
             self.pause.before(record.phase.name()).await;
             tracing::info!(operation = %record.id, app = %record.domain, phase = record.phase.name(), "upgrade phase");
-            let result = self.effect(reconciler, app, &mut record).await;
+            let result = self.effect(reconciler, app, &mut record, gate_deadline).await;
             if result != StepResult::Ok {
                 tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
             }
@@ -440,14 +445,20 @@ impl Upgrader {
     }
 
     /// Performs the effect of `record.phase`.
-    async fn effect(&self, reconciler: &Reconciler, app: &AppConfig, record: &mut OperationRecord) -> StepResult {
+    async fn effect(
+        &self,
+        reconciler: &Reconciler,
+        app: &AppConfig,
+        record: &mut OperationRecord,
+        gate_deadline: Option<Instant>,
+    ) -> StepResult {
         match record.phase {
             Phase::Accepted | Phase::Healthy | Phase::Done { .. } => StepResult::Ok,
             Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(reconciler, app).await,
             Phase::Snapshotting => self.take_snapshot(reconciler, app, record).await,
             Phase::VerifyingSnapshot => self.verify_snapshot(reconciler, app, record).await,
             Phase::Deploying => self.deploy_target(reconciler, app, record).await,
-            Phase::Verifying => self.gate(reconciler, app, &record.to).await,
+            Phase::Verifying => self.gate(reconciler, app, &record.to, gate_deadline).await,
             Phase::Restoring => self.restore(reconciler, app, record).await,
             Phase::RollbackDeploying => {
                 match reconciler
@@ -459,7 +470,7 @@ impl Upgrader {
                     Err(error) => StepResult::Failed(error_chain(&error)),
                 }
             }
-            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from).await,
+            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from, None).await,
         }
     }
 
@@ -649,7 +660,21 @@ impl Upgrader {
     /// when the app has a health path, the HTTP probe answering an accepted
     /// status — continuously for the minimum healthy time, within the app's
     /// health timeout.
-    async fn gate(&self, reconciler: &Reconciler, app: &AppConfig, version: &CoopVersion) -> StepResult {
+    async fn gate(
+        &self,
+        reconciler: &Reconciler,
+        app: &AppConfig,
+        version: &CoopVersion,
+        deadline: Option<Instant>,
+    ) -> StepResult {
+        let timeout = match deadline {
+            Some(deadline) => app.health.timeout.min(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1)),
+            ),
+            None => app.health.timeout,
+        };
         let at_version = AppConfig {
             version: version.clone(),
             ..app.clone()
@@ -657,7 +682,7 @@ impl Upgrader {
         let mut gate = HealthGate::new(
             GatePolicy {
                 min_healthy: self.settings.min_healthy_time,
-                timeout: app.health.timeout,
+                timeout,
             },
             Instant::now(),
         );
@@ -673,7 +698,7 @@ impl Upgrader {
                 GateVerdict::TimedOut { reason } => {
                     return StepResult::Failed(format!(
                         "not healthy within {}: {reason}",
-                        humantime::format_duration(app.health.timeout)
+                        humantime::format_duration(timeout)
                     ))
                 }
                 GateVerdict::Waiting {
