@@ -7,7 +7,7 @@
 //! which phase follows each phase; [`Upgrader`] performs each phase's effect
 //! (abra, Docker, the snapshot store, the HTTP probe) after writing the phase
 //! to the journal, so that an agent killed at any point finds the operation at
-//! start and finishes it ([`Upgrader::resume_unfinished`]). An operation id
+//! start and finishes it ([`Upgrader::resume`], called by the daemon). An operation id
 //! that was journaled before is never run again: its recorded result is
 //! returned.
 //!
