@@ -46,6 +46,10 @@ pub use machine::{Ask, Plan, StepResult};
 /// copied or restored (see [`Upgrader::undeploy`]).
 const UNDEPLOY_SETTLE: Duration = Duration::from_secs(3);
 
+/// Finished operations kept in the journal, so that a re-delivered command
+/// id is recognised; far more than a rollout re-delivers.
+const KEEP_FINISHED_OPERATIONS: usize = 1000;
+
 /// Environment variable naming the test pause directory (see [`PauseHook`]).
 pub const PAUSE_DIR_ENV: &str = "CCFLEET_TEST_PAUSE_DIR";
 
@@ -804,6 +808,11 @@ impl Upgrader {
             self.journal.write_operation(&record)?;
         }
         tracing::info!(operation = %record.id, app = %record.domain, %outcome, reason, "upgrade finished");
+        match self.journal.prune_operations(KEEP_FINISHED_OPERATIONS) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "old operation records removed from the journal"),
+            Err(error) => tracing::warn!(%error, "cannot prune the journal's operations"),
+        }
         Ok(())
     }
 
