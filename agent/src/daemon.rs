@@ -877,6 +877,7 @@ async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<m
                     target,
                     allow_major: major,
                 },
+                deadline: None,
             };
             let in_flight = agent.in_flight.enter();
             if !wait {
@@ -979,6 +980,7 @@ async fn update(agent: &Arc<Agent>, app: &AppConfig) -> Response {
             target,
             allow_major: false,
         },
+        deadline: None,
     };
     operation_response(run_operation(agent, app, &request).await)
 }
@@ -987,15 +989,17 @@ async fn update(agent: &Arc<Agent>, app: &AppConfig) -> Response {
 /// Its result travels through the outbox, once per operation id.
 async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
     let id = command.operation_id.clone();
-    let (domain, version, trigger, allow_major) = match command.kind {
+    let (domain, version, trigger, allow_major, deadline) = match command.kind {
         Some(pb::command::Kind::Upgrade(upgrade)) => (
             upgrade.domain,
             upgrade.version,
             Trigger::FleetUpgrade,
             upgrade.allow_major,
+            // 0: no deadline of the rollout's own.
+            (upgrade.deadline_seconds > 0).then(|| Duration::from_secs(u64::from(upgrade.deadline_seconds))),
         ),
         Some(pb::command::Kind::Rollback(rollback)) => {
-            (rollback.domain, rollback.version, Trigger::FleetRollback, false)
+            (rollback.domain, rollback.version, Trigger::FleetRollback, false, None)
         }
         None => {
             tracing::warn!(operation = %id, "a server command without a kind: ignored");
@@ -1046,6 +1050,7 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
             target,
             allow_major,
         },
+        deadline,
     };
     match run_operation(agent, &app, &request).await {
         Ok(RunResult::Finished(report)) => tracing::info!(

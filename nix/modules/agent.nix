@@ -30,6 +30,7 @@ let
       stateful = app.stateful;
       auto_update = app.autoUpdate;
       allow_major = app.allowMajor;
+      fleet_managed = app.fleetManaged;
       deploy_timeout = duration app.deployTimeout;
       depends_on = map (dependency: apps.${dependency}.domain) app.dependencies;
       env = app.env;
