@@ -97,7 +97,7 @@ pub fn to_wire(app: &ObservedApp, extras: &AppExtras) -> pb::ObservedApp {
 
 /// The transaction's events go to the outbox.
 struct OutboxEvents {
-    outbox: Arc<Mutex<Outbox>>,
+    outbox: Arc<Outbox>,
     changed: Arc<Notify>,
 }
 
@@ -109,11 +109,7 @@ impl std::fmt::Debug for OutboxEvents {
 
 impl Events for OutboxEvents {
     fn push(&self, body: Body) -> bool {
-        let pushed = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(body);
+        let pushed = self.outbox.push(body);
         match pushed {
             Ok(_) => {
                 self.changed.notify_one();
@@ -189,7 +185,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 struct Agent {
     config_path: PathBuf,
     reconciler: watch::Sender<Arc<Reconciler>>,
-    outbox: Arc<Mutex<Outbox>>,
+    outbox: Arc<Outbox>,
     outbox_changed: Arc<Notify>,
     inventory: watch::Sender<pb::Inventory>,
     observations: Mutex<Vec<ObservedApp>>,
@@ -213,11 +209,7 @@ struct Agent {
 impl Agent {
     /// Stores a durable event; false (and logged) when the outbox cannot.
     fn push(&self, body: Body) -> bool {
-        let pushed = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(body);
+        let pushed = self.outbox.push(body);
         match pushed {
             Ok(_) => {
                 self.outbox_changed.notify_one();
@@ -408,7 +400,7 @@ impl Agent {
     fn status(&self) -> serde_json::Value {
         let reconciler = self.reconciler.borrow().clone();
         let observations = self.observations.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox = &self.outbox;
         serde_json::json!({
             "host_id": self.host_id,
             "server": *self.link_status.borrow(),
@@ -473,7 +465,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::abra::Abra::new(&config.abra).log_version().await;
     let journal = Journal::open(&config.agent.state_dir, &config.abra.dir).context("cannot open the journal")?;
     let outbox = Outbox::open(&config.agent.state_dir.join("outbox")).context("cannot open the outbox")?;
-    let outbox = Arc::new(Mutex::new(outbox));
+    let outbox = Arc::new(outbox);
     let outbox_changed = Arc::new(Notify::new());
     let events = Arc::new(OutboxEvents {
         outbox: outbox.clone(),
