@@ -97,7 +97,7 @@ pub fn to_wire(app: &ObservedApp, extras: &AppExtras) -> pb::ObservedApp {
 
 /// The transaction's events go to the outbox.
 struct OutboxEvents {
-    outbox: Arc<Mutex<Outbox>>,
+    outbox: Arc<Outbox>,
     changed: Arc<Notify>,
 }
 
@@ -109,11 +109,7 @@ impl std::fmt::Debug for OutboxEvents {
 
 impl Events for OutboxEvents {
     fn push(&self, body: Body) -> bool {
-        let pushed = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(body);
+        let pushed = self.outbox.push(body);
         match pushed {
             Ok(_) => {
                 self.changed.notify_one();
@@ -189,7 +185,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 struct Agent {
     config_path: PathBuf,
     reconciler: watch::Sender<Arc<Reconciler>>,
-    outbox: Arc<Mutex<Outbox>>,
+    outbox: Arc<Outbox>,
     outbox_changed: Arc<Notify>,
     inventory: watch::Sender<pb::Inventory>,
     observations: Mutex<Vec<ObservedApp>>,
@@ -213,11 +209,7 @@ struct Agent {
 impl Agent {
     /// Stores a durable event; false (and logged) when the outbox cannot.
     fn push(&self, body: Body) -> bool {
-        let pushed = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(body);
+        let pushed = self.outbox.push(body);
         match pushed {
             Ok(_) => {
                 self.outbox_changed.notify_one();
@@ -408,7 +400,7 @@ impl Agent {
     fn status(&self) -> serde_json::Value {
         let reconciler = self.reconciler.borrow().clone();
         let observations = self.observations.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox = &self.outbox;
         serde_json::json!({
             "host_id": self.host_id,
             "server": *self.link_status.borrow(),
@@ -473,7 +465,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::abra::Abra::new(&config.abra).log_version().await;
     let journal = Journal::open(&config.agent.state_dir, &config.abra.dir).context("cannot open the journal")?;
     let outbox = Outbox::open(&config.agent.state_dir.join("outbox")).context("cannot open the outbox")?;
-    let outbox = Arc::new(Mutex::new(outbox));
+    let outbox = Arc::new(outbox);
     let outbox_changed = Arc::new(Notify::new());
     let events = Arc::new(OutboxEvents {
         outbox: outbox.clone(),
@@ -877,6 +869,7 @@ async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<m
                     target,
                     allow_major: major,
                 },
+                deadline: None,
             };
             let in_flight = agent.in_flight.enter();
             if !wait {
@@ -979,6 +972,7 @@ async fn update(agent: &Arc<Agent>, app: &AppConfig) -> Response {
             target,
             allow_major: false,
         },
+        deadline: None,
     };
     operation_response(run_operation(agent, app, &request).await)
 }
@@ -987,15 +981,17 @@ async fn update(agent: &Arc<Agent>, app: &AppConfig) -> Response {
 /// Its result travels through the outbox, once per operation id.
 async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
     let id = command.operation_id.clone();
-    let (domain, version, trigger, allow_major) = match command.kind {
+    let (domain, version, trigger, allow_major, deadline) = match command.kind {
         Some(pb::command::Kind::Upgrade(upgrade)) => (
             upgrade.domain,
             upgrade.version,
             Trigger::FleetUpgrade,
             upgrade.allow_major,
+            // 0: no deadline of the rollout's own.
+            (upgrade.deadline_seconds > 0).then(|| Duration::from_secs(u64::from(upgrade.deadline_seconds))),
         ),
         Some(pb::command::Kind::Rollback(rollback)) => {
-            (rollback.domain, rollback.version, Trigger::FleetRollback, false)
+            (rollback.domain, rollback.version, Trigger::FleetRollback, false, None)
         }
         None => {
             tracing::warn!(operation = %id, "a server command without a kind: ignored");
@@ -1046,6 +1042,7 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
             target,
             allow_major,
         },
+        deadline,
     };
     match run_operation(agent, &app, &request).await {
         Ok(RunResult::Finished(report)) => tracing::info!(

@@ -340,6 +340,31 @@ impl Journal {
             .collect())
     }
 
+    /// Removes the oldest finished and reported operations beyond the newest
+    /// `keep` of them (unfinished ones always stay); returns how many went.
+    /// Their ids are then unknown: a re-delivery that old would run again, so
+    /// `keep` is far above what a rollout re-delivers.
+    pub fn prune_operations(&self, keep: usize) -> Result<usize, JournalError> {
+        let finished: Vec<OperationRecord> = self
+            .operations()?
+            .into_iter()
+            .filter(|record| record.result().is_some() && record.reported)
+            .collect();
+        let excess = finished.len().saturating_sub(keep);
+        for record in finished.iter().take(excess) {
+            let path = self.operation_path(&record.id);
+            std::fs::remove_file(&path).map_err(|source| JournalError::Io {
+                action: "cannot remove an old operation record",
+                path,
+                source,
+            })?;
+        }
+        if excess > 0 {
+            sync_directory(&self.dir.join("ops"))?;
+        }
+        Ok(excess)
+    }
+
     fn app_path(&self, domain: &Domain) -> PathBuf {
         self.dir.join("apps").join(format!("{domain}.json"))
     }
@@ -544,6 +569,28 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|name| !name.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn old_finished_operations_are_pruned_and_unfinished_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &dir.path().join("abra")).unwrap();
+        for index in 0..5 {
+            let mut record = record(&format!("op-{index}"));
+            record.started_at = index;
+            if index != 1 {
+                record.phase = Phase::Done {
+                    outcome: Outcome::Succeeded,
+                    reason: String::new(),
+                };
+                record.reported = true;
+            }
+            journal.write_operation(&record).unwrap();
+        }
+        assert_eq!(journal.prune_operations(2).unwrap(), 2);
+        let left: Vec<String> = journal.operations().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(left, ["op-1", "op-3", "op-4"]);
+        assert_eq!(journal.prune_operations(2).unwrap(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! ccfleet host agent: reconciles the Co-op Cloud apps declared for this host through abra.
-//!
-//! Only the configuration is implemented so far; `main.rs` is a thin clap
-//! front end over this library.
+//! ccfleet host agent: reconciles the Co-op Cloud apps declared for this host
+//! through abra, moves their versions through the health-gated upgrade
+//! transaction (`upgrade`, journaled in `journal`), observes Docker and
+//! reports to the server (`link`, `outbox`). `main.rs` is a thin clap front
+//! end over this library.
 
 pub mod abra;
 pub mod alerts;

@@ -4,7 +4,7 @@
 //! reconnection with backoff when anything breaks.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ccfleet_proto::pb::{self, agent_client::AgentClient, agent_message::Body, server_message};
@@ -33,7 +33,7 @@ pub struct Link {
     pub state_dir: PathBuf,
     pub join_token_file: Option<PathBuf>,
     pub facts: pb::HostFacts,
-    pub outbox: Arc<Mutex<Outbox>>,
+    pub outbox: Arc<Outbox>,
     /// Signalled when the outbox has new events.
     pub outbox_changed: Arc<Notify>,
     /// The newest observed inventory, sent in every Hello.
@@ -211,28 +211,16 @@ impl Link {
     }
 
     fn outbox_last_seq(&self) -> u64 {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .last_seq()
+        self.outbox.last_seq()
     }
 
     fn acknowledge(&self, seq: u64) -> Result<(), String> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .acknowledge(seq)
-            .map_err(|error| error.to_string())
+        self.outbox.acknowledge(seq).map_err(|error| error.to_string())
     }
 
     /// Sends every pending event newer than `last_sent`; returns the new mark.
     async fn send_pending(&self, sender: &mpsc::Sender<pb::AgentMessage>, last_sent: u64) -> Result<u64, String> {
-        let pending = self
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pending()
-            .map_err(|error| error.to_string())?;
+        let pending = self.outbox.pending().map_err(|error| error.to_string())?;
         let mut mark = last_sent;
         for message in pending.into_iter().filter(|message| message.seq > last_sent) {
             mark = message.seq;

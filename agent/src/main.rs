@@ -73,7 +73,8 @@ enum Command {
         socket: SocketArgs,
     },
     /// Run the health-gated upgrade transaction for one app: snapshot (stateful apps), upgrade,
-    /// health gate, rollback with restore when unhealthy. Exits non-zero unless it succeeded.
+    /// health gate, rollback with restore when unhealthy. With --wait, exits non-zero unless it
+    /// succeeded.
     Upgrade {
         /// The app's domain.
         app: String,

@@ -280,10 +280,14 @@ impl Reconciler {
     pub async fn observe(&self, app: &AppConfig) -> ObservedApp {
         // abra may shorten long stack names (ABRA.md, unconfirmed); the full
         // name is used until that rule is known.
-        match self.docker.observe_stack(&app.domain.stack_name()).await {
+        let mut observed = match self.docker.observe_stack(&app.domain.stack_name()).await {
             Ok(stack) => observe::classify(app, &stack),
             Err(error) => observe::unknown(app, &error_chain(&error)),
+        };
+        if let Ok(record) = self.journal().app(&app.domain) {
+            plan::explain_fleet_drift(&mut observed, &app.version, record.fleet_target.as_ref());
         }
+        observed
     }
 
     /// Every declared app, in declaration order (sorted by domain).
@@ -495,6 +499,7 @@ impl Reconciler {
                         target: to.clone(),
                         allow_major: false,
                     },
+                    deadline: None,
                 };
                 match self.upgrader.run(self, app, &request).await {
                     Err(error) => {

@@ -7,7 +7,7 @@
 //! which phase follows each phase; [`Upgrader`] performs each phase's effect
 //! (abra, Docker, the snapshot store, the HTTP probe) after writing the phase
 //! to the journal, so that an agent killed at any point finds the operation at
-//! start and finishes it ([`Upgrader::resume_unfinished`]). An operation id
+//! start and finishes it ([`Upgrader::resume`], called by the daemon). An operation id
 //! that was journaled before is never run again: its recorded result is
 //! returned.
 //!
@@ -46,6 +46,10 @@ pub use machine::{Ask, Plan, StepResult};
 /// copied or restored (see [`Upgrader::undeploy`]).
 const UNDEPLOY_SETTLE: Duration = Duration::from_secs(3);
 
+/// Finished operations kept in the journal, so that a re-delivered command
+/// id is recognised; far more than a rollout re-delivers.
+const KEEP_FINISHED_OPERATIONS: usize = 1000;
+
 /// Environment variable naming the test pause directory (see [`PauseHook`]).
 pub const PAUSE_DIR_ENV: &str = "CCFLEET_TEST_PAUSE_DIR";
 
@@ -72,6 +76,9 @@ pub struct OperationRequest {
     /// The server's operation id, or `local-<hex>` (see [`local_operation_id`]).
     pub id: String,
     pub ask: Ask,
+    /// A server command's deadline: the target's health gate stops waiting
+    /// when it passes (the rollback's gate is never cut short).
+    pub deadline: Option<Duration>,
 }
 
 /// A new local operation id.
@@ -240,7 +247,7 @@ impl Upgrader {
             }
             // Journaled but unfinished (interrupted before the start-up
             // resume reached it): finish it, never start it again.
-            let record = self.drive(reconciler, app, record, true).await?;
+            let record = self.drive(reconciler, app, record, true, None).await?;
             return Ok(RunResult::Finished(Box::new(self.report_of(&record, None))));
         }
 
@@ -282,7 +289,7 @@ impl Upgrader {
                 record.phase = Phase::Done { outcome, reason };
             }
             Plan::AlreadyThere { version } => {
-                let reason = match self.gate(reconciler, app, &version).await {
+                let reason = match self.gate(reconciler, app, &version, None).await {
                     StepResult::Ok => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
@@ -299,7 +306,8 @@ impl Upgrader {
             }
             Plan::Run { .. } => {}
         }
-        let record = self.drive(reconciler, app, record, false).await?;
+        let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
+        let record = self.drive(reconciler, app, record, false, gate_deadline).await?;
         let mut report = self.report_of(&record, running);
         report.running = reconciler.observe(app).await.observed_version;
         Ok(RunResult::Finished(Box::new(report)))
@@ -332,7 +340,7 @@ impl Upgrader {
             return Ok(self.report_of(&record, None));
         };
         tracing::warn!(operation = %record.id, app = %app.domain, phase = record.phase.name(), "resuming an unfinished operation");
-        let record = self.drive(reconciler, app, record, true).await?;
+        let record = self.drive(reconciler, app, record, true, None).await?;
         Ok(self.report_of(&record, None))
     }
 
@@ -403,6 +411,7 @@ impl Upgrader {
         app: &AppConfig,
         mut record: OperationRecord,
         resumed: bool,
+        gate_deadline: Option<Instant>,
     ) -> Result<OperationRecord, UpgradeError> {
         if resumed {
             let (phase, failure) = machine::resume(&record);
@@ -427,7 +436,7 @@ impl Upgrader {
             }
             self.pause.before(record.phase.name()).await;
             tracing::info!(operation = %record.id, app = %record.domain, phase = record.phase.name(), "upgrade phase");
-            let result = self.effect(reconciler, app, &mut record).await;
+            let result = self.effect(reconciler, app, &mut record, gate_deadline).await;
             if result != StepResult::Ok {
                 tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
             }
@@ -440,14 +449,20 @@ impl Upgrader {
     }
 
     /// Performs the effect of `record.phase`.
-    async fn effect(&self, reconciler: &Reconciler, app: &AppConfig, record: &mut OperationRecord) -> StepResult {
+    async fn effect(
+        &self,
+        reconciler: &Reconciler,
+        app: &AppConfig,
+        record: &mut OperationRecord,
+        gate_deadline: Option<Instant>,
+    ) -> StepResult {
         match record.phase {
             Phase::Accepted | Phase::Healthy | Phase::Done { .. } => StepResult::Ok,
             Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(reconciler, app).await,
             Phase::Snapshotting => self.take_snapshot(reconciler, app, record).await,
             Phase::VerifyingSnapshot => self.verify_snapshot(reconciler, app, record).await,
             Phase::Deploying => self.deploy_target(reconciler, app, record).await,
-            Phase::Verifying => self.gate(reconciler, app, &record.to).await,
+            Phase::Verifying => self.gate(reconciler, app, &record.to, gate_deadline).await,
             Phase::Restoring => self.restore(reconciler, app, record).await,
             Phase::RollbackDeploying => {
                 match reconciler
@@ -459,7 +474,7 @@ impl Upgrader {
                     Err(error) => StepResult::Failed(error_chain(&error)),
                 }
             }
-            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from).await,
+            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from, None).await,
         }
     }
 
@@ -649,7 +664,21 @@ impl Upgrader {
     /// when the app has a health path, the HTTP probe answering an accepted
     /// status — continuously for the minimum healthy time, within the app's
     /// health timeout.
-    async fn gate(&self, reconciler: &Reconciler, app: &AppConfig, version: &CoopVersion) -> StepResult {
+    async fn gate(
+        &self,
+        reconciler: &Reconciler,
+        app: &AppConfig,
+        version: &CoopVersion,
+        deadline: Option<Instant>,
+    ) -> StepResult {
+        let timeout = match deadline {
+            Some(deadline) => app.health.timeout.min(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1)),
+            ),
+            None => app.health.timeout,
+        };
         let at_version = AppConfig {
             version: version.clone(),
             ..app.clone()
@@ -657,7 +686,7 @@ impl Upgrader {
         let mut gate = HealthGate::new(
             GatePolicy {
                 min_healthy: self.settings.min_healthy_time,
-                timeout: app.health.timeout,
+                timeout,
             },
             Instant::now(),
         );
@@ -673,7 +702,7 @@ impl Upgrader {
                 GateVerdict::TimedOut { reason } => {
                     return StepResult::Failed(format!(
                         "not healthy within {}: {reason}",
-                        humantime::format_duration(app.health.timeout)
+                        humantime::format_duration(timeout)
                     ))
                 }
                 GateVerdict::Waiting {
@@ -779,6 +808,11 @@ impl Upgrader {
             self.journal.write_operation(&record)?;
         }
         tracing::info!(operation = %record.id, app = %record.domain, %outcome, reason, "upgrade finished");
+        match self.journal.prune_operations(KEEP_FINISHED_OPERATIONS) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "old operation records removed from the journal"),
+            Err(error) => tracing::warn!(%error, "cannot prune the journal's operations"),
+        }
         Ok(())
     }
 
@@ -819,14 +853,17 @@ impl Upgrader {
         }
     }
 
-    /// Keeps the newest snapshots per the retention, and always the one of a
-    /// FAILED operation (the operator needs it).
+    /// Keeps the newest snapshots per the retention, and always the one
+    /// named by the app's open FAILED alert (the operator needs it until a
+    /// later success clears the alert).
     fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome) {
-        let protect: Vec<&str> = if outcome == Outcome::Failed {
-            vec![record.id.as_str()]
-        } else {
-            vec![]
-        };
+        let open_alert = alerts::read(&self.settings.alerts_dir, record.domain.as_str())
+            .filter(|alert| alert.outcome == Outcome::Failed)
+            .map(|alert| alert.operation_id);
+        let mut protect: Vec<&str> = open_alert.iter().map(String::as_str).collect();
+        if outcome == Outcome::Failed {
+            protect.push(record.id.as_str());
+        }
         match self
             .snapshots
             .prune(&record.domain, self.settings.snapshot_retention, &protect)

@@ -16,8 +16,8 @@
       domain = "blog.example.org";
       # Bump this and run `nixos-rebuild switch`: the agent reloads its config, and
       # cc-app-ghost.service reruns `ccfleet-agent apply blog.example.org --wait`, which
-      # moves the app to the new version with abra, waits until Docker shows it converged,
-      # and fails the switch if it does not.
+      # runs the health-gated upgrade (snapshot, deploy, health gate, rollback with
+      # restore) and fails the switch if the new version rolled back.
       version = "1.3.0+6.42.0-alpine";
       secrets.db_password.file = "/run/secrets/ghost-db-password";
     };
@@ -26,8 +26,8 @@
       domain = "wiki.example.org";
       version = "2.1.0+1.10.0";
       healthPath = "/status";
-      # cc-app-wiki-update.timer asks the running agent for the app's scheduled update
-      # (in this version: keep it converged at its declared version).
+      # cc-app-wiki-update.timer asks the running agent to move the app to the newest
+      # release of its major, through the same health-gated upgrade.
       autoUpdate = true;
       updateSchedule = "Sun 04:00";
     };

@@ -30,6 +30,7 @@ let
       stateful = app.stateful;
       auto_update = app.autoUpdate;
       allow_major = app.allowMajor;
+      fleet_managed = app.fleetManaged;
       deploy_timeout = duration app.deployTimeout;
       depends_on = map (dependency: apps.${dependency}.domain) app.dependencies;
       env = app.env;
@@ -135,8 +136,11 @@ let
   knownSettings = {
     server = [ "url" "join_token_file" ];
     host = [ "id" "labels" ];
-    agent = [ "state_dir" "control_socket" "alerts_dir" "reconcile_interval" "observe_interval" ];
-    abra = [ "binary" "dir" "server" "command_timeout" ];
+    agent = [
+      "state_dir" "control_socket" "alerts_dir" "reconcile_interval" "observe_interval"
+      "snapshot_retention" "min_healthy_time" "probe_address" "probe_scheme" "stop_timeout"
+    ];
+    abra = [ "binary" "dir" "server" "command_timeout" "no_domain_checks" ];
     app = null;
   };
   settingChecks = {
@@ -148,6 +152,8 @@ let
     agent.alerts_dir = checks.absolutePath;
     agent.reconcile_interval = checks.duration;
     agent.observe_interval = checks.duration;
+    agent.min_healthy_time = checks.duration;
+    agent.stop_timeout = checks.duration;
     abra.binary = checks.abraBinary;
     abra.dir = checks.absolutePath;
     abra.server = checks.abraServer;

@@ -122,11 +122,14 @@ in
       default = null;
       example = "1.3.0+6.42.0-alpine";
       description = ''
-        Pinned recipe version, `<recipe semver>+<upstream version>`. Required. Changing it and
-        running `nixos-rebuild switch` reruns `cc-app-<name>.service`, which asks the agent
-        to move the app to this version (`abra app deploy`, `abra app upgrade`, or
-        `abra app rollback` to a lower version) and fails the switch if Docker does not show
-        the app converged within `deployTimeout`.
+        Pinned recipe version, `<recipe semver>+<upstream version>`. Required. It is a floor,
+        not a ceiling: raising it and running `nixos-rebuild switch` reruns
+        `cc-app-<name>.service`, which asks the agent to move the app there through its
+        health-gated upgrade transaction (snapshot of a stateful app's volumes, deploy,
+        health gate, rollback with restore when the gate fails) and fails the switch when the
+        upgrade rolls back or fails; a change of the recipe's major is held unless
+        `allowMajor`. A lower value never downgrades a running app (the agent reports it as
+        drift); use `ccfleet-agent upgrade <domain> --to <version>` for that.
       '';
     };
 
@@ -151,10 +154,11 @@ in
       type = types.nullOr types.str;
       example = "/health";
       description = ''
-        HTTP path of the app's health check (`https://<domain><healthPath>`), written to the
-        agent's configuration as `health.path`; `null`: none. This version of the agent
-        records it but does not probe it yet: a deploy is judged by what Docker shows
-        (services converged, containers' own healthchecks).
+        HTTP path the agent's health gate probes after an upgrade (`health.path`): a `GET
+        https://<domain><healthPath>` sent to the host's own Traefik (the agent's
+        `probe_address`), which must answer one of `healthAcceptedStatuses` continuously for
+        the agent's `min_healthy_time`, next to every service converged and every container
+        healthcheck healthy. `null`: convergence and container health only.
       '';
     } // (if isRecipeModule then {
       default = recipeModule.healthPath;
@@ -168,8 +172,8 @@ in
       default = if isRecipeModule then recipeModule.healthOk else [ 200 ];
       example = [ 200 302 ];
       description = ''
-        HTTP statuses the health check counts as healthy (`health.accepted_statuses`; alias
-        `healthOk`). Recorded for the health check of `healthPath`, which this version does not run yet.
+        HTTP statuses the health gate's probe of `healthPath` counts as healthy
+        (`health.accepted_statuses`; alias `healthOk`). Redirects are not followed.
       '';
     };
 
@@ -178,8 +182,9 @@ in
       default = if isRecipeModule then recipeModule.healthTimeout else "5m";
       example = 300;
       description = ''
-        How long the app may take to become healthy (`health.timeout`): a number of seconds
-        or a duration such as `"5m"`. Recorded for the health check, which this version does not run yet.
+        How long the app may take to pass its health gate after an upgrade or a rollback
+        (`health.timeout`): a number of seconds or a duration such as `"5m"`. Past it the
+        upgrade is rolled back.
       '';
     };
 
@@ -187,9 +192,11 @@ in
       type = types.bool;
       example = false;
       description = ''
-        Whether the app keeps data in volumes (`stateful` in the agent's configuration).
-        Recorded for the upgrade transaction (volume snapshots before an upgrade), which this
-        version of the agent does not have yet.
+        Whether the app keeps data in volumes (`stateful` in the agent's configuration). Before
+        upgrading a stateful app the agent stops it, copies every volume of its stack into a
+        verified snapshot (`<state_dir>/snapshots/<domain>/<operation>/`) and restores it when
+        the new version fails its health gate. Stateless apps are upgraded in place and rolled
+        back without a snapshot.
       '';
     } // (if isRecipeModule then {
       default = recipeModule.stateful;
@@ -203,8 +210,10 @@ in
       default = false;
       description = ''
         Add `cc-app-<name>-update.timer`, which runs `ccfleet-agent update <domain>` on
-        `updateSchedule`. In this version a scheduled update keeps the app converged at its
-        declared version; moving to newer versions is not built yet.
+        `updateSchedule`: the agent moves the app to the newest available release of its
+        recipe within the running major (any major with `allowMajor`), never below the
+        declared version, through the health-gated upgrade transaction. A release that was
+        rolled back is not tried again until a newer one appears or `version` changes.
       '';
     };
 
@@ -218,9 +227,18 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Allow automatic updates across a major recipe version (`allow_major`). No effect in
-        this version, whose automatic updates do not choose versions; a declared `version` is
-        deployed whatever its major.
+        Allow moves across a major recipe version (`allow_major`): for the update timer, for a
+        raised `version`, and for the agent's side of fleet rollouts. Without it such a move is
+        held (an alert, nothing touched).
+      '';
+    };
+
+    fleetManaged = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether fleet rollouts (`ccfleet upgrade`) may move this app. When false, the host pins
+        the app to this configuration: rollouts skip it with "pinned by host configuration".
       '';
     };
 

@@ -34,6 +34,23 @@ pub fn desired_version(declared: &CoopVersion, fleet_target: Option<&CoopVersion
     }
 }
 
+/// Says why an app runs above its declared version when a fleet rollout put
+/// it there (DESIGN.md: "running 2.1.0 by rollout, declared 2.0.0").
+pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, fleet_target: Option<&CoopVersion>) {
+    let (Some(running), Some(target)) = (&observed.observed_version, fleet_target) else {
+        return;
+    };
+    if running != target || running <= declared {
+        return;
+    }
+    let plain = format!("declared {declared}, running {running}");
+    for reason in &mut observed.drift {
+        if *reason == plain {
+            *reason = format!("running {running} by fleet rollout, declared {declared} (a floor, not a ceiling)");
+        }
+    }
+}
+
 /// Decides the version step. `redeploy_owed`: owned env keys changed (or a
 /// redeploy failed before) and the app existed before this reconcile.
 pub fn version_step(observed: &ObservedApp, desired: &CoopVersion, redeploy_owed: bool) -> VersionStep {
@@ -152,6 +169,21 @@ mod tests {
             degraded 1.0.0+5.0 desired 2.0.0+6.0 owed=false: upgrade 1.0.0+5.0 -> 2.0.0+6.0
             converged 1.1.0+5.1 desired 1.0.0+5.0 owed=false: keep 1.1.0+5.1
             converged 1.1.0+5.1 desired 1.0.0+5.0 owed=true: redeploy 1.1.0+5.1 (env keys changed)"#]].assert_eq(&lines.join("\n"));
+    }
+
+    #[test]
+    fn drift_above_the_declaration_names_the_fleet_rollout() {
+        let mut app = observed(AppState::Converged, Some("1.1.0+5.1"));
+        app.drift = vec!["declared 1.0.0+5.0, running 1.1.0+5.1".into()];
+        let mut other = app.clone();
+        explain_fleet_drift(&mut app, &version("1.0.0+5.0"), Some(&version("1.1.0+5.1")));
+        assert_eq!(
+            app.drift,
+            ["running 1.1.0+5.1 by fleet rollout, declared 1.0.0+5.0 (a floor, not a ceiling)"]
+        );
+        // Not the rollout's target: the plain drift stays.
+        explain_fleet_drift(&mut other, &version("1.0.0+5.0"), Some(&version("1.2.0+5.2")));
+        assert_eq!(other.drift, ["declared 1.0.0+5.0, running 1.1.0+5.1"]);
     }
 
     #[test]

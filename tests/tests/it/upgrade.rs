@@ -793,7 +793,7 @@ async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
     assert_eq!(status["apps"][0]["fleet_target"], V1_3_1_MIGRATES, "{status}");
     assert_eq!(
         status["apps"][0]["observed"]["drift"][0],
-        format!("declared {V1_3}, running {V1_3_1_MIGRATES}"),
+        format!("running {V1_3_1_MIGRATES} by fleet rollout, declared {V1_3} (a floor, not a ceiling)"),
         "{status}"
     );
     assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 0);

@@ -426,3 +426,97 @@ fn newest_targets_stay_within_the_major_and_above_the_declared_version() {
         declared 3.0.0+7.0 running 2.1.0+6.1 major=true: nothing newer"#]]
     .assert_eq(&lines.join("\n"));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn step_result() -> impl Strategy<Value = StepResult> {
+        prop_oneof![
+            4 => Just(StepResult::Ok),
+            1 => Just(StepResult::Failed("failed".into())),
+            1 => Just(StepResult::Refused("refused".into())),
+        ]
+    }
+
+    /// Where a phase sits on the way: rollbacks come after the way forward.
+    fn rank(phase: &Phase) -> u8 {
+        match phase {
+            Phase::Accepted => 0,
+            Phase::Undeploying => 1,
+            Phase::Snapshotting => 2,
+            Phase::VerifyingSnapshot => 3,
+            Phase::Deploying => 4,
+            Phase::Verifying => 5,
+            Phase::Healthy => 6,
+            Phase::RollbackUndeploying => 7,
+            Phase::Restoring => 8,
+            Phase::RollbackDeploying => 9,
+            Phase::RollbackVerifying => 10,
+            Phase::Done { .. } => 11,
+        }
+    }
+
+    proptest! {
+        /// Whatever each effect answers, an operation moves forward only,
+        /// ends in `done` within a dozen steps, restores only from a verified
+        /// snapshot, and succeeds only by passing its health gate.
+        #[test]
+        fn every_operation_ends_and_never_moves_backwards(
+            stateful in any::<bool>(),
+            results in proptest::collection::vec(step_result(), 12),
+        ) {
+            let mut record = record(Phase::Accepted, stateful, false, None);
+            let mut passed_gate = false;
+            for result in results {
+                if record.result().is_some() {
+                    break;
+                }
+                if record.phase == Phase::Verifying && result == StepResult::Ok {
+                    passed_gate = true;
+                }
+                if record.phase == Phase::VerifyingSnapshot && result == StepResult::Ok {
+                    record.snapshot_verified = true;
+                }
+                let (phase, failure) = transition(&record, result);
+                prop_assert!(rank(&phase) > rank(&record.phase), "{:?} -> {:?}", record.phase, phase);
+                if phase == Phase::Restoring {
+                    prop_assert!(record.snapshot_verified);
+                }
+                record.phase = phase;
+                record.failure = failure;
+            }
+            prop_assert!(record.result().is_some(), "not done: {:?}", record.phase);
+            if let Some((Outcome::Succeeded, _)) = record.result() {
+                prop_assert!(passed_gate);
+            }
+        }
+
+        /// An operation found unfinished at any phase resumes to `done` the
+        /// same way, and never resumes forward past a health gate it did not pass.
+        #[test]
+        fn a_resumed_operation_never_skips_the_gate(
+            stateful in any::<bool>(),
+            verified in any::<bool>(),
+            phase in 0_usize..11,
+        ) {
+            let phases = [
+                Phase::Accepted, Phase::Undeploying, Phase::Snapshotting, Phase::VerifyingSnapshot,
+                Phase::Deploying, Phase::Verifying, Phase::Healthy, Phase::RollbackUndeploying,
+                Phase::Restoring, Phase::RollbackDeploying, Phase::RollbackVerifying,
+            ];
+            let record = record(phases[phase].clone(), stateful, verified, None);
+            let (resumed, failure) = resume(&record);
+            if record.phase == Phase::Healthy {
+                prop_assert_eq!(resumed, Phase::Healthy);
+            } else {
+                prop_assert!(rank(&resumed) >= rank(&Phase::RollbackUndeploying), "{:?}", resumed);
+                prop_assert!(failure.is_some());
+                if resumed == Phase::RollbackUndeploying {
+                    prop_assert!(stateful && verified);
+                }
+            }
+        }
+    }
+}
