@@ -3,7 +3,8 @@
 //! external secret `<stack>_api_key_<SECRET_API_KEY_VERSION>`. A changed
 //! secret file becomes the next secret version, the env file names it and the
 //! redeployed service references it; an unchanged file changes nothing; a
-//! rotation cut short by SIGKILL after the env bump resumes at that version.
+//! rotation cut short by SIGKILL after the env bump resumes at that version;
+//! a secret file that vanished fails the reconcile, naming the secret and path.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -256,4 +257,21 @@ async fn a_rotation_killed_after_the_env_bump_resumes_at_that_version() {
         "v1 at set-up, v2 once: {:?}",
         world.test.abra_log()
     );
+
+    // A declared secret file that vanished is an error naming the secret
+    // and the path; the running app is left alone.
+    std::fs::remove_file(&world.secret_file).unwrap();
+    let deploys_before = world.abra_lines("app deploy").len();
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    let printed = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "cannot read secret api_key from {}",
+            world.secret_file.display()
+        )),
+        "{printed}"
+    );
+    assert_eq!(world.abra_lines("app deploy").len(), deploys_before);
+    assert_eq!(world.referenced_secrets(), [world.secret("v2")]);
 }
