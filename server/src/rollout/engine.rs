@@ -96,6 +96,7 @@ impl RolloutEngine {
                                         host_id: host.host_id.clone(),
                                         operation_id: operation_id.clone(),
                                         outcome,
+                                        from_version: operation.from_version,
                                         to_version: operation.to_version,
                                         message: operation.message,
                                     });
@@ -444,6 +445,7 @@ pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Opti
         crate::store::AgentEvent::Result {
             operation_id,
             outcome,
+            from_version,
             to_version,
             message,
             ..
@@ -451,6 +453,7 @@ pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Opti
             host_id: host_id.clone(),
             operation_id: operation_id.clone(),
             outcome: *outcome,
+            from_version: from_version.clone(),
             to_version: to_version.clone(),
             message: message.clone(),
         }),

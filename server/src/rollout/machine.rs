@@ -37,6 +37,8 @@ pub enum Event {
         host_id: HostId,
         operation_id: String,
         outcome: OperationOutcomeRecord,
+        /// The version the host ran before the operation, as it reports it.
+        from_version: Option<CoopVersion>,
         to_version: Option<CoopVersion>,
         message: String,
     },
@@ -101,6 +103,7 @@ pub fn apply(rollout: &mut RolloutRecord, event: Event, now: UnixMillis) -> Resu
             host_id,
             operation_id,
             outcome,
+            from_version,
             to_version,
             message,
         } => deliveries.extend(record_result(
@@ -108,7 +111,10 @@ pub fn apply(rollout: &mut RolloutRecord, event: Event, now: UnixMillis) -> Resu
             &host_id,
             &operation_id,
             outcome,
-            to_version,
+            Versions {
+                from: from_version,
+                to: to_version,
+            },
             message,
             now,
         )),
@@ -255,15 +261,25 @@ fn upgrade_delivery(rollout: &RolloutRecord, host_id: HostId, domain: Domain, op
     }
 }
 
+/// The versions a result reports: before and after its operation.
+struct Versions {
+    from: Option<CoopVersion>,
+    to: Option<CoopVersion>,
+}
+
 fn record_result(
     rollout: &mut RolloutRecord,
     host_id: &HostId,
     operation_id: &str,
     outcome: OperationOutcomeRecord,
-    to_version: Option<CoopVersion>,
+    versions: Versions,
     message: String,
     now: UnixMillis,
 ) -> Vec<Delivery> {
+    let Versions {
+        from: from_version,
+        to: to_version,
+    } = versions;
     let rollback_on_halt = rollout.strategy.rollback_on_halt;
     let halted = rollout.state == RolloutStateRecord::Halted;
     let id = rollout.id.clone();
@@ -311,6 +327,13 @@ fn record_result(
         OperationOutcomeRecord::Skipped => HostOutcomeRecord::Skipped,
         OperationOutcomeRecord::Failed | OperationOutcomeRecord::Unknown => HostOutcomeRecord::Failed,
     };
+    if host.outcome == HostOutcomeRecord::Succeeded {
+        // What the host really ran before this upgrade (it may have moved
+        // since planning): the version a rollback returns it to.
+        if let Some(from_version) = from_version {
+            host.from_version = Some(from_version);
+        }
+    }
     host.to_version = to_version;
     host.message = message;
     host.updated_at = now;

@@ -120,6 +120,7 @@ async fn a_second_rollout_of_a_recipe_is_refused_with_the_first_ones_id() {
         host_id: "a".parse().unwrap(),
         operation_id: format!("{}.0", first.id),
         outcome: OperationOutcomeRecord::Succeeded,
+        from_version: None,
         to_version: None,
         message: String::new(),
     });
@@ -161,7 +162,8 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
                     operation_id: operation,
                     domain: "app.a.example.org".parse().unwrap(),
                     outcome: OperationOutcomeRecord::Succeeded,
-                    from_version: Some("1.0.0".parse().unwrap()),
+                    // a ran 1.0.5 by then, not the 1.0.0 seen at planning.
+                    from_version: Some("1.0.5".parse().unwrap()),
                     to_version: Some("1.1.0".parse().unwrap()),
                     message: "healthy".into(),
                 },
@@ -175,6 +177,11 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
     // Messages are handled in order: this answer comes after the stored result was applied.
     let resumed = engine.act(id.clone(), Event::Resume).await.unwrap();
     assert_eq!(resumed.hosts[0].outcome, HostOutcomeRecord::Succeeded);
+    assert_eq!(
+        resumed.hosts[0].from_version,
+        Some("1.0.5".parse().unwrap()),
+        "the stored result's from_version is the rollback target"
+    );
     assert_eq!(resumed.hosts[1].outcome, HostOutcomeRecord::Dispatched);
     assert_eq!(
         resumed.hosts[2].outcome,

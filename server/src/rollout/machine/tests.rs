@@ -55,8 +55,31 @@ fn result(delivery: &Delivery, outcome: OperationOutcomeRecord) -> Event {
         host_id: delivery.host_id.clone(),
         operation_id: delivery.operation_id.clone(),
         outcome,
+        from_version: None,
         to_version: None,
         message: format!("{outcome:?}"),
+    }
+}
+
+/// A result that reports the version the host ran before the operation.
+fn result_from(delivery: &Delivery, outcome: OperationOutcomeRecord, from: &str) -> Event {
+    match result(delivery, outcome) {
+        Event::Result {
+            host_id,
+            operation_id,
+            outcome,
+            to_version,
+            message,
+            ..
+        } => Event::Result {
+            host_id,
+            operation_id,
+            outcome,
+            from_version: Some(from.parse().unwrap()),
+            to_version,
+            message,
+        },
+        other => other,
     }
 }
 
@@ -129,6 +152,28 @@ fn a_failure_halts_in_flight_hosts_finish_and_succeeded_hosts_roll_back() {
         apply(&mut rollout, Event::Resume, 7).is_err(),
         "nothing restarts a halted rollout"
     );
+}
+
+#[test]
+fn a_rollback_returns_a_host_to_the_version_it_reported_running_before_its_upgrade() {
+    let mut rollout = rollout(
+        3,
+        StrategyRecord {
+            rollback_on_halt: true,
+            ..strategy()
+        },
+    );
+    // Planned at 1.0.0+a; by the time its command ran, h0 had moved to 1.0.3+a.
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    let wave_1 = apply(&mut rollout, result_from(&canary[0], Succeeded, "1.0.3+a"), 2).unwrap();
+    assert_eq!(rollout.hosts[0].from_version, Some("1.0.3+a".parse().unwrap()));
+    // A failure reports its own from_version, which does not matter: nothing rolls it back.
+    let rollbacks = apply(&mut rollout, result_from(&wave_1[0], RolledBack, "1.0.9+a"), 3).unwrap();
+    assert_eq!(hosts_of(&rollbacks), ["h0 rollback to 1.0.3+a"]);
+    assert_eq!(rollout.hosts[1].from_version, Some("1.0.0+a".parse().unwrap()));
+    // A result without from_version (an older agent) keeps the planned one.
+    let late = apply(&mut rollout, result(&wave_1[1], Succeeded), 4).unwrap();
+    assert_eq!(hosts_of(&late), ["h2 rollback to 1.0.0+a"]);
 }
 
 #[test]
@@ -434,6 +479,14 @@ enum Invariant {
     Precedence,
     /// Nothing restarts a completed, halted or aborted rollout.
     FinalStaysFinal,
+    /// A rollback returns a host to the version it reported running before its upgrade.
+    RollbackTarget,
+}
+
+/// The version the host at `index` reports running before its upgrade: not the
+/// planned 1.0.0+a (it moved between planning and dispatch).
+fn ran_before(index: usize) -> CoopVersion {
+    format!("1.0.{}+a", index + 1).parse().unwrap()
 }
 
 /// Runs `steps` against a rollout, checking `invariant` after each.
@@ -470,6 +523,7 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
                     host_id: target.host_id.clone(),
                     operation_id,
                     outcome: outcome_of(outcome),
+                    from_version: Some(ran_before(index)),
                     to_version: None,
                     message: String::new(),
                 }
@@ -576,6 +630,18 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
             invariant != OneOperationIdPerHost || upgrade_deliveries.values().all(|count| *count == 1),
             "no upgrade is dispatched twice"
         );
+        if invariant == RollbackTarget {
+            for delivery in &deliveries {
+                if let Command::Rollback { version, .. } = &delivery.command {
+                    let index = rollout
+                        .hosts
+                        .iter()
+                        .position(|host| host.host_id == delivery.host_id)
+                        .unwrap();
+                    prop_assert_eq!(version, &ran_before(index), "rollback target of host {}", index);
+                }
+            }
+        }
         if invariant == WaveSizes {
             let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
             for host in rollout.hosts.iter().filter(|host| host.operation_id.is_some()) {
@@ -643,6 +709,15 @@ proptest! {
         steps in steps(),
     ) {
         run(hosts, strategy, steps, Invariant::FinalStaysFinal)?;
+    }
+
+    #[test]
+    fn a_rollback_returns_a_host_to_the_version_it_reported_running_before(
+        hosts in 1usize..25,
+        strategy in random_strategy(),
+        steps in steps(),
+    ) {
+        run(hosts, strategy, steps, Invariant::RollbackTarget)?;
     }
 
     /// Successful hosts only, no operator: every rollout completes.
