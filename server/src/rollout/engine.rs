@@ -166,6 +166,14 @@ impl RolloutEngine {
     }
 }
 
+/// Whether an operation id is a rollout's upgrade (`<rollout id>.<n>`).
+fn is_upgrade(operation_id: &str) -> bool {
+    let mut parts = operation_id.split('.');
+    let (_, position, rest) = (parts.next(), parts.next(), parts.next());
+    rest.is_none()
+        && position.is_some_and(|position| !position.is_empty() && position.bytes().all(|byte| byte.is_ascii_digit()))
+}
+
 /// The rollout id that minted an operation id (`<rollout id>.<n>[.rollback]`).
 fn rollout_of(operation_id: &str) -> &str {
     operation_id.split('.').next().unwrap_or_default()
@@ -283,6 +291,12 @@ impl EngineTask {
                         _ => continue,
                     };
                     let id = rollout_of(operation_id).to_owned();
+                    let late_upgrade_result = matches!(event, Event::Result { .. }) && is_upgrade(operation_id);
+                    if late_upgrade_result && !self.live.contains_key(&id) && !changed.contains_key(&id) {
+                        // A settled rollout may still owe this host a rollback
+                        // (its upgrade succeeded after it timed out).
+                        self.revive(&id, &changed).await;
+                    }
                     if let Some(rollout) = self.working(&mut changed, &id) {
                         deliveries.extend(machine::apply(rollout, event, now).unwrap_or_default());
                     }
@@ -291,7 +305,7 @@ impl EngineTask {
                     for rollout in self.live.values() {
                         let rollout = changed.get(&rollout.id).unwrap_or(rollout);
                         deliveries.extend(
-                            machine::outstanding(rollout)
+                            machine::outstanding(rollout, now)
                                 .into_iter()
                                 .filter(|delivery| delivery.host_id == host_id),
                         );
@@ -341,6 +355,8 @@ impl EngineTask {
                 return;
             }
         }
+        // Revived rollouts that this batch did not change are settled still.
+        self.live.retain(|_, rollout| !machine::is_settled(rollout));
         let mut committed: HashMap<String, RolloutRecord> = HashMap::new();
         for (id, rollout) in changed {
             let _ = self.updates.send(Arc::new(rollout.clone()));
@@ -388,6 +404,34 @@ impl EngineTask {
             changed.insert(id.to_owned(), self.live.get(id)?.clone());
         }
         changed.get_mut(id)
+    }
+
+    /// Makes a settled rollout live again for a late upgrade result, unless a
+    /// newer rollout of its recipe is active (that one owns the hosts now).
+    async fn revive(&mut self, id: &str, changed: &BTreeMap<String, RolloutRecord>) {
+        let lookup = id.to_owned();
+        let rollout = match self.store.read(move |store| store.rollout(&lookup)).await {
+            Ok(Some(rollout)) => rollout,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, rollout = id, "cannot read a settled rollout for a late result");
+                return;
+            }
+        };
+        let newer = self
+            .live
+            .values()
+            .chain(changed.values())
+            .find(|other| other.recipe == rollout.recipe && !machine::is_settled(other));
+        if let Some(newer) = newer {
+            tracing::warn!(
+                rollout = id,
+                active = newer.id,
+                "late result for a settled rollout ignored: a newer rollout of the recipe is active"
+            );
+            return;
+        }
+        self.live.insert(id.to_owned(), rollout);
     }
 
     /// The answer for an action on a rollout that is not live.

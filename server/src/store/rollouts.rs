@@ -146,6 +146,10 @@ pub struct RolloutHostRecord {
     pub operation_id: Option<String>,
     pub dispatched_at: Option<UnixMillis>,
     pub rollback: Option<RollbackRecord>,
+    /// The upgrade succeeded after the host had timed out: the host runs the
+    /// target (a rollback on halt includes it), yet it still counts as failed.
+    #[serde(default)]
+    pub succeeded_late: bool,
 }
 
 /// A rollout: what it targets, how, and where every host stands.
@@ -291,6 +295,7 @@ mod tests {
                     operation_id: None,
                     dispatched_at: None,
                     rollback: None,
+                    succeeded_late: false,
                 })
                 .collect(),
             current_wave: 0,

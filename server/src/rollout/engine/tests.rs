@@ -196,3 +196,62 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
         "the original id again"
     );
 }
+
+#[tokio::test]
+async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    store
+        .write(|store| {
+            register(store, "a");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    let mut stream_a = open_stream(&fleet, "a");
+    let mut updates = engine.subscribe();
+    let mut plan = planned("ghost", &["a"], 1);
+    plan.strategy.host_deadline_ms = 1000;
+    plan.strategy.rollback_on_halt = true;
+    let rollout = engine.start_rollout(plan).await.unwrap();
+    let id = rollout.id.clone();
+    assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0"));
+    // a times out: the rollout halts with nothing to roll back and is settled.
+    let halted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let update = updates.recv().await.unwrap();
+            if update.id == id && update.state == RolloutStateRecord::Halted {
+                return update;
+            }
+        }
+    })
+    .await
+    .expect("halted within 10 s");
+    assert_eq!(halted.hosts[0].outcome, HostOutcomeRecord::TimedOut);
+    assert!(machine::is_settled(&halted));
+    // Its upgrade finished after all (it had got the whole deadline again on a re-delivery).
+    engine.agent_event(Event::Result {
+        host_id: "a".parse().unwrap(),
+        operation_id: format!("{id}.0"),
+        outcome: OperationOutcomeRecord::Succeeded,
+        from_version: Some("1.0.5".parse().unwrap()),
+        to_version: Some("1.1.0".parse().unwrap()),
+        message: "healthy".into(),
+    });
+    assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0.rollback"));
+    let stored = store.read(move |store| store.rollout(&id)).await.unwrap().unwrap();
+    let host = &stored.hosts[0];
+    assert_eq!(host.outcome, HostOutcomeRecord::TimedOut, "still a failure");
+    assert!(host.succeeded_late);
+    assert_eq!(
+        host.rollback.as_ref().map(|rollback| rollback.version.to_string()),
+        Some("1.0.5".to_owned())
+    );
+    // The recipe is busy again until that rollback reports.
+    match engine.start_rollout(planned("ghost", &["a"], 1)).await {
+        Err(StartError::Active(active)) => assert_eq!(active, stored.id),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
