@@ -123,6 +123,7 @@ impl RolloutEngine {
             live: live.into_iter().map(|rollout| (rollout.id.clone(), rollout)).collect(),
             updates: updates.clone(),
             last_id_millis: 0,
+            retry: Vec::new(),
         };
         tokio::spawn(task.run(receiver));
         Ok(RolloutEngine { inbox, updates })
@@ -212,6 +213,10 @@ struct EngineTask {
     live: HashMap<String, RolloutRecord>,
     updates: broadcast::Sender<Arc<RolloutRecord>>,
     last_id_millis: UnixMillis,
+    /// Agent events and connections of a batch whose store write failed:
+    /// applied again with the next batch (the agents' results are already
+    /// stored and acknowledged, so nobody sends them again).
+    retry: Vec<Message>,
 }
 
 impl EngineTask {
@@ -249,7 +254,14 @@ impl EngineTask {
         let mut changed: BTreeMap<String, RolloutRecord> = BTreeMap::new();
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
+        let mut retry: Vec<Message> = Vec::new();
+        let batch: Vec<Message> = std::mem::take(&mut self.retry).into_iter().chain(batch).collect();
         for message in batch {
+            match &message {
+                Message::Agent(event) => retry.push(Message::Agent(event.clone())),
+                Message::Connected(host_id) => retry.push(Message::Connected(host_id.clone())),
+                Message::Start { .. } | Message::Action { .. } => {}
+            }
             match message {
                 Message::Start { rollout, reply } => {
                     let mut rollout = *rollout;
@@ -340,8 +352,11 @@ impl EngineTask {
                 })
                 .collect();
             if let Err(error) = self.store.write(move |store| store.put_rollouts(records)).await {
-                // Nothing takes effect: no command goes out, callers learn it failed.
+                // Nothing takes effect: no command goes out, callers learn it
+                // failed; agent events and connections are applied again with
+                // the next batch.
                 tracing::error!(%error, "cannot store rollout changes; they do not take effect");
+                self.retry = retry;
                 for reply in replies {
                     match reply {
                         Reply::Start(reply, _) => {

@@ -255,3 +255,58 @@ async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_next_batch() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    let (updates, _) = broadcast::channel(16);
+    let mut task = EngineTask {
+        store: store.clone(),
+        fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
+        live: HashMap::new(),
+        updates,
+        last_id_millis: 0,
+        retry: Vec::new(),
+    };
+    let (reply, answer) = oneshot::channel();
+    task.process(vec![Message::Start {
+        rollout: Box::new(planned("ghost", &["a", "b"], 1)),
+        reply,
+    }])
+    .await;
+    let id = answer.await.unwrap().unwrap().id;
+    // The store fails (here: it is closed) while a's stored result comes in.
+    store.close().await;
+    task.process(vec![Message::Agent(Event::Result {
+        host_id: "a".parse().unwrap(),
+        operation_id: format!("{id}.0"),
+        outcome: OperationOutcomeRecord::Succeeded,
+        from_version: None,
+        to_version: Some("1.1.0".parse().unwrap()),
+        message: "healthy".into(),
+    })])
+    .await;
+    assert_eq!(
+        task.live[&id].hosts[0].outcome,
+        HostOutcomeRecord::Dispatched,
+        "nothing took effect"
+    );
+    // The store works again: the next batch (a tick) applies the result.
+    let store = StoreHandle::open(directory.path()).unwrap();
+    task.store = store.clone();
+    task.process(Vec::new()).await;
+    assert_eq!(task.live[&id].hosts[0].outcome, HostOutcomeRecord::Succeeded);
+    assert_eq!(
+        task.live[&id].hosts[1].outcome,
+        HostOutcomeRecord::Dispatched,
+        "b's wave started"
+    );
+    let stored = store.read(move |store| store.rollout(&id)).await.unwrap().unwrap();
+    assert_eq!(
+        stored.hosts[0].outcome,
+        HostOutcomeRecord::Succeeded,
+        "and it is stored"
+    );
+    assert!(task.retry.is_empty());
+}
