@@ -17,7 +17,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::machine::{self, ActionError, Command, Delivery, Event};
 use crate::fleet::Fleet;
-use crate::store::{now_millis, RolloutChange, RolloutRecord, StoreError, StoreHandle, UnixMillis};
+use crate::store::{
+    now_millis, HostOutcomeRecord, RolloutChange, RolloutRecord, RolloutStateRecord, StoreError, StoreHandle,
+    UnixMillis,
+};
 
 /// How often deadlines and wave intervals are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -75,32 +78,37 @@ impl RolloutEngine {
     pub async fn start(store: StoreHandle, fleet: Arc<Fleet>) -> Result<RolloutEngine, StoreError> {
         let loaded = store
             .read(|store| {
-                let live: Vec<RolloutRecord> = store
+                let (live, settled): (Vec<RolloutRecord>, Vec<RolloutRecord>) = store
                     .rollouts()?
                     .into_iter()
-                    .filter(|rollout| !machine::is_settled(rollout))
-                    .collect();
+                    .partition(|rollout| !machine::is_settled(rollout));
                 // Results stored while the engine was not running (the server
-                // died between storing a result and applying it).
+                // died between storing a result and applying it): every
+                // operation of a live rollout; of a settled one that halted
+                // with rollback, the upgrades of hosts that timed out (one may
+                // have succeeded late and be owed a rollback).
                 let mut stored_results = Vec::new();
-                for rollout in &live {
-                    for host in &rollout.hosts {
-                        let operation_ids = host
-                            .operation_id
-                            .iter()
-                            .chain(host.rollback.as_ref().map(|rollback| &rollback.operation_id));
-                        for operation_id in operation_ids {
-                            if let Some(operation) = store.operation(&host.host_id, operation_id)? {
-                                if let Some(outcome) = operation.outcome {
-                                    stored_results.push(Event::Result {
-                                        host_id: host.host_id.clone(),
-                                        operation_id: operation_id.clone(),
-                                        outcome,
-                                        from_version: operation.from_version,
-                                        to_version: operation.to_version,
-                                        message: operation.message,
-                                    });
-                                }
+                let owing = settled
+                    .iter()
+                    .filter(|rollout| rollout.state == RolloutStateRecord::Halted && rollout.strategy.rollback_on_halt);
+                let late = owing.flat_map(|rollout| {
+                    rollout.hosts.iter().filter(|host| {
+                        host.outcome == HostOutcomeRecord::TimedOut && !host.succeeded_late && host.rollback.is_none()
+                    })
+                });
+                for host in live.iter().flat_map(|rollout| rollout.hosts.iter()).chain(late) {
+                    let rollback_id = host.rollback.as_ref().map(|rollback| &rollback.operation_id);
+                    for operation_id in host.operation_id.iter().chain(rollback_id) {
+                        if let Some(operation) = store.operation(&host.host_id, operation_id)? {
+                            if let Some(outcome) = operation.outcome {
+                                stored_results.push(Event::Result {
+                                    host_id: host.host_id.clone(),
+                                    operation_id: operation_id.clone(),
+                                    outcome,
+                                    from_version: operation.from_version,
+                                    to_version: operation.to_version,
+                                    message: operation.message,
+                                });
                             }
                         }
                     }

@@ -310,3 +310,61 @@ async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_
     );
     assert!(task.retry.is_empty());
 }
+
+#[tokio::test]
+async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_restart() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    store
+        .write(|store| {
+            register(store, "a");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    let mut updates = engine.subscribe();
+    let mut plan = planned("ghost", &["a"], 1);
+    plan.strategy.host_deadline_ms = 1000;
+    plan.strategy.rollback_on_halt = true;
+    let id = engine.start_rollout(plan).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while updates.recv().await.unwrap().state != RolloutStateRecord::Halted {}
+    })
+    .await
+    .expect("halted within 10 s");
+    // The engine goes away; meanwhile a's late success reached the store.
+    drop(engine);
+    let operation = format!("{id}.0");
+    store
+        .write(move |store| {
+            store.apply_event(
+                &"a".parse().unwrap(),
+                1,
+                &AgentEvent::Result {
+                    operation_id: operation,
+                    domain: "app.a.example.org".parse().unwrap(),
+                    outcome: OperationOutcomeRecord::Succeeded,
+                    from_version: Some("1.0.5".parse().unwrap()),
+                    to_version: Some("1.1.0".parse().unwrap()),
+                    message: "healthy".into(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let mut stream_a = open_stream(&fleet, "a");
+    let _engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0.rollback"));
+    let stored = store.read(move |store| store.rollout(&id)).await.unwrap().unwrap();
+    assert!(stored.hosts[0].succeeded_late);
+    assert_eq!(
+        stored.hosts[0]
+            .rollback
+            .as_ref()
+            .map(|rollback| rollback.version.to_string()),
+        Some("1.0.5".to_owned())
+    );
+}
