@@ -136,7 +136,9 @@ pub struct RolloutHostRecord {
     /// 0 is the canary wave.
     pub wave: u32,
     pub outcome: HostOutcomeRecord,
-    /// Version observed when the rollout was planned.
+    /// Version observed when the rollout was planned; once the upgrade
+    /// succeeded, the version the host reported running before it (what a
+    /// rollback returns it to).
     pub from_version: Option<CoopVersion>,
     /// Version the host reported after its operation.
     pub to_version: Option<CoopVersion>,
