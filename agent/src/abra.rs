@@ -129,17 +129,6 @@ impl AbraError {
     }
 }
 
-/// Work the agent owes an app across crashes and failures, recorded as a
-/// file under `$ABRA_DIR/.ccfleet-pending/` before the step that creates the
-/// debt and removed once it is paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pending {
-    /// The app was created; its secrets are not all inserted yet.
-    Secrets,
-    /// Owned env keys were (maybe) written; the running stack may not use them yet.
-    Redeploy,
-}
-
 /// Runs abra for one agent: one binary, one `ABRA_DIR`, one server.
 #[derive(Debug)]
 pub struct Abra {
@@ -234,48 +223,6 @@ impl Abra {
 
     fn server_dir(&self) -> PathBuf {
         self.dir.join("servers").join(&self.server)
-    }
-
-    fn pending_path(&self, domain: &Domain, work: Pending) -> PathBuf {
-        let kind = match work {
-            Pending::Secrets => "secrets",
-            Pending::Redeploy => "redeploy",
-        };
-        self.dir.join(".ccfleet-pending").join(format!("{domain}.{kind}"))
-    }
-
-    /// Whether `work` is still owed to `domain` (see [`Pending`]).
-    pub fn is_pending(&self, domain: &Domain, work: Pending) -> bool {
-        self.pending_path(domain, work).exists()
-    }
-
-    /// Records (durably) that `work` is owed to `domain`, or that it is done.
-    pub fn set_pending(&self, domain: &Domain, work: Pending, owed: bool) -> Result<(), AbraError> {
-        let path = self.pending_path(domain, work);
-        let io = |source| AbraError::Io {
-            action: "cannot record pending work",
-            path: path.clone(),
-            source,
-        };
-        let directory = path.parent().unwrap_or(&self.dir).to_owned();
-        if owed {
-            if path.exists() {
-                return Ok(());
-            }
-            std::fs::create_dir_all(&directory).map_err(io)?;
-            std::fs::File::create(&path)
-                .and_then(|file| file.sync_all())
-                .map_err(io)?;
-        } else {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(source) => return Err(io(source)),
-            }
-        }
-        std::fs::File::open(&directory)
-            .and_then(|directory| directory.sync_all())
-            .map_err(io)
     }
 
     /// Reads the app's env file; `Ok(None)` when the app does not exist.

@@ -1,13 +1,14 @@
 //! The agent's durable local state, `<state_dir>/journal/`: one record per
 //! upgrade operation (`ops/`), one record per app (`apps/`: last good version,
-//! fleet target, rolled-back targets) and the pending-work ledger
-//! (`pending/`). Every record is replaced atomically (write a temporary file,
+//! fleet target, rolled-back targets), the pending-work ledger (`pending/`)
+//! and what was inserted of each declared secret (`secrets/`). Every record is replaced atomically (write a temporary file,
 //! fsync it, rename it over the old one, fsync the directory), so that after
 //! a crash a record is either the old one or the new one, never half of each.
 //!
 //! The journal only stores; `agent::upgrade` decides what the records mean
 //! and writes each step here *before* it performs it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,6 +208,24 @@ struct StoredApp {
     record: AppRecord,
 }
 
+/// What the agent inserted of one declared secret: the secret version and
+/// the SHA-256 of the file content it was inserted from (never the content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsertedSecret {
+    /// `v1`, `v2`, ... (`SECRET_<NAME>_VERSION`).
+    pub version: String,
+    /// Lowercase hex; `None` when the content is unknown: the secret was set
+    /// up before the agent recorded hashes, so the next reconcile inserts the
+    /// file as the next version to be sure Docker holds it.
+    pub sha256: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSecrets {
+    format: u32,
+    secrets: BTreeMap<String, InsertedSecret>,
+}
+
 /// Work the agent owes an app across crashes and failures, recorded before
 /// the step that creates the debt and removed once it is paid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +264,7 @@ impl Journal {
     /// older agent kept under `$ABRA_DIR/.ccfleet-pending/` move here.
     pub fn open(state_dir: &Path, abra_dir: &Path) -> Result<Journal, JournalError> {
         let journal = Journal::at(state_dir);
-        for sub in ["ops", "apps", "pending"] {
+        for sub in ["ops", "apps", "pending", "secrets"] {
             let path = journal.dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| JournalError::Io {
                 action: "cannot create the journal directory",
@@ -397,6 +416,42 @@ impl Journal {
         change(&mut record);
         self.write_app(domain, &record)?;
         Ok(record)
+    }
+
+    fn secrets_path(&self, domain: &Domain) -> PathBuf {
+        self.dir.join("secrets").join(format!("{domain}.json"))
+    }
+
+    /// What was inserted of each of the app's declared secrets, by name;
+    /// empty when nothing was recorded yet.
+    pub fn inserted_secrets(&self, domain: &Domain) -> Result<BTreeMap<String, InsertedSecret>, JournalError> {
+        let path = self.secrets_path(domain);
+        match read_json::<StoredSecrets>(&path)? {
+            None => Ok(BTreeMap::new()),
+            Some(stored) => {
+                check_format(&path, stored.format)?;
+                Ok(stored.secrets)
+            }
+        }
+    }
+
+    /// Records (durably) that secret `name` of `domain` is now `inserted`.
+    /// Written only once the insert succeeded (or the secret existed).
+    pub fn record_inserted_secret(
+        &self,
+        domain: &Domain,
+        name: &str,
+        inserted: InsertedSecret,
+    ) -> Result<(), JournalError> {
+        let mut secrets = self.inserted_secrets(domain)?;
+        secrets.insert(name.to_owned(), inserted);
+        write_json(
+            &self.secrets_path(domain),
+            &StoredSecrets {
+                format: FORMAT,
+                secrets,
+            },
+        )
     }
 
     fn pending_path(&self, domain: &Domain, work: PendingWork) -> PathBuf {
@@ -628,6 +683,44 @@ mod tests {
         assert!(record
             .holds_back(&version("1.2.0+5.2"), &version("1.1.0+5.1"))
             .is_none());
+    }
+
+    #[test]
+    fn inserted_secrets_round_trip_per_app_and_hold_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), &dir.path().join("abra")).unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let other: Domain = "wiki.example.org".parse().unwrap();
+        assert!(journal.inserted_secrets(&domain).unwrap().is_empty());
+        let first = InsertedSecret {
+            version: "v1".into(),
+            sha256: Some(hex::encode(sha2::Sha256::digest(b"s3cr3t"))),
+        };
+        journal
+            .record_inserted_secret(&domain, "db_password", first.clone())
+            .unwrap();
+        let unknown = InsertedSecret {
+            version: "v3".into(),
+            sha256: None,
+        };
+        journal
+            .record_inserted_secret(&domain, "api_key", unknown.clone())
+            .unwrap();
+        let second = InsertedSecret {
+            version: "v2".into(),
+            ..first.clone()
+        };
+        journal
+            .record_inserted_secret(&domain, "db_password", second.clone())
+            .unwrap();
+        let recorded = journal.inserted_secrets(&domain).unwrap();
+        assert_eq!(
+            recorded.into_iter().collect::<Vec<_>>(),
+            [("api_key".to_owned(), unknown), ("db_password".to_owned(), second)]
+        );
+        assert!(journal.inserted_secrets(&other).unwrap().is_empty());
+        let text = std::fs::read_to_string(journal.dir().join("secrets/blog.example.org.json")).unwrap();
+        assert!(!text.contains("s3cr3t"), "{text}");
     }
 
     #[test]

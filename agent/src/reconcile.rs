@@ -1,7 +1,8 @@
 //! Makes each declared app true on this host, and says how each one stands.
 //!
 //! [`Reconciler::reconcile_app`] creates the app with abra if it is missing,
-//! writes the env keys the config owns, inserts declared secrets, deploys the
+//! writes the env keys the config owns, inserts declared secrets (and rotates
+//! those whose file changed, `reconcile::secrets`), deploys the
 //! pinned version, moves a deployed app up to its desired version (max of
 //! declared and fleet target) through the upgrade transaction
 //! (`agent::upgrade`), never down, then waits, polling Docker, until the app
@@ -14,6 +15,7 @@
 
 pub mod observe;
 pub mod plan;
+pub mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -33,9 +35,6 @@ pub use observe::{AppState, ObservedApp};
 
 /// How often Docker is polled while waiting for an app to converge.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Secret version abra uses when the env file names none.
-const DEFAULT_SECRET_VERSION: &str = "v1";
 
 /// Drives abra and reads Docker for the declared apps of this host.
 #[derive(Debug)]
@@ -67,6 +66,11 @@ pub enum ReconcileAction {
     },
     /// `abra app secret generate --all` for the recipe's other secrets.
     SecretsGenerated,
+    /// Declared secrets whose file changed, inserted as their next version
+    /// (`SECRET_<NAME>_VERSION` bumped); the app is redeployed.
+    SecretsRotated {
+        names: Vec<String>,
+    },
     /// First deploy of the pinned version.
     Deployed {
         version: CoopVersion,
@@ -94,6 +98,7 @@ impl fmt::Display for ReconcileAction {
             ReconcileAction::EnvKeysWritten { keys } => write!(formatter, "wrote env keys {}", keys.join(", ")),
             ReconcileAction::SecretsInserted { names } => write!(formatter, "inserted secrets {}", names.join(", ")),
             ReconcileAction::SecretsGenerated => write!(formatter, "generated the other secrets"),
+            ReconcileAction::SecretsRotated { names } => write!(formatter, "rotated secrets {}", names.join(", ")),
             ReconcileAction::Deployed { version } => write!(formatter, "deployed {version}"),
             ReconcileAction::Redeployed { version, reason } => write!(formatter, "redeployed {version} ({reason})"),
             ReconcileAction::Upgraded { from, to } => write!(formatter, "upgraded {from} -> {to}"),
@@ -152,6 +157,14 @@ pub enum ReconcileErrorKind {
     },
     #[error("skipped: it depends on {dependency}, which failed: {reason}")]
     DependencyFailed { dependency: Domain, reason: String },
+    #[error("cannot read secret {name} from {}: {reason}", path.display())]
+    SecretFile {
+        name: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("cannot rotate secret {name}: {reason}")]
+    SecretVersion { name: String, reason: String },
     #[error("cannot {step}: {}", error_chain(error))]
     Journal { step: String, error: Box<JournalError> },
     /// The upgrade transaction ran and did not reach the target; it reported
@@ -431,9 +444,10 @@ impl Reconciler {
             actions.push(ReconcileAction::Created);
         }
 
-        // A redeploy is owed from before the env keys are written until the
-        // stack runs with them: a failed or interrupted redeploy is retried
-        // at the next reconcile instead of being taken for convergence.
+        // A redeploy is owed from before the env keys are written (and the
+        // secrets rotated) until the stack runs with them: a failed or
+        // interrupted redeploy is retried at the next reconcile instead of
+        // being taken for convergence.
         let redeploy_owed = !created && journal.is_pending(&app.domain, PendingWork::Redeploy);
         if !created {
             pending(PendingWork::Redeploy, true)?;
@@ -452,18 +466,29 @@ impl Reconciler {
                 keys: changed_keys.clone(),
             });
         }
-        let needs_redeploy = redeploy_owed || !changed_keys.is_empty();
+
+        // Secrets are set up when the app is created, or after a failure in
+        // doing so; otherwise those whose file changed are rotated (a new
+        // secret version: Docker refuses to overwrite an existing one).
+        let secrets_owed = created || journal.is_pending(&app.domain, PendingWork::Secrets);
+        let rotated = if secrets_owed {
+            Vec::new()
+        } else {
+            self.rotate_secrets(app, actions).await?
+        };
+        let needs_redeploy = redeploy_owed || !changed_keys.is_empty() || !rotated.is_empty();
         if !needs_redeploy {
             pending(PendingWork::Redeploy, false)?;
         }
-
-        // Secrets are set up when the app is created, or after a failure in
-        // doing so. Rotating them is not supported yet: abra (and Docker)
-        // refuse to overwrite an existing secret version.
-        if created || journal.is_pending(&app.domain, PendingWork::Secrets) {
+        if secrets_owed {
             self.set_up_secrets(app, actions).await?;
             pending(PendingWork::Secrets, false)?;
         }
+        let redeploy_reason = if rotated.is_empty() {
+            "env keys changed"
+        } else {
+            "secrets rotated"
+        };
 
         let before = self.observe(app).await;
         let fleet_target = journal
@@ -474,7 +499,11 @@ impl Reconciler {
             })?
             .fleet_target;
         let desired = plan::desired_version(&app.version, fleet_target.as_ref());
-        let expected = match plan::version_step(&before, &desired, needs_redeploy && !created) {
+        let expected = match plan::version_step(
+            &before,
+            &desired,
+            (needs_redeploy && !created).then_some(redeploy_reason),
+        ) {
             plan::VersionStep::CannotObserve { reason } => return Err(ReconcileErrorKind::Observe { reason }),
             plan::VersionStep::Deploy { version } => {
                 self.abra
@@ -552,47 +581,6 @@ impl Reconciler {
             version: version.clone(),
             reason: reason.into(),
         });
-        Ok(())
-    }
-
-    async fn set_up_secrets(
-        &self,
-        app: &AppConfig,
-        actions: &mut Vec<ReconcileAction>,
-    ) -> Result<(), ReconcileErrorKind> {
-        let abra_step = |step: String| {
-            move |error: AbraError| ReconcileErrorKind::Abra {
-                step,
-                error: Box::new(error),
-            }
-        };
-        let recipe_secrets = self
-            .abra
-            .read_env_file(&app.domain)
-            .map_err(abra_step("read the app's env file".into()))?
-            .map(|env| env.secret_versions())
-            .unwrap_or_default();
-        for (name, file) in &app.secrets {
-            let secret_version = recipe_secrets.get(name).map_or(DEFAULT_SECRET_VERSION, String::as_str);
-            self.abra
-                .secret_insert(&app.recipe, &app.domain, name, secret_version, file)
-                .await
-                .map_err(abra_step(format!("insert secret {name} (abra app secret insert)")))?;
-        }
-        if !app.secrets.is_empty() {
-            actions.push(ReconcileAction::SecretsInserted {
-                names: app.secrets.keys().cloned().collect(),
-            });
-        }
-        if recipe_secrets.keys().any(|name| !app.secrets.contains_key(name)) {
-            self.abra
-                .secret_generate_all(&app.recipe, &app.domain)
-                .await
-                .map_err(abra_step(
-                    "generate the other secrets (abra app secret generate)".into(),
-                ))?;
-            actions.push(ReconcileAction::SecretsGenerated);
-        }
         Ok(())
     }
 

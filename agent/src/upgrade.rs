@@ -130,7 +130,7 @@ impl PauseHook {
         }
     }
 
-    async fn before(&self, step: &str) {
+    pub async fn before(&self, step: &str) {
         let Some(dir) = &self.dir else { return };
         let _ = std::fs::create_dir_all(dir);
         let _ = std::fs::write(dir.join(format!("{step}.reached")), b"");

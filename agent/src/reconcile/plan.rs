@@ -51,9 +51,10 @@ pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, f
     }
 }
 
-/// Decides the version step. `redeploy_owed`: owned env keys changed (or a
-/// redeploy failed before) and the app existed before this reconcile.
-pub fn version_step(observed: &ObservedApp, desired: &CoopVersion, redeploy_owed: bool) -> VersionStep {
+/// Decides the version step. `redeploy_owed`: why the running stack must be
+/// redeployed (owned env keys changed, secrets rotated, or a redeploy failed
+/// before) when the app existed before this reconcile.
+pub fn version_step(observed: &ObservedApp, desired: &CoopVersion, redeploy_owed: Option<&str>) -> VersionStep {
     let running = match (&observed.state, &observed.observed_version) {
         (AppState::Unknown, _) => {
             return VersionStep::CannotObserve {
@@ -74,10 +75,10 @@ pub fn version_step(observed: &ObservedApp, desired: &CoopVersion, redeploy_owed
         (_, Some(running)) => running,
     };
     let keep_running = || {
-        if redeploy_owed {
+        if let Some(reason) = redeploy_owed {
             VersionStep::Redeploy {
                 version: running.clone(),
-                reason: "env keys changed".into(),
+                reason: reason.into(),
             }
         } else {
             VersionStep::Keep {
@@ -145,7 +146,8 @@ mod tests {
         let lines: Vec<String> = rows
             .into_iter()
             .map(|(state, running, desired, owed)| {
-                let step = match version_step(&observed(state, running), &version(desired), owed) {
+                let reason = owed.then_some("env keys changed");
+                let step = match version_step(&observed(state, running), &version(desired), reason) {
                     VersionStep::CannotObserve { reason } => format!("cannot observe: {reason}"),
                     VersionStep::Deploy { version } => format!("deploy {version}"),
                     VersionStep::Redeploy { version, reason } => format!("redeploy {version} ({reason})"),

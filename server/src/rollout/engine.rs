@@ -17,7 +17,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::machine::{self, ActionError, Command, Delivery, Event};
 use crate::fleet::Fleet;
-use crate::store::{now_millis, RolloutChange, RolloutRecord, StoreError, StoreHandle, UnixMillis};
+use crate::store::{
+    now_millis, HostOutcomeRecord, RolloutChange, RolloutRecord, RolloutStateRecord, StoreError, StoreHandle,
+    UnixMillis,
+};
 
 /// How often deadlines and wave intervals are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -75,31 +78,37 @@ impl RolloutEngine {
     pub async fn start(store: StoreHandle, fleet: Arc<Fleet>) -> Result<RolloutEngine, StoreError> {
         let loaded = store
             .read(|store| {
-                let live: Vec<RolloutRecord> = store
+                let (live, settled): (Vec<RolloutRecord>, Vec<RolloutRecord>) = store
                     .rollouts()?
                     .into_iter()
-                    .filter(|rollout| !machine::is_settled(rollout))
-                    .collect();
+                    .partition(|rollout| !machine::is_settled(rollout));
                 // Results stored while the engine was not running (the server
-                // died between storing a result and applying it).
+                // died between storing a result and applying it): every
+                // operation of a live rollout; of a settled one that halted
+                // with rollback, the upgrades of hosts that timed out (one may
+                // have succeeded late and be owed a rollback).
                 let mut stored_results = Vec::new();
-                for rollout in &live {
-                    for host in &rollout.hosts {
-                        let operation_ids = host
-                            .operation_id
-                            .iter()
-                            .chain(host.rollback.as_ref().map(|rollback| &rollback.operation_id));
-                        for operation_id in operation_ids {
-                            if let Some(operation) = store.operation(&host.host_id, operation_id)? {
-                                if let Some(outcome) = operation.outcome {
-                                    stored_results.push(Event::Result {
-                                        host_id: host.host_id.clone(),
-                                        operation_id: operation_id.clone(),
-                                        outcome,
-                                        to_version: operation.to_version,
-                                        message: operation.message,
-                                    });
-                                }
+                let owing = settled
+                    .iter()
+                    .filter(|rollout| rollout.state == RolloutStateRecord::Halted && rollout.strategy.rollback_on_halt);
+                let late = owing.flat_map(|rollout| {
+                    rollout.hosts.iter().filter(|host| {
+                        host.outcome == HostOutcomeRecord::TimedOut && !host.succeeded_late && host.rollback.is_none()
+                    })
+                });
+                for host in live.iter().flat_map(|rollout| rollout.hosts.iter()).chain(late) {
+                    let rollback_id = host.rollback.as_ref().map(|rollback| &rollback.operation_id);
+                    for operation_id in host.operation_id.iter().chain(rollback_id) {
+                        if let Some(operation) = store.operation(&host.host_id, operation_id)? {
+                            if let Some(outcome) = operation.outcome {
+                                stored_results.push(Event::Result {
+                                    host_id: host.host_id.clone(),
+                                    operation_id: operation_id.clone(),
+                                    outcome,
+                                    from_version: operation.from_version,
+                                    to_version: operation.to_version,
+                                    message: operation.message,
+                                });
                             }
                         }
                     }
@@ -122,6 +131,7 @@ impl RolloutEngine {
             live: live.into_iter().map(|rollout| (rollout.id.clone(), rollout)).collect(),
             updates: updates.clone(),
             last_id_millis: 0,
+            retry: Vec::new(),
         };
         tokio::spawn(task.run(receiver));
         Ok(RolloutEngine { inbox, updates })
@@ -165,6 +175,14 @@ impl RolloutEngine {
     }
 }
 
+/// Whether an operation id is a rollout's upgrade (`<rollout id>.<n>`).
+fn is_upgrade(operation_id: &str) -> bool {
+    let mut parts = operation_id.split('.');
+    let (_, position, rest) = (parts.next(), parts.next(), parts.next());
+    rest.is_none()
+        && position.is_some_and(|position| !position.is_empty() && position.bytes().all(|byte| byte.is_ascii_digit()))
+}
+
 /// The rollout id that minted an operation id (`<rollout id>.<n>[.rollback]`).
 fn rollout_of(operation_id: &str) -> &str {
     operation_id.split('.').next().unwrap_or_default()
@@ -203,6 +221,10 @@ struct EngineTask {
     live: HashMap<String, RolloutRecord>,
     updates: broadcast::Sender<Arc<RolloutRecord>>,
     last_id_millis: UnixMillis,
+    /// Agent events and connections of a batch whose store write failed:
+    /// applied again with the next batch (the agents' results are already
+    /// stored and acknowledged, so nobody sends them again).
+    retry: Vec<Message>,
 }
 
 impl EngineTask {
@@ -240,7 +262,14 @@ impl EngineTask {
         let mut changed: BTreeMap<String, RolloutRecord> = BTreeMap::new();
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
+        let mut retry: Vec<Message> = Vec::new();
+        let batch: Vec<Message> = std::mem::take(&mut self.retry).into_iter().chain(batch).collect();
         for message in batch {
+            match &message {
+                Message::Agent(event) => retry.push(Message::Agent(event.clone())),
+                Message::Connected(host_id) => retry.push(Message::Connected(host_id.clone())),
+                Message::Start { .. } | Message::Action { .. } => {}
+            }
             match message {
                 Message::Start { rollout, reply } => {
                     let mut rollout = *rollout;
@@ -282,6 +311,12 @@ impl EngineTask {
                         _ => continue,
                     };
                     let id = rollout_of(operation_id).to_owned();
+                    let late_upgrade_result = matches!(event, Event::Result { .. }) && is_upgrade(operation_id);
+                    if late_upgrade_result && !self.live.contains_key(&id) && !changed.contains_key(&id) {
+                        // A settled rollout may still owe this host a rollback
+                        // (its upgrade succeeded after it timed out).
+                        self.revive(&id, &changed).await;
+                    }
                     if let Some(rollout) = self.working(&mut changed, &id) {
                         deliveries.extend(machine::apply(rollout, event, now).unwrap_or_default());
                     }
@@ -290,7 +325,7 @@ impl EngineTask {
                     for rollout in self.live.values() {
                         let rollout = changed.get(&rollout.id).unwrap_or(rollout);
                         deliveries.extend(
-                            machine::outstanding(rollout)
+                            machine::outstanding(rollout, now)
                                 .into_iter()
                                 .filter(|delivery| delivery.host_id == host_id),
                         );
@@ -325,8 +360,11 @@ impl EngineTask {
                 })
                 .collect();
             if let Err(error) = self.store.write(move |store| store.put_rollouts(records)).await {
-                // Nothing takes effect: no command goes out, callers learn it failed.
+                // Nothing takes effect: no command goes out, callers learn it
+                // failed; agent events and connections are applied again with
+                // the next batch.
                 tracing::error!(%error, "cannot store rollout changes; they do not take effect");
+                self.retry = retry;
                 for reply in replies {
                     match reply {
                         Reply::Start(reply, _) => {
@@ -340,6 +378,8 @@ impl EngineTask {
                 return;
             }
         }
+        // Revived rollouts that this batch did not change are settled still.
+        self.live.retain(|_, rollout| !machine::is_settled(rollout));
         let mut committed: HashMap<String, RolloutRecord> = HashMap::new();
         for (id, rollout) in changed {
             let _ = self.updates.send(Arc::new(rollout.clone()));
@@ -387,6 +427,34 @@ impl EngineTask {
             changed.insert(id.to_owned(), self.live.get(id)?.clone());
         }
         changed.get_mut(id)
+    }
+
+    /// Makes a settled rollout live again for a late upgrade result, unless a
+    /// newer rollout of its recipe is active (that one owns the hosts now).
+    async fn revive(&mut self, id: &str, changed: &BTreeMap<String, RolloutRecord>) {
+        let lookup = id.to_owned();
+        let rollout = match self.store.read(move |store| store.rollout(&lookup)).await {
+            Ok(Some(rollout)) => rollout,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, rollout = id, "cannot read a settled rollout for a late result");
+                return;
+            }
+        };
+        let newer = self
+            .live
+            .values()
+            .chain(changed.values())
+            .find(|other| other.recipe == rollout.recipe && !machine::is_settled(other));
+        if let Some(newer) = newer {
+            tracing::warn!(
+                rollout = id,
+                active = newer.id,
+                "late result for a settled rollout ignored: a newer rollout of the recipe is active"
+            );
+            return;
+        }
+        self.live.insert(id.to_owned(), rollout);
     }
 
     /// The answer for an action on a rollout that is not live.
@@ -444,6 +512,7 @@ pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Opti
         crate::store::AgentEvent::Result {
             operation_id,
             outcome,
+            from_version,
             to_version,
             message,
             ..
@@ -451,6 +520,7 @@ pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Opti
             host_id: host_id.clone(),
             operation_id: operation_id.clone(),
             outcome: *outcome,
+            from_version: from_version.clone(),
             to_version: to_version.clone(),
             message: message.clone(),
         }),

@@ -9,11 +9,13 @@
 //!   position, and stored with the dispatch; re-deliveries reuse it;
 //! - reaching the failure budget halts: nothing new is dispatched, hosts in
 //!   flight finish, and with `rollback_on_halt` every host that moved gets a
-//!   rollback to the version it ran before (also those that succeed later);
+//!   rollback to the version it reported running before its upgrade (also
+//!   those that succeed later, even after their host deadline);
 //! - abort beats pause beats promote; completed, halted and aborted
 //!   rollouts never dispatch an upgrade again;
-//! - results are matched by host and operation id; duplicates, stale ids and
-//!   late results (after a time-out) change nothing.
+//! - results are matched by host and operation id; duplicates and stale ids
+//!   change nothing; a success after a time-out is remembered (the host runs
+//!   the target) but the host still counts as failed.
 
 use ccfleet_proto::{CoopVersion, Domain, HostId};
 
@@ -37,6 +39,8 @@ pub enum Event {
         host_id: HostId,
         operation_id: String,
         outcome: OperationOutcomeRecord,
+        /// The version the host ran before the operation, as it reports it.
+        from_version: Option<CoopVersion>,
         to_version: Option<CoopVersion>,
         message: String,
     },
@@ -101,6 +105,7 @@ pub fn apply(rollout: &mut RolloutRecord, event: Event, now: UnixMillis) -> Resu
             host_id,
             operation_id,
             outcome,
+            from_version,
             to_version,
             message,
         } => deliveries.extend(record_result(
@@ -108,7 +113,10 @@ pub fn apply(rollout: &mut RolloutRecord, event: Event, now: UnixMillis) -> Resu
             &host_id,
             &operation_id,
             outcome,
-            to_version,
+            Versions {
+                from: from_version,
+                to: to_version,
+            },
             message,
             now,
         )),
@@ -187,7 +195,11 @@ pub fn failures(rollout: &RolloutRecord) -> usize {
     rollout
         .hosts
         .iter()
-        .filter(|host| host.operation_id.is_some() && host.rollback.is_none() && host.outcome.is_failure())
+        .filter(|host| {
+            // A rollback after a halt does not make a host that succeeded a
+            // failure; one that timed out before it succeeded stays one.
+            host.operation_id.is_some() && (host.rollback.is_none() || host.succeeded_late) && host.outcome.is_failure()
+        })
         .count()
 }
 
@@ -209,19 +221,26 @@ pub fn is_settled(rollout: &RolloutRecord) -> bool {
 
 /// Every command that is out and may not have reached its host, with its
 /// stored operation id: what a reconnecting host (or a restarted server)
-/// delivers again. An aborted rollout delivers nothing more.
-pub fn outstanding(rollout: &RolloutRecord) -> Vec<Delivery> {
+/// delivers again. An aborted rollout delivers nothing more. An upgrade
+/// carries the time left of its host deadline at `now`, not all of it.
+pub fn outstanding(rollout: &RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
     if rollout.state == RolloutStateRecord::Aborted {
         return Vec::new();
     }
     let mut deliveries = Vec::new();
     for host in &rollout.hosts {
         if let (true, Some(operation_id)) = (host.outcome.is_in_flight(), &host.operation_id) {
+            let deadline = rollout.strategy.host_deadline_ms;
+            let left = match host.dispatched_at {
+                Some(at) if deadline > 0 => at.saturating_add(deadline).saturating_sub(now),
+                _ => deadline,
+            };
             deliveries.push(upgrade_delivery(
                 rollout,
                 host.host_id.clone(),
                 host.domain.clone(),
                 operation_id,
+                left,
             ));
         }
         if let Some(rollback) = host
@@ -242,7 +261,13 @@ pub fn outstanding(rollout: &RolloutRecord) -> Vec<Delivery> {
     deliveries
 }
 
-fn upgrade_delivery(rollout: &RolloutRecord, host_id: HostId, domain: Domain, operation_id: &str) -> Delivery {
+fn upgrade_delivery(
+    rollout: &RolloutRecord,
+    host_id: HostId,
+    domain: Domain,
+    operation_id: &str,
+    deadline_ms: u64,
+) -> Delivery {
     Delivery {
         host_id,
         operation_id: operation_id.to_owned(),
@@ -250,9 +275,15 @@ fn upgrade_delivery(rollout: &RolloutRecord, host_id: HostId, domain: Domain, op
             domain,
             version: rollout.target.clone(),
             allow_major: rollout.strategy.allow_major,
-            deadline_seconds: (rollout.strategy.host_deadline_ms / 1000).clamp(1, u32::MAX as u64) as u32,
+            deadline_seconds: (deadline_ms / 1000).clamp(1, u32::MAX as u64) as u32,
         },
     }
+}
+
+/// The versions a result reports: before and after its operation.
+struct Versions {
+    from: Option<CoopVersion>,
+    to: Option<CoopVersion>,
 }
 
 fn record_result(
@@ -260,10 +291,14 @@ fn record_result(
     host_id: &HostId,
     operation_id: &str,
     outcome: OperationOutcomeRecord,
-    to_version: Option<CoopVersion>,
+    versions: Versions,
     message: String,
     now: UnixMillis,
 ) -> Vec<Delivery> {
+    let Versions {
+        from: from_version,
+        to: to_version,
+    } = versions;
     let rollback_on_halt = rollout.strategy.rollback_on_halt;
     let halted = rollout.state == RolloutStateRecord::Halted;
     let id = rollout.id.clone();
@@ -300,8 +335,27 @@ fn record_result(
         rollout.last_progress_at = now;
         return Vec::new();
     }
+    if host.outcome == HostOutcomeRecord::TimedOut
+        && outcome == OperationOutcomeRecord::Succeeded
+        && !host.succeeded_late
+        && host.rollback.is_none()
+    {
+        // Too late to count: the host stays a failure, but it runs the target,
+        // so a rollback on halt (now or later) must include it.
+        host.succeeded_late = true;
+        if let Some(from_version) = from_version {
+            host.from_version = Some(from_version);
+        }
+        host.to_version = to_version;
+        host.message = format!("succeeded after the host deadline: {message}");
+        host.updated_at = now;
+        if halted && rollback_on_halt {
+            return start_rollback(&id, index, host, now).into_iter().collect();
+        }
+        return Vec::new();
+    }
     if !host.outcome.is_in_flight() {
-        // A duplicate, or a late result after a time-out: the outcome stands.
+        // A duplicate, or a late failure after a time-out: the outcome stands.
         return Vec::new();
     }
     host.outcome = match outcome {
@@ -311,6 +365,13 @@ fn record_result(
         OperationOutcomeRecord::Skipped => HostOutcomeRecord::Skipped,
         OperationOutcomeRecord::Failed | OperationOutcomeRecord::Unknown => HostOutcomeRecord::Failed,
     };
+    if host.outcome == HostOutcomeRecord::Succeeded {
+        // What the host really ran before this upgrade (it may have moved
+        // since planning): the version a rollback returns it to.
+        if let Some(from_version) = from_version {
+            host.from_version = Some(from_version);
+        }
+    }
     host.to_version = to_version;
     host.message = message;
     host.updated_at = now;
@@ -401,7 +462,8 @@ fn advance(rollout: &mut RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
                 host.updated_at = now;
                 host.message.clear();
                 let (host_id, domain) = (host.host_id.clone(), host.domain.clone());
-                deliveries.push(upgrade_delivery(rollout, host_id, domain, &operation_id));
+                let deadline = rollout.strategy.host_deadline_ms;
+                deliveries.push(upgrade_delivery(rollout, host_id, domain, &operation_id, deadline));
                 dispatched = true;
             }
         }
@@ -439,7 +501,8 @@ fn advance(rollout: &mut RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
 }
 
 /// Halts: no new dispatches; with `rollback_on_halt`, every host that moved
-/// to the target is sent back to the version it ran before.
+/// to the target (also after its deadline) is sent back to the version it
+/// ran before.
 fn halt(rollout: &mut RolloutRecord, reason: String, now: UnixMillis) -> Vec<Delivery> {
     rollout.state = RolloutStateRecord::Halted;
     rollout.reason = reason;
@@ -451,7 +514,7 @@ fn halt(rollout: &mut RolloutRecord, reason: String, now: UnixMillis) -> Vec<Del
     let id = rollout.id.clone();
     let mut deliveries = Vec::new();
     for (index, host) in rollout.hosts.iter_mut().enumerate() {
-        if host.outcome == HostOutcomeRecord::Succeeded {
+        if host.outcome == HostOutcomeRecord::Succeeded || host.succeeded_late {
             deliveries.extend(start_rollback(&id, index, host, now));
         }
     }

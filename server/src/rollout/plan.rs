@@ -122,6 +122,7 @@ pub fn plan(
             operation_id: None,
             dispatched_at: None,
             rollback: None,
+            succeeded_late: false,
         });
     }
     let eligible = hosts

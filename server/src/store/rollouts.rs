@@ -136,7 +136,9 @@ pub struct RolloutHostRecord {
     /// 0 is the canary wave.
     pub wave: u32,
     pub outcome: HostOutcomeRecord,
-    /// Version observed when the rollout was planned.
+    /// Version observed when the rollout was planned; once the upgrade
+    /// succeeded, the version the host reported running before it (what a
+    /// rollback returns it to).
     pub from_version: Option<CoopVersion>,
     /// Version the host reported after its operation.
     pub to_version: Option<CoopVersion>,
@@ -146,6 +148,10 @@ pub struct RolloutHostRecord {
     pub operation_id: Option<String>,
     pub dispatched_at: Option<UnixMillis>,
     pub rollback: Option<RollbackRecord>,
+    /// The upgrade succeeded after the host had timed out: the host runs the
+    /// target (a rollback on halt includes it), yet it still counts as failed.
+    #[serde(default)]
+    pub succeeded_late: bool,
 }
 
 /// A rollout: what it targets, how, and where every host stands.
@@ -291,6 +297,7 @@ mod tests {
                     operation_id: None,
                     dispatched_at: None,
                     rollback: None,
+                    succeeded_late: false,
                 })
                 .collect(),
             current_wave: 0,

@@ -11,6 +11,7 @@ mod edge;
 mod fleet;
 mod nix;
 mod rollout;
+mod secrets;
 mod security;
 mod tidy;
 mod upgrade;

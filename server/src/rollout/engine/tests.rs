@@ -120,6 +120,7 @@ async fn a_second_rollout_of_a_recipe_is_refused_with_the_first_ones_id() {
         host_id: "a".parse().unwrap(),
         operation_id: format!("{}.0", first.id),
         outcome: OperationOutcomeRecord::Succeeded,
+        from_version: None,
         to_version: None,
         message: String::new(),
     });
@@ -161,7 +162,8 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
                     operation_id: operation,
                     domain: "app.a.example.org".parse().unwrap(),
                     outcome: OperationOutcomeRecord::Succeeded,
-                    from_version: Some("1.0.0".parse().unwrap()),
+                    // a ran 1.0.5 by then, not the 1.0.0 seen at planning.
+                    from_version: Some("1.0.5".parse().unwrap()),
                     to_version: Some("1.1.0".parse().unwrap()),
                     message: "healthy".into(),
                 },
@@ -175,6 +177,11 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
     // Messages are handled in order: this answer comes after the stored result was applied.
     let resumed = engine.act(id.clone(), Event::Resume).await.unwrap();
     assert_eq!(resumed.hosts[0].outcome, HostOutcomeRecord::Succeeded);
+    assert_eq!(
+        resumed.hosts[0].from_version,
+        Some("1.0.5".parse().unwrap()),
+        "the stored result's from_version is the rollback target"
+    );
     assert_eq!(resumed.hosts[1].outcome, HostOutcomeRecord::Dispatched);
     assert_eq!(
         resumed.hosts[2].outcome,
@@ -187,5 +194,177 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
         next_operation(&mut stream_b).await,
         format!("{id}.1"),
         "the original id again"
+    );
+}
+
+#[tokio::test]
+async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    store
+        .write(|store| {
+            register(store, "a");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    let mut stream_a = open_stream(&fleet, "a");
+    let mut updates = engine.subscribe();
+    let mut plan = planned("ghost", &["a"], 1);
+    plan.strategy.host_deadline_ms = 1000;
+    plan.strategy.rollback_on_halt = true;
+    let rollout = engine.start_rollout(plan).await.unwrap();
+    let id = rollout.id.clone();
+    assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0"));
+    // a times out: the rollout halts with nothing to roll back and is settled.
+    let halted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let update = updates.recv().await.unwrap();
+            if update.id == id && update.state == RolloutStateRecord::Halted {
+                return update;
+            }
+        }
+    })
+    .await
+    .expect("halted within 10 s");
+    assert_eq!(halted.hosts[0].outcome, HostOutcomeRecord::TimedOut);
+    assert!(machine::is_settled(&halted));
+    // Its upgrade finished after all (it had got the whole deadline again on a re-delivery).
+    engine.agent_event(Event::Result {
+        host_id: "a".parse().unwrap(),
+        operation_id: format!("{id}.0"),
+        outcome: OperationOutcomeRecord::Succeeded,
+        from_version: Some("1.0.5".parse().unwrap()),
+        to_version: Some("1.1.0".parse().unwrap()),
+        message: "healthy".into(),
+    });
+    assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0.rollback"));
+    let stored = store.read(move |store| store.rollout(&id)).await.unwrap().unwrap();
+    let host = &stored.hosts[0];
+    assert_eq!(host.outcome, HostOutcomeRecord::TimedOut, "still a failure");
+    assert!(host.succeeded_late);
+    assert_eq!(
+        host.rollback.as_ref().map(|rollback| rollback.version.to_string()),
+        Some("1.0.5".to_owned())
+    );
+    // The recipe is busy again until that rollback reports.
+    match engine.start_rollout(planned("ghost", &["a"], 1)).await {
+        Err(StartError::Active(active)) => assert_eq!(active, stored.id),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_next_batch() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    let (updates, _) = broadcast::channel(16);
+    let mut task = EngineTask {
+        store: store.clone(),
+        fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
+        live: HashMap::new(),
+        updates,
+        last_id_millis: 0,
+        retry: Vec::new(),
+    };
+    let (reply, answer) = oneshot::channel();
+    task.process(vec![Message::Start {
+        rollout: Box::new(planned("ghost", &["a", "b"], 1)),
+        reply,
+    }])
+    .await;
+    let id = answer.await.unwrap().unwrap().id;
+    // The store fails (here: it is closed) while a's stored result comes in.
+    store.close().await;
+    task.process(vec![Message::Agent(Event::Result {
+        host_id: "a".parse().unwrap(),
+        operation_id: format!("{id}.0"),
+        outcome: OperationOutcomeRecord::Succeeded,
+        from_version: None,
+        to_version: Some("1.1.0".parse().unwrap()),
+        message: "healthy".into(),
+    })])
+    .await;
+    assert_eq!(
+        task.live[&id].hosts[0].outcome,
+        HostOutcomeRecord::Dispatched,
+        "nothing took effect"
+    );
+    // The store works again: the next batch (a tick) applies the result.
+    let store = StoreHandle::open(directory.path()).unwrap();
+    task.store = store.clone();
+    task.process(Vec::new()).await;
+    assert_eq!(task.live[&id].hosts[0].outcome, HostOutcomeRecord::Succeeded);
+    assert_eq!(
+        task.live[&id].hosts[1].outcome,
+        HostOutcomeRecord::Dispatched,
+        "b's wave started"
+    );
+    let stored = store.read(move |store| store.rollout(&id)).await.unwrap().unwrap();
+    assert_eq!(
+        stored.hosts[0].outcome,
+        HostOutcomeRecord::Succeeded,
+        "and it is stored"
+    );
+    assert!(task.retry.is_empty());
+}
+
+#[tokio::test]
+async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_restart() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(directory.path()).unwrap();
+    store
+        .write(|store| {
+            register(store, "a");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    let mut updates = engine.subscribe();
+    let mut plan = planned("ghost", &["a"], 1);
+    plan.strategy.host_deadline_ms = 1000;
+    plan.strategy.rollback_on_halt = true;
+    let id = engine.start_rollout(plan).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while updates.recv().await.unwrap().state != RolloutStateRecord::Halted {}
+    })
+    .await
+    .expect("halted within 10 s");
+    // The engine goes away; meanwhile a's late success reached the store.
+    drop(engine);
+    let operation = format!("{id}.0");
+    store
+        .write(move |store| {
+            store.apply_event(
+                &"a".parse().unwrap(),
+                1,
+                &AgentEvent::Result {
+                    operation_id: operation,
+                    domain: "app.a.example.org".parse().unwrap(),
+                    outcome: OperationOutcomeRecord::Succeeded,
+                    from_version: Some("1.0.5".parse().unwrap()),
+                    to_version: Some("1.1.0".parse().unwrap()),
+                    message: "healthy".into(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let fleet = Arc::new(Fleet::new(Duration::from_secs(30)));
+    let mut stream_a = open_stream(&fleet, "a");
+    let _engine = RolloutEngine::start(store.clone(), fleet.clone()).await.unwrap();
+    assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0.rollback"));
+    let stored = store.read(move |store| store.rollout(&id)).await.unwrap().unwrap();
+    assert!(stored.hosts[0].succeeded_late);
+    assert_eq!(
+        stored.hosts[0]
+            .rollback
+            .as_ref()
+            .map(|rollback| rollback.version.to_string()),
+        Some("1.0.5".to_owned())
     );
 }

@@ -1,7 +1,7 @@
 //! Table tests for the rollout state machine, and property tests over random
 //! event sequences for each invariant of issue 9.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
@@ -55,8 +55,31 @@ fn result(delivery: &Delivery, outcome: OperationOutcomeRecord) -> Event {
         host_id: delivery.host_id.clone(),
         operation_id: delivery.operation_id.clone(),
         outcome,
+        from_version: None,
         to_version: None,
         message: format!("{outcome:?}"),
+    }
+}
+
+/// A result that reports the version the host ran before the operation.
+fn result_from(delivery: &Delivery, outcome: OperationOutcomeRecord, from: &str) -> Event {
+    match result(delivery, outcome) {
+        Event::Result {
+            host_id,
+            operation_id,
+            outcome,
+            to_version,
+            message,
+            ..
+        } => Event::Result {
+            host_id,
+            operation_id,
+            outcome,
+            from_version: Some(from.parse().unwrap()),
+            to_version,
+            message,
+        },
+        other => other,
     }
 }
 
@@ -132,6 +155,28 @@ fn a_failure_halts_in_flight_hosts_finish_and_succeeded_hosts_roll_back() {
 }
 
 #[test]
+fn a_rollback_returns_a_host_to_the_version_it_reported_running_before_its_upgrade() {
+    let mut rollout = rollout(
+        3,
+        StrategyRecord {
+            rollback_on_halt: true,
+            ..strategy()
+        },
+    );
+    // Planned at 1.0.0+a; by the time its command ran, h0 had moved to 1.0.3+a.
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    let wave_1 = apply(&mut rollout, result_from(&canary[0], Succeeded, "1.0.3+a"), 2).unwrap();
+    assert_eq!(rollout.hosts[0].from_version, Some("1.0.3+a".parse().unwrap()));
+    // A failure reports its own from_version, which does not matter: nothing rolls it back.
+    let rollbacks = apply(&mut rollout, result_from(&wave_1[0], RolledBack, "1.0.9+a"), 3).unwrap();
+    assert_eq!(hosts_of(&rollbacks), ["h0 rollback to 1.0.3+a"]);
+    assert_eq!(rollout.hosts[1].from_version, Some("1.0.0+a".parse().unwrap()));
+    // A result without from_version (an older agent) keeps the planned one.
+    let late = apply(&mut rollout, result(&wave_1[1], Succeeded), 4).unwrap();
+    assert_eq!(hosts_of(&late), ["h2 rollback to 1.0.0+a"]);
+}
+
+#[test]
 fn pause_after_canary_waits_for_promote() {
     let mut rollout = rollout(
         3,
@@ -203,7 +248,7 @@ fn pause_beats_promote_and_abort_beats_pause() {
         .is_empty());
     assert_eq!(outcomes(&rollout), "Succeeded Succeeded Succeeded Pending Pending");
     assert!(is_settled(&rollout));
-    assert!(outstanding(&rollout).is_empty());
+    assert!(outstanding(&rollout, 8).is_empty());
 }
 
 #[test]
@@ -216,10 +261,95 @@ fn a_host_past_its_deadline_times_out_and_counts_as_a_failure() {
     assert_eq!(rollout.hosts[0].outcome, HostOutcomeRecord::TimedOut);
     assert_eq!(rollout.hosts[0].message, "no result within the host deadline of 60s");
     assert_eq!(rollout.state, RolloutStateRecord::Halted);
-    // The late result changes nothing.
-    let before = rollout.clone();
-    apply(&mut rollout, result(&canary[0], Succeeded), 62_000).unwrap();
-    assert_eq!(rollout, before);
+    // A late success is remembered, but the host still counts as failed.
+    assert!(
+        apply(&mut rollout, result_from(&canary[0], Succeeded, "1.0.2+a"), 62_000)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(rollout.hosts[0].outcome, HostOutcomeRecord::TimedOut);
+    assert!(rollout.hosts[0].succeeded_late);
+    assert_eq!(rollout.hosts[0].from_version, Some("1.0.2+a".parse().unwrap()));
+    assert_eq!(failures(&rollout), 1);
+    // A late failure after the time-out changes nothing.
+    let mut failed_late = rollout.clone();
+    failed_late.hosts[0].succeeded_late = false;
+    let before = failed_late.clone();
+    apply(&mut failed_late, result(&canary[0], Failed), 62_000).unwrap();
+    assert_eq!(failed_late, before);
+}
+
+#[test]
+fn a_late_success_after_a_time_out_is_rolled_back_when_the_rollout_halts() {
+    let with_rollback = StrategyRecord {
+        rollback_on_halt: true,
+        max_failures: 2,
+        ..strategy()
+    };
+    // Halted before the late success: the rollback goes out at once.
+    let mut halted = rollout(
+        3,
+        StrategyRecord {
+            max_failures: 1,
+            ..with_rollback.clone()
+        },
+    );
+    let canary = apply(&mut halted, Event::Tick, 0).unwrap();
+    assert!(
+        apply(&mut halted, Event::Tick, 60_000).unwrap().is_empty(),
+        "nothing had moved"
+    );
+    assert_eq!(halted.state, RolloutStateRecord::Halted);
+    assert!(is_settled(&halted));
+    let late = apply(&mut halted, result_from(&canary[0], Succeeded, "1.0.2+a"), 70_000).unwrap();
+    assert_eq!(hosts_of(&late), ["h0 rollback to 1.0.2+a"]);
+    assert!(!is_settled(&halted), "the rollback is out");
+    apply(&mut halted, result(&late[0], Succeeded), 71_000).unwrap();
+    assert_eq!(halted.hosts[0].outcome, HostOutcomeRecord::RolledBack);
+    assert_eq!(failures(&halted), 1, "still a failure after its rollback");
+    assert!(is_settled(&halted));
+
+    // Running when the late success comes: the halt later rolls it back too.
+    let mut rollout = rollout(3, with_rollback);
+    let canary = apply(&mut rollout, Event::Tick, 0).unwrap();
+    let wave_1 = apply(&mut rollout, Event::Tick, 60_000).unwrap();
+    assert_eq!(rollout.state, RolloutStateRecord::Running, "1 failure, the budget is 2");
+    assert_eq!(hosts_of(&wave_1), ["h1 upgrade ghost-t1.1", "h2 upgrade ghost-t1.2"]);
+    assert!(
+        apply(&mut rollout, result_from(&canary[0], Succeeded, "1.0.2+a"), 61_000)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(failures(&rollout), 1);
+    let rollbacks = apply(&mut rollout, result(&wave_1[0], Failed), 62_000).unwrap();
+    assert_eq!(rollout.state, RolloutStateRecord::Halted);
+    assert_eq!(hosts_of(&rollbacks), ["h0 rollback to 1.0.2+a"]);
+    assert_eq!(failures(&rollout), 2);
+}
+
+#[test]
+fn a_redelivery_carries_the_time_left_of_the_host_deadline() {
+    let mut rollout = rollout(2, strategy());
+    let canary = apply(&mut rollout, Event::Tick, 1_000).unwrap();
+    assert!(matches!(
+        canary[0].command,
+        Command::Upgrade {
+            deadline_seconds: 60,
+            ..
+        }
+    ));
+    let deadline_of = |rollout: &RolloutRecord, now| match &outstanding(rollout, now)[0].command {
+        Command::Upgrade { deadline_seconds, .. } => *deadline_seconds,
+        other => panic!("expected an upgrade, got {other:?}"),
+    };
+    assert_eq!(deadline_of(&rollout, 1_000), 60);
+    assert_eq!(
+        deadline_of(&rollout, 40_500),
+        20,
+        "20.5 s left: whole seconds, never more"
+    );
+    assert_eq!(deadline_of(&rollout, 60_900), 1, "at least 1 s");
+    assert_eq!(deadline_of(&rollout, 61_000), 1);
 }
 
 #[test]
@@ -333,7 +463,7 @@ fn a_restarted_server_redelivers_with_the_original_operation_ids() {
     let stored = serde_json::to_string(&rollout).unwrap();
     let reloaded: RolloutRecord = serde_json::from_str(&stored).unwrap();
     assert_eq!(reloaded, rollout);
-    let again = outstanding(&reloaded);
+    let again = outstanding(&reloaded, 1);
     assert_eq!(again, vec![wave_1[0].clone(), wave_1[2].clone()]);
 }
 
@@ -434,6 +564,16 @@ enum Invariant {
     Precedence,
     /// Nothing restarts a completed, halted or aborted rollout.
     FinalStaysFinal,
+    /// A rollback returns a host to the version it reported running before its
+    /// upgrade, and after a halt with rollback every host that ran the target
+    /// (also after its deadline) is rolled back.
+    RollbackTarget,
+}
+
+/// The version the host at `index` reports running before its upgrade: not the
+/// planned 1.0.0+a (it moved between planning and dispatch).
+fn ran_before(index: usize) -> CoopVersion {
+    format!("1.0.{}+a", index + 1).parse().unwrap()
 }
 
 /// Runs `steps` against a rollout, checking `invariant` after each.
@@ -448,10 +588,13 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
     let mut minted_rollbacks: BTreeMap<usize, String> = BTreeMap::new();
     let mut upgrade_deliveries: BTreeMap<String, usize> = BTreeMap::new();
     let mut failure_cap: Option<usize> = None;
+    // Hosts that reported their upgrade succeeded, in time or after their deadline.
+    let mut ran_target: BTreeSet<usize> = BTreeSet::new();
     let mut steps = steps;
     steps.insert(0, Step::Tick(0));
     for step in steps {
         let before = rollout.clone();
+        let mut succeeded = None;
         let event = match step {
             Step::Tick(dt) => {
                 now += dt;
@@ -466,10 +609,16 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
                     (None, Some(operation_id)) => operation_id.clone(),
                     (None, None) => format!("{}.{index}", rollout.id),
                 };
+                let ran = target.rollback.is_none()
+                    && target.operation_id.as_ref() == Some(&operation_id)
+                    && (target.outcome.is_in_flight() || target.outcome == HostOutcomeRecord::TimedOut)
+                    && outcome_of(outcome) == Succeeded;
+                succeeded = ran.then_some(index);
                 Event::Result {
                     host_id: target.host_id.clone(),
                     operation_id,
                     outcome: outcome_of(outcome),
+                    from_version: Some(ran_before(index)),
                     to_version: None,
                     message: String::new(),
                 }
@@ -492,14 +641,29 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
                 if invariant != OneOperationIdPerHost {
                     continue;
                 }
-                for delivery in outstanding(&rollout) {
+                for delivery in outstanding(&rollout, now) {
                     let index = rollout
                         .hosts
                         .iter()
                         .position(|host| host.host_id == delivery.host_id)
                         .unwrap();
                     let expected = match delivery.command {
-                        Command::Upgrade { .. } => minted.get(&index),
+                        Command::Upgrade { deadline_seconds, .. } => {
+                            // The time left of the host deadline, not all of it again.
+                            let host = &rollout.hosts[index];
+                            let deadline = rollout.strategy.host_deadline_ms;
+                            if deadline > 0 {
+                                let left = (host.dispatched_at.unwrap() + deadline).saturating_sub(now);
+                                prop_assert!(
+                                    u64::from(deadline_seconds) * 1000 <= left.max(1000),
+                                    "{}s re-delivered with {}ms left",
+                                    deadline_seconds,
+                                    left
+                                );
+                            }
+                            prop_assert!(deadline_seconds >= 1);
+                            minted.get(&index)
+                        }
                         Command::Rollback { .. } => minted_rollbacks.get(&index),
                     };
                     prop_assert_eq!(
@@ -576,6 +740,28 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
             invariant != OneOperationIdPerHost || upgrade_deliveries.values().all(|count| *count == 1),
             "no upgrade is dispatched twice"
         );
+        if invariant == RollbackTarget {
+            ran_target.extend(succeeded);
+            if rollout.state == RolloutStateRecord::Halted && rollout.strategy.rollback_on_halt {
+                for &index in &ran_target {
+                    prop_assert!(
+                        rollout.hosts[index].rollback.is_some(),
+                        "host {} ran the target and is not rolled back",
+                        index
+                    );
+                }
+            }
+            for delivery in &deliveries {
+                if let Command::Rollback { version, .. } = &delivery.command {
+                    let index = rollout
+                        .hosts
+                        .iter()
+                        .position(|host| host.host_id == delivery.host_id)
+                        .unwrap();
+                    prop_assert_eq!(version, &ran_before(index), "rollback target of host {}", index);
+                }
+            }
+        }
         if invariant == WaveSizes {
             let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
             for host in rollout.hosts.iter().filter(|host| host.operation_id.is_some()) {
@@ -643,6 +829,15 @@ proptest! {
         steps in steps(),
     ) {
         run(hosts, strategy, steps, Invariant::FinalStaysFinal)?;
+    }
+
+    #[test]
+    fn every_host_that_ran_the_target_is_rolled_back_to_the_version_it_ran_before(
+        hosts in 1usize..25,
+        strategy in random_strategy(),
+        steps in steps(),
+    ) {
+        run(hosts, strategy, steps, Invariant::RollbackTarget)?;
     }
 
     /// Successful hosts only, no operator: every rollout completes.
