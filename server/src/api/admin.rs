@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::internal;
+use super::paging;
 use std::time::Duration;
 
 use super::enrollment::millis;
@@ -99,14 +100,23 @@ type Rollout = Result<Response<pb::Rollout>, Status>;
 impl pb::admin_server::Admin for AdminService {
     async fn list_hosts(
         &self,
-        _request: Request<pb::ListHostsRequest>,
+        request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        let hosts = self.store.read(|store| store.hosts()).await.map_err(internal)?;
-        let hosts = hosts
+        let request = request.into_inner();
+        let after = paging::host_after(&request.page_token)?;
+        let page = self
+            .store
+            .listings()
+            .hosts(after.as_ref(), paging::page_size(request.page_size));
+        let hosts = page
+            .items
             .iter()
-            .map(|host| convert::host(host, self.fleet.is_online(&host.host_id)))
+            .map(|(host_id, host)| convert::host(host, self.fleet.is_online(host_id)))
             .collect();
-        Ok(Response::new(pb::ListHostsResponse { hosts }))
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts,
+            next_page_token: page.next.as_ref().map(paging::host_token).unwrap_or_default(),
+        }))
     }
 
     async fn list_apps(&self, request: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
@@ -116,46 +126,53 @@ impl pb::admin_server::Admin for AdminService {
         } else {
             Some(convert::recipe("recipe", &request.recipe)?)
         };
-        let apps = self
+        let after = paging::app_after(&request.page_token)?;
+        let page = self
             .store
-            .read(move |store| store.apps(recipe.as_ref()))
-            .await
-            .map_err(internal)?;
-        let apps = apps.iter().map(|(host_id, app)| self.host_app(host_id, app)).collect();
-        Ok(Response::new(pb::ListAppsResponse { apps }))
+            .listings()
+            .apps(recipe.as_ref(), after.as_ref(), paging::page_size(request.page_size));
+        let apps = page
+            .items
+            .iter()
+            .map(|((host_id, _), app)| self.host_app(host_id, app))
+            .collect();
+        Ok(Response::new(pb::ListAppsResponse {
+            apps,
+            next_page_token: page.next.as_ref().map(paging::app_token).unwrap_or_default(),
+        }))
     }
 
     async fn recipe_versions(
         &self,
         request: Request<pb::RecipeVersionsRequest>,
     ) -> Result<Response<pb::RecipeVersionsResponse>, Status> {
-        let recipe = convert::recipe("recipe", &request.into_inner().recipe)?;
-        let apps = {
-            let recipe = recipe.clone();
-            self.store
-                .read(move |store| store.apps(Some(&recipe)))
-                .await
-                .map_err(internal)?
-        };
-        // Newest version first; apps with no known version last.
-        let mut groups: std::collections::BTreeMap<std::cmp::Reverse<Option<CoopVersion>>, Vec<pb::HostApp>> =
-            std::collections::BTreeMap::new();
-        for (host_id, app) in &apps {
-            groups
-                .entry(std::cmp::Reverse(app.observed_version.clone()))
-                .or_default()
-                .push(self.host_app(host_id, app));
+        let request = request.into_inner();
+        let recipe = convert::recipe("recipe", &request.recipe)?;
+        let after = paging::version_after(&request.page_token)?;
+        let page = self
+            .store
+            .listings()
+            .versions(&recipe, after.as_ref(), paging::page_size(request.page_size));
+        // The index is in version order (newest first, unknown last), so a
+        // group is a run of equal versions.
+        let mut versions: Vec<pb::VersionGroup> = Vec::new();
+        let mut current: Option<&Option<CoopVersion>> = None;
+        for ((std::cmp::Reverse(version), host_id, _), app) in &page.items {
+            if current != Some(version) {
+                versions.push(pb::VersionGroup {
+                    version: version.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    apps: Vec::new(),
+                });
+                current = Some(version);
+            }
+            if let Some(group) = versions.last_mut() {
+                group.apps.push(self.host_app(host_id, app));
+            }
         }
-        let versions = groups
-            .into_iter()
-            .map(|(std::cmp::Reverse(version), apps)| pb::VersionGroup {
-                version: version.map(|version| version.to_string()).unwrap_or_default(),
-                apps,
-            })
-            .collect();
         Ok(Response::new(pb::RecipeVersionsResponse {
             recipe: recipe.to_string(),
             versions,
+            next_page_token: page.next.as_ref().map(paging::version_token).unwrap_or_default(),
         }))
     }
 

@@ -252,6 +252,12 @@ async fn main() {
         );
     }
 
+    // The admin read path through gRPC: the in-memory index, paged.
+    let mut admin = admin_client(&server).await;
+    for page_size in [1_000, 10_000] {
+        println!("{}", time_recipe_versions(&mut admin, "ghost", page_size, 20).await);
+    }
+
     // Shutdown with every stream open: SIGTERM until the process has exited
     // (streams told to end, last-seen written, store closed).
     let mut server = server;
@@ -265,6 +271,80 @@ async fn main() {
         heartbeat.abort();
     }
     drop(connected);
+}
+
+type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+async fn admin_client(server: &TestServer) -> Admin {
+    let channel = ccfleet_proto::tls::mtls_endpoint(&server.url(), &server.admin_credential())
+        .unwrap()
+        .connect()
+        .await
+        .expect("admin channel");
+    pb::admin_client::AdminClient::new(channel).max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES)
+}
+
+/// How many hosts the server lists as online (every page).
+async fn online_hosts(admin: &mut Admin) -> usize {
+    let (mut online, mut page_token) = (0, String::new());
+    loop {
+        let request = pb::ListHostsRequest {
+            page_size: 10_000,
+            page_token,
+        };
+        let response = admin.list_hosts(request).await.expect("list hosts").into_inner();
+        online += response
+            .hosts
+            .iter()
+            .filter(|host| host.status == pb::HostStatus::Online as i32)
+            .count();
+        page_token = response.next_page_token;
+        if page_token.is_empty() {
+            return online;
+        }
+    }
+}
+
+/// Times `RecipeVersions` over the whole fleet through gRPC on loopback
+/// (server time plus encoding and transport; the client is on the same
+/// cores): `rounds` full walks at `page_size`, p50 and max of a walk and of
+/// one page.
+async fn time_recipe_versions(admin: &mut Admin, recipe: &str, page_size: u32, rounds: usize) -> String {
+    let mut walks = Vec::with_capacity(rounds);
+    let mut pages = Vec::new();
+    let mut apps = 0;
+    for _ in 0..rounds {
+        let walk_started = Instant::now();
+        let mut page_token = String::new();
+        apps = 0;
+        loop {
+            let page_started = Instant::now();
+            let request = pb::RecipeVersionsRequest {
+                recipe: recipe.into(),
+                page_size,
+                page_token,
+            };
+            let response = admin.recipe_versions(request).await.expect("versions").into_inner();
+            pages.push(page_started.elapsed());
+            apps += response.versions.iter().map(|group| group.apps.len()).sum::<usize>();
+            page_token = response.next_page_token;
+            if page_token.is_empty() {
+                break;
+            }
+        }
+        walks.push(walk_started.elapsed());
+    }
+    walks.sort();
+    pages.sort();
+    format!(
+        "RecipeVersions {recipe} at page size {page_size}: {apps} apps in {} pages; whole walk p50 {:.1} ms, \
+         max {:.1} ms; one page p50 {:.1} ms, p99 {:.1} ms ({rounds} walks)",
+        pages.len() / rounds.max(1),
+        percentile(&walks, 0.5).as_secs_f64() * 1000.0,
+        percentile(&walks, 1.0).as_secs_f64() * 1000.0,
+        percentile(&pages, 0.5).as_secs_f64() * 1000.0,
+        percentile(&pages, 0.99).as_secs_f64() * 1000.0,
+    )
 }
 
 /// A small seeded generator (xorshift64*), so a run can be repeated exactly.
@@ -337,26 +417,9 @@ async fn rollout_bench(agents: usize, concurrency: usize) {
             behaviour,
         ));
     }
-    let admin_channel = ccfleet_proto::tls::mtls_endpoint(&url, &server.admin_credential())
-        .unwrap()
-        .connect()
-        .await
-        .expect("admin channel");
-    let mut admin = pb::admin_client::AdminClient::new(admin_channel)
-        .max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES);
+    let mut admin = admin_client(&server).await;
     loop {
-        let hosts = admin
-            .list_hosts(pb::ListHostsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .hosts;
-        if hosts
-            .iter()
-            .filter(|host| host.status == pb::HostStatus::Online as i32)
-            .count()
-            == agents
-        {
+        if online_hosts(&mut admin).await == agents {
             break;
         }
         // Polling the connection count, not a synchronisation of the measurement.
