@@ -20,8 +20,17 @@
 //! wall time, the agents' own delays on its critical path (the slowest host
 //! of each wave), the difference (the orchestration overhead) and the
 //! server's CPU time.
+//!
+//! `--baseline` runs the same agent load (one stream each, a 1.5 KB report
+//! every 10 s ± 10 %) first against a bare tonic + rustls mTLS server, then
+//! against the real server, and prints the figures side by side with their
+//! ratio (see `bench/baseline.rs`); `--traffic-seconds` sets the measured
+//! window (60).
 
 #![allow(clippy::disallowed_methods)] // starts the real server and CLI, as an operator would
+
+#[path = "../bench/baseline.rs"]
+mod baseline;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +117,18 @@ async fn main() {
         rollout_bench(agents, concurrency).await;
         return;
     }
+    let arguments: Vec<String> = std::env::args().collect();
+    if let Some(index) = arguments.iter().position(|argument| argument == "--serve-baseline") {
+        let data = arguments
+            .get(index + 1)
+            .expect("--serve-baseline takes the data directory");
+        baseline::serve_baseline(std::path::Path::new(data)).await;
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--baseline") {
+        baseline_bench(agents, concurrency).await;
+        return;
+    }
     let steady_seconds = argument("--steady-seconds", 30) as u64;
     let directory = tempfile::tempdir().expect("a temporary directory");
     let server = TestServer::start(
@@ -119,26 +140,10 @@ async fn main() {
     println!("agents: {agents}; server pid {pid}, idle RSS {idle_rss:.1} MiB");
 
     // Enrolment: one token for everyone, `concurrency` enrolments at a time.
-    let token = server.create_token(&["--uses", &agents.to_string(), "--ttl", "2h"]);
     let url = server.url();
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for index in 0..agents {
-        let (gate, url, token) = (gate.clone(), url.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire().await.unwrap();
-            let host = format!("host-{index}");
-            let key = ccfleet_proto::tls::generate_key_and_request(&host).unwrap();
-            enroll_with_key(&url, &token, &host, &key.private_key_pem, &key.csr_pem)
-                .await
-                .expect("enrolment")
-        }));
-    }
-    let mut credentials = Vec::with_capacity(agents);
-    for task in tasks {
-        credentials.push(task.await.unwrap());
-    }
+    let credentials = enroll_all(&server, agents, concurrency).await;
     let elapsed = started.elapsed();
     println!(
         "enrolled {agents} hosts in {:.1} s ({:.0}/s)",
@@ -345,6 +350,89 @@ async fn time_recipe_versions(admin: &mut Admin, recipe: &str, page_size: u32, r
         percentile(&pages, 0.5).as_secs_f64() * 1000.0,
         percentile(&pages, 0.99).as_secs_f64() * 1000.0,
     )
+}
+
+/// Enrols `agents` hosts (`host-0`...) with one token, `concurrency` at a time.
+async fn enroll_all(server: &TestServer, agents: usize, concurrency: usize) -> Vec<ccfleet_proto::tls::Credential> {
+    let token = server.create_token(&["--uses", &agents.to_string(), "--ttl", "2h"]);
+    let url = server.url();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for index in 0..agents {
+        let (gate, url, token) = (gate.clone(), url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let host = format!("host-{index}");
+            let key = ccfleet_proto::tls::generate_key_and_request(&host).unwrap();
+            enroll_with_key(&url, &token, &host, &key.private_key_pem, &key.csr_pem)
+                .await
+                .expect("enrolment")
+        }));
+    }
+    let mut credentials = Vec::with_capacity(agents);
+    for task in tasks {
+        credentials.push(task.await.unwrap());
+    }
+    credentials
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn baseline_bench(agents: usize, concurrency: usize) {
+    use std::io::BufRead as _;
+    let traffic = Duration::from_secs(argument("--traffic-seconds", 60) as u64);
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let data = directory.path().join("data");
+    let server_arguments = ["--heartbeat-interval", "10s", "--heartbeat-timeout", "30s"];
+    let mut server = TestServer::start(&data, &server_arguments);
+    let credentials = enroll_all(&server, agents, concurrency).await;
+    server.terminate(Duration::from_secs(120));
+    println!("enrolled {agents} hosts; load average {}", load_average());
+
+    // The bare server, as a child process of this benchmark.
+    let mut bare = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .arg("--serve-baseline")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the baseline server");
+    let mut line = String::new();
+    std::io::BufReader::new(bare.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the baseline server's address");
+    let address = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening <address>")
+        .to_owned();
+    let bare_figures = baseline::run_load(
+        &format!("https://{address}"),
+        bare.id(),
+        &credentials,
+        concurrency,
+        traffic,
+    )
+    .await;
+    println!("baseline: {bare_figures:?}; load average {}", load_average());
+    let _ = bare.kill();
+    let _ = bare.wait();
+
+    // The real server on the same state, under the same load.
+    let mut server = TestServer::start(&data, &server_arguments);
+    let ccfleet_figures = baseline::run_load(&server.url(), server.pid(), &credentials, concurrency, traffic).await;
+    println!("ccfleet: {ccfleet_figures:?}; load average {}", load_average());
+    server.terminate(Duration::from_secs(120));
+    print!(
+        "{}",
+        baseline::comparison(agents, traffic, &bare_figures, &ccfleet_figures)
+    );
 }
 
 /// A small seeded generator (xorshift64*), so a run can be repeated exactly.
