@@ -56,7 +56,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// `backoff` ("equal jitter"), so that the agents of a fleet that lost the
 /// server at the same moment do not all come back in the same instant.
 /// `random` is any random number.
-fn jittered(backoff: Duration, random: u64) -> Duration {
+pub fn jittered(backoff: Duration, random: u64) -> Duration {
     let half = backoff.as_millis() as u64 / 2;
     Duration::from_millis(half + random % (half + 1))
 }

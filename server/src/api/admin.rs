@@ -96,12 +96,25 @@ impl AdminService {
 
 type Rollout = Result<Response<pb::Rollout>, Status>;
 
+/// Logs (at debug) how long a listing page took inside the handler: index
+/// read and conversion, before encoding and transport. `fleet-bench` reads
+/// these lines for the server-side latency of listings.
+fn answered(listing: &str, items: usize, started: std::time::Instant) {
+    tracing::debug!(
+        listing,
+        items,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "listing page answered"
+    );
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn list_hosts(
         &self,
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let after = paging::host_after(&request.page_token)?;
         let page = self
@@ -113,6 +126,7 @@ impl pb::admin_server::Admin for AdminService {
             .iter()
             .map(|(host_id, host)| convert::host(host, self.fleet.is_online(host_id)))
             .collect();
+        answered("hosts", page.items.len(), started);
         Ok(Response::new(pb::ListHostsResponse {
             hosts,
             next_page_token: page.next.as_ref().map(paging::host_token).unwrap_or_default(),
@@ -120,6 +134,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_apps(&self, request: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let recipe = if request.recipe.is_empty() {
             None
@@ -136,6 +151,7 @@ impl pb::admin_server::Admin for AdminService {
             .iter()
             .map(|((host_id, _), app)| self.host_app(host_id, app))
             .collect();
+        answered("apps", page.items.len(), started);
         Ok(Response::new(pb::ListAppsResponse {
             apps,
             next_page_token: page.next.as_ref().map(paging::app_token).unwrap_or_default(),
@@ -146,6 +162,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RecipeVersionsRequest>,
     ) -> Result<Response<pb::RecipeVersionsResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let recipe = convert::recipe("recipe", &request.recipe)?;
         let after = paging::version_after(&request.page_token)?;
@@ -169,6 +186,7 @@ impl pb::admin_server::Admin for AdminService {
                 group.apps.push(self.host_app(host_id, app));
             }
         }
+        answered("versions", page.items.len(), started);
         Ok(Response::new(pb::RecipeVersionsResponse {
             recipe: recipe.to_string(),
             versions,

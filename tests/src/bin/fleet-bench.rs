@@ -26,11 +26,17 @@
 //! against the real server, and prints the figures side by side with their
 //! ratio (see `bench/baseline.rs`); `--traffic-seconds` sets the measured
 //! window (60).
+//!
+//! `--storm` kills the server (SIGKILL) under N reconnecting agents and
+//! restarts it; `--cap C` runs N agents against `--max-connections C` (see
+//! `bench/storm.rs`).
 
 #![allow(clippy::disallowed_methods)] // starts the real server and CLI, as an operator would
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/storm.rs"]
+mod storm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,6 +129,15 @@ async fn main() {
             .get(index + 1)
             .expect("--serve-baseline takes the data directory");
         baseline::serve_baseline(std::path::Path::new(data)).await;
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--storm") {
+        storm::storm(agents, concurrency).await;
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--cap") {
+        let refuse_seconds = argument("--refuse-seconds", 30) as u64;
+        storm::cap(agents, argument("--cap", agents * 5 / 6), concurrency, refuse_seconds).await;
         return;
     }
     if arguments.iter().any(|argument| argument == "--baseline") {
@@ -260,7 +275,12 @@ async fn main() {
     // The admin read path through gRPC: the in-memory index, paged.
     let mut admin = admin_client(&server).await;
     for page_size in [1_000, 10_000] {
+        let log_before = server.log().len();
         println!("{}", time_recipe_versions(&mut admin, "ghost", page_size, 20).await);
+        println!(
+            "  in the server's handler: {}",
+            handler_times(&server.log()[log_before..], "versions")
+        );
     }
 
     // Shutdown with every stream open: SIGTERM until the process has exited
@@ -433,6 +453,26 @@ async fn baseline_bench(agents: usize, concurrency: usize) {
         "{}",
         baseline::comparison(agents, traffic, &bare_figures, &ccfleet_figures)
     );
+}
+
+/// p50 and max of the handler times the server logged for `listing`
+/// (`listing page answered ... elapsed_us=N` at debug level).
+fn handler_times(log: &str, listing: &str) -> String {
+    let mut times: Vec<Duration> = log
+        .lines()
+        .filter(|line| line.contains("listing page answered") && line.contains(&format!("listing=\"{listing}\"")))
+        .filter_map(|line| line.split("elapsed_us=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_micros)
+        .collect();
+    times.sort();
+    format!(
+        "{} pages, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (index read and conversion; before encoding and transport)",
+        times.len(),
+        percentile(&times, 0.5).as_secs_f64() * 1000.0,
+        percentile(&times, 0.99).as_secs_f64() * 1000.0,
+        percentile(&times, 1.0).as_secs_f64() * 1000.0,
+    )
 }
 
 /// A small seeded generator (xorshift64*), so a run can be repeated exactly.
