@@ -374,12 +374,18 @@ async fn time_recipe_versions(admin: &mut Admin, recipe: &str, page_size: u32, r
 
 /// Enrols `agents` hosts (`host-0`...) with one token, `concurrency` at a time.
 async fn enroll_all(server: &TestServer, agents: usize, concurrency: usize) -> Vec<ccfleet_proto::tls::Credential> {
-    let token = server.create_token(&["--uses", &agents.to_string(), "--ttl", "2h"]);
+    // A token allows at most 10,000 uses: one token per 10,000 hosts.
+    let tokens: Vec<String> = (0..agents.div_ceil(10_000))
+        .map(|chunk| {
+            let uses = (agents - chunk * 10_000).min(10_000);
+            server.create_token(&["--uses", &uses.to_string(), "--ttl", "2h"])
+        })
+        .collect();
     let url = server.url();
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::new();
     for index in 0..agents {
-        let (gate, url, token) = (gate.clone(), url.clone(), token.clone());
+        let (gate, url, token) = (gate.clone(), url.clone(), tokens[index / 10_000].clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await.unwrap();
             let host = format!("host-{index}");
