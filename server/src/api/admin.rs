@@ -146,12 +146,12 @@ impl pb::admin_server::Admin for AdminService {
             .store
             .listings()
             .hosts(after.as_ref(), paging::page_size(request.page_size));
-        let online = self.fleet.online_among(page.items.iter().map(|(host_id, _)| host_id));
+        let online = self.fleet.online_among(page.items.iter().map(|host| &host.host_id));
         let hosts = page
             .items
             .iter()
             .zip(online)
-            .map(|((_, host), online)| convert::host(host, online))
+            .map(|(host, online)| convert::host(host, online))
             .collect();
         timer.answered("hosts", page.items.len());
         Ok(Response::new(pb::ListHostsResponse {
@@ -175,12 +175,12 @@ impl pb::admin_server::Admin for AdminService {
             .apps(recipe.as_ref(), after.as_ref(), paging::page_size(request.page_size));
         let online = self
             .fleet
-            .online_among(page.items.iter().map(|((host_id, _), _)| host_id));
+            .online_among(page.items.iter().map(|indexed| &indexed.host_id));
         let apps = page
             .items
             .iter()
             .zip(online)
-            .map(|(((host_id, _), app), online)| host_app(host_id, online, app))
+            .map(|(indexed, online)| host_app(&indexed.host_id, online, &indexed.app))
             .collect();
         timer.answered("apps", page.items.len());
         Ok(Response::new(pb::ListAppsResponse {
@@ -203,12 +203,13 @@ impl pb::admin_server::Admin for AdminService {
             .versions(&recipe, after.as_ref(), paging::page_size(request.page_size));
         // The index is in version order (newest first, unknown last), so a
         // group is a run of equal versions.
-        let mut versions: Vec<pb::VersionGroup> = Vec::new();
         let mut current: Option<&Option<CoopVersion>> = None;
         let online = self
             .fleet
-            .online_among(page.items.iter().map(|((_, host_id, _), _)| host_id));
-        for (((std::cmp::Reverse(version), host_id, _), app), online) in page.items.iter().zip(online) {
+            .online_among(page.items.iter().map(|indexed| &indexed.host_id));
+        let mut versions: Vec<pb::VersionGroup> = Vec::new();
+        for (indexed, online) in page.items.iter().zip(online) {
+            let version = &indexed.app.observed_version;
             if current != Some(version) {
                 versions.push(pb::VersionGroup {
                     version: version.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -217,7 +218,7 @@ impl pb::admin_server::Admin for AdminService {
                 current = Some(version);
             }
             if let Some(group) = versions.last_mut() {
-                group.apps.push(host_app(host_id, online, app));
+                group.apps.push(host_app(&indexed.host_id, online, &indexed.app));
             }
         }
         timer.answered("versions", page.items.len());

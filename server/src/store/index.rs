@@ -27,20 +27,28 @@ pub type AppKey = (HostId, Domain);
 /// unknown version last, then host id and domain.
 pub type VersionKey = (Reverse<Option<CoopVersion>>, HostId, Domain);
 
+/// One app and its host, shared by every map that lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedApp {
+    pub host_id: HostId,
+    pub app: AppRecord,
+}
+
 #[derive(Default)]
 struct Indexes {
     hosts: BTreeMap<HostId, Arc<HostRecord>>,
-    apps: BTreeMap<AppKey, Arc<AppRecord>>,
-    apps_by_recipe: HashMap<RecipeName, BTreeMap<AppKey, Arc<AppRecord>>>,
-    versions_by_recipe: HashMap<RecipeName, BTreeMap<VersionKey, Arc<AppRecord>>>,
+    apps: BTreeMap<AppKey, Arc<IndexedApp>>,
+    apps_by_recipe: HashMap<RecipeName, BTreeMap<AppKey, Arc<IndexedApp>>>,
+    versions_by_recipe: HashMap<RecipeName, BTreeMap<VersionKey, Arc<IndexedApp>>>,
     /// Each host's apps, to find its entries in the maps above.
-    apps_of_host: HashMap<HostId, Vec<Arc<AppRecord>>>,
+    apps_of_host: HashMap<HostId, Vec<Arc<IndexedApp>>>,
 }
 
-/// One page of a listing and the key to continue after, if more follow.
+/// One page of a listing (values only: a page of 10,000 does not clone
+/// 10,000 keys) and the key to continue after, if more follow.
 #[derive(Debug)]
 pub struct Page<K, V> {
-    pub items: Vec<(K, V)>,
+    pub items: Vec<V>,
     pub next: Option<K>,
 }
 
@@ -62,16 +70,17 @@ fn version_key(host_id: &HostId, app: &AppRecord) -> VersionKey {
 /// Up to `size` entries of `map` after `after` (from the start when `None`).
 fn page_of<K: Ord + Clone, V: Clone>(map: &BTreeMap<K, V>, after: Option<&K>, size: usize) -> Page<K, V> {
     let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut items: Vec<(K, V)> = map
-        .range((lower, Bound::Unbounded))
-        .take(size.saturating_add(1))
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    let next = if items.len() > size {
-        items.truncate(size);
-        items.last().map(|(key, _)| key.clone())
-    } else {
-        None
+    let mut entries = map.range((lower, Bound::Unbounded));
+    let mut items = Vec::with_capacity(size.min(map.len()));
+    let mut last_key = None;
+    for (key, value) in entries.by_ref().take(size) {
+        items.push(value.clone());
+        last_key = Some(key);
+    }
+    // Another page follows only if an entry remains.
+    let next = match entries.next() {
+        Some(_) => last_key.cloned(),
+        None => None,
     };
     Page { items, next }
 }
@@ -98,19 +107,22 @@ impl ListingIndex {
         let mut indexes = self.write();
         remove_apps(&mut indexes, host_id);
         for app in apps {
-            let app = Arc::new(app.clone());
-            let app_key = (host_id.clone(), app.domain.clone());
+            let app = Arc::new(IndexedApp {
+                host_id: host_id.clone(),
+                app: app.clone(),
+            });
+            let app_key = (host_id.clone(), app.app.domain.clone());
             indexes.apps.insert(app_key.clone(), app.clone());
             indexes
                 .apps_by_recipe
-                .entry(app.recipe.clone())
+                .entry(app.app.recipe.clone())
                 .or_default()
                 .insert(app_key, app.clone());
             indexes
                 .versions_by_recipe
-                .entry(app.recipe.clone())
+                .entry(app.app.recipe.clone())
                 .or_default()
-                .insert(version_key(host_id, &app), app.clone());
+                .insert(version_key(host_id, &app.app), app.clone());
             indexes.apps_of_host.entry(host_id.clone()).or_default().push(app);
         }
     }
@@ -133,7 +145,7 @@ impl ListingIndex {
         recipe: Option<&RecipeName>,
         after: Option<&AppKey>,
         size: usize,
-    ) -> Page<AppKey, Arc<AppRecord>> {
+    ) -> Page<AppKey, Arc<IndexedApp>> {
         let indexes = self.read();
         match recipe {
             None => page_of(&indexes.apps, after, size),
@@ -154,7 +166,7 @@ impl ListingIndex {
         recipe: &RecipeName,
         after: Option<&VersionKey>,
         size: usize,
-    ) -> Page<VersionKey, Arc<AppRecord>> {
+    ) -> Page<VersionKey, Arc<IndexedApp>> {
         match self.read().versions_by_recipe.get(recipe) {
             Some(apps) => page_of(apps, after, size),
             None => Page {
@@ -172,7 +184,8 @@ impl ListingIndex {
 }
 
 fn remove_apps(indexes: &mut Indexes, host_id: &HostId) {
-    for app in indexes.apps_of_host.remove(host_id).unwrap_or_default() {
+    for indexed in indexes.apps_of_host.remove(host_id).unwrap_or_default() {
+        let app = &indexed.app;
         let app_key = (host_id.clone(), app.domain.clone());
         indexes.apps.remove(&app_key);
         if let Some(apps) = indexes.apps_by_recipe.get_mut(&app.recipe) {
@@ -182,7 +195,7 @@ fn remove_apps(indexes: &mut Indexes, host_id: &HostId) {
             }
         }
         if let Some(versions) = indexes.versions_by_recipe.get_mut(&app.recipe) {
-            versions.remove(&version_key(host_id, &app));
+            versions.remove(&version_key(host_id, app));
             if versions.is_empty() {
                 indexes.versions_by_recipe.remove(&app.recipe);
             }

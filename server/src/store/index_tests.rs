@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -96,9 +97,13 @@ fn enrolled(host_id: &HostId) -> HostRecord {
     }
 }
 
-/// Every page of a listing, concatenated; checks that tokens move forward.
-fn walk<K: Ord + Clone + std::fmt::Debug, V>(mut page: impl FnMut(Option<&K>) -> Page<K, V>) -> Vec<(K, V)> {
-    let mut all: Vec<(K, V)> = Vec::new();
+/// Every page of a listing, concatenated; checks that each token is the
+/// key of the last item returned (`key_of`) and that tokens move forward.
+fn walk<K: Ord + Clone + std::fmt::Debug, V>(
+    mut page: impl FnMut(Option<&K>) -> Page<K, V>,
+    key_of: impl Fn(&V) -> K,
+) -> Vec<V> {
+    let mut all: Vec<V> = Vec::new();
     let mut after: Option<K> = None;
     loop {
         let Page { items, next } = page(after.as_ref());
@@ -110,8 +115,8 @@ fn walk<K: Ord + Clone + std::fmt::Debug, V>(mut page: impl FnMut(Option<&K>) ->
                     "page tokens move forward"
                 );
                 assert_eq!(
-                    Some(&next),
-                    all.last().map(|(key, _)| key),
+                    Some(next.clone()),
+                    all.last().map(&key_of),
                     "the token is the last key returned"
                 );
                 after = Some(next);
@@ -121,30 +126,42 @@ fn walk<K: Ord + Clone + std::fmt::Debug, V>(mut page: impl FnMut(Option<&K>) ->
     }
 }
 
+fn app_key(indexed: &Arc<IndexedApp>) -> AppKey {
+    (indexed.host_id.clone(), indexed.app.domain.clone())
+}
+
 fn check_index_matches_store(store: &Store, page_size: usize) {
     let index = store.listing_index();
-    let hosts: Vec<HostRecord> = walk(|after| index.hosts(after, page_size))
+    let hosts: Vec<HostRecord> = walk(|after| index.hosts(after, page_size), |host| host.host_id.clone())
         .into_iter()
-        .map(|(_, host)| (*host).clone())
+        .map(|host| (*host).clone())
         .collect();
     assert_eq!(hosts, store.hosts().unwrap(), "hosts");
-    let apps: Vec<(HostId, AppRecord)> = walk(|after| index.apps(None, after, page_size))
+    let apps: Vec<(HostId, AppRecord)> = walk(|after| index.apps(None, after, page_size), app_key)
         .into_iter()
-        .map(|((host_id, _), app)| (host_id, (*app).clone()))
+        .map(|indexed| (indexed.host_id.clone(), indexed.app.clone()))
         .collect();
     assert_eq!(apps, store.apps(None).unwrap(), "all apps");
     for recipe in RECIPES {
         let recipe: RecipeName = recipe.parse().unwrap();
-        let of_recipe: Vec<(HostId, AppRecord)> = walk(|after| index.apps(Some(&recipe), after, page_size))
+        let of_recipe: Vec<(HostId, AppRecord)> = walk(|after| index.apps(Some(&recipe), after, page_size), app_key)
             .into_iter()
-            .map(|((host_id, _), app)| (host_id, (*app).clone()))
+            .map(|indexed| (indexed.host_id.clone(), indexed.app.clone()))
             .collect();
         let stored = store.apps(Some(&recipe)).unwrap();
         assert_eq!(of_recipe, stored, "apps of {recipe}");
-        let versions: Vec<(VersionKey, AppRecord)> = walk(|after| index.versions(&recipe, after, page_size))
-            .into_iter()
-            .map(|(key, app)| (key, (*app).clone()))
-            .collect();
+        let version_key = |indexed: &Arc<IndexedApp>| -> VersionKey {
+            (
+                Reverse(indexed.app.observed_version.clone()),
+                indexed.host_id.clone(),
+                indexed.app.domain.clone(),
+            )
+        };
+        let versions: Vec<(VersionKey, AppRecord)> =
+            walk(|after| index.versions(&recipe, after, page_size), version_key)
+                .into_iter()
+                .map(|indexed| (version_key(&indexed), indexed.app.clone()))
+                .collect();
         let mut expected: Vec<(VersionKey, AppRecord)> = stored
             .into_iter()
             .map(|(host_id, app)| {
@@ -156,6 +173,24 @@ fn check_index_matches_store(store: &Store, page_size: usize) {
             .collect();
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(versions, expected, "versions of {recipe}");
+    }
+}
+
+/// Opens the store again after a drop. sled releases its directory lock
+/// when its background flusher thread lets go of the database, a moment
+/// after the drop, so this polls (with a deadline) while the lock is held.
+fn reopen(directory: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(directory) {
+            Ok(store) => return store,
+            Err(error)
+                if std::time::Instant::now() < deadline && format!("{error:?}").contains("could not acquire lock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(error) => panic!("cannot reopen the store: {error:?}"),
+        }
     }
 }
 
@@ -199,7 +234,7 @@ proptest! {
                 }
                 Step::Reopen => {
                     drop(store);
-                    store = Store::open(directory.path()).unwrap();
+                    store = reopen(directory.path());
                 }
             }
             check_index_matches_store(&store, page_size);
@@ -221,7 +256,7 @@ fn a_walk_lists_every_host_once_while_hosts_come_and_go() {
     let mut round = 0;
     loop {
         let page = index.hosts(after.as_ref(), 7);
-        seen.extend(page.items.iter().map(|(host_id, _)| host_id.clone()));
+        seen.extend(page.items.iter().map(|host| host.host_id.clone()));
         // Between pages, hosts behind and ahead of the walk come and go: the
         // first 100 hosts, present throughout, must each appear exactly once.
         store.remove_host(&name(round * 3 % 100), 5).unwrap();

@@ -28,7 +28,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 pub use audit::*;
 pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::StoreHandle;
-pub use index::{AppKey, ListingIndex, Page, VersionKey};
+pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
 pub use rollouts::*;
