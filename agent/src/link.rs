@@ -52,9 +52,22 @@ enum Ending {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The wait before the next attempt: a random point in the upper half of
+/// `backoff` ("equal jitter"), so that the agents of a fleet that lost the
+/// server at the same moment do not all come back in the same instant.
+/// `random` is any random number.
+pub fn jittered(backoff: Duration, random: u64) -> Duration {
+    let half = backoff.as_millis() as u64 / 2;
+    Duration::from_millis(half + random % (half + 1))
+}
+
+fn random_u64() -> u64 {
+    u64::from_str_radix(&tls::random_hex(8), 16).unwrap_or_default()
+}
+
 impl Link {
     /// Runs until `shutdown` turns true, reconnecting with exponential
-    /// backoff (1 s doubling to 30 s) after failures.
+    /// backoff (1 s doubling to 30 s, each wait jittered) after failures.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -77,7 +90,7 @@ impl Link {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(tokio::time::Instant::now() + backoff) => {}
+                _ = tokio::time::sleep_until(tokio::time::Instant::now() + jittered(backoff, random_u64())) => {}
                 _ = shutdown.changed() => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -227,5 +240,34 @@ impl Link {
             sender.send(message).await.map_err(|_| "the stream closed".to_owned())?;
         }
         Ok(mark)
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn waits_fall_in_the_upper_half_of_the_backoff() {
+        let second = Duration::from_secs(1);
+        let cases = [
+            (second, 0, 500),
+            (second, 500, 1_000),
+            (second, 501, 500),
+            (second, u64::MAX, 500 + u64::MAX % 501),
+            (MAX_BACKOFF, 7, 15_007),
+            (Duration::ZERO, 12_345, 0),
+        ];
+        for (backoff, random, expected_millis) in cases {
+            assert_eq!(
+                jittered(backoff, random),
+                Duration::from_millis(expected_millis),
+                "{backoff:?} {random}"
+            );
+        }
+        for _ in 0..1_000 {
+            let wait = jittered(MAX_BACKOFF, random_u64());
+            assert!(wait >= MAX_BACKOFF / 2 && wait <= MAX_BACKOFF, "{wait:?}");
+        }
     }
 }

@@ -43,6 +43,10 @@ struct Cli {
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Items per request for listings the CLI pages through (hosts, apps,
+    /// versions); 0 for the server's default. For tests and diagnosis.
+    #[arg(long, global = true, default_value_t = 0, hide = true)]
+    page_size: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,29 +216,59 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     let failure = |status| Failure::from_status(&url, status);
     let json = cli.json;
     let text = match cli.command {
+        // Listings arrive in pages; the CLI follows them to the end.
         Command::Hosts => {
-            let response = client
-                .list_hosts(pb::ListHostsRequest {})
-                .await
-                .map_err(failure)?
-                .into_inner();
-            let hosts: Vec<_> = response.hosts.iter().map(output::host).collect();
+            let mut hosts = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListHostsRequest {
+                    page_size: cli.page_size,
+                    page_token,
+                };
+                let response = client.list_hosts(request).await.map_err(failure)?.into_inner();
+                hosts.extend(response.hosts.iter().map(output::host));
+                page_token = response.next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
             render(json, &hosts, || output::hosts_table(&hosts))
         }
         Command::Apps { recipe } => {
-            let request = pb::ListAppsRequest {
-                recipe: recipe.map(String::from).unwrap_or_default(),
-            };
-            let response = client.list_apps(request).await.map_err(failure)?.into_inner();
-            let apps: Vec<_> = response.apps.iter().map(output::app).collect();
+            let mut apps = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListAppsRequest {
+                    recipe: recipe.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    page_size: cli.page_size,
+                    page_token,
+                };
+                let response = client.list_apps(request).await.map_err(failure)?.into_inner();
+                apps.extend(response.apps.iter().map(output::app));
+                page_token = response.next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
             render(json, &apps, || output::apps_table(&apps))
         }
         Command::Versions { recipe } => {
-            let request = pb::RecipeVersionsRequest {
-                recipe: recipe.to_string(),
-            };
-            let response = client.recipe_versions(request).await.map_err(failure)?.into_inner();
-            let versions = output::versions(&response);
+            let mut all = pb::RecipeVersionsResponse::default();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::RecipeVersionsRequest {
+                    recipe: recipe.to_string(),
+                    page_size: cli.page_size,
+                    page_token,
+                };
+                let response = client.recipe_versions(request).await.map_err(failure)?.into_inner();
+                page_token = response.next_page_token.clone();
+                output::append_version_page(&mut all, response);
+                if page_token.is_empty() {
+                    break;
+                }
+            }
+            let versions = output::versions(&all);
             render(json, &versions, || output::versions_table(&versions))
         }
         Command::Alerts { host } => {

@@ -145,6 +145,19 @@ pub fn versions(response: &pb::RecipeVersionsResponse) -> VersionsJson {
     }
 }
 
+/// Adds one page of a `RecipeVersions` answer to the pages before it: a
+/// version group cut by the page end continues as the first group of the
+/// next page, and becomes one group again here.
+pub fn append_version_page(all: &mut pb::RecipeVersionsResponse, page: pb::RecipeVersionsResponse) {
+    all.recipe = page.recipe;
+    for group in page.versions {
+        match all.versions.last_mut() {
+            Some(last) if last.version == group.version => last.apps.extend(group.apps),
+            _ => all.versions.push(group),
+        }
+    }
+}
+
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
@@ -442,6 +455,47 @@ pub fn operations_table(operations: &[OperationJson]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_pages_merge_into_groups() {
+        let app = |host: &str| pb::HostApp {
+            host_id: host.into(),
+            ..Default::default()
+        };
+        let group = |version: &str, hosts: &[&str]| pb::VersionGroup {
+            version: version.into(),
+            apps: hosts.iter().map(|host| app(host)).collect(),
+        };
+        let page = |groups: Vec<pb::VersionGroup>| pb::RecipeVersionsResponse {
+            recipe: "ghost".into(),
+            versions: groups,
+            next_page_token: String::new(),
+        };
+        let mut all = pb::RecipeVersionsResponse::default();
+        append_version_page(
+            &mut all,
+            page(vec![group("2.0.0", &["a"]), group("1.0.0", &["a", "b"])]),
+        );
+        append_version_page(&mut all, page(vec![group("1.0.0", &["c"]), group("", &["a"])]));
+        append_version_page(&mut all, page(vec![group("", &["b"])]));
+        let summary: Vec<(String, Vec<String>)> = all
+            .versions
+            .iter()
+            .map(|group| {
+                (
+                    group.version.clone(),
+                    group.apps.iter().map(|app| app.host_id.clone()).collect(),
+                )
+            })
+            .collect();
+        let expected = vec![
+            ("2.0.0".to_owned(), vec!["a".to_owned()]),
+            ("1.0.0".to_owned(), vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]),
+            (String::new(), vec!["a".to_owned(), "b".to_owned()]),
+        ];
+        assert_eq!(summary, expected);
+        assert_eq!(all.recipe, "ghost");
+    }
 
     #[test]
     fn terminal_controls_are_shown_escaped() {

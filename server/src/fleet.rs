@@ -150,6 +150,21 @@ impl Fleet {
             .is_some_and(|session| session.last_seen.elapsed() <= self.heartbeat_timeout)
     }
 
+    /// Whether each of `host_ids` is online, under one lock and one clock
+    /// reading (for listings of many hosts).
+    pub fn online_among<'a>(&self, host_ids: impl IntoIterator<Item = &'a HostId>) -> Vec<bool> {
+        let now = Instant::now();
+        let sessions = self.sessions();
+        host_ids
+            .into_iter()
+            .map(|host_id| {
+                sessions
+                    .get(host_id)
+                    .is_some_and(|session| now.saturating_duration_since(session.last_seen) <= self.heartbeat_timeout)
+            })
+            .collect()
+    }
+
     /// Closes every stream that has been silent for longer than the heartbeat
     /// timeout, and returns their hosts.
     pub fn expire_silent(&self) -> Vec<HostId> {

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::internal;
+use super::paging;
 use std::time::Duration;
 
 use super::enrollment::millis;
@@ -82,80 +83,149 @@ fn optional_host_id(value: &str) -> Result<Option<HostId>, Status> {
     convert::host_id("host_id", value).map(Some)
 }
 
-impl AdminService {
-    fn host_app(&self, host_id: &HostId, app: &AppRecord) -> pb::HostApp {
-        pb::HostApp {
-            host_id: host_id.to_string(),
-            host_status: convert::host_status(self.fleet.is_online(host_id)) as i32,
-            app: Some(convert::observed_app(app)),
-            observed_at: Some(convert::timestamp(app.observed_at)),
-        }
+/// One app of one host on the wire.
+fn host_app(host_id: &HostId, online: bool, app: &AppRecord) -> pb::HostApp {
+    pb::HostApp {
+        host_id: host_id.to_string(),
+        host_status: convert::host_status(online) as i32,
+        app: Some(convert::observed_app(app)),
+        observed_at: Some(convert::timestamp(app.observed_at)),
     }
 }
 
 type Rollout = Result<Response<pb::Rollout>, Status>;
 
+/// Logs (at debug) how long a listing page took inside the handler: index
+/// read and conversion, before encoding and transport; wall time, and the
+/// CPU time of the thread (the handler does not yield, so this is its own
+/// work even on a busy machine). `fleet-bench` reads these lines.
+struct ListingTimer {
+    wall: std::time::Instant,
+    cpu: Option<Duration>,
+}
+
+fn thread_cpu_time() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(Duration::from)
+}
+
+impl ListingTimer {
+    fn start() -> ListingTimer {
+        ListingTimer {
+            wall: std::time::Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    fn answered(&self, listing: &str, items: usize) {
+        let cpu_us = match (self.cpu, thread_cpu_time()) {
+            (Some(before), Some(after)) => after.saturating_sub(before).as_micros() as u64,
+            _ => 0,
+        };
+        tracing::debug!(
+            listing,
+            items,
+            elapsed_us = self.wall.elapsed().as_micros() as u64,
+            cpu_us,
+            "listing page answered"
+        );
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn list_hosts(
         &self,
-        _request: Request<pb::ListHostsRequest>,
+        request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        let hosts = self.store.read(|store| store.hosts()).await.map_err(internal)?;
-        let hosts = hosts
+        let timer = ListingTimer::start();
+        let request = request.into_inner();
+        let after = paging::host_after(&request.page_token)?;
+        let page = self
+            .store
+            .listings()
+            .hosts(after.as_ref(), paging::page_size(request.page_size));
+        let online = self.fleet.online_among(page.items.iter().map(|host| &host.host_id));
+        let hosts = page
+            .items
             .iter()
-            .map(|host| convert::host(host, self.fleet.is_online(&host.host_id)))
+            .zip(online)
+            .map(|(host, online)| convert::host(host, online))
             .collect();
-        Ok(Response::new(pb::ListHostsResponse { hosts }))
+        timer.answered("hosts", page.items.len());
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts,
+            next_page_token: page.next.as_ref().map(paging::host_token).unwrap_or_default(),
+        }))
     }
 
     async fn list_apps(&self, request: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
+        let timer = ListingTimer::start();
         let request = request.into_inner();
         let recipe = if request.recipe.is_empty() {
             None
         } else {
             Some(convert::recipe("recipe", &request.recipe)?)
         };
-        let apps = self
+        let after = paging::app_after(&request.page_token)?;
+        let page = self
             .store
-            .read(move |store| store.apps(recipe.as_ref()))
-            .await
-            .map_err(internal)?;
-        let apps = apps.iter().map(|(host_id, app)| self.host_app(host_id, app)).collect();
-        Ok(Response::new(pb::ListAppsResponse { apps }))
+            .listings()
+            .apps(recipe.as_ref(), after.as_ref(), paging::page_size(request.page_size));
+        let online = self
+            .fleet
+            .online_among(page.items.iter().map(|indexed| &indexed.host_id));
+        let apps = page
+            .items
+            .iter()
+            .zip(online)
+            .map(|(indexed, online)| host_app(&indexed.host_id, online, &indexed.app))
+            .collect();
+        timer.answered("apps", page.items.len());
+        Ok(Response::new(pb::ListAppsResponse {
+            apps,
+            next_page_token: page.next.as_ref().map(paging::app_token).unwrap_or_default(),
+        }))
     }
 
     async fn recipe_versions(
         &self,
         request: Request<pb::RecipeVersionsRequest>,
     ) -> Result<Response<pb::RecipeVersionsResponse>, Status> {
-        let recipe = convert::recipe("recipe", &request.into_inner().recipe)?;
-        let apps = {
-            let recipe = recipe.clone();
-            self.store
-                .read(move |store| store.apps(Some(&recipe)))
-                .await
-                .map_err(internal)?
-        };
-        // Newest version first; apps with no known version last.
-        let mut groups: std::collections::BTreeMap<std::cmp::Reverse<Option<CoopVersion>>, Vec<pb::HostApp>> =
-            std::collections::BTreeMap::new();
-        for (host_id, app) in &apps {
-            groups
-                .entry(std::cmp::Reverse(app.observed_version.clone()))
-                .or_default()
-                .push(self.host_app(host_id, app));
+        let timer = ListingTimer::start();
+        let request = request.into_inner();
+        let recipe = convert::recipe("recipe", &request.recipe)?;
+        let after = paging::version_after(&request.page_token)?;
+        let page = self
+            .store
+            .listings()
+            .versions(&recipe, after.as_ref(), paging::page_size(request.page_size));
+        // The index is in version order (newest first, unknown last), so a
+        // group is a run of equal versions.
+        let mut current: Option<&Option<CoopVersion>> = None;
+        let online = self
+            .fleet
+            .online_among(page.items.iter().map(|indexed| &indexed.host_id));
+        let mut versions: Vec<pb::VersionGroup> = Vec::new();
+        for (indexed, online) in page.items.iter().zip(online) {
+            let version = &indexed.app.observed_version;
+            if current != Some(version) {
+                versions.push(pb::VersionGroup {
+                    version: version.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    apps: Vec::new(),
+                });
+                current = Some(version);
+            }
+            if let Some(group) = versions.last_mut() {
+                group.apps.push(host_app(&indexed.host_id, online, &indexed.app));
+            }
         }
-        let versions = groups
-            .into_iter()
-            .map(|(std::cmp::Reverse(version), apps)| pb::VersionGroup {
-                version: version.map(|version| version.to_string()).unwrap_or_default(),
-                apps,
-            })
-            .collect();
+        timer.answered("versions", page.items.len());
         Ok(Response::new(pb::RecipeVersionsResponse {
             recipe: recipe.to_string(),
             versions,
+            next_page_token: page.next.as_ref().map(paging::version_token).unwrap_or_default(),
         }))
     }
 

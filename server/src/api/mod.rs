@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod convert;
 pub mod enrollment;
+pub mod paging;
 pub mod rollouts;
 
 use crate::store::StoreError;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{Store, StoreError};
+use super::{ListingIndex, Store, StoreError};
 
 /// A job runs on the store thread; a write returns the reply to send once
 /// its batch has been flushed.
@@ -27,6 +27,8 @@ pub struct StoreHandle {
     /// Set by `close`: the thread stops after the current batch.
     stopping: Arc<std::sync::atomic::AtomicBool>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The store's listing index, read here without a trip to the thread.
+    listings: Arc<ListingIndex>,
 }
 
 impl StoreHandle {
@@ -37,6 +39,7 @@ impl StoreHandle {
 
     /// Starts the store thread over an opened store.
     pub fn start(store: Store) -> Result<StoreHandle, StoreError> {
+        let listings = store.listing_index();
         let (jobs, inbox) = std_mpsc::channel::<Job>();
         let busy_since = Arc::new(AtomicU64::new(0));
         let busy = busy_since.clone();
@@ -51,6 +54,7 @@ impl StoreHandle {
             busy_since,
             stopping,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            listings,
         })
     }
 
@@ -70,6 +74,13 @@ impl StoreHandle {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// The in-memory listing index (hosts, apps, versions per recipe), kept
+    /// in step with the store's writes; reading it never waits for the store
+    /// thread.
+    pub fn listings(&self) -> &ListingIndex {
+        &self.listings
     }
 
     /// How long the store thread has been on its current job or flush;

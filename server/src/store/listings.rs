@@ -78,6 +78,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.index.put_host(host);
         Ok(())
     }
 

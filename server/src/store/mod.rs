@@ -11,6 +11,9 @@
 mod audit;
 mod enrolment;
 mod handle;
+mod index;
+#[cfg(test)]
+mod index_tests;
 mod listings;
 mod records;
 mod rollouts;
@@ -25,6 +28,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 pub use audit::*;
 pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::StoreHandle;
+pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
 pub use rollouts::*;
@@ -126,6 +130,9 @@ pub struct Store {
     /// Operations stored per host, counted on first use (this thread is the
     /// only writer, so the count stays true).
     operation_counts: std::sync::Mutex<std::collections::HashMap<HostId, usize>>,
+    /// Hosts and apps in memory for the admin listings; every write of the
+    /// hosts or apps tree updates it after its transaction succeeded.
+    index: std::sync::Arc<ListingIndex>,
 }
 
 impl Store {
@@ -153,10 +160,27 @@ impl Store {
             operations_by_time: db.open_tree(OPERATIONS_BY_TIME)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
+            index: Default::default(),
             db,
         };
         store.index_operations_if_missing()?;
+        store.build_listing_index()?;
         Ok(store)
+    }
+
+    /// Loads the listing index from the hosts and apps trees.
+    fn build_listing_index(&self) -> Result<(), StoreError> {
+        for host in self.hosts()? {
+            let apps = self.host_apps(&host.host_id)?;
+            self.index.put_host(&host);
+            self.index.replace_apps(&host.host_id, &apps);
+        }
+        Ok(())
+    }
+
+    /// The in-memory listing index, shared with readers off the store thread.
+    pub fn listing_index(&self) -> std::sync::Arc<ListingIndex> {
+        self.index.clone()
     }
 
     /// Makes every write so far durable.
@@ -185,6 +209,7 @@ impl Store {
     /// Writes a host record as given (registration, facts, coarse last-seen).
     pub fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
         self.hosts.insert(host.host_id.as_str(), encode(host)?)?;
+        self.index.put_host(host);
         Ok(())
     }
 
@@ -305,6 +330,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.index.put_host(host);
         if is_new {
             self.count_new_operation(&host.host_id)?;
         }
@@ -402,6 +428,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.index.put_host(&host);
         Ok(host)
     }
 
@@ -551,6 +578,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.index.remove_host(host_id);
         self.forget_operation_count(host_id);
         Ok(Some(revoked.into_iter().map(|(serial, _)| serial).collect()))
     }
@@ -602,6 +630,8 @@ impl Store {
         let host_id = host.host_id.as_str();
         let mut app_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut index_writes: Vec<(Vec<u8>, bool)> = Vec::new();
+        // The apps as they will be stored, for the listing index.
+        let mut kept: Vec<AppRecord> = Vec::with_capacity(inventory.len());
         for old in &stored {
             if !inventory.iter().any(|new| new.domain == old.domain) {
                 app_writes.push((key(&[host_id, old.domain.as_str()]), None));
@@ -610,9 +640,11 @@ impl Store {
         }
         for new in inventory {
             let old = stored.iter().find(|old| old.domain == new.domain);
-            if old.is_some_and(|old| old.same_observation(new)) {
+            if let Some(old) = old.filter(|old| old.same_observation(new)) {
+                kept.push(old.clone());
                 continue;
             }
+            kept.push(new.clone());
             if let Some(old) = old.filter(|old| old.recipe != new.recipe) {
                 index_writes.push((key(&[old.recipe.as_str(), host_id, old.domain.as_str()]), false));
             }
@@ -639,6 +671,8 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
+        self.index.put_host(&host);
+        self.index.replace_apps(&host.host_id, &kept);
         Ok(host)
     }
 }

@@ -20,8 +20,23 @@
 //! wall time, the agents' own delays on its critical path (the slowest host
 //! of each wave), the difference (the orchestration overhead) and the
 //! server's CPU time.
+//!
+//! `--baseline` runs the same agent load (one stream each, a 1.5 KB report
+//! every 10 s ± 10 %) first against a bare tonic + rustls mTLS server, then
+//! against the real server, and prints the figures side by side with their
+//! ratio (see `bench/baseline.rs`); `--traffic-seconds` sets the measured
+//! window (60).
+//!
+//! `--storm` kills the server (SIGKILL) under N reconnecting agents and
+//! restarts it; `--cap C` runs N agents against `--max-connections C` (see
+//! `bench/storm.rs`).
 
 #![allow(clippy::disallowed_methods)] // starts the real server and CLI, as an operator would
+
+#[path = "../bench/baseline.rs"]
+mod baseline;
+#[path = "../bench/storm.rs"]
+mod storm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +123,27 @@ async fn main() {
         rollout_bench(agents, concurrency).await;
         return;
     }
+    let arguments: Vec<String> = std::env::args().collect();
+    if let Some(index) = arguments.iter().position(|argument| argument == "--serve-baseline") {
+        let data = arguments
+            .get(index + 1)
+            .expect("--serve-baseline takes the data directory");
+        baseline::serve_baseline(std::path::Path::new(data)).await;
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--storm") {
+        storm::storm(agents, concurrency).await;
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--cap") {
+        let refuse_seconds = argument("--refuse-seconds", 30) as u64;
+        storm::cap(agents, argument("--cap", agents * 5 / 6), concurrency, refuse_seconds).await;
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--baseline") {
+        baseline_bench(agents, concurrency).await;
+        return;
+    }
     let steady_seconds = argument("--steady-seconds", 30) as u64;
     let directory = tempfile::tempdir().expect("a temporary directory");
     let server = TestServer::start(
@@ -119,26 +155,10 @@ async fn main() {
     println!("agents: {agents}; server pid {pid}, idle RSS {idle_rss:.1} MiB");
 
     // Enrolment: one token for everyone, `concurrency` enrolments at a time.
-    let token = server.create_token(&["--uses", &agents.to_string(), "--ttl", "2h"]);
     let url = server.url();
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for index in 0..agents {
-        let (gate, url, token) = (gate.clone(), url.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire().await.unwrap();
-            let host = format!("host-{index}");
-            let key = ccfleet_proto::tls::generate_key_and_request(&host).unwrap();
-            enroll_with_key(&url, &token, &host, &key.private_key_pem, &key.csr_pem)
-                .await
-                .expect("enrolment")
-        }));
-    }
-    let mut credentials = Vec::with_capacity(agents);
-    for task in tasks {
-        credentials.push(task.await.unwrap());
-    }
+    let credentials = enroll_all(&server, agents, concurrency).await;
     let elapsed = started.elapsed();
     println!(
         "enrolled {agents} hosts in {:.1} s ({:.0}/s)",
@@ -252,6 +272,17 @@ async fn main() {
         );
     }
 
+    // The admin read path through gRPC: the in-memory index, paged.
+    let mut admin = admin_client(&server).await;
+    for page_size in [1_000, 10_000] {
+        let log_before = server.log().len();
+        println!("{}", time_recipe_versions(&mut admin, "ghost", page_size, 20).await);
+        println!(
+            "  in the server's handler: {}",
+            handler_times(&server.log()[log_before..], "versions")
+        );
+    }
+
     // Shutdown with every stream open: SIGTERM until the process has exited
     // (streams told to end, last-seen written, store closed).
     let mut server = server;
@@ -265,6 +296,198 @@ async fn main() {
         heartbeat.abort();
     }
     drop(connected);
+}
+
+type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+async fn admin_client(server: &TestServer) -> Admin {
+    let channel = ccfleet_proto::tls::mtls_endpoint(&server.url(), &server.admin_credential())
+        .unwrap()
+        .connect()
+        .await
+        .expect("admin channel");
+    pb::admin_client::AdminClient::new(channel).max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES)
+}
+
+/// How many hosts the server lists as online (every page).
+async fn online_hosts(admin: &mut Admin) -> usize {
+    let (mut online, mut page_token) = (0, String::new());
+    loop {
+        let request = pb::ListHostsRequest {
+            page_size: 10_000,
+            page_token,
+        };
+        let response = admin.list_hosts(request).await.expect("list hosts").into_inner();
+        online += response
+            .hosts
+            .iter()
+            .filter(|host| host.status == pb::HostStatus::Online as i32)
+            .count();
+        page_token = response.next_page_token;
+        if page_token.is_empty() {
+            return online;
+        }
+    }
+}
+
+/// Times `RecipeVersions` over the whole fleet through gRPC on loopback
+/// (server time plus encoding and transport; the client is on the same
+/// cores): `rounds` full walks at `page_size`, p50 and max of a walk and of
+/// one page.
+async fn time_recipe_versions(admin: &mut Admin, recipe: &str, page_size: u32, rounds: usize) -> String {
+    let mut walks = Vec::with_capacity(rounds);
+    let mut pages = Vec::new();
+    let mut apps = 0;
+    for _ in 0..rounds {
+        let walk_started = Instant::now();
+        let mut page_token = String::new();
+        apps = 0;
+        loop {
+            let page_started = Instant::now();
+            let request = pb::RecipeVersionsRequest {
+                recipe: recipe.into(),
+                page_size,
+                page_token,
+            };
+            let response = admin.recipe_versions(request).await.expect("versions").into_inner();
+            pages.push(page_started.elapsed());
+            apps += response.versions.iter().map(|group| group.apps.len()).sum::<usize>();
+            page_token = response.next_page_token;
+            if page_token.is_empty() {
+                break;
+            }
+        }
+        walks.push(walk_started.elapsed());
+    }
+    walks.sort();
+    pages.sort();
+    format!(
+        "RecipeVersions {recipe} at page size {page_size}: {apps} apps in {} pages; whole walk p50 {:.1} ms, \
+         max {:.1} ms; one page p50 {:.1} ms, p99 {:.1} ms ({rounds} walks)",
+        pages.len() / rounds.max(1),
+        percentile(&walks, 0.5).as_secs_f64() * 1000.0,
+        percentile(&walks, 1.0).as_secs_f64() * 1000.0,
+        percentile(&pages, 0.5).as_secs_f64() * 1000.0,
+        percentile(&pages, 0.99).as_secs_f64() * 1000.0,
+    )
+}
+
+/// Enrols `agents` hosts (`host-0`...) with one token, `concurrency` at a time.
+async fn enroll_all(server: &TestServer, agents: usize, concurrency: usize) -> Vec<ccfleet_proto::tls::Credential> {
+    // A token allows at most 10,000 uses: one token per 10,000 hosts.
+    let tokens: Vec<String> = (0..agents.div_ceil(10_000))
+        .map(|chunk| {
+            let uses = (agents - chunk * 10_000).min(10_000);
+            server.create_token(&["--uses", &uses.to_string(), "--ttl", "2h"])
+        })
+        .collect();
+    let url = server.url();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for index in 0..agents {
+        let (gate, url, token) = (gate.clone(), url.clone(), tokens[index / 10_000].clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let host = format!("host-{index}");
+            let key = ccfleet_proto::tls::generate_key_and_request(&host).unwrap();
+            enroll_with_key(&url, &token, &host, &key.private_key_pem, &key.csr_pem)
+                .await
+                .expect("enrolment")
+        }));
+    }
+    let mut credentials = Vec::with_capacity(agents);
+    for task in tasks {
+        credentials.push(task.await.unwrap());
+    }
+    credentials
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn baseline_bench(agents: usize, concurrency: usize) {
+    use std::io::BufRead as _;
+    let traffic = Duration::from_secs(argument("--traffic-seconds", 60) as u64);
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let data = directory.path().join("data");
+    let server_arguments = ["--heartbeat-interval", "10s", "--heartbeat-timeout", "30s"];
+    let mut server = TestServer::start(&data, &server_arguments);
+    let credentials = enroll_all(&server, agents, concurrency).await;
+    server.terminate(Duration::from_secs(120));
+    println!("enrolled {agents} hosts; load average {}", load_average());
+
+    // The bare server, as a child process of this benchmark.
+    let mut bare = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .arg("--serve-baseline")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the baseline server");
+    let mut line = String::new();
+    std::io::BufReader::new(bare.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the baseline server's address");
+    let address = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening <address>")
+        .to_owned();
+    let bare_figures = baseline::run_load(
+        &format!("https://{address}"),
+        bare.id(),
+        &credentials,
+        concurrency,
+        traffic,
+    )
+    .await;
+    println!("baseline: {bare_figures:?}; load average {}", load_average());
+    let _ = bare.kill();
+    let _ = bare.wait();
+
+    // The real server on the same state, under the same load.
+    let mut server = TestServer::start(&data, &server_arguments);
+    let ccfleet_figures = baseline::run_load(&server.url(), server.pid(), &credentials, concurrency, traffic).await;
+    println!("ccfleet: {ccfleet_figures:?}; load average {}", load_average());
+    server.terminate(Duration::from_secs(120));
+    print!(
+        "{}",
+        baseline::comparison(agents, traffic, &bare_figures, &ccfleet_figures)
+    );
+}
+
+/// p50, p99 and max of the handler times the server logged for `listing`
+/// (`listing page answered ... elapsed_us=N cpu_us=M` at debug level).
+fn handler_times(log: &str, listing: &str) -> String {
+    let field = |line: &str, name: &str| -> Option<Duration> {
+        let value = line.split(&format!("{name}=")).nth(1)?.split_whitespace().next()?;
+        value.parse().ok().map(Duration::from_micros)
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("listing page answered") && line.contains(&format!("listing=\"{listing}\"")))
+        .collect();
+    let mut walls: Vec<Duration> = lines.iter().filter_map(|line| field(line, "elapsed_us")).collect();
+    let mut cpus: Vec<Duration> = lines.iter().filter_map(|line| field(line, "cpu_us")).collect();
+    walls.sort();
+    cpus.sort();
+    let ms = |times: &[Duration], fraction| percentile(times, fraction).as_secs_f64() * 1000.0;
+    format!(
+        "{} pages; wall p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; thread CPU p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
+         (index read and conversion; before encoding and transport)",
+        lines.len(),
+        ms(&walls, 0.5),
+        ms(&walls, 0.99),
+        ms(&walls, 1.0),
+        ms(&cpus, 0.5),
+        ms(&cpus, 0.99),
+        ms(&cpus, 1.0),
+    )
 }
 
 /// A small seeded generator (xorshift64*), so a run can be repeated exactly.
@@ -337,26 +560,9 @@ async fn rollout_bench(agents: usize, concurrency: usize) {
             behaviour,
         ));
     }
-    let admin_channel = ccfleet_proto::tls::mtls_endpoint(&url, &server.admin_credential())
-        .unwrap()
-        .connect()
-        .await
-        .expect("admin channel");
-    let mut admin = pb::admin_client::AdminClient::new(admin_channel)
-        .max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES);
+    let mut admin = admin_client(&server).await;
     loop {
-        let hosts = admin
-            .list_hosts(pb::ListHostsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .hosts;
-        if hosts
-            .iter()
-            .filter(|host| host.status == pb::HostStatus::Online as i32)
-            .count()
-            == agents
-        {
+        if online_hosts(&mut admin).await == agents {
             break;
         }
         // Polling the connection count, not a synchronisation of the measurement.

@@ -9,6 +9,7 @@ mod alerts;
 mod docker;
 mod edge;
 mod fleet;
+mod listing;
 mod nix;
 mod rollout;
 mod secrets;

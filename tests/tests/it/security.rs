@@ -134,7 +134,10 @@ async fn certificates_only_open_their_own_doors() {
 
     // A host certificate calling the Admin service.
     let mut admin_as_host = AdminClient::new(server.channel_for("web-1").await);
-    let status = admin_as_host.list_hosts(pb::ListHostsRequest {}).await.unwrap_err();
+    let status = admin_as_host
+        .list_hosts(pb::ListHostsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(
         status.message(),
@@ -178,7 +181,7 @@ async fn certificates_only_open_their_own_doors() {
     // No certificate at all, on the Agent and Admin services.
     let anonymous = server.anonymous_channel().await;
     let status = AdminClient::new(anonymous.clone())
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(pb::ListHostsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
@@ -261,7 +264,7 @@ async fn foreign_certificates_plaintext_and_oversized_messages_are_refused() {
     {
         Err(error) => error_chain(&error),
         Ok(channel) => AdminClient::new(channel)
-            .list_hosts(pb::ListHostsRequest {})
+            .list_hosts(pb::ListHostsRequest::default())
             .await
             .unwrap_err()
             .to_string(),
@@ -298,7 +301,7 @@ async fn foreign_certificates_plaintext_and_oversized_messages_are_refused() {
     let result = match plaintext.connect().await {
         Err(error) => Err(error_chain(&error)),
         Ok(channel) => AdminClient::new(channel)
-            .list_hosts(pb::ListHostsRequest {})
+            .list_hosts(pb::ListHostsRequest::default())
             .await
             .map(|_| ())
             .map_err(|s| s.to_string()),
