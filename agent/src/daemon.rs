@@ -422,6 +422,7 @@ impl Agent {
                     "last_good": record.last_good,
                     "fleet_target": record.fleet_target,
                     "held_back": record.rolled_back,
+                    "blocked_by": record.blocked_by,
                     "alert": crate::alerts::read(&reconciler.upgrader().settings().alerts_dir, app.domain.as_str()),
                     "snapshots": reconciler.upgrader().snapshot_dirs(&app.domain),
                 })

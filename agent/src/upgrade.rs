@@ -34,9 +34,7 @@ use crate::alerts::{self, Alert, Severity};
 use crate::config::{AgentConfig, AppConfig, ProbeScheme};
 use crate::docker::DockerError;
 use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
-use crate::journal::{
-    self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, RolledBackTarget, Trigger,
-};
+use crate::journal::{self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, Trigger};
 use crate::reconcile::{AppState, Reconciler};
 use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
 
@@ -760,35 +758,14 @@ impl Upgrader {
             record.finished_at = Some(journal::now_seconds());
             self.journal.write_operation(&record)?;
         }
-        let declared_then = declared.clone();
-        self.journal
-            .update_app(&record.domain, |app: &mut AppRecord| match outcome {
-                Outcome::Succeeded => {
-                    app.last_good = Some(record.to.clone());
-                    app.rolled_back.retain(|entry| entry.version != record.to);
-                    match record.trigger {
-                        Trigger::FleetUpgrade => app.fleet_target = Some(record.to.clone()),
-                        // A rollout's rollback withdraws its target, or the next
-                        // reconcile would move the app up again.
-                        Trigger::FleetRollback => app.fleet_target = None,
-                        _ => {}
-                    }
-                }
-                Outcome::RolledBack | Outcome::Failed | Outcome::Held => {
-                    app.last_good.get_or_insert_with(|| record.from.clone());
-                    app.rolled_back.retain(|entry| entry.version != record.to);
-                    app.rolled_back.push(RolledBackTarget {
-                        version: record.to.clone(),
-                        declared_then: declared_then.clone(),
-                        operation_id: record.id.clone(),
-                        reason: reason.to_owned(),
-                    });
-                }
-                Outcome::Skipped => {}
-            })?;
-        self.alert(&record, outcome, reason);
+        let app_record = self.journal.update_app(&record.domain, |app: &mut AppRecord| {
+            machine::record_outcome(app, &record, declared)
+        })?;
+        if !machine::changed_nothing(&record) {
+            self.alert(&record, outcome, reason);
+        }
         if outcome != Outcome::Skipped {
-            self.prune_snapshots(&record, outcome);
+            self.prune_snapshots(&record, outcome, &app_record);
         }
         let pushed = self.events.push(Body::Result(pb::OperationResult {
             operation_id: record.id.clone(),
@@ -853,14 +830,16 @@ impl Upgrader {
         }
     }
 
-    /// Keeps the newest snapshots per the retention, and always the one
-    /// named by the app's open FAILED alert (the operator needs it until a
-    /// later success clears the alert).
-    fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome) {
+    /// Keeps the newest snapshots per the retention, and always those of the
+    /// FAILED operations since the app's last success (the operator needs
+    /// them until then, even after a later alert replaced theirs) and the one
+    /// named by the app's open FAILED alert.
+    fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome, app_record: &AppRecord) {
         let open_alert = alerts::read(&self.settings.alerts_dir, record.domain.as_str())
             .filter(|alert| alert.outcome == Outcome::Failed)
             .map(|alert| alert.operation_id);
         let mut protect: Vec<&str> = open_alert.iter().map(String::as_str).collect();
+        protect.extend(app_record.failed_operations.iter().map(String::as_str));
         if outcome == Outcome::Failed {
             protect.push(record.id.as_str());
         }
