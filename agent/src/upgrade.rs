@@ -552,9 +552,8 @@ impl Upgrader {
             Ok(volumes) => volumes,
             Err(result) => return result,
         };
-        if volumes.is_empty() {
-            tracing::info!(app = %app.domain, "stateful app without volumes: nothing to snapshot");
-            return StepResult::Ok;
+        if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
+            return refused;
         }
         let store = self.snapshots.clone();
         let (domain, id) = (app.domain.clone(), record.id.clone());
@@ -873,6 +872,16 @@ impl Upgrader {
     }
 }
 
+/// A stateful app whose stack has no volume cannot be snapshotted: its
+/// upgrade is refused (HELD) rather than run without a copy of its data.
+fn refuse_without_volumes(stack: &str, volumes: &[VolumeSource]) -> Option<StepResult> {
+    volumes.is_empty().then(|| {
+        StepResult::Refused(format!(
+            "stateful but no volumes of stack {stack} found: cannot snapshot; set stateful = false if it keeps no data"
+        ))
+    })
+}
+
 /// The wire phase a journal phase reports as.
 fn wire_phase(phase: &Phase) -> pb::OperationPhase {
     match phase {
@@ -883,5 +892,27 @@ fn wire_phase(phase: &Phase) -> pb::OperationPhase {
         Phase::RollbackUndeploying | Phase::Restoring | Phase::RollbackDeploying | Phase::RollbackVerifying => {
             pb::OperationPhase::RollingBack
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stateful_app_without_volumes_is_refused_its_snapshot() {
+        assert_eq!(
+            refuse_without_volumes("blog_example_org", &[]),
+            Some(StepResult::Refused(
+                "stateful but no volumes of stack blog_example_org found: cannot snapshot; \
+                 set stateful = false if it keeps no data"
+                    .into()
+            ))
+        );
+        let volume = VolumeSource {
+            name: "blog_example_org_content".into(),
+            mountpoint: "/var/lib/docker/volumes/blog_example_org_content/_data".into(),
+        };
+        assert_eq!(refuse_without_volumes("blog_example_org", &[volume]), None);
     }
 }

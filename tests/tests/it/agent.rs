@@ -438,7 +438,12 @@ fn docker_config_for_url(url: &str, test: &DockerTest, token_file: &Path, apps: 
     let apps: String = apps
         .iter()
         .map(|(domain, version)| {
-            format!("[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\ndeploy_timeout = \"90s\"\n\n")
+            // The fixture's versions below 1.3 keep no data (no volumes):
+            // declared stateless, as a stateful app without volumes is refused.
+            format!(
+                "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\n\
+                 stateful = false\ndeploy_timeout = \"90s\"\n\n"
+            )
         })
         .collect();
     format!(
