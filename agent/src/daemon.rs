@@ -814,6 +814,9 @@ async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<m
             operation_id,
             ..
         } => {
+            if let Some(Err(reason)) = operation_id.as_deref().map(upgrade::check_operation_id) {
+                return Response::error(format!("--operation-id: {reason}"));
+            }
             let app = match agent.declared(&app) {
                 Ok(app) => app,
                 Err(message) => return Response::error(message),
@@ -855,13 +858,7 @@ async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<m
                     }
                 }
             };
-            let operation_id = match operation_id {
-                Some(id) if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) => {
-                    return Response::error("--operation-id must be 1 to 128 printable characters")
-                }
-                Some(id) => id,
-                None => upgrade::local_operation_id(),
-            };
+            let operation_id = operation_id.unwrap_or_else(upgrade::local_operation_id);
             let request = OperationRequest {
                 id: operation_id.clone(),
                 ask: Ask {
@@ -1008,9 +1005,12 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
             ..Default::default()
         }));
     };
-    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        tracing::warn!("a server command with an invalid operation id: ignored");
+    if id.is_empty() {
+        tracing::warn!("a server command without an operation id: ignored");
         return;
+    }
+    if let Err(reason) = upgrade::check_operation_id(&id) {
+        return refuse(reason);
     }
     let parsed_domain = match domain.parse::<Domain>() {
         Ok(parsed) => parsed,

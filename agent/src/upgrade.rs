@@ -84,6 +84,22 @@ pub fn local_operation_id() -> String {
     format!("local-{}", ccfleet_proto::tls::random_hex(8))
 }
 
+/// The longest operation id accepted.
+pub const MAX_OPERATION_ID: usize = 128;
+
+/// Checks an operation id from outside (`upgrade --operation-id`, a server
+/// command) before anything is touched: it names the operation's snapshot
+/// directory, so it follows the snapshot store's rule
+/// (`[A-Za-z0-9][A-Za-z0-9_.-]*`), at most 128 bytes.
+pub fn check_operation_id(id: &str) -> Result<(), String> {
+    if id.len() > MAX_OPERATION_ID {
+        return Err(format!(
+            "invalid operation id {id:?}: is longer than {MAX_OPERATION_ID} bytes"
+        ));
+    }
+    crate::snapshot::check_name("operation id", id).map_err(|error| error.to_string())
+}
+
 /// How an operation ended, for the caller (and `upgrade --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OperationReport {
@@ -898,6 +914,55 @@ fn wire_phase(phase: &Phase) -> pb::OperationPhase {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_ids_follow_the_snapshot_directory_rule() {
+        let long = "a".repeat(129);
+        let rows = [
+            "local-3f68e324d0bb66a0",
+            "ghost-lq2x1k.0.rollback",
+            "op_1",
+            "",
+            ".hidden",
+            "-op",
+            "op/../../etc",
+            "op 1",
+            "op:1",
+            "op\n1",
+            "é",
+            long.as_str(),
+        ];
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|id| {
+                let shown = format!("{id:?}").replace(&long, "a*129");
+                match check_operation_id(id) {
+                    Ok(()) => format!("{shown}: ok"),
+                    Err(error) => format!("{shown}: {}", error.replace(&long, "a*129")),
+                }
+            })
+            .collect();
+        expect_test::expect![[r#"
+            "local-3f68e324d0bb66a0": ok
+            "ghost-lq2x1k.0.rollback": ok
+            "op_1": ok
+            "": invalid operation id "": is empty
+            ".hidden": invalid operation id ".hidden": must start with a letter or digit
+            "-op": invalid operation id "-op": must start with a letter or digit
+            "op/../../etc": invalid operation id "op/../../etc": may contain only letters, digits, '_', '.' and '-'
+            "op 1": invalid operation id "op 1": may contain only letters, digits, '_', '.' and '-'
+            "op:1": invalid operation id "op:1": may contain only letters, digits, '_', '.' and '-'
+            "op\n1": invalid operation id "op\n1": may contain only letters, digits, '_', '.' and '-'
+            "é": invalid operation id "é": must start with a letter or digit
+            "a*129": invalid operation id "a*129": is longer than 128 bytes"#]]
+        .assert_eq(&lines.join("\n"));
+        // Every accepted id names a snapshot directory.
+        let store = SnapshotStore::new("/tmp/snapshots".into());
+        for id in rows.iter().filter(|id| check_operation_id(id).is_ok()) {
+            let dir = store.dir_of(&"blog.example.org".parse().unwrap(), id);
+            assert_eq!(dir.parent().unwrap(), Path::new("/tmp/snapshots/blog.example.org"));
+        }
+    }
 
     #[test]
     fn a_stateful_app_without_volumes_is_refused_its_snapshot() {
