@@ -964,6 +964,73 @@ mod tests {
         }
     }
 
+    /// The snapshot of a FAILED operation is kept after later outcomes
+    /// replaced its alert, whatever the retention, until a success.
+    #[test]
+    fn a_failed_operations_snapshot_is_kept_until_the_app_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            snapshots_dir: dir.path().join("snapshots"),
+            alerts_dir: dir.path().join("alerts"),
+            snapshot_retention: 1,
+            min_healthy_time: Duration::from_secs(1),
+            probe_address: "127.0.0.1:9".parse().unwrap(),
+            probe_scheme: ProbeScheme::Http,
+            poll_interval: Duration::from_millis(100),
+        };
+        let journal = Journal::open(&dir.path().join("state"), &dir.path().join("abra")).unwrap();
+        let upgrader = Upgrader::new(journal, settings, Arc::new(LogEvents));
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::write(volume.join("post.md"), "data").unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let declared: CoopVersion = "1.0.0+5.0".parse().unwrap();
+        let finish = |id: &str, to: &str, outcome: Outcome| {
+            let volumes = [VolumeSource {
+                name: "blog_example_org_data".into(),
+                mountpoint: volume.clone(),
+            }];
+            upgrader.snapshots.take(&domain, id, &volumes).unwrap();
+            let record = OperationRecord {
+                format: journal::FORMAT,
+                id: id.into(),
+                domain: domain.clone(),
+                recipe: "ghost".parse().unwrap(),
+                trigger: Trigger::Operator,
+                from: declared.clone(),
+                to: to.parse().unwrap(),
+                stateful: true,
+                phase: Phase::Done {
+                    outcome,
+                    reason: "why".into(),
+                },
+                failure: None,
+                snapshot: Some(upgrader.snapshots.dir_of(&domain, id)),
+                snapshot_verified: true,
+                started_at: 0,
+                finished_at: None,
+                reported: false,
+            };
+            upgrader.journal.write_operation(&record).unwrap();
+            upgrader.finish(&record, &declared).unwrap();
+            let mut kept: Vec<String> = upgrader
+                .snapshots
+                .list(&domain)
+                .unwrap()
+                .into_iter()
+                .map(|info| info.operation_id)
+                .collect();
+            kept.sort();
+            kept
+        };
+        assert_eq!(finish("op-1", "1.1.0+5.1", Outcome::Failed), ["op-1"]);
+        // Later outcomes replace the FAILED alert; its snapshot stays.
+        assert_eq!(finish("op-2", "1.2.0+5.2", Outcome::RolledBack), ["op-1", "op-2"]);
+        assert_eq!(finish("op-3", "1.3.0+5.3", Outcome::Held), ["op-1", "op-3"]);
+        // A success releases it.
+        assert_eq!(finish("op-4", "1.0.0+5.0", Outcome::Succeeded), ["op-4"]);
+    }
+
     #[test]
     fn a_stateful_app_without_volumes_is_refused_its_snapshot() {
         assert_eq!(
