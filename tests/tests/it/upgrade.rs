@@ -823,6 +823,18 @@ async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
         "{status}"
     );
     assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 0);
+
+    // An operator's explicit move below the rollout's target withdraws the
+    // target: the next reconcile keeps the app where the operator put it.
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3, "--json"]);
+    assert!(ok, "{report} {stderr}");
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["fleet_target"], Value::Null, "{status}");
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
