@@ -163,8 +163,9 @@ pub enum ReconcileErrorKind {
         outcome: Outcome,
         reason: String,
     },
-    /// The desired version is held back (it was rolled back before, or is a
-    /// major move that is not allowed); nothing ran.
+    /// The desired version is held back (it was rolled back before, is a
+    /// major move that is not allowed, or a FAILED operation blocks the app);
+    /// nothing ran.
     #[error("{to} is not applied: {reason}")]
     HeldBack { to: CoopVersion, reason: String },
     #[error("the upgrade transaction failed: {reason}")]
