@@ -422,6 +422,7 @@ impl Agent {
                     "last_good": record.last_good,
                     "fleet_target": record.fleet_target,
                     "held_back": record.rolled_back,
+                    "blocked_by": record.blocked_by,
                     "alert": crate::alerts::read(&reconciler.upgrader().settings().alerts_dir, app.domain.as_str()),
                     "snapshots": reconciler.upgrader().snapshot_dirs(&app.domain),
                 })
@@ -500,10 +501,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // else may touch their apps: their locks are taken now, before the first
     // reconcile can ask for them.
     if !unfinished.is_empty() {
-        let mut guards = Vec::new();
-        for record in &unfinished {
-            guards.push(reconciler.lock_app(&record.domain).await);
-        }
+        // Once per app: its lock is not re-entrant, and one app may have
+        // several unfinished operations (resumed in order under one guard).
+        let guards = lock_each_app_once(&unfinished, |domain| reconciler.lock_app(domain)).await;
         let agent = agent.clone();
         let in_flight = agent.in_flight.enter();
         tokio::spawn(async move {
@@ -814,6 +814,9 @@ async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<m
             operation_id,
             ..
         } => {
+            if let Some(Err(reason)) = operation_id.as_deref().map(upgrade::check_operation_id) {
+                return Response::error(format!("--operation-id: {reason}"));
+            }
             let app = match agent.declared(&app) {
                 Ok(app) => app,
                 Err(message) => return Response::error(message),
@@ -855,13 +858,7 @@ async fn handle_request(agent: &Arc<Agent>, request: Request, progress: Option<m
                     }
                 }
             };
-            let operation_id = match operation_id {
-                Some(id) if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) => {
-                    return Response::error("--operation-id must be 1 to 128 printable characters")
-                }
-                Some(id) => id,
-                None => upgrade::local_operation_id(),
-            };
+            let operation_id = operation_id.unwrap_or_else(upgrade::local_operation_id);
             let request = OperationRequest {
                 id: operation_id.clone(),
                 ask: Ask {
@@ -1008,9 +1005,12 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
             ..Default::default()
         }));
     };
-    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        tracing::warn!("a server command with an invalid operation id: ignored");
+    if id.is_empty() {
+        tracing::warn!("a server command without an operation id: ignored");
         return;
+    }
+    if let Err(reason) = upgrade::check_operation_id(&id) {
+        return refuse(reason);
     }
     let parsed_domain = match domain.parse::<Domain>() {
         Ok(parsed) => parsed,
@@ -1056,5 +1056,82 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
             tracing::info!(operation = %id, %reason, "server command left the app alone")
         }
         Err(error) => tracing::error!(operation = %id, %error, "server command failed"),
+    }
+}
+
+/// Takes the lock of every app named by `records` once, in domain order
+/// (a tokio mutex is not re-entrant: locking an app twice would wait forever).
+async fn lock_each_app_once<'a, Guard, Lock>(
+    records: &'a [crate::journal::OperationRecord],
+    lock: impl Fn(&'a Domain) -> Lock,
+) -> Vec<Guard>
+where
+    Lock: std::future::Future<Output = Guard>,
+{
+    let domains: std::collections::BTreeSet<&Domain> = records.iter().map(|record| &record.domain).collect();
+    let mut guards = Vec::with_capacity(domains.len());
+    for domain in domains {
+        guards.push(lock(domain).await);
+    }
+    guards
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ccfleet_proto::Domain;
+
+    use super::lock_each_app_once;
+    use crate::journal::{OperationRecord, Outcome, Phase, Trigger, FORMAT};
+
+    fn unfinished(id: &str, domain: &str) -> OperationRecord {
+        OperationRecord {
+            format: FORMAT,
+            id: id.into(),
+            domain: domain.parse().unwrap(),
+            recipe: "ghost".parse().unwrap(),
+            trigger: Trigger::Declared,
+            from: "1.0.0+5.0".parse().unwrap(),
+            to: "1.1.0+5.1".parse().unwrap(),
+            stateful: true,
+            phase: Phase::Done {
+                outcome: Outcome::RolledBack,
+                reason: "x".into(),
+            },
+            failure: None,
+            snapshot: None,
+            snapshot_verified: false,
+            started_at: 0,
+            finished_at: None,
+            reported: false,
+        }
+    }
+
+    /// Two unfinished operations of one app (and one of another): start-up
+    /// takes each app's lock once instead of waiting on itself forever.
+    #[tokio::test]
+    async fn two_unfinished_operations_of_one_app_lock_it_once() {
+        let records = [
+            unfinished("op-1", "blog.example.org"),
+            unfinished("op-2", "chat.example.org"),
+            unfinished("op-3", "blog.example.org"),
+        ];
+        let locks: HashMap<Domain, Arc<tokio::sync::Mutex<()>>> = records
+            .iter()
+            .map(|record| (record.domain.clone(), Arc::default()))
+            .collect();
+        let locked = tokio::time::timeout(
+            Duration::from_secs(10),
+            lock_each_app_once(&records, |domain| Arc::clone(&locks[domain]).lock_owned()),
+        )
+        .await
+        .expect("locking the apps of the unfinished operations never finished");
+        assert_eq!(locked.len(), 2);
+        for lock in locks.values() {
+            assert!(lock.try_lock().is_err(), "every app is locked");
+        }
     }
 }

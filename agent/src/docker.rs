@@ -194,11 +194,12 @@ impl Docker {
         Ok(volumes)
     }
 
-    /// How many containers of `stack` exist in any state but exited, dead or
-    /// created: after `docker stack rm` the services vanish at once but their
+    /// How many containers of `stack` exist in any state but exited or dead:
+    /// after `docker stack rm` the services vanish at once but their
     /// containers take a moment to stop, and a volume must not be copied
-    /// while one still writes to it. A state the engine does not name counts
-    /// as running.
+    /// while one still writes to it. A created container counts: a task's
+    /// container can start from there during the copy. A state the engine
+    /// does not name counts as running.
     pub async fn running_containers(&self, stack: &str) -> Result<usize, DockerError> {
         let containers = self
             .client
@@ -217,11 +218,7 @@ impl Docker {
             .filter(|container| {
                 !matches!(
                     container.state,
-                    Some(
-                        ContainerSummaryStateEnum::EXITED
-                            | ContainerSummaryStateEnum::DEAD
-                            | ContainerSummaryStateEnum::CREATED
-                    )
+                    Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD)
                 )
             })
             .count())

@@ -179,6 +179,13 @@ pub struct RolledBackTarget {
     pub declared_then: CoopVersion,
     pub operation_id: String,
     pub reason: String,
+    /// How that operation ended (records written before this field: ROLLED_BACK).
+    #[serde(default = "rolled_back_outcome")]
+    pub outcome: Outcome,
+}
+
+fn rolled_back_outcome() -> Outcome {
+    Outcome::RolledBack
 }
 
 /// What the agent remembers about one app between operations.
@@ -190,6 +197,14 @@ pub struct AppRecord {
     /// desired version is max(declared, this).
     pub fleet_target: Option<CoopVersion>,
     pub rolled_back: Vec<RolledBackTarget>,
+    /// The FAILED operation that may have left the app undeployed or on
+    /// half-restored volumes: no reconcile deploys it until a later operation
+    /// succeeds.
+    #[serde(default)]
+    pub blocked_by: Option<String>,
+    /// FAILED operations since the last success: their snapshots are kept.
+    #[serde(default)]
+    pub failed_operations: Vec<String>,
 }
 
 impl AppRecord {
@@ -670,6 +685,7 @@ mod tests {
                     declared_then: version("1.1.0+5.1"),
                     operation_id: "op-1".into(),
                     reason: "unhealthy".into(),
+                    outcome: Outcome::RolledBack,
                 })
             })
             .unwrap();

@@ -190,6 +190,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             socket,
         } => {
             use std::io::IsTerminal;
+            // Refused here already, before the agent is asked anything.
+            if let Some(Err(reason)) = operation_id.as_deref().map(ccfleet_agent::upgrade::check_operation_id) {
+                anyhow::bail!("--operation-id: {reason}");
+            }
             let request = Request::Upgrade {
                 app,
                 to,

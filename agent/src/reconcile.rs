@@ -176,8 +176,9 @@ pub enum ReconcileErrorKind {
         outcome: Outcome,
         reason: String,
     },
-    /// The desired version is held back (it was rolled back before, or is a
-    /// major move that is not allowed); nothing ran.
+    /// The desired version is held back (it was rolled back before, is a
+    /// major move that is not allowed, or a FAILED operation blocks the app);
+    /// nothing ran.
     #[error("{to} is not applied: {reason}")]
     HeldBack { to: CoopVersion, reason: String },
     #[error("the upgrade transaction failed: {reason}")]
@@ -491,20 +492,31 @@ impl Reconciler {
         };
 
         let before = self.observe(app).await;
-        let fleet_target = journal
-            .app(&app.domain)
-            .map_err(|error| ReconcileErrorKind::Journal {
-                step: "read the app's journal record".into(),
-                error: Box::new(error),
-            })?
-            .fleet_target;
-        let desired = plan::desired_version(&app.version, fleet_target.as_ref());
+        let app_record = journal.app(&app.domain).map_err(|error| ReconcileErrorKind::Journal {
+            step: "read the app's journal record".into(),
+            error: Box::new(error),
+        })?;
+        let desired = plan::desired_version(&app.version, app_record.fleet_target.as_ref());
+        let blocked_by = app_record.blocked_by.as_deref();
         let expected = match plan::version_step(
             &before,
             &desired,
             (needs_redeploy && !created).then_some(redeploy_reason),
+            blocked_by,
         ) {
             plan::VersionStep::CannotObserve { reason } => return Err(ReconcileErrorKind::Observe { reason }),
+            plan::VersionStep::Blocked { operation_id, version } => {
+                let alert = self.upgrader.settings().alerts_dir.join(format!("{}.json", app.domain));
+                return Err(ReconcileErrorKind::HeldBack {
+                    to: version,
+                    reason: format!(
+                        "blocked by failed operation {operation_id} (alert {}): an operator must act \
+                         (ccfleet-agent upgrade {} --to VERSION, or restore by hand)",
+                        alert.display(),
+                        app.domain
+                    ),
+                });
+            }
             plan::VersionStep::Deploy { version } => {
                 self.abra
                     .deploy(&app.recipe, &app.domain, &version, false)

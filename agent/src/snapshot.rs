@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use store::check_name;
 pub use store::SnapshotStore;
 pub use tree::{compare, walk, Difference};
 

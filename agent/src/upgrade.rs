@@ -34,9 +34,7 @@ use crate::alerts::{self, Alert, Severity};
 use crate::config::{AgentConfig, AppConfig, ProbeScheme};
 use crate::docker::DockerError;
 use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
-use crate::journal::{
-    self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, RolledBackTarget, Trigger,
-};
+use crate::journal::{self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, Trigger};
 use crate::reconcile::{AppState, Reconciler};
 use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
 
@@ -84,6 +82,22 @@ pub struct OperationRequest {
 /// A new local operation id.
 pub fn local_operation_id() -> String {
     format!("local-{}", ccfleet_proto::tls::random_hex(8))
+}
+
+/// The longest operation id accepted.
+pub const MAX_OPERATION_ID: usize = 128;
+
+/// Checks an operation id from outside (`upgrade --operation-id`, a server
+/// command) before anything is touched: it names the operation's snapshot
+/// directory, so it follows the snapshot store's rule
+/// (`[A-Za-z0-9][A-Za-z0-9_.-]*`), at most 128 bytes.
+pub fn check_operation_id(id: &str) -> Result<(), String> {
+    if id.len() > MAX_OPERATION_ID {
+        return Err(format!(
+            "invalid operation id {id:?}: is longer than {MAX_OPERATION_ID} bytes"
+        ));
+    }
+    crate::snapshot::check_name("operation id", id).map_err(|error| error.to_string())
 }
 
 /// How an operation ended, for the caller (and `upgrade --json`).
@@ -554,9 +568,8 @@ impl Upgrader {
             Ok(volumes) => volumes,
             Err(result) => return result,
         };
-        if volumes.is_empty() {
-            tracing::info!(app = %app.domain, "stateful app without volumes: nothing to snapshot");
-            return StepResult::Ok;
+        if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
+            return refused;
         }
         let store = self.snapshots.clone();
         let (domain, id) = (app.domain.clone(), record.id.clone());
@@ -760,35 +773,14 @@ impl Upgrader {
             record.finished_at = Some(journal::now_seconds());
             self.journal.write_operation(&record)?;
         }
-        let declared_then = declared.clone();
-        self.journal
-            .update_app(&record.domain, |app: &mut AppRecord| match outcome {
-                Outcome::Succeeded => {
-                    app.last_good = Some(record.to.clone());
-                    app.rolled_back.retain(|entry| entry.version != record.to);
-                    match record.trigger {
-                        Trigger::FleetUpgrade => app.fleet_target = Some(record.to.clone()),
-                        // A rollout's rollback withdraws its target, or the next
-                        // reconcile would move the app up again.
-                        Trigger::FleetRollback => app.fleet_target = None,
-                        _ => {}
-                    }
-                }
-                Outcome::RolledBack | Outcome::Failed | Outcome::Held => {
-                    app.last_good.get_or_insert_with(|| record.from.clone());
-                    app.rolled_back.retain(|entry| entry.version != record.to);
-                    app.rolled_back.push(RolledBackTarget {
-                        version: record.to.clone(),
-                        declared_then: declared_then.clone(),
-                        operation_id: record.id.clone(),
-                        reason: reason.to_owned(),
-                    });
-                }
-                Outcome::Skipped => {}
-            })?;
-        self.alert(&record, outcome, reason);
+        let app_record = self.journal.update_app(&record.domain, |app: &mut AppRecord| {
+            machine::record_outcome(app, &record, declared)
+        })?;
+        if !machine::changed_nothing(&record) {
+            self.alert(&record, outcome, reason);
+        }
         if outcome != Outcome::Skipped {
-            self.prune_snapshots(&record, outcome);
+            self.prune_snapshots(&record, outcome, &app_record);
         }
         let pushed = self.events.push(Body::Result(pb::OperationResult {
             operation_id: record.id.clone(),
@@ -853,14 +845,16 @@ impl Upgrader {
         }
     }
 
-    /// Keeps the newest snapshots per the retention, and always the one
-    /// named by the app's open FAILED alert (the operator needs it until a
-    /// later success clears the alert).
-    fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome) {
+    /// Keeps the newest snapshots per the retention, and always those of the
+    /// FAILED operations since the app's last success (the operator needs
+    /// them until then, even after a later alert replaced theirs) and the one
+    /// named by the app's open FAILED alert.
+    fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome, app_record: &AppRecord) {
         let open_alert = alerts::read(&self.settings.alerts_dir, record.domain.as_str())
             .filter(|alert| alert.outcome == Outcome::Failed)
             .map(|alert| alert.operation_id);
         let mut protect: Vec<&str> = open_alert.iter().map(String::as_str).collect();
+        protect.extend(app_record.failed_operations.iter().map(String::as_str));
         if outcome == Outcome::Failed {
             protect.push(record.id.as_str());
         }
@@ -894,6 +888,16 @@ impl Upgrader {
     }
 }
 
+/// A stateful app whose stack has no volume cannot be snapshotted: its
+/// upgrade is refused (HELD) rather than run without a copy of its data.
+fn refuse_without_volumes(stack: &str, volumes: &[VolumeSource]) -> Option<StepResult> {
+    volumes.is_empty().then(|| {
+        StepResult::Refused(format!(
+            "stateful but no volumes of stack {stack} found: cannot snapshot; set stateful = false if it keeps no data"
+        ))
+    })
+}
+
 /// The wire phase a journal phase reports as.
 fn wire_phase(phase: &Phase) -> pb::OperationPhase {
     match phase {
@@ -904,5 +908,143 @@ fn wire_phase(phase: &Phase) -> pb::OperationPhase {
         Phase::RollbackUndeploying | Phase::Restoring | Phase::RollbackDeploying | Phase::RollbackVerifying => {
             pb::OperationPhase::RollingBack
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids_follow_the_snapshot_directory_rule() {
+        let long = "a".repeat(129);
+        let rows = [
+            "local-3f68e324d0bb66a0",
+            "ghost-lq2x1k.0.rollback",
+            "op_1",
+            "",
+            ".hidden",
+            "-op",
+            "op/../../etc",
+            "op 1",
+            "op:1",
+            "op\n1",
+            "é",
+            long.as_str(),
+        ];
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|id| {
+                let shown = format!("{id:?}").replace(&long, "a*129");
+                match check_operation_id(id) {
+                    Ok(()) => format!("{shown}: ok"),
+                    Err(error) => format!("{shown}: {}", error.replace(&long, "a*129")),
+                }
+            })
+            .collect();
+        expect_test::expect![[r#"
+            "local-3f68e324d0bb66a0": ok
+            "ghost-lq2x1k.0.rollback": ok
+            "op_1": ok
+            "": invalid operation id "": is empty
+            ".hidden": invalid operation id ".hidden": must start with a letter or digit
+            "-op": invalid operation id "-op": must start with a letter or digit
+            "op/../../etc": invalid operation id "op/../../etc": may contain only letters, digits, '_', '.' and '-'
+            "op 1": invalid operation id "op 1": may contain only letters, digits, '_', '.' and '-'
+            "op:1": invalid operation id "op:1": may contain only letters, digits, '_', '.' and '-'
+            "op\n1": invalid operation id "op\n1": may contain only letters, digits, '_', '.' and '-'
+            "é": invalid operation id "é": must start with a letter or digit
+            "a*129": invalid operation id "a*129": is longer than 128 bytes"#]]
+        .assert_eq(&lines.join("\n"));
+        // Every accepted id names a snapshot directory.
+        let store = SnapshotStore::new("/tmp/snapshots".into());
+        for id in rows.iter().filter(|id| check_operation_id(id).is_ok()) {
+            let dir = store.dir_of(&"blog.example.org".parse().unwrap(), id);
+            assert_eq!(dir.parent().unwrap(), Path::new("/tmp/snapshots/blog.example.org"));
+        }
+    }
+
+    /// The snapshot of a FAILED operation is kept after later outcomes
+    /// replaced its alert, whatever the retention, until a success.
+    #[test]
+    fn a_failed_operations_snapshot_is_kept_until_the_app_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            snapshots_dir: dir.path().join("snapshots"),
+            alerts_dir: dir.path().join("alerts"),
+            snapshot_retention: 1,
+            min_healthy_time: Duration::from_secs(1),
+            probe_address: "127.0.0.1:9".parse().unwrap(),
+            probe_scheme: ProbeScheme::Http,
+            poll_interval: Duration::from_millis(100),
+        };
+        let journal = Journal::open(&dir.path().join("state"), &dir.path().join("abra")).unwrap();
+        let upgrader = Upgrader::new(journal, settings, Arc::new(LogEvents));
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::write(volume.join("post.md"), "data").unwrap();
+        let domain: Domain = "blog.example.org".parse().unwrap();
+        let declared: CoopVersion = "1.0.0+5.0".parse().unwrap();
+        let finish = |id: &str, to: &str, outcome: Outcome| {
+            let volumes = [VolumeSource {
+                name: "blog_example_org_data".into(),
+                mountpoint: volume.clone(),
+            }];
+            upgrader.snapshots.take(&domain, id, &volumes).unwrap();
+            let record = OperationRecord {
+                format: journal::FORMAT,
+                id: id.into(),
+                domain: domain.clone(),
+                recipe: "ghost".parse().unwrap(),
+                trigger: Trigger::Operator,
+                from: declared.clone(),
+                to: to.parse().unwrap(),
+                stateful: true,
+                phase: Phase::Done {
+                    outcome,
+                    reason: "why".into(),
+                },
+                failure: None,
+                snapshot: Some(upgrader.snapshots.dir_of(&domain, id)),
+                snapshot_verified: true,
+                started_at: 0,
+                finished_at: None,
+                reported: false,
+            };
+            upgrader.journal.write_operation(&record).unwrap();
+            upgrader.finish(&record, &declared).unwrap();
+            let mut kept: Vec<String> = upgrader
+                .snapshots
+                .list(&domain)
+                .unwrap()
+                .into_iter()
+                .map(|info| info.operation_id)
+                .collect();
+            kept.sort();
+            kept
+        };
+        assert_eq!(finish("op-1", "1.1.0+5.1", Outcome::Failed), ["op-1"]);
+        // Later outcomes replace the FAILED alert; its snapshot stays.
+        assert_eq!(finish("op-2", "1.2.0+5.2", Outcome::RolledBack), ["op-1", "op-2"]);
+        assert_eq!(finish("op-3", "1.3.0+5.3", Outcome::Held), ["op-1", "op-3"]);
+        // A success releases it.
+        assert_eq!(finish("op-4", "1.0.0+5.0", Outcome::Succeeded), ["op-4"]);
+    }
+
+    #[test]
+    fn a_stateful_app_without_volumes_is_refused_its_snapshot() {
+        assert_eq!(
+            refuse_without_volumes("blog_example_org", &[]),
+            Some(StepResult::Refused(
+                "stateful but no volumes of stack blog_example_org found: cannot snapshot; \
+                 set stateful = false if it keeps no data"
+                    .into()
+            ))
+        );
+        let volume = VolumeSource {
+            name: "blog_example_org_content".into(),
+            mountpoint: "/var/lib/docker/volumes/blog_example_org_content/_data".into(),
+        };
+        assert_eq!(refuse_without_volumes("blog_example_org", &[volume]), None);
     }
 }

@@ -24,6 +24,10 @@ pub enum VersionStep {
     Upgrade { from: CoopVersion, to: CoopVersion },
     /// Nothing to run; wait until converged at `version`.
     Keep { version: CoopVersion },
+    /// A FAILED operation may have left the app undeployed or on half-restored
+    /// volumes: nothing is deployed outside the transaction until an operator
+    /// acts and an operation succeeds.
+    Blocked { operation_id: String, version: CoopVersion },
 }
 
 /// The max of the declared version and the fleet target.
@@ -53,12 +57,24 @@ pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, f
 
 /// Decides the version step. `redeploy_owed`: why the running stack must be
 /// redeployed (owned env keys changed, secrets rotated, or a redeploy failed
-/// before) when the app existed before this reconcile.
-pub fn version_step(observed: &ObservedApp, desired: &CoopVersion, redeploy_owed: Option<&str>) -> VersionStep {
+/// before) when the app existed before this reconcile. `blocked_by`: the
+/// FAILED operation the app's journal record names.
+pub fn version_step(
+    observed: &ObservedApp,
+    desired: &CoopVersion,
+    redeploy_owed: Option<&str>,
+    blocked_by: Option<&str>,
+) -> VersionStep {
     let running = match (&observed.state, &observed.observed_version) {
         (AppState::Unknown, _) => {
             return VersionStep::CannotObserve {
                 reason: observed.drift.join("; "),
+            }
+        }
+        _ if blocked_by.is_some() => {
+            return VersionStep::Blocked {
+                operation_id: blocked_by.unwrap_or_default().to_owned(),
+                version: desired.clone(),
             }
         }
         (AppState::NotDeployed, _) => {
@@ -143,20 +159,34 @@ mod tests {
             (AppState::Converged, Some("1.1.0+5.1"), "1.0.0+5.0", false),
             (AppState::Converged, Some("1.1.0+5.1"), "1.0.0+5.0", true),
         ];
+        let blocked_rows = [
+            (AppState::Unknown, None, "1.0.0+5.0", false),
+            (AppState::NotDeployed, None, "1.0.0+5.0", false),
+            (AppState::Degraded, Some("1.0.0+5.0"), "1.1.0+5.1", true),
+            (AppState::Converged, Some("1.0.0+5.0"), "1.0.0+5.0", false),
+        ];
+        let rows = rows
+            .into_iter()
+            .map(|row| (row, None))
+            .chain(blocked_rows.into_iter().map(|row| (row, Some("op-9"))));
         let lines: Vec<String> = rows
             .into_iter()
-            .map(|(state, running, desired, owed)| {
+            .map(|((state, running, desired, owed), blocked)| {
                 let reason = owed.then_some("env keys changed");
-                let step = match version_step(&observed(state, running), &version(desired), reason) {
+                let step = match version_step(&observed(state, running), &version(desired), reason, blocked) {
                     VersionStep::CannotObserve { reason } => format!("cannot observe: {reason}"),
                     VersionStep::Deploy { version } => format!("deploy {version}"),
                     VersionStep::Redeploy { version, reason } => format!("redeploy {version} ({reason})"),
                     VersionStep::Upgrade { from, to } => format!("upgrade {from} -> {to}"),
                     VersionStep::Keep { version } => format!("keep {version}"),
+                    VersionStep::Blocked { operation_id, version } => {
+                        format!("blocked by {operation_id} (desired {version})")
+                    }
                 };
                 format!(
-                    "{state} {} desired {desired} owed={owed}: {step}",
-                    running.unwrap_or("-")
+                    "{state} {} desired {desired} owed={owed}{}: {step}",
+                    running.unwrap_or("-"),
+                    blocked.map(|id| format!(" blocked_by={id}")).unwrap_or_default()
                 )
             })
             .collect();
@@ -170,7 +200,11 @@ mod tests {
             converged 1.0.0+5.0 desired 1.1.0+5.1 owed=true: upgrade 1.0.0+5.0 -> 1.1.0+5.1
             degraded 1.0.0+5.0 desired 2.0.0+6.0 owed=false: upgrade 1.0.0+5.0 -> 2.0.0+6.0
             converged 1.1.0+5.1 desired 1.0.0+5.0 owed=false: keep 1.1.0+5.1
-            converged 1.1.0+5.1 desired 1.0.0+5.0 owed=true: redeploy 1.1.0+5.1 (env keys changed)"#]].assert_eq(&lines.join("\n"));
+            converged 1.1.0+5.1 desired 1.0.0+5.0 owed=true: redeploy 1.1.0+5.1 (env keys changed)
+            unknown - desired 1.0.0+5.0 owed=false blocked_by=op-9: cannot observe: cannot observe: docker is down
+            not deployed - desired 1.0.0+5.0 owed=false blocked_by=op-9: blocked by op-9 (desired 1.0.0+5.0)
+            degraded 1.0.0+5.0 desired 1.1.0+5.1 owed=true blocked_by=op-9: blocked by op-9 (desired 1.1.0+5.1)
+            converged 1.0.0+5.0 desired 1.0.0+5.0 owed=false blocked_by=op-9: blocked by op-9 (desired 1.0.0+5.0)"#]].assert_eq(&lines.join("\n"));
     }
 
     #[test]

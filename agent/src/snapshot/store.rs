@@ -340,7 +340,7 @@ fn check_volume_list(volumes: &[VolumeSource]) -> Result<(), SnapshotError> {
 
 /// A name that becomes one path component: Docker's volume name rule
 /// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), which also fits operation ids.
-fn check_name(what: &'static str, name: &str) -> Result<(), SnapshotError> {
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), SnapshotError> {
     let invalid = |reason| SnapshotError::InvalidName {
         what,
         name: name.to_owned(),

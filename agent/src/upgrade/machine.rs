@@ -7,7 +7,7 @@
 
 use ccfleet_proto::{CoopVersion, VersionChange};
 
-use crate::journal::{AppRecord, Failure, OperationRecord, Outcome, Phase, Trigger};
+use crate::journal::{AppRecord, Failure, OperationRecord, Outcome, Phase, RolledBackTarget, Trigger};
 
 /// What was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,13 @@ pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
         return finish(Outcome::Skipped, "pinned by host configuration".into());
     }
     let Some(running) = &app.running else {
+        // A FAILED operation may have left the app undeployed: an operator
+        // deploying a version through the transaction is how it recovers.
+        if ask.trigger == Trigger::Operator && record.blocked_by.is_some() {
+            return Plan::Run {
+                from: ask.target.clone(),
+            };
+        }
         return finish(
             Outcome::Skipped,
             "the app is not deployed on this host (or its version label cannot be read)".into(),
@@ -72,6 +79,14 @@ pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
             version: running.clone(),
         };
     }
+    let major_allowed = app.allow_major || ask.allow_major;
+    // A rollout never moves an app down: one already above its target counts as done.
+    if ask.trigger == Trigger::FleetUpgrade && change == VersionChange::Downgrade {
+        return finish(
+            Outcome::Succeeded,
+            format!("already at {running}, newer than the target {}", ask.target),
+        );
+    }
     if ask.is_automatic() {
         if change == VersionChange::Downgrade {
             return Plan::LeaveAlone {
@@ -81,17 +96,27 @@ pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
                 ),
             };
         }
-        if let Some(held) = record.holds_back(&ask.target, &app.declared) {
+        // A HELD target is retried once its cause may be gone; only a major
+        // hold stands while the major is still not allowed.
+        let held = record
+            .holds_back(&ask.target, &app.declared)
+            .filter(|held| held.outcome != Outcome::Held || (change == VersionChange::Major && !major_allowed));
+        if let Some(held) = held {
+            let ended = match held.outcome {
+                Outcome::Held => "held",
+                Outcome::Failed => "failed",
+                _ => "rolled back",
+            };
             return Plan::LeaveAlone {
                 reason: format!(
-                    "{} was rolled back by operation {} ({}); not retried until the declared version changes, \
+                    "{} was {ended} by operation {} ({}); not retried until the declared version changes, \
                      a newer version appears, or an operator asks (ccfleet-agent upgrade --to)",
                     held.version, held.operation_id, held.reason
                 ),
             };
         }
     }
-    if change == VersionChange::Major && !(app.allow_major || ask.allow_major) {
+    if change == VersionChange::Major && !major_allowed {
         return finish(
             Outcome::Held,
             format!(
@@ -102,6 +127,66 @@ pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
         );
     }
     Plan::Run { from: running.clone() }
+}
+
+/// Whether a finished operation changed nothing on the app: a rollout
+/// target below what runs is SUCCEEDED without a deploy (see [`plan`]).
+pub fn changed_nothing(record: &OperationRecord) -> bool {
+    record.trigger == Trigger::FleetUpgrade
+        && record.to < record.from
+        && matches!(record.result(), Some((Outcome::Succeeded, _)))
+}
+
+/// What a finished operation means for its app's record: the last good
+/// version, the fleet target, the targets automatic triggers leave alone,
+/// and whether the app is blocked by a FAILED operation. `declared` is the
+/// app's declared version when the operation finished.
+pub fn record_outcome(app: &mut AppRecord, record: &OperationRecord, declared: &CoopVersion) {
+    let Some((outcome, reason)) = record.result() else {
+        return;
+    };
+    if changed_nothing(record) {
+        return;
+    }
+    match outcome {
+        Outcome::Succeeded => {
+            app.last_good = Some(record.to.clone());
+            app.rolled_back.retain(|entry| entry.version != record.to);
+            app.blocked_by = None;
+            app.failed_operations.clear();
+            match record.trigger {
+                Trigger::FleetUpgrade => app.fleet_target = Some(record.to.clone()),
+                // A rollout's rollback withdraws its target, or the next
+                // reconcile would move the app up again.
+                Trigger::FleetRollback => app.fleet_target = None,
+                // An explicit move below the rollout's target withdraws it
+                // too: desired = max(declared, target) would undo it.
+                _ => {
+                    if app.fleet_target.as_ref().is_some_and(|target| &record.to < target) {
+                        app.fleet_target = None;
+                    }
+                }
+            }
+        }
+        Outcome::RolledBack | Outcome::Failed | Outcome::Held => {
+            app.last_good.get_or_insert_with(|| record.from.clone());
+            app.rolled_back.retain(|entry| entry.version != record.to);
+            app.rolled_back.push(RolledBackTarget {
+                version: record.to.clone(),
+                declared_then: declared.clone(),
+                operation_id: record.id.clone(),
+                reason: reason.to_owned(),
+                outcome,
+            });
+            if outcome == Outcome::Failed {
+                app.blocked_by = Some(record.id.clone());
+                if !app.failed_operations.contains(&record.id) {
+                    app.failed_operations.push(record.id.clone());
+                }
+            }
+        }
+        Outcome::Skipped => {}
+    }
 }
 
 /// The version `update DOMAIN` (autoUpdate) or `upgrade DOMAIN` without

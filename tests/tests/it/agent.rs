@@ -108,6 +108,37 @@ async fn enroll_pins_the_ca_stores_the_identity_and_refuses_to_overwrite_it() {
     );
 }
 
+/// An operation id names the operation's snapshot directory: one that
+/// cannot is refused by the command line before the agent is asked anything
+/// (here there is no agent at all: the socket does not exist).
+#[test]
+fn upgrade_refuses_an_operation_id_that_cannot_name_a_snapshot_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock").display().to_string();
+    for (id, expected) in [
+        ("../escape", "must start with a letter or digit"),
+        ("op/1", "may contain only letters, digits"),
+        ("op 1", "may contain only letters, digits"),
+    ] {
+        let output = agent_command(&[
+            "upgrade",
+            "blog.example.org",
+            "--to",
+            "1.0.0+1.0",
+            "--operation-id",
+            id,
+            "--socket",
+            &socket,
+        ]);
+        assert_eq!(output.status.code(), Some(1), "{id}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&format!("--operation-id: invalid operation id {id:?}: {expected}")),
+            "{id}: {}",
+            stderr(&output)
+        );
+    }
+}
+
 #[test]
 fn run_refuses_bad_configurations_with_the_reason_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -438,7 +469,12 @@ fn docker_config_for_url(url: &str, test: &DockerTest, token_file: &Path, apps: 
     let apps: String = apps
         .iter()
         .map(|(domain, version)| {
-            format!("[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\ndeploy_timeout = \"90s\"\n\n")
+            // The fixture's versions below 1.3 keep no data (no volumes):
+            // declared stateless, as a stateful app without volumes is refused.
+            format!(
+                "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {version:?}\n\
+                 stateful = false\ndeploy_timeout = \"90s\"\n\n"
+            )
         })
         .collect();
     format!(

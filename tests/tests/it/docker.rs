@@ -571,6 +571,36 @@ impl Drop for VolumeGuard {
     }
 }
 
+/// Removes a Docker container when dropped, so that a failed test leaves none.
+struct ContainerGuard(String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "--force", &self.0]);
+    }
+}
+
+/// A container of the stack that was created but not started yet (a task's
+/// container between creation and start) counts: it may start during a copy.
+#[tokio::test]
+async fn a_created_container_of_a_stack_counts_as_running() {
+    let mut test = DockerTest::new("created");
+    let stack = test.domain("app").replace('.', "_");
+    let docker_api = Docker::connect().await.unwrap();
+    assert_eq!(docker_api.running_containers(&stack).await.unwrap(), 0);
+    let container = ContainerGuard(format!("{stack}_task"));
+    let created = docker(&[
+        "create",
+        "--name",
+        &container.0,
+        "--label",
+        &format!("com.docker.stack.namespace={stack}"),
+        "ccfleet-fixture-web:1.0.0",
+    ]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert_eq!(docker_api.running_containers(&stack).await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn the_double_deploys_like_abra_and_undeploy_keeps_volumes_and_secrets() {
     let mut test = DockerTest::new("likeabra");

@@ -455,6 +455,32 @@ async fn a_failed_rollback_is_failed_critical_and_keeps_the_snapshot() {
     assert_eq!(alert["outcome"], "FAILED");
     assert_eq!(alert["severity"], "critical");
     assert_eq!(alert["snapshot_path"], snapshot.display().to_string());
+
+    // The app is left undeployed on restored volumes: no reconcile deploys
+    // it outside the transaction until an operator acts.
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["blocked_by"], "op-fail", "{status}");
+    let deploys_before = world.abra_lines("app deploy", V1_3);
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(!output.status.success(), "{}", output_text(&output));
+    assert!(
+        output_text(&output).contains("blocked by failed operation op-fail"),
+        "{}",
+        output_text(&output)
+    );
+    assert_eq!(world.abra_lines("app deploy", V1_3), deploys_before);
+    assert_eq!(world.running(), None);
+
+    // The operator deploys the old version through the transaction: it is
+    // gated, and its success unblocks the app.
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3, "--json", "--operation-id", "op-recover"]);
+    assert!(ok, "{report} {stderr}");
+    assert_eq!(report["outcome"], "SUCCEEDED", "{report}");
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["blocked_by"], Value::Null, "{status}");
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(output.status.success(), "{}", output_text(&output));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,6 +823,18 @@ async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
         "{status}"
     );
     assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 0);
+
+    // An operator's explicit move below the rollout's target withdraws the
+    // target: the next reconcile keeps the app where the operator put it.
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3, "--json"]);
+    assert!(ok, "{report} {stderr}");
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["fleet_target"], Value::Null, "{status}");
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

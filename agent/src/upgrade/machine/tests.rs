@@ -299,6 +299,7 @@ fn which_requests_run() {
             declared_then: version("1.0.0+5.0"),
             operation_id: "op-0".into(),
             reason: "unhealthy".into(),
+            outcome: Outcome::RolledBack,
         }],
         ..AppRecord::default()
     };
@@ -376,6 +377,204 @@ fn which_requests_run() {
             Operator - -> 1.1.0+5.1 major=false: SKIPPED: the app is not deployed on this host (or its version label cannot be read)
             Operator 1.0.0+5.0 -> 1.0.0+5.1 major=false: run from 1.0.0+5.0"#]],
     );
+}
+
+fn held(version_text: &str, outcome: Outcome) -> AppRecord {
+    AppRecord {
+        rolled_back: vec![RolledBackTarget {
+            version: version(version_text),
+            declared_then: version("1.0.0+5.0"),
+            operation_id: "op-0".into(),
+            reason: "the reason".into(),
+            outcome,
+        }],
+        ..AppRecord::default()
+    }
+}
+
+#[test]
+fn a_rollout_never_moves_an_app_down() {
+    check_plans(
+        &[
+            (
+                Trigger::FleetUpgrade,
+                "1.0.0+5.0",
+                false,
+                facts(Some("1.2.0+5.2")),
+                AppRecord::default(),
+            ),
+            (
+                Trigger::FleetUpgrade,
+                "0.9.0+4.0",
+                true,
+                facts(Some("1.0.0+5.0")),
+                AppRecord::default(),
+            ),
+            // An explicit rollback still moves down.
+            (
+                Trigger::FleetRollback,
+                "1.0.0+5.0",
+                false,
+                facts(Some("1.2.0+5.2")),
+                AppRecord::default(),
+            ),
+        ],
+        expect![[r#"
+            FleetUpgrade 1.2.0+5.2 -> 1.0.0+5.0 major=false: SUCCEEDED: already at 1.2.0+5.2, newer than the target 1.0.0+5.0
+            FleetUpgrade 1.0.0+5.0 -> 0.9.0+4.0 major=true: SUCCEEDED: already at 1.0.0+5.0, newer than the target 0.9.0+4.0
+            FleetRollback 1.2.0+5.2 -> 1.0.0+5.0 major=false: run from 1.2.0+5.2"#]],
+    );
+}
+
+#[test]
+fn a_held_target_is_retried_once_its_cause_may_be_gone() {
+    let allows_major = AppFacts {
+        allow_major: true,
+        ..facts(Some("1.0.0+5.0"))
+    };
+    check_plans(
+        &[
+            // No room for the snapshot last time: tried again.
+            (
+                Trigger::AutoUpdate,
+                "1.1.0+5.1",
+                false,
+                facts(Some("1.0.0+5.0")),
+                held("1.1.0+5.1", Outcome::Held),
+            ),
+            // A major hold stands while the major is not allowed ...
+            (
+                Trigger::Declared,
+                "2.0.0+6.0",
+                false,
+                facts(Some("1.0.0+5.0")),
+                held("2.0.0+6.0", Outcome::Held),
+            ),
+            // ... and goes once allow_major is set, the declared version unchanged.
+            (
+                Trigger::Declared,
+                "2.0.0+6.0",
+                false,
+                allows_major,
+                held("2.0.0+6.0", Outcome::Held),
+            ),
+            (
+                Trigger::AutoUpdate,
+                "1.1.0+5.1",
+                false,
+                facts(Some("1.0.0+5.0")),
+                held("1.1.0+5.1", Outcome::Failed),
+            ),
+        ],
+        expect![[r#"
+            AutoUpdate 1.0.0+5.0 -> 1.1.0+5.1 major=false: run from 1.0.0+5.0
+            Declared 1.0.0+5.0 -> 2.0.0+6.0 major=false: leave alone: 2.0.0+6.0 was held by operation op-0 (the reason); not retried until the declared version changes, a newer version appears, or an operator asks (ccfleet-agent upgrade --to)
+            Declared 1.0.0+5.0 -> 2.0.0+6.0 major=false: run from 1.0.0+5.0
+            AutoUpdate 1.0.0+5.0 -> 1.1.0+5.1 major=false: leave alone: 1.1.0+5.1 was failed by operation op-0 (the reason); not retried until the declared version changes, a newer version appears, or an operator asks (ccfleet-agent upgrade --to)"#]],
+    );
+}
+
+#[test]
+fn an_operator_recovers_an_app_a_failed_operation_left_undeployed() {
+    let blocked = AppRecord {
+        blocked_by: Some("op-0".into()),
+        ..AppRecord::default()
+    };
+    check_plans(
+        &[
+            (Trigger::Operator, "1.0.0+5.0", false, facts(None), blocked.clone()),
+            (Trigger::FleetUpgrade, "1.0.0+5.0", false, facts(None), blocked.clone()),
+            (Trigger::Declared, "1.0.0+5.0", false, facts(None), blocked),
+        ],
+        expect![[r#"
+            Operator - -> 1.0.0+5.0 major=false: run from 1.0.0+5.0
+            FleetUpgrade - -> 1.0.0+5.0 major=false: SKIPPED: the app is not deployed on this host (or its version label cannot be read)
+            Declared - -> 1.0.0+5.0 major=false: SKIPPED: the app is not deployed on this host (or its version label cannot be read)"#]],
+    );
+}
+
+/// Applies finished operations one after another to an app record and
+/// renders the record after each.
+fn check_outcomes(start: AppRecord, rows: &[(Trigger, &str, &str, Outcome, &str)], expect: Expect) {
+    let mut app = start;
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(trigger, from, to, outcome, id)| {
+            let mut operation = record(
+                Phase::Done {
+                    outcome: *outcome,
+                    reason: "why".into(),
+                },
+                true,
+                true,
+                None,
+            );
+            operation.id = (*id).into();
+            operation.trigger = *trigger;
+            operation.from = version(from);
+            operation.to = version(to);
+            record_outcome(&mut app, &operation, &version("1.0.0+5.0"));
+            let held: Vec<String> = app
+                .rolled_back
+                .iter()
+                .map(|entry| format!("{}={}", entry.version, entry.outcome))
+                .collect();
+            format!(
+                "{id} {trigger:?} {from} -> {to} {outcome}: last_good={} fleet_target={} blocked_by={} failed={:?} held={held:?}",
+                app.last_good.as_ref().map_or("-".into(), ToString::to_string),
+                app.fleet_target.as_ref().map_or("-".into(), ToString::to_string),
+                app.blocked_by.as_deref().unwrap_or("-"),
+                app.failed_operations,
+            )
+        })
+        .collect();
+    expect.assert_eq(&lines.join("\n"));
+}
+
+#[test]
+fn what_a_finished_operation_records_for_its_app() {
+    use Outcome::*;
+    use Trigger::*;
+    check_outcomes(
+        AppRecord::default(),
+        &[
+            (FleetUpgrade, "1.0.0+5.0", "1.2.0+5.2", Succeeded, "op-1"),
+            // A rollout target below what runs changes nothing.
+            (FleetUpgrade, "1.2.0+5.2", "1.1.0+5.1", Succeeded, "op-2"),
+            // An operator's downgrade below the rollout's target withdraws the target.
+            (Operator, "1.2.0+5.2", "1.0.0+5.0", Succeeded, "op-3"),
+            (FleetUpgrade, "1.0.0+5.0", "1.2.0+5.2", Succeeded, "op-4"),
+            // Not below it: the target stays.
+            (Operator, "1.2.0+5.2", "1.3.0+5.3", Succeeded, "op-5"),
+            (Declared, "1.3.0+5.3", "1.4.0+5.4", Failed, "op-6"),
+            (AutoUpdate, "1.3.0+5.3", "1.5.0+5.5", Held, "op-7"),
+            (Operator, "1.3.0+5.3", "1.6.0+5.6", Failed, "op-8"),
+            (FleetUpgrade, "1.3.0+5.3", "1.6.0+5.6", RolledBack, "op-9"),
+            // A success unblocks the app and releases the kept snapshots.
+            (Operator, "1.3.0+5.3", "1.3.0+5.3", Succeeded, "op-10"),
+        ],
+        expect![[r#"
+            op-1 FleetUpgrade 1.0.0+5.0 -> 1.2.0+5.2 SUCCEEDED: last_good=1.2.0+5.2 fleet_target=1.2.0+5.2 blocked_by=- failed=[] held=[]
+            op-2 FleetUpgrade 1.2.0+5.2 -> 1.1.0+5.1 SUCCEEDED: last_good=1.2.0+5.2 fleet_target=1.2.0+5.2 blocked_by=- failed=[] held=[]
+            op-3 Operator 1.2.0+5.2 -> 1.0.0+5.0 SUCCEEDED: last_good=1.0.0+5.0 fleet_target=- blocked_by=- failed=[] held=[]
+            op-4 FleetUpgrade 1.0.0+5.0 -> 1.2.0+5.2 SUCCEEDED: last_good=1.2.0+5.2 fleet_target=1.2.0+5.2 blocked_by=- failed=[] held=[]
+            op-5 Operator 1.2.0+5.2 -> 1.3.0+5.3 SUCCEEDED: last_good=1.3.0+5.3 fleet_target=1.2.0+5.2 blocked_by=- failed=[] held=[]
+            op-6 Declared 1.3.0+5.3 -> 1.4.0+5.4 FAILED: last_good=1.3.0+5.3 fleet_target=1.2.0+5.2 blocked_by=op-6 failed=["op-6"] held=["1.4.0+5.4=FAILED"]
+            op-7 AutoUpdate 1.3.0+5.3 -> 1.5.0+5.5 HELD: last_good=1.3.0+5.3 fleet_target=1.2.0+5.2 blocked_by=op-6 failed=["op-6"] held=["1.4.0+5.4=FAILED", "1.5.0+5.5=HELD"]
+            op-8 Operator 1.3.0+5.3 -> 1.6.0+5.6 FAILED: last_good=1.3.0+5.3 fleet_target=1.2.0+5.2 blocked_by=op-8 failed=["op-6", "op-8"] held=["1.4.0+5.4=FAILED", "1.5.0+5.5=HELD", "1.6.0+5.6=FAILED"]
+            op-9 FleetUpgrade 1.3.0+5.3 -> 1.6.0+5.6 ROLLED_BACK: last_good=1.3.0+5.3 fleet_target=1.2.0+5.2 blocked_by=op-8 failed=["op-6", "op-8"] held=["1.4.0+5.4=FAILED", "1.5.0+5.5=HELD", "1.6.0+5.6=ROLLED_BACK"]
+            op-10 Operator 1.3.0+5.3 -> 1.3.0+5.3 SUCCEEDED: last_good=1.3.0+5.3 fleet_target=1.2.0+5.2 blocked_by=- failed=[] held=["1.4.0+5.4=FAILED", "1.5.0+5.5=HELD", "1.6.0+5.6=ROLLED_BACK"]"#]],
+    );
+}
+
+#[test]
+fn app_records_of_older_agents_read_with_defaults() {
+    let old = r#"{"last_good": "1.0.0+5.0", "fleet_target": null,
+        "rolled_back": [{"version": "1.1.0+5.1", "declared_then": "1.0.0+5.0", "operation_id": "op-0", "reason": "x"}]}"#;
+    let app: AppRecord = serde_json::from_str(old).unwrap();
+    assert_eq!(app.rolled_back[0].outcome, Outcome::RolledBack);
+    assert_eq!(app.blocked_by, None);
+    assert!(app.failed_operations.is_empty());
 }
 
 #[test]
