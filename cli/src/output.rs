@@ -3,7 +3,7 @@
 //! (README.md, "JSON output"); the wire types never leak into it.
 
 use ccfleet_proto::pb;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -49,6 +49,14 @@ pub struct AppJson {
     pub drift: Vec<String>,
     pub chaos: bool,
     pub observed_at: Option<String>,
+    /// Newest version available to the host within the running major; null when unknown.
+    pub available_version: Option<String>,
+    /// Newest version available to the host, any major; null when unknown.
+    pub available_newest: Option<String>,
+    /// True when the host pins the app (`fleetManaged = false`): rollouts skip it.
+    pub pinned_by_host: bool,
+    /// The fleet rollout target the agent recorded for the app; null if none.
+    pub fleet_target: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,6 +136,10 @@ pub fn app(host_app: &pb::HostApp) -> AppJson {
         drift: app.drift,
         chaos: app.chaos,
         observed_at: time(host_app.observed_at.as_ref()),
+        available_version: non_empty(&app.available_version),
+        available_newest: non_empty(&app.available_newest),
+        pinned_by_host: app.pinned_by_host,
+        fleet_target: non_empty(&app.fleet_target),
     }
 }
 
@@ -187,11 +199,39 @@ pub fn hosts_table(hosts: &[HostJson]) -> String {
     table.to_string()
 }
 
+/// Longest drift text a table cell shows; `--json` carries it whole.
+const DRIFT_CELL_CHARS: usize = 60;
+
+/// The apps table, as wide as the terminal (when printing to one): long drift
+/// texts are cut to [`DRIFT_CELL_CHARS`] and the columns wrapped to fit.
 pub fn apps_table(apps: &[AppJson]) -> String {
+    apps_table_with_width(apps, None)
+}
+
+/// [`apps_table`] at a fixed width (tests; `None` asks the terminal).
+pub fn apps_table_with_width(apps: &[AppJson], width: Option<u16>) -> String {
     let mut table = table(&[
-        "HOST", "APP", "RECIPE", "VERSION", "DECLARED", "STATE", "REPLICAS", "DRIFT",
+        "HOST",
+        "APP",
+        "RECIPE",
+        "VERSION",
+        "DECLARED",
+        "AVAILABLE",
+        "STATE",
+        "REPLICAS",
+        "DRIFT",
     ]);
+    table.set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some(width) = width {
+        table.set_width(width);
+    }
     for app in apps {
+        let available = match (&app.available_version, &app.available_newest) {
+            (Some(same_major), Some(newest)) if newest != same_major => format!("{same_major} ({newest})"),
+            (Some(same_major), _) => same_major.clone(),
+            (None, Some(newest)) => format!("({newest})"),
+            (None, None) => "-".into(),
+        };
         add_row(
             &mut table,
             vec![
@@ -200,17 +240,28 @@ pub fn apps_table(apps: &[AppJson]) -> String {
                     app.host_id,
                     if app.host_status == "offline" { " (offline)" } else { "" }
                 ),
-                app.domain.clone(),
+                format!("{}{}", app.domain, if app.pinned_by_host { " (pinned)" } else { "" }),
                 app.recipe.clone(),
                 or_dash(&app.version),
                 or_dash(&app.declared_version),
+                available,
                 app.state.to_owned(),
                 app.replicas.clone(),
-                app.drift.join("; "),
+                shorten(&app.drift.join("; "), DRIFT_CELL_CHARS),
             ],
         );
     }
     table.to_string()
+}
+
+/// `text` cut to at most `limit` characters, marked with `…` when cut.
+fn shorten(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(limit.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 pub fn versions_table(versions: &VersionsJson) -> String {
@@ -511,6 +562,42 @@ mod tests {
         for (input, shown) in cases {
             assert_eq!(printable(input), shown, "{input:?}");
         }
+    }
+
+    #[test]
+    fn the_apps_table_fits_its_width_and_cuts_drift_that_json_keeps_whole() {
+        let drift = format!("declared 1.0.0+1, running 1.1.0+1 by rollout r-1; {}", "x".repeat(200));
+        let app = AppJson {
+            host_id: "web-1".into(),
+            host_status: "online",
+            domain: "blog.example.org".into(),
+            recipe: "ghost".into(),
+            version: Some("1.1.0+1".into()),
+            declared_version: Some("1.0.0+1".into()),
+            state: "converged",
+            replicas: "1/1".into(),
+            drift: vec![drift.clone()],
+            chaos: false,
+            observed_at: None,
+            available_version: Some("1.2.0+1".into()),
+            available_newest: Some("2.0.0+1".into()),
+            pinned_by_host: true,
+            fleet_target: Some("1.1.0+1".into()),
+        };
+        let table = apps_table_with_width(std::slice::from_ref(&app), Some(100));
+        for line in table.lines() {
+            assert!(line.chars().count() <= 100, "a line wider than 100 columns:\n{table}");
+        }
+        assert!(!table.contains(&"x".repeat(61)), "drift not cut:\n{table}");
+        assert!(table.contains('…'), "{table}");
+        let json = serde_json::to_value(&app).unwrap();
+        assert_eq!(json["drift"][0], drift);
+        assert_eq!(json["available_version"], "1.2.0+1");
+        assert_eq!(json["available_newest"], "2.0.0+1");
+        assert_eq!(json["pinned_by_host"], true);
+        assert_eq!(json["fleet_target"], "1.1.0+1");
+        assert_eq!(shorten("abc", 3), "abc");
+        assert_eq!(shorten("abcd", 3), "ab…");
     }
 
     #[test]
