@@ -130,8 +130,10 @@ pub struct Initialised {
 /// already holds a CA.
 pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyhow::Result<Initialised> {
     create_private_dir(data_dir)?;
-    store::Store::open(data_dir)
-        .and_then(|store| store.flush())
+    // One open for the whole of `init`: sled releases its directory lock a
+    // moment after a drop, so opening it again at once could find it taken.
+    let store = store::Store::open(data_dir)
+        .and_then(|store| store.flush().map(|()| store))
         .with_context(|| format!("cannot initialise the store in {}", data_dir.display()))?;
     let created = !CertificateAuthority::exists(data_dir);
     let authority = if created {
@@ -144,7 +146,7 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
     // half-way, or to recover when every admin credential is lost, expired or
     // revoked (which needs access to this directory, i.e. the server itself).
     let now = store::now_millis();
-    let has_admin = store::Store::open(data_dir)?.certificates()?.iter().any(|certificate| {
+    let has_admin = store.certificates()?.iter().any(|certificate| {
         certificate.kind == store::CertificateKind::Admin
             && certificate.revoked_at.is_none()
             && certificate.not_after > now
@@ -169,7 +171,6 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
         &path,
         &toml::to_string(&credential).context("cannot encode the credential")?,
     )?;
-    let store = store::Store::open(data_dir)?;
     store.record_certificate(&store::CertificateRecord {
         serial: issued.serial,
         kind: store::CertificateKind::Admin,

@@ -176,24 +176,6 @@ fn check_index_matches_store(store: &Store, page_size: usize) {
     }
 }
 
-/// Opens the store again after a drop. sled releases its directory lock
-/// when its background flusher thread lets go of the database, a moment
-/// after the drop, so this polls (with a deadline) while the lock is held.
-fn reopen(directory: &std::path::Path) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(directory) {
-            Ok(store) => return store,
-            Err(error)
-                if std::time::Instant::now() < deadline && format!("{error:?}").contains("could not acquire lock") =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(error) => panic!("cannot reopen the store: {error:?}"),
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -234,7 +216,7 @@ proptest! {
                 }
                 Step::Reopen => {
                     drop(store);
-                    store = reopen(directory.path());
+                    store = Store::reopen(directory.path());
                 }
             }
             check_index_matches_store(&store, page_size);

@@ -36,6 +36,10 @@ pub use rollouts::*;
 /// Errors from the store. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "the store at {path} is in use by another process (is another ccfleet-server running on this data directory?)"
+    )]
+    Locked { path: PathBuf },
     #[error("cannot open the store at {path}")]
     Open {
         path: PathBuf,
@@ -139,13 +143,17 @@ impl Store {
     /// Opens (or creates) the database in `directory`.
     pub fn open(directory: &Path) -> Result<Store, StoreError> {
         let path = directory.join("fleet.sled");
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let db = sled::Config::new().path(&path).open().map_err(|source| {
+            // sled reports its directory lock as an opaque I/O error.
+            if source.to_string().contains("could not acquire lock") {
+                StoreError::Locked { path: path.clone() }
+            } else {
+                StoreError::Open {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
         let store = Store {
             hosts: db.open_tree(HOSTS)?,
             apps: db.open_tree(APPS)?,
@@ -176,6 +184,24 @@ impl Store {
             self.index.replace_apps(&host.host_id, &apps);
         }
         Ok(())
+    }
+
+    /// Opens the store again right after this process dropped it. sled
+    /// lets go of its directory lock when its background threads release the
+    /// database, a moment after the drop; this polls (with a deadline) while
+    /// the lock is still held. Only tests reopen a store in-process.
+    #[cfg(test)]
+    pub(crate) fn reopen(directory: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(directory) {
+                Ok(store) => return store,
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(error) => panic!("cannot reopen the store: {error:?}"),
+            }
+        }
     }
 
     /// The in-memory listing index, shared with readers off the store thread.

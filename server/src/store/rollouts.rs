@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(store.rollouts().unwrap(), vec![second, first], "newest first");
         // Only the changed host was rewritten: the others still hold the first write.
         drop(store);
-        let store = Store::open(directory.path()).unwrap();
+        let store = Store::reopen(directory.path());
         assert_eq!(
             store.rollout("ghost-a").unwrap().unwrap().hosts[257].outcome,
             HostOutcomeRecord::Dispatched

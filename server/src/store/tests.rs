@@ -246,7 +246,7 @@ fn state_survives_reopening() {
             .unwrap();
         store.flush().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::reopen(dir.path());
     assert_eq!(store.hosts().unwrap().len(), 1);
     assert_eq!(store.host(&host("web-1")).unwrap().unwrap().facts, facts());
     assert_eq!(listing(&store, Some("ghost")), ["web-1 blog.example.org ghost 1.0.0"]);
@@ -661,6 +661,15 @@ fn operations_list_newest_first_through_the_time_index_which_pruning_and_removal
     write("web-2", "g", "b.example.org", 80);
     store.operations_by_time.clear().unwrap();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::reopen(dir.path());
     assert_eq!(list(&store, None, None, 10), ["web-2 g 80"]);
+}
+
+#[test]
+fn a_store_in_use_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = Store::open(dir.path()).unwrap();
+    let error = Store::open(dir.path()).err().expect("the second open is refused");
+    assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+    assert!(error.to_string().contains("in use by another process"), "{error}");
 }
