@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::fleet::Fleet;
-use crate::store::StoreHandle;
+use crate::store::{StoreHandle, StoreStatsSnapshot};
 
 /// Counters updated by the services.
 #[derive(Debug, Default)]
@@ -81,7 +81,7 @@ impl Metrics {
     }
 
     /// The exposition text, with the gauges read now.
-    pub fn render(&self, connected_agents: usize, hosts: usize) -> String {
+    pub fn render(&self, connected_agents: usize, hosts: usize, store: StoreStatsSnapshot) -> String {
         let mut text = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -176,6 +176,37 @@ impl Metrics {
             "How long the store's current request has been running (0 when idle).",
             &[("", load(&self.store_busy_seconds))],
         );
+        metric(
+            "ccfleet_store_requests_total",
+            "counter",
+            "Requests the store thread ran, by kind (a write is answered after its batch's flush).",
+            &[("{kind=\"read\"}", store.reads), ("{kind=\"write\"}", store.writes)],
+        );
+        metric(
+            "ccfleet_store_flushes_total",
+            "counter",
+            "Flushes to disk: one per batch of writes.",
+            &[("", store.flushes)],
+        );
+        let seconds = |nanos: u64| format!("{:.6}", nanos as f64 / 1e9);
+        let _ = writeln!(
+            text,
+            "# HELP ccfleet_store_seconds_total Time of the store thread by part: running reads, running writes, \
+             flushing, and requests waiting in its queue (summed over requests).\n\
+             # TYPE ccfleet_store_seconds_total counter"
+        );
+        for (part, nanos) in [
+            ("read", store.read_nanos),
+            ("write", store.write_nanos),
+            ("flush", store.flush_nanos),
+            ("queue", store.queue_nanos),
+        ] {
+            let _ = writeln!(
+                text,
+                "ccfleet_store_seconds_total{{part=\"{part}\"}} {}",
+                seconds(nanos)
+            );
+        }
         text
     }
 }
@@ -250,7 +281,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, fleet: &Fleet, store: 
         .to_owned();
     let (status, body) = if request_line.starts_with("GET /metrics ") || request_line == "GET /metrics" {
         match store.read(|store| store.host_count()).await {
-            Ok(hosts) => ("200 OK", metrics.render(fleet.online_count(), hosts)),
+            Ok(hosts) => ("200 OK", metrics.render(fleet.online_count(), hosts, store.stats())),
             Err(error) => ("500 Internal Server Error", format!("cannot read the store: {error}\n")),
         }
     } else {
@@ -274,7 +305,23 @@ mod tests {
         Metrics::increment(&metrics.agent_events_applied);
         Metrics::increment(&metrics.agent_events_applied);
         Metrics::increment(&metrics.enrollments_refused);
-        let text = metrics.render(3, 5);
+        let store = StoreStatsSnapshot {
+            writes: 7,
+            flushes: 2,
+            flush_nanos: 1_500_000,
+            ..StoreStatsSnapshot::default()
+        };
+        let text = metrics.render(3, 5, store);
+        assert!(
+            text.contains("ccfleet_store_requests_total{kind=\"write\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("ccfleet_store_flushes_total 2\n"), "{text}");
+        assert!(
+            text.contains("ccfleet_store_seconds_total{part=\"flush\"} 0.001500\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE ccfleet_store_seconds_total counter").count(), 1);
         assert!(text.contains("ccfleet_agents_connected 3\n"), "{text}");
         assert!(text.contains("ccfleet_hosts 5\n"));
         assert!(text.contains("ccfleet_agent_events_total{outcome=\"applied\"} 2\n"));

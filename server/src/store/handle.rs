@@ -14,6 +14,56 @@ use super::{ListingIndex, Store, StoreError};
 /// its batch has been flushed.
 type Job = Box<dyn FnOnce(&Store) -> Option<PendingReply> + Send>;
 
+/// What the store thread has done since it started: how many requests, how
+/// many flushes, and where its time went. Read by the metrics endpoint and
+/// the benchmarks (BENCHMARKS.md, "The store's write path").
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+    /// Nanoseconds spent running reads, writes (their work before the
+    /// flush) and flushes.
+    read_nanos: AtomicU64,
+    write_nanos: AtomicU64,
+    flush_nanos: AtomicU64,
+    /// Nanoseconds requests waited in the queue before the thread took them.
+    queue_nanos: AtomicU64,
+}
+
+/// A copy of [`StoreStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStatsSnapshot {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub read_nanos: u64,
+    pub write_nanos: u64,
+    pub flush_nanos: u64,
+    pub queue_nanos: u64,
+}
+
+impl StoreStats {
+    pub fn snapshot(&self) -> StoreStatsSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StoreStatsSnapshot {
+            reads: load(&self.reads),
+            writes: load(&self.writes),
+            flushes: load(&self.flushes),
+            read_nanos: load(&self.read_nanos),
+            write_nanos: load(&self.write_nanos),
+            flush_nanos: load(&self.flush_nanos),
+            queue_nanos: load(&self.queue_nanos),
+        }
+    }
+}
+
+fn add_elapsed(counter: &AtomicU64, since: std::time::Instant) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    counter.fetch_add(now.duration_since(since).as_nanos() as u64, Ordering::Relaxed);
+    now
+}
+
 type PendingReply = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Cloneable handle to the store thread. The thread stops, after a final
@@ -29,6 +79,7 @@ pub struct StoreHandle {
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The store's listing index, read here without a trip to the thread.
     listings: Arc<ListingIndex>,
+    stats: Arc<StoreStats>,
 }
 
 impl StoreHandle {
@@ -45,9 +96,11 @@ impl StoreHandle {
         let busy = busy_since.clone();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = stopping.clone();
+        let stats = Arc::new(StoreStats::default());
+        let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ccfleet-store".into())
-            .spawn(move || run_store_thread(store, inbox, &busy, &stop))
+            .spawn(move || run_store_thread(store, inbox, &busy, &stop, &counters))
             .map_err(|_| StoreError::Stopped)?;
         Ok(StoreHandle {
             jobs,
@@ -55,6 +108,7 @@ impl StoreHandle {
             stopping,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             listings,
+            stats,
         })
     }
 
@@ -81,6 +135,11 @@ impl StoreHandle {
     /// thread.
     pub fn listings(&self) -> &ListingIndex {
         &self.listings
+    }
+
+    /// The store thread's counters so far.
+    pub fn stats(&self) -> StoreStatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// How long the store thread has been on its current job or flush;
@@ -117,10 +176,15 @@ impl StoreHandle {
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        let queued = std::time::Instant::now();
+        let stats = self.stats.clone();
         let job: Job = if writes {
             // The reply waits for the batch's flush.
             Box::new(move |store: &Store| {
+                let started = add_elapsed(&stats.queue_nanos, queued);
                 let result = operation(store);
+                add_elapsed(&stats.write_nanos, started);
+                stats.writes.fetch_add(1, Ordering::Relaxed);
                 let reply: PendingReply = Box::new(move |flushed: Result<(), String>| {
                     let result = match (result, flushed) {
                         (Ok(value), Ok(())) => Ok(value),
@@ -133,7 +197,11 @@ impl StoreHandle {
             })
         } else {
             Box::new(move |store: &Store| {
-                let _ = reply.send(operation(store));
+                let started = add_elapsed(&stats.queue_nanos, queued);
+                let result = operation(store);
+                add_elapsed(&stats.read_nanos, started);
+                stats.reads.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(result);
                 None
             })
         };
@@ -153,6 +221,7 @@ fn run_store_thread(
     inbox: std_mpsc::Receiver<Job>,
     busy_since: &AtomicU64,
     stopping: &std::sync::atomic::AtomicBool,
+    stats: &StoreStats,
 ) {
     let mut replies: Vec<PendingReply> = Vec::new();
     while let Ok(first) = inbox.recv() {
@@ -165,7 +234,10 @@ fn run_store_thread(
             replies.extend(next(&store));
         }
         if !replies.is_empty() {
+            let started = std::time::Instant::now();
             let flushed = store.flush().map_err(|error| error.to_string());
+            add_elapsed(&stats.flush_nanos, started);
+            stats.flushes.fetch_add(1, Ordering::Relaxed);
             if let Err(message) = &flushed {
                 tracing::error!(%message, "store flush failed");
             }

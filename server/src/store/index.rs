@@ -102,11 +102,21 @@ impl ListingIndex {
         self.write().hosts.insert(host.host_id.clone(), Arc::new(host.clone()));
     }
 
-    /// Replaces every app of a host with `apps`, as stored.
+    /// Replaces every app of a host with `apps`, as stored. Apps equal to
+    /// the indexed ones keep their entries; only the others are re-indexed.
     pub(super) fn replace_apps(&self, host_id: &HostId, apps: &[AppRecord]) {
         let mut indexes = self.write();
-        remove_apps(&mut indexes, host_id);
+        let old = indexes.apps_of_host.remove(host_id).unwrap_or_default();
+        let unchanged = |indexed: &IndexedApp| apps.contains(&indexed.app);
+        for stale in old.iter().filter(|indexed| !unchanged(indexed)) {
+            remove_app(&mut indexes, host_id, &stale.app);
+        }
+        let mut listed = Vec::with_capacity(apps.len());
         for app in apps {
+            if let Some(same) = old.iter().find(|indexed| indexed.app == *app) {
+                listed.push(same.clone());
+                continue;
+            }
             let app = Arc::new(IndexedApp {
                 host_id: host_id.clone(),
                 app: app.clone(),
@@ -123,8 +133,21 @@ impl ListingIndex {
                 .entry(app.app.recipe.clone())
                 .or_default()
                 .insert(version_key(host_id, &app.app), app.clone());
-            indexes.apps_of_host.entry(host_id.clone()).or_default().push(app);
+            listed.push(app);
         }
+        if !listed.is_empty() {
+            indexes.apps_of_host.insert(host_id.clone(), listed);
+        }
+    }
+
+    /// A host as stored, without reading sled.
+    pub(super) fn host(&self, host_id: &HostId) -> Option<Arc<HostRecord>> {
+        self.read().hosts.get(host_id).cloned()
+    }
+
+    /// A host's apps as stored (in the order they were written).
+    pub(super) fn apps_of_host(&self, host_id: &HostId) -> Vec<Arc<IndexedApp>> {
+        self.read().apps_of_host.get(host_id).cloned().unwrap_or_default()
     }
 
     /// Forgets a host and its apps.
@@ -185,20 +208,24 @@ impl ListingIndex {
 
 fn remove_apps(indexes: &mut Indexes, host_id: &HostId) {
     for indexed in indexes.apps_of_host.remove(host_id).unwrap_or_default() {
-        let app = &indexed.app;
-        let app_key = (host_id.clone(), app.domain.clone());
-        indexes.apps.remove(&app_key);
-        if let Some(apps) = indexes.apps_by_recipe.get_mut(&app.recipe) {
-            apps.remove(&app_key);
-            if apps.is_empty() {
-                indexes.apps_by_recipe.remove(&app.recipe);
-            }
+        remove_app(indexes, host_id, &indexed.app);
+    }
+}
+
+/// Removes one app's entries from the maps (not from `apps_of_host`).
+fn remove_app(indexes: &mut Indexes, host_id: &HostId, app: &AppRecord) {
+    let app_key = (host_id.clone(), app.domain.clone());
+    indexes.apps.remove(&app_key);
+    if let Some(apps) = indexes.apps_by_recipe.get_mut(&app.recipe) {
+        apps.remove(&app_key);
+        if apps.is_empty() {
+            indexes.apps_by_recipe.remove(&app.recipe);
         }
-        if let Some(versions) = indexes.versions_by_recipe.get_mut(&app.recipe) {
-            versions.remove(&version_key(host_id, app));
-            if versions.is_empty() {
-                indexes.versions_by_recipe.remove(&app.recipe);
-            }
+    }
+    if let Some(versions) = indexes.versions_by_recipe.get_mut(&app.recipe) {
+        versions.remove(&version_key(host_id, app));
+        if versions.is_empty() {
+            indexes.versions_by_recipe.remove(&app.recipe);
         }
     }
 }

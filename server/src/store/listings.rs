@@ -113,7 +113,9 @@ impl Store {
                     continue;
                 };
                 let operation: OperationRecord = decode(OPERATIONS, &value)?;
-                if matches(&operation) {
+                // A key of an older time, left by a crash mid-update, is skipped.
+                let at = time_key[..8].try_into().map(UnixMillis::from_be_bytes).ok();
+                if at == Some(operation.updated_at) && matches(&operation) {
                     operations.push(operation);
                 }
             }

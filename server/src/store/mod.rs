@@ -7,8 +7,37 @@
 //! and every batch of requests that wrote something ends with one `flush`, so a
 //! caller that got an answer knows its write is on disk while a burst of
 //! writes costs one flush (DESIGN.md, "Storage").
+//!
+//! # Write order
+//!
+//! The agents' events (inventories, operation progress and results), the
+//! bulk of the writes, are not sled transactions: each sled transaction
+//! rolls the log buffer twice and costs a disk write of its own, which made
+//! a durable event three times as expensive (BENCHMARKS.md, "The store's
+//! write path"). Their writes are ordered instead, so that a crash at any
+//! point leaves a state the agent's resend repairs. sled recovers a prefix
+//! of its log (it stops at the first torn or missing message, and this
+//! store has a single writer thread, so the log holds the writes in program
+//! order), and an event is acknowledged only after its batch's flush:
+//!
+//! - the host record, which carries `last_seq`, is written last: recovered,
+//!   the sequence number proves the event's other records are there; lost,
+//!   the unacknowledged agent sends the event again and it is applied again
+//!   (inventory writes are idempotent; an operation record is replaced);
+//! - index keys are added before the record they point to is written and
+//!   removed after it was changed or removed, so every record is reachable
+//!   through its index at every point; readers check what an index key
+//!   points to, and skip a recipe-index key whose app is gone or has another
+//!   recipe, or a time-index key whose operation has another time (the
+//!   leftovers of a crash, until the resend removes them).
+//!
+//! Rare multi-record changes (enrolment, host removal, alerts, rollouts)
+//! stay sled transactions. `crash_tests::a_store_killed_mid_burst_keeps_every_acknowledged_event`
+//! kills a writing process with SIGKILL and checks these rules.
 
 mod audit;
+#[cfg(test)]
+mod crash_tests;
 mod enrolment;
 mod handle;
 mod index;
@@ -27,7 +56,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 pub use audit::*;
 pub use enrolment::{Enrolment, EnrolmentRefusal};
-pub use handle::StoreHandle;
+pub use handle::{StoreHandle, StoreStatsSnapshot};
 pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use records::*;
@@ -142,8 +171,21 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database in `directory`.
     pub fn open(directory: &Path) -> Result<Store, StoreError> {
+        Self::open_with(directory, sled::Config::new())
+    }
+
+    /// [`Store::open`] with 2 KiB log segments instead of 512 KiB, so that
+    /// sled writes its log buffer out every few records and a killed process
+    /// leaves partly written changes, as the crash tests need. A store keeps
+    /// the segment size it was created with.
+    #[cfg(test)]
+    pub(crate) fn open_with_small_segments(directory: &Path) -> Result<Store, StoreError> {
+        Self::open_with(directory, sled::Config::new().segment_size(2048))
+    }
+
+    fn open_with(directory: &Path, config: sled::Config) -> Result<Store, StoreError> {
         let path = directory.join("fleet.sled");
-        let db = sled::Config::new().path(&path).open().map_err(|source| {
+        let db = config.path(&path).open().map_err(|source| {
             // sled reports its directory lock as an opaque I/O error.
             if source.to_string().contains("could not acquire lock") {
                 StoreError::Locked { path: path.clone() }
@@ -262,11 +304,17 @@ impl Store {
 
     /// Applies one durable event from `host_id` with sequence number `seq`,
     /// unless an event with that number (or a later one) was already applied.
-    /// The event and the host's new `last_seq` are written atomically.
+    /// The host's new `last_seq` is written after the event's records (module
+    /// docs, "Write order"), so a crash never records a sequence number
+    /// without its event: the agent, unanswered, sends the event again.
     pub fn apply_event(&self, host_id: &HostId, seq: u64, event: &AgentEvent) -> Result<EventOutcome, StoreError> {
-        let mut host = self
-            .host(host_id)?
+        // The listing index holds every host as stored (this thread writes
+        // both), which spares a read and a decode per event.
+        let indexed = self
+            .index
+            .host(host_id)
             .ok_or_else(|| StoreError::UnknownHost(host_id.clone()))?;
+        let mut host = HostRecord::clone(&indexed);
         if seq <= host.last_seq {
             return Ok(EventOutcome::Duplicate);
         }
@@ -337,6 +385,9 @@ impl Store {
             .transpose()
     }
 
+    /// Writes an operation record and the host record (its `last_seq`) in
+    /// crash order (see "Write order" in the module docs): the new time-index
+    /// key, the operation, the old time-index key's removal, the host last.
     fn write_operation(&self, host: &HostRecord, operation: &OperationRecord) -> Result<(), StoreError> {
         let previous = self.operation(&host.host_id, &operation.operation_id)?;
         let is_new = previous.is_none();
@@ -345,17 +396,12 @@ impl Store {
         let operation_key = key(&[host.host_id.as_str(), &operation.operation_id]);
         let old_time_key = previous.map(|previous| listings::time_key(previous.updated_at, &operation_key));
         let new_time_key = listings::time_key(operation.updated_at, &operation_key);
-        (&self.hosts, &self.operations, &self.operations_by_time)
-            .transaction(|(hosts, operations, by_time)| {
-                hosts.insert(host.host_id.as_str(), host_value.clone())?;
-                operations.insert(operation_key.clone(), operation_value.clone())?;
-                if let Some(old_time_key) = &old_time_key {
-                    by_time.remove(old_time_key.clone())?;
-                }
-                by_time.insert(new_time_key.clone(), &[])?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(storage_error)?;
+        self.operations_by_time.insert(new_time_key.as_slice(), &[])?;
+        self.operations.insert(operation_key.as_slice(), operation_value)?;
+        if let Some(old_time_key) = old_time_key.filter(|old| *old != new_time_key) {
+            self.operations_by_time.remove(old_time_key)?;
+        }
+        self.hosts.insert(host.host_id.as_str(), host_value)?;
         self.index.put_host(host);
         if is_new {
             self.count_new_operation(&host.host_id)?;
@@ -630,7 +676,10 @@ impl Store {
             let app_key = &index_key[recipe.as_str().len() + 1..];
             if let Some(bytes) = self.apps.get(app_key)? {
                 let app: AppRecord = decode(APPS, &bytes)?;
-                apps.push((host_of_app_key(app_key)?, app));
+                // A key left by a crash mid-change of recipe is skipped.
+                if app.recipe == *recipe {
+                    apps.push((host_of_app_key(app_key)?, app));
+                }
             }
         }
         Ok(apps)
@@ -646,12 +695,14 @@ impl Store {
             .collect()
     }
 
-    /// Replaces a host's inventory with `inventory` and writes `host`,
-    /// atomically, touching only the apps that changed. Observations equal to
+    /// Replaces a host's inventory with `inventory` and writes `host`, in
+    /// crash order, touching only the apps that changed. Observations equal to
     /// the stored ones keep their stored time, so an unchanged inventory
     /// writes nothing but the host record.
     fn write_inventory(&self, mut host: HostRecord, inventory: &[AppRecord]) -> Result<HostRecord, StoreError> {
-        let stored = self.host_apps(&host.host_id)?;
+        // The host's apps as stored, from the listing index (see apply_event).
+        let stored = self.index.apps_of_host(&host.host_id);
+        let stored: Vec<&AppRecord> = stored.iter().map(|indexed| &indexed.app).collect();
         host.app_count = inventory.len() as u32;
         let host_id = host.host_id.as_str();
         let mut app_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -667,36 +718,40 @@ impl Store {
         for new in inventory {
             let old = stored.iter().find(|old| old.domain == new.domain);
             if let Some(old) = old.filter(|old| old.same_observation(new)) {
-                kept.push(old.clone());
+                kept.push((*old).clone());
                 continue;
             }
             kept.push(new.clone());
-            if let Some(old) = old.filter(|old| old.recipe != new.recipe) {
-                index_writes.push((key(&[old.recipe.as_str(), host_id, old.domain.as_str()]), false));
-            }
             app_writes.push((key(&[host_id, new.domain.as_str()]), Some(encode(new)?)));
-            index_writes.push((key(&[new.recipe.as_str(), host_id, new.domain.as_str()]), true));
+            // The recipe index changes only for a new app or a new recipe.
+            match old {
+                Some(old) if old.recipe == new.recipe => {}
+                Some(old) => {
+                    index_writes.push((key(&[old.recipe.as_str(), host_id, old.domain.as_str()]), false));
+                    index_writes.push((key(&[new.recipe.as_str(), host_id, new.domain.as_str()]), true));
+                }
+                None => index_writes.push((key(&[new.recipe.as_str(), host_id, new.domain.as_str()]), true)),
+            }
         }
-        let host_value = encode(&host)?;
-        (&self.hosts, &self.apps, &self.apps_by_recipe)
-            .transaction(|(hosts, apps, index)| {
-                hosts.insert(host_id, host_value.clone())?;
-                for (app_key, value) in &app_writes {
-                    match value {
-                        Some(value) => apps.insert(app_key.clone(), value.clone())?,
-                        None => apps.remove(app_key.clone())?,
-                    };
-                }
-                for (index_key, present) in &index_writes {
-                    if *present {
-                        index.insert(index_key.clone(), &[])?;
-                    } else {
-                        index.remove(index_key.clone())?;
-                    }
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(storage_error)?;
+        // Crash order (module docs, "Write order"): new recipe-index keys,
+        // the apps, the keys to remove, and the host record (its `last_seq`).
+        for (index_key, present) in &index_writes {
+            if *present {
+                self.apps_by_recipe.insert(index_key.as_slice(), &[])?;
+            }
+        }
+        for (app_key, value) in app_writes {
+            match value {
+                Some(value) => self.apps.insert(app_key, value)?,
+                None => self.apps.remove(app_key)?,
+            };
+        }
+        for (index_key, present) in &index_writes {
+            if !*present {
+                self.apps_by_recipe.remove(index_key.as_slice())?;
+            }
+        }
+        self.hosts.insert(host_id, encode(&host)?)?;
         self.index.put_host(&host);
         self.index.replace_apps(&host.host_id, &kept);
         Ok(host)

@@ -357,6 +357,16 @@ async fn stress_of_the_real_write_pattern() {
     assert!(ghosts
         .iter()
         .all(|(_, app)| app.observed_version.as_ref().unwrap().to_string() == "1.24.0+6.42.0-alpine"));
+    // The thread's counters saw every write, grouped under fewer flushes.
+    let stats = handle.stats();
+    let writes = (HOSTS as u64) * (1 + UPDATES_PER_HOST);
+    assert_eq!(stats.writes, writes, "{stats:?}");
+    assert!(stats.reads >= (HOSTS as u64) * (UPDATES_PER_HOST / 10), "{stats:?}");
+    assert!(stats.flushes >= 1 && stats.flushes < writes, "{stats:?}");
+    assert!(
+        stats.write_nanos > 0 && stats.flush_nanos > 0 && stats.queue_nanos > 0,
+        "{stats:?}"
+    );
 }
 
 #[test]
