@@ -185,7 +185,8 @@ async fn main() {
         println!(
             "round {round} ({}): {writes} writes acknowledged in {elapsed:.2} s = {:.0}/s; ack p50 {:.0} ms, p99 {:.0} ms; \
              process CPU {cpu:.2} s\n  store thread: writes {:.0} ms ({:.1} µs each), {flushes} flushes {:.0} ms \
-             ({:.2} ms each, {:.0} writes each), busy {:.0} % of the wall time; queue wait {:.0} ms per write",
+             ({:.2} ms each, {:.0} writes each), busy {:.0} % of the wall time, {:.1} µs of its CPU per write; \
+             queue wait {:.0} ms per write",
             if progress { "progress" } else { "inventory" },
             writes as f64 / elapsed,
             percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
@@ -196,6 +197,7 @@ async fn main() {
             millis(after.flush_nanos - before.flush_nanos) / flushes as f64,
             writes as f64 / flushes as f64,
             millis(after.write_nanos - before.write_nanos + after.flush_nanos - before.flush_nanos) / 10.0 / elapsed,
+            (after.cpu_nanos - before.cpu_nanos) as f64 / 1e3 / writes.max(1) as f64,
             millis(after.queue_nanos - before.queue_nanos) / writes.max(1) as f64,
         );
     }

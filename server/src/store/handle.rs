@@ -29,6 +29,9 @@ pub struct StoreStats {
     flush_nanos: AtomicU64,
     /// Nanoseconds requests waited in the queue before the thread took them.
     queue_nanos: AtomicU64,
+    /// CPU time of the store thread so far (its own clock, so time the
+    /// thread was runnable but not running is not in it).
+    cpu_nanos: AtomicU64,
 }
 
 /// A copy of [`StoreStats`] at one moment.
@@ -41,6 +44,7 @@ pub struct StoreStatsSnapshot {
     pub write_nanos: u64,
     pub flush_nanos: u64,
     pub queue_nanos: u64,
+    pub cpu_nanos: u64,
 }
 
 impl StoreStats {
@@ -54,8 +58,16 @@ impl StoreStats {
             write_nanos: load(&self.write_nanos),
             flush_nanos: load(&self.flush_nanos),
             queue_nanos: load(&self.queue_nanos),
+            cpu_nanos: load(&self.cpu_nanos),
         }
     }
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu_nanos() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|time| time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn add_elapsed(counter: &AtomicU64, since: std::time::Instant) -> std::time::Instant {
@@ -245,6 +257,7 @@ fn run_store_thread(
                 reply(flushed.clone());
             }
         }
+        stats.cpu_nanos.store(thread_cpu_nanos(), Ordering::Relaxed);
         busy_since.store(0, Ordering::Relaxed);
         if stopping.load(Ordering::Relaxed) {
             break;

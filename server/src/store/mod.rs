@@ -269,11 +269,6 @@ impl Store {
         self.hosts.iter().map(|entry| decode(HOSTS, &entry?.1)).collect()
     }
 
-    /// Number of hosts (counts the hosts tree; for scrapes, not hot paths).
-    pub fn host_count(&self) -> Result<usize, StoreError> {
-        Ok(self.hosts.len())
-    }
-
     /// Writes a host record as given (registration, facts, coarse last-seen).
     pub fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
         self.hosts.insert(host.host_id.as_str(), encode(host)?)?;

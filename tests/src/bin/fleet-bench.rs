@@ -97,6 +97,75 @@ fn inventory(index: usize, version: &str) -> Vec<pb::ObservedApp> {
     ]
 }
 
+/// The store thread's counters from `/metrics` (`ccfleet_store_*`).
+#[derive(Debug, Default)]
+struct StoreCounters {
+    writes: f64,
+    reads: f64,
+    flushes: f64,
+    write_seconds: f64,
+    flush_seconds: f64,
+    read_seconds: f64,
+    queue_seconds: f64,
+    cpu_seconds: f64,
+}
+
+impl StoreCounters {
+    fn scrape(address: std::net::SocketAddr) -> StoreCounters {
+        let text = ccfleet_tests::server::scrape_metrics(address);
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        };
+        StoreCounters {
+            writes: value("ccfleet_store_requests_total{kind=\"write\"}"),
+            reads: value("ccfleet_store_requests_total{kind=\"read\"}"),
+            flushes: value("ccfleet_store_flushes_total"),
+            write_seconds: value("ccfleet_store_seconds_total{part=\"write\"}"),
+            flush_seconds: value("ccfleet_store_seconds_total{part=\"flush\"}"),
+            read_seconds: value("ccfleet_store_seconds_total{part=\"read\"}"),
+            queue_seconds: value("ccfleet_store_seconds_total{part=\"queue\"}"),
+            cpu_seconds: value("ccfleet_store_cpu_seconds_total"),
+        }
+    }
+
+    fn since(&self, before: &StoreCounters) -> StoreCounters {
+        StoreCounters {
+            writes: self.writes - before.writes,
+            reads: self.reads - before.reads,
+            flushes: self.flushes - before.flushes,
+            write_seconds: self.write_seconds - before.write_seconds,
+            flush_seconds: self.flush_seconds - before.flush_seconds,
+            read_seconds: self.read_seconds - before.read_seconds,
+            queue_seconds: self.queue_seconds - before.queue_seconds,
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+        }
+    }
+
+    /// Where the store thread's time went over `window`.
+    fn print(&self, window: Duration) {
+        let per = |seconds: f64, count: f64| seconds * 1e6 / count.max(1.0);
+        println!(
+            "  store thread: {:.0} writes ({:.1} µs each), {:.0} flushes ({:.2} ms each, {:.0} writes each), \
+             {:.0} reads ({:.1} µs each); busy {:.0} % of the {:.1} s, on a CPU {:.0} % ({:.1} µs of CPU per \
+             request); queue wait {:.1} ms per request",
+            self.writes,
+            per(self.write_seconds, self.writes),
+            self.flushes,
+            per(self.flush_seconds, self.flushes) / 1000.0,
+            self.writes / self.flushes.max(1.0),
+            self.reads,
+            per(self.read_seconds, self.reads),
+            (self.write_seconds + self.flush_seconds + self.read_seconds) / window.as_secs_f64() * 100.0,
+            window.as_secs_f64(),
+            self.cpu_seconds / window.as_secs_f64() * 100.0,
+            per(self.cpu_seconds, self.writes + self.reads),
+            self.queue_seconds * 1000.0 / (self.writes + self.reads).max(1.0),
+        );
+    }
+}
+
 /// Sends a heartbeat on `sender` every 10 s until the stream closes.
 fn heartbeat_every_10s(sender: tokio::sync::mpsc::Sender<pb::AgentMessage>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -148,8 +217,16 @@ async fn main() {
     let directory = tempfile::tempdir().expect("a temporary directory");
     let server = TestServer::start(
         &directory.path().join("data"),
-        &["--heartbeat-interval", "10s", "--heartbeat-timeout", "30s"],
+        &[
+            "--heartbeat-interval",
+            "10s",
+            "--heartbeat-timeout",
+            "30s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
     );
+    let metrics = server.metrics_address.expect("the server serves metrics");
     let pid = server.pid();
     let (idle_rss, _) = process_usage(pid);
     println!("agents: {agents}; server pid {pid}, idle RSS {idle_rss:.1} MiB");
@@ -207,6 +284,7 @@ async fn main() {
     );
 
     // Steady state: every agent heartbeats every 10 s, as the server asks.
+    let store_before = StoreCounters::scrape(metrics);
     let (rss_before, cpu_before) = process_usage(pid);
     let window_start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(steady_seconds));
@@ -220,8 +298,12 @@ async fn main() {
         (cpu_after - cpu_before) / window_start.elapsed().as_secs_f64() * 100.0,
         window_start.elapsed().as_secs_f64()
     );
+    StoreCounters::scrape(metrics)
+        .since(&store_before)
+        .print(window_start.elapsed());
 
     // Burst: every agent reports a changed inventory at once; latency to ack.
+    let store_before = StoreCounters::scrape(metrics);
     let started = Instant::now();
     let cpu_burst_start = process_usage(pid).1;
     let mut tasks = Vec::new();
@@ -254,6 +336,7 @@ async fn main() {
         percentile(&latencies, 1.0).as_secs_f64() * 1000.0,
         process_usage(pid).1 - cpu_burst_start,
     );
+    StoreCounters::scrape(metrics).since(&store_before).print(elapsed);
 
     // The admin read path over the whole fleet, through the real CLI.
     for args in [
