@@ -243,7 +243,7 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
 /// `Docker-Client/<version> (<os>)`.
 pub fn client_kind(user_agent: Option<&str>) -> String {
     match user_agent {
-        None => "agent (bollard)".into(),
+        None => "agent".into(),
         Some(agent) if agent.starts_with("Docker-Client/") => "docker CLI".into(),
         Some(other) => other.to_owned(),
     }
@@ -331,7 +331,7 @@ mod tests {
         let head = parse_head(b"POST /build HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert_eq!(head.body, Body::Unparsed);
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
-        assert_eq!(client_kind(None), "agent (bollard)");
+        assert_eq!(client_kind(None), "agent");
         assert_eq!(client_kind(Some("Docker-Client/20.10.24 (linux)")), "docker CLI");
     }
 

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 /// The engine's socket, which the proxy forwards to.
 const ENGINE_SOCKET: &str = "/var/run/docker.sock";
 /// The client kind of the agent's own calls ([`docker_proxy::client_kind`]).
-const AGENT_CLIENT: &str = "agent (bollard)";
+const AGENT_CLIENT: &str = "agent";
 
 #[tokio::main]
 async fn main() {
