@@ -198,18 +198,6 @@ fn sample_cpu(pid: u32, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHan
     })
 }
 
-/// Peak resident memory of a process (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|value| value.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 async fn wait_until_online(counters: &Counters, expected: usize, deadline: Duration) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < deadline {
@@ -282,7 +270,7 @@ pub async fn storm(agents: usize, concurrency: usize) {
         )),
         counters.attempts.load(Ordering::Relaxed),
         counters.failures.load(Ordering::Relaxed),
-        peak_rss_mib(pid),
+        crate::common::usage(pid).peak_rss_mib,
         summary(&mut latencies, failures),
         crate::load_average()
     );

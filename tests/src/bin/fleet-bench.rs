@@ -35,6 +35,8 @@
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/common.rs"]
+mod common;
 #[path = "../bench/storm.rs"]
 mod storm;
 
@@ -44,39 +46,8 @@ use std::time::{Duration, Instant};
 use ccfleet_proto::pb;
 use ccfleet_tests::server::{enroll_with_key, observed, TestAgent, TestServer};
 use ccfleet_tests::simulated::{Behaviour, SimulatedAgent};
+use common::{argument, load_average, process_usage, switch};
 use tokio::sync::Semaphore;
-
-fn argument(name: &str, default: usize) -> usize {
-    let arguments: Vec<String> = std::env::args().collect();
-    arguments
-        .iter()
-        .position(|argument| argument == name)
-        .and_then(|index| arguments.get(index + 1))
-        .map(|value| value.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
-        .unwrap_or(default)
-}
-
-/// (resident memory in MiB, CPU seconds used so far) of a process.
-fn process_usage(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (rss_kib / 1024.0, ticks / 100.0)
-}
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
@@ -188,7 +159,7 @@ async fn main() {
     ccfleet_proto::tls::install_crypto_provider();
     let agents = argument("--agents", 1000);
     let concurrency = argument("--concurrency", 64);
-    if std::env::args().any(|argument| argument == "--rollout") {
+    if switch("--rollout") {
         rollout_bench(agents, concurrency).await;
         return;
     }
@@ -200,16 +171,16 @@ async fn main() {
         baseline::serve_baseline(std::path::Path::new(data)).await;
         return;
     }
-    if arguments.iter().any(|argument| argument == "--storm") {
+    if switch("--storm") {
         storm::storm(agents, concurrency).await;
         return;
     }
-    if arguments.iter().any(|argument| argument == "--cap") {
+    if switch("--cap") {
         let refuse_seconds = argument("--refuse-seconds", 30) as u64;
         storm::cap(agents, argument("--cap", agents * 5 / 6), concurrency, refuse_seconds).await;
         return;
     }
-    if arguments.iter().any(|argument| argument == "--baseline") {
+    if switch("--baseline") {
         baseline_bench(agents, concurrency).await;
         return;
     }
@@ -485,15 +456,6 @@ async fn enroll_all(server: &TestServer, agents: usize, concurrency: usize) -> V
         credentials.push(task.await.unwrap());
     }
     credentials
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 async fn baseline_bench(agents: usize, concurrency: usize) {
