@@ -16,7 +16,6 @@
 
 #![allow(clippy::disallowed_methods)] // a benchmark: prints, reads /proc
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ccfleet_server::store::{
@@ -112,18 +111,7 @@ async fn main() {
             let host_id: ccfleet_proto::HostId = format!("host-{index}").parse().unwrap();
             store
                 .write(move |store| {
-                    store.put_host(&HostRecord {
-                        host_id: host_id.clone(),
-                        registered_at: 1,
-                        last_seen: 1,
-                        agent_version: String::new(),
-                        facts: HostFactsRecord::default(),
-                        last_seq: 0,
-                        app_count: 0,
-                        labels: BTreeMap::new(),
-                        certificate_not_after: None,
-                        enrollment: None,
-                    })?;
+                    store.put_host(&HostRecord::new(host_id.clone(), 1))?;
                     store.register_host(
                         &host_id,
                         "0.1.0",

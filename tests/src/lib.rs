@@ -9,6 +9,7 @@ pub mod agent;
 pub mod docker;
 pub mod server;
 pub mod simulated;
+pub mod store_crash;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -83,18 +83,7 @@ fn inventory(apps: &[(usize, usize, usize)], observed_at: UnixMillis) -> Vec<App
 }
 
 fn enrolled(host_id: &HostId) -> HostRecord {
-    HostRecord {
-        host_id: host_id.clone(),
-        registered_at: 1,
-        last_seen: 1,
-        agent_version: String::new(),
-        facts: HostFactsRecord::default(),
-        last_seq: 0,
-        app_count: 0,
-        labels: BTreeMap::new(),
-        certificate_not_after: None,
-        enrollment: None,
-    }
+    HostRecord::new(host_id.clone(), 1)
 }
 
 /// Every page of a listing, concatenated; checks that each token is the

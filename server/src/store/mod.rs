@@ -32,12 +32,11 @@
 //!   leftovers of a crash, until the resend removes them).
 //!
 //! Rare multi-record changes (enrolment, host removal, alerts, rollouts)
-//! stay sled transactions. `crash_tests::a_store_killed_mid_burst_keeps_every_acknowledged_event`
-//! kills a writing process with SIGKILL and checks these rules.
+//! stay sled transactions. `store_crash::a_store_killed_mid_burst_keeps_every_acknowledged_event`
+//! (tests/tests/it/store_crash.rs) kills a writing process with SIGKILL and
+//! checks these rules.
 
 mod audit;
-#[cfg(test)]
-mod crash_tests;
 mod enrolment;
 mod handle;
 mod index;
@@ -174,13 +173,13 @@ impl Store {
         Self::open_with(directory, sled::Config::new())
     }
 
-    /// [`Store::open`] with 2 KiB log segments instead of 512 KiB, so that
-    /// sled writes its log buffer out every few records and a killed process
-    /// leaves partly written changes, as the crash tests need. A store keeps
-    /// the segment size it was created with.
-    #[cfg(test)]
-    pub(crate) fn open_with_small_segments(directory: &Path) -> Result<Store, StoreError> {
-        Self::open_with(directory, sled::Config::new().segment_size(2048))
+    /// [`Store::open`] with log segments of `bytes` (a power of two from
+    /// 256 B; the default is 512 KiB), for the crash test
+    /// (`tests/tests/it/store_crash.rs`): with small segments sled writes its
+    /// log out every few records, so a killed process leaves partly written
+    /// changes. A store keeps the segment size it was created with.
+    pub fn open_with_segment_size(directory: &Path, bytes: usize) -> Result<Store, StoreError> {
+        Self::open_with(directory, sled::Config::new().segment_size(bytes))
     }
 
     fn open_with(directory: &Path, config: sled::Config) -> Result<Store, StoreError> {
@@ -472,19 +471,14 @@ impl Store {
     ) -> Result<HostRecord, StoreError> {
         token.uses_left -= 1;
         let host = HostRecord {
-            host_id: host_id.clone(),
-            registered_at: now,
-            last_seen: now,
-            agent_version: String::new(),
             facts: facts.clone(),
-            last_seq: 0,
-            app_count: 0,
             labels: token.labels.clone(),
             certificate_not_after: Some(certificate.not_after),
             enrollment: Some(EnrollmentRecord {
                 token_id: token.id.clone(),
                 public_key: public_key.to_owned(),
             }),
+            ..HostRecord::new(host_id.clone(), now)
         };
         let (token_value, host_value, certificate_value) = (encode(&token)?, encode(&host)?, encode(certificate)?);
         (&self.tokens, &self.hosts, &self.certificates)

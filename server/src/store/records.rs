@@ -83,6 +83,25 @@ pub struct HostRecord {
     pub enrollment: Option<EnrollmentRecord>,
 }
 
+impl HostRecord {
+    /// A host as it stands when it is created at `at`: no facts, labels or
+    /// apps yet, no event applied. Enrolment fills in what it knows.
+    pub fn new(host_id: HostId, at: UnixMillis) -> HostRecord {
+        HostRecord {
+            host_id,
+            registered_at: at,
+            last_seen: at,
+            agent_version: String::new(),
+            facts: HostFactsRecord::default(),
+            last_seq: 0,
+            app_count: 0,
+            labels: BTreeMap::new(),
+            certificate_not_after: None,
+            enrollment: None,
+        }
+    }
+}
+
 /// The token and key of a host's enrolment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollmentRecord {

@@ -63,18 +63,7 @@ impl RegisterEnrolled for Store {
         now: UnixMillis,
     ) -> Result<HostRecord, StoreError> {
         if self.host(host_id)?.is_none() {
-            self.put_host(&HostRecord {
-                host_id: host_id.clone(),
-                registered_at: now,
-                last_seen: now,
-                agent_version: String::new(),
-                facts: HostFactsRecord::default(),
-                last_seq: 0,
-                app_count: 0,
-                labels: BTreeMap::new(),
-                certificate_not_after: None,
-                enrollment: None,
-            })?;
+            self.put_host(&HostRecord::new(host_id.clone(), now))?;
         }
         self.register_host(host_id, agent_version, facts, inventory, now)
     }

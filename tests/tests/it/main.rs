@@ -14,5 +14,6 @@ mod nix;
 mod rollout;
 mod secrets;
 mod security;
+mod store_crash;
 mod tidy;
 mod upgrade;

@@ -2,7 +2,6 @@
 //! restarted engine that applies results stored while it was down and
 //! re-delivers outstanding commands with their original operation ids.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,8 @@ use ccfleet_proto::pb;
 use super::*;
 use crate::rollout::plan::{plan, Candidate};
 use crate::store::{
-    AgentEvent, HostFactsRecord, HostOutcomeRecord, HostRecord, OperationOutcomeRecord, QuantityRecord,
-    RolloutStateRecord, StrategyRecord,
+    AgentEvent, HostOutcomeRecord, HostRecord, OperationOutcomeRecord, QuantityRecord, RolloutStateRecord,
+    StrategyRecord,
 };
 
 fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
@@ -53,16 +52,9 @@ fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
 fn register(store: &crate::store::Store, host: &str) {
     store
         .put_host(&HostRecord {
-            host_id: host.parse().unwrap(),
-            registered_at: 1,
-            last_seen: 1,
             agent_version: "test".into(),
-            facts: HostFactsRecord::default(),
-            last_seq: 0,
             app_count: 1,
-            labels: BTreeMap::new(),
-            certificate_not_after: None,
-            enrollment: None,
+            ..HostRecord::new(host.parse().unwrap(), 1)
         })
         .unwrap();
 }

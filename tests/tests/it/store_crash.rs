@@ -1,131 +1,24 @@
-//! Crash safety of the store's write order (module docs, "Write order"),
-//! tested by killing a real writing process with SIGKILL.
+//! Crash safety of the store's write order (server/src/store/mod.rs, "Write
+//! order"), tested by killing a real writing process with SIGKILL.
 //!
-//! The child (this test binary again, running `writer_child`) applies a
-//! deterministic stream of events for a few hosts through `StoreHandle`, as
-//! the server does, and prints every acknowledged (flushed) sequence number.
-//! The parent kills it after a varying number of acknowledgements, opens the
-//! store, checks what must hold right after a crash, and starts the child
-//! again, which resends from each host's `last_seq`, as agents do. At the end
-//! the parent applies a last round itself and checks the state exactly.
+//! The writer (`store-writer`, the real `Store` and `StoreHandle`) applies a
+//! deterministic stream of events for a few hosts, as the server does, and
+//! prints every acknowledged (flushed) sequence number. The test kills it
+//! after a varying number of acknowledgements, opens the store, checks what
+//! must hold right after a crash, and starts the writer again, which resends
+//! from each host's `last_seq`, as agents do. At the end the test applies a
+//! last round itself and checks the state exactly.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use super::*;
+use ccfleet_proto::RecipeName;
+use ccfleet_server::store::{OperationFilter, Store};
+use ccfleet_tests::store_crash::{enrol, event, host, inventory_at, is_progress, operation_id, HOSTS, SEGMENT_BYTES};
 
-const CHILD_DIRECTORY: &str = "CCFLEET_STORE_CRASH_CHILD";
-const HOSTS: usize = 12;
-
-fn host(index: usize) -> HostId {
-    format!("crash-{index}").parse().unwrap()
-}
-
-fn app(host: usize, name: &str, recipe: &str, version: &str) -> AppRecord {
-    AppRecord {
-        domain: format!("{name}.crash-{host}.example.org").parse().unwrap(),
-        recipe: recipe.parse().unwrap(),
-        observed_version: Some(version.parse().unwrap()),
-        declared_version: None,
-        state: AppStateRecord::Converged,
-        desired_replicas: 1,
-        running_replicas: 1,
-        drift: vec![],
-        chaos: false,
-        observed_at: 0,
-        available_version: None,
-        available_newest: None,
-        pinned_by_host: false,
-        fleet_target: None,
-    }
-}
-
-/// The inventory a host reports at `seq`: a version that moves, an app that
-/// comes and goes, and one that changes recipe, so that every kind of index
-/// change is in flight when the process dies.
-fn inventory(host: usize, seq: u64) -> Vec<AppRecord> {
-    let mut apps = vec![app(host, "blog", "ghost", &format!("1.{seq}.0"))];
-    if !seq.is_multiple_of(3) {
-        apps.push(app(host, "chat", "matrix-synapse", "5.0.0"));
-    }
-    let wiki = if seq.is_multiple_of(2) { "hedgedoc" } else { "wiki-js" };
-    apps.push(app(host, "wiki", wiki, "2.1.0"));
-    apps
-}
-
-/// Every fourth event is operation progress; two consecutive ones share an
-/// operation id, so the record (and its time-index key) is replaced.
-fn event(host: usize, seq: u64) -> AgentEvent {
-    if seq.is_multiple_of(4) {
-        AgentEvent::Progress {
-            operation_id: format!("op-{}", seq / 8),
-            domain: format!("blog.crash-{host}.example.org").parse().unwrap(),
-            phase: OperationPhaseRecord::Deploying,
-            message: format!("step {seq}"),
-        }
-    } else {
-        AgentEvent::Inventory(inventory(host, seq))
-    }
-}
-
-/// The newest inventory event at or before `seq`.
-fn inventory_at(host: usize, seq: u64) -> Vec<AppRecord> {
-    let last = (1..=seq).rev().find(|seq| seq % 4 != 0).unwrap_or(0);
-    if last == 0 {
-        return Vec::new();
-    }
-    inventory(host, last)
-}
-
-fn enrol(store: &Store, index: usize) -> Result<(), StoreError> {
-    if store.host(&host(index))?.is_some() {
-        return Ok(());
-    }
-    store.put_host(&HostRecord {
-        host_id: host(index),
-        registered_at: 1,
-        last_seen: 1,
-        agent_version: String::new(),
-        facts: HostFactsRecord::default(),
-        last_seq: 0,
-        app_count: 0,
-        labels: BTreeMap::new(),
-        certificate_not_after: None,
-        enrollment: None,
-    })
-}
-
-/// The writer: resends from each host's `last_seq` and goes on until killed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the child process of a_store_killed_mid_burst_keeps_every_acknowledged_event"]
-async fn writer_child() {
-    let directory = std::env::var_os(CHILD_DIRECTORY).expect("started by the crash test");
-    let store = StoreHandle::start(Store::open_with_small_segments(std::path::Path::new(&directory)).unwrap()).unwrap();
-    let mut writers = Vec::new();
-    for index in 0..HOSTS {
-        let store = store.clone();
-        writers.push(tokio::spawn(async move {
-            let last_seq = store
-                .write(move |store| {
-                    enrol(store, index)?;
-                    Ok(store.host(&host(index))?.map_or(0, |host| host.last_seq))
-                })
-                .await
-                .unwrap();
-            for seq in last_seq + 1.. {
-                let outcome = store
-                    .write(move |store| store.apply_event(&host(index), seq, &event(index, seq)))
-                    .await
-                    .unwrap();
-                assert_eq!(outcome, EventOutcome::Applied);
-                println!("acked {index} {seq}");
-            }
-        }));
-    }
-    for writer in writers {
-        writer.await.unwrap();
-    }
+fn open(directory: &std::path::Path) -> Store {
+    Store::open_with_segment_size(directory, SEGMENT_BYTES).unwrap()
 }
 
 /// What must hold in a store opened right after a crash.
@@ -156,7 +49,7 @@ fn check_after_crash(store: &Store, acked: &[u64]) {
             .collect();
         // The newest inventory at or before last_seq: its blog version, or a
         // later one.
-        let last_inventory = (1..=host_record.last_seq).rev().find(|seq| seq % 4 != 0);
+        let last_inventory = (1..=host_record.last_seq).rev().find(|seq| !is_progress(*seq));
         if let Some(last_inventory) = last_inventory {
             let blog = stored.iter().find(|app| app.0.starts_with("blog."));
             let version = blog.map(|app| app.2.clone()).unwrap_or_default();
@@ -178,10 +71,10 @@ fn check_after_crash(store: &Store, acked: &[u64]) {
         }
         // The newest progress at or before last_seq: its operation is
         // stored at that step or a later one.
-        let last_progress = (1..=host_record.last_seq).rev().find(|seq| seq % 4 == 0);
+        let last_progress = (1..=host_record.last_seq).rev().find(|seq| is_progress(*seq));
         if let Some(last_progress) = last_progress {
             let operation = store
-                .operation(&host(index), &format!("op-{}", last_progress / 8))
+                .operation(&host(index), &operation_id(last_progress))
                 .unwrap()
                 .unwrap_or_else(|| panic!("host {index}: operation of event {last_progress} missing"));
             let step: u64 = operation.message["step ".len()..].parse().unwrap();
@@ -222,11 +115,22 @@ fn check_indexes(store: &Store) {
             operation.operation_id
         );
     }
-    assert_eq!(listed.len(), store.operations.len(), "every operation listed once");
+    let per_host: usize = (0..HOSTS)
+        .map(|index| {
+            store
+                .operations(&OperationFilter {
+                    host_id: Some(host(index)),
+                    limit: usize::MAX,
+                    ..OperationFilter::default()
+                })
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(listed.len(), per_host, "every operation listed once");
 }
 
 #[test]
-#[allow(clippy::disallowed_methods)] // starts this test binary as the writer, to kill it
 fn a_store_killed_mid_burst_keeps_every_acknowledged_event() {
     let directory = tempfile::tempdir().unwrap();
     let mut acked = vec![0u64; HOSTS];
@@ -235,14 +139,8 @@ fn a_store_killed_mid_burst_keeps_every_acknowledged_event() {
     for kill_after in [
         1, 7, 40, 150, 3, 300, 25, 90, 12, 60, 5, 200, 33, 75, 2, 120, 18, 250, 45, 9,
     ] {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "store::crash_tests::writer_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CHILD_DIRECTORY, directory.path())
+        let mut child = Command::new(ccfleet_tests::binary("store-writer"))
+            .arg(directory.path())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(directory.path().join("writer.log")).unwrap())
             .spawn()
@@ -272,12 +170,12 @@ fn a_store_killed_mid_burst_keeps_every_acknowledged_event() {
                 acked[index] = acked[index].max(seq);
             }
         }
-        let store = Store::open_with_small_segments(directory.path()).unwrap();
+        let store = open(directory.path());
         check_after_crash(&store, &acked);
     }
 
     // The agents' resend, then one more round: the state is exact.
-    let store = Store::open_with_small_segments(directory.path()).unwrap();
+    let store = open(directory.path());
     for index in 0..HOSTS {
         enrol(&store, index).unwrap();
         let last_seq = store.host(&host(index)).unwrap().unwrap().last_seq;
@@ -299,8 +197,8 @@ fn a_store_killed_mid_burst_keeps_every_acknowledged_event() {
             })
             .unwrap();
         let expected_operations: BTreeMap<String, String> = (1..=final_seq)
-            .filter(|seq| seq % 4 == 0)
-            .map(|seq| (format!("op-{}", seq / 8), format!("step {seq}")))
+            .filter(|seq| is_progress(*seq))
+            .map(|seq| (operation_id(seq), format!("step {seq}")))
             .collect();
         let stored_operations: BTreeMap<String, String> = operations
             .into_iter()
