@@ -7,6 +7,7 @@ let
 
   cfg = config.services.ccfleet-server;
   dataDir = "/var/lib/ccfleet-server";
+  privilegedPort = cfg.port < 1024 || (cfg.adminPort != null && cfg.adminPort < 1024);
 in
 {
   options.services.ccfleet-server = {
@@ -27,10 +28,22 @@ in
       description = "Port to listen on.";
     };
 
+    adminPort = mkOption {
+      type = types.nullOr types.port;
+      default = null;
+      example = 7444;
+      description = ''
+        A second port on `listenAddress` that serves only the admin API, and only to admin
+        certificates (`ccfleet-server run --admin-listen`). `ccfleet` pointed at it
+        (`--server https://fleet.example.org:7444`) is answered while thousands of agents
+        reconnect on `port`, e.g. after a restart. Null: admins use `port` like agents.
+      '';
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open `port` in the firewall for agents and admins.";
+      description = "Open `port` (and `adminPort`, if set) in the firewall for agents and admins.";
     };
 
     publicUrl = mkOption {
@@ -69,7 +82,13 @@ in
     };
     users.groups.ccfleet-server = { };
 
-    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+    assertions = [{
+      assertion = cfg.adminPort != cfg.port;
+      message = "services.ccfleet-server.adminPort must differ from services.ccfleet-server.port (${toString cfg.port}).";
+    }];
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall
+      ([ cfg.port ] ++ lib.optional (cfg.adminPort != null) cfg.adminPort);
 
     systemd.services.ccfleet-server = {
       description = "ccfleet server";
@@ -85,6 +104,7 @@ in
           "--listen"
           "${cfg.listenAddress}:${toString cfg.port}"
         ]
+        ++ lib.optionals (cfg.adminPort != null) [ "--admin-listen" "${cfg.listenAddress}:${toString cfg.adminPort}" ]
         ++ lib.optionals (cfg.publicUrl != null) [ "--public-url" cfg.publicUrl ]
         ++ lib.concatMap (name: [ "--san" name ]) cfg.serverNames
         ++ cfg.extraArgs);
@@ -100,12 +120,12 @@ in
         StateDirectory = "ccfleet-server";
         StateDirectoryMode = "0700";
         UMask = "0077";
-        AmbientCapabilities = lib.optional (cfg.port < 1024) "CAP_NET_BIND_SERVICE";
-        CapabilityBoundingSet = lib.optional (cfg.port < 1024) "CAP_NET_BIND_SERVICE";
+        AmbientCapabilities = lib.optional privilegedPort "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = lib.optional privilegedPort "CAP_NET_BIND_SERVICE";
         NoNewPrivileges = true;
         PrivateTmp = true;
         PrivateDevices = true;
-        PrivateUsers = cfg.port >= 1024;
+        PrivateUsers = !privilegedPort;
         ProtectSystem = "strict";
         ProtectHome = true;
         ProtectKernelTunables = true;

@@ -113,6 +113,7 @@ let
     traefik-without-version = [{ services.coop-cloud.traefik.version = lib.mkForce null; }];
     server-url-unset = [{ services.ccfleet-agent.serverUrl = lib.mkForce null; }];
     server-url-plain-http = [{ services.ccfleet-agent.serverUrl = lib.mkForce "http://fleet.example.org:7443"; }];
+    admin-port-is-the-port = [{ services.ccfleet-server.adminPort = lib.mkForce 7443; }];
     host-id-invalid = [{ services.ccfleet-agent.hostId = lib.mkForce "Web_1"; }];
     label-key-uppercase = [{ services.ccfleet-agent.labels.Site = "berlin"; }];
     unknown-dependency = [{ services.coop-cloud.apps.wiki.dependsOn = [ "nextcloud" ]; }];

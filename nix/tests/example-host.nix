@@ -9,6 +9,7 @@
   services.ccfleet-server = {
     enable = true;
     openFirewall = true;
+    adminPort = 7444;
   };
 
   services.coop-cloud = {

@@ -43,6 +43,9 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// Admits only admin certificates (the admin listener): any other
+    /// connection is closed right after its handshake.
+    pub admins_only: bool,
 }
 
 /// The connection cap and admin reserve for a file-descriptor limit: an
@@ -263,7 +266,7 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let io = GuardedStream::new(stream, permit, limits.idle_timeout, metrics.clone());
             let (acceptor, sender, metrics) = (acceptor.clone(), sender.clone(), metrics.clone());
-            let handshake_timeout = limits.handshake_timeout;
+            let (handshake_timeout, admins_only) = (limits.handshake_timeout, limits.admins_only);
             tokio::spawn(async move {
                 let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                     Ok(Ok(stream)) => stream,
@@ -278,7 +281,7 @@ pub fn incoming(
                         return;
                     }
                 };
-                if reserved && !is_admin(&stream) {
+                if (reserved || admins_only) && !is_admin(&stream) {
                     Metrics::increment(&metrics.connections_refused);
                     return;
                 }

@@ -204,10 +204,13 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 const ENROLLMENT_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Serves the Agent and Admin services, gRPC health and reflection on
-/// `listener` until `shutdown` completes.
+/// `listener` until `shutdown` completes; the Admin service, health and
+/// reflection also on `admin_listener`, for admin certificates only, so that
+/// `ccfleet` gets in while thousands of agents queue on `listener`.
 pub async fn serve(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -240,7 +243,16 @@ pub async fn serve(
     let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
     let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
-    let incoming = edge::incoming(listener, acceptor, limits, metrics.clone());
+    let incoming = edge::incoming(listener, acceptor.clone(), limits, metrics.clone());
+    let admin_incoming = admin_listener.map(|admin_listener| {
+        let limits = edge::ConnectionLimits {
+            max_connections: ADMIN_LISTENER_CONNECTIONS,
+            admin_reserve: 1,
+            admins_only: true,
+            ..connection_limits(&config)
+        };
+        edge::incoming(admin_listener, acceptor, limits, metrics.clone())
+    });
     let metrics_task = match metrics_listener {
         Some(metrics_listener) => {
             metrics::check_address(metrics_listener.local_addr()?)?;
@@ -297,12 +309,43 @@ pub async fn serve(
     health_reporter
         .set_serving::<EnrollmentServer<api::enrollment::EnrollmentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ccfleet_proto::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build the reflection service")?;
-    let reflection = InterceptedService::new(reflection, auth::require_admin(revocations.clone()));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ccfleet_proto::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the reflection service")
+            .map(|reflection| InterceptedService::new(reflection, auth::require_admin(revocations.clone())))
+    };
+
+    // The admin listener: Admin, health and reflection only; it stops
+    // accepting when the shutdown starts, like the main listener.
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_server = match admin_incoming {
+        Some(admin_incoming) => {
+            let mut admin_stopped = admin_stopped.clone();
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(config.keepalive_interval))
+                    .http2_keepalive_timeout(Some(config.keepalive_timeout))
+                    .max_concurrent_streams(Some(config.max_concurrent_streams))
+                    .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
+                    .http2_max_header_list_size(Some(16 * 1024))
+                    .layer(tower::util::MapResponseLayer::new(
+                        edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
+                            as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
+                    ))
+                    .add_service(health.clone())
+                    .add_service(reflection()?)
+                    .add_service(admin.clone())
+                    .serve_with_incoming_shutdown(admin_incoming, async move {
+                        let _ = admin_stopped.wait_for(|stopped| *stopped).await;
+                    }),
+            ))
+        }
+        None => None,
+    };
+    let reflection = reflection()?;
 
     let watchdog = tokio::spawn(watch_store(
         store.clone(),
@@ -320,6 +363,7 @@ pub async fn serve(
         let (fleet, started) = (fleet.clone(), started.clone());
         async move {
             shutdown.await;
+            let _ = admin_stop.send(true);
             let hosts = fleet.close_all();
             tracing::info!(streams = hosts.len(), "shutting down: closing agent streams");
             let _ = closed_hosts_sender.send(hosts);
@@ -358,6 +402,9 @@ pub async fn serve(
             Ok(())
         }
     };
+    if let Some(admin_server) = admin_server {
+        admin_server.abort();
+    }
     sweeper.abort();
     pruner.abort();
     watchdog.abort();
@@ -409,8 +456,12 @@ fn connection_limits(config: &ServerConfig) -> edge::ConnectionLimits {
         admin_reserve,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
+        admins_only: false,
     }
 }
+
+/// Connections the admin listener takes at once: admins only, so a few.
+const ADMIN_LISTENER_CONNECTIONS: usize = 64;
 
 /// Makes a stuck store visible: while one store request has been running
 /// longer than `threshold`, gRPC health says NOT_SERVING, the

@@ -47,6 +47,12 @@ enum Command {
         /// Serve Prometheus metrics (plain HTTP, `GET /metrics`) on this loopback address.
         #[arg(long, env = "CCFLEET_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Also serve the Admin service (with health and reflection) on this
+        /// address (TLS), to admin certificates only: `ccfleet` pointed here
+        /// gets in while thousands of agents queue on --listen, e.g. after a
+        /// restart. The same server certificate; port 0 picks a free port.
+        #[arg(long, env = "CCFLEET_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
         /// Lifetime of host certificates; agents renew at two thirds of it.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         host_certificate_lifetime: Duration,
@@ -119,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             server_names,
             public_url,
             metrics_listen,
+            admin_listen,
             host_certificate_lifetime,
             heartbeat_interval,
             heartbeat_timeout,
@@ -166,6 +173,16 @@ fn main() -> anyhow::Result<()> {
                     }
                     None => None,
                 };
+                let admin_listener = match admin_listen {
+                    Some(admin_address) => {
+                        let admin_listener = tokio::net::TcpListener::bind(admin_address)
+                            .await
+                            .with_context(|| format!("cannot listen for admins on {admin_address}"))?;
+                        println!("admin on {}", admin_listener.local_addr()?);
+                        Some(admin_listener)
+                    }
+                    None => None,
+                };
                 // Tests and scripts read this line to learn the port; nothing
                 // is printed on stdout after it.
                 println!("listening on {address}");
@@ -184,7 +201,7 @@ fn main() -> anyhow::Result<()> {
                 config.max_concurrent_streams = limits.max_concurrent_streams;
                 config.store_stall_threshold = limits.store_stall_threshold;
                 config.server_names.extend(server_names);
-                ccfleet_server::serve(listener, metrics_listener, config, shutdown_signal()).await
+                ccfleet_server::serve(listener, metrics_listener, admin_listener, config, shutdown_signal()).await
             })
         }
     }

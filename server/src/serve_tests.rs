@@ -31,7 +31,7 @@ async fn serve_closes_agent_streams_and_returns_when_the_shutdown_future_complet
     let mut config = ServerConfig::new(data.clone());
     config.shutdown_timeout = Duration::from_secs(4);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, None, config, async move {
+    let server = tokio::spawn(serve(listener, None, None, config, async move {
         let _ = stopped.await;
     }));
 

@@ -26,6 +26,8 @@ pub struct TestServer {
     pub address: SocketAddr,
     /// Where `--metrics-listen` serves, if it was given.
     pub metrics_address: Option<SocketAddr>,
+    /// Where `--admin-listen` serves, if it was given.
+    pub admin_address: Option<SocketAddr>,
     pub data_dir: PathBuf,
     log: PathBuf,
 }
@@ -107,9 +109,11 @@ impl TestServer {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        // "metrics on ADDR" (optional), then "listening on ADDR", then nothing.
+        // "metrics on ADDR" and "admin on ADDR" (optional), then "listening
+        // on ADDR", then nothing.
         let started = Instant::now();
         let mut metrics_address = None;
+        let mut admin_address = None;
         let address = loop {
             let remaining = SERVER_START_DEADLINE.saturating_sub(started.elapsed());
             let line = match incoming.recv_timeout(remaining) {
@@ -126,6 +130,10 @@ impl TestServer {
                 metrics_address = Some(metrics.parse().expect("server prints a socket address"));
                 continue;
             }
+            if let Some(admin) = line.trim().strip_prefix("admin on ") {
+                admin_address = Some(admin.parse().expect("server prints a socket address"));
+                continue;
+            }
             let Some(address) = line.trim().strip_prefix("listening on ") else {
                 fail(
                     &mut child,
@@ -138,6 +146,7 @@ impl TestServer {
             child,
             address,
             metrics_address,
+            admin_address,
             data_dir: data_dir.to_owned(),
             log,
         }

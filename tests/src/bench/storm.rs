@@ -232,7 +232,14 @@ fn port_of(url: &str) -> u16 {
 pub async fn storm(agents: usize, concurrency: usize) {
     let directory = tempfile::tempdir().expect("a temporary directory");
     let data = directory.path().join("data");
-    let arguments = ["--heartbeat-interval", "10s", "--heartbeat-timeout", "30s"];
+    let arguments = [
+        "--heartbeat-interval",
+        "10s",
+        "--heartbeat-timeout",
+        "30s",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
     let server = TestServer::start(&data, &arguments);
     let url = server.url();
     let credentials = crate::enroll_all(&server, agents, concurrency).await;
@@ -252,17 +259,26 @@ pub async fn storm(agents: usize, concurrency: usize) {
     let ready = killed.elapsed();
     let pid = restarted.pid();
     let (stop_probes, probes_stop) = watch::channel(false);
-    let admin = probe_admin(url.clone(), admin_credential, probes_stop.clone());
+    // Admin calls on the agents' listener, and on the admin listener.
+    let admin = probe_admin(url.clone(), admin_credential.clone(), probes_stop.clone());
+    let admin_listener = restarted.admin_address.expect("the server reports its admin listener");
+    let admin_apart = probe_admin(
+        format!("https://{admin_listener}"),
+        admin_credential,
+        probes_stop.clone(),
+    );
     let cpu = sample_cpu(pid, probes_stop);
     let back = wait_until_online(&counters, agents, Duration::from_secs(600)).await;
     let all_back = killed.elapsed();
     stop_probes.send_replace(true);
     let (mut latencies, failures) = admin.await.unwrap();
+    let (mut apart_latencies, apart_failures) = admin_apart.await.unwrap();
     let (peak_cpu, cpu_seconds) = cpu.await.unwrap();
     println!(
         "storm: SIGKILL, restart ready after {:.2} s; every agent online again {} after the kill \
          (attempts {}, failed attempts {}); new server: peak RSS {:.0} MiB, CPU {cpu_seconds:.1} s \
-         (peak {peak_cpu:.0} % of one core over a second); admin ListHosts meanwhile: {}; load average {}",
+         (peak {peak_cpu:.0} % of one core over a second); admin ListHosts meanwhile on the agents' \
+         listener: {}; on the admin listener (--admin-listen): {}; load average {}",
         ready.as_secs_f64(),
         back.map_or("NOT within 600 s".to_owned(), |_| format!(
             "{:.1} s",
@@ -272,6 +288,7 @@ pub async fn storm(agents: usize, concurrency: usize) {
         counters.failures.load(Ordering::Relaxed),
         crate::common::usage(pid).peak_rss_mib,
         summary(&mut latencies, failures),
+        summary(&mut apart_latencies, apart_failures),
         crate::load_average()
     );
     for leave in leaves {

@@ -17,6 +17,14 @@ use tokio_rustls::rustls;
 /// handshake (pinned to the server's CA, HTTP/2 offered) and then sends
 /// nothing: the first half of the lock-out attack.
 async fn silent_tls_connection(server: &TestServer) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    silent_tls_connection_to(server, server.address).await
+}
+
+/// [`silent_tls_connection`] to `address` (the admin listener, say).
+async fn silent_tls_connection_to(
+    server: &TestServer,
+    address: std::net::SocketAddr,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
     let ca = ccfleet_proto::tls::first_certificate_der(&server.admin_credential().ca_certificate).unwrap();
     let verifier = ccfleet_proto::tls::PinnedCaVerifier::new(&ccfleet_proto::tls::fingerprint(&ca));
     let mut config = rustls::ClientConfig::builder()
@@ -25,7 +33,7 @@ async fn silent_tls_connection(server: &TestServer) -> Option<tokio_rustls::clie
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(server.address).await.ok()?;
+    let tcp = TcpStream::connect(address).await.ok()?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.ok()
 }
@@ -73,6 +81,85 @@ fn metric(server: &TestServer, line_start: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(line_start).map(|value| value.trim().parse().unwrap()))
         .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
+}
+
+/// `--admin-listen`: `ccfleet` gets in on the admin listener while the
+/// agents' listener is full, and the admin listener serves nothing but the
+/// Admin service (with health and reflection), to admin certificates only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_admins_while_the_agent_listener_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cap of 20 on the agents' listener: 19 for anyone, 1 kept for admins.
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            "--max-connections",
+            "20",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin_address = server.admin_address.expect("the server reports its admin listener");
+    // 40 silent connections: 19 are held open, the rest refused.
+    let (closed_sender, _closed) = mpsc::unbounded_channel();
+    for index in 0..40 {
+        if let Some(stream) = silent_tls_connection(&server).await {
+            report_close(index, stream, closed_sender.clone());
+        }
+    }
+    wait_for(
+        "the agents' listener to refuse past its cap",
+        Duration::from_secs(10),
+        || {
+            let refused = metric(&server, "ccfleet_connections_closed_total{reason=\"cap\"}");
+            async move {
+                if refused >= 21 {
+                    Ok(())
+                } else {
+                    Err(format!("{refused} refused"))
+                }
+            }
+        },
+    )
+    .await;
+
+    // `ccfleet` pointed at the admin listener answers meanwhile.
+    let output = ccfleet_tests::server::run_cli(
+        &format!("https://{admin_address}"),
+        &server.admin_credential_path(),
+        &["--json", "hosts"],
+    );
+    assert!(
+        output.status.success(),
+        "ccfleet hosts on the admin listener failed: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+
+    // A connection without an admin certificate is closed there right after
+    // its handshake (or during it).
+    if let Some(mut stream) = silent_tls_connection_to(&server, admin_address).await {
+        let mut buffer = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("the admin listener closes a connection without an admin certificate");
+        assert!(matches!(read, Ok(0) | Err(_)), "it got an answer: {read:?}");
+    }
+
+    // The Agent service is not served there, even to an admin.
+    let channel = ccfleet_proto::tls::mtls_endpoint(&format!("https://{admin_address}"), &server.admin_credential())
+        .unwrap()
+        .connect()
+        .await
+        .expect("an admin connects to the admin listener");
+    let (_sender, receiver) = mpsc::channel::<ccfleet_proto::pb::AgentMessage>(1);
+    let status = ccfleet_proto::pb::agent_client::AgentClient::new(channel)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect_err("no Agent service on the admin listener");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,11 +228,12 @@ fn example_host_evaluates_and_its_agent_config_is_accepted() {
         .map(|port| port.as_u64().unwrap())
         .collect();
     ports.sort_unstable();
-    assert_eq!(ports, [80, 443, 7443]);
-    assert!(example["server"]["ExecStart"]
-        .as_str()
-        .unwrap()
-        .contains("run --data /var/lib/ccfleet-server --listen"));
+    assert_eq!(ports, [80, 443, 7443, 7444]);
+    let server_command = example["server"]["ExecStart"].as_str().unwrap();
+    assert!(
+        server_command.contains("run --data /var/lib/ccfleet-server --listen '[::]:7443' --admin-listen '[::]:7444'"),
+        "{server_command}"
+    );
     assert_eq!(example["server"]["LimitNOFILE"], 65536);
 
     let toml = example["agentToml"].as_str().unwrap();
@@ -449,6 +450,7 @@ fn each_hostile_declaration_fails_one_assertion_naming_the_option() {
         ("traefik-without-version", "services.coop-cloud.traefik.version is not set"),
         ("server-url-unset", "services.ccfleet-agent.serverUrl is not set: set it to your ccfleet server's URL"),
         ("server-url-plain-http", "services.ccfleet-agent.serverUrl = \"http://fleet.example.org:7443\" uses plain http"),
+        ("admin-port-is-the-port", "services.ccfleet-server.adminPort must differ from services.ccfleet-server.port (7443)"),
         ("host-id-invalid", "services.ccfleet-agent.hostId = \"Web_1\" may only contain lowercase"),
         ("label-key-uppercase", "services.ccfleet-agent.labels: the key \"Site\""),
         ("unknown-dependency", "services.coop-cloud.apps.wiki.dependsOn names \"nextcloud\""),
