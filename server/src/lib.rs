@@ -244,15 +244,12 @@ pub async fn serve(
     let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
     let incoming = edge::incoming(listener, acceptor.clone(), limits, metrics.clone());
-    let admin_incoming = admin_listener.map(|admin_listener| {
-        let limits = edge::ConnectionLimits {
-            max_connections: ADMIN_LISTENER_CONNECTIONS,
-            admin_reserve: 1,
-            admins_only: true,
-            ..connection_limits(&config)
-        };
-        edge::incoming(admin_listener, acceptor, limits, metrics.clone())
-    });
+    let admin_limits = edge::ConnectionLimits {
+        max_connections: ADMIN_LISTENER_CONNECTIONS,
+        admin_reserve: 1,
+        admins_only: true,
+        ..connection_limits(&config)
+    };
     let metrics_task = match metrics_listener {
         Some(metrics_listener) => {
             metrics::check_address(metrics_listener.local_addr()?)?;
@@ -318,30 +315,52 @@ pub async fn serve(
             .map(|reflection| InterceptedService::new(reflection, auth::require_admin(revocations.clone())))
     };
 
-    // The admin listener: Admin, health and reflection only; it stops
-    // accepting when the shutdown starts, like the main listener.
+    // The admin listener: Admin, health and reflection only, on a thread and
+    // runtime of its own, so that its accepts, handshakes and calls never
+    // queue behind the agents' tasks (a reconnect storm fills the main
+    // runtime with thousands of handshakes). It stops accepting when the
+    // shutdown starts, like the main listener.
     let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
-    let admin_server = match admin_incoming {
-        Some(admin_incoming) => {
+    let admin_thread = match admin_listener {
+        Some(admin_listener) => {
+            let admin_listener = admin_listener
+                .into_std()
+                .context("cannot hand the admin listener to its thread")?;
             let mut admin_stopped = admin_stopped.clone();
-            Some(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .http2_keepalive_interval(Some(config.keepalive_interval))
-                    .http2_keepalive_timeout(Some(config.keepalive_timeout))
-                    .max_concurrent_streams(Some(config.max_concurrent_streams))
-                    .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
-                    .http2_max_header_list_size(Some(16 * 1024))
-                    .layer(tower::util::MapResponseLayer::new(
-                        edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
-                            as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
-                    ))
-                    .add_service(health.clone())
-                    .add_service(reflection()?)
-                    .add_service(admin.clone())
-                    .serve_with_incoming_shutdown(admin_incoming, async move {
-                        let _ = admin_stopped.wait_for(|stopped| *stopped).await;
-                    }),
-            ))
+            let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
+            let router = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(config.keepalive_interval))
+                .http2_keepalive_timeout(Some(config.keepalive_timeout))
+                .max_concurrent_streams(Some(config.max_concurrent_streams))
+                .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
+                .http2_max_header_list_size(Some(16 * 1024))
+                .layer(tower::util::MapResponseLayer::new(
+                    edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
+                        as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
+                ))
+                .add_service(health.clone())
+                .add_service(reflection()?)
+                .add_service(admin.clone());
+            let thread = std::thread::Builder::new()
+                .name("ccfleet-admin".into())
+                .spawn(move || -> anyhow::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("cannot start the admin listener's runtime")?;
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(admin_listener)?;
+                        let incoming = edge::incoming(listener, acceptor, admin_limits, metrics);
+                        router
+                            .serve_with_incoming_shutdown(incoming, async move {
+                                let _ = admin_stopped.wait_for(|stopped| *stopped).await;
+                            })
+                            .await
+                            .context("the admin listener failed")
+                    })
+                })
+                .context("cannot start the admin listener's thread")?;
+            Some(thread)
         }
         None => None,
     };
@@ -402,9 +421,9 @@ pub async fn serve(
             Ok(())
         }
     };
-    if let Some(admin_server) = admin_server {
-        admin_server.abort();
-    }
+    // The admin listener stopped accepting with the shutdown signal; its
+    // thread ends with its last connection, or with the process.
+    drop(admin_thread);
     sweeper.abort();
     pruner.abort();
     watchdog.abort();

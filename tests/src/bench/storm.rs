@@ -151,30 +151,39 @@ fn probe_admin(
     credential: Credential,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<(Vec<Duration>, usize)> {
-    tokio::spawn(async move {
-        let channel = ccfleet_proto::tls::mtls_endpoint(&server_url, &credential)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        let mut admin = pb::admin_client::AdminClient::new(channel);
-        let (mut latencies, mut failures) = (Vec::new(), 0);
-        let mut ticker = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return (latencies, failures),
+    // On a thread and runtime of its own, as an admin on another machine:
+    // in the benchmark's runtime the probe would queue behind the simulated
+    // agents' own handshakes and measure the load generator, not the server.
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the probe's runtime starts");
+        runtime.block_on(async move {
+            let channel = ccfleet_proto::tls::mtls_endpoint(&server_url, &credential)
+                .unwrap()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .connect_lazy();
+            let mut admin = pb::admin_client::AdminClient::new(channel);
+            let (mut latencies, mut failures) = (Vec::new(), 0);
+            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.changed() => return (latencies, failures),
+                }
+                let started = Instant::now();
+                let request = pb::ListHostsRequest {
+                    page_size: 100,
+                    page_token: String::new(),
+                };
+                match admin.list_hosts(request).await {
+                    Ok(_) => latencies.push(started.elapsed()),
+                    Err(_) => failures += 1,
+                }
             }
-            let started = Instant::now();
-            let request = pb::ListHostsRequest {
-                page_size: 100,
-                page_token: String::new(),
-            };
-            match admin.list_hosts(request).await {
-                Ok(_) => latencies.push(started.elapsed()),
-                Err(_) => failures += 1,
-            }
-        }
+        })
     })
 }
 
