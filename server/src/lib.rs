@@ -343,21 +343,27 @@ pub async fn serve(
                 .add_service(admin.clone());
             let thread = std::thread::Builder::new()
                 .name("ccfleet-admin".into())
-                .spawn(move || -> anyhow::Result<()> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
+                .spawn(move || {
+                    let served = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .context("cannot start the admin listener's runtime")?;
-                    runtime.block_on(async move {
-                        let listener = TcpListener::from_std(admin_listener)?;
-                        let incoming = edge::incoming(listener, acceptor, admin_limits, metrics);
-                        router
-                            .serve_with_incoming_shutdown(incoming, async move {
-                                let _ = admin_stopped.wait_for(|stopped| *stopped).await;
+                        .context("cannot start the admin listener's runtime")
+                        .and_then(|runtime| {
+                            runtime.block_on(async move {
+                                let listener = TcpListener::from_std(admin_listener)?;
+                                let incoming = edge::incoming(listener, acceptor, admin_limits, metrics);
+                                router
+                                    .serve_with_incoming_shutdown(incoming, async move {
+                                        let _ = admin_stopped.wait_for(|stopped| *stopped).await;
+                                    })
+                                    .await
+                                    .context("the admin listener failed")
                             })
-                            .await
-                            .context("the admin listener failed")
-                    })
+                        });
+                    // Nobody joins this thread: say what went wrong here.
+                    if let Err(error) = served {
+                        tracing::error!(error = %format!("{error:#}"), "the admin listener stopped");
+                    }
                 })
                 .context("cannot start the admin listener's thread")?;
             Some(thread)
