@@ -328,16 +328,7 @@ pub async fn serve(
                 .context("cannot hand the admin listener to its thread")?;
             let mut admin_stopped = admin_stopped.clone();
             let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
-            let router = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(config.keepalive_interval))
-                .http2_keepalive_timeout(Some(config.keepalive_timeout))
-                .max_concurrent_streams(Some(config.max_concurrent_streams))
-                .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
-                .http2_max_header_list_size(Some(16 * 1024))
-                .layer(tower::util::MapResponseLayer::new(
-                    edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
-                        as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
-                ))
+            let router = grpc_server(&config)
                 .add_service(health.clone())
                 .add_service(reflection()?)
                 .add_service(admin.clone());
@@ -396,16 +387,7 @@ pub async fn serve(
         }
     };
     tracing::info!(address = %local_address, data = %config.data_dir.display(), "serving");
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .max_concurrent_streams(Some(config.max_concurrent_streams))
-        .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
-        .http2_max_header_list_size(Some(16 * 1024))
-        .layer(tower::util::MapResponseLayer::new(
-            edge::decode_errors_are_invalid_arguments::<tonic::body::Body>
-                as fn(tonic::codegen::http::Response<tonic::body::Body>) -> _,
-        ))
+    let server = grpc_server(&config)
         .add_service(health)
         .add_service(reflection)
         .add_service(agent)
@@ -464,6 +446,27 @@ pub async fn serve(
         tracing::error!("the store thread did not stop; exiting without it");
     }
     result
+}
+
+/// Answers as the edge rewrites them (`edge::decode_errors_are_invalid_arguments`).
+type DecodeErrorLayer = tower::util::MapResponseLayer<
+    fn(tonic::codegen::http::Response<tonic::body::Body>) -> tonic::codegen::http::Response<tonic::body::Body>,
+>;
+
+/// The tonic server every listener runs: the HTTP/2 limits of the
+/// configuration, and decode errors answered as INVALID_ARGUMENT.
+fn grpc_server(
+    config: &ServerConfig,
+) -> tonic::transport::Server<tower::layer::util::Stack<DecodeErrorLayer, tower::layer::util::Identity>> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
+        .http2_max_header_list_size(Some(16 * 1024))
+        .layer(tower::util::MapResponseLayer::new(
+            edge::decode_errors_are_invalid_arguments::<tonic::body::Body> as fn(_) -> _,
+        ))
 }
 
 /// The edge's limits from the configuration, deriving the connection cap
