@@ -19,8 +19,7 @@
 use std::time::{Duration, Instant};
 
 use ccfleet_server::store::{
-    AgentEvent, AppRecord, AppStateRecord, HostFactsRecord, HostRecord, OperationPhaseRecord, Store, StoreHandle,
-    StoreStatsSnapshot,
+    AgentEvent, AppRecord, HostFactsRecord, HostRecord, OperationPhaseRecord, Store, StoreHandle, StoreStatsSnapshot,
 };
 
 fn argument(name: &str) -> Option<String> {
@@ -53,20 +52,12 @@ fn cpu_seconds() -> f64 {
 
 fn app(host: usize, name: &str, recipe: &str, version: &str) -> AppRecord {
     AppRecord {
-        domain: format!("{name}.host-{host}.example.org").parse().unwrap(),
-        recipe: recipe.parse().unwrap(),
-        observed_version: Some(version.parse().unwrap()),
         declared_version: Some(version.parse().unwrap()),
-        state: AppStateRecord::Converged,
-        desired_replicas: 1,
-        running_replicas: 1,
-        drift: vec![],
-        chaos: false,
-        observed_at: 0,
-        available_version: None,
-        available_newest: None,
-        pinned_by_host: false,
-        fleet_target: None,
+        ..AppRecord::converged(
+            format!("{name}.host-{host}.example.org").parse().unwrap(),
+            recipe.parse().unwrap(),
+            Some(version.parse().unwrap()),
+        )
     }
 }
 

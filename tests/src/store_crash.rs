@@ -4,9 +4,7 @@
 //! sequence number wrote.
 
 use ccfleet_proto::HostId;
-use ccfleet_server::store::{
-    AgentEvent, AppRecord, AppStateRecord, HostRecord, OperationPhaseRecord, Store, StoreError,
-};
+use ccfleet_server::store::{AgentEvent, AppRecord, HostRecord, OperationPhaseRecord, Store, StoreError};
 
 /// Hosts writing at once.
 pub const HOSTS: usize = 12;
@@ -20,22 +18,11 @@ pub fn host(index: usize) -> HostId {
 }
 
 fn app(host: usize, name: &str, recipe: &str, version: &str) -> AppRecord {
-    AppRecord {
-        domain: format!("{name}.crash-{host}.example.org").parse().unwrap(),
-        recipe: recipe.parse().unwrap(),
-        observed_version: Some(version.parse().unwrap()),
-        declared_version: None,
-        state: AppStateRecord::Converged,
-        desired_replicas: 1,
-        running_replicas: 1,
-        drift: vec![],
-        chaos: false,
-        observed_at: 0,
-        available_version: None,
-        available_newest: None,
-        pinned_by_host: false,
-        fleet_target: None,
-    }
+    AppRecord::converged(
+        format!("{name}.crash-{host}.example.org").parse().unwrap(),
+        recipe.parse().unwrap(),
+        Some(version.parse().unwrap()),
+    )
 }
 
 /// Whether event `seq` is operation progress (every fourth) rather than an

@@ -64,20 +64,12 @@ fn inventory(apps: &[(usize, usize, usize)], observed_at: UnixMillis) -> Vec<App
     by_domain
         .into_iter()
         .map(|(domain, (recipe, version))| AppRecord {
-            domain: format!("app-{domain}.coop.example").parse().unwrap(),
-            recipe: RECIPES[recipe].parse().unwrap(),
-            observed_version: VERSIONS[version].map(|text| text.parse().unwrap()),
-            declared_version: None,
-            state: AppStateRecord::Converged,
-            desired_replicas: 1,
-            running_replicas: 1,
-            drift: vec![],
-            chaos: false,
             observed_at,
-            available_version: None,
-            available_newest: None,
-            pinned_by_host: false,
-            fleet_target: None,
+            ..AppRecord::converged(
+                format!("app-{domain}.coop.example").parse().unwrap(),
+                RECIPES[recipe].parse().unwrap(),
+                VERSIONS[version].map(|text| text.parse().unwrap()),
+            )
         })
         .collect()
 }

@@ -150,6 +150,27 @@ pub struct AppRecord {
 }
 
 impl AppRecord {
+    /// An app observed converged at `version` with its one replica running,
+    /// and nothing else known (no declared version, drift or targets).
+    pub fn converged(domain: Domain, recipe: RecipeName, version: Option<CoopVersion>) -> AppRecord {
+        AppRecord {
+            domain,
+            recipe,
+            observed_version: version,
+            declared_version: None,
+            state: AppStateRecord::Converged,
+            desired_replicas: 1,
+            running_replicas: 1,
+            drift: vec![],
+            chaos: false,
+            observed_at: 0,
+            available_version: None,
+            available_newest: None,
+            pinned_by_host: false,
+            fleet_target: None,
+        }
+    }
+
     /// Equal in everything the agent observed, ignoring when it was stored.
     pub fn same_observation(&self, other: &AppRecord) -> bool {
         AppRecord {

@@ -13,20 +13,13 @@ fn host(name: &str) -> HostId {
 
 fn app(domain: &str, recipe: &str, version: Option<&str>) -> AppRecord {
     AppRecord {
-        domain: domain.parse().unwrap(),
-        recipe: recipe.parse().unwrap(),
-        observed_version: version.map(|v| v.parse().unwrap()),
         declared_version: version.map(|v| v.parse().unwrap()),
-        state: AppStateRecord::Converged,
-        desired_replicas: 1,
-        running_replicas: 1,
-        drift: vec![],
-        chaos: false,
         observed_at: 1,
-        available_version: None,
-        available_newest: None,
-        pinned_by_host: false,
-        fleet_target: None,
+        ..AppRecord::converged(
+            domain.parse().unwrap(),
+            recipe.parse().unwrap(),
+            version.map(|v| v.parse().unwrap()),
+        )
     }
 }
 
