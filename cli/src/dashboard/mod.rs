@@ -160,8 +160,10 @@ async fn guard(State(dashboard): State<Arc<Dashboard>>, request: Request, next: 
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    // The first address holds the token: never send it on as a referrer.
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // The first address holds the token: never send an address to another
+    // origin. (Not `no-referrer`: with it browsers send `Origin: null` on the
+    // dashboard's own forms, and the origin check needs the real one.)
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -334,10 +334,15 @@ pub fn progress_lines(series: &[ProgressPoint]) -> [String; 3] {
         let mut points = Vec::new();
         let mut previous: Option<usize> = None;
         for point in series {
+            let mut add = |text: String| {
+                if points.last() != Some(&text) {
+                    points.push(text);
+                }
+            };
             if let Some(previous) = previous {
-                points.push(format!("{},{}", x(point.at), y(previous)));
+                add(format!("{},{}", x(point.at), y(previous)));
             }
-            points.push(format!("{},{}", x(point.at), y(value(point))));
+            add(format!("{},{}", x(point.at), y(value(point))));
             previous = Some(value(point));
         }
         points.join(" ")
@@ -483,8 +488,8 @@ mod tests {
             .collect();
         assert_eq!(points, [(0, 0, 0, 3), (10, 0, 1, 2), (30, 1, 1, 1), (60, 1, 1, 1)]);
         let [done, failed, pending] = progress_lines(&series);
-        assert_eq!(done, "0,160 80,160 80,160 240,160 240,107 480,107");
-        assert_eq!(failed, "0,160 80,160 80,107 240,107 240,107 480,107");
+        assert_eq!(done, "0,160 80,160 240,160 240,107 480,107");
+        assert_eq!(failed, "0,160 80,160 80,107 240,107 480,107");
         assert_eq!(pending, "0,0 80,0 80,54 240,54 240,107 480,107");
     }
 
