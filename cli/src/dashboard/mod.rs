@@ -1,10 +1,13 @@
 //! `ccfleet dashboard`: a web view of the fleet served on the admin's own
 //! machine, talking to the server over the Admin API with the admin's
 //! credential. `security` admits requests, `model` decides what is shown,
-//! `pages` fetches and renders (askama templates under `cli/templates/`).
+//! `pages`, `records` and `rollouts` fetch and render (askama templates under
+//! `cli/templates/dashboard/`).
 
 pub mod model;
 pub mod pages;
+pub mod records;
+pub mod rollouts;
 pub mod security;
 
 use std::net::SocketAddr;

@@ -251,7 +251,7 @@ pub struct Bar {
 }
 
 pub const BAR_HEIGHT: u32 = 22;
-pub const BAR_AREA: u32 = 360;
+pub const BAR_AREA: u32 = 220;
 
 /// A recipe's running versions as bars, newest first (the order given),
 /// the longest bar [`BAR_AREA`] wide; every bar with a count is at least 2 wide.
@@ -467,7 +467,7 @@ mod tests {
     fn bars_scale_to_the_largest_count() {
         let bars = version_bars(&[("2.0.0".into(), 10), ("1.0.0".into(), 1), ("unknown".into(), 0)]);
         let widths: Vec<(u32, u32)> = bars.iter().map(|bar| (bar.y, bar.width)).collect();
-        assert_eq!(widths, [(0, BAR_AREA), (BAR_HEIGHT + 6, 36), (2 * (BAR_HEIGHT + 6), 0)]);
+        assert_eq!(widths, [(0, BAR_AREA), (BAR_HEIGHT + 6, 22), (2 * (BAR_HEIGHT + 6), 0)]);
         assert!(version_bars(&[("1".into(), 1), ("2".into(), 1000)])[0].width >= 2);
         assert!(version_bars(&[]).is_empty());
     }
