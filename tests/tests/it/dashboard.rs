@@ -180,6 +180,15 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
         .await
         .unwrap();
     assert_eq!(chart, "versions of fixture");
+    let versions = cli_json(&server, &["versions", "fixture"]).await;
+    let running = versions["versions"][0]["apps"].as_array().unwrap().len();
+    assert_eq!(
+        browser
+            .text("figure.chart[data-recipe=fixture] .bar-count")
+            .await
+            .unwrap(),
+        running.to_string()
+    );
     browser.screenshot(&shots, "overview").await;
 
     // The version matrix: every app's running version in its cell, coloured by state.
@@ -210,6 +219,39 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
         "→ 1.1.0"
     );
     browser.screenshot(&shots, "matrix").await;
+
+    // Paginated as ListApps is: two apps a page, the "Next page" link carries the page token.
+    browser
+        .client
+        .goto(&format!("{}/matrix?page_size=2", dashboard.origin))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let cells = browser.client.find_all(Locator::Css("#matrix a[data-domain]")).await.unwrap();
+        assert!(cells.len() <= 2, "{} cells on a page of 2", cells.len());
+        for cell in cells {
+            seen.push(cell.attr("data-domain").await.unwrap().unwrap());
+        }
+        match browser.client.find(Locator::Css("a[rel=next]")).await {
+            Ok(next) => next.click().await.unwrap(),
+            Err(_) => break,
+        }
+    }
+    let mut expected: Vec<String> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|app| app["domain"].as_str().unwrap().to_owned())
+        .collect();
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected, "every app once over the pages");
+    browser
+        .client
+        .goto(&format!("{}/matrix", dashboard.origin))
+        .await
+        .unwrap();
 
     // App detail: versions, the alert with its snapshot, the operation.
     browser
