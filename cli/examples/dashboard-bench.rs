@@ -24,7 +24,14 @@ fn main() {
     let hosts = argument("--hosts", 1000);
     let apps_per_host = argument("--apps", 3);
     let runs = argument("--runs", 50).max(1);
-    let recipes = ["ghost", "keycloak", "matrix-synapse", "nextcloud", "wordpress", "mumble"];
+    let recipes = [
+        "ghost",
+        "keycloak",
+        "matrix-synapse",
+        "nextcloud",
+        "wordpress",
+        "mumble",
+    ];
     let versions = ["1.4.0+6.43.0", "1.3.0+6.42.0", "2.0.0+7.0.0"];
     let states = [
         pb::AppState::Converged,
@@ -80,8 +87,9 @@ fn main() {
     let mut bytes = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let html = ccfleet::dashboard::pages::render_matrix("https://fleet.example.org:7443", &apps, &alerts, "", 10_000)
-            .expect("the matrix renders");
+        let html =
+            ccfleet::dashboard::pages::render_matrix("https://fleet.example.org:7443", &apps, &alerts, "", 10_000)
+                .expect("the matrix renders");
         times.push(start.elapsed());
         bytes = html.len();
     }

@@ -28,8 +28,7 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a window of `width` x `height`.
     pub async fn start(width: u32, height: u32) -> Browser {
-        let chromedriver = find_program("chromedriver")
-            .unwrap_or_else(|| panic!("chromedriver is missing: {INSTALL}"));
+        let chromedriver = find_program("chromedriver").unwrap_or_else(|| panic!("chromedriver is missing: {INSTALL}"));
         let chromium = ["chromium", "chromium-browser", "google-chrome"]
             .iter()
             .find_map(|name| find_program(name))

@@ -421,7 +421,9 @@ mod tests {
         let alerts = BTreeMap::from([(("a".to_owned(), "blog2.a".to_owned()), "held")]);
         let matrix = matrix(&apps, &alerts);
         assert_eq!(matrix.recipes, ["ghost", "wiki"]);
-        let summary: Vec<(String, Vec<Vec<(String, &str, Option<String>)>>)> = matrix
+        // Per host: per recipe column, each app's (version, state, newer release).
+        type Cells = Vec<Vec<(String, &'static str, Option<String>)>>;
+        let summary: Vec<(String, Cells)> = matrix
             .rows
             .iter()
             .map(|row| {

@@ -201,4 +201,3 @@ pub async fn audit(State(dashboard): Shared, Query(query): Query<AuditQuery>) ->
         limit,
     })
 }
-

@@ -24,7 +24,6 @@ use super::Dashboard;
 
 type Shared = State<Arc<Dashboard>>;
 
-
 pub struct RolloutRow {
     pub id: String,
     pub recipe: String,

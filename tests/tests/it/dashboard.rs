@@ -172,7 +172,10 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
             let shown = attribute(&browser, &format!("{row} [data-field=last_seen]"), "datetime")
                 .await
                 .unwrap();
-            assert!(!shown.is_empty() && shown.len() == seen.len(), "{id}: {shown} vs {seen}");
+            assert!(
+                !shown.is_empty() && shown.len() == seen.len(),
+                "{id}: {shown} vs {seen}"
+            );
         }
     }
     assert_eq!(browser.text("#alerts-total").await.unwrap(), "1");
@@ -228,7 +231,11 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
         .unwrap();
     let mut seen = Vec::new();
     loop {
-        let cells = browser.client.find_all(Locator::Css("#matrix a[data-domain]")).await.unwrap();
+        let cells = browser
+            .client
+            .find_all(Locator::Css("#matrix a[data-domain]"))
+            .await
+            .unwrap();
         assert!(cells.len() <= 2, "{} cells on a page of 2", cells.len());
         for cell in cells {
             seen.push(cell.attr("data-domain").await.unwrap().unwrap());
@@ -292,7 +299,11 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
     browser.screenshot(&shots, "alerts").await;
 
     // A rollout started from the CLI appears in the list ...
-    let started = cli_json(&server, &["upgrade", "fixture", "--to", "1.1.0", "--canary", "1", "--batch", "1"]).await;
+    let started = cli_json(
+        &server,
+        &["upgrade", "fixture", "--to", "1.1.0", "--canary", "1", "--batch", "1"],
+    )
+    .await;
     let id = started["id"].as_str().unwrap().to_owned();
     browser
         .client
@@ -400,7 +411,10 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
     assert_eq!(pause["target"], id.as_str());
     assert_eq!(pause["who"], "admin");
     assert!(
-        pause["detail"].as_str().unwrap().contains("checking the canary by hand"),
+        pause["detail"]
+            .as_str()
+            .unwrap()
+            .contains("checking the canary by hand"),
         "{pause}"
     );
     browser
@@ -468,11 +482,7 @@ async fn dashboard_refuses_requests_without_the_token_from_other_hosts_and_other
     for page in pages {
         let answer = client.get(format!("{origin}{page}")).send().await.unwrap();
         assert_eq!(answer.status().as_u16(), 401, "GET {page} without the token");
-        let wrong = client
-            .get(format!("{origin}{page}?token=0000"))
-            .send()
-            .await
-            .unwrap();
+        let wrong = client.get(format!("{origin}{page}?token=0000")).send().await.unwrap();
         assert_eq!(wrong.status().as_u16(), 401, "GET {page} with a wrong token");
     }
     for action in ["pause", "resume", "promote", "abort"] {
@@ -490,7 +500,10 @@ async fn dashboard_refuses_requests_without_the_token_from_other_hosts_and_other
     let signed_in = client.get(&dashboard.url).send().await.unwrap();
     assert_eq!(signed_in.status().as_u16(), 303);
     let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let cookie = cookie.split(';').next().unwrap().to_owned();
     let page = client
         .get(format!("{origin}/"))
@@ -500,7 +513,10 @@ async fn dashboard_refuses_requests_without_the_token_from_other_hosts_and_other
         .unwrap();
     assert_eq!(page.status().as_u16(), 200);
     let policy = page.headers()["content-security-policy"].to_str().unwrap();
-    assert!(policy.contains("default-src 'none'") && policy.contains("script-src 'self'"), "{policy}");
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("script-src 'self'"),
+        "{policy}"
+    );
     assert_eq!(page.headers()["referrer-policy"], "same-origin");
 
     // DNS rebinding: the right cookie under another name for this address is refused.
