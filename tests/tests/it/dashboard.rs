@@ -358,14 +358,16 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
     browser.screenshot(&shots, "rollout").await;
 
     // Pausing from the page: a confirmation, then the rollout is paused and audited.
-    browser
-        .client
-        .find(Locator::Css("#action-pause"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    // The button is in the live part, which an event may replace between finding and clicking.
+    wait_for("a click on Pause", DEADLINE, || async {
+        let button = browser
+            .client
+            .find(Locator::Css("#action-pause"))
+            .await
+            .map_err(|error| error.to_string())?;
+        button.click().await.map_err(|error| error.to_string())
+    })
+    .await;
     browser
         .client
         .find(Locator::Css("#reason"))
@@ -399,6 +401,21 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
         } else {
             Err(state)
         }
+    })
+    .await;
+    // The live page shows each host's state as `ccfleet rollout show` does.
+    wait_for("the page's hosts as the CLI shows them", DEADLINE, || async {
+        let rollout = cli_json(&server, &["rollout", "show", &id]).await;
+        for host in rollout["hosts"].as_array().unwrap() {
+            let host_id = host["host_id"].as_str().unwrap();
+            let shown = browser
+                .text(&format!("#rollout tr[data-host='{host_id}'] [data-field=outcome]"))
+                .await?;
+            if shown != host["outcome"].as_str().unwrap() {
+                return Err(format!("{host_id}: page {shown}, CLI {}", host["outcome"]));
+            }
+        }
+        Ok(())
     })
     .await;
     let audit = cli_json(&server, &["audit"]).await;
