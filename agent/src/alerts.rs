@@ -131,7 +131,11 @@ pub fn write(alerts_dir: &Path, alert: &Alert) -> Result<PathBuf, JournalError> 
     let path = Alert::path(alerts_dir, &alert.domain);
     let mut bytes = serde_json::to_vec_pretty(alert).expect("alerts always serialise");
     bytes.push(b'\n');
-    journal::write_atomically(&path, &bytes)?;
+    ccfleet_proto::fsutil::write_atomic(&path, &bytes, journal::RECORD_MODE).map_err(|source| JournalError::Io {
+        action: "cannot write the alert",
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 

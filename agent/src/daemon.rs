@@ -43,7 +43,7 @@ pub struct AppExtras {
 pub fn newest_available(versions: &[CoopVersion], base: &CoopVersion) -> (Option<CoopVersion>, Option<CoopVersion>) {
     let same_major = versions
         .iter()
-        .filter(|version| version.recipe_version().major == base.recipe_version().major)
+        .filter(|version| version.same_major(base))
         .max()
         .cloned();
     (same_major, versions.iter().max().cloned())
@@ -516,7 +516,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     .iter()
                     .find(|app| app.domain == record.domain)
                     .cloned();
-                match reconciler.upgrader().resume(&reconciler, app.as_ref(), record).await {
+                match reconciler.upgrader().resume(reconciler.host(), app.as_ref(), record).await {
                     Ok(report) => {
                         tracing::info!(operation = %report.operation_id, outcome = %report.outcome, reason = %report.reason, "resumed operation finished")
                     }

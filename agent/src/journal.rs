@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ccfleet_proto::{CoopVersion, Domain, RecipeName};
@@ -544,22 +543,18 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), JournalError> 
 /// the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
     let directory = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("record");
-    let temporary = directory.join(format!(".{name}.tmp"));
     let io = |action, source| JournalError::Io {
         action,
         path: path.to_owned(),
         source,
     };
     std::fs::create_dir_all(directory).map_err(|source| io("cannot create the directory", source))?;
-    let mut file = File::create(&temporary).map_err(|source| io("cannot create a temporary file", source))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| io("cannot write a temporary file", source))?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(|source| io("cannot replace the file", source))?;
-    sync_directory(directory)
+    ccfleet_proto::fsutil::write_atomic(path, bytes, RECORD_MODE).map_err(|source| io("cannot replace the file", source))
 }
+
+/// Journal records and alerts are state, not secrets: owner-writable,
+/// world-readable (what the umask gave them before they had an explicit mode).
+pub const RECORD_MODE: u32 = 0o644;
 
 fn sync_directory(directory: &Path) -> Result<(), JournalError> {
     File::open(directory)

@@ -17,7 +17,8 @@
 //! ran before deployed again and health-gated. Every ROLLED_BACK, FAILED and
 //! HELD outcome writes an alert (`agent::alerts`); a later success clears it.
 //!
-//! The caller holds the app's lock (`Reconciler`), and `agent::abra`
+//! Effects reach abra and Docker through the [`Host`] they are given. The
+//! caller holds the app's lock (`Reconciler`), and `agent::abra`
 //! serialises abra calls per recipe.
 
 pub mod machine;
@@ -35,7 +36,7 @@ use crate::config::{AgentConfig, AppConfig, ProbeScheme};
 use crate::docker::DockerError;
 use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
 use crate::journal::{self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, Trigger};
-use crate::reconcile::{AppState, Reconciler};
+use crate::host::{AppState, Host};
 use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
 
 pub use machine::{Ask, Plan, StepResult};
@@ -81,23 +82,20 @@ pub struct OperationRequest {
 
 /// A new local operation id.
 pub fn local_operation_id() -> String {
-    format!("local-{}", ccfleet_proto::tls::random_hex(8))
+    ccfleet_proto::OperationId::local(&ccfleet_proto::tls::random_hex(8)).into()
 }
 
-/// The longest operation id accepted.
-pub const MAX_OPERATION_ID: usize = 128;
+pub use ccfleet_proto::domain::MAX_OPERATION_ID;
 
 /// Checks an operation id from outside (`upgrade --operation-id`, a server
 /// command) before anything is touched: it names the operation's snapshot
-/// directory, so it follows the snapshot store's rule
-/// (`[A-Za-z0-9][A-Za-z0-9_.-]*`), at most 128 bytes.
+/// directory, so it follows [`ccfleet_proto::OperationId`]'s rule, which is
+/// stricter than the snapshot store's (`[A-Za-z0-9][A-Za-z0-9_.-]*`, at most
+/// 128 bytes rather than 255).
 pub fn check_operation_id(id: &str) -> Result<(), String> {
-    if id.len() > MAX_OPERATION_ID {
-        return Err(format!(
-            "invalid operation id {id:?}: is longer than {MAX_OPERATION_ID} bytes"
-        ));
-    }
-    crate::snapshot::check_name("operation id", id).map_err(|error| error.to_string())
+    ccfleet_proto::OperationId::parse(id).map_err(|error| error.to_string())?;
+    debug_assert!(crate::snapshot::check_name("operation id", id).is_ok());
+    Ok(())
 }
 
 /// How an operation ended, for the caller (and `upgrade --json`).
@@ -241,7 +239,7 @@ impl Upgrader {
     /// Runs `request` for `app`; the caller holds the app's lock.
     pub async fn run(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         request: &OperationRequest,
     ) -> Result<RunResult, UpgradeError> {
@@ -261,11 +259,11 @@ impl Upgrader {
             }
             // Journaled but unfinished (interrupted before the start-up
             // resume reached it): finish it, never start it again.
-            let record = self.drive(reconciler, app, record, true, None).await?;
+            let record = self.drive(host, app, record, true, None).await?;
             return Ok(RunResult::Finished(Box::new(self.report_of(&record, None))));
         }
 
-        let observed = reconciler.observe(app).await;
+        let observed = host.observe(app).await;
         let running = match observed.state {
             AppState::NotDeployed | AppState::Unknown => None,
             _ => observed.observed_version.clone(),
@@ -303,7 +301,7 @@ impl Upgrader {
                 record.phase = Phase::Done { outcome, reason };
             }
             Plan::AlreadyThere { version } => {
-                let reason = match self.gate(reconciler, app, &version, None).await {
+                let reason = match self.gate(host, app, &version, None).await {
                     StepResult::Ok => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
@@ -321,9 +319,9 @@ impl Upgrader {
             Plan::Run { .. } => {}
         }
         let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
-        let record = self.drive(reconciler, app, record, false, gate_deadline).await?;
+        let record = self.drive(host, app, record, false, gate_deadline).await?;
         let mut report = self.report_of(&record, running);
-        report.running = reconciler.observe(app).await.observed_version;
+        report.running = host.observe(app).await.observed_version;
         Ok(RunResult::Finished(Box::new(report)))
     }
 
@@ -333,7 +331,7 @@ impl Upgrader {
     /// reason, touching nothing.
     pub async fn resume(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: Option<&AppConfig>,
         record: OperationRecord,
     ) -> Result<OperationReport, UpgradeError> {
@@ -354,7 +352,7 @@ impl Upgrader {
             return Ok(self.report_of(&record, None));
         };
         tracing::warn!(operation = %record.id, app = %app.domain, phase = record.phase.name(), "resuming an unfinished operation");
-        let record = self.drive(reconciler, app, record, true, None).await?;
+        let record = self.drive(host, app, record, true, None).await?;
         Ok(self.report_of(&record, None))
     }
 
@@ -421,7 +419,7 @@ impl Upgrader {
     /// unfinished, so it continues where [`machine::resume`] says.
     async fn drive(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         mut record: OperationRecord,
         resumed: bool,
@@ -450,7 +448,7 @@ impl Upgrader {
             }
             self.pause.before(record.phase.name()).await;
             tracing::info!(operation = %record.id, app = %record.domain, phase = record.phase.name(), "upgrade phase");
-            let result = self.effect(reconciler, app, &mut record, gate_deadline).await;
+            let result = self.effect(host, app, &mut record, gate_deadline).await;
             if result != StepResult::Ok {
                 tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
             }
@@ -465,21 +463,21 @@ impl Upgrader {
     /// Performs the effect of `record.phase`.
     async fn effect(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         record: &mut OperationRecord,
         gate_deadline: Option<Instant>,
     ) -> StepResult {
         match record.phase {
             Phase::Accepted | Phase::Healthy | Phase::Done { .. } => StepResult::Ok,
-            Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(reconciler, app).await,
-            Phase::Snapshotting => self.take_snapshot(reconciler, app, record).await,
-            Phase::VerifyingSnapshot => self.verify_snapshot(reconciler, app, record).await,
-            Phase::Deploying => self.deploy_target(reconciler, app, record).await,
-            Phase::Verifying => self.gate(reconciler, app, &record.to, gate_deadline).await,
-            Phase::Restoring => self.restore(reconciler, app, record).await,
+            Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(host, app).await,
+            Phase::Snapshotting => self.take_snapshot(host, app, record).await,
+            Phase::VerifyingSnapshot => self.verify_snapshot(host, app, record).await,
+            Phase::Deploying => self.deploy_target(host, app, record).await,
+            Phase::Verifying => self.gate(host, app, &record.to, gate_deadline).await,
+            Phase::Restoring => self.restore(host, app, record).await,
             Phase::RollbackDeploying => {
-                match reconciler
+                match host
                     .abra()
                     .deploy(&app.recipe, &app.domain, &record.from, true)
                     .await
@@ -488,20 +486,20 @@ impl Upgrader {
                     Err(error) => StepResult::Failed(error_chain(&error)),
                 }
             }
-            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from, None).await,
+            Phase::RollbackVerifying => self.gate(host, app, &record.from, None).await,
         }
     }
 
     /// `abra app undeploy` when the stack runs, then waits (bounded by the
     /// app's deploy timeout) until no container of it runs.
-    async fn undeploy(&self, reconciler: &Reconciler, app: &AppConfig) -> StepResult {
+    async fn undeploy(&self, host: &Host, app: &AppConfig) -> StepResult {
         let stack = app.domain.stack_name();
-        let docker = reconciler.docker();
-        let observed = reconciler.observe(app).await;
+        let docker = host.docker();
+        let observed = host.observe(app).await;
         if observed.state != AppState::NotDeployed {
-            if let Err(error) = reconciler.abra().undeploy(&app.recipe, &app.domain).await {
+            if let Err(error) = host.abra().undeploy(&app.recipe, &app.domain).await {
                 // A concurrent removal may have won; what counts is below.
-                if reconciler.observe(app).await.state != AppState::NotDeployed {
+                if host.observe(app).await.state != AppState::NotDeployed {
                     return StepResult::Failed(error_chain(&error));
                 }
             }
@@ -537,8 +535,8 @@ impl Upgrader {
         }
     }
 
-    async fn volumes(&self, reconciler: &Reconciler, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
-        let volumes = reconciler
+    async fn volumes(&self, host: &Host, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
+        let volumes = host
             .docker()
             .stack_volumes(&app.domain.stack_name())
             .await
@@ -560,11 +558,11 @@ impl Upgrader {
 
     async fn take_snapshot(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         record: &mut OperationRecord,
     ) -> StepResult {
-        let volumes = match self.volumes(reconciler, app).await {
+        let volumes = match self.volumes(host, app).await {
             Ok(volumes) => volumes,
             Err(result) => return result,
         };
@@ -593,14 +591,14 @@ impl Upgrader {
 
     async fn verify_snapshot(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         record: &mut OperationRecord,
     ) -> StepResult {
         if record.snapshot.is_none() {
             return StepResult::Ok;
         }
-        let volumes = match self.volumes(reconciler, app).await {
+        let volumes = match self.volumes(host, app).await {
             Ok(volumes) => volumes,
             Err(result) => return result,
         };
@@ -624,11 +622,11 @@ impl Upgrader {
         }
     }
 
-    async fn restore(&self, reconciler: &Reconciler, app: &AppConfig, record: &OperationRecord) -> StepResult {
+    async fn restore(&self, host: &Host, app: &AppConfig, record: &OperationRecord) -> StepResult {
         if record.snapshot.is_none() {
             return StepResult::Ok;
         }
-        let volumes = match self.volumes(reconciler, app).await {
+        let volumes = match self.volumes(host, app).await {
             Ok(volumes) => volumes,
             Err(StepResult::Refused(reason)) => return StepResult::Failed(reason),
             Err(result) => return result,
@@ -653,8 +651,8 @@ impl Upgrader {
     /// Deploys the target. A stateful app was undeployed for its snapshot,
     /// so abra deploys the target afresh (`deploy -f`); a running stateless
     /// app moves with `abra app upgrade` (or `rollback` to an older version).
-    async fn deploy_target(&self, reconciler: &Reconciler, app: &AppConfig, record: &OperationRecord) -> StepResult {
-        let abra = reconciler.abra();
+    async fn deploy_target(&self, host: &Host, app: &AppConfig, record: &OperationRecord) -> StepResult {
+        let abra = host.abra();
         let deployed = if record.stateful {
             abra.deploy(&app.recipe, &app.domain, &record.to, true).await
         } else {
@@ -679,7 +677,7 @@ impl Upgrader {
     /// health timeout.
     async fn gate(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         version: &CoopVersion,
         deadline: Option<Instant>,
@@ -706,7 +704,7 @@ impl Upgrader {
         let mut ticker = tokio::time::interval(self.settings.poll_interval);
         loop {
             ticker.tick().await;
-            let check = self.check(reconciler, &at_version).await;
+            let check = self.check(host, &at_version).await;
             match gate.observe(Instant::now(), check) {
                 GateVerdict::Healthy { after } => {
                     tracing::info!(app = %app.domain, %version, after = ?after, "health gate passed");
@@ -727,8 +725,8 @@ impl Upgrader {
         }
     }
 
-    async fn check(&self, reconciler: &Reconciler, app: &AppConfig) -> Check {
-        let observed = reconciler.observe(app).await;
+    async fn check(&self, host: &Host, app: &AppConfig) -> Check {
+        let observed = host.observe(app).await;
         if !observed.is_converged_at_declared() {
             return Check::Unhealthy {
                 reason: format!("not converged at {}: {}", app.version, observed.summary()),

@@ -203,7 +203,7 @@ pub fn newest_target(
     available
         .iter()
         .filter(|version| *version >= declared && *version > base)
-        .filter(|version| allow_major || version.recipe_version().major == base.recipe_version().major)
+        .filter(|version| allow_major || version.same_major(base))
         .max()
         .cloned()
 }
