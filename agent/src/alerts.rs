@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ccfleet_proto::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, JournalError, Outcome};
+use crate::journal::{self, JournalError};
+use crate::upgrade::model::Outcome;
 
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::config::{AppConfig, Config};
 use crate::control::{self, AppOutcome, Request, Response};
 use crate::docker::Docker;
-use crate::journal::{Journal, Outcome, Trigger};
+use crate::journal::Journal;
+use crate::upgrade::model::{Outcome, Trigger};
 use crate::link::{Link, LinkStatus};
 use crate::outbox::Outbox;
 use crate::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileError, ReconcileOutcome, Reconciler};
@@ -1062,7 +1063,7 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
 /// Takes the lock of every app named by `records` once, in domain order
 /// (a tokio mutex is not re-entrant: locking an app twice would wait forever).
 async fn lock_each_app_once<'a, Guard, Lock>(
-    records: &'a [crate::journal::OperationRecord],
+    records: &'a [crate::upgrade::model::OperationRecord],
     lock: impl Fn(&'a Domain) -> Lock,
 ) -> Vec<Guard>
 where
@@ -1085,7 +1086,7 @@ mod tests {
     use ccfleet_proto::Domain;
 
     use super::lock_each_app_once;
-    use crate::journal::{OperationRecord, Outcome, Phase, Trigger, FORMAT};
+    use crate::upgrade::model::{OperationRecord, Outcome, Phase, Trigger, FORMAT};
 
     fn unfinished(id: &str, domain: &str) -> OperationRecord {
         OperationRecord {

@@ -29,7 +29,8 @@ use crate::abra::{Abra, AbraError};
 use crate::host::Host;
 use crate::config::{AppConfig, Config};
 use crate::docker::Docker;
-use crate::journal::{Journal, JournalError, Outcome, PendingWork, Trigger};
+use crate::journal::{Journal, JournalError, PendingWork};
+use crate::upgrade::model::{Outcome, Trigger};
 use crate::upgrade::{self, Ask, Events, OperationRequest, RunResult, Upgrader};
 
 pub use crate::host::{AppState, ObservedApp};

@@ -22,6 +22,7 @@
 //! serialises abra calls per recipe.
 
 pub mod machine;
+pub mod model;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -35,7 +36,8 @@ use crate::alerts::{self, Alert, Severity};
 use crate::config::{AgentConfig, AppConfig, ProbeScheme};
 use crate::docker::DockerError;
 use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
-use crate::journal::{self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, Trigger};
+use crate::journal::{self, Journal, JournalError};
+use model::{AppRecord, OperationRecord, Outcome, Phase, Trigger};
 use crate::host::{AppState, Host};
 use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
 
@@ -279,7 +281,7 @@ impl Upgrader {
         let plan = machine::plan(&request.ask, &facts, &app_record);
         tracing::info!(app = %app.domain, operation = %request.id, ?plan, "upgrade planned");
         let mut record = OperationRecord {
-            format: journal::FORMAT,
+            format: model::FORMAT,
             id: request.id.clone(),
             domain: app.domain.clone(),
             recipe: app.recipe.clone(),
@@ -302,7 +304,7 @@ impl Upgrader {
             }
             Plan::AlreadyThere { version } => {
                 let reason = match self.gate(host, app, &version, None).await {
-                    StepResult::Ok => None,
+                    StepResult::Ok | StepResult::SnapshotVerified => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
                 record.phase = match reason {
@@ -371,7 +373,7 @@ impl Upgrader {
             return Ok(report);
         }
         let record = OperationRecord {
-            format: journal::FORMAT,
+            format: model::FORMAT,
             id: id.to_owned(),
             domain: domain.clone(),
             recipe: "undeclared".parse().expect("a valid recipe name"),
@@ -448,30 +450,43 @@ impl Upgrader {
             }
             self.pause.before(record.phase.name()).await;
             tracing::info!(operation = %record.id, app = %record.domain, phase = record.phase.name(), "upgrade phase");
-            let result = self.effect(host, app, &mut record, gate_deadline).await;
-            if result != StepResult::Ok {
+            let result = match record.phase {
+                Phase::Snapshotting => match self.snapshot_volumes(host, app).await {
+                    Err(result) => result,
+                    Ok(volumes) => {
+                        record = machine::with_snapshot_dir(&record, self.snapshots.dir_of(&app.domain, &record.id));
+                        // The directory is journaled before the copy starts, so
+                        // a crash in the middle leaves a record that names it.
+                        match self.journal.write_operation(&record) {
+                            Ok(()) => self.take_snapshot(app, &record, volumes).await,
+                            Err(error) => StepResult::Failed(error_chain(&error)),
+                        }
+                    }
+                },
+                _ => self.effect(host, app, &record, gate_deadline).await,
+            };
+            if !matches!(result, StepResult::Ok | StepResult::SnapshotVerified) {
                 tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
             }
-            let (phase, failure) = machine::transition(&record, result);
-            record.phase = phase;
-            record.failure = failure;
+            record = machine::advance(&record, result);
         }
         self.finish(&record, &app.version)?;
         Ok(record)
     }
 
-    /// Performs the effect of `record.phase`.
+    /// Performs the effect of `record.phase` (but `Snapshotting`'s, which
+    /// [`Upgrader::drive`] runs in two parts around journaling the snapshot's
+    /// directory), and says what it found; it changes nothing of the record.
     async fn effect(
         &self,
         host: &Host,
         app: &AppConfig,
-        record: &mut OperationRecord,
+        record: &OperationRecord,
         gate_deadline: Option<Instant>,
     ) -> StepResult {
         match record.phase {
-            Phase::Accepted | Phase::Healthy | Phase::Done { .. } => StepResult::Ok,
+            Phase::Accepted | Phase::Healthy | Phase::Done { .. } | Phase::Snapshotting => StepResult::Ok,
             Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(host, app).await,
-            Phase::Snapshotting => self.take_snapshot(host, app, record).await,
             Phase::VerifyingSnapshot => self.verify_snapshot(host, app, record).await,
             Phase::Deploying => self.deploy_target(host, app, record).await,
             Phase::Verifying => self.gate(host, app, &record.to, gate_deadline).await,
@@ -556,27 +571,19 @@ impl Upgrader {
             .collect())
     }
 
-    async fn take_snapshot(
-        &self,
-        host: &Host,
-        app: &AppConfig,
-        record: &mut OperationRecord,
-    ) -> StepResult {
-        let volumes = match self.volumes(host, app).await {
-            Ok(volumes) => volumes,
-            Err(result) => return result,
-        };
-        if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
-            return refused;
+    /// The volumes to snapshot, or why there is no snapshot to take.
+    async fn snapshot_volumes(&self, host: &Host, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
+        let volumes = self.volumes(host, app).await?;
+        match refuse_without_volumes(&app.domain.stack_name(), &volumes) {
+            Some(refused) => Err(refused),
+            None => Ok(volumes),
         }
+    }
+
+    /// Copies `volumes` into the snapshot that `record` names.
+    async fn take_snapshot(&self, app: &AppConfig, record: &OperationRecord, volumes: Vec<VolumeSource>) -> StepResult {
         let store = self.snapshots.clone();
         let (domain, id) = (app.domain.clone(), record.id.clone());
-        record.snapshot = Some(self.snapshots.dir_of(&domain, &id));
-        // The directory is journaled before the copy starts, so a crash in
-        // the middle leaves a record that names it.
-        if let Err(error) = self.journal.write_operation(record) {
-            return StepResult::Failed(error_chain(&error));
-        }
         let taken = tokio::task::spawn_blocking(move || store.take(&domain, &id, &volumes)).await;
         match taken {
             Ok(Ok(snapshot)) => {
@@ -593,7 +600,7 @@ impl Upgrader {
         &self,
         host: &Host,
         app: &AppConfig,
-        record: &mut OperationRecord,
+        record: &OperationRecord,
     ) -> StepResult {
         if record.snapshot.is_none() {
             return StepResult::Ok;
@@ -613,10 +620,7 @@ impl Upgrader {
         })
         .await;
         match verified {
-            Ok(Ok(())) => {
-                record.snapshot_verified = true;
-                StepResult::Ok
-            }
+            Ok(Ok(())) => StepResult::SnapshotVerified,
             Ok(Err(error)) => StepResult::Failed(error_chain(&error)),
             Err(panic) => StepResult::Failed(format!("the verification task failed: {panic}")),
         }
@@ -990,7 +994,7 @@ mod tests {
             }];
             upgrader.snapshots.take(&domain, id, &volumes).unwrap();
             let record = OperationRecord {
-                format: journal::FORMAT,
+                format: model::FORMAT,
                 id: id.into(),
                 domain: domain.clone(),
                 recipe: "ghost".parse().unwrap(),

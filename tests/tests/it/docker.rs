@@ -11,7 +11,7 @@ use std::time::Duration;
 use ccfleet_agent::abra::Abra;
 use ccfleet_agent::config::{AbraConfig, AppConfig, Config};
 use ccfleet_agent::docker::Docker;
-use ccfleet_agent::journal::Outcome;
+use ccfleet_agent::upgrade::model::Outcome;
 use ccfleet_agent::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileErrorKind, Reconciler};
 use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 use ccfleet_tests::docker::{abra_double, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0};
