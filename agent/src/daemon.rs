@@ -16,7 +16,7 @@ use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{AppConfig, Config};
-use crate::control::{self, AppOutcome, Request, Response};
+use crate::control::{self, AgentStatus, AppOutcome, AppStatus, OutboxStatus, Request, Response};
 use crate::docker::Docker;
 use crate::journal::Journal;
 use crate::upgrade::model::{Outcome, Trigger};
@@ -398,37 +398,49 @@ impl Agent {
             .ok_or_else(|| format!("{domain:?} is not an app declared in {}", self.config_path.display()))
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> AgentStatus {
         let reconciler = self.reconciler.borrow().clone();
         let observations = self.observations.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let outbox = &self.outbox;
-        serde_json::json!({
-            "host_id": self.host_id,
-            "server": *self.link_status.borrow(),
-            "outbox": {"last_seq": outbox.last_seq(), "pending": outbox.pending_count().unwrap_or(0)},
-            "snapshots_dir": reconciler.upgrader().snapshots_root(),
-            "alerts_dir": reconciler.upgrader().settings().alerts_dir,
-            "apps": reconciler.apps().iter().map(|app| {
-                let observed = observations.iter().find(|o| o.domain == app.domain);
+        let upgrader = reconciler.upgrader();
+        let alerts_dir = upgrader.settings().alerts_dir.clone();
+        let apps = reconciler
+            .apps()
+            .iter()
+            .map(|app| {
+                let observed = observations.iter().find(|o| o.domain == app.domain).cloned();
                 let record = reconciler.journal().app(&app.domain).unwrap_or_default();
-                let extras = observed.map(|observed| self.extras(&reconciler, observed)).unwrap_or_default();
-                serde_json::json!({
-                    "domain": app.domain,
-                    "recipe": app.recipe,
-                    "declared_version": app.version.to_string(),
-                    "observed": observed,
-                    "fleet_managed": app.fleet_managed,
-                    "available_version": extras.available_version,
-                    "available_newest": extras.available_newest,
-                    "last_good": record.last_good,
-                    "fleet_target": record.fleet_target,
-                    "held_back": record.rolled_back,
-                    "blocked_by": record.blocked_by,
-                    "alert": crate::alerts::read(&reconciler.upgrader().settings().alerts_dir, app.domain.as_str()),
-                    "snapshots": reconciler.upgrader().snapshot_dirs(&app.domain),
-                })
-            }).collect::<Vec<_>>(),
-        })
+                let extras = observed
+                    .as_ref()
+                    .map(|observed| self.extras(&reconciler, observed))
+                    .unwrap_or_default();
+                AppStatus {
+                    domain: app.domain.clone(),
+                    recipe: app.recipe.clone(),
+                    declared_version: app.version.clone(),
+                    observed,
+                    fleet_managed: app.fleet_managed,
+                    available_version: extras.available_version,
+                    available_newest: extras.available_newest,
+                    last_good: record.last_good,
+                    fleet_target: record.fleet_target,
+                    held_back: record.rolled_back,
+                    blocked_by: record.blocked_by,
+                    alert: crate::alerts::read(&alerts_dir, app.domain.as_str()),
+                    snapshots: upgrader.snapshot_dirs(&app.domain),
+                }
+            })
+            .collect();
+        AgentStatus {
+            host_id: self.host_id.clone(),
+            server: self.link_status.borrow().clone(),
+            outbox: OutboxStatus {
+                last_seq: self.outbox.last_seq(),
+                pending: self.outbox.pending_count().unwrap_or(0),
+            },
+            snapshots_dir: upgrader.snapshots_root().to_owned(),
+            alerts_dir,
+            apps,
+        }
     }
 }
 
