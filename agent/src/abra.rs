@@ -33,8 +33,8 @@ pub use versions::VersionsError;
 /// because abra and docker look for their configuration under it.
 const PASSED_ENVIRONMENT: &[&str] = &["HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "TZ"];
 
-pub use crate::config::{secret_name, secret_name_fits, MAX_SECRET_NAME_LENGTH};
 use crate::config::secret_name_too_long as too_long;
+pub use crate::config::{secret_name, secret_name_fits, MAX_SECRET_NAME_LENGTH};
 
 /// What [`Abra::secret_insert`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -359,7 +359,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
         source,
     };
     std::fs::create_dir_all(directory).map_err(|source| io("cannot create the directory", source))?;
-    ccfleet_proto::fsutil::write_atomic(path, bytes, RECORD_MODE).map_err(|source| io("cannot replace the file", source))
+    ccfleet_proto::fsutil::write_atomic(path, bytes, RECORD_MODE)
+        .map_err(|source| io("cannot replace the file", source))
 }
 
 /// Journal records and alerts are state, not secrets: owner-writable,
@@ -389,7 +390,7 @@ mod tests {
     use ccfleet_proto::CoopVersion;
 
     use super::*;
-    use crate::upgrade::model::{Failure, Outcome, Phase, RolledBackTarget, Trigger};
+    use crate::upgrade::model::{Outcome, Phase, RolledBackTarget, Trigger};
 
     fn version(text: &str) -> CoopVersion {
         text.parse().unwrap()

@@ -26,9 +26,9 @@ use ccfleet_proto::{error_chain, CoopVersion, Domain, RecipeName};
 use serde::{Deserialize, Serialize};
 
 use crate::abra::{Abra, AbraError};
-use crate::host::Host;
 use crate::config::{AppConfig, Config};
 use crate::docker::Docker;
+use crate::host::Host;
 use crate::journal::{Journal, JournalError, PendingWork};
 use crate::upgrade::model::{Outcome, Trigger};
 use crate::upgrade::{self, Ask, Events, OperationRequest, RunResult, Upgrader};
@@ -409,7 +409,8 @@ impl Reconciler {
                 error: Box::new(error),
             }
         };
-        self.host.abra()
+        self.host
+            .abra()
             .ensure_server()
             .await
             .map_err(abra_step("add the local server to abra"))?;
@@ -435,7 +436,8 @@ impl Reconciler {
             // creating the app and inserting its secrets is resumed, never
             // forgotten.
             pending(PendingWork::Secrets, true)?;
-            self.host.abra()
+            self.host
+                .abra()
                 .app_new(&app.recipe, &app.version, &app.domain)
                 .await
                 .map_err(abra_step("create the app (abra app new)"))?;
@@ -515,7 +517,8 @@ impl Reconciler {
                 });
             }
             plan::VersionStep::Deploy { version } => {
-                self.host.abra()
+                self.host
+                    .abra()
                     .deploy(&app.recipe, &app.domain, &version, false)
                     .await
                     .map_err(abra_step("deploy the app (abra app deploy)"))?;
@@ -579,7 +582,8 @@ impl Reconciler {
         reason: &str,
         actions: &mut Vec<ReconcileAction>,
     ) -> Result<(), ReconcileErrorKind> {
-        self.host.abra()
+        self.host
+            .abra()
             .deploy(&app.recipe, &app.domain, version, true)
             .await
             .map_err(|error| ReconcileErrorKind::Abra {

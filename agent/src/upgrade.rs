@@ -36,10 +36,10 @@ use crate::alerts::{self, Alert, Severity};
 use crate::config::{AgentConfig, AppConfig, ProbeScheme};
 use crate::docker::DockerError;
 use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
-use crate::journal::{self, Journal, JournalError};
-use model::{AppRecord, OperationRecord, Outcome, Phase, Trigger};
 use crate::host::{AppState, Host};
+use crate::journal::{self, Journal, JournalError};
 use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
+use model::{AppRecord, OperationRecord, Outcome, Phase, Trigger};
 
 pub use machine::{Ask, Plan, StepResult};
 
@@ -491,16 +491,10 @@ impl Upgrader {
             Phase::Deploying => self.deploy_target(host, app, record).await,
             Phase::Verifying => self.gate(host, app, &record.to, gate_deadline).await,
             Phase::Restoring => self.restore(host, app, record).await,
-            Phase::RollbackDeploying => {
-                match host
-                    .abra()
-                    .deploy(&app.recipe, &app.domain, &record.from, true)
-                    .await
-                {
-                    Ok(_) => StepResult::Ok,
-                    Err(error) => StepResult::Failed(error_chain(&error)),
-                }
-            }
+            Phase::RollbackDeploying => match host.abra().deploy(&app.recipe, &app.domain, &record.from, true).await {
+                Ok(_) => StepResult::Ok,
+                Err(error) => StepResult::Failed(error_chain(&error)),
+            },
             Phase::RollbackVerifying => self.gate(host, app, &record.from, None).await,
         }
     }
@@ -596,12 +590,7 @@ impl Upgrader {
         }
     }
 
-    async fn verify_snapshot(
-        &self,
-        host: &Host,
-        app: &AppConfig,
-        record: &OperationRecord,
-    ) -> StepResult {
+    async fn verify_snapshot(&self, host: &Host, app: &AppConfig, record: &OperationRecord) -> StepResult {
         if record.snapshot.is_none() {
             return StepResult::Ok;
         }
@@ -679,13 +668,7 @@ impl Upgrader {
     /// when the app has a health path, the HTTP probe answering an accepted
     /// status — continuously for the minimum healthy time, within the app's
     /// health timeout.
-    async fn gate(
-        &self,
-        host: &Host,
-        app: &AppConfig,
-        version: &CoopVersion,
-        deadline: Option<Instant>,
-    ) -> StepResult {
+    async fn gate(&self, host: &Host, app: &AppConfig, version: &CoopVersion, deadline: Option<Instant>) -> StepResult {
         let timeout = match deadline {
             Some(deadline) => app.health.timeout.min(
                 deadline

@@ -19,8 +19,8 @@ pub mod pb {
 }
 
 pub use domain::{
-    system_hostname, AdminName, CoopVersion, Domain, HostId, NameError, OperationId, OperationKind, RecipeName, ServerUrl, UrlError, VersionChange,
-    VersionError,
+    system_hostname, AdminName, CoopVersion, Domain, HostId, NameError, OperationId, OperationKind, RecipeName,
+    ServerUrl, UrlError, VersionChange, VersionError,
 };
 
 /// Upper bound on one decoded gRPC message, set explicitly on every client and

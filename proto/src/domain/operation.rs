@@ -156,10 +156,35 @@ mod tests {
     #[test]
     fn made_ids_parse_back_to_what_made_them() {
         let rows = [
-            (OperationId::upgrade("ghost-lq2x1k", 0), "ghost-lq2x1k.0", OperationKind::Upgrade { rollout: "ghost-lq2x1k", position: 0 }),
-            (OperationId::upgrade("ghost-lq2x1k", 12), "ghost-lq2x1k.12", OperationKind::Upgrade { rollout: "ghost-lq2x1k", position: 12 }),
-            (OperationId::rollback("ghost-lq2x1k", 3), "ghost-lq2x1k.3.rollback", OperationKind::Rollback { rollout: "ghost-lq2x1k", position: 3 }),
-            (OperationId::local("3f68e324d0bb66a0"), "local-3f68e324d0bb66a0", OperationKind::Other),
+            (
+                OperationId::upgrade("ghost-lq2x1k", 0),
+                "ghost-lq2x1k.0",
+                OperationKind::Upgrade {
+                    rollout: "ghost-lq2x1k",
+                    position: 0,
+                },
+            ),
+            (
+                OperationId::upgrade("ghost-lq2x1k", 12),
+                "ghost-lq2x1k.12",
+                OperationKind::Upgrade {
+                    rollout: "ghost-lq2x1k",
+                    position: 12,
+                },
+            ),
+            (
+                OperationId::rollback("ghost-lq2x1k", 3),
+                "ghost-lq2x1k.3.rollback",
+                OperationKind::Rollback {
+                    rollout: "ghost-lq2x1k",
+                    position: 3,
+                },
+            ),
+            (
+                OperationId::local("3f68e324d0bb66a0"),
+                "local-3f68e324d0bb66a0",
+                OperationKind::Other,
+            ),
         ];
         for (made, text, kind) in rows {
             assert_eq!(made.as_str(), text);
@@ -173,8 +198,20 @@ mod tests {
     #[test]
     fn kinds_of_ids_that_arrive_in_events() {
         let rows = [
-            ("r.0", OperationKind::Upgrade { rollout: "r", position: 0 }),
-            ("r.7.rollback", OperationKind::Rollback { rollout: "r", position: 7 }),
+            (
+                "r.0",
+                OperationKind::Upgrade {
+                    rollout: "r",
+                    position: 0,
+                },
+            ),
+            (
+                "r.7.rollback",
+                OperationKind::Rollback {
+                    rollout: "r",
+                    position: 7,
+                },
+            ),
             ("r", OperationKind::Other),
             ("r.", OperationKind::Other),
             ("r.x", OperationKind::Other),
@@ -203,9 +240,16 @@ mod tests {
         ];
         for (text, reason) in rows {
             let result = OperationId::parse(text);
-            assert_eq!(result.as_ref().err().map(|error| error.reason.as_str()), reason, "{text:?}");
+            assert_eq!(
+                result.as_ref().err().map(|error| error.reason.as_str()),
+                reason,
+                "{text:?}"
+            );
             if let Err(error) = result {
-                assert_eq!(error.to_string(), format!("invalid operation id {text:?}: {}", error.reason));
+                assert_eq!(
+                    error.to_string(),
+                    format!("invalid operation id {text:?}: {}", error.reason)
+                );
             }
         }
         let error = serde_json::from_str::<OperationId>("\"a/b\"").unwrap_err();

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccfleet_proto::pb;
 use ccfleet_proto::domain::operation;
+use ccfleet_proto::pb;
 use ccfleet_proto::{HostId, OperationKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 

@@ -636,7 +636,12 @@ fn effects_facts_change_the_record_only_through_advance() {
         (VerifyingSnapshot, StepResult::Ok, false, Deploying),
         (Snapshotting, StepResult::SnapshotVerified, false, VerifyingSnapshot),
         (Deploying, StepResult::SnapshotVerified, false, Verifying),
-        (VerifyingSnapshot, StepResult::Failed("copy differs".into()), false, RollbackDeploying),
+        (
+            VerifyingSnapshot,
+            StepResult::Failed("copy differs".into()),
+            false,
+            RollbackDeploying,
+        ),
     ];
     for (phase, result, verified, next_phase) in rows {
         let mut before = record(phase.clone(), true, false, None);
@@ -648,7 +653,10 @@ fn effects_facts_change_the_record_only_through_advance() {
         assert_eq!(next.snapshot, before.snapshot);
     }
     let chosen = with_snapshot_dir(&record(Snapshotting, true, false, None), "/snapshots/x/op-1".into());
-    assert_eq!(chosen.snapshot.as_deref(), Some(std::path::Path::new("/snapshots/x/op-1")));
+    assert_eq!(
+        chosen.snapshot.as_deref(),
+        Some(std::path::Path::new("/snapshots/x/op-1"))
+    );
     assert_eq!((chosen.phase, chosen.snapshot_verified), (Snapshotting, false));
 }
 
