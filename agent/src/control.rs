@@ -81,7 +81,7 @@ pub struct Response {
     pub apps: Vec<AppOutcome>,
     /// For `status`: the agent's full state.
     #[serde(default)]
-    pub status: Option<AgentStatus>,
+    pub status: Option<Box<AgentStatus>>,
     /// For `upgrade --wait`: the operation's report as JSON.
     #[serde(default)]
     pub operation: Option<serde_json::Value>,

@@ -179,11 +179,15 @@ mod tests {
     use crate::host::{AppState, ObservedApp};
     use crate::reconcile::ReconcileErrorKind;
 
+    /// One reconcile's result, as `Agent::report` is given it.
+    type Reconciled = Result<ReconcileOutcome, ReconcileError>;
+
     fn version(text: &str) -> ccfleet_proto::CoopVersion {
         text.parse().unwrap()
     }
 
-    fn outcome(actions: Vec<ReconcileAction>) -> Result<ReconcileOutcome, ReconcileError> {
+    #[allow(clippy::result_large_err)] // the type the reports are made of
+    fn outcome(actions: Vec<ReconcileAction>) -> Reconciled {
         let domain: Domain = "blog.example.org".parse().unwrap();
         Ok(ReconcileOutcome {
             domain: domain.clone(),
@@ -202,7 +206,8 @@ mod tests {
         })
     }
 
-    fn failure(kind: ReconcileErrorKind) -> Result<ReconcileOutcome, ReconcileError> {
+    #[allow(clippy::result_large_err)] // the type the reports are made of
+    fn failure(kind: ReconcileErrorKind) -> Reconciled {
         Err(ReconcileError {
             domain: "blog.example.org".parse().unwrap(),
             kind,
@@ -217,7 +222,7 @@ mod tests {
         };
         let down = "blog.example.org: cannot observe the app: docker is down";
         let failed = format!("FAILED  ->  {down:?} set");
-        let rows: Vec<(&str, Result<ReconcileOutcome, ReconcileError>, Option<&str>, &str)> = vec![
+        let rows: Vec<(&str, Reconciled, Option<&str>, &str)> = vec![
             (
                 "nothing to do",
                 outcome(vec![ReconcileAction::AlreadyConverged]),

@@ -159,7 +159,7 @@ pub(super) async fn handle_request(
             ok: true,
             message: String::new(),
             apps: vec![],
-            status: Some(agent.status()),
+            status: Some(Box::new(agent.status())),
             operation: None,
         },
         Request::Apply { app, wait, .. } => {
