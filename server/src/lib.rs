@@ -7,6 +7,7 @@ pub mod auth;
 pub mod edge;
 pub mod fleet;
 pub mod metrics;
+pub mod model;
 pub mod rollout;
 pub mod store;
 
@@ -145,9 +146,9 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
     // certificate is recorded: after a fresh CA, after an `init` that died
     // half-way, or to recover when every admin credential is lost, expired or
     // revoked (which needs access to this directory, i.e. the server itself).
-    let now = store::now_millis();
+    let now = model::now_millis();
     let has_admin = store.certificates()?.iter().any(|certificate| {
-        certificate.kind == store::CertificateKind::Admin
+        certificate.kind == model::CertificateKind::Admin
             && certificate.revoked_at.is_none()
             && certificate.not_after > now
     });
@@ -171,11 +172,11 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
         &path,
         &toml::to_string(&credential).context("cannot encode the credential")?,
     )?;
-    store.record_certificate(&store::CertificateRecord {
+    store.record_certificate(&model::CertificateRecord {
         serial: issued.serial,
-        kind: store::CertificateKind::Admin,
+        kind: model::CertificateKind::Admin,
         identity: "admin".into(),
-        issued_at: store::now_millis(),
+        issued_at: model::now_millis(),
         not_after: api::enrollment::millis(issued.not_after),
         revoked_at: None,
     })?;
@@ -226,7 +227,7 @@ pub async fn serve(
         .map(|store| store.with_operation_quota(config.operation_quota))
         .and_then(StoreHandle::start)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
+    let revocations = Revocations::new(store.read(|store| store.revoked_serials(model::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
     let rollouts = rollout::RolloutEngine::start(store.clone(), fleet.clone())
         .await
@@ -421,7 +422,7 @@ pub async fn serve(
     if let Ok(hosts) = closed_hosts.await {
         let writer = store.clone();
         let written = tokio::time::timeout(store_budget, async move {
-            let now = store::now_millis();
+            let now = model::now_millis();
             writer
                 .write(move |store| {
                     for host_id in &hosts {
@@ -552,7 +553,7 @@ async fn prune_old_operations(store: StoreHandle, retention: Duration) {
     let mut ticker = tokio::time::interval(Duration::from_secs(3600));
     loop {
         ticker.tick().await;
-        let cutoff = store::now_millis().saturating_sub(retention.as_millis() as u64);
+        let cutoff = model::now_millis().saturating_sub(retention.as_millis() as u64);
         match store.write(move |store| store.prune_operations_before(cutoff)).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned operation records past their retention"),

@@ -114,7 +114,7 @@ async fn serve_closes_agent_streams_and_returns_when_the_shutdown_future_complet
     // The store is closed and flushed: it reopens with the host seen lately.
     let store = store::Store::reopen(&data);
     let host = store.host(&"web-1".parse().unwrap()).unwrap().unwrap();
-    assert!(host.last_seen + 10_000 > store::now_millis());
+    assert!(host.last_seen + 10_000 > model::now_millis());
 }
 
 /// Polls `health` for the whole server's status until it is `wanted`, or

@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{convert, internal};
 use crate::auth::Caller;
+use crate::model::{now_millis, AuditRecord};
 use crate::store::StoreHandle;
-use crate::store::{now_millis, AuditRecord};
 
 /// Audit entries answered when the request says 0, and at most.
 const DEFAULT_AUDIT_LIMIT: usize = 1000;

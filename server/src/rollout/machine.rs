@@ -19,7 +19,7 @@
 
 use ccfleet_proto::{CoopVersion, Domain, HostId};
 
-use crate::store::{
+use crate::model::{
     HostOutcomeRecord, OperationOutcomeRecord, RollbackRecord, RollbackStateRecord, RolloutRecord, RolloutStateRecord,
     UnixMillis,
 };
@@ -524,7 +524,7 @@ fn halt(rollout: &mut RolloutRecord, reason: String, now: UnixMillis) -> Vec<Del
 fn start_rollback(
     id: &str,
     index: usize,
-    host: &mut crate::store::RolloutHostRecord,
+    host: &mut crate::model::RolloutHostRecord,
     now: UnixMillis,
 ) -> Option<Delivery> {
     // Only hosts this rollout moved: they have an operation and a version to return to.

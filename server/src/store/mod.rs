@@ -37,13 +37,13 @@
 //! checks these rules.
 
 mod audit;
+mod codec;
 mod enrolment;
 mod handle;
 mod index;
 #[cfg(test)]
 mod index_tests;
 mod listings;
-mod records;
 mod rollouts;
 #[cfg(test)]
 mod tests;
@@ -53,13 +53,16 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::{HostId, RecipeName};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-pub use audit::*;
+pub use audit::{AUDIT_MAX_AGE_MS, AUDIT_MAX_ENTRIES};
+pub use codec::{MAX_RECORD_BYTES, RECORD_FORMAT};
 pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::{StoreHandle, StoreStatsSnapshot};
 pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
-pub use records::*;
-pub use rollouts::*;
+pub use rollouts::RolloutChange;
+
+use crate::model::*;
+use codec::{decode, encode};
 
 /// Errors from the store. Each names what it was doing.
 #[derive(Debug, thiserror::Error)]

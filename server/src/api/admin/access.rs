@@ -10,8 +10,8 @@ use crate::api::enrollment::millis;
 use crate::api::{audit::audit, convert, internal};
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::{self, Identity, Revocations};
+use crate::model::{now_millis, CertificateKind, CertificateRecord, TokenRecord};
 use crate::store::StoreHandle;
-use crate::store::{now_millis, CertificateKind, CertificateRecord, TokenRecord};
 
 /// What the access methods use of the service.
 pub struct AccessAdmin<'a> {

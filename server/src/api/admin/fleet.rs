@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use crate::api::{audit::audit, convert, internal, paging};
 use crate::auth::{self, Revocations};
 use crate::fleet::Fleet;
+use crate::model::{now_millis, AppRecord};
 use crate::store::StoreHandle;
-use crate::store::{now_millis, AppRecord};
 
 /// What the fleet methods use of the service.
 pub struct FleetAdmin<'a> {

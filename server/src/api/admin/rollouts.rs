@@ -13,11 +13,10 @@ use tonic::{Request, Response, Status};
 use crate::api::{audit::audit, convert, internal};
 use crate::auth;
 use crate::fleet::Fleet;
+use crate::model::{now_millis, HostOutcomeRecord, QuantityRecord, RolloutRecord, RolloutStateRecord, StrategyRecord};
 use crate::rollout::engine::ActionFailure;
 use crate::rollout::{machine, plan, Event, StartError};
-use crate::store::{
-    now_millis, HostOutcomeRecord, QuantityRecord, RolloutRecord, RolloutStateRecord, StoreHandle, StrategyRecord,
-};
+use crate::store::StoreHandle;
 
 /// A host that does not answer within this long times out (when the request says 0).
 const DEFAULT_HOST_DEADLINE_SECONDS: u32 = 15 * 60;

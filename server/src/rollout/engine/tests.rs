@@ -8,11 +8,11 @@ use std::time::Duration;
 use ccfleet_proto::pb;
 
 use super::*;
-use crate::rollout::plan::{plan, Candidate};
-use crate::store::{
+use crate::model::{
     AgentEvent, HostOutcomeRecord, HostRecord, OperationOutcomeRecord, QuantityRecord, RolloutStateRecord,
     StrategyRecord,
 };
+use crate::rollout::plan::{plan, Candidate};
 
 fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
     let candidates = hosts
