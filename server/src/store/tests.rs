@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use ccfleet_proto::RecipeName;
 
 fn host(name: &str) -> HostId {
     name.parse().unwrap()
