@@ -128,14 +128,32 @@ pub struct Initialised {
 
 /// Creates the state directory (owner-only), the database, the CA and a
 /// first admin credential for `server_url`. Does nothing to a directory that
-/// already holds a CA.
+/// already holds a CA. For `ccfleet-server init`; `run` opens the store with
+/// [`open_store`] and initialises it with [`init_store`], so that the
+/// process opens it once (sled releases its directory lock a moment after a
+/// drop, so opening it again at once could find it taken).
 pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyhow::Result<Initialised> {
+    let store = open_store(data_dir)?;
+    init_store(&store, data_dir, server_url, admin_lifetime)
+}
+
+/// Creates the state directory (owner-only) if needed and opens (or
+/// creates) the database in it.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<store::Store> {
     create_private_dir(data_dir)?;
-    // One open for the whole of `init`: sled releases its directory lock a
-    // moment after a drop, so opening it again at once could find it taken.
-    let store = store::Store::open(data_dir)
+    store::Store::open(data_dir)
         .and_then(|store| store.flush().map(|()| store))
-        .with_context(|| format!("cannot initialise the store in {}", data_dir.display()))?;
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))
+}
+
+/// [`init`] on a store already open: creates the CA and a first admin
+/// credential when they are missing.
+pub fn init_store(
+    store: &store::Store,
+    data_dir: &Path,
+    server_url: &str,
+    admin_lifetime: Duration,
+) -> anyhow::Result<Initialised> {
     let created = !CertificateAuthority::exists(data_dir);
     let authority = if created {
         CertificateAuthority::create(data_dir).context("cannot create the CA")?
@@ -204,17 +222,40 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// is generous, and a caller without a certificate gets no more.
 const ENROLLMENT_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// The sockets `serve` answers on, bound by the caller.
+pub struct Listeners {
+    /// Agents, enrolment and admins (TLS).
+    pub main: TcpListener,
+    /// Prometheus metrics (plain HTTP, loopback only), if any.
+    pub metrics: Option<TcpListener>,
+    /// Admins only (TLS), if any.
+    pub admin: Option<TcpListener>,
+}
+
 /// Serves the Agent and Admin services, gRPC health and reflection on
-/// `listener` until `shutdown` completes; the Admin service, health and
-/// reflection also on `admin_listener`, for admin certificates only, so that
-/// `ccfleet` gets in while thousands of agents queue on `listener`.
+/// `listeners.main` until `shutdown` completes; the Admin service, health
+/// and reflection also on `listeners.admin`, for admin certificates only, so
+/// that `ccfleet` gets in while thousands of agents queue on the main one.
+///
+/// `store` is the one open of the database for the whole process (see
+/// [`open_store`]); it moves to the store thread before anything reads it.
+/// `ready` is called once the server can answer: store open, revocations
+/// loaded, rollouts resumed, every service built and the listeners about to
+/// be polled (they are bound, so connections made from then on queue until
+/// they are accepted). `ccfleet-server run` prints `listening on` and tells
+/// systemd it is ready there.
 pub async fn serve(
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
-    admin_listener: Option<TcpListener>,
+    listeners: Listeners,
+    store: store::Store,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce() + Send,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        main: listener,
+        metrics: metrics_listener,
+        admin: admin_listener,
+    } = listeners;
     ccfleet_proto::tls::install_crypto_provider();
     let local_address = listener.local_addr().context("listener has no local address")?;
     let authority = Arc::new(CertificateAuthority::load(&config.data_dir).with_context(|| {
@@ -223,10 +264,8 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let store = store::Store::open(&config.data_dir)
-        .map(|store| store.with_operation_quota(config.operation_quota))
-        .and_then(StoreHandle::start)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = StoreHandle::start(store.with_operation_quota(config.operation_quota))
+        .with_context(|| format!("cannot start the store thread for {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(model::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
     let rollouts = rollout::RolloutEngine::start(store.clone(), fleet.clone())
@@ -400,6 +439,7 @@ pub async fn serve(
     // left for the process to drop what remains and exit.
     let drain = config.shutdown_timeout.mul_f32(0.5);
     let store_budget = config.shutdown_timeout.mul_f32(0.15);
+    ready();
     let result = tokio::select! {
         result = server => result.context("gRPC server failed"),
         () = async {

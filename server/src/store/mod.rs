@@ -177,22 +177,31 @@ impl Store {
         Ok(())
     }
 
-    /// Opens the store again right after this process dropped it. sled
-    /// lets go of its directory lock when its background threads release the
-    /// database, a moment after the drop; this polls (with a deadline) while
-    /// the lock is still held. Only tests reopen a store in-process.
-    #[cfg(test)]
-    pub(crate) fn reopen(directory: &Path) -> Store {
+    /// Opens the store with `open`, waiting while sled's directory lock is
+    /// still held: sled lets go of it when its background threads release a
+    /// dropped database, a moment after the drop, so a store opened again
+    /// right after a drop (in this process or by a child it starts) can find
+    /// it taken. Polls for at most ten seconds, then returns the last error.
+    /// The server itself opens its store once per process and never needs
+    /// this; tests and the crash-test writer do.
+    pub fn open_when_released(open: impl Fn() -> Result<Store, StoreError>) -> Result<Store, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match Store::open(directory) {
-                Ok(store) => return store,
+            match open() {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                Err(error) => panic!("cannot reopen the store: {error:?}"),
+                opened => return opened,
             }
         }
+    }
+
+    /// [`Store::open_when_released`] with [`Store::open`], for tests: every
+    /// test that opens a directory a second time goes through here.
+    #[cfg(test)]
+    pub(crate) fn reopen(directory: &Path) -> Store {
+        Self::open_when_released(|| Store::open(directory))
+            .unwrap_or_else(|error| panic!("cannot reopen the store: {error:?}"))
     }
 
     /// The in-memory listing index, shared with readers off the store thread.

@@ -235,6 +235,11 @@ fn example_host_evaluates_and_its_agent_config_is_accepted() {
         "{server_command}"
     );
     assert_eq!(example["server"]["LimitNOFILE"], 65536);
+    // The server says READY=1 when it answers (readiness::every_first_start_under_load_answers_at_once).
+    assert_eq!(
+        (&example["server"]["Type"], &example["server"]["NotifyAccess"]),
+        (&json!("notify"), &json!("main"))
+    );
 
     let toml = example["agentToml"].as_str().unwrap();
     let config = agent_check_config(directory.path(), toml);
