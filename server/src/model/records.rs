@@ -33,8 +33,8 @@ pub struct HostFactsRecord {
 pub struct HostRecord {
     pub host_id: HostId,
     pub registered_at: UnixMillis,
-    /// Last contact as last written; kept coarse on purpose (DESIGN.md,
-    /// "Storage": heartbeats are not persisted).
+    /// Last contact as last written; kept coarse on purpose
+    /// (ARCHITECTURE.md, "Storage": heartbeats are not persisted).
     pub last_seen: UnixMillis,
     pub agent_version: String,
     pub facts: HostFactsRecord,

@@ -2,7 +2,7 @@
 //! record and returns the commands to deliver. Pure: no clock, no I/O; the
 //! engine stores the changed record before it delivers anything.
 //!
-//! Rules (DESIGN.md, "Rollouts (server)"):
+//! Rules (ARCHITECTURE.md, "Rollouts"):
 //! - waves run in order; a wave starts when the one before has no host in
 //!   flight (after the canary: the promote gate, then the wave interval);
 //! - a host's operation id is minted once, from the rollout id and the host's

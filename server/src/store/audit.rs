@@ -1,6 +1,6 @@
 //! The audit log: admin actions appended with who, what and when, kept within
 //! a retention bound (count and age) so it cannot grow without limit
-//! (DESIGN.md, "Storage": sled's space amplification).
+//! (ARCHITECTURE.md, "Storage": sled's space amplification).
 
 use super::{decode, encode, Store, StoreError};
 use crate::model::{AuditRecord, UnixMillis};

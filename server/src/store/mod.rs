@@ -6,7 +6,7 @@
 //! serialised by construction (so read-modify-write sequences need no locks),
 //! and every batch of requests that wrote something ends with one `flush`, so a
 //! caller that got an answer knows its write is on disk while a burst of
-//! writes costs one flush (DESIGN.md, "Storage").
+//! writes costs one flush (ARCHITECTURE.md, "Storage").
 //!
 
 mod access;

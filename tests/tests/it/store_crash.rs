@@ -1,4 +1,4 @@
-//! Crash safety of the store's write order (server/src/store/mod.rs, "Write
+//! Crash safety of the store's write order (server/src/store/hosts.rs, "Write
 //! order"), tested by killing a real writing process with SIGKILL.
 //!
 //! The writer (`store-writer`, the real `Store` and `StoreHandle`) applies a
