@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod model;
 pub mod rollout;
 pub mod store;
+mod tasks;
 
 #[cfg(test)]
 mod serve_tests;
@@ -280,8 +281,8 @@ pub async fn serve(
         "connection limits"
     );
 
-    let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
-    let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
+    let sweeper = tokio::spawn(tasks::expire_silent_sessions(fleet.clone()));
+    let pruner = tokio::spawn(tasks::prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
     let incoming = edge::incoming(listener, acceptor.clone(), limits, metrics.clone());
     let admin_limits = edge::ConnectionLimits {
@@ -403,7 +404,7 @@ pub async fn serve(
     };
     let reflection = reflection()?;
 
-    let watchdog = tokio::spawn(watch_store(
+    let watchdog = tokio::spawn(tasks::watch_store(
         store.clone(),
         health_reporter.clone(),
         metrics.clone(),
@@ -531,73 +532,3 @@ fn connection_limits(config: &ServerConfig) -> edge::ConnectionLimits {
 
 /// Connections the admin listener takes at once: admins only, so a few.
 const ADMIN_LISTENER_CONNECTIONS: usize = 64;
-
-/// Makes a stuck store visible: while one store request has been running
-/// longer than `threshold`, gRPC health says NOT_SERVING, the
-/// `ccfleet_store_stalled` metric is 1 and an error is logged.
-async fn watch_store(
-    store: StoreHandle,
-    health: tonic_health::server::HealthReporter,
-    metrics: Arc<metrics::Metrics>,
-    threshold: Duration,
-) {
-    use std::sync::atomic::Ordering;
-    use tonic_health::ServingStatus;
-    let mut ticker = tokio::time::interval((threshold / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
-    let mut stalled = false;
-    loop {
-        ticker.tick().await;
-        let busy = store.busy_for().unwrap_or_default();
-        metrics.store_busy_seconds.store(busy.as_secs(), Ordering::Relaxed);
-        let now_stalled = busy >= threshold;
-        if now_stalled == stalled {
-            continue;
-        }
-        stalled = now_stalled;
-        metrics.store_stalled.store(u64::from(stalled), Ordering::Relaxed);
-        let status = if stalled {
-            tracing::error!(
-                ?busy,
-                "the store is stuck: one request has run for longer than {threshold:?}; health is NOT_SERVING"
-            );
-            ServingStatus::NotServing
-        } else {
-            tracing::info!("the store is answering again; health is SERVING");
-            ServingStatus::Serving
-        };
-        for service in HEALTH_SERVICES {
-            health.set_service_status(*service, status).await;
-        }
-    }
-}
-
-/// Service names whose health follows the store: the whole server ("") and
-/// every ccfleet service.
-const HEALTH_SERVICES: &[&str] = &["", "ccfleet.v1.Agent", "ccfleet.v1.Admin", "ccfleet.v1.Enrollment"];
-
-/// Closes streams of hosts that stopped sending heartbeats.
-async fn expire_silent_sessions(fleet: Arc<Fleet>) {
-    let period = (fleet.heartbeat_timeout() / 4).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        for host_id in fleet.expire_silent() {
-            tracing::warn!(host = %host_id, "heartbeat timeout: host is offline");
-        }
-    }
-}
-
-/// Applies the operation records' retention age at start and then hourly.
-async fn prune_old_operations(store: StoreHandle, retention: Duration) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        ticker.tick().await;
-        let cutoff = model::now_millis().saturating_sub(retention.as_millis() as u64);
-        match store.write(move |store| store.prune_operations_before(cutoff)).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned operation records past their retention"),
-            Err(error) => tracing::error!(%error, "cannot prune old operation records"),
-        }
-    }
-}

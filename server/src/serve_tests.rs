@@ -171,7 +171,7 @@ async fn a_stuck_store_turns_health_not_serving_until_it_answers_again() {
     let (reporter, _server) = tonic_health::server::health_reporter();
     let health = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
     let metrics = Arc::new(metrics::Metrics::default());
-    let watchdog = tokio::spawn(watch_store(
+    let watchdog = tokio::spawn(tasks::watch_store(
         store.clone(),
         reporter,
         metrics.clone(),

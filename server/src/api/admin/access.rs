@@ -110,7 +110,7 @@ impl AccessAdmin<'_> {
             .await
             .map_err(internal)?;
         tracing::info!(admin = caller.identity.name(), token = token.id, "join token created");
-        audit(&self.store, &caller, "token.create", &token.id, detail).await;
+        audit(self.store, &caller, "token.create", &token.id, detail).await;
         Ok(Response::new(pb::CreateJoinTokenResponse {
             token: token.to_string(),
             info: Some(info),
@@ -150,7 +150,7 @@ impl AccessAdmin<'_> {
             return Err(Status::not_found(format!("there is no join token {id}")));
         }
         tracing::info!(admin = caller.identity.name(), token = id, "join token revoked");
-        audit(&self.store, &caller, "token.revoke", &id, String::new()).await;
+        audit(self.store, &caller, "token.revoke", &id, String::new()).await;
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
 
@@ -192,7 +192,7 @@ impl AccessAdmin<'_> {
         }
         tracing::info!(admin = caller.identity.name(), new_admin = %name, serial = issued.serial, "admin credential issued");
         audit(
-            &self.store,
+            self.store,
             &caller,
             "admin.issue",
             name.as_str(),
@@ -231,7 +231,7 @@ impl AccessAdmin<'_> {
         self.revocations.revoke(serials.iter().cloned());
         tracing::info!(admin = caller.identity.name(), revoked_admin = %name, count = serials.len(), "admin credential revoked");
         audit(
-            &self.store,
+            self.store,
             &caller,
             "admin.revoke",
             name.as_str(),

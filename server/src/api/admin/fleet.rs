@@ -187,7 +187,7 @@ impl FleetAdmin<'_> {
         self.fleet.close(&host_id);
         tracing::info!(admin = caller.identity.name(), host = %host_id, revoked = serials.len(), "host removed");
         audit(
-            &self.store,
+            self.store,
             &caller,
             "host.remove",
             host_id.as_str(),

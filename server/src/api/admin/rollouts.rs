@@ -325,7 +325,7 @@ impl RolloutsAdmin<'_> {
                 StartError::Stopped => Status::unavailable("the rollout engine has stopped"),
             })?;
         tracing::info!(admin = caller.identity.name(), rollout = started.id, "rollout started");
-        audit(&self.store, &caller, "rollout.start", &started.id, detail).await;
+        audit(self.store, &caller, "rollout.start", &started.id, detail).await;
         Ok(Response::new(rollout_wire(&started)))
     }
 
@@ -439,7 +439,7 @@ impl RolloutsAdmin<'_> {
                 ActionFailure::Stopped => Status::unavailable(failure.to_string()),
             })?;
         tracing::info!(admin = caller.identity.name(), rollout = id, action, "rollout action");
-        audit(&self.store, &caller, &format!("rollout.{action}"), &id, reason).await;
+        audit(self.store, &caller, &format!("rollout.{action}"), &id, reason).await;
         Ok(Response::new(rollout_wire(&rollout)))
     }
 }
