@@ -2,7 +2,8 @@
 //!
 //! Parsing needs only `nix-instantiate` (Debian's `nix-bin`). The evaluation tests need
 //! the nixpkgs module system (`lib.evalModules`): an unmodified nixpkgs.lib snapshot,
-//! found at `CCFLEET_NIXPKGS_LIB`. Without it they fail, saying how to get it. The harness they drive is
+//! found at `CCFLEET_NIXPKGS_LIB` or at `../shared/nixpkgs-lib` next to the repository.
+//! Without either they fail, saying how to get it. The harness they drive is
 //! `nix/tests/default.nix`; its NixOS option types are `nix/tests/nixos.nix`.
 
 mod checks;
@@ -90,23 +91,43 @@ fn every_nix_file_parses() {
     );
 }
 
-/// The nixpkgs.lib snapshot to evaluate with: `CCFLEET_NIXPKGS_LIB`. Panics, saying how to
-/// get one, when it is unset or does not hold `lib/default.nix`: the evaluation tests never
-/// pass without running.
+/// The nixpkgs.lib snapshot to evaluate with: `CCFLEET_NIXPKGS_LIB`, else
+/// `../shared/nixpkgs-lib` next to the repository (for a git worktree, also next to its
+/// main checkout). Panics, saying how to get one, when none holds `lib/default.nix`:
+/// the evaluation tests never pass without running.
 fn nixpkgs_lib() -> PathBuf {
-    let how = "put an unmodified nixpkgs.lib snapshot (a checkout of \
-               https://github.com/nix-community/nixpkgs.lib, the directory holding lib/default.nix) \
-               somewhere and point CCFLEET_NIXPKGS_LIB at it";
-    let Some(path) = std::env::var_os("CCFLEET_NIXPKGS_LIB").map(PathBuf::from) else {
-        panic!("the Nix evaluation tests need the nixpkgs module system and CCFLEET_NIXPKGS_LIB is unset: {how}");
+    let candidates = match std::env::var_os("CCFLEET_NIXPKGS_LIB") {
+        Some(path) => vec![PathBuf::from(path)],
+        None => {
+            let root = repository_root();
+            let mut candidates = vec![root.join("../shared/nixpkgs-lib")];
+            if let Some(main_checkout) = main_checkout_of_worktree(&root) {
+                candidates.push(main_checkout.join("../shared/nixpkgs-lib"));
+            }
+            candidates
+        }
     };
-    assert!(
-        path.join("lib/default.nix").is_file(),
-        "the Nix evaluation tests need the nixpkgs module system, and CCFLEET_NIXPKGS_LIB={} \
-         holds no lib/default.nix: {how}",
-        path.display()
-    );
-    path
+    match candidates
+        .iter()
+        .find(|candidate| candidate.join("lib/default.nix").is_file())
+    {
+        Some(found) => found.clone(),
+        None => panic!(
+            "the Nix evaluation tests need the nixpkgs module system, and none of {candidates:?} \
+             holds lib/default.nix: put an unmodified nixpkgs.lib snapshot (a checkout of \
+             https://github.com/nix-community/nixpkgs.lib, the directory holding lib/default.nix) \
+             at ../shared/nixpkgs-lib next to the repository, or point CCFLEET_NIXPKGS_LIB at one"
+        ),
+    }
+}
+
+/// The main checkout of a git worktree (`.git` is then a file naming
+/// `<main>/.git/worktrees/<name>`), or `None`.
+fn main_checkout_of_worktree(root: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(root.join(".git")).ok()?;
+    let git_dir = PathBuf::from(text.strip_prefix("gitdir:")?.trim());
+    let common = git_dir.parent()?.parent()?;
+    (common.file_name()? == ".git").then(|| common.parent().map(Path::to_owned))?
 }
 
 /// `nix/tests` evaluated with `extra` arguments for attribute `attribute`.
