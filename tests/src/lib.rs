@@ -9,6 +9,7 @@ pub mod agent;
 pub mod browser;
 pub mod dashboard;
 pub mod docker;
+pub mod load;
 pub mod server;
 pub mod simulated;
 pub mod store_crash;
