@@ -442,6 +442,31 @@ async fn dashboard_pages_show_the_fleet_and_a_rollout_is_followed_and_paused_in_
     assert!(browser.text("#audit").await.unwrap().contains("rollout.pause"));
     browser.screenshot(&shots, "audit").await;
 
+    // Pages other than a rollout's refresh in place: an action taken from the CLI appears
+    // in the audit page without a reload.
+    browser
+        .client
+        .execute("window.dashboardTestMark = 'audit page'; return null;", vec![])
+        .await
+        .unwrap();
+    let resumed = cli(&server, &["rollout", "resume", &id, "--reason", "resumed from the cli"]).await;
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    wait_for("the CLI's resume on the audit page", DEADLINE, || async {
+        let table = browser.text("#audit").await?;
+        if table.contains("rollout.resume") {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+    let mark = browser
+        .client
+        .execute("return window.dashboardTestMark || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, Value::String("audit page".into()), "the audit page was reloaded");
+
     // Phone-sized: the matrix still reads.
     browser.client.set_window_size(400, 860).await.unwrap();
     browser
