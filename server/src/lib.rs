@@ -7,6 +7,7 @@ pub mod auth;
 pub mod edge;
 pub mod fleet;
 pub mod metrics;
+pub mod notify;
 pub mod rollout;
 pub mod store;
 
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     /// A store request running longer than this marks the server
     /// NOT_SERVING in gRPC health until it finishes.
     pub store_stall_threshold: Duration,
+    /// Webhooks, their signing secret and the notification queue's bounds.
+    pub notify: notify::NotifyConfig,
 }
 
 /// Names every server certificate carries: the loopback names and this
@@ -107,6 +110,7 @@ impl ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 32,
             store_stall_threshold: Duration::from_secs(10),
+            notify: notify::NotifyConfig::new(),
         }
     }
 }
@@ -222,8 +226,13 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
+    let destination_ids = config.notify.destinations.iter().map(|destination| destination.id.clone());
     let store = store::Store::open(&config.data_dir)
         .map(|store| store.with_operation_quota(config.operation_quota))
+        .and_then(|mut store| {
+            store.configure_notifications(destination_ids.collect(), config.notify.queue_limit)?;
+            Ok(store)
+        })
         .and_then(StoreHandle::start)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
@@ -243,6 +252,9 @@ pub async fn serve(
     let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
     let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
+    // Webhook delivery runs on tasks of its own: a slow or dead receiver
+    // holds up nothing but its own queue.
+    let deliveries = notify::deliver::start(&config.notify, &store, &metrics)?;
     let incoming = edge::incoming(listener, acceptor.clone(), limits, metrics.clone());
     let admin_limits = edge::ConnectionLimits {
         max_connections: ADMIN_LISTENER_CONNECTIONS,
@@ -415,6 +427,9 @@ pub async fn serve(
     sweeper.abort();
     pruner.abort();
     watchdog.abort();
+    for delivery in deliveries {
+        delivery.abort();
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }

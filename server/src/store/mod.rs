@@ -43,6 +43,7 @@ mod index;
 #[cfg(test)]
 mod index_tests;
 mod listings;
+mod notifications;
 mod records;
 mod rollouts;
 #[cfg(test)]
@@ -58,6 +59,10 @@ pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::{StoreHandle, StoreStatsSnapshot};
 pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
+pub use notifications::{
+    AlertNotice, FleetGauges, NotificationKind, NotificationRecord, RolloutNotice, DEFAULT_NOTIFICATION_LIMIT,
+    ROLLOUT_STATES, SEVERITIES,
+};
 pub use records::*;
 pub use rollouts::*;
 
@@ -165,6 +170,10 @@ pub struct Store {
     /// Hosts and apps in memory for the admin listings; every write of the
     /// hosts or apps tree updates it after its transaction succeeded.
     index: std::sync::Arc<ListingIndex>,
+    /// The durable notification queue (`notifications.rs`).
+    notifications: notifications::NotificationQueue,
+    /// Open alerts, rollouts by state and the queue's size, for `/metrics`.
+    gauges: std::sync::Arc<FleetGauges>,
 }
 
 impl Store {
@@ -210,10 +219,13 @@ impl Store {
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
             index: Default::default(),
+            notifications: notifications::NotificationQueue::open(&db)?,
+            gauges: Default::default(),
             db,
         };
         store.index_operations_if_missing()?;
         store.build_listing_index()?;
+        store.count_gauges()?;
         Ok(store)
     }
 
@@ -604,11 +616,13 @@ impl Store {
             time_keys.push(listings::time_key(operation.updated_at, &operation_key));
             operation_keys.push(operation_key);
         }
-        let alert_keys: Vec<sled::IVec> = self
-            .alerts
-            .scan_prefix(prefix(&[host_id.as_str()]))
-            .keys()
-            .collect::<Result<_, _>>()?;
+        let mut alert_keys: Vec<sled::IVec> = Vec::new();
+        let mut alert_severities = Vec::new();
+        for entry in self.alerts.scan_prefix(prefix(&[host_id.as_str()])) {
+            let (alert_key, value) = entry?;
+            alert_severities.push(decode::<AlertRecord>(ALERTS, &value)?.severity);
+            alert_keys.push(alert_key);
+        }
         (
             &self.certificates,
             &self.hosts,
@@ -641,6 +655,9 @@ impl Store {
             .map_err(storage_error)?;
         self.index.remove_host(host_id);
         self.forget_operation_count(host_id);
+        for severity in alert_severities {
+            self.gauges.alert_changed(Some(severity), None);
+        }
         Ok(Some(revoked.into_iter().map(|(serial, _)| serial).collect()))
     }
 
