@@ -44,6 +44,8 @@ mod index;
 mod index_tests;
 mod listings;
 mod notifications;
+#[cfg(test)]
+mod notifications_tests;
 mod records;
 mod rollouts;
 #[cfg(test)]

@@ -275,7 +275,8 @@ impl Store {
     ) -> Result<Option<QueuedNotification>, StoreError> {
         match notification {
             Some(notification) if !self.notifications.destinations.is_empty() => Ok(Some(QueuedNotification {
-                key: self.db.generate_id()?.to_be_bytes(),
+                // Sequence numbers start at 1: a cursor of 0 means "nothing received".
+                key: (self.db.generate_id()? + 1).to_be_bytes(),
                 value: encode(&notification)?,
             })),
             _ => Ok(None),
