@@ -10,6 +10,7 @@ pub mod docker;
 pub mod server;
 pub mod simulated;
 pub mod store_crash;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

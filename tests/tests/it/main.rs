@@ -11,6 +11,7 @@ mod edge;
 mod fleet;
 mod listing;
 mod nix;
+mod notify;
 mod rollout;
 mod secrets;
 mod security;
