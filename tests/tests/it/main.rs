@@ -12,7 +12,8 @@ mod fleet;
 mod listing;
 mod nix;
 mod notify;
-mod rollout;
+mod prometheus;
+
 mod secrets;
 mod security;
 mod store_crash;
