@@ -13,7 +13,7 @@ mod listing;
 mod nix;
 mod notify;
 mod prometheus;
-
+mod rollout;
 mod secrets;
 mod security;
 mod store_crash;
