@@ -226,7 +226,11 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let destination_ids = config.notify.destinations.iter().map(|destination| destination.id.clone());
+    let destination_ids = config
+        .notify
+        .destinations
+        .iter()
+        .map(|destination| destination.id.clone());
     let store = store::Store::open(&config.data_dir)
         .map(|store| store.with_operation_quota(config.operation_quota))
         .and_then(|mut store| {

@@ -133,7 +133,9 @@ impl NotifyArgs {
         if let Some(path) = &self.secret_file {
             config.secret = Some(Secret::read(path)?);
             if config.destinations.is_empty() {
-                anyhow::bail!("--notify-secret-file is given but no webhook (--notify-webhook or --notify-webhooks-file)");
+                anyhow::bail!(
+                    "--notify-secret-file is given but no webhook (--notify-webhook or --notify-webhooks-file)"
+                );
             }
         }
         config.queue_limit = self.queue_limit as usize;

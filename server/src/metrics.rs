@@ -164,7 +164,10 @@ impl Metrics {
             .iter()
             .map(|state| (format!("{{state=\"{}\"}}", state.name()), gauges.rollouts(*state)))
             .collect();
-        let rollouts: Vec<(&str, u64)> = rollouts.iter().map(|(labels, value)| (labels.as_str(), *value)).collect();
+        let rollouts: Vec<(&str, u64)> = rollouts
+            .iter()
+            .map(|(labels, value)| (labels.as_str(), *value))
+            .collect();
         metric(
             "ccfleet_rollouts",
             "gauge",

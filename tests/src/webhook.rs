@@ -88,7 +88,10 @@ impl Receiver {
 
     /// What arrived on `path`.
     pub fn received_on(&self, path: &str) -> Vec<Received> {
-        self.received().into_iter().filter(|request| request.path == path).collect()
+        self.received()
+            .into_iter()
+            .filter(|request| request.path == path)
+            .collect()
     }
 }
 

@@ -46,10 +46,7 @@ pub fn alert_notification(
         _ => "opened",
     };
     Some(NotificationRecord {
-        id: format!(
-            "alert:{}:{}:{}:{event}",
-            alert.host_id, alert.domain, alert.raised_at
-        ),
+        id: format!("alert:{}:{}:{}:{event}", alert.host_id, alert.domain, alert.raised_at),
         kind,
         created_at: now,
         alert: Some(AlertNotice::of(alert)),
@@ -152,11 +149,23 @@ mod tests {
         let cases: [(Option<&AlertRecord>, Option<&AlertRecord>, Option<&str>); 7] = [
             (None, None, None),
             (None, Some(&warning), Some("alert:web-1:blog.example.org:10:opened")),
-            (Some(&warning), Some(&critical_same_op), Some("alert:web-1:blog.example.org:20:escalated")),
+            (
+                Some(&warning),
+                Some(&critical_same_op),
+                Some("alert:web-1:blog.example.org:20:escalated"),
+            ),
             (Some(&warning), Some(&warning_again), None),
             (Some(&critical_same_op), Some(&warning_again), None),
-            (Some(&warning), Some(&warning_other_op), Some("alert:web-1:blog.example.org:40:opened")),
-            (Some(&critical_same_op), None, Some("alert:web-1:blog.example.org:20:resolved")),
+            (
+                Some(&warning),
+                Some(&warning_other_op),
+                Some("alert:web-1:blog.example.org:40:opened"),
+            ),
+            (
+                Some(&critical_same_op),
+                None,
+                Some("alert:web-1:blog.example.org:20:resolved"),
+            ),
         ];
         for (previous, next, expected) in cases {
             let notification = alert_notification(previous, next, 99);

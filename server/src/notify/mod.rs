@@ -205,9 +205,12 @@ pub const KIND_HEADER: &str = "X-Ccfleet-Event";
 mod tests {
     use super::*;
 
+    /// An argument, and what it parses to: (how it is shown, its format) or the error.
+    type DestinationCase = (&'static str, Result<(&'static str, Format), &'static str>);
+
     #[test]
     fn destinations_table() {
-        let cases: &[(&str, Result<(&str, Format), &str>)] = &[
+        let cases: &[DestinationCase] = &[
             ("https://hooks.example.org/x/secret-token", Ok(("https://hooks.example.org/... ", Format::Json))),
             ("text+https://ntfy.sh/fleet", Ok(("text+https://ntfy.sh/... ", Format::Text))),
             ("http://127.0.0.1:8080/hook", Ok(("http://127.0.0.1:8080/... ", Format::Json))),

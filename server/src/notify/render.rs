@@ -37,7 +37,9 @@ fn outcome(outcome: OperationOutcomeRecord) -> String {
 }
 
 fn version(version: &Option<ccfleet_proto::CoopVersion>) -> Value {
-    version.as_ref().map_or(Value::Null, |version| json!(version.to_string()))
+    version
+        .as_ref()
+        .map_or(Value::Null, |version| json!(version.to_string()))
 }
 
 fn alert_json(alert: &AlertNotice) -> Value {
@@ -197,7 +199,10 @@ mod tests {
             text_line(&alert(NotificationKind::AlertEscalated)),
             text_line(&alert(NotificationKind::AlertResolved)),
             text_line(&rollout(NotificationKind::RolloutHalted, RolloutStateRecord::Halted)),
-            text_line(&rollout(NotificationKind::RolloutCompleted, RolloutStateRecord::Completed)),
+            text_line(&rollout(
+                NotificationKind::RolloutCompleted,
+                RolloutStateRecord::Completed,
+            )),
         ]
         .join("\n");
         expect![[r#"

@@ -166,8 +166,10 @@ impl FleetGauges {
 
     pub(super) fn alert_changed(&self, before: Option<AlertSeverityRecord>, after: Option<AlertSeverityRecord>) {
         if let Some(before) = before {
-            let _ = self.alerts_open[severity_index(before)]
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| Some(open.saturating_sub(1)));
+            let _ =
+                self.alerts_open[severity_index(before)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                    Some(open.saturating_sub(1))
+                });
         }
         if let Some(after) = after {
             self.alerts_open[severity_index(after)].fetch_add(1, Ordering::Relaxed);
@@ -176,8 +178,9 @@ impl FleetGauges {
 
     pub(super) fn rollout_changed(&self, before: Option<RolloutStateRecord>, after: RolloutStateRecord) {
         if let Some(before) = before {
-            let _ = self.rollouts[state_index(before)]
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| Some(count.saturating_sub(1)));
+            let _ = self.rollouts[state_index(before)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+                Some(count.saturating_sub(1))
+            });
         }
         self.rollouts[state_index(after)].fetch_add(1, Ordering::Relaxed);
     }

@@ -65,7 +65,10 @@ fn notifications_are_queued_with_their_alert_delivered_per_destination_and_kept_
     assert_eq!(store.gauges().notifications_queued(), 3);
     assert_eq!(next_id(&store, "a").unwrap().0, second, "a's cursor survived");
     let (b_first, id) = next_id(&store, "b").unwrap();
-    assert_eq!((b_first, id.as_str()), (first, "alert:web-1:blog.example.org:10:opened"));
+    assert_eq!(
+        (b_first, id.as_str()),
+        (first, "alert:web-1:blog.example.org:10:opened")
+    );
     store.notification_delivered("b", b_first).unwrap();
     assert_eq!(store.gauges().notifications_queued(), 2, "both passed the first");
     store.notification_delivered("a", second).unwrap();
@@ -86,7 +89,11 @@ fn without_a_destination_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), &[], 100);
     store
-        .apply_event(&web(), 1, &alert("a.example.org", AlertSeverityRecord::Warning, 1, false))
+        .apply_event(
+            &web(),
+            1,
+            &alert("a.example.org", AlertSeverityRecord::Warning, 1, false),
+        )
         .unwrap();
     assert_eq!(store.gauges().notifications_queued(), 0);
     assert_eq!(next_id(&store, "a"), None);
@@ -103,10 +110,7 @@ fn a_full_queue_drops_its_oldest() {
     }
     let gauges = store.gauges();
     assert_eq!((gauges.notifications_queued(), gauges.notifications_dropped()), (2, 1));
-    assert_eq!(
-        next_id(&store, "a").unwrap().1,
-        "alert:web-1:b.example.org:2:opened"
-    );
+    assert_eq!(next_id(&store, "a").unwrap().1, "alert:web-1:b.example.org:2:opened");
 }
 
 #[test]
@@ -114,16 +118,29 @@ fn the_gauges_follow_alerts_and_rollouts_and_are_counted_at_open() {
     use AlertSeverityRecord::{Critical, Warning};
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), &[], 100);
-    store.apply_event(&web(), 1, &alert("a.example.org", Warning, 1, false)).unwrap();
-    store.apply_event(&web(), 2, &alert("b.example.org", Warning, 1, false)).unwrap();
-    store.apply_event(&web(), 3, &alert("b.example.org", Critical, 2, false)).unwrap();
-    let open = |store: &Store| (store.gauges().alerts_open(Warning), store.gauges().alerts_open(Critical));
+    store
+        .apply_event(&web(), 1, &alert("a.example.org", Warning, 1, false))
+        .unwrap();
+    store
+        .apply_event(&web(), 2, &alert("b.example.org", Warning, 1, false))
+        .unwrap();
+    store
+        .apply_event(&web(), 3, &alert("b.example.org", Critical, 2, false))
+        .unwrap();
+    let open = |store: &Store| {
+        (
+            store.gauges().alerts_open(Warning),
+            store.gauges().alerts_open(Critical),
+        )
+    };
     assert_eq!(open(&store), (1, 1));
     store.flush().unwrap();
     drop(store);
     let store = store_with(dir.path(), &[], 100);
     assert_eq!(open(&store), (1, 1), "counted again at open");
-    store.apply_event(&web(), 4, &alert("a.example.org", Warning, 3, true)).unwrap();
+    store
+        .apply_event(&web(), 4, &alert("a.example.org", Warning, 3, true))
+        .unwrap();
     assert_eq!(open(&store), (0, 1));
     store.remove_host(&web(), 5).unwrap();
     assert_eq!(open(&store), (0, 0), "a removed host's alerts are gone");

@@ -200,7 +200,11 @@ async fn alerts_and_rollouts_reach_webhooks_signed_as_json_and_as_text() {
         lines[0],
         "[ccfleet] warning alert on web-1: blog.coop.example (ghost) 1.3.0+6.42.0 -> 1.4.0+6.43.0 rolled_back: health check failed: 502"
     );
-    assert!(lines[3].contains("of fixture to 1.1.0 completed (1 succeeded"), "{}", lines[3]);
+    assert!(
+        lines[3].contains("of fixture to 1.1.0 completed (1 succeeded"),
+        "{}",
+        lines[3]
+    );
     assert!(lines[4].contains("of fixture to 1.2.0 halted: "), "{}", lines[4]);
     assert_eq!(text[0].header("content-type"), Some("text/plain; charset=utf-8"));
     // The JSON body carries the same line for chat webhooks.
@@ -219,7 +223,10 @@ async fn alerts_and_rollouts_reach_webhooks_signed_as_json_and_as_text() {
     let log = server.log();
     assert!(log.contains("notification delivered"), "{log}");
     assert!(!log.contains(SECRET), "the secret leaked into the log");
-    assert!(!log.contains("/json") && !log.contains("/text"), "webhook paths stay out of the log");
+    assert!(
+        !log.contains("/json") && !log.contains("/text"),
+        "webhook paths stay out of the log"
+    );
     let help = std::process::Command::new(ccfleet_tests::binary("ccfleet-server"))
         .args(["run", "--help"])
         .env("CCFLEET_NOTIFY_SECRET", SECRET)
@@ -284,7 +291,9 @@ async fn a_receiver_that_is_down_gets_everything_when_back_and_a_killed_server_d
     })
     .await;
     assert!(
-        received.iter().all(|request| request.header("x-ccfleet-signature").is_none()),
+        received
+            .iter()
+            .all(|request| request.header("x-ccfleet-signature").is_none()),
         "no secret, no signature"
     );
 
@@ -346,11 +355,17 @@ fn bad_webhook_arguments_are_refused_with_a_clear_error() {
         "--notify-secret-file",
         secret_file.to_str().unwrap(),
     ]);
-    assert!(empty.contains("the webhook secret file") && empty.contains("is empty"), "{empty}");
+    assert!(
+        empty.contains("the webhook secret file") && empty.contains("is empty"),
+        "{empty}"
+    );
     let good_secret = directory.path().join("good-secret");
     std::fs::write(&good_secret, "s3cret").unwrap();
     let lonely = run(&["--notify-secret-file", good_secret.to_str().unwrap()]);
-    assert!(lonely.contains("--notify-secret-file is given but no webhook"), "{lonely}");
+    assert!(
+        lonely.contains("--notify-secret-file is given but no webhook"),
+        "{lonely}"
+    );
     let twice = run(&[
         "--notify-webhook",
         "https://hooks.example.org/t",

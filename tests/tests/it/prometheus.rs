@@ -69,7 +69,11 @@ fn alert(domain: &str, severity: pb::AlertSeverity) -> pb::AgentMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rules_fire_on_series_scraped_from_a_real_server() {
     let mut promtool_check = promtool();
-    let checked = promtool_check.args(["check", "rules"]).arg(rules_file()).output().unwrap();
+    let checked = promtool_check
+        .args(["check", "rules"])
+        .arg(rules_file())
+        .output()
+        .unwrap();
     assert!(checked.status.success(), "{checked:?}");
 
     let directory = tempfile::tempdir().unwrap();
@@ -149,9 +153,15 @@ async fn the_shipped_rules_fire_on_series_scraped_from_a_real_server() {
     assert_eq!(value("ccfleet_rollouts{state=\"halted\"}"), 1);
     let queued = value("ccfleet_notifications_queued");
     assert_eq!(queued, 1, "the queue holds its limit");
-    assert_eq!(value("ccfleet_notifications_dropped_total"), 2, "two alerts and a halt, one kept");
+    assert_eq!(
+        value("ccfleet_notifications_dropped_total"),
+        2,
+        "two alerts and a halt, one kept"
+    );
     assert!(
-        server.log().contains("notification queue full: dropped its oldest notification undelivered"),
+        server
+            .log()
+            .contains("notification queue full: dropped its oldest notification undelivered"),
         "{}",
         server.log()
     );
@@ -227,7 +237,11 @@ async fn the_shipped_rules_fire_on_series_scraped_from_a_real_server() {
         "      - eval_time: 10m\n        alertname: CcfleetAppRolledBack\n        exp_alerts: []\n\
          \x20     - eval_time: 20m\n        alertname: CcfleetNotificationsStuck\n        exp_alerts: []\n",
     );
-    for name in ["CcfleetRolloutPausedLong", "CcfleetNotificationsRejected", "CcfleetStoreStalled"] {
+    for name in [
+        "CcfleetRolloutPausedLong",
+        "CcfleetNotificationsRejected",
+        "CcfleetStoreStalled",
+    ] {
         tests.push_str(&format!(
             "      - eval_time: 40m\n        alertname: {name}\n        exp_alerts: []\n"
         ));
