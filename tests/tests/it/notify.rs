@@ -374,3 +374,43 @@ fn bad_webhook_arguments_are_refused_with_a_clear_error() {
     ]);
     assert!(twice.contains("is given twice"), "{twice}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_never_answers_does_not_slow_the_agents_stream() {
+    let directory = tempfile::tempdir().unwrap();
+    // Accepts connections (the kernel's backlog) and never answers: each
+    // request waits for the 10 s request timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let server = TestServer::start(
+        &directory.path().join("data"),
+        &["--notify-webhook", &url, "--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    for seq in 1..=50u64 {
+        let domain = format!("app{seq}.coop.example");
+        send_alert(
+            &mut agent,
+            seq,
+            alert(&domain, pb::AlertSeverity::Warning, seq as i64, false),
+        )
+        .await;
+    }
+    // Every event was stored and acknowledged while the first request was
+    // still waiting for its answer.
+    let attempts: u64 = ["delivered", "retried", "rejected"]
+        .iter()
+        .map(|outcome| {
+            metric(
+                &server,
+                &format!("ccfleet_notification_attempts_total{{outcome=\"{outcome}\"}}"),
+            )
+            .unwrap()
+        })
+        .sum();
+    assert_eq!(attempts, 0, "{}", server.log());
+    assert_eq!(metric(&server, "ccfleet_notifications_queued"), Some(50));
+    drop(silent);
+}
