@@ -414,3 +414,65 @@ async fn a_webhook_that_never_answers_does_not_slow_the_agents_stream() {
     assert_eq!(metric(&server, "ccfleet_notifications_queued"), Some(50));
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_with_an_untrusted_certificate_gets_nothing() {
+    use tokio_rustls::rustls;
+    ccfleet_proto::tls::install_crypto_provider();
+    // A receiver on localhost with a self-signed certificate: in no
+    // system's roots, so the server must refuse it before it sends a body.
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (handshakes, mut handshake_results) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let result = acceptor
+                .accept(stream)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string());
+            let _ = handshakes.send(result);
+        }
+    });
+
+    let directory = tempfile::tempdir().unwrap();
+    let url = format!("https://localhost:{port}/hook");
+    let server = TestServer::start(
+        &directory.path().join("data"),
+        &["--notify-webhook", &url, "--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    send_alert(
+        &mut agent,
+        1,
+        alert("a.coop.example", pb::AlertSeverity::Warning, 1, false),
+    )
+    .await;
+    let handshake = tokio::time::timeout(DEADLINE, handshake_results.recv())
+        .await
+        .expect("the server tries the webhook")
+        .unwrap();
+    // The client aborted the handshake: no request, no body was sent.
+    assert!(handshake.is_err(), "the server accepted a self-signed certificate");
+    wait_for("a failed attempt", DEADLINE, || async {
+        match metric(&server, "ccfleet_notification_attempts_total{outcome=\"retried\"}") {
+            Some(retried) if retried >= 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&server, "ccfleet_notification_attempts_total{outcome=\"delivered\"}"),
+        Some(0)
+    );
+    assert_eq!(metric(&server, "ccfleet_notifications_queued"), Some(1));
+}
