@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::store::{
+use crate::model::{
     AlertNotice, AlertRecord, AlertSeverityRecord, HostOutcomeRecord, NotificationKind, NotificationRecord,
     RolloutNotice, RolloutRecord, RolloutStateRecord, UnixMillis,
 };
@@ -121,7 +121,7 @@ pub fn answer(status: u16) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{OperationOutcomeRecord, QuantityRecord, RolloutHostRecord, StrategyRecord};
+    use crate::model::{OperationOutcomeRecord, QuantityRecord, RolloutHostRecord, StrategyRecord};
 
     fn alert(severity: AlertSeverityRecord, operation: &str, raised_at: UnixMillis) -> AlertRecord {
         AlertRecord {

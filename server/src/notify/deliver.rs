@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::decide::{answer, retry_delay, Answer};
 use super::{render, Destination, Format, NotifyConfig, Secret, ID_HEADER, KIND_HEADER, SIGNATURE_HEADER};
 use crate::metrics::Metrics;
-use crate::store::{NotificationRecord, StoreHandle};
+use crate::model::NotificationRecord;
+use crate::store::StoreHandle;
 
 /// Wait after a store error before reading the queue again.
 const STORE_RETRY: Duration = Duration::from_secs(5);

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::store::{
+use crate::model::{
     AlertNotice, AlertSeverityRecord, NotificationKind, NotificationRecord, OperationOutcomeRecord, RolloutNotice,
     UnixMillis,
 };
@@ -148,7 +148,7 @@ pub fn text_line(notification: &NotificationRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RolloutStateRecord;
+    use crate::model::RolloutStateRecord;
     use expect_test::expect;
 
     fn alert(kind: NotificationKind) -> NotificationRecord {
