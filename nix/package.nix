@@ -23,7 +23,9 @@ rustPlatform.buildRustPackage {
         topLevel = builtins.head (lib.splitString "/" relative);
       in
       lib.elem relative [ "Cargo.toml" "Cargo.lock" ]
-      || (lib.elem topLevel [ "proto" "server" "agent" "cli" "tests" ] && !(lib.hasSuffix "/target" relative));
+      || (lib.elem topLevel [ "proto" "server" "agent" "cli" "tests" ] && !(lib.hasSuffix "/target" relative))
+      || lib.hasPrefix "contrib/prometheus" relative
+      || relative == "contrib";
   };
 
   cargoLock.lockFile = ../Cargo.lock;
@@ -31,6 +33,11 @@ rustPlatform.buildRustPackage {
   # Unit tests only: the end-to-end tests in tests/ need the Docker Engine, which the
   # build sandbox does not have (CI runs them).
   cargoTestFlags = [ "--workspace" "--lib" "--bins" ];
+
+  # The alerting rules, for `services.prometheus.ruleFiles` (README.md, "Notifications").
+  postInstall = ''
+    install -Dm444 contrib/prometheus/ccfleet.rules.yml $out/share/ccfleet/prometheus/ccfleet.rules.yml
+  '';
 
   meta = {
     description = "Fleet management for Co-op Cloud apps on NixOS hosts";

@@ -8,6 +8,11 @@ let
   cfg = config.services.ccfleet-server;
   dataDir = "/var/lib/ccfleet-server";
   privilegedPort = cfg.port < 1024 || (cfg.adminPort != null && cfg.adminPort < 1024);
+  notify = cfg.notify;
+  # https anywhere; plain http only to this machine (the server refuses it otherwise too).
+  webhookPattern = "(text\\+)?(https://.+|http://(127\\.[0-9.]+|\\[::1]|localhost)([:/].*)?)";
+  badWebhooks = lib.filter (url: builtins.match webhookPattern url == null) notify.webhooks;
+  outsideStore = path: path == null || (lib.hasPrefix "/" path && !lib.hasPrefix builtins.storeDir path);
 in
 {
   options.services.ccfleet-server = {
@@ -66,6 +71,64 @@ in
       '';
     };
 
+    metricsPort = mkOption {
+      type = types.nullOr types.port;
+      default = null;
+      example = 9464;
+      description = ''
+        Serve Prometheus metrics (plain HTTP, `GET /metrics`) on `127.0.0.1` at this port
+        (`--metrics-listen`); loopback only. Scrape it with a Prometheus on this machine and
+        load the shipped alerting rules:
+        `services.prometheus.ruleFiles = [ "''${config.services.ccfleet-server.package}/share/ccfleet/prometheus/ccfleet.rules.yml" ];`
+      '';
+    };
+
+    notify = {
+      webhooks = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "https://hooks.example.org/ccfleet" "text+https://ntfy.example.org/fleet" ];
+        description = ''
+          Webhooks that receive each alert that opens, escalates or resolves and each rollout
+          that halts or completes (`--notify-webhook`): `https://` URLs, or `http://` to a
+          loopback address; prefixed with `text+`, one line of plain text is posted instead of
+          the JSON body (ntfy). These URLs end up in the Nix store and the unit file, readable
+          by every local user: put URLs that carry a token in `webhooksFile` instead.
+        '';
+      };
+
+      webhooksFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/ccfleet-webhooks";
+        description = ''
+          File with more webhooks, one per line (`--notify-webhooks-file`), for URLs that carry
+          a token (Slack, Mattermost, Matrix hookshot). A path outside the Nix store; handed to
+          the service with systemd's `LoadCredential`, so it may be readable by root only.
+        '';
+      };
+
+      secretFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/ccfleet-webhook-secret";
+        description = ''
+          File holding the key that signs every webhook body (HMAC-SHA256, header
+          `X-Ccfleet-Signature: sha256=<hex>`; `--notify-secret-file`). A path outside the Nix
+          store; handed to the service with `LoadCredential`, so it may be readable by root only.
+        '';
+      };
+
+      queueLimit = mkOption {
+        type = types.ints.between 1 1000000;
+        default = 10000;
+        description = ''
+          Notifications kept undelivered at most (`--notify-queue-limit`); past it the oldest
+          are dropped, logged and counted (`ccfleet_notifications_dropped_total`).
+        '';
+      };
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -82,10 +145,28 @@ in
     };
     users.groups.ccfleet-server = { };
 
-    assertions = [{
-      assertion = cfg.adminPort != cfg.port;
-      message = "services.ccfleet-server.adminPort must differ from services.ccfleet-server.port (${toString cfg.port}).";
-    }];
+    assertions = [
+      {
+        assertion = cfg.adminPort != cfg.port;
+        message = "services.ccfleet-server.adminPort must differ from services.ccfleet-server.port (${toString cfg.port}).";
+      }
+      {
+        assertion = badWebhooks == [ ];
+        message = "services.ccfleet-server.notify.webhooks: ${lib.concatMapStringsSep ", " builtins.toJSON badWebhooks} must be https:// (plain http:// only to 127.0.0.1, [::1] or localhost), optionally prefixed with text+.";
+      }
+      {
+        assertion = outsideStore notify.secretFile;
+        message = "services.ccfleet-server.notify.secretFile must be an absolute path outside the Nix store.";
+      }
+      {
+        assertion = outsideStore notify.webhooksFile;
+        message = "services.ccfleet-server.notify.webhooksFile must be an absolute path outside the Nix store.";
+      }
+      {
+        assertion = notify.secretFile == null || notify.webhooks != [ ] || notify.webhooksFile != null;
+        message = "services.ccfleet-server.notify.secretFile is set but there is no webhook: set notify.webhooks or notify.webhooksFile.";
+      }
+    ];
 
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall
       ([ cfg.port ] ++ lib.optional (cfg.adminPort != null) cfg.adminPort);
@@ -111,7 +192,16 @@ in
         ++ lib.optionals (cfg.adminPort != null) [ "--admin-listen" "${cfg.listenAddress}:${toString cfg.adminPort}" ]
         ++ lib.optionals (cfg.publicUrl != null) [ "--public-url" cfg.publicUrl ]
         ++ lib.concatMap (name: [ "--san" name ]) cfg.serverNames
+        ++ lib.optionals (cfg.metricsPort != null) [ "--metrics-listen" "127.0.0.1:${toString cfg.metricsPort}" ]
+        ++ lib.concatMap (url: [ "--notify-webhook" url ]) notify.webhooks
+        # %d: the unit's credentials directory (LoadCredential below).
+        ++ lib.optionals (notify.webhooksFile != null) [ "--notify-webhooks-file" "%d/notify-webhooks" ]
+        ++ lib.optionals (notify.secretFile != null) [ "--notify-secret-file" "%d/notify-secret" ]
+        ++ lib.optionals (notify.queueLimit != 10000) [ "--notify-queue-limit" (toString notify.queueLimit) ]
         ++ cfg.extraArgs);
+        LoadCredential =
+          lib.optional (notify.webhooksFile != null) "notify-webhooks:${notify.webhooksFile}"
+          ++ lib.optional (notify.secretFile != null) "notify-secret:${notify.secretFile}";
         User = "ccfleet-server";
         Group = "ccfleet-server";
         Restart = "on-failure";

@@ -53,7 +53,7 @@ let
         })
         (unitsNamed "cc-app-" config.systemd.services);
       server = {
-        inherit (config.systemd.services.ccfleet-server.serviceConfig) Type NotifyAccess ExecStart LimitNOFILE;
+        inherit (config.systemd.services.ccfleet-server.serviceConfig) Type NotifyAccess ExecStart LimitNOFILE LoadCredential;
       };
       dockerLiveRestore = config.virtualisation.docker.liveRestore;
     };
@@ -114,6 +114,11 @@ let
     server-url-unset = [{ services.ccfleet-agent.serverUrl = lib.mkForce null; }];
     server-url-plain-http = [{ services.ccfleet-agent.serverUrl = lib.mkForce "http://fleet.example.org:7443"; }];
     admin-port-is-the-port = [{ services.ccfleet-server.adminPort = lib.mkForce 7443; }];
+    webhook-plain-http = [{ services.ccfleet-server.notify.webhooks = lib.mkForce [ "http://hooks.example.org/x" ]; }];
+    webhook-secret-in-store = [{ services.ccfleet-server.notify.secretFile = lib.mkForce "/nix/store/secret"; }];
+    webhook-secret-without-webhook = [{
+      services.ccfleet-server.notify = { webhooks = lib.mkForce [ ]; webhooksFile = lib.mkForce null; };
+    }];
     host-id-invalid = [{ services.ccfleet-agent.hostId = lib.mkForce "Web_1"; }];
     label-key-uppercase = [{ services.ccfleet-agent.labels.Site = "berlin"; }];
     unknown-dependency = [{ services.coop-cloud.apps.wiki.dependsOn = [ "nextcloud" ]; }];

@@ -10,6 +10,12 @@
     enable = true;
     openFirewall = true;
     adminPort = 7444;
+    metricsPort = 9464;
+    notify = {
+      webhooks = [ "text+https://ntfy.example.org/fleet" ];
+      webhooksFile = "/run/secrets/ccfleet-webhooks";
+      secretFile = "/run/secrets/ccfleet-webhook-secret";
+    };
   };
 
   services.coop-cloud = {

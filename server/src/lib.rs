@@ -8,6 +8,7 @@ pub mod edge;
 pub mod fleet;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod rollout;
 pub mod store;
 mod tasks;
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     /// A store request running longer than this marks the server
     /// NOT_SERVING in gRPC health until it finishes.
     pub store_stall_threshold: Duration,
+    /// Webhooks, their signing secret and the notification queue's bounds.
+    pub notify: notify::NotifyConfig,
 }
 
 /// Names every server certificate carries: the loopback names and this
@@ -109,6 +112,7 @@ impl ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 32,
             store_stall_threshold: Duration::from_secs(10),
+            notify: notify::NotifyConfig::new(),
         }
     }
 }
@@ -265,7 +269,16 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let store = StoreHandle::start(store.with_operation_quota(config.operation_quota))
+    let mut store = store.with_operation_quota(config.operation_quota);
+    let destination_ids = config
+        .notify
+        .destinations
+        .iter()
+        .map(|destination| destination.id.clone());
+    store
+        .configure_notifications(destination_ids.collect(), config.notify.queue_limit)
+        .with_context(|| format!("cannot set up the notification queue in {}", config.data_dir.display()))?;
+    let store = StoreHandle::start(store)
         .with_context(|| format!("cannot start the store thread for {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(model::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
@@ -284,6 +297,9 @@ pub async fn serve(
     let sweeper = tokio::spawn(tasks::expire_silent_sessions(fleet.clone()));
     let pruner = tokio::spawn(tasks::prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
+    // Webhook delivery runs on tasks of its own: a slow or dead receiver
+    // holds up nothing but its own queue.
+    let deliveries = notify::deliver::start(&config.notify, &store, &metrics)?;
     let incoming = edge::incoming(listener, acceptor.clone(), limits, metrics.clone());
     let admin_limits = edge::ConnectionLimits {
         max_connections: ADMIN_LISTENER_CONNECTIONS,
@@ -457,6 +473,9 @@ pub async fn serve(
     sweeper.abort();
     pruner.abort();
     watchdog.abort();
+    for delivery in deliveries {
+        delivery.abort();
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -70,7 +70,81 @@ enum Command {
         operation_retention: Duration,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
+}
+
+/// Notifications (README.md, "Notifications").
+#[derive(clap::Args)]
+struct NotifyArgs {
+    /// Post each alert that opens, escalates or resolves and each rollout
+    /// that halts or completes to this webhook (repeatable): https://, or
+    /// http:// to a loopback address; prefix text+ to post one line of plain
+    /// text instead of the JSON body (ntfy and similar).
+    #[arg(long = "notify-webhook", value_name = "URL")]
+    webhooks: Vec<ccfleet_server::notify::Destination>,
+    /// Read more webhooks from this file, one per line (blank lines and
+    /// lines starting with # are skipped): URLs that carry a token stay out
+    /// of the command line and the process list.
+    #[arg(long = "notify-webhooks-file", value_name = "FILE")]
+    webhooks_file: Option<PathBuf>,
+    /// Sign each webhook body with HMAC-SHA256 under the key in this file
+    /// (its bytes, without a trailing newline), sent as
+    /// `X-Ccfleet-Signature: sha256=<hex>`.
+    #[arg(long = "notify-secret-file", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Notifications kept undelivered at most; past it the oldest are
+    /// dropped (counted in ccfleet_notifications_dropped_total, and logged).
+    #[arg(long = "notify-queue-limit", default_value_t = ccfleet_server::store::DEFAULT_NOTIFICATION_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    queue_limit: u64,
+    /// Longest wait between two attempts to reach a webhook (the wait starts
+    /// at 1s and doubles).
+    #[arg(long = "notify-max-retry-delay", default_value = "5m", value_parser = humantime::parse_duration)]
+    max_retry_delay: Duration,
+}
+
+impl NotifyArgs {
+    fn config(self) -> anyhow::Result<ccfleet_server::notify::NotifyConfig> {
+        use ccfleet_server::notify::{Destination, NotifyConfig, Secret};
+        let mut config = NotifyConfig::new();
+        config.destinations = self.webhooks;
+        if let Some(path) = &self.webhooks_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the webhooks file {}", path.display()))?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let destination: Destination = line
+                    .parse()
+                    .with_context(|| format!("{} line {}", path.display(), number + 1))?;
+                config.destinations.push(destination);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for destination in &config.destinations {
+            if !seen.insert(destination.id.clone()) {
+                anyhow::bail!("webhook {destination} is given twice");
+            }
+        }
+        if let Some(path) = &self.secret_file {
+            config.secret = Some(Secret::read(path)?);
+            if config.destinations.is_empty() {
+                anyhow::bail!(
+                    "--notify-secret-file is given but no webhook (--notify-webhook or --notify-webhooks-file)"
+                );
+            }
+        }
+        config.queue_limit = self.queue_limit as usize;
+        if self.max_retry_delay < Duration::from_secs(1) {
+            anyhow::bail!("--notify-max-retry-delay must be at least 1s");
+        }
+        config.max_retry_delay = self.max_retry_delay;
+        Ok(config)
+    }
 }
 
 /// The network edge's limits (README.md, "Limits").
@@ -132,7 +206,9 @@ fn main() -> anyhow::Result<()> {
             operation_quota,
             operation_retention,
             limits,
+            notify,
         } => {
+            let notify = notify.config()?;
             if limits.idle_timeout <= limits.keepalive_interval {
                 anyhow::bail!(
                     "--idle-timeout ({:?}) must be longer than --keepalive-interval ({:?}), or idle but live clients are cut",
@@ -200,6 +276,7 @@ fn main() -> anyhow::Result<()> {
                 config.max_concurrent_streams = limits.max_concurrent_streams;
                 config.store_stall_threshold = limits.store_stall_threshold;
                 config.server_names.extend(server_names);
+                config.notify = notify;
                 let listeners = ccfleet_server::Listeners {
                     main: listener,
                     metrics: metrics_listener,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::fleet::Fleet;
-use crate::store::{StoreHandle, StoreStatsSnapshot};
+use crate::store::{FleetGauges, StoreHandle, StoreStatsSnapshot, ROLLOUT_STATES, SEVERITIES};
 
 /// Counters updated by the services.
 #[derive(Debug, Default)]
@@ -37,6 +37,12 @@ pub struct Metrics {
     pub store_stalled: AtomicU64,
     /// Seconds the store's current job has been running (0 when idle).
     pub store_busy_seconds: AtomicU64,
+    /// Webhook requests answered 2xx.
+    pub notifications_delivered: AtomicU64,
+    /// Webhook attempts that failed and will be tried again.
+    pub notifications_retried: AtomicU64,
+    /// Notifications a webhook refused for good (3xx, most 4xx).
+    pub notifications_rejected: AtomicU64,
     pools: std::sync::OnceLock<ConnectionPools>,
 }
 
@@ -81,7 +87,13 @@ impl Metrics {
     }
 
     /// The exposition text, with the gauges read now.
-    pub fn render(&self, connected_agents: usize, hosts: usize, store: StoreStatsSnapshot) -> String {
+    pub fn render(
+        &self,
+        connected_agents: usize,
+        hosts: usize,
+        store: StoreStatsSnapshot,
+        gauges: &FleetGauges,
+    ) -> String {
         let mut text = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -134,6 +146,55 @@ impl Metrics {
             "counter",
             "Host certificates renewed over mTLS.",
             &[("", load(&self.certificates_renewed))],
+        );
+        let severity_names = ["unknown", "warning", "critical"];
+        let alerts: Vec<(String, u64)> = SEVERITIES
+            .iter()
+            .zip(severity_names)
+            .map(|(severity, name)| (format!("{{severity=\"{name}\"}}"), gauges.alerts_open(*severity)))
+            .collect();
+        let alerts: Vec<(&str, u64)> = alerts.iter().map(|(labels, value)| (labels.as_str(), *value)).collect();
+        metric(
+            "ccfleet_alerts_open",
+            "gauge",
+            "Open alerts (one per app at most), by severity.",
+            &alerts,
+        );
+        let rollouts: Vec<(String, u64)> = ROLLOUT_STATES
+            .iter()
+            .map(|state| (format!("{{state=\"{}\"}}", state.name()), gauges.rollouts(*state)))
+            .collect();
+        let rollouts: Vec<(&str, u64)> = rollouts
+            .iter()
+            .map(|(labels, value)| (labels.as_str(), *value))
+            .collect();
+        metric(
+            "ccfleet_rollouts",
+            "gauge",
+            "Stored rollouts by state (settled ones stay counted).",
+            &rollouts,
+        );
+        metric(
+            "ccfleet_notifications_queued",
+            "gauge",
+            "Notifications in the durable queue that some webhook has not received yet.",
+            &[("", gauges.notifications_queued())],
+        );
+        metric(
+            "ccfleet_notifications_dropped_total",
+            "counter",
+            "Notifications dropped undelivered because the queue was full (--notify-queue-limit).",
+            &[("", gauges.notifications_dropped())],
+        );
+        metric(
+            "ccfleet_notification_attempts_total",
+            "counter",
+            "Webhook requests by outcome: delivered (2xx), retried (no answer, 408, 425, 429, 5xx), rejected (other statuses; not retried).",
+            &[
+                ("{outcome=\"delivered\"}", load(&self.notifications_delivered)),
+                ("{outcome=\"retried\"}", load(&self.notifications_retried)),
+                ("{outcome=\"rejected\"}", load(&self.notifications_rejected)),
+            ],
         );
         let (open, max) = self.connections_open();
         metric(
@@ -289,7 +350,10 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, fleet: &Fleet, store: 
         // The host count comes from the listing index: a scrape never
         // queues behind the store thread's writes.
         let hosts = store.listings().counts().0;
-        ("200 OK", metrics.render(fleet.online_count(), hosts, store.stats()))
+        (
+            "200 OK",
+            metrics.render(fleet.online_count(), hosts, store.stats(), store.gauges()),
+        )
     } else {
         ("404 Not Found", "only GET /metrics is served here\n".to_owned())
     };
@@ -317,7 +381,7 @@ mod tests {
             flush_nanos: 1_500_000,
             ..StoreStatsSnapshot::default()
         };
-        let text = metrics.render(3, 5, store);
+        let text = metrics.render(3, 5, store, &FleetGauges::default());
         assert!(
             text.contains("ccfleet_store_requests_total{kind=\"write\"} 7\n"),
             "{text}"

@@ -196,7 +196,7 @@ async fn a_stuck_store_turns_health_not_serving_until_it_answers_again() {
     wait_for_health(&health, ServingStatus::NotServing, &metrics).await;
     assert_eq!(metrics.store_stalled.load(Ordering::Relaxed), 1);
     assert!(metrics
-        .render(0, 0, Default::default())
+        .render(0, 0, Default::default(), &Default::default())
         .contains("ccfleet_store_stalled 1"));
 
     release.send(()).unwrap();

@@ -13,6 +13,7 @@ pub mod load;
 pub mod server;
 pub mod simulated;
 pub mod store_crash;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

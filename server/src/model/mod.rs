@@ -4,9 +4,11 @@
 //! with them; `api::convert` turns them into wire messages and back.
 
 mod audit;
+mod notifications;
 mod records;
 mod rollouts;
 
 pub use audit::AuditRecord;
+pub use notifications::*;
 pub use records::*;
 pub use rollouts::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{ListingIndex, Store, StoreError};
+use super::{FleetGauges, ListingIndex, Store, StoreError};
 
 /// A job runs on the store thread; a write returns the reply to send once
 /// its batch has been flushed.
@@ -92,6 +92,10 @@ pub struct StoreHandle {
     /// The store's listing index, read here without a trip to the thread.
     listings: Arc<ListingIndex>,
     stats: Arc<StoreStats>,
+    /// Open alerts, rollouts and the notification queue, kept by the store.
+    gauges: Arc<FleetGauges>,
+    /// Wakes the notification delivery tasks when something is queued.
+    notification_waker: tokio::sync::watch::Receiver<u64>,
 }
 
 impl StoreHandle {
@@ -110,6 +114,8 @@ impl StoreHandle {
     /// Starts the store thread over an opened store.
     pub fn start(store: Store) -> Result<StoreHandle, StoreError> {
         let listings = store.listing_index();
+        let gauges = store.gauges();
+        let notification_waker = store.notification_waker();
         let (jobs, inbox) = std_mpsc::channel::<Job>();
         let busy_since = Arc::new(AtomicU64::new(0));
         let busy = busy_since.clone();
@@ -128,7 +134,20 @@ impl StoreHandle {
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             listings,
             stats,
+            gauges,
+            notification_waker,
         })
+    }
+
+    /// The gauges the store keeps (open alerts, rollouts by state, the
+    /// notification queue).
+    pub fn gauges(&self) -> &FleetGauges {
+        &self.gauges
+    }
+
+    /// Changes whenever a notification is queued.
+    pub fn notification_waker(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notification_waker.clone()
     }
 
     /// Stops the store thread after the requests queued so far, flushes and

@@ -212,11 +212,13 @@ impl Store {
             time_keys.push(listings::time_key(operation.updated_at, &operation_key));
             operation_keys.push(operation_key);
         }
-        let alert_keys: Vec<sled::IVec> = self
-            .alerts
-            .scan_prefix(prefix(&[host_id.as_str()]))
-            .keys()
-            .collect::<Result<_, _>>()?;
+        let mut alert_keys: Vec<sled::IVec> = Vec::new();
+        let mut alert_severities = Vec::new();
+        for entry in self.alerts.scan_prefix(prefix(&[host_id.as_str()])) {
+            let (alert_key, value) = entry?;
+            alert_severities.push(decode::<AlertRecord>(ALERTS, &value)?.severity);
+            alert_keys.push(alert_key);
+        }
         (
             &self.certificates,
             &self.hosts,
@@ -249,6 +251,9 @@ impl Store {
             .map_err(storage_error)?;
         self.index.remove_host(host_id);
         self.forget_operation_count(host_id);
+        for severity in alert_severities {
+            self.gauges.alert_changed(Some(severity), None);
+        }
         Ok(Some(revoked.into_iter().map(|(serial, _)| serial).collect()))
     }
 

@@ -51,34 +51,50 @@ impl Store {
     pub(super) fn write_alert(&self, host: &HostRecord, alert: &AlertEventRecord) -> Result<(), StoreError> {
         let host_value = encode(host)?;
         let alert_key = key(&[host.host_id.as_str(), alert.domain.as_str()]);
-        let alert_value = if alert.cleared {
-            None
-        } else {
-            Some(encode(&AlertRecord {
-                host_id: host.host_id.clone(),
-                domain: alert.domain.clone(),
-                recipe: alert.recipe.clone(),
-                from_version: alert.from_version.clone(),
-                to_version: alert.to_version.clone(),
-                outcome: alert.outcome,
-                severity: alert.severity,
-                reason: alert.reason.clone(),
-                operation_id: alert.operation_id.clone(),
-                snapshot_path: alert.snapshot_path.clone(),
-                raised_at: alert.raised_at,
-            })?)
-        };
-        (&self.hosts, &self.alerts)
-            .transaction(|(hosts, alerts)| {
+        let previous: Option<AlertRecord> = self
+            .alerts
+            .get(&alert_key)?
+            .map(|bytes| decode(ALERTS, &bytes))
+            .transpose()?;
+        let next = (!alert.cleared).then(|| AlertRecord {
+            host_id: host.host_id.clone(),
+            domain: alert.domain.clone(),
+            recipe: alert.recipe.clone(),
+            from_version: alert.from_version.clone(),
+            to_version: alert.to_version.clone(),
+            outcome: alert.outcome,
+            severity: alert.severity,
+            reason: alert.reason.clone(),
+            operation_id: alert.operation_id.clone(),
+            snapshot_path: alert.snapshot_path.clone(),
+            raised_at: alert.raised_at,
+        });
+        let alert_value = next.as_ref().map(encode).transpose()?;
+        // Queued in the same transaction as the alert it announces.
+        let queued = self.prepare_notification(crate::notify::decide::alert_notification(
+            previous.as_ref(),
+            next.as_ref(),
+            super::now_millis(),
+        ))?;
+        (&self.hosts, &self.alerts, &self.notifications.tree)
+            .transaction(|(hosts, alerts, notifications)| {
                 hosts.insert(host.host_id.as_str(), host_value.clone())?;
                 match &alert_value {
                     Some(value) => alerts.insert(alert_key.clone(), value.clone())?,
                     None => alerts.remove(alert_key.clone())?,
                 };
+                if let Some(queued) = &queued {
+                    notifications.insert(&queued.key, queued.value.clone())?;
+                }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(storage_error)?;
         self.index.put_host(host);
+        self.gauges.alert_changed(
+            previous.map(|previous| previous.severity),
+            next.map(|next| next.severity),
+        );
+        self.notifications_queued(queued.as_slice())?;
         Ok(())
     }
 

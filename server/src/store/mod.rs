@@ -20,6 +20,9 @@ mod index;
 mod index_tests;
 mod keys;
 mod listings;
+mod notifications;
+#[cfg(test)]
+mod notifications_tests;
 mod rollouts;
 #[cfg(test)]
 mod tests;
@@ -35,6 +38,7 @@ pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::{StoreHandle, StoreStatsSnapshot};
 pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
+pub use notifications::{FleetGauges, DEFAULT_NOTIFICATION_LIMIT, ROLLOUT_STATES, SEVERITIES};
 pub use rollouts::RolloutChange;
 
 use crate::model::*;
@@ -115,6 +119,10 @@ pub struct Store {
     /// Hosts and apps in memory for the admin listings; every write of the
     /// hosts or apps tree updates it after its transaction succeeded.
     index: std::sync::Arc<ListingIndex>,
+    /// The durable notification queue (`notifications.rs`).
+    notifications: notifications::NotificationQueue,
+    /// Open alerts, rollouts by state and the queue's size, for `/metrics`.
+    gauges: std::sync::Arc<FleetGauges>,
 }
 
 impl Store {
@@ -160,10 +168,13 @@ impl Store {
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
             index: Default::default(),
+            notifications: notifications::NotificationQueue::open(&db)?,
+            gauges: Default::default(),
             db,
         };
         store.index_operations_if_missing()?;
         store.build_listing_index()?;
+        store.count_gauges()?;
         Ok(store)
     }
 

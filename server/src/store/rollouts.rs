@@ -32,11 +32,23 @@ impl Store {
     pub fn put_rollouts(&self, changes: Vec<RolloutChange>) -> Result<(), StoreError> {
         let mut headers = Vec::with_capacity(changes.len());
         let mut hosts = Vec::new();
+        let mut queued = Vec::new();
+        let mut states = Vec::with_capacity(changes.len());
         for RolloutChange {
             mut rollout,
             changed_hosts,
         } in changes
         {
+            let before = self
+                .rollouts
+                .get(rollout.id.as_bytes())?
+                .map(|bytes| decode::<super::notifications::RolloutHeader>(ROLLOUTS, &bytes))
+                .transpose()?
+                .map(|header| header.state);
+            // Decided over the whole record, before its hosts are split off.
+            let notification = crate::notify::decide::rollout_notification(before, &rollout, super::now_millis());
+            queued.extend(self.prepare_notification(notification)?);
+            states.push((before, rollout.state));
             let all_hosts = std::mem::take(&mut rollout.hosts);
             let positions = changed_hosts.unwrap_or_else(|| (0..all_hosts.len()).collect());
             for position in positions {
@@ -46,17 +58,25 @@ impl Store {
             }
             headers.push((rollout.id.clone(), encode(&rollout)?));
         }
-        (&self.rollouts, &self.rollout_hosts)
-            .transaction(|(rollouts, rollout_hosts)| {
+        (&self.rollouts, &self.rollout_hosts, &self.notifications.tree)
+            .transaction(|(rollouts, rollout_hosts, notifications)| {
                 for (id, header) in &headers {
                     rollouts.insert(id.as_bytes(), header.clone())?;
                 }
                 for (key, host) in &hosts {
                     rollout_hosts.insert(key.clone(), host.clone())?;
                 }
+                // Queued with the transition they announce.
+                for notification in &queued {
+                    notifications.insert(&notification.key, notification.value.clone())?;
+                }
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(super::storage_error)?;
+        for (before, after) in states {
+            self.gauges.rollout_changed(before, after);
+        }
+        self.notifications_queued(&queued)?;
         Ok(())
     }
 

@@ -12,6 +12,8 @@ mod edge;
 mod fleet;
 mod listing;
 mod nix;
+mod notify;
+mod prometheus;
 mod readiness;
 mod rollout;
 mod secrets;

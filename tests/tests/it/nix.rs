@@ -235,6 +235,20 @@ fn example_host_evaluates_and_its_agent_config_is_accepted() {
         "{server_command}"
     );
     assert_eq!(example["server"]["LimitNOFILE"], 65536);
+    assert!(
+        server_command.contains(
+            "--metrics-listen 127.0.0.1:9464 --notify-webhook text+https://ntfy.example.org/fleet \
+             --notify-webhooks-file %d/notify-webhooks --notify-secret-file %d/notify-secret"
+        ),
+        "{server_command}"
+    );
+    assert_eq!(
+        example["server"]["LoadCredential"],
+        json!([
+            "notify-webhooks:/run/secrets/ccfleet-webhooks",
+            "notify-secret:/run/secrets/ccfleet-webhook-secret"
+        ])
+    );
     // The server says READY=1 when it answers (readiness::every_first_start_under_load_answers_at_once).
     assert_eq!(
         (&example["server"]["Type"], &example["server"]["NotifyAccess"]),
@@ -456,6 +470,9 @@ fn each_hostile_declaration_fails_one_assertion_naming_the_option() {
         ("server-url-unset", "services.ccfleet-agent.serverUrl is not set: set it to your ccfleet server's URL"),
         ("server-url-plain-http", "services.ccfleet-agent.serverUrl = \"http://fleet.example.org:7443\" uses plain http"),
         ("admin-port-is-the-port", "services.ccfleet-server.adminPort must differ from services.ccfleet-server.port (7443)"),
+        ("webhook-plain-http", "services.ccfleet-server.notify.webhooks: \"http://hooks.example.org/x\" must be https://"),
+        ("webhook-secret-in-store", "services.ccfleet-server.notify.secretFile must be an absolute path outside the Nix store"),
+        ("webhook-secret-without-webhook", "services.ccfleet-server.notify.secretFile is set but there is no webhook"),
         ("host-id-invalid", "services.ccfleet-agent.hostId = \"Web_1\" may only contain lowercase"),
         ("label-key-uppercase", "services.ccfleet-agent.labels: the key \"Site\""),
         ("unknown-dependency", "services.coop-cloud.apps.wiki.dependsOn names \"nextcloud\""),
