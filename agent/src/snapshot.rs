@@ -30,6 +30,8 @@ mod store;
 mod tree;
 
 #[cfg(test)]
+mod hardening_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
