@@ -849,3 +849,49 @@ async fn a_fleet_rollout_skips_an_app_pinned_by_its_host() {
     assert_eq!(world.running().as_deref(), Some(V1_3));
     assert!(world.alert().is_none());
 }
+
+/// Unmounts a file system mounted by a test when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_during_the_snapshot_holds_the_upgrade_and_blocks_nothing() {
+    let world = World::start("upfull", true, false).await;
+    world.seed();
+    // Many small files, and the snapshots on a tmpfs with too few inodes
+    // for them: the free-space check (bytes) passes, then the copy runs out
+    // of room half way, as when something else fills the disk meanwhile.
+    for index in 0..50 {
+        std::fs::write(world.volume().join(format!("note-{index:02}")), b"x").unwrap();
+    }
+    let disk = world.test.path().join("state").join("snapshots");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=20,mode=0700", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs on {} (needs root)", disk.display());
+    let _unmount = Unmount(disk.clone());
+
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-full"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "HELD", "{report}\n{stderr}\n{}", world.agent().log());
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("no snapshot, no upgrade: no room for the snapshot"), "{reason}");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    // The partial snapshot is gone, the old version runs, nothing blocks the app.
+    assert!(!world.snapshots().join("op-full").exists());
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["blocked_by"], Value::Null, "{status}");
+    let alert = world.alert().expect("an alert file");
+    assert_eq!(alert["outcome"], "HELD");
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+}
