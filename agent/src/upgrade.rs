@@ -187,6 +187,26 @@ impl Settings {
     }
 }
 
+/// Which containers (of any stack or none) still mount one of `volumes`,
+/// as a reason to refuse a snapshot or a restore; `None` when none does. A
+/// failed Docker query is a reason too: nothing proves the volume is idle.
+async fn mounted_by_containers(reconciler: &Reconciler, volumes: &[VolumeSource]) -> Option<String> {
+    for volume in volumes {
+        match reconciler.docker().containers_using_volume(&volume.name).await {
+            Ok(containers) if containers.is_empty() => {}
+            Ok(containers) => {
+                return Some(format!(
+                    "volume {} is mounted by container {}; stop it first",
+                    volume.name,
+                    containers.join(", ")
+                ))
+            }
+            Err(error) => return Some(error_chain(&error)),
+        }
+    }
+    None
+}
+
 /// Runs the transaction. One per agent, shared by the reconcilers that
 /// replace each other on reloads.
 #[derive(Debug)]
@@ -571,6 +591,9 @@ impl Upgrader {
         if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
             return refused;
         }
+        if let Some(problem) = mounted_by_containers(reconciler, &volumes).await {
+            return StepResult::Refused(format!("cannot snapshot: {problem}"));
+        }
         let store = self.snapshots.clone();
         let (domain, id) = (app.domain.clone(), record.id.clone());
         record.snapshot = Some(self.snapshots.dir_of(&domain, &id));
@@ -585,7 +608,9 @@ impl Upgrader {
                 tracing::info!(app = %app.domain, dir = %snapshot.dir.display(), bytes = snapshot.manifest.total_bytes, "snapshot taken");
                 StepResult::Ok
             }
-            Ok(Err(error @ SnapshotError::NoRoom { .. })) => StepResult::Refused(error_chain(&error)),
+            // No room (before or while copying) holds the upgrade; the
+            // store has removed a partial copy.
+            Ok(Err(error)) if error.is_no_room() => StepResult::Refused(error_chain(&error)),
             Ok(Err(error)) => StepResult::Failed(error_chain(&error)),
             Err(panic) => StepResult::Failed(format!("the snapshot task failed: {panic}")),
         }
@@ -633,6 +658,9 @@ impl Upgrader {
             Err(StepResult::Refused(reason)) => return StepResult::Failed(reason),
             Err(result) => return result,
         };
+        if let Some(problem) = mounted_by_containers(reconciler, &volumes).await {
+            return StepResult::Failed(format!("cannot restore: {problem}"));
+        }
         let store = self.snapshots.clone();
         let (domain, id) = (app.domain.clone(), record.id.clone());
         let restored = tokio::task::spawn_blocking(move || {

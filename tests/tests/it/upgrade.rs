@@ -11,7 +11,7 @@ use std::time::Duration;
 use ccfleet_agent::snapshot::{walk, ManifestEntry};
 use ccfleet_tests::agent::AgentProcess;
 use ccfleet_tests::docker::{
-    deployed_version, free_port, volume_mountpoint, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES,
+    deployed_version, docker, free_port, volume_mountpoint, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES,
     V1_4_MIGRATES_THEN_FAILS_HTTP, V1_5_NEVER_CONVERGES, V1_6_HTTP_FAILS, V2_0,
 };
 use ccfleet_tests::server::TestServer;
@@ -894,4 +894,39 @@ async fn a_disk_that_fills_up_during_the_snapshot_holds_the_upgrade_and_blocks_n
     assert_eq!(alert["outcome"], "HELD");
     let output = world.agent().command(&["apply", &world.domain, "--wait"]);
     assert!(output.status.success(), "{}", output_text(&output));
+}
+
+/// Removes a container started by a test when dropped.
+struct RemoveContainer(String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_while_any_container_mounts_the_volume() {
+    let world = World::start("upmounted", true, false).await;
+    world.seed();
+    // A container outside the stack (no stack label) that mounts the volume.
+    let volume = format!("{}_data", world.domain.replace('.', "_"));
+    let name = format!("{}-intruder", world.domain.replace('.', "-"));
+    let mount = format!("{volume}:/data");
+    let started = docker(&[
+        "run", "-d", "--name", &name, "-v", &mount, "ccfleet-fixture-web:1.3.0", "/bin/busybox", "sleep", "600",
+    ]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let _remove = RemoveContainer(name.clone());
+
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-mounted"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "HELD", "{report}\n{stderr}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("cannot snapshot: volume {volume} is mounted by container {name}")),
+        "{reason}"
+    );
+    assert!(!world.snapshots().join("op-mounted").exists());
+    assert_eq!(world.running().as_deref(), Some(V1_3));
 }
