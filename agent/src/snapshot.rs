@@ -208,7 +208,10 @@ impl SnapshotError {
     /// before copying, or the disk or quota filled up while copying): the
     /// upgrade is then held, not failed.
     pub fn is_no_room(&self) -> bool {
-        matches!(self, SnapshotError::NoRoom { .. } | SnapshotError::NoRoomWhileCopying { .. })
+        matches!(
+            self,
+            SnapshotError::NoRoom { .. } | SnapshotError::NoRoomWhileCopying { .. }
+        )
     }
 
     /// Whether this is a write that failed with ENOSPC or EDQUOT.

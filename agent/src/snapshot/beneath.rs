@@ -189,7 +189,8 @@ impl Beneath {
     pub(crate) fn create_file(&self, relative: &str) -> Result<File, SnapshotError> {
         let (parent, name) = self.parent(relative)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rfs::openat(&parent, name, flags, Mode::from_raw_mode(0o600)).map_err(self.fail("create", relative))?;
+        let fd =
+            rfs::openat(&parent, name, flags, Mode::from_raw_mode(0o600)).map_err(self.fail("create", relative))?;
         Ok(File::from(fd))
     }
 
@@ -215,7 +216,11 @@ impl Beneath {
     /// any other kind of entry otherwise (never what a symlink points to).
     pub(crate) fn remove(&self, relative: &str, directory: bool) -> Result<(), SnapshotError> {
         let (parent, name) = self.parent(relative)?;
-        let flags = if directory { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+        let flags = if directory {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
         rfs::unlinkat(&parent, name, flags).map_err(self.fail("remove", relative))
     }
 

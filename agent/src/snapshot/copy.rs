@@ -67,7 +67,8 @@ pub(crate) fn copy_tree(
             EntryKind::File => {
                 let file = to.create_file(&path)?;
                 let source_file = from.open_file(&path)?;
-                let (size, sha256) = tree::read_sparse(&source_file, Some(&file), &from.path_of(&path), &to.path_of(&path))?;
+                let (size, sha256) =
+                    tree::read_sparse(&source_file, Some(&file), &from.path_of(&path), &to.path_of(&path))?;
                 Content::File { size, sha256 }
             }
             EntryKind::Symlink => {
@@ -89,7 +90,9 @@ pub(crate) fn copy_tree(
         }
         entries.push(entry);
     }
-    finish_directories(&to, &entries, tree::copy_mode, |path| modified.get(path).copied().flatten())?;
+    finish_directories(&to, &entries, tree::copy_mode, |path| {
+        modified.get(path).copied().flatten()
+    })?;
     sync_file_system(&to)?;
     Ok((entries, skipped))
 }
@@ -150,7 +153,12 @@ pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry])
                 }
                 let file = live.create_file(&entry.path)?;
                 let source = copy.open_file(&entry.path)?;
-                tree::read_sparse(&source, Some(&file), &copy.path_of(&entry.path), &live.path_of(&entry.path))?;
+                tree::read_sparse(
+                    &source,
+                    Some(&file),
+                    &copy.path_of(&entry.path),
+                    &live.path_of(&entry.path),
+                )?;
                 let modified = source.metadata().ok().and_then(|metadata| metadata.modified().ok());
                 apply_metadata_to(&live, &file, entry, entry.mode, modified)?;
             }
@@ -177,11 +185,7 @@ pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry])
         &live,
         manifest,
         |mode| mode,
-        |path| {
-            copy.metadata(path)
-                .ok()
-                .and_then(|metadata| metadata.modified().ok())
-        },
+        |path| copy.metadata(path).ok().and_then(|metadata| metadata.modified().ok()),
     )?;
     sync_file_system(&live)
 }

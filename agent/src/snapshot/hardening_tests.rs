@@ -107,7 +107,12 @@ async fn a_local_user_can_neither_reach_a_snapshot_nor_run_anything_from_it_setu
         op_dir.join("volumes"),
     ];
     for dir in &private {
-        assert_eq!((mode_of(dir), fs::metadata(dir).unwrap().uid()), (0o700, 0), "{}", dir.display());
+        assert_eq!(
+            (mode_of(dir), fs::metadata(dir).unwrap().uid()),
+            (0o700, 0),
+            "{}",
+            dir.display()
+        );
     }
     let copy = op_dir.join("volumes/blog_example_org_data/id-setuid");
     assert_eq!(mode_of(&copy), 0o755, "the copy has no setuid bit");
@@ -119,7 +124,12 @@ async fn a_local_user_can_neither_reach_a_snapshot_nor_run_anything_from_it_setu
     let test = Path::new("/usr/bin/test");
     assert_eq!(as_nobody(test, &["-d", state.to_str().unwrap()]).await.0, Some(0));
     for path in [&state.join("snapshots/blog.example.org"), &op_dir, &copy] {
-        assert_eq!(as_nobody(test, &["-e", path.to_str().unwrap()]).await.0, Some(1), "{}", path.display());
+        assert_eq!(
+            as_nobody(test, &["-e", path.to_str().unwrap()]).await.0,
+            Some(1),
+            "{}",
+            path.display()
+        );
     }
     let (code, output) = as_nobody(&copy, &["-u"]).await;
     assert_ne!(code, Some(0), "{output}");
@@ -170,7 +180,12 @@ fn the_state_directory_of_another_owner_is_refused_with_the_reason() {
     fs::remove_dir(domain_dir.join("op-1")).unwrap();
     symlink("/tmp", domain_dir.join("op-2")).unwrap();
     let error = secure_state_dir(&state).unwrap_err();
-    assert!(error.to_string().ends_with("op-2 is a symlink, not a directory; refusing to use it"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .ends_with("op-2 is a symlink, not a directory; refusing to use it"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -201,7 +216,10 @@ fn private_directory_rule_as_a_table() {
         Refuse("is a symlink, not a directory; refusing to use it")
         Refuse("is not a directory")"#]]
     .assert_eq(&table);
-    assert_eq!(private_dir_step(true, false, 0, 0o2700, 0), PrivateDirStep::Narrow { from: 0o2700 });
+    assert_eq!(
+        private_dir_step(true, false, 0, 0o2700, 0),
+        PrivateDirStep::Narrow { from: 0o2700 }
+    );
 }
 
 /// Everything about a tree that an escape could change: each entry's kind,
@@ -279,7 +297,11 @@ fn a_symlink_swapped_in_during_restore_never_leads_outside_the_volume() {
         }
         stop.store(true, Ordering::Relaxed);
         racer.join().unwrap();
-        assert_eq!(fingerprint(&sentinel), sentinel_before, "run {run}: the sentinel changed");
+        assert_eq!(
+            fingerprint(&sentinel),
+            sentinel_before,
+            "run {run}: the sentinel changed"
+        );
         // Tidy up what the racer may have left, for the next run.
         if fs::symlink_metadata(live.join("d")).is_ok_and(|metadata| metadata.file_type().is_symlink()) {
             fs::remove_file(live.join("d")).unwrap();
@@ -301,7 +323,11 @@ fn fifos_are_recorded_and_recreated_and_sockets_skipped_and_removed() {
     let scratch = tempfile::tempdir().unwrap();
     let data = volume(scratch.path(), "blog_example_org_data");
     let live = &data.mountpoint;
-    nix::unistd::mkfifo(&live.join("control.fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &live.join("control.fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     mode(&live.join("control.fifo"), 0o620);
     chown(live.join("control.fifo"), Some(33), Some(33)).unwrap();
     let _listener = std::os::unix::net::UnixListener::bind(live.join("app.sock")).unwrap();
@@ -311,7 +337,11 @@ fn fifos_are_recorded_and_recreated_and_sockets_skipped_and_removed() {
     let snapshot = store.take(&domain(), "op-1", &volumes).unwrap();
     store.verify(&snapshot, &volumes).unwrap();
     let recorded = &snapshot.manifest.volumes[0];
-    let fifo = recorded.entries.iter().find(|entry| entry.path == "control.fifo").unwrap();
+    let fifo = recorded
+        .entries
+        .iter()
+        .find(|entry| entry.path == "control.fifo")
+        .unwrap();
     assert_eq!((fifo.kind, fifo.mode, fifo.uid), (EntryKind::Fifo, 0o620, 33));
     assert_eq!(
         recorded.skipped,
@@ -379,15 +409,26 @@ fn sparse_files_stay_sparse_in_the_snapshot_and_after_a_restore() {
     let copy = snapshot.dir.join("volumes/blog_example_org_data/disk.img");
     assert_eq!(fs::metadata(&copy).unwrap().len(), 24 * MIB);
     assert!(allocated(&copy) < MIB, "the copy occupies {} bytes", allocated(&copy));
-    let entry = &snapshot.manifest.volumes[0].entries.iter().find(|entry| entry.path == "disk.img").unwrap();
+    let entry = &snapshot.manifest.volumes[0]
+        .entries
+        .iter()
+        .find(|entry| entry.path == "disk.img")
+        .unwrap();
     assert_eq!(entry.size, 24 * MIB);
 
     // The new version filled the holes; the restore brings them back.
     fs::write(&sparse, vec![1_u8; 24 * MIB as usize]).unwrap();
     store.restore(&snapshot, &volumes).unwrap();
-    assert!(allocated(&sparse) < MIB, "the restored file occupies {} bytes", allocated(&sparse));
+    assert!(
+        allocated(&sparse) < MIB,
+        "the restored file occupies {} bytes",
+        allocated(&sparse)
+    );
     let restored = fs::read(&sparse).unwrap();
-    assert_eq!((restored[0], restored[MIB as usize], restored[12 * MIB as usize]), (7, 0, 9));
+    assert_eq!(
+        (restored[0], restored[MIB as usize], restored[12 * MIB as usize]),
+        (7, 0, 9)
+    );
 }
 
 /// A tmpfs mounted for the life of the value (the test runs as root).
@@ -399,8 +440,14 @@ impl Tmpfs {
     fn mount(options: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let data = std::ffi::CString::new(options).unwrap();
-        rustix::mount::mount("tmpfs", dir.path(), "tmpfs", rustix::mount::MountFlags::empty(), data.as_c_str())
-            .unwrap_or_else(|errno| panic!("cannot mount a tmpfs ({options}) as root: {errno}"));
+        rustix::mount::mount(
+            "tmpfs",
+            dir.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .unwrap_or_else(|errno| panic!("cannot mount a tmpfs ({options}) as root: {errno}"));
         Tmpfs { dir }
     }
 
@@ -426,12 +473,15 @@ fn a_disk_that_fills_up_while_copying_is_no_room_and_leaves_nothing_behind() {
         fs::write(data.mountpoint.join(format!("file-{index:03}")), b"x").unwrap();
     }
     let store = SnapshotStore::new(disk.path().join("snapshots"));
-    let error = store.take(&domain(), "op-1", &[data.clone()]).unwrap_err();
+    let error = store.take(&domain(), "op-1", &[data]).unwrap_err();
     assert!(error.is_no_room(), "{error:?}");
     let message = ccfleet_proto::error_chain(&error);
     assert!(message.starts_with("no room for the snapshot: "), "{message}");
     assert!(message.contains("No space left on device"), "{message}");
-    assert!(!store.dir_of(&domain(), "op-1").exists(), "the partial snapshot is removed");
+    assert!(
+        !store.dir_of(&domain(), "op-1").exists(),
+        "the partial snapshot is removed"
+    );
     assert_eq!(store.list(&domain()).unwrap(), vec![]);
 
     // A file larger than the disk: ENOSPC on data, same outcome.
@@ -444,8 +494,11 @@ fn a_disk_that_fills_up_while_copying_is_no_room_and_leaves_nothing_behind() {
     assert!(matches!(error, SnapshotError::NoRoom { .. }), "{error:?}");
     assert!(error.is_no_room());
     // Copied regardless of the check, the data itself hits ENOSPC.
-    let error = copy::copy_tree(&scratch.path().join("volumes/blog_example_org_big/_data"), &small.path().join("copy"))
-        .unwrap_err();
+    let error = copy::copy_tree(
+        &scratch.path().join("volumes/blog_example_org_big/_data"),
+        &small.path().join("copy"),
+    )
+    .unwrap_err();
     assert!(error.is_out_of_space(), "{error:?}");
 }
 

@@ -11,8 +11,8 @@ use ccfleet_proto::Domain;
 use super::beneath::Beneath;
 use super::{
     as_stored_in_copy, check_room, compare, copy, room_needed, tree, walk, EntryKind, Manifest, Snapshot,
-    SnapshotError, SnapshotInfo, VolumeManifest, VolumeSource, MANIFEST_FILE, MANIFEST_FORMAT,
-    OLDEST_MANIFEST_FORMAT, VERIFIED_FILE, VOLUMES_DIR,
+    SnapshotError, SnapshotInfo, VolumeManifest, VolumeSource, MANIFEST_FILE, MANIFEST_FORMAT, OLDEST_MANIFEST_FORMAT,
+    VERIFIED_FILE, VOLUMES_DIR,
 };
 
 /// The snapshots of this host, under `<state_dir>/snapshots`.
@@ -175,10 +175,7 @@ impl SnapshotStore {
             });
             // The copy holds every mode without setuid and setgid.
             let in_copy = as_stored_in_copy(&recorded.entries);
-            for (side, expected, actual) in [
-                ("live volume", &recorded.entries, live?),
-                ("copy", &in_copy, copy?),
-            ] {
+            for (side, expected, actual) in [("live volume", &recorded.entries, live?), ("copy", &in_copy, copy?)] {
                 compare(expected, &actual).map_err(|difference| SnapshotError::Mismatch {
                     volume: recorded.volume.clone(),
                     path: difference.path,
@@ -481,7 +478,13 @@ pub(crate) enum PrivateDirStep {
 /// directory (not a symlink), owned by the agent's user, mode 0700 or
 /// narrower. A wider mode is fixed; another owner is refused, since another
 /// user could then change what the agent later restores as root.
-pub(crate) fn private_dir_step(is_dir: bool, is_symlink: bool, owner: u32, mode: u32, agent_uid: u32) -> PrivateDirStep {
+pub(crate) fn private_dir_step(
+    is_dir: bool,
+    is_symlink: bool,
+    owner: u32,
+    mode: u32,
+    agent_uid: u32,
+) -> PrivateDirStep {
     if is_symlink {
         return PrivateDirStep::Refuse("is a symlink, not a directory; refusing to use it".to_owned());
     }
@@ -534,7 +537,9 @@ pub(crate) fn ensure_private_dir(path: &Path) -> Result<bool, SnapshotError> {
                     .open_dir("")
                     .map_err(|_| SnapshotError::NotADirectory { path: path.to_owned() })?,
             );
-            let now = file.metadata().map_err(|source| SnapshotError::io("inspect", path, source))?;
+            let now = file
+                .metadata()
+                .map_err(|source| SnapshotError::io("inspect", path, source))?;
             if now.uid() != agent_uid || !now.is_dir() {
                 return Err(SnapshotError::Insecure {
                     path: path.to_owned(),

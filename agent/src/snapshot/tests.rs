@@ -479,7 +479,10 @@ fn take_refuses_devices_naming_them() {
     assert!(matches!(error, SnapshotError::Unsupported { .. }), "{error:?}");
     assert_eq!(
         error.to_string(),
-        format!("{} is a character device, which a snapshot cannot hold", device.display())
+        format!(
+            "{} is a character device, which a snapshot cannot hold",
+            device.display()
+        )
     );
 }
 

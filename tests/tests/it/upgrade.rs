@@ -876,14 +876,21 @@ async fn a_disk_that_fills_up_during_the_snapshot_holds_the_upgrade_and_blocks_n
         .arg(&disk)
         .status()
         .unwrap();
-    assert!(mounted.success(), "cannot mount a tmpfs on {} (needs root)", disk.display());
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs on {} (needs root)",
+        disk.display()
+    );
     let _unmount = Unmount(disk.clone());
 
     let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-full"]);
     assert!(!ok);
     assert_eq!(report["outcome"], "HELD", "{report}\n{stderr}\n{}", world.agent().log());
     let reason = report["reason"].as_str().unwrap();
-    assert!(reason.contains("no snapshot, no upgrade: no room for the snapshot"), "{reason}");
+    assert!(
+        reason.contains("no snapshot, no upgrade: no room for the snapshot"),
+        "{reason}"
+    );
     assert!(reason.contains("No space left on device"), "{reason}");
     // The partial snapshot is gone, the old version runs, nothing blocks the app.
     assert!(!world.snapshots().join("op-full").exists());
@@ -914,7 +921,16 @@ async fn no_snapshot_while_any_container_mounts_the_volume() {
     let name = format!("{}-intruder", world.domain.replace('.', "-"));
     let mount = format!("{volume}:/data");
     let started = docker(&[
-        "run", "-d", "--name", &name, "-v", &mount, "ccfleet-fixture-web:1.3.0", "/bin/busybox", "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-v",
+        &mount,
+        "ccfleet-fixture-web:1.3.0",
+        "/bin/busybox",
+        "sleep",
+        "600",
     ]);
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     let _remove = RemoveContainer(name.clone());
@@ -924,7 +940,9 @@ async fn no_snapshot_while_any_container_mounts_the_volume() {
     assert_eq!(report["outcome"], "HELD", "{report}\n{stderr}");
     let reason = report["reason"].as_str().unwrap();
     assert!(
-        reason.contains(&format!("cannot snapshot: volume {volume} is mounted by container {name}")),
+        reason.contains(&format!(
+            "cannot snapshot: volume {volume} is mounted by container {name}"
+        )),
         "{reason}"
     );
     assert!(!world.snapshots().join("op-mounted").exists());
