@@ -174,9 +174,13 @@ pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry])
                 apply_metadata(&live, entry, entry.mode, None)?;
             }
             EntryKind::Fifo => {
-                if !exists {
-                    live.create_fifo(&entry.path)?;
+                // Made afresh like files: an existing one may be a hard link
+                // to a fifo outside the volume, whose owner and mode must
+                // not change.
+                if exists {
+                    live.remove(&entry.path, false)?;
                 }
+                live.create_fifo(&entry.path)?;
                 apply_metadata(&live, entry, entry.mode, None)?;
             }
         }
