@@ -21,9 +21,8 @@
 //! contents are untrusted, the copy because the same calls then serve both.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -266,25 +265,11 @@ pub(crate) fn sync_directory(path: &Path) -> Result<(), SnapshotError> {
         .map_err(|source| SnapshotError::io("sync directory", path, source))
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temporary file in the
-/// same directory, fsynced, renamed over `path`, and the directory fsynced.
+/// Writes `bytes` to `path` (0600) atomically and durably, through the one
+/// atomic-write helper: `path` is in the agent's own private snapshot
+/// directory, so it is written by name, not through a volume's descriptors.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let directory = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = std::path::PathBuf::from(temporary);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(|source| SnapshotError::io("create", &temporary, source))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| SnapshotError::io("write", &temporary, source))?;
-    std::fs::rename(&temporary, path).map_err(|source| SnapshotError::io("rename", &temporary, source))?;
-    sync_directory(directory)
+    ccfleet_proto::fsutil::write_atomic(path, bytes, 0o600).map_err(|source| SnapshotError::io("write", path, source))
 }
 
 /// Removes a snapshot directory so that a crash half way leaves something
