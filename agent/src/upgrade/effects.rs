@@ -314,6 +314,26 @@ fn refuse_without_volumes(stack: &str, volumes: &[VolumeSource]) -> Option<StepR
     })
 }
 
+/// Which containers (of any stack or none) still mount one of `volumes`,
+/// as a reason to refuse a snapshot or a restore; `None` when none does. A
+/// failed Docker query is a reason too: nothing proves the volume is idle.
+async fn mounted_by_containers(host: &Host, volumes: &[VolumeSource]) -> Option<String> {
+    for volume in volumes {
+        match host.docker().containers_using_volume(&volume.name).await {
+            Ok(containers) if containers.is_empty() => {}
+            Ok(containers) => {
+                return Some(format!(
+                    "volume {} is mounted by container {}; stop it first",
+                    volume.name,
+                    containers.join(", ")
+                ))
+            }
+            Err(error) => return Some(error_chain(&error)),
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,24 +354,4 @@ mod tests {
         };
         assert_eq!(refuse_without_volumes("blog_example_org", &[volume]), None);
     }
-}
-
-/// Which containers (of any stack or none) still mount one of `volumes`,
-/// as a reason to refuse a snapshot or a restore; `None` when none does. A
-/// failed Docker query is a reason too: nothing proves the volume is idle.
-async fn mounted_by_containers(host: &Host, volumes: &[VolumeSource]) -> Option<String> {
-    for volume in volumes {
-        match host.docker().containers_using_volume(&volume.name).await {
-            Ok(containers) if containers.is_empty() => {}
-            Ok(containers) => {
-                return Some(format!(
-                    "volume {} is mounted by container {}; stop it first",
-                    volume.name,
-                    containers.join(", ")
-                ))
-            }
-            Err(error) => return Some(error_chain(&error)),
-        }
-    }
-    None
 }
