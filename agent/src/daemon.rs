@@ -145,6 +145,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let docker = Docker::connect().await.context("cannot reach the Docker Engine")?;
     let facts = host_facts(&config, &docker).await;
     crate::abra::Abra::new(&config.abra).log_version().await;
+    // The state directory and every snapshot in it must be the agent's own
+    // and 0700 before anything is read from or written to them.
+    crate::snapshot::secure_state_dir(&config.agent.state_dir).context("cannot use the state directory")?;
     let journal = Journal::open(&config.agent.state_dir, &config.abra.dir).context("cannot open the journal")?;
     let outbox = Outbox::open(&config.agent.state_dir.join("outbox")).context("cannot open the outbox")?;
     let outbox = Arc::new(outbox);

@@ -224,6 +224,42 @@ impl Docker {
             .count())
     }
 
+    /// The names of the containers, of any stack or none, that mount the
+    /// volume `volume` and are not exited or dead (Docker's `volume=`
+    /// filter, so a container started by hand counts too): a snapshot or a
+    /// restore must not run under a process that can change the volume.
+    pub async fn containers_using_volume(&self, volume: &str) -> Result<Vec<String>, DockerError> {
+        let containers = self
+            .client
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([("volume".to_owned(), vec![volume.to_owned()])])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| DockerError::Request {
+                what: format!("cannot list the containers that mount volume {volume}"),
+                source,
+            })?;
+        Ok(containers
+            .into_iter()
+            .filter(|container| {
+                !matches!(
+                    container.state,
+                    Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD)
+                )
+            })
+            .map(|container| {
+                container
+                    .names
+                    .and_then(|names| names.into_iter().next())
+                    .map(|name| name.trim_start_matches('/').to_owned())
+                    .or(container.id)
+                    .unwrap_or_else(|| "(unnamed)".to_owned())
+            })
+            .collect())
+    }
+
     /// Whether a swarm secret named exactly `name` exists
     /// (`<stack>_<secret>_<version>`, ABRA.md).
     pub async fn secret_exists(&self, name: &str) -> Result<bool, DockerError> {

@@ -2,22 +2,35 @@
 //! restored when the upgrade is rolled back.
 //!
 //! A snapshot lives in `<state_dir>/snapshots/<domain>/<operation id>/`:
-//! `volumes/<volume name>/` holds a copy of each volume (modes, owners,
-//! symlinks and mtimes kept), `manifest.json` lists every entry of every
-//! volume as it was read from the live volume (path, kind, mode, owner, size,
-//! SHA-256, symlink target), and `verified` marks a snapshot whose copy and
+//! `volumes/<volume name>/` holds a copy of each volume (owners, symlinks,
+//! fifos, holes and mtimes kept; modes kept except setuid and setgid),
+//! `manifest.json` lists every entry of every volume as it was read from the
+//! live volume (path, kind, true mode, owner, size, SHA-256, symlink target)
+//! and the sockets it skipped, and `verified` marks a snapshot whose copy and
 //! live volume were both re-walked and found equal to the manifest. The
 //! manifest is written last and atomically, so a snapshot without one is
 //! incomplete (a crash while copying) and is never restored from.
 //!
-//! All of this is blocking `std::fs` code: callers run it on
+//! The agent runs as root over volume contents that the app (and anyone who
+//! can write into the volume) controls. So: the state directory, the
+//! snapshots directory and every directory of a snapshot are the agent's own
+//! and 0700 ([`secure_state_dir`], checked at start and whenever a snapshot
+//! is taken); copies never carry setuid or setgid; and volumes are only ever
+//! touched through directory descriptors confined beneath their root
+//! (`beneath.rs`). SECURITY.md ("Snapshots") gives the threat model.
+//!
+//! All of this is blocking code: callers run it on
 //! `tokio::task::spawn_blocking`. The stack must be undeployed while a
-//! snapshot is taken, verified or restored; nothing here locks the volume.
+//! snapshot is taken, verified or restored (the upgrade also checks with
+//! Docker that no container mounts the volume); nothing here locks it.
 
+mod beneath;
 mod copy;
 mod store;
 mod tree;
 
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod tests;
 
@@ -26,11 +39,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use store::check_name;
-pub use store::SnapshotStore;
-pub use tree::{compare, walk, Difference};
+pub use store::{secure_state_dir, SnapshotStore};
+pub use tree::{as_stored_in_copy, compare, walk, walk_volume, Difference};
 
-/// The manifest format this agent writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format this agent writes. Format 2 added fifos and the
+/// skipped sockets; this agent also reads format 1.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The oldest manifest format this agent reads.
+pub const OLDEST_MANIFEST_FORMAT: u32 = 1;
 const MANIFEST_FILE: &str = "manifest.json";
 const VERIFIED_FILE: &str = "verified";
 const VOLUMES_DIR: &str = "volumes";
@@ -48,14 +64,26 @@ pub struct VolumeSource {
     pub mountpoint: PathBuf,
 }
 
-/// The kind of a volume entry. Anything else (fifo, socket, device) is
-/// refused with [`SnapshotError::Unsupported`].
+/// The kind of a volume entry. Sockets are skipped (and listed as
+/// [`SkippedEntry`]); devices are refused with [`SnapshotError::Unsupported`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     File,
     Dir,
     Symlink,
+    /// A named pipe: recorded with its owner and mode, recreated empty.
+    Fifo,
+}
+
+/// An entry a snapshot deliberately does not hold, and why it can do
+/// without: a socket is recreated by the server that listens on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    /// Relative to the volume's root, "/"-separated.
+    pub path: String,
+    /// What it is: "socket".
+    pub what: String,
 }
 
 /// One entry of a volume, as recorded in `manifest.json`.
@@ -64,11 +92,14 @@ pub struct ManifestEntry {
     /// Relative to the volume's root, "/"-separated; "" is the root directory.
     pub path: String,
     pub kind: EntryKind,
-    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`),
+    /// as in the live volume. The copy in the snapshot has them without
+    /// setuid and setgid; a restore gives the live volume this mode.
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Bytes of a file; 0 for directories and symlinks.
+    /// Bytes of a file (its apparent size: holes count); 0 for directories,
+    /// symlinks and fifos.
     pub size: u64,
     /// Lowercase hex SHA-256 of a file's bytes; `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +114,10 @@ pub struct ManifestEntry {
 pub struct VolumeManifest {
     pub volume: String,
     pub entries: Vec<ManifestEntry>,
+    /// Entries left out of the snapshot (sockets), so a reader knows they
+    /// existed. Absent in format 1 manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedEntry>,
 }
 
 /// `manifest.json`: what the snapshot holds, as read from the live volumes.
@@ -139,8 +174,18 @@ pub enum SnapshotError {
         name: String,
         reason: &'static str,
     },
-    #[error("not enough free space for the snapshot: needs {needed} bytes, {available} available")]
+    #[error("no room for the snapshot: needs {needed} bytes, {available} available")]
     NoRoom { needed: u64, available: u64 },
+    #[error("no room for the snapshot: {path} filled up while copying (the partial snapshot was removed)")]
+    NoRoomWhileCopying {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is no longer {expected}: the tree changed while the agent worked on it")]
+    Changed { path: PathBuf, expected: &'static str },
+    #[error("{path} {problem}")]
+    Insecure { path: PathBuf, problem: String },
     #[error(
         "volume {volume} differs from the snapshot's manifest at {}: {detail}",
         tree::display_path(path)
@@ -159,6 +204,21 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Whether the snapshot could not be taken for want of space (found
+    /// before copying, or the disk or quota filled up while copying): the
+    /// upgrade is then held, not failed.
+    pub fn is_no_room(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::NoRoom { .. } | SnapshotError::NoRoomWhileCopying { .. }
+        )
+    }
+
+    /// Whether this is a write that failed with ENOSPC or EDQUOT.
+    fn is_out_of_space(&self) -> bool {
+        matches!(self, SnapshotError::Io { source, .. } if beneath::is_out_of_space(source))
+    }
+
     fn io(action: &'static str, path: &Path, source: std::io::Error) -> SnapshotError {
         SnapshotError::Io {
             action,

@@ -13,64 +13,94 @@
 //! Metadata is applied in the order the kernel requires: owner before mode
 //! (`chown` clears setuid and setgid), and a directory's own owner, mode and
 //! mtime only after its children are in place (children change its mtime,
-//! and a read-only directory could not receive them otherwise).
+//! and a read-only directory could not receive them otherwise). Copies never
+//! get setuid or setgid ([`tree::copy_mode`]); a restore gives the live
+//! volume the manifest's true mode.
+//!
+//! Both sides are reached through [`Beneath`]: the live volume because its
+//! contents are untrusted, the copy because the same calls then serve both.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::time::SystemTime;
 
-use super::tree::{self, Content, Scanned};
-use super::{EntryKind, ManifestEntry, SnapshotError};
+use super::beneath::{Beneath, Expected};
+use super::tree::{self, Content, Recorded, Scanned};
+use super::{EntryKind, ManifestEntry, SkippedEntry, SnapshotError};
 
-/// Copies the tree at `source` into `destination` (which must not exist yet)
-/// and returns the manifest of what it read from `source`. Everything copied
-/// is on disk when it returns (one `syncfs`).
-pub(crate) fn copy_tree(source: &Path, destination: &Path) -> Result<Vec<ManifestEntry>, SnapshotError> {
-    let scanned = tree::scan(source)?;
+/// Copies the tree at `source` into `destination` (which must not exist yet;
+/// it is created 0700 and gets the source root's mode at the end) and
+/// returns the manifest of what it read from `source`, with the sockets it
+/// skipped. Everything copied is on disk when it returns (one `syncfs`).
+pub(crate) fn copy_tree(
+    source: &Path,
+    destination: &Path,
+) -> Result<(Vec<ManifestEntry>, Vec<SkippedEntry>), SnapshotError> {
+    let from = Beneath::open(source)?;
+    let scanned = tree::scan(&from)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(destination)
+        .map_err(|source| SnapshotError::io("create directory", destination, source))?;
+    let to = Beneath::open(destination)?;
     let mut entries = Vec::with_capacity(scanned.len());
-    for Scanned { path, kind, metadata } in scanned {
-        let from = tree::join_relative(source, &path);
-        let to = tree::join_relative(destination, &path);
+    let mut skipped = Vec::new();
+    let mut modified = BTreeMap::new();
+    for Scanned { path, found, metadata } in scanned {
+        let kind = match found.recorded(&from, &path)? {
+            Recorded::Entry(kind) => kind,
+            Recorded::Skipped(skip) => {
+                skipped.push(skip);
+                continue;
+            }
+        };
         let content = match kind {
             EntryKind::Dir => {
-                std::fs::create_dir(&to).map_err(|source| SnapshotError::io("create directory", &to, source))?;
+                if !path.is_empty() {
+                    to.create_dir(&path)?;
+                }
                 Content::Dir
             }
             EntryKind::File => {
-                let mut file = create_new(&to)?;
-                let (size, sha256) = tree::hash_file(&from, &mut file)?;
-                finish_file(&to, file, metadata.modified().ok())?;
+                let file = to.create_file(&path)?;
+                let source_file = from.open_file(&path)?;
+                let (size, sha256) =
+                    tree::read_sparse(&source_file, Some(&file), &from.path_of(&path), &to.path_of(&path))?;
                 Content::File { size, sha256 }
             }
             EntryKind::Symlink => {
-                let target = tree::read_link_text(&from)?;
-                std::os::unix::fs::symlink(&target, &to)
-                    .map_err(|source| SnapshotError::io("create symlink", &to, source))?;
+                let target = from.read_link(&path)?;
+                to.create_symlink(&target, &path)?;
                 Content::Symlink { target }
+            }
+            EntryKind::Fifo => {
+                to.create_fifo(&path)?;
+                Content::Fifo
             }
         };
         let entry = tree::entry(path, &metadata, content);
-        if entry.kind != EntryKind::Dir {
-            // The file's mtime was set by finish_file; owner and mode do not change it.
-            apply_metadata(&to, &entry, None)?;
+        let mtime = metadata.modified().ok();
+        if entry.kind == EntryKind::Dir {
+            modified.insert(entry.path.clone(), mtime);
+        } else {
+            apply_metadata(&to, &entry, tree::copy_mode(entry.mode), mtime)?;
         }
         entries.push(entry);
     }
-    finish_directories(destination, &entries, |path| {
-        tree::lstat(&tree::join_relative(source, path))
-            .ok()
-            .and_then(|metadata| metadata.modified().ok())
+    finish_directories(&to, &entries, tree::copy_mode, |path| {
+        modified.get(path).copied().flatten()
     })?;
-    sync_file_system(destination)?;
-    Ok(entries)
+    sync_file_system(&to)?;
+    Ok((entries, skipped))
 }
 
 /// Makes the tree at `live` match `manifest` exactly, taking file contents
 /// from the snapshot copy at `copy`: entries not in the manifest (or of
-/// another kind) are removed, missing or different ones recreated, and every
-/// entry's owner and mode set. The caller re-walks `live` afterwards to check.
+/// another kind), whatever their type, are removed, missing or different
+/// ones recreated, and every entry's owner and true mode set. The caller
+/// re-walks `live` afterwards to check.
 pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry]) -> Result<(), SnapshotError> {
     for entry in manifest {
         tree::check_relative_path(&entry.path)?;
@@ -82,26 +112,26 @@ pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry])
             detail: "the volume's root entry is missing or not a directory".to_owned(),
         });
     }
+    let copy = Beneath::open(copy)?;
+    let live = Beneath::open(live)?;
 
     // Remove what must go, deepest first (reverse path order puts "a/b"
     // before "a"), so a directory is empty by the time it is removed.
-    let present = tree::scan(live)?;
-    for scanned in present.iter().rev() {
-        let keep = wanted
+    let present = tree::scan(&live)?;
+    let keep = |scanned: &Scanned| {
+        wanted
             .get(scanned.path.as_str())
-            .is_some_and(|entry| entry.kind == scanned.kind);
-        if !keep {
-            remove_entry(&tree::join_relative(live, &scanned.path), scanned.kind)?;
+            .is_some_and(|entry| scanned.found.is(entry.kind))
+    };
+    for scanned in present.iter().rev() {
+        if !keep(scanned) {
+            live.remove(&scanned.path, scanned.found.is(EntryKind::Dir))?;
         }
     }
-    let present: BTreeMap<&str, EntryKind> = present
+    let present: BTreeMap<&str, ()> = present
         .iter()
-        .filter(|scanned| {
-            wanted
-                .get(scanned.path.as_str())
-                .is_some_and(|entry| entry.kind == scanned.kind)
-        })
-        .map(|scanned| (scanned.path.as_str(), scanned.kind))
+        .filter(|scanned| keep(scanned))
+        .map(|scanned| (scanned.path.as_str(), ()))
         .collect();
 
     // Recreate in path order, so parents exist before their children. Files
@@ -109,126 +139,122 @@ pub(crate) fn restore_tree(live: &Path, copy: &Path, manifest: &[ManifestEntry])
     // live file in full anyway, and a fresh file also cuts any hard link the
     // new version may have made to it.
     for entry in manifest {
-        let to = tree::join_relative(live, &entry.path);
-        let from = tree::join_relative(copy, &entry.path);
         let exists = present.contains_key(entry.path.as_str());
         match entry.kind {
             EntryKind::Dir => {
                 if !exists {
-                    std::fs::create_dir(&to).map_err(|source| SnapshotError::io("create directory", &to, source))?;
+                    live.create_dir(&entry.path)?;
                 }
             }
             EntryKind::File => {
                 if exists {
-                    remove_entry(&to, EntryKind::File)?;
+                    live.remove(&entry.path, false)?;
                 }
-                let mut file = create_new(&to)?;
-                tree::hash_file(&from, &mut file)?;
-                let modified = tree::lstat(&from).ok().and_then(|metadata| metadata.modified().ok());
-                finish_file(&to, file, modified)?;
-                apply_metadata(&to, entry, None)?;
+                let file = live.create_file(&entry.path)?;
+                let source = copy.open_file(&entry.path)?;
+                tree::read_sparse(
+                    &source,
+                    Some(&file),
+                    &copy.path_of(&entry.path),
+                    &live.path_of(&entry.path),
+                )?;
+                let modified = source.metadata().ok().and_then(|metadata| metadata.modified().ok());
+                apply_metadata_to(&live, &file, entry, entry.mode, modified)?;
             }
             EntryKind::Symlink => {
                 let target = entry.target.as_deref().unwrap_or_default();
-                let same = exists && tree::read_link_text(&to).is_ok_and(|current| current == target);
+                let same = exists && live.read_link(&entry.path).is_ok_and(|current| current == target);
                 if !same {
                     if exists {
-                        remove_entry(&to, EntryKind::Symlink)?;
+                        live.remove(&entry.path, false)?;
                     }
-                    std::os::unix::fs::symlink(target, &to)
-                        .map_err(|source| SnapshotError::io("create symlink", &to, source))?;
+                    live.create_symlink(target, &entry.path)?;
                 }
-                apply_metadata(&to, entry, None)?;
+                apply_metadata(&live, entry, entry.mode, None)?;
+            }
+            EntryKind::Fifo => {
+                // Made afresh like files: an existing one may be a hard link
+                // to a fifo outside the volume, whose owner and mode must
+                // not change.
+                if exists {
+                    live.remove(&entry.path, false)?;
+                }
+                live.create_fifo(&entry.path)?;
+                apply_metadata(&live, entry, entry.mode, None)?;
             }
         }
     }
-    finish_directories(live, manifest, |path| {
-        tree::lstat(&tree::join_relative(copy, path))
-            .ok()
-            .and_then(|metadata| metadata.modified().ok())
-    })?;
-    sync_file_system(live)
+    finish_directories(
+        &live,
+        manifest,
+        |mode| mode,
+        |path| copy.metadata(path).ok().and_then(|metadata| metadata.modified().ok()),
+    )?;
+    sync_file_system(&live)
 }
 
-/// Sets owner, then mode (and, for files and directories, the modification
-/// time when known) of the entry at `path`. Symlinks get `lchown` only: Linux
-/// has no symlink modes.
+/// Sets owner, then `mode` (and, when known, the modification time) of the
+/// entry `entry.path` in `tree`. Symlinks get their owner only: Linux has
+/// no symlink modes.
 fn apply_metadata(
-    path: &Path,
+    tree: &Beneath,
     entry: &ManifestEntry,
-    modified: Option<std::time::SystemTime>,
+    mode: u32,
+    modified: Option<SystemTime>,
 ) -> Result<(), SnapshotError> {
-    match entry.kind {
-        EntryKind::Symlink => std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid))
-            .map_err(|source| SnapshotError::io("change owner of", path, source)),
-        EntryKind::File | EntryKind::Dir => {
-            std::os::unix::fs::chown(path, Some(entry.uid), Some(entry.gid))
-                .map_err(|source| SnapshotError::io("change owner of", path, source))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode))
-                .map_err(|source| SnapshotError::io("change mode of", path, source))?;
-            if let Some(modified) = modified {
-                // Best effort: the manifest does not record times, and an
-                // app does not fail because a directory's mtime is off.
-                if let Ok(file) = tree::open_no_follow(path) {
-                    let _ = file.set_modified(modified);
-                }
-            }
-            Ok(())
-        }
-    }
+    let expected = match entry.kind {
+        EntryKind::Symlink => return tree.set_symlink_owner(&entry.path, entry.uid, entry.gid),
+        EntryKind::Dir => Expected::Dir,
+        EntryKind::File => Expected::File,
+        EntryKind::Fifo => Expected::Fifo,
+    };
+    let file = tree.open_for_metadata(&entry.path, expected)?;
+    apply_metadata_to(tree, &file, entry, mode, modified)
 }
 
-/// Applies every directory's owner, mode and mtime, deepest first.
+/// [`apply_metadata`] through an open descriptor of the entry.
+fn apply_metadata_to(
+    tree: &Beneath,
+    file: &File,
+    entry: &ManifestEntry,
+    mode: u32,
+    modified: Option<SystemTime>,
+) -> Result<(), SnapshotError> {
+    let path = || tree.path_of(&entry.path);
+    std::os::unix::fs::fchown(file, Some(entry.uid), Some(entry.gid))
+        .map_err(|source| SnapshotError::io("change owner of", &path(), source))?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|source| SnapshotError::io("change mode of", &path(), source))?;
+    if let Some(modified) = modified {
+        // Best effort for directories and fifos: the manifest does not record
+        // times, and an app does not fail because an mtime is off.
+        let set = file.set_modified(modified);
+        if entry.kind == EntryKind::File {
+            set.map_err(|source| SnapshotError::io("set the modification time of", &path(), source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies every directory's owner, mode (as `mode_of` its true mode) and
+/// mtime, deepest first.
 fn finish_directories(
-    root: &Path,
+    tree: &Beneath,
     entries: &[ManifestEntry],
-    modified_of: impl Fn(&str) -> Option<std::time::SystemTime>,
+    mode_of: impl Fn(u32) -> u32,
+    modified_of: impl Fn(&str) -> Option<SystemTime>,
 ) -> Result<(), SnapshotError> {
     for entry in entries.iter().rev().filter(|entry| entry.kind == EntryKind::Dir) {
-        let path = tree::join_relative(root, &entry.path);
-        apply_metadata(&path, entry, modified_of(&entry.path))?;
+        apply_metadata(tree, entry, mode_of(entry.mode), modified_of(&entry.path))?;
     }
     Ok(())
 }
 
-/// Creates a new file for writing; fails if anything exists at `path`.
-fn create_new(path: &Path) -> Result<File, SnapshotError> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|source| SnapshotError::io("create", path, source))
-}
-
-/// Finishes a freshly written file: flushed to the kernel, mtime set. It
-/// reaches the disk with the `syncfs` that ends the copy or restore.
-fn finish_file(path: &Path, mut file: File, modified: Option<std::time::SystemTime>) -> Result<(), SnapshotError> {
-    file.flush()
-        .map_err(|source| SnapshotError::io("write", path, source))?;
-    if let Some(modified) = modified {
-        file.set_modified(modified)
-            .map_err(|source| SnapshotError::io("set the modification time of", path, source))?;
-    }
-    Ok(())
-}
-
-fn remove_entry(path: &Path, kind: EntryKind) -> Result<(), SnapshotError> {
-    let result = match kind {
-        // remove_dir_all does not follow symlinks inside the tree.
-        EntryKind::Dir => std::fs::remove_dir_all(path),
-        EntryKind::File | EntryKind::Symlink => std::fs::remove_file(path),
-    };
-    result.map_err(|source| SnapshotError::io("remove", path, source))
-}
-
-/// Flushes everything written to the file system that holds `path`: data
-/// and metadata of every file and directory (`syncfs`).
-pub(crate) fn sync_file_system(path: &Path) -> Result<(), SnapshotError> {
-    let directory = File::open(path).map_err(|source| SnapshotError::io("open", path, source))?;
-    nix::unistd::syncfs(&directory)
-        .map_err(|errno| SnapshotError::io("sync the file system of", path, std::io::Error::from(errno)))
+/// Flushes everything written to the file system of `tree`: data and
+/// metadata of every file and directory (`syncfs`).
+fn sync_file_system(tree: &Beneath) -> Result<(), SnapshotError> {
+    rustix::fs::syncfs(tree.root())
+        .map_err(|errno| SnapshotError::io("sync the file system of", &tree.path_of(""), errno.into()))
 }
 
 /// fsyncs a directory, making the creation, removal and renaming of its
@@ -239,25 +265,11 @@ pub(crate) fn sync_directory(path: &Path) -> Result<(), SnapshotError> {
         .map_err(|source| SnapshotError::io("sync directory", path, source))
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temporary file in the
-/// same directory, fsynced, renamed over `path`, and the directory fsynced.
+/// Writes `bytes` to `path` (0600) atomically and durably, through the one
+/// atomic-write helper: `path` is in the agent's own private snapshot
+/// directory, so it is written by name, not through a volume's descriptors.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let directory = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = std::path::PathBuf::from(temporary);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(|source| SnapshotError::io("create", &temporary, source))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| SnapshotError::io("write", &temporary, source))?;
-    std::fs::rename(&temporary, path).map_err(|source| SnapshotError::io("rename", &temporary, source))?;
-    sync_directory(directory)
+    ccfleet_proto::fsutil::write_atomic(path, bytes, 0o600).map_err(|source| SnapshotError::io("write", path, source))
 }
 
 /// Removes a snapshot directory so that a crash half way leaves something

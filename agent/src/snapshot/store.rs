@@ -2,14 +2,17 @@
 //! verify, restore, open, list, prune). The tree rules are in `tree.rs`, the
 //! file system effects in `copy.rs`.
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ccfleet_proto::Domain;
 
+use super::beneath::Beneath;
 use super::{
-    check_room, compare, copy, room_needed, tree, walk, EntryKind, Manifest, Snapshot, SnapshotError, SnapshotInfo,
-    VolumeManifest, VolumeSource, MANIFEST_FILE, MANIFEST_FORMAT, VERIFIED_FILE, VOLUMES_DIR,
+    as_stored_in_copy, check_room, compare, copy, room_needed, tree, walk, EntryKind, Manifest, Snapshot,
+    SnapshotError, SnapshotInfo, VolumeManifest, VolumeSource, MANIFEST_FILE, MANIFEST_FORMAT, OLDEST_MANIFEST_FORMAT,
+    VERIFIED_FILE, VOLUMES_DIR,
 };
 
 /// The snapshots of this host, under `<state_dir>/snapshots`.
@@ -47,42 +50,81 @@ impl SnapshotStore {
         check_volume_list(volumes)?;
         let dir = self.dir_of(domain, operation_id);
         let domain_dir = self.root.join(domain.as_str());
-        std::fs::create_dir_all(&domain_dir)
-            .map_err(|source| SnapshotError::io("create directory", &domain_dir, source))?;
+        if let Some(parent) = self.root.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| SnapshotError::io("create directory", parent, source))?;
+        }
+        ensure_private_dir(&self.root)?;
+        ensure_private_dir(&domain_dir)?;
 
-        if tree::lstat(&dir).is_ok() {
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            ensure_private_dir(&dir)?;
             if let Some(existing) = self.open(domain, operation_id)? {
                 return Ok(existing);
             }
             copy::remove_snapshot_dir(&dir)?;
         }
 
-        // A cheap metadata-only pass sizes the copy before anything is written.
+        // A cheap metadata-only pass sizes the copy before anything is
+        // written: the blocks files occupy (a sparse file's holes cost
+        // nothing, and stay holes in the copy).
         let mut needed_files = 0_u64;
         for volume in volumes {
-            for scanned in tree::scan(&volume.mountpoint)? {
-                if scanned.kind == EntryKind::File {
-                    needed_files = needed_files.saturating_add(std::os::unix::fs::MetadataExt::size(&scanned.metadata));
+            for scanned in tree::scan(&Beneath::open(&volume.mountpoint)?)? {
+                if scanned.found.is(EntryKind::File) {
+                    needed_files = needed_files.saturating_add(scanned.metadata.blocks().saturating_mul(512));
                 }
             }
         }
         check_room(room_needed(needed_files), available_bytes(&domain_dir)?)?;
 
+        let taken = self
+            .copy_volumes(&dir, volumes)
+            .and_then(|manifests| self.write_manifest(domain, operation_id, dir.clone(), manifests));
+        match taken {
+            Ok(snapshot) => Ok(snapshot),
+            Err(error) if error.is_out_of_space() => {
+                // A full disk (or quota) is a reason to hold the upgrade, not
+                // to fail it: the partial copy goes, so the space comes back.
+                copy::remove_snapshot_dir(&dir)?;
+                match error {
+                    SnapshotError::Io { path, source, .. } => Err(SnapshotError::NoRoomWhileCopying { path, source }),
+                    other => Err(other),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Copies every volume into `<dir>/volumes/`, each directory 0700.
+    fn copy_volumes(&self, dir: &Path, volumes: &[VolumeSource]) -> Result<Vec<VolumeManifest>, SnapshotError> {
+        ensure_private_dir(dir)?;
         let volumes_dir = dir.join(VOLUMES_DIR);
-        std::fs::create_dir_all(&volumes_dir)
-            .map_err(|source| SnapshotError::io("create directory", &volumes_dir, source))?;
-        copy::sync_directory(&domain_dir)?;
+        ensure_private_dir(&volumes_dir)?;
+        if let Some(domain_dir) = dir.parent() {
+            copy::sync_directory(domain_dir)?;
+        }
         let mut manifests = Vec::with_capacity(volumes.len());
         for volume in volumes {
-            let entries = copy::copy_tree(&volume.mountpoint, &volumes_dir.join(&volume.name))?;
+            let (entries, skipped) = copy::copy_tree(&volume.mountpoint, &volumes_dir.join(&volume.name))?;
             manifests.push(VolumeManifest {
                 volume: volume.name.clone(),
                 entries,
+                skipped,
             });
         }
         copy::sync_directory(&volumes_dir)?;
-        copy::sync_directory(&dir)?;
+        copy::sync_directory(dir)?;
+        Ok(manifests)
+    }
 
+    /// Writes the manifest that makes the snapshot in `dir` complete.
+    fn write_manifest(
+        &self,
+        domain: &Domain,
+        operation_id: &str,
+        dir: PathBuf,
+        manifests: Vec<VolumeManifest>,
+    ) -> Result<Snapshot, SnapshotError> {
         let total_bytes = manifests
             .iter()
             .flat_map(|volume| &volume.entries)
@@ -131,8 +173,10 @@ impl SnapshotStore {
                 let live = live.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 (live, copy)
             });
-            for (side, actual) in [("live volume", live?), ("copy", copy?)] {
-                compare(&recorded.entries, &actual).map_err(|difference| SnapshotError::Mismatch {
+            // The copy holds every mode without setuid and setgid.
+            let in_copy = as_stored_in_copy(&recorded.entries);
+            for (side, expected, actual) in [("live volume", &recorded.entries, live?), ("copy", &in_copy, copy?)] {
+                compare(expected, &actual).map_err(|difference| SnapshotError::Mismatch {
                     volume: recorded.volume.clone(),
                     path: difference.path,
                     detail: format!("in the {side}: {}", difference.detail),
@@ -247,7 +291,8 @@ impl SnapshotStore {
         for item in reader {
             let item = item.map_err(|source| SnapshotError::io("read directory", &domain_dir, source))?;
             let dir = item.path();
-            let metadata = tree::lstat(&dir)?;
+            let metadata =
+                std::fs::symlink_metadata(&dir).map_err(|source| SnapshotError::io("inspect", &dir, source))?;
             let Some(operation_id) = item.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
@@ -374,11 +419,11 @@ pub(super) fn read_manifest(dir: &Path) -> Result<Option<Manifest>, SnapshotErro
         path: path.clone(),
         detail: error.to_string(),
     })?;
-    if manifest.format != MANIFEST_FORMAT {
+    if !(OLDEST_MANIFEST_FORMAT..=MANIFEST_FORMAT).contains(&manifest.format) {
         return Err(SnapshotError::Manifest {
             path,
             detail: format!(
-                "format {} is not the supported format {MANIFEST_FORMAT}",
+                "format {} is not one of the supported formats {OLDEST_MANIFEST_FORMAT} to {MANIFEST_FORMAT}",
                 manifest.format
             ),
         });
@@ -387,6 +432,9 @@ pub(super) fn read_manifest(dir: &Path) -> Result<Option<Manifest>, SnapshotErro
         check_name("volume name", &volume.volume)?;
         for entry in &volume.entries {
             tree::check_relative_path(&entry.path)?;
+        }
+        for skipped in &volume.skipped {
+            tree::check_relative_path(&skipped.path)?;
         }
     }
     Ok(Some(manifest))
@@ -411,4 +459,143 @@ fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// What to do with a directory that must be the agent's own and private,
+/// given what `lstat` says of it. Pure, so the rule is a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PrivateDirStep {
+    /// It is as it must be.
+    Keep,
+    /// Its mode is wider than 0700 (or carries setuid, setgid or sticky):
+    /// set 0700.
+    Narrow { from: u32 },
+    /// It cannot be used; the reason.
+    Refuse(String),
+}
+
+/// The rule for the state directory and every snapshot directory: a real
+/// directory (not a symlink), owned by the agent's user, mode 0700 or
+/// narrower. A wider mode is fixed; another owner is refused, since another
+/// user could then change what the agent later restores as root.
+pub(crate) fn private_dir_step(
+    is_dir: bool,
+    is_symlink: bool,
+    owner: u32,
+    mode: u32,
+    agent_uid: u32,
+) -> PrivateDirStep {
+    if is_symlink {
+        return PrivateDirStep::Refuse("is a symlink, not a directory; refusing to use it".to_owned());
+    }
+    if !is_dir {
+        return PrivateDirStep::Refuse("is not a directory".to_owned());
+    }
+    if owner != agent_uid {
+        return PrivateDirStep::Refuse(format!(
+            "is owned by uid {owner}, not by the agent's uid {agent_uid}; refusing to use it \
+             (another user could change what the agent restores as root)"
+        ));
+    }
+    if mode & 0o7077 != 0 {
+        return PrivateDirStep::Narrow { from: mode & 0o7777 };
+    }
+    PrivateDirStep::Keep
+}
+
+/// Makes `path` a private directory of the agent's (see
+/// [`private_dir_step`]): created 0700 when missing (its parent must exist),
+/// narrowed to 0700 when wider (logged), refused otherwise. Returns whether
+/// its mode had to be fixed.
+pub(crate) fn ensure_private_dir(path: &Path) -> Result<bool, SnapshotError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(SnapshotError::io("create directory", path, source)),
+    }
+    let metadata = std::fs::symlink_metadata(path).map_err(|source| SnapshotError::io("inspect", path, source))?;
+    let agent_uid = rustix::process::geteuid().as_raw();
+    let step = private_dir_step(
+        metadata.is_dir(),
+        metadata.file_type().is_symlink(),
+        metadata.uid(),
+        metadata.mode(),
+        agent_uid,
+    );
+    match step {
+        PrivateDirStep::Keep => Ok(false),
+        PrivateDirStep::Refuse(problem) => Err(SnapshotError::Insecure {
+            path: path.to_owned(),
+            problem,
+        }),
+        PrivateDirStep::Narrow { from } => {
+            // Through a descriptor of the directory itself, so that what is
+            // changed is what was checked.
+            let directory = Beneath::open(path)?;
+            let file = std::fs::File::from(
+                directory
+                    .open_dir("")
+                    .map_err(|_| SnapshotError::NotADirectory { path: path.to_owned() })?,
+            );
+            let now = file
+                .metadata()
+                .map_err(|source| SnapshotError::io("inspect", path, source))?;
+            if now.uid() != agent_uid || !now.is_dir() {
+                return Err(SnapshotError::Insecure {
+                    path: path.to_owned(),
+                    problem: "changed while being checked; refusing to use it".to_owned(),
+                });
+            }
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|source| SnapshotError::io("change mode of", path, source))?;
+            tracing::warn!(dir = %path.display(), mode = format!("{from:04o}"), "narrowed a directory of the agent's to 0700");
+            Ok(true)
+        }
+    }
+}
+
+/// Checks the agent's state directory at start, creating it when missing:
+/// the state directory, `snapshots/`, every `snapshots/<domain>/` and every
+/// snapshot directory in them must be the agent's own and 0700 (wider modes
+/// are narrowed, another owner or a symlink refused with the reason).
+/// Returns the directories whose mode was narrowed.
+pub fn secure_state_dir(state_dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    if let Some(parent) = state_dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| SnapshotError::io("create directory", parent, source))?;
+    }
+    let mut narrowed = Vec::new();
+    let mut check = |path: &Path| -> Result<(), SnapshotError> {
+        if ensure_private_dir(path)? {
+            narrowed.push(path.to_owned());
+        }
+        Ok(())
+    };
+    check(state_dir)?;
+    let snapshots = state_dir.join("snapshots");
+    check(&snapshots)?;
+    for domain_dir in subdirectories(&snapshots)? {
+        check(&domain_dir)?;
+        for snapshot_dir in subdirectories(&domain_dir)? {
+            check(&snapshot_dir)?;
+        }
+    }
+    Ok(narrowed)
+}
+
+/// The entries of `dir` that are directories or symlinks (a symlink is then
+/// refused by the check), sorted.
+fn subdirectories(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let mut found = Vec::new();
+    let reader = std::fs::read_dir(dir).map_err(|source| SnapshotError::io("read directory", dir, source))?;
+    for item in reader {
+        let item = item.map_err(|source| SnapshotError::io("read directory", dir, source))?;
+        let file_type = item
+            .file_type()
+            .map_err(|source| SnapshotError::io("inspect", &item.path(), source))?;
+        if file_type.is_dir() || file_type.is_symlink() {
+            found.push(item.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }

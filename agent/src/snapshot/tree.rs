@@ -2,99 +2,201 @@
 //!
 //! The walk is the single definition of "what a volume contains": `take` builds
 //! the manifest with the same entry rules while it copies, and `verify` and
-//! `restore` re-walk with [`walk`] and [`compare`]. It never follows a symlink
-//! (every entry is `lstat`ed, only real directories are descended into, files
-//! are opened with `O_NOFOLLOW`), so a volume can never lead the agent to read
-//! or write outside itself.
+//! `restore` re-walk with [`walk`] and [`compare`]. Every call goes through
+//! [`Beneath`] (directory descriptors, `openat2` confined to the tree, never
+//! through a symlink), so a volume can never lead the agent to read or write
+//! outside itself, even while it changes. Files are read hole by hole
+//! (`SEEK_DATA`/`SEEK_HOLE`), so a sparse file is hashed without reading its
+//! holes from disk and copied without filling them.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{File, Metadata, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
-use super::{EntryKind, ManifestEntry, SnapshotError};
+use super::beneath::Beneath;
+use super::{EntryKind, ManifestEntry, SkippedEntry, SnapshotError};
 
 /// The size of the buffer files are read and copied with.
 const BUFFER_BYTES: usize = 256 * 1024;
+
+/// Zeros hashed in place of a hole.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// The permission bits a manifest records: rwx for all three classes plus
 /// setuid, setgid and sticky. The file type bits are recorded as [`EntryKind`].
 pub(crate) const MODE_BITS: u32 = 0o7777;
 
-/// The manifest of the directory tree at `root`, sorted by path. The root
-/// itself is the entry with the empty path. Never follows symlinks; any entry
-/// that is not a regular file, a directory or a symlink is refused with
-/// [`SnapshotError::Unsupported`].
-pub fn walk(root: &Path) -> Result<Vec<ManifestEntry>, SnapshotError> {
-    scan(root)?
-        .into_iter()
-        .map(|scanned| {
-            let full = join_relative(root, &scanned.path);
-            let content = match scanned.kind {
-                EntryKind::File => {
-                    let (size, sha256) = hash_file(&full, &mut std::io::sink())?;
-                    Content::File { size, sha256 }
-                }
-                EntryKind::Symlink => Content::Symlink {
-                    target: read_link_text(&full)?,
-                },
-                EntryKind::Dir => Content::Dir,
-            };
-            Ok(entry(scanned.path, &scanned.metadata, content))
+/// The bits a copy inside a snapshot never carries: setuid and setgid. The
+/// manifest keeps the true mode, which a restore gives back to the live
+/// volume; the copy itself must not be a way to run something as its owner.
+pub(crate) const PRIVILEGE_BITS: u32 = 0o6000;
+
+/// The mode a copy inside a snapshot has for an entry whose true mode is `mode`.
+pub(crate) fn copy_mode(mode: u32) -> u32 {
+    mode & MODE_BITS & !PRIVILEGE_BITS
+}
+
+/// The manifest entries as the copy inside a snapshot holds them (modes
+/// without setuid and setgid). Pure; what `verify` compares the copy with.
+pub fn as_stored_in_copy(entries: &[ManifestEntry]) -> Vec<ManifestEntry> {
+    entries
+        .iter()
+        .map(|entry| ManifestEntry {
+            mode: copy_mode(entry.mode),
+            ..entry.clone()
         })
         .collect()
 }
 
-/// One entry found by [`scan`]: its relative path, kind and `lstat` metadata.
+/// The manifest of the directory tree at `root`, sorted by path. The root
+/// itself is the entry with the empty path. Never follows symlinks; sockets
+/// are left out (see [`walk_volume`]); a device is refused with
+/// [`SnapshotError::Unsupported`].
+pub fn walk(root: &Path) -> Result<Vec<ManifestEntry>, SnapshotError> {
+    walk_volume(root).map(|(entries, _skipped)| entries)
+}
+
+/// [`walk`], also returning the sockets it left out: a socket is an
+/// endpoint its server creates when it starts, not data, and it cannot be
+/// copied.
+pub fn walk_volume(root: &Path) -> Result<(Vec<ManifestEntry>, Vec<SkippedEntry>), SnapshotError> {
+    let tree = Beneath::open(root)?;
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    for scanned in scan(&tree)? {
+        let kind = match scanned.found.recorded(&tree, &scanned.path)? {
+            Recorded::Entry(kind) => kind,
+            Recorded::Skipped(skip) => {
+                skipped.push(skip);
+                continue;
+            }
+        };
+        let content = match kind {
+            EntryKind::File => {
+                let file = tree.open_file(&scanned.path)?;
+                let (size, sha256) = read_sparse(&file, None, &tree.path_of(&scanned.path), Path::new(""))?;
+                Content::File { size, sha256 }
+            }
+            EntryKind::Symlink => Content::Symlink {
+                target: tree.read_link(&scanned.path)?,
+            },
+            EntryKind::Dir => Content::Dir,
+            EntryKind::Fifo => Content::Fifo,
+        };
+        entries.push(entry(scanned.path, &scanned.metadata, content));
+    }
+    Ok((entries, skipped))
+}
+
+/// What [`scan`] found at a path: an entry a manifest can hold, or another
+/// kind of file, named for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    Entry(EntryKind),
+    Socket,
+    /// A block or character device, or an unknown type: "a block device".
+    Other(&'static str),
+}
+
+/// How a found entry goes into a manifest.
+pub(crate) enum Recorded {
+    Entry(EntryKind),
+    Skipped(SkippedEntry),
+}
+
+impl Found {
+    fn of(metadata: &Metadata) -> Found {
+        let file_type = metadata.file_type();
+        if file_type.is_symlink() {
+            Found::Entry(EntryKind::Symlink)
+        } else if file_type.is_dir() {
+            Found::Entry(EntryKind::Dir)
+        } else if file_type.is_file() {
+            Found::Entry(EntryKind::File)
+        } else if file_type.is_fifo() {
+            Found::Entry(EntryKind::Fifo)
+        } else if file_type.is_socket() {
+            Found::Socket
+        } else if file_type.is_block_device() {
+            Found::Other("a block device")
+        } else if file_type.is_char_device() {
+            Found::Other("a character device")
+        } else {
+            Found::Other("an unknown file type")
+        }
+    }
+
+    /// The manifest's treatment of this entry: recorded, skipped (sockets)
+    /// or refused (devices: nothing in an app's volume should be one, and
+    /// recreating one would hand out access to hardware).
+    pub(crate) fn recorded(self, tree: &Beneath, path: &str) -> Result<Recorded, SnapshotError> {
+        match self {
+            Found::Entry(kind) => Ok(Recorded::Entry(kind)),
+            Found::Socket => Ok(Recorded::Skipped(SkippedEntry {
+                path: path.to_owned(),
+                what: "socket".to_owned(),
+            })),
+            Found::Other(what) => Err(SnapshotError::Unsupported {
+                path: tree.path_of(path),
+                what: what.to_owned(),
+            }),
+        }
+    }
+
+    /// Whether this is the entry kind `kind`.
+    pub(crate) fn is(self, kind: EntryKind) -> bool {
+        self == Found::Entry(kind)
+    }
+}
+
+/// One entry found by [`scan`]: its relative path, what it is and its
+/// `lstat` metadata.
 #[derive(Debug)]
 pub(crate) struct Scanned {
     pub path: String,
-    pub kind: EntryKind,
+    pub found: Found,
     pub metadata: Metadata,
 }
 
-/// Every entry under `root` (the root included, as ""), sorted by path, with
-/// its `lstat` metadata only: no contents are read. The root must be a real
-/// directory, not a symlink to one.
-pub(crate) fn scan(root: &Path) -> Result<Vec<Scanned>, SnapshotError> {
-    let metadata = lstat(root)?;
-    if kind_of(root, &metadata)? != EntryKind::Dir {
-        return Err(SnapshotError::NotADirectory { path: root.to_owned() });
+/// Every entry of the tree (the root included, as ""), of any type, sorted
+/// by path, with its `lstat` metadata only: no contents are read. The root
+/// must be a real directory, not a symlink to one.
+pub(crate) fn scan(tree: &Beneath) -> Result<Vec<Scanned>, SnapshotError> {
+    let metadata = tree.metadata("")?;
+    if !metadata.is_dir() {
+        return Err(SnapshotError::NotADirectory { path: tree.path_of("") });
     }
     let mut found = vec![Scanned {
         path: String::new(),
-        kind: EntryKind::Dir,
+        found: Found::Entry(EntryKind::Dir),
         metadata,
     }];
-    // An explicit stack rather than recursion: deep trees cannot exhaust the
+    // An explicit stack of paths (not of descriptors, which a wide tree
+    // would exhaust) rather than recursion: deep trees cannot exhaust the
     // (small) stack of a blocking-pool thread.
     let mut pending = vec![String::new()];
     while let Some(directory) = pending.pop() {
-        let full = join_relative(root, &directory);
-        let reader = std::fs::read_dir(&full).map_err(|source| SnapshotError::io("read directory", &full, source))?;
-        for item in reader {
-            let item = item.map_err(|source| SnapshotError::io("read directory", &full, source))?;
-            let name = item.file_name();
-            let name = name.to_str().ok_or_else(|| SnapshotError::Unsupported {
-                path: item.path(),
-                what: "a file name that is not UTF-8".to_owned(),
-            })?;
+        for (name, metadata) in tree.list(&directory)? {
             let path = if directory.is_empty() {
-                name.to_owned()
+                name
             } else {
                 format!("{directory}/{name}")
             };
-            let full_item = item.path();
-            let metadata = lstat(&full_item)?;
-            let kind = kind_of(&full_item, &metadata)?;
-            if kind == EntryKind::Dir {
+            let kind = Found::of(&metadata);
+            if kind == Found::Entry(EntryKind::Dir) {
                 pending.push(path.clone());
             }
-            found.push(Scanned { path, kind, metadata });
+            found.push(Scanned {
+                path,
+                found: kind,
+                metadata,
+            });
         }
     }
     found.sort_by(|left, right| left.path.cmp(&right.path));
@@ -106,16 +208,18 @@ pub(crate) enum Content {
     Dir,
     File { size: u64, sha256: String },
     Symlink { target: String },
+    Fifo,
 }
 
-/// The manifest entry for `path` with `metadata` and `content`. Directories
-/// and symlinks record size 0: a directory's size depends on the file system
-/// and its history, a symlink is described by its target.
+/// The manifest entry for `path` with `metadata` and `content`. Directories,
+/// symlinks and fifos record size 0: a directory's size depends on the file
+/// system and its history, a symlink is described by its target.
 pub(crate) fn entry(path: String, metadata: &Metadata, content: Content) -> ManifestEntry {
     let (kind, size, sha256, target) = match content {
         Content::Dir => (EntryKind::Dir, 0, None, None),
         Content::File { size, sha256 } => (EntryKind::File, size, Some(sha256), None),
         Content::Symlink { target } => (EntryKind::Symlink, 0, None, Some(target)),
+        Content::Fifo => (EntryKind::Fifo, 0, None, None),
     };
     ManifestEntry {
         path,
@@ -129,81 +233,69 @@ pub(crate) fn entry(path: String, metadata: &Metadata, content: Content) -> Mani
     }
 }
 
-/// Reads the regular file at `path` (never through a symlink), writing every
-/// byte to `copy` as well, and returns the number of bytes and their hex
-/// SHA-256. Reading and copying in one pass means the manifest describes
-/// exactly the bytes that went into the copy.
-pub(crate) fn hash_file(path: &Path, copy: &mut dyn Write) -> Result<(u64, String), SnapshotError> {
-    let mut file = open_no_follow(path)?;
+/// Reads the regular file `from` to its end, hashing every byte, and, when
+/// `to` is given, writes each data range to the same offset of `to` and
+/// gives it the same length, so holes stay holes. Returns the number of
+/// bytes and their hex SHA-256 (a hole hashes as the zeros it reads as).
+/// `from_path` and `to_path` name the files in messages.
+pub(crate) fn read_sparse(
+    from: &File,
+    to: Option<&File>,
+    from_path: &Path,
+    to_path: &Path,
+) -> Result<(u64, String), SnapshotError> {
+    let read_error = |source| SnapshotError::io("read", from_path, source);
+    let length = from.metadata().map_err(read_error)?.len();
     let mut hasher = Sha256::new();
     let mut buffer = vec![0_u8; BUFFER_BYTES];
-    let mut size = 0_u64;
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(|source| SnapshotError::io("read", path, source))?;
-        if read == 0 {
+    let mut offset = 0_u64;
+    'ranges: while offset < length {
+        // The next data range; a file system without SEEK_DATA (EINVAL) is
+        // read as one range.
+        let data = match rustix::fs::seek(from, SeekFrom::Data(offset)) {
+            Ok(data) => data.min(length),
+            Err(Errno::NXIO) => length,
+            Err(Errno::INVAL) => offset,
+            Err(errno) => return Err(read_error(errno.into())),
+        };
+        hash_zeros(&mut hasher, data - offset);
+        offset = data;
+        if offset >= length {
             break;
         }
-        hasher.update(&buffer[..read]);
-        copy.write_all(&buffer[..read])
-            .map_err(|source| SnapshotError::io("copy", path, source))?;
-        size += read as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
-}
-
-/// Opens a regular file for reading, refusing a symlink in its last component.
-pub(crate) fn open_no_follow(path: &Path) -> Result<File, SnapshotError> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|source| SnapshotError::io("open", path, source))
-}
-
-/// A symlink's target as text (targets that are not UTF-8 are refused).
-pub(crate) fn read_link_text(path: &Path) -> Result<String, SnapshotError> {
-    let target = std::fs::read_link(path).map_err(|source| SnapshotError::io("read symlink", path, source))?;
-    target
-        .into_os_string()
-        .into_string()
-        .map_err(|_| SnapshotError::Unsupported {
-            path: path.to_owned(),
-            what: "a symlink target that is not UTF-8".to_owned(),
-        })
-}
-
-pub(crate) fn lstat(path: &Path) -> Result<Metadata, SnapshotError> {
-    std::fs::symlink_metadata(path).map_err(|source| SnapshotError::io("inspect", path, source))
-}
-
-/// The kind of the entry at `path`, or [`SnapshotError::Unsupported`].
-pub(crate) fn kind_of(path: &Path, metadata: &Metadata) -> Result<EntryKind, SnapshotError> {
-    let file_type = metadata.file_type();
-    if file_type.is_symlink() {
-        Ok(EntryKind::Symlink)
-    } else if file_type.is_dir() {
-        Ok(EntryKind::Dir)
-    } else if file_type.is_file() {
-        Ok(EntryKind::File)
-    } else {
-        use std::os::unix::fs::FileTypeExt;
-        let what = if file_type.is_fifo() {
-            "a fifo"
-        } else if file_type.is_socket() {
-            "a socket"
-        } else if file_type.is_block_device() {
-            "a block device"
-        } else if file_type.is_char_device() {
-            "a character device"
-        } else {
-            "an unknown file type"
+        let hole = match rustix::fs::seek(from, SeekFrom::Hole(offset)) {
+            Ok(hole) => hole.min(length),
+            Err(Errno::NXIO | Errno::INVAL) => length,
+            Err(errno) => return Err(read_error(errno.into())),
         };
-        Err(SnapshotError::Unsupported {
-            path: path.to_owned(),
-            what: what.to_owned(),
-        })
+        while offset < hole {
+            let wanted = usize::try_from(hole - offset).unwrap_or(usize::MAX).min(buffer.len());
+            let read = from.read_at(&mut buffer[..wanted], offset).map_err(read_error)?;
+            if read == 0 {
+                // The file shrank while being read: what was read is what
+                // the manifest says, and the verification compares again.
+                break 'ranges;
+            }
+            hasher.update(&buffer[..read]);
+            if let Some(to) = to {
+                to.write_all_at(&buffer[..read], offset)
+                    .map_err(|source| SnapshotError::io("write", to_path, source))?;
+            }
+            offset += read as u64;
+        }
+    }
+    if let Some(to) = to {
+        to.set_len(offset)
+            .map_err(|source| SnapshotError::io("write", to_path, source))?;
+    }
+    Ok((offset, hex::encode(hasher.finalize())))
+}
+
+fn hash_zeros(hasher: &mut Sha256, mut count: u64) {
+    while count > 0 {
+        let chunk = usize::try_from(count).unwrap_or(usize::MAX).min(ZEROS.len());
+        hasher.update(&ZEROS[..chunk]);
+        count -= chunk as u64;
     }
 }
 
@@ -338,6 +430,7 @@ impl EntryKind {
             EntryKind::File => "file",
             EntryKind::Dir => "directory",
             EntryKind::Symlink => "symlink",
+            EntryKind::Fifo => "fifo",
         }
     }
 
@@ -346,6 +439,7 @@ impl EntryKind {
             EntryKind::File => "a file",
             EntryKind::Dir => "a directory",
             EntryKind::Symlink => "a symlink",
+            EntryKind::Fifo => "a fifo",
         }
     }
 }

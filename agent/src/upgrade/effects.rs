@@ -109,8 +109,11 @@ impl Upgrader {
     /// The volumes to snapshot, or why there is no snapshot to take.
     pub(super) async fn snapshot_volumes(&self, host: &Host, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
         let volumes = self.volumes(host, app).await?;
-        match refuse_without_volumes(&app.domain.stack_name(), &volumes) {
-            Some(refused) => Err(refused),
+        if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
+            return Err(refused);
+        }
+        match mounted_by_containers(host, &volumes).await {
+            Some(problem) => Err(StepResult::Refused(format!("cannot snapshot: {problem}"))),
             None => Ok(volumes),
         }
     }
@@ -130,7 +133,9 @@ impl Upgrader {
                 tracing::info!(app = %app.domain, dir = %snapshot.dir.display(), bytes = snapshot.manifest.total_bytes, "snapshot taken");
                 StepResult::Ok
             }
-            Ok(Err(error @ SnapshotError::NoRoom { .. })) => StepResult::Refused(error_chain(&error)),
+            // No room (before or while copying) holds the upgrade; the
+            // store has removed a partial copy.
+            Ok(Err(error)) if error.is_no_room() => StepResult::Refused(error_chain(&error)),
             Ok(Err(error)) => StepResult::Failed(error_chain(&error)),
             Err(panic) => StepResult::Failed(format!("the snapshot task failed: {panic}")),
         }
@@ -170,6 +175,9 @@ impl Upgrader {
             Err(StepResult::Refused(reason)) => return StepResult::Failed(reason),
             Err(result) => return result,
         };
+        if let Some(problem) = mounted_by_containers(host, &volumes).await {
+            return StepResult::Failed(format!("cannot restore: {problem}"));
+        }
         let store = self.snapshots.clone();
         let (domain, id) = (app.domain.clone(), record.id.clone());
         let restored = tokio::task::spawn_blocking(move || {
@@ -304,6 +312,26 @@ fn refuse_without_volumes(stack: &str, volumes: &[VolumeSource]) -> Option<StepR
             "stateful but no volumes of stack {stack} found: cannot snapshot; set stateful = false if it keeps no data"
         ))
     })
+}
+
+/// Which containers (of any stack or none) still mount one of `volumes`,
+/// as a reason to refuse a snapshot or a restore; `None` when none does. A
+/// failed Docker query is a reason too: nothing proves the volume is idle.
+async fn mounted_by_containers(host: &Host, volumes: &[VolumeSource]) -> Option<String> {
+    for volume in volumes {
+        match host.docker().containers_using_volume(&volume.name).await {
+            Ok(containers) if containers.is_empty() => {}
+            Ok(containers) => {
+                return Some(format!(
+                    "volume {} is mounted by container {}; stop it first",
+                    volume.name,
+                    containers.join(", ")
+                ))
+            }
+            Err(error) => return Some(error_chain(&error)),
+        }
+    }
+    None
 }
 
 #[cfg(test)]

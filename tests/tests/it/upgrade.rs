@@ -11,7 +11,7 @@ use std::time::Duration;
 use ccfleet_agent::snapshot::{walk, ManifestEntry};
 use ccfleet_tests::agent::AgentProcess;
 use ccfleet_tests::docker::{
-    deployed_version, free_port, volume_mountpoint, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES,
+    deployed_version, docker, free_port, volume_mountpoint, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES,
     V1_4_MIGRATES_THEN_FAILS_HTTP, V1_5_NEVER_CONVERGES, V1_6_HTTP_FAILS, V2_0,
 };
 use ccfleet_tests::server::TestServer;
@@ -848,4 +848,103 @@ async fn a_fleet_rollout_skips_an_app_pinned_by_its_host() {
     assert_eq!(host["message"], "pinned by host configuration", "{rollout}");
     assert_eq!(world.running().as_deref(), Some(V1_3));
     assert!(world.alert().is_none());
+}
+
+/// Unmounts a file system mounted by a test when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_during_the_snapshot_holds_the_upgrade_and_blocks_nothing() {
+    let world = World::start("upfull", true, false).await;
+    world.seed();
+    // Many small files, and the snapshots on a tmpfs with too few inodes
+    // for them: the free-space check (bytes) passes, then the copy runs out
+    // of room half way, as when something else fills the disk meanwhile.
+    for index in 0..50 {
+        std::fs::write(world.volume().join(format!("note-{index:02}")), b"x").unwrap();
+    }
+    let disk = world.test.path().join("state").join("snapshots");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=20,mode=0700", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs on {} (needs root)",
+        disk.display()
+    );
+    let _unmount = Unmount(disk.clone());
+
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-full"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "HELD", "{report}\n{stderr}\n{}", world.agent().log());
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no snapshot, no upgrade: no room for the snapshot"),
+        "{reason}"
+    );
+    assert!(reason.contains("No space left on device"), "{reason}");
+    // The partial snapshot is gone, the old version runs, nothing blocks the app.
+    assert!(!world.snapshots().join("op-full").exists());
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    let status = world.agent().status().unwrap();
+    assert_eq!(status["apps"][0]["blocked_by"], Value::Null, "{status}");
+    let alert = world.alert().expect("an alert file");
+    assert_eq!(alert["outcome"], "HELD");
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+}
+
+/// Removes a container started by a test when dropped.
+struct RemoveContainer(String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_while_any_container_mounts_the_volume() {
+    let world = World::start("upmounted", true, false).await;
+    world.seed();
+    // A container outside the stack (no stack label) that mounts the volume.
+    let volume = format!("{}_data", world.domain.replace('.', "_"));
+    let name = format!("{}-intruder", world.domain.replace('.', "-"));
+    let mount = format!("{volume}:/data");
+    let started = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-v",
+        &mount,
+        "ccfleet-fixture-web:1.3.0",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let _remove = RemoveContainer(name.clone());
+
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-mounted"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "HELD", "{report}\n{stderr}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "cannot snapshot: volume {volume} is mounted by container {name}"
+        )),
+        "{reason}"
+    );
+    assert!(!world.snapshots().join("op-mounted").exists());
+    assert_eq!(world.running().as_deref(), Some(V1_3));
 }
