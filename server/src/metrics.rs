@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Connections closed because the peer sent nothing within the idle timeout.
     pub connections_idle_closed: AtomicU64,
     pub tls_handshakes_failed: AtomicU64,
+    /// Handshakes closed to make room in the handshake pool for a newer one.
+    pub handshakes_evicted: AtomicU64,
     /// `accept` failures for lack of file descriptors or memory.
     pub accept_exhausted: AtomicU64,
     /// 1 while the store thread has been stuck on one job for longer than
@@ -46,6 +48,8 @@ struct ConnectionPools {
     general: Arc<tokio::sync::Semaphore>,
     reserve: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
+    handshakes: crate::edge::SharedHandshakePool,
+    max_handshakes: usize,
 }
 
 impl Metrics {
@@ -53,18 +57,38 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Lets the metrics read how many connections are open.
+    /// Lets the metrics read how many connections are open (the first
+    /// listener to call this, the main one, is the one shown).
     pub fn set_connection_pools(
         &self,
         general: Arc<tokio::sync::Semaphore>,
         reserve: Arc<tokio::sync::Semaphore>,
         max_connections: usize,
+        handshakes: crate::edge::SharedHandshakePool,
+        max_handshakes: usize,
     ) {
         let _ = self.pools.set(ConnectionPools {
             general,
             reserve,
             max_connections,
+            handshakes,
+            max_handshakes,
         });
+    }
+
+    /// Handshakes in progress and the handshake pool's size.
+    fn handshakes_open(&self) -> (u64, u64) {
+        match self.pools.get() {
+            Some(pools) => {
+                let open = pools
+                    .handshakes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len();
+                (open as u64, pools.max_handshakes as u64)
+            }
+            None => (0, 0),
+        }
     }
 
     fn connections_open(&self) -> (u64, u64) {
@@ -139,7 +163,7 @@ impl Metrics {
         metric(
             "ccfleet_connections_open",
             "gauge",
-            "Client connections open (TLS handshakes included).",
+            "Client connections open past their TLS handshake (main listener).",
             &[("", open)],
         );
         metric(
@@ -147,6 +171,19 @@ impl Metrics {
             "gauge",
             "The connection cap, derived from the file-descriptor limit.",
             &[("", max)],
+        );
+        let (handshakes, max_handshakes) = self.handshakes_open();
+        metric(
+            "ccfleet_handshakes_open",
+            "gauge",
+            "Connections in their TLS handshake (main listener).",
+            &[("", handshakes)],
+        );
+        metric(
+            "ccfleet_handshakes_max",
+            "gauge",
+            "The handshake pool's size.",
+            &[("", max_handshakes)],
         );
         metric(
             "ccfleet_connections_closed_total",
@@ -156,6 +193,7 @@ impl Metrics {
                 ("{reason=\"cap\"}", load(&self.connections_refused)),
                 ("{reason=\"idle\"}", load(&self.connections_idle_closed)),
                 ("{reason=\"handshake\"}", load(&self.tls_handshakes_failed)),
+                ("{reason=\"evicted\"}", load(&self.handshakes_evicted)),
             ],
         );
         metric(
