@@ -8,6 +8,7 @@ mod agent;
 mod alerts;
 mod docker;
 mod edge;
+mod edge_handshake;
 mod fleet;
 mod listing;
 mod nix;
