@@ -23,8 +23,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -516,7 +516,9 @@ pub fn tls_acceptor(
             .build()
             .context("cannot build the client certificate verifier")?,
         ClientAuth::AdminRequired => Arc::new(AdminCertificatesOnly(
-            builder.build().context("cannot build the client certificate verifier")?,
+            builder
+                .build()
+                .context("cannot build the client certificate verifier")?,
         )),
     };
     let chain = CertificateDer::pem_slice_iter(certificate_chain_pem.as_bytes())
@@ -624,12 +626,7 @@ mod tests {
     #[test]
     fn an_explicit_cap_derives_the_handshake_pool_and_its_per_source_bound() {
         // --max-connections: (handshakes, per source)
-        for (max_connections, expected) in [
-            (2, (16, 2)),
-            (60, (16, 2)),
-            (1000, (125, 15)),
-            (100_000, (1024, 64)),
-        ] {
+        for (max_connections, expected) in [(2, (16, 2)), (60, (16, 2)), (1000, (125, 15)), (100_000, (1024, 64))] {
             let handshakes = handshakes_for(max_connections);
             assert_eq!(
                 (handshakes, handshakes_per_source_for(handshakes)),

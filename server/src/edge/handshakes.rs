@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn a_pool_with_room_evicts_nobody() {
-        assert_eq!(run(3, 3, &[Arrive(v4(1)), Arrive(v4(2)), Arrive(v4(3))]), [None, None, None]);
+        assert_eq!(
+            run(3, 3, &[Arrive(v4(1)), Arrive(v4(2)), Arrive(v4(3))]),
+            [None, None, None]
+        );
     }
 
     #[test]
@@ -195,14 +198,20 @@ mod tests {
             // All silent: the oldest goes.
             (&[Arrive(v4(1)), Arrive(v4(2)), Arrive(v4(3))], &[None, None, Some(0)]),
             // Ticket 0 spoke: the oldest silent one (1) goes instead.
-            (&[Arrive(v4(1)), Arrive(v4(2)), Speak(0), Arrive(v4(3))], &[None, None, Some(1)]),
+            (
+                &[Arrive(v4(1)), Arrive(v4(2)), Speak(0), Arrive(v4(3))],
+                &[None, None, Some(1)],
+            ),
             // Everyone spoke: the oldest of all goes.
             (
                 &[Arrive(v4(1)), Arrive(v4(2)), Speak(0), Speak(1), Arrive(v4(3))],
                 &[None, None, Some(0)],
             ),
             // A finished handshake frees its place.
-            (&[Arrive(v4(1)), Arrive(v4(2)), Finish(0), Arrive(v4(3))], &[None, None, None]),
+            (
+                &[Arrive(v4(1)), Arrive(v4(2)), Finish(0), Arrive(v4(3))],
+                &[None, None, None],
+            ),
         ];
         for (index, (steps, expected)) in cases.iter().enumerate() {
             assert_eq!(run(2, 2, steps), *expected, "case {index}");

@@ -8,7 +8,7 @@ mod agent;
 mod alerts;
 mod docker;
 mod edge;
-mod edge_handshake;
+mod edge_floods;
 mod fleet;
 mod listing;
 mod nix;

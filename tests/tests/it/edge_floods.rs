@@ -3,9 +3,11 @@
 //! loopback sources, on the main listener (whose general pool is full, so
 //! admins depend on their reserve) and on the admin listener at once, while
 //! admins call both; and the admin listener refusing any but an admin
-//! certificate inside the TLS handshake.
+//! certificate inside the TLS handshake; and the metrics endpoint answering
+//! a scrape while slow clients hold half-sent requests.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +24,18 @@ const RECONNECTS_PER_TASK: u64 = 200_000;
 /// One flooding task: connects from `source` to `target`, sends nothing,
 /// waits until the server closes the connection, connects again at once;
 /// until `stop` turns true. Returns how many connections it opened.
-fn silent_flood_task(source: Ipv4Addr, target: SocketAddr, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+fn silent_flood_task(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut opened = 0;
         while opened < RECONNECTS_PER_TASK && !*stop.borrow() {
             let socket = TcpSocket::new_v4().expect("a socket");
-            socket.bind(SocketAddr::new(source.into(), 0)).expect("a loopback source address");
+            socket
+                .bind(SocketAddr::new(source.into(), 0))
+                .expect("a loopback source address");
             let connected = tokio::select! {
                 connected = socket.connect(target) => connected,
                 _ = stop.changed() => break,
@@ -48,7 +56,11 @@ fn silent_flood_task(source: Ipv4Addr, target: SocketAddr, mut stop: watch::Rece
 
 /// Eight loopback sources (127.0.0.2 to 127.0.0.9), `per_source` flooding
 /// connections each, against `target`.
-fn silent_flood(target: SocketAddr, per_source: usize, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<u64>> {
+fn silent_flood(
+    target: SocketAddr,
+    per_source: usize,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
     let mut tasks = Vec::new();
     for last in 2..10 {
         for _ in 0..per_source {
@@ -234,4 +246,86 @@ async fn the_admin_listener_refuses_a_host_or_no_certificate_inside_the_handshak
     tls_connection(&server, server.address, None)
         .await
         .expect("no certificate on the main listener (enrolment, health)");
+}
+
+/// One slow metrics client: connects, sends half a request, and holds the
+/// connection until the server closes it, then does it again at once; until
+/// `stop`. Counts the connections it opened in `opened`.
+fn half_request_task(
+    target: SocketAddr,
+    opened: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        for _ in 0..RECONNECTS_PER_TASK {
+            if *stop.borrow() {
+                break;
+            }
+            let connected = tokio::select! {
+                connected = TcpStream::connect(target) => connected,
+                _ = stop.changed() => break,
+            };
+            let Ok(mut stream) = connected else {
+                continue;
+            };
+            opened.fetch_add(1, Ordering::Relaxed);
+            if stream.write_all(b"GET /metr").await.is_err() {
+                continue;
+            }
+            let mut buffer = [0u8; 64];
+            tokio::select! {
+                _ = stream.read(&mut buffer) => {}
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_answers_a_scrape_while_slow_clients_hold_half_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_address = server.metrics_address.expect("the metrics listener");
+    // 64 slow clients: four times the endpoint's 16 places.
+    let (stop, stopped) = watch::channel(false);
+    let opened = Arc::new(AtomicU64::new(0));
+    let slow: Vec<_> = (0..64)
+        .map(|_| half_request_task(metrics_address, opened.clone(), stopped.clone()))
+        .collect();
+    // More connections than the 64 clients: every place is taken and the
+    // slow clients are being pushed out and coming back.
+    ccfleet_tests::wait_for("the slow clients to be pushed out", Duration::from_secs(10), || {
+        let opened = opened.load(Ordering::Relaxed);
+        async move {
+            if opened > 128 {
+                Ok(())
+            } else {
+                Err(format!("{opened} connections opened"))
+            }
+        }
+    })
+    .await;
+    let mut slowest = Duration::ZERO;
+    for scrape in 1..=10 {
+        let started = Instant::now();
+        let page = tokio::task::spawn_blocking(move || scrape_metrics(metrics_address))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            page.starts_with("HTTP/1.1 200 OK") && metric_value(&page, "ccfleet_hosts") == Some(0),
+            "scrape {scrape} after {took:?}: {page}"
+        );
+        assert!(took < Duration::from_secs(2), "scrape {scrape} took {took:?}");
+        slowest = slowest.max(took);
+    }
+    let _ = stop.send(true);
+    for task in slow {
+        task.await.unwrap();
+    }
+    eprintln!(
+        "slow metrics clients opened {} connections; slowest scrape {slowest:?}",
+        opened.load(Ordering::Relaxed)
+    );
 }
