@@ -36,6 +36,7 @@ fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
             online: true,
             observed: Some("1.0.0+a".parse().unwrap()),
             pinned_by_host: false,
+            canary: false,
         })
         .collect();
     plan(
@@ -44,6 +45,7 @@ fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
         "1.1.0+b".parse().unwrap(),
         strategy,
         candidates,
+        None,
         "admin".into(),
         0,
     )
