@@ -525,7 +525,9 @@ mod tests {
 
     #[test]
     fn the_canary_is_the_first_hosts_in_host_order_unless_the_operator_names_it() {
-        let cases: &[(QuantityRecord, &[&str], Option<&str>, Result<&str, &str>)] = &[
+        /// (canary quantity, hosts the selector matches, the selector, the waves or the refusal)
+        type Case<'a> = (QuantityRecord, &'a [&'a str], Option<&'a str>, Result<&'a str, &'a str>);
+        let cases: &[Case] = &[
             // The rule: the first host, with all its apps.
             (QuantityRecord::Count(1), &[], None, Ok("h1:0 h2:1 h2:1 h3:2 h4:2 h5:3")),
             // Two canary hosts: h1 and both apps of h2.
