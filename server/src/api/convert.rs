@@ -1,6 +1,7 @@
 //! Conversions between wire messages and store records: the server's edge.
 //! Every string from the wire is parsed into a domain type here; a message
 //! that does not parse is refused whole, with a status that names the field.
+//! (Over 600 lines: half of it is the table tests of these conversions.)
 
 use ccfleet_proto::pb;
 use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};

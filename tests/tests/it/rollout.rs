@@ -2,6 +2,7 @@
 //! and simulated agents (real Agent streams that answer upgrade and rollback
 //! commands from a script). Waves, the failure budget and rollback on halt,
 //! operator actions mid-rollout, a SIGKILLed server, hosts that are away.
+//! (Over 600 lines: every scenario shares the simulated fleet set up here.)
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
