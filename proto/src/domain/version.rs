@@ -2,8 +2,8 @@
 //!
 //! The part before `+` is the recipe's own semantic version; the part after it
 //! is the upstream app's version, which is build metadata: ordering and
-//! "is this a major upgrade" are decided by the recipe part alone (ABRA.md,
-//! "Versions").
+//! "is this a major upgrade" are decided by the recipe part alone (ARCHITECTURE.md,
+//! "What ccfleet relies on from abra and Docker").
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -68,6 +68,13 @@ impl CoopVersion {
             Ordering::Less if target.recipe.major > self.recipe.major => VersionChange::Major,
             Ordering::Less => VersionChange::Compatible,
         }
+    }
+
+    /// True when `other`'s recipe part has `self`'s major version: the one
+    /// "same major" rule for what an agent offers and what it moves to
+    /// without `allow_major`.
+    pub fn same_major(&self, other: &CoopVersion) -> bool {
+        self.recipe.major == other.recipe.major
     }
 
     /// True when moving from `self` to `target` raises the recipe's major version.

@@ -11,16 +11,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ccfleet_proto::domain::operation;
 use ccfleet_proto::pb;
-use ccfleet_proto::HostId;
+use ccfleet_proto::{HostId, OperationKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::machine::{self, ActionError, Command, Delivery, Event};
 use crate::fleet::Fleet;
-use crate::store::{
-    now_millis, HostOutcomeRecord, RolloutChange, RolloutRecord, RolloutStateRecord, StoreError, StoreHandle,
-    UnixMillis,
-};
+use crate::model::{now_millis, HostOutcomeRecord, RolloutRecord, RolloutStateRecord, UnixMillis};
+use crate::store::{RolloutChange, StoreError, StoreHandle};
 
 /// How often deadlines and wave intervals are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -177,15 +176,7 @@ impl RolloutEngine {
 
 /// Whether an operation id is a rollout's upgrade (`<rollout id>.<n>`).
 fn is_upgrade(operation_id: &str) -> bool {
-    let mut parts = operation_id.split('.');
-    let (_, position, rest) = (parts.next(), parts.next(), parts.next());
-    rest.is_none()
-        && position.is_some_and(|position| !position.is_empty() && position.bytes().all(|byte| byte.is_ascii_digit()))
-}
-
-/// The rollout id that minted an operation id (`<rollout id>.<n>[.rollback]`).
-fn rollout_of(operation_id: &str) -> &str {
-    operation_id.split('.').next().unwrap_or_default()
+    matches!(operation::kind_of(operation_id), OperationKind::Upgrade { .. })
 }
 
 fn base36(mut value: u64) -> String {
@@ -310,7 +301,7 @@ impl EngineTask {
                         Event::Result { operation_id, .. } | Event::Progress { operation_id, .. } => operation_id,
                         _ => continue,
                     };
-                    let id = rollout_of(operation_id).to_owned();
+                    let id = operation::rollout_of(operation_id).to_owned();
                     let late_upgrade_result = matches!(event, Event::Result { .. }) && is_upgrade(operation_id);
                     if late_upgrade_result && !self.live.contains_key(&id) && !changed.contains_key(&id) {
                         // A settled rollout may still owe this host a rollback
@@ -503,13 +494,13 @@ impl EngineTask {
 }
 
 /// The rollout event an agent's durable event carries, if any.
-pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Option<Event> {
+pub fn rollout_event(host_id: &HostId, event: &crate::model::AgentEvent) -> Option<Event> {
     match event {
-        crate::store::AgentEvent::Progress { operation_id, .. } => Some(Event::Progress {
+        crate::model::AgentEvent::Progress { operation_id, .. } => Some(Event::Progress {
             host_id: host_id.clone(),
             operation_id: operation_id.clone(),
         }),
-        crate::store::AgentEvent::Result {
+        crate::model::AgentEvent::Result {
             operation_id,
             outcome,
             from_version,

@@ -2,7 +2,7 @@
 //! record and returns the commands to deliver. Pure: no clock, no I/O; the
 //! engine stores the changed record before it delivers anything.
 //!
-//! Rules (DESIGN.md, "Rollouts (server)"):
+//! Rules (ARCHITECTURE.md, "Rollouts"):
 //! - waves run in order; a wave starts when the one before has no host in
 //!   flight (after the canary: the promote gate, then the wave interval);
 //! - a host's operation id is minted once, from the rollout id and the host's
@@ -17,9 +17,9 @@
 //!   change nothing; a success after a time-out is remembered (the host runs
 //!   the target) but the host still counts as failed.
 
-use ccfleet_proto::{CoopVersion, Domain, HostId};
+use ccfleet_proto::{CoopVersion, Domain, HostId, OperationId};
 
-use crate::store::{
+use crate::model::{
     HostOutcomeRecord, OperationOutcomeRecord, RollbackRecord, RollbackStateRecord, RolloutRecord, RolloutStateRecord,
     UnixMillis,
 };
@@ -460,7 +460,7 @@ fn advance(rollout: &mut RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
         let mut dispatched = false;
         for index in 0..rollout.hosts.len() {
             if rollout.hosts[index].wave == wave && rollout.hosts[index].outcome == HostOutcomeRecord::Pending {
-                let operation_id = format!("{}.{index}", rollout.id);
+                let operation_id = String::from(OperationId::upgrade(&rollout.id, index));
                 let host = &mut rollout.hosts[index];
                 host.outcome = HostOutcomeRecord::Dispatched;
                 host.operation_id = Some(operation_id.clone());
@@ -530,7 +530,7 @@ fn halt(rollout: &mut RolloutRecord, reason: String, now: UnixMillis) -> Vec<Del
 fn start_rollback(
     id: &str,
     index: usize,
-    host: &mut crate::store::RolloutHostRecord,
+    host: &mut crate::model::RolloutHostRecord,
     now: UnixMillis,
 ) -> Option<Delivery> {
     // Only hosts this rollout moved: they have an operation and a version to return to.
@@ -539,7 +539,7 @@ fn start_rollback(
     if host.rollback.is_some() {
         return None;
     }
-    let operation_id = format!("{id}.{index}.rollback");
+    let operation_id = String::from(OperationId::rollback(id, index));
     host.rollback = Some(RollbackRecord {
         operation_id: operation_id.clone(),
         version: version.clone(),

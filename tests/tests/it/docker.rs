@@ -11,8 +11,8 @@ use std::time::Duration;
 use ccfleet_agent::abra::Abra;
 use ccfleet_agent::config::{AbraConfig, AppConfig, Config};
 use ccfleet_agent::docker::Docker;
-use ccfleet_agent::journal::Outcome;
 use ccfleet_agent::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileErrorKind, Reconciler};
+use ccfleet_agent::upgrade::model::Outcome;
 use ccfleet_proto::{CoopVersion, Domain, RecipeName};
 use ccfleet_tests::docker::{abra_double, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0};
 use ccfleet_tests::wait_for;
@@ -208,7 +208,7 @@ async fn a_raised_declared_version_goes_through_the_transaction_and_a_lowered_on
         (domain.clone(), AppState::Converged, Some(V1_1.to_owned()), vec![])
     );
 
-    // A major pin is held: majors need allow_major (DESIGN.md).
+    // A major pin is held: majors need allow_major (README.md, "How pins, autoUpdate and rollouts combine").
     let major = reconciler
         .reconcile_app(&with_version(declared, V2_0))
         .await
