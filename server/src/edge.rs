@@ -3,8 +3,8 @@
 //! peer from locking everyone else out (SECURITY.md).
 //!
 //! - connections still in their TLS handshake have a pool of their own
-//!   (`handshakes`: bounded, bounded per source, the oldest silent one closed
-//!   to make room for a newcomer) and a short deadline; a connection takes a
+//!   (`handshakes`: bounded, bounded per source, the oldest silent one of the
+//!   heaviest sources closed to make room for a newcomer) and a short deadline; a connection takes a
 //!   place under the connection cap only once its handshake is done, so a
 //!   flood of connections that never finish one cannot lock anyone out;
 //! - a connection cap derived from the process's file-descriptor limit, with
@@ -59,8 +59,8 @@ pub struct ConnectionLimits {
     /// `ccfleet` keeps working during a flood.
     pub admin_reserve: usize,
     /// Connections in their TLS handshake at once (a pool apart from the
-    /// above): when it is full, the oldest handshake that has sent nothing
-    /// yet (else the oldest) is closed to make room.
+    /// above): when it is full, a handshake of the sources holding the most
+    /// is closed to make room (`handshakes`).
     pub max_handshakes: usize,
     /// Of those, how many one source (an IPv4 address, an IPv6 /64) may
     /// hold; past it, that source's own oldest handshake makes room.

@@ -86,8 +86,8 @@ struct Limits {
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
     max_connections: Option<u64>,
     /// Connections in their TLS handshake at once, a pool apart; when full,
-    /// the oldest silent handshake is closed to make room [default: an eighth
-    /// of the connection cap, 16 to 1024].
+    /// the oldest silent handshake of the sources holding the most is closed
+    /// to make room [default: an eighth of the connection cap, 16 to 1024].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_handshakes: Option<u64>,
     /// Handshakes one source (IPv4 address, IPv6 /64) may hold at once

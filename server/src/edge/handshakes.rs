@@ -8,8 +8,11 @@
 //! 1. S already holds `per_source` handshakes: the oldest of S's handshakes
 //!    that has sent nothing yet is closed to make room; if all of S's have
 //!    sent something, S's oldest is closed.
-//! 2. The pool holds `capacity` handshakes: the oldest handshake that has sent
-//!    nothing yet is closed; if every one has sent something, the oldest.
+//! 2. The pool holds `capacity` handshakes: room is made among the sources
+//!    that hold the most handshakes: the oldest of their handshakes that has
+//!    sent nothing yet, else the oldest of theirs. A flood from a few sources
+//!    therefore only ever pushes out its own connections, never a newcomer
+//!    from a source holding fewer.
 //! 3. Otherwise the connection simply takes a place.
 //!
 //! Making room instead of refusing the newcomer is what defeats a flood: a
@@ -104,7 +107,8 @@ impl<T> HandshakePool<T> {
         let victim = if from_source >= self.per_source {
             self.oldest(|entry| entry.source == source)
         } else if self.entries.len() >= self.capacity {
-            self.oldest(|_| true)
+            let heaviest = self.heaviest_sources();
+            self.oldest(|entry| heaviest.contains(&entry.source))
         } else {
             None
         };
@@ -120,6 +124,19 @@ impl<T> HandshakePool<T> {
             },
         );
         Admission { ticket, evicted }
+    }
+
+    /// The sources holding the most entries.
+    fn heaviest_sources(&self) -> std::collections::BTreeSet<Source> {
+        let mut held: BTreeMap<Source, usize> = BTreeMap::new();
+        for entry in self.entries.values() {
+            *held.entry(entry.source).or_default() += 1;
+        }
+        let most = held.values().copied().max().unwrap_or(0);
+        held.into_iter()
+            .filter(|(_, count)| *count == most)
+            .map(|(source, _)| source)
+            .collect()
     }
 
     /// The oldest silent entry among those `matching`, else the oldest.
@@ -253,6 +270,41 @@ mod tests {
                 assert_eq!(handle, "flood");
             }
         }
+        assert_eq!(pool.len(), 16);
+    }
+
+    #[test]
+    fn a_full_pool_makes_room_in_its_heaviest_source() {
+        // Source 1 holds two, source 2 one (older): source 3's newcomer
+        // pushes out source 1's oldest, not source 2's.
+        assert_eq!(
+            run(3, 3, &[Arrive(v4(2)), Arrive(v4(1)), Arrive(v4(1)), Arrive(v4(3))]),
+            [None, None, None, Some(1)]
+        );
+    }
+
+    #[test]
+    fn a_flood_from_sources_at_their_bound_never_pushes_out_a_silent_newcomer() {
+        // 8 sources at their bound of 2 fill a pool of 16; a newcomer from
+        // another source has not spoken yet. Each flood connection pushed
+        // out comes back at once: the room is always made among the flood.
+        let mut pool = HandshakePool::new(16, 2);
+        for round in 0..16u8 {
+            pool.admit(v4(round % 8), "flood");
+        }
+        let newcomer = pool.admit(v4(200), "newcomer");
+        assert!(newcomer.evicted.is_some());
+        let mut pushed_out = newcomer.evicted.map(|(_, handle)| handle);
+        for round in 0..10_000u32 {
+            // The source of the connection just pushed out reconnects (any
+            // flood source will do: they are all at or near their bound).
+            let admission = pool.admit(v4((round % 8) as u8), "flood");
+            if let Some((ticket, handle)) = admission.evicted {
+                assert_ne!(ticket, newcomer.ticket, "round {round}");
+                pushed_out = Some(handle);
+            }
+        }
+        assert_eq!(pushed_out, Some("flood"));
         assert_eq!(pool.len(), 16);
     }
 
