@@ -17,11 +17,15 @@ use crate::exit::Failure;
 
 /// Defaults and exit codes, shown in `ccfleet upgrade --help`.
 pub const UPGRADE_HELP: &str = "\
-Defaults: a canary wave of 1 host, then batches of 25 % of the hosts; the rollout halts at the
-first failed host (--max-failures 1); each host has 15 minutes (--host-deadline); no wave
+Defaults: a canary wave of 1 host (the first hosts in host-id order that take part; choose them
+with --canary-hosts), then batches of 25 % of the hosts; the rollout halts at the first failed
+host (--max-failures 1; failures and percentages count hosts, not apps); each host has 15 minutes (--host-deadline); no wave
 interval and no progress deadline. Hosts that are offline at the start, and apps their host pins
 (fleetManaged = false), are skipped with the reason; apps already at or above the target succeed
-without a command.
+without a command. Without --to, the target is the newest version that more than half of the
+selected hosts running the recipe report available (a host reporting a version counts for it
+and every older one); without such a majority the upgrade is refused and lists the candidates
+with how many hosts report each. --dry-run prints the plan; wave 0 is the canary.
 
 With --follow, the exit code tells how the rollout ended:
   0  completed
@@ -33,12 +37,15 @@ With --follow, the exit code tells how the rollout ended:
 pub struct UpgradeArgs {
     /// The recipe, e.g. `ghost`.
     recipe: RecipeName,
-    /// Target version [default: the newest version agents report as available, same major unless --major].
+    /// Target version [default: the newest version a majority of the selected hosts running the recipe report as available, same major unless --major].
     #[arg(long)]
     to: Option<CoopVersion>,
     /// Hosts in the canary (first) wave: a count `N` or a percentage `P%`.
     #[arg(long, default_value = "1", value_parser = parse_quantity)]
     canary: Quantity,
+    /// The canary wave is these hosts (those taking part that match): a host id or a `key=value` label (repeatable; overrides --canary).
+    #[arg(long = "canary-hosts", value_name = "SELECTOR")]
+    canary_hosts: Vec<String>,
     /// Hosts in each following wave: `N` or `P%`.
     #[arg(long, default_value = "25%", value_parser = parse_quantity)]
     batch: Quantity,
@@ -498,6 +505,7 @@ pub async fn upgrade(
         }),
         host_selectors: args.hosts,
         dry_run: args.dry_run,
+        canary_hosts: args.canary_hosts,
     };
     let rollout = client.start_rollout(request).await.map_err(&failure)?.into_inner();
     let started = rollout_json(&rollout);

@@ -59,9 +59,16 @@ pub struct ServerConfig {
     /// On shutdown, how long agent streams and other connections get to end
     /// before the server closes them and exits.
     pub shutdown_timeout: Duration,
-    /// Connections open at once; `None` derives it from the file-descriptor
-    /// limit (`edge::connection_cap`), after raising the soft limit.
+    /// Connections past their TLS handshake open at once; `None` derives it
+    /// from the file-descriptor limit (`edge::connection_cap`), after raising
+    /// the soft limit.
     pub max_connections: Option<usize>,
+    /// Connections in their TLS handshake at once; `None` derives it from
+    /// the connection cap.
+    pub max_handshakes: Option<usize>,
+    /// Handshakes one source may hold at once; `None` derives it from
+    /// `max_handshakes`.
+    pub handshakes_per_source: Option<usize>,
     /// The TLS handshake must finish within this.
     pub handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed (this is the
@@ -106,7 +113,9 @@ impl ServerConfig {
             operation_retention: Duration::from_secs(90 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
             max_connections: None,
-            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: None,
+            handshakes_per_source: None,
+            handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
@@ -286,11 +295,24 @@ pub async fn serve(
         .await
         .context("cannot resume the stored rollouts")?;
     let (server_certificate, server_key) = authority.issue_server_certificate(&config.server_names)?;
-    let acceptor = edge::tls_acceptor(&server_certificate, &server_key, authority.certificate_pem())?;
+    let acceptor = edge::tls_acceptor(
+        &server_certificate,
+        &server_key,
+        authority.certificate_pem(),
+        edge::ClientAuth::Optional,
+    )?;
+    let admin_acceptor = edge::tls_acceptor(
+        &server_certificate,
+        &server_key,
+        authority.certificate_pem(),
+        edge::ClientAuth::AdminRequired,
+    )?;
     let limits = connection_limits(&config);
     tracing::info!(
         max_connections = limits.max_connections,
         admin_reserve = limits.admin_reserve,
+        max_handshakes = limits.max_handshakes,
+        handshakes_per_source = limits.handshakes_per_source,
         "connection limits"
     );
 
@@ -304,6 +326,8 @@ pub async fn serve(
     let admin_limits = edge::ConnectionLimits {
         max_connections: ADMIN_LISTENER_CONNECTIONS,
         admin_reserve: 1,
+        max_handshakes: ADMIN_LISTENER_HANDSHAKES,
+        handshakes_per_source: edge::handshakes_per_source_for(ADMIN_LISTENER_HANDSHAKES),
         admins_only: true,
         ..connection_limits(&config)
     };
@@ -384,7 +408,7 @@ pub async fn serve(
                 .into_std()
                 .context("cannot hand the admin listener to its thread")?;
             let mut admin_stopped = admin_stopped.clone();
-            let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
+            let (acceptor, metrics) = (admin_acceptor, metrics.clone());
             let router = grpc_server(&config)
                 .add_service(health.clone())
                 .add_service(reflection()?)
@@ -533,16 +557,26 @@ fn grpc_server(
 /// The edge's limits from the configuration, deriving the connection cap
 /// from the (raised) file-descriptor limit unless it was given.
 fn connection_limits(config: &ServerConfig) -> edge::ConnectionLimits {
-    let (max_connections, admin_reserve) = match config.max_connections {
+    let cap = match config.max_connections {
         Some(max_connections) => {
             let max_connections = max_connections.max(2);
-            (max_connections, (max_connections / 20).clamp(1, 64))
+            edge::ConnectionCap {
+                max_connections,
+                admin_reserve: (max_connections / 20).clamp(1, 64),
+                max_handshakes: edge::handshakes_for(max_connections),
+            }
         }
         None => edge::connection_cap(edge::raise_fd_limit()),
     };
+    let max_handshakes = config.max_handshakes.unwrap_or(cap.max_handshakes).max(1);
     edge::ConnectionLimits {
-        max_connections,
-        admin_reserve,
+        max_connections: cap.max_connections,
+        admin_reserve: cap.admin_reserve,
+        max_handshakes,
+        handshakes_per_source: config
+            .handshakes_per_source
+            .unwrap_or_else(|| edge::handshakes_per_source_for(max_handshakes))
+            .clamp(1, max_handshakes),
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
         admins_only: false,
@@ -551,3 +585,7 @@ fn connection_limits(config: &ServerConfig) -> edge::ConnectionLimits {
 
 /// Connections the admin listener takes at once: admins only, so a few.
 const ADMIN_LISTENER_CONNECTIONS: usize = 64;
+
+/// Handshakes the admin listener runs at once (8 per source): a flood of
+/// connections that never finish one is pushed out by each newcomer.
+const ADMIN_LISTENER_HANDSHAKES: usize = 64;

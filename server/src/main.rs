@@ -154,12 +154,22 @@ struct Limits {
     /// closes them, writes last-seen times and exits.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
-    /// Connections open at once [default: derived from the file-descriptor
-    /// limit, which is raised to its hard limit at start].
-    #[arg(long)]
-    max_connections: Option<usize>,
+    /// Connections past their TLS handshake open at once [default: derived
+    /// from the file-descriptor limit, which is raised to its hard limit at
+    /// start].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
+    max_connections: Option<u64>,
+    /// Connections in their TLS handshake at once, a pool apart; when full,
+    /// the oldest silent handshake of the sources holding the most is closed
+    /// to make room [default: an eighth of the connection cap, 16 to 1024].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_handshakes: Option<u64>,
+    /// Handshakes one source (IPv4 address, IPv6 /64) may hold at once
+    /// [default: an eighth of --max-handshakes, 2 to 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    handshakes_per_source: Option<u64>,
     /// A TLS handshake must finish within this.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed (also the
     /// HTTP/2 preface timeout); must be longer than --keepalive-interval.
@@ -268,7 +278,9 @@ fn main() -> anyhow::Result<()> {
                 config.operation_quota = operation_quota;
                 config.operation_retention = operation_retention;
                 config.shutdown_timeout = limits.shutdown_timeout;
-                config.max_connections = limits.max_connections;
+                config.max_connections = limits.max_connections.map(|value| value as usize);
+                config.max_handshakes = limits.max_handshakes.map(|value| value as usize);
+                config.handshakes_per_source = limits.handshakes_per_source.map(|value| value as usize);
                 config.handshake_timeout = limits.handshake_timeout;
                 config.idle_timeout = limits.idle_timeout;
                 config.keepalive_interval = limits.keepalive_interval;

@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Connections closed because the peer sent nothing within the idle timeout.
     pub connections_idle_closed: AtomicU64,
     pub tls_handshakes_failed: AtomicU64,
+    /// Handshakes closed to make room in the handshake pool for a newer one.
+    pub handshakes_evicted: AtomicU64,
     /// `accept` failures for lack of file descriptors or memory.
     pub accept_exhausted: AtomicU64,
     /// 1 while the store thread has been stuck on one job for longer than
@@ -52,6 +54,8 @@ struct ConnectionPools {
     general: Arc<tokio::sync::Semaphore>,
     reserve: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
+    handshakes: crate::edge::SharedHandshakePool,
+    max_handshakes: usize,
 }
 
 impl Metrics {
@@ -59,18 +63,38 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Lets the metrics read how many connections are open.
+    /// Lets the metrics read how many connections are open (the first
+    /// listener to call this, the main one, is the one shown).
     pub fn set_connection_pools(
         &self,
         general: Arc<tokio::sync::Semaphore>,
         reserve: Arc<tokio::sync::Semaphore>,
         max_connections: usize,
+        handshakes: crate::edge::SharedHandshakePool,
+        max_handshakes: usize,
     ) {
         let _ = self.pools.set(ConnectionPools {
             general,
             reserve,
             max_connections,
+            handshakes,
+            max_handshakes,
         });
+    }
+
+    /// Handshakes in progress and the handshake pool's size.
+    fn handshakes_open(&self) -> (u64, u64) {
+        match self.pools.get() {
+            Some(pools) => {
+                let open = pools
+                    .handshakes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len();
+                (open as u64, pools.max_handshakes as u64)
+            }
+            None => (0, 0),
+        }
     }
 
     fn connections_open(&self) -> (u64, u64) {
@@ -200,7 +224,7 @@ impl Metrics {
         metric(
             "ccfleet_connections_open",
             "gauge",
-            "Client connections open (TLS handshakes included).",
+            "Client connections open past their TLS handshake (main listener).",
             &[("", open)],
         );
         metric(
@@ -208,6 +232,19 @@ impl Metrics {
             "gauge",
             "The connection cap, derived from the file-descriptor limit.",
             &[("", max)],
+        );
+        let (handshakes, max_handshakes) = self.handshakes_open();
+        metric(
+            "ccfleet_handshakes_open",
+            "gauge",
+            "Connections in their TLS handshake (main listener).",
+            &[("", handshakes)],
+        );
+        metric(
+            "ccfleet_handshakes_max",
+            "gauge",
+            "The handshake pool's size.",
+            &[("", max_handshakes)],
         );
         metric(
             "ccfleet_connections_closed_total",
@@ -217,6 +254,7 @@ impl Metrics {
                 ("{reason=\"cap\"}", load(&self.connections_refused)),
                 ("{reason=\"idle\"}", load(&self.connections_idle_closed)),
                 ("{reason=\"handshake\"}", load(&self.tls_handshakes_failed)),
+                ("{reason=\"evicted\"}", load(&self.handshakes_evicted)),
             ],
         );
         metric(
@@ -290,58 +328,141 @@ pub fn check_address(address: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Serves `GET /metrics` until the task is dropped.
+///
+/// Slow clients cannot keep a scraper out: at most `MAX_SCRAPERS`
+/// connections are open at once, each must deliver its request within
+/// `REQUEST_READ_DEADLINE` (and be answered within `REQUEST_DEADLINE`), and
+/// when all places are taken a new connection closes the oldest one still
+/// sending its request (the rule of `edge::handshakes`). A scraper sends its
+/// whole request at once, so it is pushed out only if `MAX_SCRAPERS` newer
+/// connections arrive before its request does.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, fleet: Arc<Fleet>, store: StoreHandle) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    use crate::edge::handshakes::{HandshakePool, Source};
+    let pending = Arc::new(std::sync::Mutex::new(HandshakePool::new(MAX_SCRAPERS, MAX_SCRAPERS)));
+    let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERS));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "metrics accept failed");
                 tokio::time::sleep_until(tokio::time::Instant::now() + std::time::Duration::from_millis(200)).await;
                 continue;
             }
         };
-        // Scrapers are few: past the limit, a connection is closed at once.
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (metrics, fleet, store) = (metrics.clone(), fleet.clone(), store.clone());
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let admission = pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(Source::of(peer.ip()), close);
+        if let Some((_, close)) = admission.evicted {
+            let _ = close.send(());
+        }
+        let ticket = admission.ticket;
+        let (metrics, fleet, store, pending, answering) = (
+            metrics.clone(),
+            fleet.clone(),
+            store.clone(),
+            pending.clone(),
+            answering.clone(),
+        );
         tokio::spawn(async move {
             // The whole exchange has one deadline: a client dripping one byte
             // at a time cannot hold the connection by resetting a per-read
             // timeout.
-            match tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &metrics, &fleet, &store)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "metrics request failed"),
-                Err(_) => tracing::debug!("metrics request exceeded its deadline"),
+            let exchange = tokio::time::timeout(
+                REQUEST_DEADLINE,
+                exchange(
+                    stream,
+                    &metrics,
+                    &fleet,
+                    &store,
+                    || {
+                        // The request is in: this connection is no longer the
+                        // first to make room for a newcomer.
+                        pending
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .spoke(ticket);
+                    },
+                    &answering,
+                ),
+            );
+            tokio::select! {
+                outcome = exchange => match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(%error, "metrics request failed"),
+                    Err(_) => tracing::debug!("metrics request exceeded its deadline"),
+                },
+                _ = closed => tracing::debug!("metrics connection closed to make room for a newer one"),
             }
-            drop(permit);
+            pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .finish(ticket);
         });
+        // Let the new connection read its request before the next accept.
+        tokio::task::yield_now().await;
     }
 }
 
-/// Connections the metrics endpoint serves at once.
+/// Connections the metrics endpoint keeps open at once.
 const MAX_SCRAPERS: usize = 16;
+
+/// Scrapes rendered and written at once.
+const MAX_ANSWERS: usize = 4;
 
 /// A scrape must be read and answered within this, start to end.
 pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The request must have arrived within this of the connection's accept.
+pub const REQUEST_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Requests are tiny: a request line and a few headers.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics, fleet: &Fleet, store: &StoreHandle) -> std::io::Result<()> {
+/// Reads one request (within `REQUEST_READ_DEADLINE`), calls `received`,
+/// then answers it once one of `answering`'s places is free.
+async fn exchange(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    fleet: &Fleet,
+    store: &StoreHandle,
+    received: impl FnOnce(),
+    answering: &tokio::sync::Semaphore,
+) -> std::io::Result<()> {
+    let request = tokio::time::timeout(REQUEST_READ_DEADLINE, read_request(&mut stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow request"))??;
+    received();
+    let _answering = answering
+        .acquire()
+        .await
+        .map_err(|_| std::io::Error::other("the metrics endpoint is closing"))?;
+    answer(stream, &request, metrics, fleet, store).await
+}
+
+/// The request's bytes, up to the end of its headers (or `MAX_REQUEST_BYTES`).
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut request = Vec::new();
     let mut buffer = [0u8; 1024];
     while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < MAX_REQUEST_BYTES {
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buffer))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow request"))??;
+        let read = stream.read(&mut buffer).await?;
         if read == 0 {
             break;
         }
         request.extend_from_slice(&buffer[..read]);
     }
-    let request_line = String::from_utf8_lossy(&request)
+    Ok(request)
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    request: &[u8],
+    metrics: &Metrics,
+    fleet: &Fleet,
+    store: &StoreHandle,
+) -> std::io::Result<()> {
+    let request_line = String::from_utf8_lossy(request)
         .lines()
         .next()
         .unwrap_or_default()

@@ -1,6 +1,7 @@
 //! Conversions between wire messages and store records: the server's edge.
 //! Every string from the wire is parsed into a domain type here; a message
 //! that does not parse is refused whole, with a status that names the field.
+//! (Over 600 lines: half of it is the table tests of these conversions.)
 
 use ccfleet_proto::pb;
 use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
@@ -248,9 +249,10 @@ pub fn versions(from: &str, to: &str) -> Result<(Option<CoopVersion>, Option<Coo
 }
 
 /// An alert event, validated whole: names parse, free text is bounded and
-/// printable, a missing time is the server's receipt time.
+/// printable, its time is bounded by the receive time `now` (`host_time`).
 pub fn alert(alert: pb::AlertEvent, now: UnixMillis) -> Result<AlertEventRecord, Status> {
     let (from_version, to_version) = versions(&alert.from_version, &alert.to_version)?;
+    let raised_at = host_time(alert.raised_at.as_ref(), now);
     Ok(AlertEventRecord {
         domain: domain("alert.domain", &alert.domain)?,
         recipe: if alert.recipe.is_empty() {
@@ -273,19 +275,61 @@ pub fn alert(alert: pb::AlertEvent, now: UnixMillis) -> Result<AlertEventRecord,
             Some(operation_id(&alert.operation_id)?)
         },
         snapshot_path: bounded_text_of("alert.snapshot_path", &alert.snapshot_path, MAX_PATH_TEXT),
-        raised_at: alert.raised_at.map_or(now, |time| millis_of(&time, now)),
+        raised_at: raised_at.at,
+        received_at: now,
+        reported_raised_at: raised_at.reported_seconds,
         cleared: alert.cleared,
     })
 }
 
-/// A wire timestamp as Unix milliseconds; `fallback` for times before 1970.
-fn millis_of(time: &prost_types::Timestamp, fallback: UnixMillis) -> UnixMillis {
+/// How far ahead of the server's clock a host's time may be: ordinary clock
+/// skew. Beyond it the time is the server's receive time.
+pub const MAX_HOST_CLOCK_AHEAD_MILLIS: UnixMillis = 5 * 60 * 1000;
+
+/// A time a host reported, bounded on receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostTime {
+    /// What the server stores and shows: never before 1970 nor after the
+    /// receive time.
+    pub at: UnixMillis,
+    /// The host's value in seconds, kept when it was out of bounds (before
+    /// 1970, or more than `MAX_HOST_CLOCK_AHEAD_MILLIS` ahead) and `at` is
+    /// the receive time instead.
+    pub reported_seconds: Option<i64>,
+}
+
+/// Bounds a host's time by the server's receive time `received_at`: a
+/// missing time is the receive time; a time ahead of it by at most
+/// `MAX_HOST_CLOCK_AHEAD_MILLIS` (clock skew) is the receive time; a time
+/// before 1970 or further ahead is the receive time with the reported value
+/// kept aside; an earlier time (an alert that waited in the agent's outbox)
+/// stays. So no host time is in the future of the server, and none is
+/// beyond what every formatter can show.
+pub fn host_time(reported: Option<&prost_types::Timestamp>, received_at: UnixMillis) -> HostTime {
+    let Some(time) = reported else {
+        return HostTime {
+            at: received_at,
+            reported_seconds: None,
+        };
+    };
+    let out_of_bounds = HostTime {
+        at: received_at,
+        reported_seconds: Some(time.seconds),
+    };
     if time.seconds < 0 {
-        return fallback;
+        return out_of_bounds;
     }
-    (time.seconds as u64)
+    let millis = (time.seconds as u64)
         .saturating_mul(1000)
-        .saturating_add(time.nanos.clamp(0, 999_999_999) as u64 / 1_000_000)
+        .saturating_add(time.nanos.clamp(0, 999_999_999) as u64 / 1_000_000);
+    if millis > received_at.saturating_add(MAX_HOST_CLOCK_AHEAD_MILLIS) {
+        out_of_bounds
+    } else {
+        HostTime {
+            at: millis.min(received_at),
+            reported_seconds: None,
+        }
+    }
 }
 
 pub fn alert_to_wire(alert: &AlertRecord) -> pb::Alert {
@@ -299,6 +343,8 @@ pub fn alert_to_wire(alert: &AlertRecord) -> pb::Alert {
         } as i32,
         message: alert.reason.clone(),
         raised_at: Some(timestamp(alert.raised_at)),
+        received_at: alert.received_at.map(timestamp),
+        reported_raised_at_seconds: alert.reported_raised_at,
         operation_id: alert.operation_id.clone().unwrap_or_default(),
         recipe: alert.recipe.as_ref().map(ToString::to_string).unwrap_or_default(),
         from_version: version_text(alert.from_version.as_ref()),
@@ -497,6 +543,37 @@ mod tests {
         .unwrap();
         assert!(alert.reason.len() <= MAX_TEXT && alert.reason.ends_with(TRUNCATED));
         assert!(alert.snapshot_path.len() <= 1024);
+    }
+
+    #[test]
+    fn host_times_are_bounded_by_the_receive_time() {
+        let received = 1_000_000_000_000; // 2001-09-09, in milliseconds
+        let time = |seconds: i64, nanos: i32| prost_types::Timestamp { seconds, nanos };
+        // (reported, stored, reported value kept aside)
+        let cases = [
+            (None, received, None),
+            // An earlier time (from the agent's outbox) stays.
+            (Some(time(999_000_000, 5_000_000)), 999_000_000_005, None),
+            (Some(time(0, 0)), 0, None),
+            // Ahead by up to five minutes: clock skew, the receive time.
+            (Some(time(1_000_000_300, 0)), received, None),
+            (Some(time(1_000_000_000, 999_999_999)), received, None),
+            // Further ahead, or before 1970: the receive time, the host's value kept.
+            (Some(time(1_000_000_301, 0)), received, Some(1_000_000_301)),
+            (Some(time(1 << 62, 0)), received, Some(1 << 62)),
+            (Some(time(i64::MAX, i32::MAX)), received, Some(i64::MAX)),
+            (Some(time(-1, 0)), received, Some(-1)),
+            (Some(time(i64::MIN, i32::MIN)), received, Some(i64::MIN)),
+            // Nanoseconds out of their range are clamped.
+            (Some(time(999_000_000, -5)), 999_000_000_000, None),
+        ];
+        for (reported, at, reported_seconds) in cases {
+            assert_eq!(
+                host_time(reported.as_ref(), received),
+                HostTime { at, reported_seconds },
+                "{reported:?}"
+            );
+        }
     }
 
     #[test]

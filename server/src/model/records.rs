@@ -285,8 +285,16 @@ pub struct AlertRecord {
     pub reason: String,
     pub operation_id: Option<String>,
     pub snapshot_path: String,
-    /// When the agent raised it.
+    /// When the agent raised it, bounded on receipt (`api::convert::host_time`).
     pub raised_at: UnixMillis,
+    /// When the server received it (listings sort by it); `None` in records
+    /// stored before it was kept.
+    #[serde(default)]
+    pub received_at: Option<UnixMillis>,
+    /// The agent's own time, in seconds since 1970, when it was beyond the
+    /// bounds and `raised_at` is the receive time instead.
+    #[serde(default)]
+    pub reported_raised_at: Option<i64>,
 }
 
 /// An alert event as the agent sent it, validated.
@@ -302,6 +310,8 @@ pub struct AlertEventRecord {
     pub operation_id: Option<String>,
     pub snapshot_path: String,
     pub raised_at: UnixMillis,
+    pub received_at: UnixMillis,
+    pub reported_raised_at: Option<i64>,
     /// True: the app's open alert is removed instead.
     pub cleared: bool,
 }

@@ -169,17 +169,20 @@ fn refuse_if_final(rollout: &RolloutRecord) -> Result<(), ActionError> {
     Ok(())
 }
 
-/// The failure count at which the rollout halts.
+/// The failure count at which the rollout halts, in hosts: a percentage
+/// budget is a share of the hosts taking part, however many apps each runs,
+/// so a host that claims many apps of the recipe does not widen it.
 pub fn failure_limit(rollout: &RolloutRecord) -> usize {
-    let eligible = rollout
+    let eligible: std::collections::BTreeSet<_> = rollout
         .hosts
         .iter()
         .filter(|host| host.operation_id.is_some() || host.outcome == HostOutcomeRecord::Pending)
-        .count();
+        .map(|host| &host.host_id)
+        .collect();
     let strategy = &rollout.strategy;
     let by_count = (strategy.max_failures > 0).then_some(strategy.max_failures as usize);
     let by_ratio = (strategy.max_failure_ppm > 0).then(|| {
-        (eligible * strategy.max_failure_ppm as usize)
+        (eligible.len() * strategy.max_failure_ppm as usize)
             .div_ceil(1_000_000)
             .max(1)
     });
@@ -190,7 +193,8 @@ pub fn failure_limit(rollout: &RolloutRecord) -> usize {
     }
 }
 
-/// Hosts whose upgrade failed.
+/// Hosts with an app whose upgrade failed (a host with two failed apps is
+/// one failure).
 pub fn failures(rollout: &RolloutRecord) -> usize {
     rollout
         .hosts
@@ -200,7 +204,9 @@ pub fn failures(rollout: &RolloutRecord) -> usize {
             // failure; one that timed out before it succeeded stays one.
             host.operation_id.is_some() && (host.rollback.is_none() || host.succeeded_late) && host.outcome.is_failure()
         })
-        .count()
+        .map(|host| &host.host_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 /// Whether anything is still out: an upgrade or a rollback without result.

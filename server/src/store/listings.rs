@@ -68,6 +68,8 @@ impl Store {
             operation_id: alert.operation_id.clone(),
             snapshot_path: alert.snapshot_path.clone(),
             raised_at: alert.raised_at,
+            received_at: Some(alert.received_at),
+            reported_raised_at: alert.reported_raised_at,
         });
         let alert_value = next.as_ref().map(encode).transpose()?;
         // Queued in the same transaction as the alert it announces.
@@ -107,7 +109,16 @@ impl Store {
         let mut alerts: Vec<AlertRecord> = entries
             .map(|entry| decode(ALERTS, &entry?.1))
             .collect::<Result<_, _>>()?;
-        alerts.sort_by_key(|alert| (Reverse(alert.raised_at), alert.host_id.clone(), alert.domain.clone()));
+        // By the server's receive time: a host's clock cannot move its
+        // alerts ahead of others'.
+        alerts.sort_by_key(|alert| {
+            (
+                Reverse(alert.received_at.unwrap_or(alert.raised_at)),
+                Reverse(alert.raised_at),
+                alert.host_id.clone(),
+                alert.domain.clone(),
+            )
+        });
         Ok(alerts)
     }
 

@@ -481,6 +481,8 @@ fn alerts_are_replaced_cleared_and_removed_with_their_host() {
             operation_id: None,
             snapshot_path: String::new(),
             raised_at,
+            received_at: raised_at,
+            reported_raised_at: None,
             cleared,
         })
     };

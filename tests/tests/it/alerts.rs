@@ -324,3 +324,65 @@ async fn operations_are_listed_newest_first_filtered_bounded_and_pruned() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_from_a_host_far_in_the_future_is_bounded_and_the_listing_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let apps = vec![
+        observed("blog.coop.example", "ghost", "1.3.0+6.42.0-alpine"),
+        observed("wiki.coop.example", "ghost", "1.3.0+6.42.0-alpine"),
+    ];
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", apps)
+        .await
+        .unwrap();
+    let before = SystemTime::now();
+    // 2^62 seconds: far beyond any calendar a formatter knows.
+    let far = 1_i64 << 62;
+    assert_eq!(
+        send_alert(&mut agent, 1, alert_event("blog.coop.example", far, "from the future"))
+            .await
+            .unwrap(),
+        1
+    );
+    // A second alert, received later with an honest time: listed first,
+    // since listings follow the server's receive time.
+    let honest = before.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert_eq!(
+        send_alert(&mut agent, 2, alert_event("wiki.coop.example", honest, "now"))
+            .await
+            .unwrap(),
+        2
+    );
+    let after = SystemTime::now();
+
+    for args in [&["alerts"][..], &["alerts", "--json"][..]] {
+        let output = server.cli(args);
+        assert!(
+            output.status.success(),
+            "ccfleet {args:?}: {:?} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let listed = server.cli_json(&["alerts"]);
+    assert_eq!(summary(&listed), ["web-1 wiki.coop.example", "web-1 blog.coop.example"]);
+    // The stored time is the receive time; the host's value stays visible
+    // through the API.
+    let shown = humantime::parse_rfc3339(listed[1]["raised_at"].as_str().unwrap()).unwrap();
+    let floor = before - Duration::from_secs(1);
+    assert!(shown >= floor && shown <= after, "{shown:?}");
+    let channel = server.channel_as(&server.admin_credential()).await;
+    let alerts = pb::admin_client::AdminClient::new(channel)
+        .list_alerts(pb::ListAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    let future = alerts.iter().find(|alert| alert.domain == "blog.coop.example").unwrap();
+    assert_eq!(future.reported_raised_at_seconds, Some(far));
+    assert_eq!(future.raised_at, future.received_at);
+    let present = alerts.iter().find(|alert| alert.domain == "wiki.coop.example").unwrap();
+    assert_eq!(present.reported_raised_at_seconds, None);
+    assert_eq!(present.raised_at.as_ref().unwrap().seconds, honest);
+}

@@ -9,6 +9,7 @@ mod alerts;
 mod dashboard;
 mod docker;
 mod edge;
+mod edge_floods;
 mod fleet;
 mod listing;
 mod nix;

@@ -2,6 +2,7 @@
 //! and simulated agents (real Agent streams that answer upgrade and rollback
 //! commands from a script). Waves, the failure budget and rollback on halt,
 //! operator actions mid-rollout, a SIGKILLed server, hosts that are away.
+//! (Over 600 lines: every scenario shares the simulated fleet set up here.)
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -585,7 +586,7 @@ async fn an_offline_host_gets_its_command_on_reconnect_and_a_silent_one_times_ou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unselected_hosts_stay_out() {
+async fn the_target_defaults_to_what_a_majority_reports_and_pinned_offline_or_unselected_hosts_stay_out() {
     let directory = tempfile::tempdir().unwrap();
     let server = TestServer::start(&directory.path().join("data"), &[]);
     let nothing_available = cli(&server, &["upgrade", "fixture", "--dry-run"]).await;
@@ -612,9 +613,11 @@ async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unsel
         }
     })
     .await;
-    // The pinned host's 1.3.0 counts as available too: availability is what agents report.
+    // Availability is what agents report, pinned and offline hosts included:
+    // 1.2.0, 1.1.0, 1.3.0 and nothing. Only 1.1.0 is known to a majority (3
+    // of 4 hosts: a host reporting 1.2.0 knows 1.1.0 too).
     let planned = cli_json(&server, &["upgrade", "fixture", "--dry-run"]).await;
-    assert_eq!(planned["target_version"], "1.3.0");
+    assert_eq!(planned["target_version"], "1.1.0");
     assert_eq!(
         outcomes(&planned),
         [
@@ -649,6 +652,63 @@ async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unsel
     .await;
     assert_eq!(selected["target_version"], "1.1.0");
     assert_eq!(outcomes(&selected), ["web-1 w0 pending"]);
+    // Two hosts: the version both know.
+    let pair = cli_json(
+        &server,
+        &[
+            "upgrade",
+            "fixture",
+            "--dry-run",
+            "--hosts",
+            "web-0",
+            "--hosts",
+            "web-2",
+        ],
+    )
+    .await;
+    assert_eq!(pair["target_version"], "1.2.0");
+    // One host alone reports a version among two: no majority, refused with
+    // the candidates.
+    let alone = cli(
+        &server,
+        &[
+            "upgrade",
+            "fixture",
+            "--dry-run",
+            "--hosts",
+            "web-2",
+            "--hosts",
+            "web-3",
+        ],
+    )
+    .await;
+    assert_eq!(alone.status.code(), Some(4), "{}", text(&alone));
+    assert!(
+        text(&alone).contains(
+            "no version of fixture is reported available by a majority of the 2 selected hosts that run it \
+             (at least 2); candidates: 1.3.0 (1 host); pass an explicit version with --to"
+        ),
+        "{}",
+        text(&alone)
+    );
+    // The operator names the canary; the dry run shows it as wave 0.
+    let canary = cli_json(&server, &["upgrade", "fixture", "--dry-run", "--canary-hosts", "web-1"]).await;
+    assert_eq!(
+        outcomes(&canary),
+        [
+            "web-0 w1 pending",
+            "web-1 w0 pending",
+            "web-2 w0 skipped",
+            "web-3 w0 skipped"
+        ]
+    );
+    let no_canary = cli(&server, &["upgrade", "fixture", "--dry-run", "--canary-hosts", "web-2"]).await;
+    assert_eq!(no_canary.status.code(), Some(4), "{}", text(&no_canary));
+    assert!(
+        text(&no_canary).contains("--canary-hosts web-2 selects no host that takes part in the rollout"),
+        "{}",
+        text(&no_canary)
+    );
     let by_label = cli_json(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "site=test"]).await;
     assert_eq!(by_label["hosts"].as_array().unwrap().len(), 4);
     let nobody = cli(&server, &["upgrade", "fixture", "--dry-run", "--hosts", "site=mars"]).await;

@@ -218,6 +218,14 @@ impl RolloutsAdmin<'_> {
             .iter()
             .map(|value| selector(value))
             .collect::<Result<Vec<_>, _>>()?;
+        if request.canary_hosts.len() > MAX_SELECTORS {
+            return Err(convert::invalid("canary_hosts", format!("at most {MAX_SELECTORS}")));
+        }
+        let canary_selectors = request
+            .canary_hosts
+            .iter()
+            .map(|value| selector(value))
+            .collect::<Result<Vec<_>, _>>()?;
         let explicit = if request.version.is_empty() {
             None
         } else {
@@ -256,19 +264,24 @@ impl RolloutsAdmin<'_> {
         }
         let target = match explicit {
             Some(target) => target,
-            None => crate::rollout::plan::newest_available(
-                apps.iter()
-                    .map(|(_, app)| (app.available_version.as_ref(), app.available_newest.as_ref())),
-                strategy.allow_major,
+            None => plan::quorum_target(
+                &recipe,
+                &plan::reported_by_host(
+                    apps.iter()
+                        .map(|(host_id, app)| (host_id, app.available_version.as_ref(), app.available_newest.as_ref())),
+                    strategy.allow_major,
+                ),
             )
-            .ok_or_else(|| {
-                Status::failed_precondition(plan::PlanError::NoAvailableVersion(recipe.clone()).to_string())
-            })?,
+            .map_err(|error| Status::failed_precondition(error.to_string()))?,
         };
         let candidates = apps
             .into_iter()
             .map(|(host_id, app)| plan::Candidate {
                 online: self.fleet.is_online(&host_id),
+                canary: !canary_selectors.is_empty()
+                    && labels
+                        .get(&host_id)
+                        .is_some_and(|labels| plan::selected(&canary_selectors, &host_id, labels)),
                 host_id,
                 domain: app.domain,
                 observed: app.observed_version,
@@ -299,13 +312,20 @@ impl RolloutsAdmin<'_> {
             } else {
                 format!(", hosts {}", selectors.join(","))
             },
-        );
+        ) + &if canary_selectors.is_empty() {
+            String::new()
+        } else {
+            format!(", canary hosts {}", canary_selectors.join(","))
+        };
         let planned = plan::plan(
             String::new(),
             recipe,
             target,
             strategy,
             candidates,
+            (!canary_selectors.is_empty())
+                .then(|| canary_selectors.join(","))
+                .as_deref(),
             caller.identity.name().to_owned(),
             now_millis(),
         )

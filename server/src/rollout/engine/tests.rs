@@ -23,6 +23,7 @@ fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
             online: true,
             observed: Some("1.0.0".parse().unwrap()),
             pinned_by_host: false,
+            canary: false,
         })
         .collect();
     let strategy = StrategyRecord {
@@ -43,6 +44,7 @@ fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
         "1.1.0".parse().unwrap(),
         strategy,
         candidates,
+        None,
         "admin".into(),
         now_millis(),
     )

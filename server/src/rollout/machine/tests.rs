@@ -36,6 +36,7 @@ fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
             online: true,
             observed: Some("1.0.0+a".parse().unwrap()),
             pinned_by_host: false,
+            canary: false,
         })
         .collect();
     plan(
@@ -44,6 +45,7 @@ fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
         "1.1.0+b".parse().unwrap(),
         strategy,
         candidates,
+        None,
         "admin".into(),
         0,
     )
@@ -853,4 +855,51 @@ proptest! {
         prop_assert_eq!(rollout.state, RolloutStateRecord::Completed);
         prop_assert!(rollout.hosts.iter().all(|host| host.outcome == HostOutcomeRecord::Succeeded));
     }
+}
+
+#[test]
+fn the_failure_budget_and_the_failures_count_hosts_not_apps() {
+    // h0 claims eight apps of the recipe; h1 to h4 run one each.
+    let mut candidates: Vec<Candidate> = (0..8)
+        .map(|index| Candidate {
+            host_id: host(0),
+            domain: format!("app{index}.h0.example.org").parse().unwrap(),
+            online: true,
+            observed: Some("1.0.0+a".parse().unwrap()),
+            pinned_by_host: false,
+            canary: false,
+        })
+        .collect();
+    candidates.extend((1..5).map(|index| Candidate {
+        host_id: host(index),
+        domain: format!("app.h{index}.example.org").parse().unwrap(),
+        online: true,
+        observed: Some("1.0.0+a".parse().unwrap()),
+        pinned_by_host: false,
+        canary: false,
+    }));
+    let strategy = StrategyRecord {
+        max_failures: 0,
+        max_failure_ppm: 400_000,
+        ..strategy()
+    };
+    let mut rollout = plan(
+        "ghost-t1".into(),
+        "ghost".parse().unwrap(),
+        "1.1.0+b".parse().unwrap(),
+        strategy,
+        candidates,
+        None,
+        "admin".into(),
+        0,
+    )
+    .unwrap();
+    // 40 % of 5 hosts is 2 (of 12 apps it would be 5).
+    assert_eq!(failure_limit(&rollout), 2);
+    // Every app of h0 failing is one failed host.
+    for app in rollout.hosts.iter_mut().filter(|app| app.host_id == host(0)) {
+        app.operation_id = Some(format!("op-{}", app.domain));
+        app.outcome = HostOutcomeRecord::Failed;
+    }
+    assert_eq!(failures(&rollout), 1);
 }
