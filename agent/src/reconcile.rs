@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::abra::{Abra, AbraError};
 use crate::config::{AppConfig, Config};
-use crate::docker::Docker;
+use crate::docker::{Docker, StackObservation};
 use crate::journal::{Journal, JournalError, Outcome, PendingWork, Trigger};
 use crate::upgrade::{self, Ask, Events, OperationRequest, RunResult, Upgrader};
 
@@ -292,16 +292,23 @@ impl Reconciler {
     /// How `app` stands in Docker now. Never fails: when Docker cannot be
     /// asked, the app is [`AppState::Unknown`] with the reason as drift.
     pub async fn observe(&self, app: &AppConfig) -> ObservedApp {
+        self.observe_with_stack(app).await.0
+    }
+
+    /// [`Reconciler::observe`], with Docker's raw observation of the stack
+    /// (`None` when Docker could not be asked) for the health gate's reading
+    /// of Docker's verdict.
+    pub async fn observe_with_stack(&self, app: &AppConfig) -> (ObservedApp, Option<StackObservation>) {
         // abra may shorten long stack names (ABRA.md, unconfirmed); the full
         // name is used until that rule is known.
-        let mut observed = match self.docker.observe_stack(&app.domain.stack_name()).await {
-            Ok(stack) => observe::classify(app, &stack),
-            Err(error) => observe::unknown(app, &error_chain(&error)),
+        let (mut observed, stack) = match self.docker.observe_stack(&app.domain.stack_name()).await {
+            Ok(stack) => (observe::classify(app, &stack), Some(stack)),
+            Err(error) => (observe::unknown(app, &error_chain(&error)), None),
         };
         if let Ok(record) = self.journal().app(&app.domain) {
             plan::explain_fleet_drift(&mut observed, &app.version, record.fleet_target.as_ref());
         }
-        observed
+        (observed, stack)
     }
 
     /// Every declared app, in declaration order (sorted by domain).

@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::alerts::{self, Alert, Severity};
 use crate::config::{AgentConfig, AppConfig, ProbeScheme};
 use crate::docker::DockerError;
-use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
+use crate::health::{docker_verdict, Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
 use crate::journal::{self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, Trigger};
 use crate::reconcile::{AppState, Reconciler};
 use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
@@ -718,6 +718,13 @@ impl Upgrader {
                         humantime::format_duration(timeout)
                     ))
                 }
+                GateVerdict::Failed { reason, after } => {
+                    tracing::warn!(app = %app.domain, %version, after = %humantime::format_duration(round_seconds(after)), %reason, "docker decided: the health gate failed early");
+                    return StepResult::Failed(format!(
+                        "docker's verdict after {}: {reason}",
+                        humantime::format_duration(round_seconds(after))
+                    ));
+                }
                 GateVerdict::Waiting {
                     healthy_for,
                     time_left,
@@ -728,7 +735,10 @@ impl Upgrader {
     }
 
     async fn check(&self, reconciler: &Reconciler, app: &AppConfig) -> Check {
-        let observed = reconciler.observe(app).await;
+        let (observed, stack) = reconciler.observe_with_stack(app).await;
+        if let Some(reason) = stack.and_then(|stack| docker_verdict(&stack, &app.version.to_string())) {
+            return Check::Definitive { reason };
+        }
         if !observed.is_converged_at_declared() {
             return Check::Unhealthy {
                 reason: format!("not converged at {}: {}", app.version, observed.summary()),
@@ -886,6 +896,11 @@ impl Upgrader {
     pub fn snapshots_root(&self) -> &Path {
         &self.settings.snapshots_dir
     }
+}
+
+/// `duration` to whole seconds, for messages.
+fn round_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs())
 }
 
 /// A stateful app whose stack has no volume cannot be snapshotted: its
