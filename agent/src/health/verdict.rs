@@ -2,14 +2,14 @@
 //! says when Swarm has already decided that the version just deployed fails,
 //! so the health gate can stop waiting for its timeout.
 //!
-//! Definitive (each reason quotes Docker's own words):
-//! - an update `paused` on a service that is short of replicas of its current
-//!   spec (Swarm's `failure_action: pause` after a task of the new spec failed);
+//! Definitive (each reason quotes Docker's own words), in this order:
+//! - a task of the current spec rejected because its image cannot be had
+//!   (`No such image`, `pull access denied`, ...), while the service is short;
 //! - `rollback_started` or `rollback_paused` on any service, and
 //!   `rollback_completed` once the app service no longer carries the target's
 //!   version label (Swarm's `failure_action: rollback` undid the deploy);
-//! - a task of the current spec rejected because its image cannot be had
-//!   (`No such image`, `pull access denied`, ...), while the service is short;
+//! - an update `paused` on a service that is short of replicas of its current
+//!   spec (Swarm's `failure_action: pause` after a task of the new spec failed);
 //! - [`TASK_FAILURE_BOUND`] or more failed tasks of the current spec while the
 //!   service is short (a crash loop);
 //! - a container of the current spec `unhealthy` (Docker says so only after
@@ -46,6 +46,20 @@ pub fn docker_verdict(stack: &StackObservation, target: &str) -> Option<String> 
         let name = &service.name;
         let short = service.running_replicas < service.desired_replicas;
         let message = service.update_message.as_deref().unwrap_or("no message");
+        // What the failing task said, added to Swarm's update message, which
+        // names only the task.
+        let task_error = service
+            .current_spec_error
+            .as_deref()
+            .filter(|_| short)
+            .map(|error| format!("; last task error: {error}"))
+            .unwrap_or_default();
+        if let Some(error) = service.current_spec_error.as_deref().filter(|_| short) {
+            let lowered = error.to_ascii_lowercase();
+            if IMAGE_ERRORS.iter().any(|needle| lowered.contains(needle)) {
+                return Some(format!("{name} cannot get its image (task rejected: {error})"));
+            }
+        }
         match service.update_state.as_deref() {
             Some(state @ ("rollback_started" | "rollback_paused")) => {
                 return Some(format!("swarm is rolling back {name} ({state}: {message})"));
@@ -54,20 +68,13 @@ pub fn docker_verdict(stack: &StackObservation, target: &str) -> Option<String> 
                 return Some(format!("swarm rolled back {name} ({state}: {message})"));
             }
             Some(state @ "paused") if short => {
-                return Some(format!("swarm paused the update of {name} ({state}: {message})"));
+                return Some(format!(
+                    "swarm paused the update of {name} ({state}: {message}{task_error})"
+                ));
             }
             _ => {}
         }
-        if !short {
-            continue;
-        }
-        if let Some(error) = &service.current_spec_error {
-            let lowered = error.to_ascii_lowercase();
-            if IMAGE_ERRORS.iter().any(|needle| lowered.contains(needle)) {
-                return Some(format!("{name} cannot get its image (task rejected: {error})"));
-            }
-        }
-        if service.current_spec_failures >= TASK_FAILURE_BOUND {
+        if short && service.current_spec_failures >= TASK_FAILURE_BOUND {
             let error = service.current_spec_error.as_deref().unwrap_or("no error given");
             return Some(format!(
                 "{name}: {} tasks of the new spec failed (last: {error})",
@@ -160,6 +167,17 @@ mod tests {
                 service.running_replicas = 0;
             },
             expect!["swarm paused the update of blog_example_org_app (paused: update paused due to failure or early termination of task x4e)"],
+        );
+        check(
+            TARGET,
+            |service, _| {
+                service.update_state = Some("paused".into());
+                service.update_message = Some(PAUSED.into());
+                service.running_replicas = 0;
+                service.current_spec_failures = 1;
+                service.current_spec_error = Some("task: non-zero exit (1)".into());
+            },
+            expect!["swarm paused the update of blog_example_org_app (paused: update paused due to failure or early termination of task x4e; last task error: task: non-zero exit (1))"],
         );
         // Left over after a restart that recovered: every replica runs.
         check(

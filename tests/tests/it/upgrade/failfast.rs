@@ -1,0 +1,78 @@
+//! Failing fast on Docker's verdict: with the default health timeout (5 min)
+//! and minimum healthy time (10 s), each failing kind of the fixture recipe
+//! (a crash loop, an unhealthy container, a missing image, Swarm rolling the
+//! spec back itself) is rolled back, its volume restored, on Docker's own
+//! words long before the timeout; a slow but good start still passes.
+//!
+//! Each test prints how long the upgrade command took (BENCHMARKS.md,
+//! "Failing fast"); the tests assert the verdict, not the time.
+
+use std::time::Instant;
+
+use ccfleet_tests::docker::{
+    V1_10_SLOW_START, V1_3, V1_5_NEVER_CONVERGES, V1_7_CONTAINER_UNHEALTHY, V1_8_IMAGE_MISSING, V1_9_SWARM_ROLLS_BACK,
+};
+
+use super::World;
+
+/// A stateful app at 1.3.0 with seeded data and default timing, upgraded to
+/// `target`: the upgrade must be ROLLED_BACK on Docker's verdict (its reason
+/// holds every one of `docker_words`), the app back at 1.3.0 with its data.
+async fn rolled_back_on_dockers_verdict(name: &str, target: &str, docker_words: &[&str]) {
+    let world = World::start_timed(name, true, false, "", true).await;
+    world.seed();
+    let before = world.manifest();
+
+    let started = Instant::now();
+    let (ok, report, stderr) = world.upgrade(&["--to", target, "--json"]);
+    let took = started.elapsed();
+    assert!(!ok, "{report}\n{stderr}");
+    assert_eq!(report["outcome"], "ROLLED_BACK", "{report}\n{}", world.agent().log());
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("docker's verdict after"), "{reason}");
+    assert!(!reason.contains("not healthy within"), "waited for the timeout: {reason}");
+    for word in docker_words {
+        assert!(reason.contains(word), "{word:?} is not in {reason:?}");
+    }
+    eprintln!(
+        "failfast {target}: ROLLED_BACK and restored {:.1}s after `upgrade --to` started: {reason}",
+        took.as_secs_f64()
+    );
+
+    world.converged_at(V1_3).await;
+    assert_eq!(world.running().as_deref(), Some(V1_3));
+    assert_eq!(world.manifest(), before, "the volume is as it was before the upgrade");
+    let alert = world.alert().expect("an alert for the rolled-back upgrade");
+    assert_eq!(alert["to"], target);
+    assert!(alert["reason"].as_str().unwrap().contains("docker's verdict"), "{alert}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_is_rolled_back_on_swarms_paused_update() {
+    rolled_back_on_dockers_verdict("ffcrash", V1_5_NEVER_CONVERGES, &["paused", "non-zero exit"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_container_is_rolled_back_without_waiting_for_the_timeout() {
+    rolled_back_on_dockers_verdict("ffunhealthy", V1_7_CONTAINER_UNHEALTHY, &["unhealthy"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_rolled_back_on_the_rejected_task() {
+    rolled_back_on_dockers_verdict("ffimage", V1_8_IMAGE_MISSING, &["No such image"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarms_own_rollback_is_its_verdict() {
+    rolled_back_on_dockers_verdict("ffswarmrb", V1_9_SWARM_ROLLS_BACK, &["rollback"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_start_within_its_start_period_still_passes() {
+    let world = World::start_timed("ffslow", true, false, "", true).await;
+    let (ok, report, stderr) = world.upgrade(&["--to", V1_10_SLOW_START, "--json"]);
+    assert!(ok, "{report}\n{stderr}\n{}", world.agent().log());
+    assert_eq!(report["outcome"], "SUCCEEDED", "{report}");
+    assert_eq!(world.running().as_deref(), Some(V1_10_SLOW_START));
+    assert!(world.alert().is_none());
+}
