@@ -411,6 +411,12 @@ impl Docker {
                     })
                 }
             };
+            // A container that has just exited is listed a moment longer,
+            // and Docker marks a stopped container's health `unhealthy`: that
+            // is a crash, which its task reports, not a healthcheck's verdict.
+            if inspection.state.as_ref().and_then(|state| state.running) == Some(false) {
+                continue;
+            }
             let health = inspection
                 .state
                 .as_ref()

@@ -39,8 +39,8 @@ pub const V1_6_HTTP_FAILS: &str = "1.6.0+1.6";
 pub const V1_7_CONTAINER_UNHEALTHY: &str = "1.7.0+1.7";
 /// Its image does not exist: every task is rejected with `No such image`.
 pub const V1_8_IMAGE_MISSING: &str = "1.8.0+1.8";
-/// Its container healthcheck fails and Swarm rolls the spec back itself
-/// (`failure_action: rollback`).
+/// Its process exits at once and Swarm rolls an update to it back itself
+/// (`failure_action: rollback`; a first deploy has nothing to roll back to).
 pub const V1_9_SWARM_ROLLS_BACK: &str = "1.9.0+1.9";
 /// Healthy, but starts after 8 s, within its healthcheck's `start_period`.
 pub const V1_10_SLOW_START: &str = "1.10.0+1.10";

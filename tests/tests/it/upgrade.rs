@@ -53,7 +53,13 @@ impl World {
         World::start_timed(name, stateful, with_server, extra_app, false).await
     }
 
-    async fn start_timed(name: &str, stateful: bool, with_server: bool, extra_app: &str, default_timing: bool) -> World {
+    async fn start_timed(
+        name: &str,
+        stateful: bool,
+        with_server: bool,
+        extra_app: &str,
+        default_timing: bool,
+    ) -> World {
         let mut test = DockerTest::new(name);
         let domain = test.domain("app");
         let server = with_server.then(|| TestServer::start(&test.path().join("server"), &[]));
@@ -537,10 +543,7 @@ async fn a_stateless_app_that_never_converges_rolls_back_without_a_snapshot() {
     assert!(!ok);
     assert_eq!(report["outcome"], "ROLLED_BACK", "{report}");
     assert!(
-        report["reason"]
-            .as_str()
-            .unwrap()
-            .contains("docker's verdict after"),
+        report["reason"].as_str().unwrap().contains("docker's verdict after"),
         "{report}"
     );
     assert_eq!(report["snapshot"], Value::Null);

@@ -15,11 +15,12 @@ use ccfleet_tests::docker::{
 
 use super::World;
 
-/// A stateful app at 1.3.0 with seeded data and default timing, upgraded to
-/// `target`: the upgrade must be ROLLED_BACK on Docker's verdict (its reason
+/// An app at 1.3.0 with seeded data and default timing, upgraded to
+/// `target` (a stateful app is undeployed, snapshotted and deployed afresh; a
+/// stateless one is updated in place, where Swarm's update policy applies): the upgrade must be ROLLED_BACK on Docker's verdict (its reason
 /// holds every one of `docker_words`), the app back at 1.3.0 with its data.
-async fn rolled_back_on_dockers_verdict(name: &str, target: &str, docker_words: &[&str]) {
-    let world = World::start_timed(name, true, false, "", true).await;
+async fn rolled_back_on_dockers_verdict(name: &str, stateful: bool, target: &str, docker_words: &[&str]) {
+    let world = World::start_timed(name, stateful, false, "", true).await;
     world.seed();
     let before = world.manifest();
 
@@ -30,7 +31,10 @@ async fn rolled_back_on_dockers_verdict(name: &str, target: &str, docker_words: 
     assert_eq!(report["outcome"], "ROLLED_BACK", "{report}\n{}", world.agent().log());
     let reason = report["reason"].as_str().unwrap();
     assert!(reason.contains("docker's verdict after"), "{reason}");
-    assert!(!reason.contains("not healthy within"), "waited for the timeout: {reason}");
+    assert!(
+        !reason.contains("not healthy within"),
+        "waited for the timeout: {reason}"
+    );
     for word in docker_words {
         assert!(reason.contains(word), "{word:?} is not in {reason:?}");
     }
@@ -42,29 +46,39 @@ async fn rolled_back_on_dockers_verdict(name: &str, target: &str, docker_words: 
     world.converged_at(V1_3).await;
     assert_eq!(world.running().as_deref(), Some(V1_3));
     assert_eq!(world.manifest(), before, "the volume is as it was before the upgrade");
+    assert_eq!(world.snapshots().exists(), stateful);
     let alert = world.alert().expect("an alert for the rolled-back upgrade");
     assert_eq!(alert["to"], target);
-    assert!(alert["reason"].as_str().unwrap().contains("docker's verdict"), "{alert}");
+    assert!(
+        alert["reason"].as_str().unwrap().contains("docker's verdict"),
+        "{alert}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_loop_is_rolled_back_on_swarms_paused_update() {
-    rolled_back_on_dockers_verdict("ffcrash", V1_5_NEVER_CONVERGES, &["paused", "non-zero exit"]).await;
+async fn a_crash_loop_is_rolled_back_after_three_failed_tasks() {
+    rolled_back_on_dockers_verdict(
+        "ffcrash",
+        true,
+        V1_5_NEVER_CONVERGES,
+        &["tasks of the new spec failed", "non-zero exit"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_container_is_rolled_back_without_waiting_for_the_timeout() {
-    rolled_back_on_dockers_verdict("ffunhealthy", V1_7_CONTAINER_UNHEALTHY, &["unhealthy"]).await;
+    rolled_back_on_dockers_verdict("ffunhealthy", true, V1_7_CONTAINER_UNHEALTHY, &["unhealthy"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_rolled_back_on_the_rejected_task() {
-    rolled_back_on_dockers_verdict("ffimage", V1_8_IMAGE_MISSING, &["No such image"]).await;
+    rolled_back_on_dockers_verdict("ffimage", true, V1_8_IMAGE_MISSING, &["No such image"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarms_own_rollback_is_its_verdict() {
-    rolled_back_on_dockers_verdict("ffswarmrb", V1_9_SWARM_ROLLS_BACK, &["rollback"]).await;
+    rolled_back_on_dockers_verdict("ffswarmrb", false, V1_9_SWARM_ROLLS_BACK, &["swarm", "rollback_"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
