@@ -327,7 +327,11 @@ impl Reconciler {
                 if actions.is_empty() {
                     actions.push(ReconcileAction::AlreadyConverged);
                 }
-                tracing::info!(app = %app.domain, actions = ?actions, "reconciled");
+                tracing::info!(
+                    app = %app.domain,
+                    actions = %actions.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    "reconciled"
+                );
                 Ok(ReconcileOutcome {
                     domain: app.domain.clone(),
                     actions,

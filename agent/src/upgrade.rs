@@ -279,7 +279,7 @@ impl Upgrader {
             fleet_managed: app.fleet_managed,
         };
         let plan = machine::plan(&request.ask, &facts, &app_record);
-        tracing::info!(app = %app.domain, operation = %request.id, ?plan, "upgrade planned");
+        tracing::info!(app = %app.domain, operation = %request.id, %plan, "upgrade planned");
         let mut record = OperationRecord {
             format: journal::FORMAT,
             id: request.id.clone(),
@@ -452,7 +452,7 @@ impl Upgrader {
             tracing::info!(operation = %record.id, app = %record.domain, phase = record.phase.name(), "upgrade phase");
             let result = self.effect(reconciler, app, &mut record, gate_deadline).await;
             if result != StepResult::Ok {
-                tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
+                tracing::warn!(operation = %record.id, phase = record.phase.name(), %result, "upgrade phase did not succeed");
             }
             let (phase, failure) = machine::transition(&record, result);
             record.phase = phase;
@@ -709,7 +709,7 @@ impl Upgrader {
             let check = self.check(reconciler, &at_version).await;
             match gate.observe(Instant::now(), check) {
                 GateVerdict::Healthy { after } => {
-                    tracing::info!(app = %app.domain, %version, after = ?after, "health gate passed");
+                    tracing::info!(app = %app.domain, %version, after = %humantime::format_duration(round_seconds(after)), "health gate passed");
                     return StepResult::Ok;
                 }
                 GateVerdict::TimedOut { reason } => {
@@ -729,7 +729,13 @@ impl Upgrader {
                     healthy_for,
                     time_left,
                     last_reason,
-                } => tracing::debug!(app = %app.domain, ?healthy_for, ?time_left, ?last_reason, "health gate waiting"),
+                } => tracing::debug!(
+                    app = %app.domain,
+                    healthy_for = %humantime::format_duration(round_seconds(healthy_for)),
+                    time_left = %humantime::format_duration(round_seconds(time_left)),
+                    last_reason = last_reason.as_deref().unwrap_or("-"),
+                    "health gate waiting"
+                ),
             }
         }
     }
@@ -872,7 +878,9 @@ impl Upgrader {
             .snapshots
             .prune(&record.domain, self.settings.snapshot_retention, &protect)
         {
-            Ok(deleted) if !deleted.is_empty() => tracing::info!(?deleted, "old snapshots removed"),
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(deleted = %display_paths(&deleted), "old snapshots removed")
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error_chain(&error), "cannot prune snapshots"),
         }
@@ -896,6 +904,15 @@ impl Upgrader {
     pub fn snapshots_root(&self) -> &Path {
         &self.settings.snapshots_dir
     }
+}
+
+/// Paths for a log line, comma-separated.
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `duration` to whole seconds, for messages.

@@ -54,6 +54,17 @@ pub enum Plan {
     LeaveAlone { reason: String },
 }
 
+impl std::fmt::Display for Plan {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Run { from } => write!(formatter, "run from {from}"),
+            Plan::AlreadyThere { version } => write!(formatter, "already running {version}: check its health"),
+            Plan::Finish { outcome, reason } => write!(formatter, "finish {outcome}: {reason}"),
+            Plan::LeaveAlone { reason } => write!(formatter, "leave alone: {reason}"),
+        }
+    }
+}
+
 /// Decides whether `ask` runs for an app standing as `app` with `record`.
 pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
     let finish = |outcome, reason: String| Plan::Finish { outcome, reason };
@@ -218,6 +229,16 @@ pub enum StepResult {
     /// (no room for the snapshot, a volume driver that cannot be copied):
     /// the operation ends HELD once the old version runs again.
     Refused(String),
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepResult::Ok => formatter.write_str("ok"),
+            StepResult::Failed(reason) => write!(formatter, "failed: {reason}"),
+            StepResult::Refused(reason) => write!(formatter, "refused: {reason}"),
+        }
+    }
 }
 
 /// The phase after `record.phase` given its effect's result, with the

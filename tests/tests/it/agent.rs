@@ -215,7 +215,11 @@ fn the_example_agent_configuration_is_accepted_and_complete() {
     std::fs::write(&config, example.replace("/run/secrets/ccfleet/", &secrets_prefix)).unwrap();
 
     let output = agent_command(&["check-config", &config.display().to_string()]);
-    assert!(output.status.success(), "check-config refused the example: {}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "check-config refused the example: {}",
+        stderr(&output)
+    );
     let normalised: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(normalised["host"]["id"], "web-1");
     let domains: Vec<&str> = normalised["apps"]
@@ -227,10 +231,16 @@ fn the_example_agent_configuration_is_accepted_and_complete() {
     assert_eq!(domains, ["blog.example.org", "traefik.example.org"]);
     for section in ["agent", "abra"] {
         for key in normalised[section].as_object().unwrap().keys() {
-            assert!(example.contains(&format!("\n{key} = ")), "the example does not show {section}.{key}");
+            assert!(
+                example.contains(&format!("\n{key} = ")),
+                "the example does not show {section}.{key}"
+            );
         }
     }
-    assert!(example.contains("\nno_domain_checks = "), "the example does not show abra.no_domain_checks");
+    assert!(
+        example.contains("\nno_domain_checks = "),
+        "the example does not show abra.no_domain_checks"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
