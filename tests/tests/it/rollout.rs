@@ -670,6 +670,46 @@ async fn the_target_defaults_to_the_newest_available_and_pinned_offline_or_unsel
     }
 }
 
+/// A rollout in which no host has anything to do (a major without
+/// `--major`, every host already at the target) exits 8 and says why per
+/// reason, instead of "completed"; its dry run says so too and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_with_nothing_to_do_exits_8_and_says_why() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let fleet = fleet(&server, "idle", 2, |_| Behaviour::default()).await;
+
+    let dry = cli(&server, &["upgrade", "fixture", "--to", "2.0.0", "--dry-run"]).await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry)
+            .contains("nothing would be done: 2 host(s) skipped: 1.0.0 to 2.0.0 is a major upgrade; it needs --major"),
+        "{}",
+        text(&dry)
+    );
+
+    let major = cli(&server, &["upgrade", "fixture", "--to", "2.0.0"]).await;
+    assert_eq!(major.status.code(), Some(8), "{}", text(&major));
+    let said = String::from_utf8_lossy(&major.stderr);
+    assert!(said.contains("has nothing to do: 2 host(s) skipped"), "{said}");
+    assert!(said.contains("it needs --major"), "{said}");
+
+    let same = cli(&server, &["upgrade", "fixture", "--to", "1.0.0", "--follow"]).await;
+    assert_eq!(same.status.code(), Some(8), "{}", text(&same));
+    assert!(
+        String::from_utf8_lossy(&same.stderr).contains("has nothing to do: 2 host(s) already at 1.0.0"),
+        "{}",
+        text(&same)
+    );
+    assert!(
+        fleet.agents.iter().all(|agent| agent.received().is_empty()),
+        "no host was sent a command"
+    );
+    for agent in fleet.agents {
+        agent.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_action_is_audited_with_the_name_in_the_callers_certificate() {
     let directory = tempfile::tempdir().unwrap();
