@@ -38,6 +38,24 @@ async fn rolled_back_on_dockers_verdict(name: &str, stateful: bool, target: &str
     for word in docker_words {
         assert!(reason.contains(word), "{word:?} is not in {reason:?}");
     }
+    // With --json, progress goes to stderr as JSON lines, each fitting a terminal.
+    // (The last line is the error that the upgrade did not succeed.)
+    let progress: Vec<String> = stderr
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| {
+            let line: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line:?}\n{stderr}"));
+            line["progress"].as_str().expect("a progress line").to_owned()
+        })
+        .collect();
+    assert!(
+        progress
+            .iter()
+            .any(|line| line.contains(&format!("upgrade {V1_3} -> {target}: "))),
+        "{stderr}"
+    );
+    assert!(progress.iter().all(|line| line.chars().count() <= 96), "{stderr}");
     eprintln!(
         "failfast {target}: ROLLED_BACK and restored {:.1}s after `upgrade --to` started: {reason}",
         took.as_secs_f64()
@@ -84,9 +102,25 @@ async fn swarms_own_rollback_is_its_verdict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_start_within_its_start_period_still_passes() {
     let world = World::start_timed("ffslow", true, false, "", true).await;
-    let (ok, report, stderr) = world.upgrade(&["--to", V1_10_SLOW_START, "--json"]);
-    assert!(ok, "{report}\n{stderr}\n{}", world.agent().log());
-    assert_eq!(report["outcome"], "SUCCEEDED", "{report}");
+    // --wait without a terminal is not silent: a line per change, each within 100 columns.
+    let output = world
+        .agent()
+        .command(&["upgrade", &world.domain, "--to", V1_10_SLOW_START, "--wait"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{}", world.agent().log());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("SUCCEEDED"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        stderr.contains(&format!(
+            "... {}: upgrade {V1_3} -> {V1_10_SLOW_START}: verifying",
+            world.domain
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.lines().all(|line| line.chars().count() <= 100), "{stderr}");
     assert_eq!(world.running().as_deref(), Some(V1_10_SLOW_START));
     assert!(world.alert().is_none());
 }
