@@ -303,7 +303,7 @@ impl Upgrader {
                 record.phase = Phase::Done { outcome, reason };
             }
             Plan::AlreadyThere { version } => {
-                let reason = match self.gate(reconciler, app, &version, None).await {
+                let reason = match self.gate(reconciler, app, &version, None, false).await {
                     StepResult::Ok => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
@@ -476,7 +476,7 @@ impl Upgrader {
             Phase::Snapshotting => self.take_snapshot(reconciler, app, record).await,
             Phase::VerifyingSnapshot => self.verify_snapshot(reconciler, app, record).await,
             Phase::Deploying => self.deploy_target(reconciler, app, record).await,
-            Phase::Verifying => self.gate(reconciler, app, &record.to, gate_deadline).await,
+            Phase::Verifying => self.gate(reconciler, app, &record.to, gate_deadline, true).await,
             Phase::Restoring => self.restore(reconciler, app, record).await,
             Phase::RollbackDeploying => {
                 match reconciler
@@ -488,7 +488,9 @@ impl Upgrader {
                     Err(error) => StepResult::Failed(error_chain(&error)),
                 }
             }
-            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from, None).await,
+            // Returning to the version that ran before: patience rather than
+            // Docker's verdict, since failing here leaves the app FAILED.
+            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from, None, false).await,
         }
     }
 
@@ -677,12 +679,15 @@ impl Upgrader {
     /// when the app has a health path, the HTTP probe answering an accepted
     /// status — continuously for the minimum healthy time, within the app's
     /// health timeout.
+    /// With `fail_fast`, Docker's verdict on the version just deployed
+    /// (`health::docker_verdict`) fails the gate at once.
     async fn gate(
         &self,
         reconciler: &Reconciler,
         app: &AppConfig,
         version: &CoopVersion,
         deadline: Option<Instant>,
+        fail_fast: bool,
     ) -> StepResult {
         let timeout = match deadline {
             Some(deadline) => app.health.timeout.min(
@@ -706,7 +711,7 @@ impl Upgrader {
         let mut ticker = tokio::time::interval(self.settings.poll_interval);
         loop {
             ticker.tick().await;
-            let check = self.check(reconciler, &at_version).await;
+            let check = self.check(reconciler, &at_version, fail_fast).await;
             match gate.observe(Instant::now(), check) {
                 GateVerdict::Healthy { after } => {
                     tracing::info!(app = %app.domain, %version, after = %humantime::format_duration(round_seconds(after)), "health gate passed");
@@ -740,9 +745,12 @@ impl Upgrader {
         }
     }
 
-    async fn check(&self, reconciler: &Reconciler, app: &AppConfig) -> Check {
+    async fn check(&self, reconciler: &Reconciler, app: &AppConfig, fail_fast: bool) -> Check {
         let (observed, stack) = reconciler.observe_with_stack(app).await;
-        if let Some(reason) = stack.and_then(|stack| docker_verdict(&stack, &app.version.to_string())) {
+        let verdict = stack
+            .filter(|_| fail_fast)
+            .and_then(|stack| docker_verdict(&stack, &app.version.to_string()));
+        if let Some(reason) = verdict {
             return Check::Definitive { reason };
         }
         if !observed.is_converged_at_declared() {
