@@ -96,6 +96,10 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       serviceConfig = {
+        # The server tells systemd it is ready once it answers (store open,
+        # rollouts resumed, listeners bound): units ordered after it start then.
+        Type = "notify";
+        NotifyAccess = "main";
         ExecStart = lib.escapeShellArgs ([
           (lib.getExe' cfg.package "ccfleet-server")
           "run"

@@ -1,4 +1,4 @@
-# The recipes ccfleet ships modules for (ABRA.md, "Recipes ccfleet ships modules for"):
+# The recipes ccfleet ships modules for (ARCHITECTURE.md, "Recipes ccfleet ships modules for"):
 # recipe name -> { healthPath, stateful, description? }, read from ./<recipe>.nix.
 # Used for the per-recipe modules (./default.nix) and for the defaults of an
 # `services.coop-cloud.apps.<name>` whose `recipe` is one of these. Add a recipe by

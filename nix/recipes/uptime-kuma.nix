@@ -1,4 +1,4 @@
-# services.coop-cloud.uptime-kuma: the `uptime-kuma` recipe (health path and statefulness from ABRA.md).
+# services.coop-cloud.uptime-kuma: the `uptime-kuma` recipe (health path and statefulness: ARCHITECTURE.md, "Recipes ccfleet ships modules for").
 # Data for `lib.mkCcApp` (nix/lib/mkCcApp.nix); the recipe is the file name.
 {
   healthPath = "/";

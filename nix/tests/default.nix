@@ -53,7 +53,7 @@ let
         })
         (unitsNamed "cc-app-" config.systemd.services);
       server = {
-        inherit (config.systemd.services.ccfleet-server.serviceConfig) ExecStart LimitNOFILE;
+        inherit (config.systemd.services.ccfleet-server.serviceConfig) Type NotifyAccess ExecStart LimitNOFILE;
       };
       dockerLiveRestore = config.virtualisation.docker.liveRestore;
     };

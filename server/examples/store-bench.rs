@@ -18,9 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use ccfleet_server::store::{
-    AgentEvent, AppRecord, HostFactsRecord, HostRecord, OperationPhaseRecord, Store, StoreHandle, StoreStatsSnapshot,
-};
+use ccfleet_server::model::{AgentEvent, AppRecord, HostFactsRecord, HostRecord, OperationPhaseRecord};
+use ccfleet_server::store::{Store, StoreHandle, StoreStatsSnapshot};
 
 fn argument(name: &str) -> Option<String> {
     let arguments: Vec<String> = std::env::args().collect();

@@ -1,7 +1,7 @@
 //! Connected agents: who is online, and the way to reach each one's stream.
 //!
 //! This is in-memory state only. Liveness changes with every heartbeat, which
-//! is far too often for storage (DESIGN.md, "Storage"); the store receives the
+//! is far too often for storage (ARCHITECTURE.md, "Storage"); the store receives the
 //! coarse last-seen time when a session ends.
 
 use std::collections::HashMap;

@@ -7,8 +7,10 @@ pub mod auth;
 pub mod edge;
 pub mod fleet;
 pub mod metrics;
+pub mod model;
 pub mod rollout;
 pub mod store;
+mod tasks;
 
 #[cfg(test)]
 mod serve_tests;
@@ -127,14 +129,32 @@ pub struct Initialised {
 
 /// Creates the state directory (owner-only), the database, the CA and a
 /// first admin credential for `server_url`. Does nothing to a directory that
-/// already holds a CA.
+/// already holds a CA. For `ccfleet-server init`; `run` opens the store with
+/// [`open_store`] and initialises it with [`init_store`], so that the
+/// process opens it once (sled releases its directory lock a moment after a
+/// drop, so opening it again at once could find it taken).
 pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyhow::Result<Initialised> {
+    let store = open_store(data_dir)?;
+    init_store(&store, data_dir, server_url, admin_lifetime)
+}
+
+/// Creates the state directory (owner-only) if needed and opens (or
+/// creates) the database in it.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<store::Store> {
     create_private_dir(data_dir)?;
-    // One open for the whole of `init`: sled releases its directory lock a
-    // moment after a drop, so opening it again at once could find it taken.
-    let store = store::Store::open(data_dir)
+    store::Store::open(data_dir)
         .and_then(|store| store.flush().map(|()| store))
-        .with_context(|| format!("cannot initialise the store in {}", data_dir.display()))?;
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))
+}
+
+/// [`init`] on a store already open: creates the CA and a first admin
+/// credential when they are missing.
+pub fn init_store(
+    store: &store::Store,
+    data_dir: &Path,
+    server_url: &str,
+    admin_lifetime: Duration,
+) -> anyhow::Result<Initialised> {
     let created = !CertificateAuthority::exists(data_dir);
     let authority = if created {
         CertificateAuthority::create(data_dir).context("cannot create the CA")?
@@ -145,9 +165,9 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
     // certificate is recorded: after a fresh CA, after an `init` that died
     // half-way, or to recover when every admin credential is lost, expired or
     // revoked (which needs access to this directory, i.e. the server itself).
-    let now = store::now_millis();
+    let now = model::now_millis();
     let has_admin = store.certificates()?.iter().any(|certificate| {
-        certificate.kind == store::CertificateKind::Admin
+        certificate.kind == model::CertificateKind::Admin
             && certificate.revoked_at.is_none()
             && certificate.not_after > now
     });
@@ -171,11 +191,11 @@ pub fn init(data_dir: &Path, server_url: &str, admin_lifetime: Duration) -> anyh
         &path,
         &toml::to_string(&credential).context("cannot encode the credential")?,
     )?;
-    store.record_certificate(&store::CertificateRecord {
+    store.record_certificate(&model::CertificateRecord {
         serial: issued.serial,
-        kind: store::CertificateKind::Admin,
+        kind: model::CertificateKind::Admin,
         identity: "admin".into(),
-        issued_at: store::now_millis(),
+        issued_at: model::now_millis(),
         not_after: api::enrollment::millis(issued.not_after),
         revoked_at: None,
     })?;
@@ -203,17 +223,40 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// is generous, and a caller without a certificate gets no more.
 const ENROLLMENT_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// The sockets `serve` answers on, bound by the caller.
+pub struct Listeners {
+    /// Agents, enrolment and admins (TLS).
+    pub main: TcpListener,
+    /// Prometheus metrics (plain HTTP, loopback only), if any.
+    pub metrics: Option<TcpListener>,
+    /// Admins only (TLS), if any.
+    pub admin: Option<TcpListener>,
+}
+
 /// Serves the Agent and Admin services, gRPC health and reflection on
-/// `listener` until `shutdown` completes; the Admin service, health and
-/// reflection also on `admin_listener`, for admin certificates only, so that
-/// `ccfleet` gets in while thousands of agents queue on `listener`.
+/// `listeners.main` until `shutdown` completes; the Admin service, health
+/// and reflection also on `listeners.admin`, for admin certificates only, so
+/// that `ccfleet` gets in while thousands of agents queue on the main one.
+///
+/// `store` is the one open of the database for the whole process (see
+/// [`open_store`]); it moves to the store thread before anything reads it.
+/// `ready` is called once the server can answer: store open, revocations
+/// loaded, rollouts resumed, every service built and the listeners about to
+/// be polled (they are bound, so connections made from then on queue until
+/// they are accepted). `ccfleet-server run` prints `listening on` and tells
+/// systemd it is ready there.
 pub async fn serve(
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
-    admin_listener: Option<TcpListener>,
+    listeners: Listeners,
+    store: store::Store,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce() + Send,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        main: listener,
+        metrics: metrics_listener,
+        admin: admin_listener,
+    } = listeners;
     ccfleet_proto::tls::install_crypto_provider();
     let local_address = listener.local_addr().context("listener has no local address")?;
     let authority = Arc::new(CertificateAuthority::load(&config.data_dir).with_context(|| {
@@ -222,11 +265,9 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let store = store::Store::open(&config.data_dir)
-        .map(|store| store.with_operation_quota(config.operation_quota))
-        .and_then(StoreHandle::start)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let revocations = Revocations::new(store.read(|store| store.revoked_serials(store::now_millis())).await?);
+    let store = StoreHandle::start(store.with_operation_quota(config.operation_quota))
+        .with_context(|| format!("cannot start the store thread for {}", config.data_dir.display()))?;
+    let revocations = Revocations::new(store.read(|store| store.revoked_serials(model::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));
     let rollouts = rollout::RolloutEngine::start(store.clone(), fleet.clone())
         .await
@@ -240,8 +281,8 @@ pub async fn serve(
         "connection limits"
     );
 
-    let sweeper = tokio::spawn(expire_silent_sessions(fleet.clone()));
-    let pruner = tokio::spawn(prune_old_operations(store.clone(), config.operation_retention));
+    let sweeper = tokio::spawn(tasks::expire_silent_sessions(fleet.clone()));
+    let pruner = tokio::spawn(tasks::prune_old_operations(store.clone(), config.operation_retention));
     let metrics = Arc::new(metrics::Metrics::default());
     let incoming = edge::incoming(listener, acceptor.clone(), limits, metrics.clone());
     let admin_limits = edge::ConnectionLimits {
@@ -363,7 +404,7 @@ pub async fn serve(
     };
     let reflection = reflection()?;
 
-    let watchdog = tokio::spawn(watch_store(
+    let watchdog = tokio::spawn(tasks::watch_store(
         store.clone(),
         health_reporter.clone(),
         metrics.clone(),
@@ -399,6 +440,7 @@ pub async fn serve(
     // left for the process to drop what remains and exit.
     let drain = config.shutdown_timeout.mul_f32(0.5);
     let store_budget = config.shutdown_timeout.mul_f32(0.15);
+    ready();
     let result = tokio::select! {
         result = server => result.context("gRPC server failed"),
         () = async {
@@ -421,7 +463,7 @@ pub async fn serve(
     if let Ok(hosts) = closed_hosts.await {
         let writer = store.clone();
         let written = tokio::time::timeout(store_budget, async move {
-            let now = store::now_millis();
+            let now = model::now_millis();
             writer
                 .write(move |store| {
                     for host_id in &hosts {
@@ -490,73 +532,3 @@ fn connection_limits(config: &ServerConfig) -> edge::ConnectionLimits {
 
 /// Connections the admin listener takes at once: admins only, so a few.
 const ADMIN_LISTENER_CONNECTIONS: usize = 64;
-
-/// Makes a stuck store visible: while one store request has been running
-/// longer than `threshold`, gRPC health says NOT_SERVING, the
-/// `ccfleet_store_stalled` metric is 1 and an error is logged.
-async fn watch_store(
-    store: StoreHandle,
-    health: tonic_health::server::HealthReporter,
-    metrics: Arc<metrics::Metrics>,
-    threshold: Duration,
-) {
-    use std::sync::atomic::Ordering;
-    use tonic_health::ServingStatus;
-    let mut ticker = tokio::time::interval((threshold / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
-    let mut stalled = false;
-    loop {
-        ticker.tick().await;
-        let busy = store.busy_for().unwrap_or_default();
-        metrics.store_busy_seconds.store(busy.as_secs(), Ordering::Relaxed);
-        let now_stalled = busy >= threshold;
-        if now_stalled == stalled {
-            continue;
-        }
-        stalled = now_stalled;
-        metrics.store_stalled.store(u64::from(stalled), Ordering::Relaxed);
-        let status = if stalled {
-            tracing::error!(
-                ?busy,
-                "the store is stuck: one request has run for longer than {threshold:?}; health is NOT_SERVING"
-            );
-            ServingStatus::NotServing
-        } else {
-            tracing::info!("the store is answering again; health is SERVING");
-            ServingStatus::Serving
-        };
-        for service in HEALTH_SERVICES {
-            health.set_service_status(*service, status).await;
-        }
-    }
-}
-
-/// Service names whose health follows the store: the whole server ("") and
-/// every ccfleet service.
-const HEALTH_SERVICES: &[&str] = &["", "ccfleet.v1.Agent", "ccfleet.v1.Admin", "ccfleet.v1.Enrollment"];
-
-/// Closes streams of hosts that stopped sending heartbeats.
-async fn expire_silent_sessions(fleet: Arc<Fleet>) {
-    let period = (fleet.heartbeat_timeout() / 4).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        for host_id in fleet.expire_silent() {
-            tracing::warn!(host = %host_id, "heartbeat timeout: host is offline");
-        }
-    }
-}
-
-/// Applies the operation records' retention age at start and then hourly.
-async fn prune_old_operations(store: StoreHandle, retention: Duration) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        ticker.tick().await;
-        let cutoff = store::now_millis().saturating_sub(retention.as_millis() as u64);
-        match store.write(move |store| store.prune_operations_before(cutoff)).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned operation records past their retention"),
-            Err(error) => tracing::error!(%error, "cannot prune old operation records"),
-        }
-    }
-}

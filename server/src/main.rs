@@ -150,18 +150,20 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--host-certificate-lifetime must be at least 3s");
             }
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(listen))
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let address = listener.local_addr()?;
+            // Initialised after binding, so that a credential made for port 0
+            // names the real port. The store is opened here, once for the
+            // whole process and off the async runtime, and handed to `serve`.
+            let public_url = public_url.unwrap_or_else(|| format!("https://{address}"));
+            let store = ccfleet_server::open_store(&data)?;
+            let initialised = ccfleet_server::init_store(&store, &data, &public_url, ADMIN_LIFETIME)?;
+            if initialised.created || initialised.admin_credential.is_some() {
+                report_init(&data, &initialised);
+            }
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {listen}"))?;
-                let address = listener.local_addr()?;
-                // Initialised after binding, so that a credential made for
-                // port 0 names the real port.
-                let public_url = public_url.unwrap_or_else(|| format!("https://{address}"));
-                let initialised = ccfleet_server::init(&data, &public_url, ADMIN_LIFETIME)?;
-                if initialised.created || initialised.admin_credential.is_some() {
-                    report_init(&data, &initialised);
-                }
                 let metrics_listener = match metrics_listen {
                     Some(metrics_address) => {
                         let metrics_listener = tokio::net::TcpListener::bind(metrics_address)
@@ -183,9 +185,6 @@ fn main() -> anyhow::Result<()> {
                     }
                     None => None,
                 };
-                // Tests and scripts read this line to learn the port; nothing
-                // is printed on stdout after it.
-                println!("listening on {address}");
                 let mut config = ccfleet_server::ServerConfig::new(data);
                 config.heartbeat_interval = heartbeat_interval;
                 config.heartbeat_timeout = heartbeat_timeout;
@@ -201,9 +200,26 @@ fn main() -> anyhow::Result<()> {
                 config.max_concurrent_streams = limits.max_concurrent_streams;
                 config.store_stall_threshold = limits.store_stall_threshold;
                 config.server_names.extend(server_names);
-                ccfleet_server::serve(listener, metrics_listener, admin_listener, config, shutdown_signal()).await
+                let listeners = ccfleet_server::Listeners {
+                    main: listener,
+                    metrics: metrics_listener,
+                    admin: admin_listener,
+                };
+                ccfleet_server::serve(listeners, store, config, shutdown_signal(), move || ready(address)).await
             })
         }
+    }
+}
+
+/// Called by `serve` once the server can answer (store open, rollouts
+/// resumed, services built): prints the address, which tests and scripts
+/// read (nothing is printed on stdout after it), and tells systemd
+/// (`Type=notify`) that the server is ready. Nothing is sent when
+/// `NOTIFY_SOCKET` is unset.
+fn ready(address: std::net::SocketAddr) {
+    println!("listening on {address}");
+    if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "cannot tell systemd that the server is ready");
     }
 }
 

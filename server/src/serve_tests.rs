@@ -25,15 +25,31 @@ async fn serve_closes_agent_streams_and_returns_when_the_shutdown_future_complet
     let data = dir.path().join("data");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
-    let initialised = init(&data, &url, Duration::from_secs(3600)).unwrap();
+    let store = open_store(&data).unwrap();
+    let initialised = init_store(&store, &data, &url, Duration::from_secs(3600)).unwrap();
     let credential: Credential =
         toml::from_str(&std::fs::read_to_string(initialised.admin_credential.unwrap()).unwrap()).unwrap();
     let mut config = ServerConfig::new(data.clone());
     config.shutdown_timeout = Duration::from_secs(4);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, None, None, config, async move {
-        let _ = stopped.await;
-    }));
+    let listeners = Listeners {
+        main: listener,
+        metrics: None,
+        admin: None,
+    };
+    let (ready, answering) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listeners,
+        store,
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+        move || {
+            let _ = ready.send(());
+        },
+    ));
+    answering.await.expect("serve calls ready before serving");
 
     // Enrol a host through the Enrollment service and open its stream.
     let mut admin = admin_client(&url, &credential).await;
@@ -114,7 +130,7 @@ async fn serve_closes_agent_streams_and_returns_when_the_shutdown_future_complet
     // The store is closed and flushed: it reopens with the host seen lately.
     let store = store::Store::reopen(&data);
     let host = store.host(&"web-1".parse().unwrap()).unwrap().unwrap();
-    assert!(host.last_seen + 10_000 > store::now_millis());
+    assert!(host.last_seen + 10_000 > model::now_millis());
 }
 
 /// Polls `health` for the whole server's status until it is `wanted`, or
@@ -155,7 +171,7 @@ async fn a_stuck_store_turns_health_not_serving_until_it_answers_again() {
     let (reporter, _server) = tonic_health::server::health_reporter();
     let health = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
     let metrics = Arc::new(metrics::Metrics::default());
-    let watchdog = tokio::spawn(watch_store(
+    let watchdog = tokio::spawn(tasks::watch_store(
         store.clone(),
         reporter,
         metrics.clone(),

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod docker;
+pub mod load;
 pub mod server;
 pub mod simulated;
 pub mod store_crash;

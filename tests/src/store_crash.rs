@@ -4,7 +4,8 @@
 //! sequence number wrote.
 
 use ccfleet_proto::HostId;
-use ccfleet_server::store::{AgentEvent, AppRecord, HostRecord, OperationPhaseRecord, Store, StoreError};
+use ccfleet_server::model::{AgentEvent, AppRecord, HostRecord, OperationPhaseRecord};
+use ccfleet_server::store::{Store, StoreError};
 
 /// Hosts writing at once.
 pub const HOSTS: usize = 12;

@@ -2,8 +2,8 @@
 //!
 //! The part before `+` is the recipe's own semantic version; the part after it
 //! is the upstream app's version, which is build metadata: ordering and
-//! "is this a major upgrade" are decided by the recipe part alone (ABRA.md,
-//! "Versions").
+//! "is this a major upgrade" are decided by the recipe part alone (ARCHITECTURE.md,
+//! "What ccfleet relies on from abra and Docker").
 
 use std::cmp::Ordering;
 use std::fmt;

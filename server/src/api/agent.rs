@@ -19,7 +19,8 @@ use super::internal;
 use crate::auth::{self, ca::CertificateAuthority, Identity};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
-use crate::store::{now_millis, AgentEvent, CertificateKind, CertificateRecord, EventOutcome, StoreError, StoreHandle};
+use crate::model::{now_millis, AgentEvent, CertificateKind, CertificateRecord};
+use crate::store::{EventOutcome, StoreError, StoreHandle};
 
 /// Messages queued for one agent's stream before the sender waits.
 const OUTBOUND_QUEUE: usize = 32;
@@ -328,7 +329,7 @@ fn undecodable(status: Status) -> Status {
 }
 
 /// The instant a certificate expiring at `not_after` (Unix milliseconds) expires.
-fn expiry_instant(not_after: crate::store::UnixMillis) -> tokio::time::Instant {
+fn expiry_instant(not_after: crate::model::UnixMillis) -> tokio::time::Instant {
     let left = not_after.saturating_sub(now_millis());
     tokio::time::Instant::now() + Duration::from_millis(left)
 }

@@ -6,7 +6,7 @@ use ccfleet_proto::pb;
 use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
 use tonic::Status;
 
-use crate::store::{
+use crate::model::{
     AlertEventRecord, AlertRecord, AlertSeverityRecord, AppRecord, AppStateRecord, HostFactsRecord, HostRecord,
     OperationOutcomeRecord, OperationPhaseRecord, OperationRecord, UnixMillis,
 };

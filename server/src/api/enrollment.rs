@@ -13,9 +13,8 @@ use super::{convert, internal};
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::Identity;
 use crate::metrics::Metrics;
-use crate::store::{
-    now_millis, CertificateKind, CertificateRecord, Enrolment, EnrolmentRefusal, StoreHandle, TokenRefusal,
-};
+use crate::model::{now_millis, CertificateKind, CertificateRecord, TokenRefusal};
+use crate::store::{Enrolment, EnrolmentRefusal, StoreHandle};
 use ccfleet_proto::HostId;
 
 pub struct EnrollmentService {

@@ -3,10 +3,10 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod convert;
 pub mod enrollment;
 pub mod paging;
-pub mod rollouts;
 
 use crate::store::StoreError;
 

@@ -76,7 +76,7 @@ pub struct Caller {
     /// Hex serial of the certificate used.
     pub serial: String,
     /// When that certificate expires (Unix milliseconds): streams end then.
-    pub not_after: crate::store::UnixMillis,
+    pub not_after: crate::model::UnixMillis,
 }
 
 /// The set of revoked certificate serials, loaded from the store at start
@@ -126,7 +126,7 @@ pub fn caller<T>(request: &Request<T>, revocations: &Revocations) -> Result<Call
     // rustls checked the validity period at the handshake; a connection can
     // outlive it, so every call checks again.
     let not_after = parsed.validity().not_after.timestamp();
-    if not_after <= crate::store::now_millis() as i64 / 1000 {
+    if not_after <= crate::model::now_millis() as i64 / 1000 {
         tracing::warn!(serial, "refused an expired certificate on an open connection");
         return Err(Status::unauthenticated(
             "this certificate has expired; enrol again (hosts) or ask an admin for a new credential",

@@ -17,10 +17,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::machine::{self, ActionError, Command, Delivery, Event};
 use crate::fleet::Fleet;
-use crate::store::{
-    now_millis, HostOutcomeRecord, RolloutChange, RolloutRecord, RolloutStateRecord, StoreError, StoreHandle,
-    UnixMillis,
-};
+use crate::model::{now_millis, HostOutcomeRecord, RolloutRecord, RolloutStateRecord, UnixMillis};
+use crate::store::{RolloutChange, StoreError, StoreHandle};
 
 /// How often deadlines and wave intervals are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -503,13 +501,13 @@ impl EngineTask {
 }
 
 /// The rollout event an agent's durable event carries, if any.
-pub fn rollout_event(host_id: &HostId, event: &crate::store::AgentEvent) -> Option<Event> {
+pub fn rollout_event(host_id: &HostId, event: &crate::model::AgentEvent) -> Option<Event> {
     match event {
-        crate::store::AgentEvent::Progress { operation_id, .. } => Some(Event::Progress {
+        crate::model::AgentEvent::Progress { operation_id, .. } => Some(Event::Progress {
             host_id: host_id.clone(),
             operation_id: operation_id.clone(),
         }),
-        crate::store::AgentEvent::Result {
+        crate::model::AgentEvent::Result {
             operation_id,
             outcome,
             from_version,

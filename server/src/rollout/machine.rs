@@ -2,7 +2,7 @@
 //! record and returns the commands to deliver. Pure: no clock, no I/O; the
 //! engine stores the changed record before it delivers anything.
 //!
-//! Rules (DESIGN.md, "Rollouts (server)"):
+//! Rules (ARCHITECTURE.md, "Rollouts"):
 //! - waves run in order; a wave starts when the one before has no host in
 //!   flight (after the canary: the promote gate, then the wave interval);
 //! - a host's operation id is minted once, from the rollout id and the host's
@@ -19,7 +19,7 @@
 
 use ccfleet_proto::{CoopVersion, Domain, HostId};
 
-use crate::store::{
+use crate::model::{
     HostOutcomeRecord, OperationOutcomeRecord, RollbackRecord, RollbackStateRecord, RolloutRecord, RolloutStateRecord,
     UnixMillis,
 };
@@ -524,7 +524,7 @@ fn halt(rollout: &mut RolloutRecord, reason: String, now: UnixMillis) -> Vec<Del
 fn start_rollback(
     id: &str,
     index: usize,
-    host: &mut crate::store::RolloutHostRecord,
+    host: &mut crate::model::RolloutHostRecord,
     now: UnixMillis,
 ) -> Option<Delivery> {
     // Only hosts this rollout moved: they have an operation and a version to return to.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
 
-use crate::store::{
+use crate::model::{
     HostOutcomeRecord, QuantityRecord, RolloutHostRecord, RolloutRecord, RolloutStateRecord, StrategyRecord, UnixMillis,
 };
 

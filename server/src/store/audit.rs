@@ -1,10 +1,9 @@
 //! The audit log: admin actions appended with who, what and when, kept within
 //! a retention bound (count and age) so it cannot grow without limit
-//! (DESIGN.md, "Storage": sled's space amplification).
+//! (ARCHITECTURE.md, "Storage": sled's space amplification).
 
-use serde::{Deserialize, Serialize};
-
-use super::{decode, encode, Store, StoreError, UnixMillis};
+use super::{decode, encode, Store, StoreError};
+use crate::model::{AuditRecord, UnixMillis};
 
 pub(super) const AUDIT: &str = "audit";
 
@@ -14,20 +13,6 @@ pub const AUDIT_MAX_ENTRIES: usize = 10_000;
 pub const AUDIT_MAX_AGE_MS: u64 = 400 * 24 * 3600 * 1000;
 /// Compaction runs once per this many appends.
 const COMPACT_EVERY: u64 = 64;
-
-/// One admin action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub at: UnixMillis,
-    /// The admin's name from their certificate.
-    pub who: String,
-    /// e.g. "rollout.start", "token.revoke".
-    pub action: String,
-    /// A rollout id, token id, host id or admin name.
-    pub target: String,
-    /// For people; never parsed.
-    pub detail: String,
-}
 
 impl Store {
     /// Appends an entry. Keys are the time then a sequence number, so entries
@@ -84,6 +69,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::*;
 
     fn entry(at: UnixMillis, action: &str) -> AuditRecord {
         AuditRecord {

@@ -100,6 +100,13 @@ impl StoreHandle {
         Self::start(Store::open(directory)?)
     }
 
+    /// Opens the store through [`Store::reopen`] (waiting while a store just
+    /// dropped still holds the directory) and starts its thread; for tests.
+    #[cfg(test)]
+    pub(crate) fn reopen(directory: &Path) -> StoreHandle {
+        Self::start(Store::reopen(directory)).expect("the store thread starts")
+    }
+
     /// Starts the store thread over an opened store.
     pub fn start(store: Store) -> Result<StoreHandle, StoreError> {
         let listings = store.listing_index();

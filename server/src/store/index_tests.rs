@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
+use ccfleet_proto::RecipeName;
 
 const HOSTS_IN_PLAY: [&str; 4] = ["web-1", "web-2", "db-1", "edge-9"];
 const RECIPES: [&str; 3] = ["ghost", "hedgedoc", "matrix-synapse"];

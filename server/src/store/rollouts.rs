@@ -4,185 +4,13 @@
 //! result). Every transition is stored before it takes effect (see
 //! `rollout::engine`).
 
-use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
-use serde::{Deserialize, Serialize};
-
 use sled::transaction::Transactional;
 
-use super::{decode, encode, Store, StoreError, UnixMillis};
+use super::{decode, encode, Store, StoreError};
+use crate::model::RolloutRecord;
 
 pub(super) const ROLLOUTS: &str = "rollouts";
 pub(super) const ROLLOUT_HOSTS: &str = "rollout_hosts";
-
-/// State of a whole rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutStateRecord {
-    Running,
-    Paused,
-    Completed,
-    Halted,
-    Aborted,
-}
-
-impl RolloutStateRecord {
-    /// Completed, halted and aborted rollouts never dispatch an upgrade again.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            RolloutStateRecord::Completed | RolloutStateRecord::Halted | RolloutStateRecord::Aborted
-        )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RolloutStateRecord::Running => "running",
-            RolloutStateRecord::Paused => "paused",
-            RolloutStateRecord::Completed => "completed",
-            RolloutStateRecord::Halted => "halted",
-            RolloutStateRecord::Aborted => "aborted",
-        }
-    }
-}
-
-/// Outcome of a rollout on one app of one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostOutcomeRecord {
-    Pending,
-    Dispatched,
-    Upgrading,
-    Succeeded,
-    RolledBack,
-    Held,
-    Failed,
-    Skipped,
-    TimedOut,
-}
-
-impl HostOutcomeRecord {
-    /// A command is out and no result has arrived.
-    pub fn is_in_flight(self) -> bool {
-        matches!(self, HostOutcomeRecord::Dispatched | HostOutcomeRecord::Upgrading)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        !self.is_in_flight() && self != HostOutcomeRecord::Pending
-    }
-
-    /// Outcomes that spend the failure budget.
-    pub fn is_failure(self) -> bool {
-        matches!(
-            self,
-            HostOutcomeRecord::RolledBack
-                | HostOutcomeRecord::Held
-                | HostOutcomeRecord::Failed
-                | HostOutcomeRecord::TimedOut
-        )
-    }
-}
-
-/// A number of hosts, or a percentage of a rollout's hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QuantityRecord {
-    Count(u32),
-    Percent(u32),
-}
-
-/// How a rollout proceeds. Durations in milliseconds; zero means "none".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StrategyRecord {
-    pub canary: QuantityRecord,
-    pub batch: QuantityRecord,
-    /// Halt when this many hosts failed (0: no count limit).
-    pub max_failures: u32,
-    /// Halt when this fraction of hosts failed, in parts per million (0: no
-    /// ratio limit). An integer, so that the record survives storage exactly.
-    pub max_failure_ppm: u32,
-    pub pause_after_canary: bool,
-    pub wave_interval_ms: u64,
-    pub host_deadline_ms: u64,
-    pub progress_deadline_ms: u64,
-    pub rollback_on_halt: bool,
-    pub allow_major: bool,
-}
-
-/// Where the rollback of one host stands (after a halt with rollback).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RollbackStateRecord {
-    Dispatched,
-    Succeeded,
-    Failed,
-    TimedOut,
-}
-
-/// A rollback command sent to a host that had succeeded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RollbackRecord {
-    pub operation_id: String,
-    /// The version the host ran before the rollout.
-    pub version: CoopVersion,
-    pub dispatched_at: UnixMillis,
-    pub state: RollbackStateRecord,
-}
-
-/// One app of one host in a rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutHostRecord {
-    pub host_id: HostId,
-    pub domain: Domain,
-    /// 0 is the canary wave.
-    pub wave: u32,
-    pub outcome: HostOutcomeRecord,
-    /// Version observed when the rollout was planned; once the upgrade
-    /// succeeded, the version the host reported running before it (what a
-    /// rollback returns it to).
-    pub from_version: Option<CoopVersion>,
-    /// Version the host reported after its operation.
-    pub to_version: Option<CoopVersion>,
-    pub message: String,
-    pub updated_at: UnixMillis,
-    /// Minted and stored when the host is dispatched; never changes after.
-    pub operation_id: Option<String>,
-    pub dispatched_at: Option<UnixMillis>,
-    pub rollback: Option<RollbackRecord>,
-    /// The upgrade succeeded after the host had timed out: the host runs the
-    /// target (a rollback on halt includes it), yet it still counts as failed.
-    #[serde(default)]
-    pub succeeded_late: bool,
-}
-
-/// A rollout: what it targets, how, and where every host stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutRecord {
-    pub id: String,
-    pub recipe: RecipeName,
-    pub target: CoopVersion,
-    pub state: RolloutStateRecord,
-    pub strategy: StrategyRecord,
-    pub hosts: Vec<RolloutHostRecord>,
-    /// Index of the wave in progress.
-    pub current_wave: u32,
-    /// Number of waves that carry commands.
-    pub wave_count: u32,
-    pub created_at: UnixMillis,
-    pub updated_at: UnixMillis,
-    /// Why it halted or was aborted, or why it waits.
-    pub reason: String,
-    pub created_by: String,
-    /// An operator paused it.
-    pub paused_by_operator: bool,
-    /// The canary wave finished and `pause_after_canary` waits for promote.
-    pub awaiting_promotion: bool,
-    /// Promote was given (the canary gate is open).
-    pub promoted: bool,
-    /// When the next wave may start (wave interval).
-    pub next_wave_at: Option<UnixMillis>,
-    /// Last dispatch or host progress, for the progress deadline.
-    pub last_progress_at: UnixMillis,
-}
 
 /// A rollout to store, and which of its hosts changed (`None`: all of them).
 #[derive(Debug, Clone)]
@@ -265,6 +93,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::*;
 
     fn rollout(id: &str, created_at: UnixMillis, hosts: usize) -> RolloutRecord {
         RolloutRecord {

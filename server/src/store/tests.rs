@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use ccfleet_proto::RecipeName;
 
 fn host(name: &str) -> HostId {
     name.parse().unwrap()
@@ -273,7 +274,7 @@ fn an_unchanged_inventory_keeps_observation_times() {
 
 /// The server's real write pattern, through the store thread: many hosts
 /// connecting, each sending a burst of inventory updates and operation events
-/// concurrently, interleaved with admin reads. A hang in sled (DESIGN.md,
+/// concurrently, interleaved with admin reads. A hang in sled (ARCHITECTURE.md,
 /// "Storage") shows as the watchdog firing; the counts prove nothing was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_of_the_real_write_pattern() {
@@ -327,7 +328,7 @@ async fn stress_of_the_real_write_pattern() {
     };
     tokio::time::timeout(Duration::from_secs(120), work)
         .await
-        .expect("store writes stalled for 120 s: possible sled deadlock (DESIGN.md, Storage)");
+        .expect("store writes stalled for 120 s: possible sled deadlock (ARCHITECTURE.md, Storage)");
     let hosts = handle.read(|store| store.hosts()).await.unwrap();
     assert_eq!(hosts.len(), HOSTS);
     assert!(hosts.iter().all(|host| host.last_seq == UPDATES_PER_HOST));

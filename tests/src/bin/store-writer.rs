@@ -13,8 +13,11 @@ use std::io::Write;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let directory = std::env::args().nth(1).expect("usage: store-writer DIR");
+    // The test opened and dropped the store just before starting this
+    // writer: wait while its lock is still held.
+    let directory = std::path::Path::new(&directory);
     let store =
-        Store::open_with_segment_size(std::path::Path::new(&directory), SEGMENT_BYTES).expect("the store opens");
+        Store::open_when_released(|| Store::open_with_segment_size(directory, SEGMENT_BYTES)).expect("the store opens");
     let store = StoreHandle::start(store).expect("the store thread starts");
     let mut writers = Vec::new();
     for index in 0..HOSTS {

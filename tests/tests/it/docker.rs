@@ -208,7 +208,7 @@ async fn a_raised_declared_version_goes_through_the_transaction_and_a_lowered_on
         (domain.clone(), AppState::Converged, Some(V1_1.to_owned()), vec![])
     );
 
-    // A major pin is held: majors need allow_major (DESIGN.md).
+    // A major pin is held: majors need allow_major (README.md, "How pins, autoUpdate and rollouts combine").
     let major = reconciler
         .reconcile_app(&with_version(declared, V2_0))
         .await

@@ -1,5 +1,5 @@
 //! End-to-end tests over the real binaries. One test binary for the crate
-//! (STYLE.md); each module covers one area.
+//! (one binary links and starts faster than many); each module covers one area.
 
 // Tests start the real binaries, docker and nix themselves, as an operator would.
 #![allow(clippy::disallowed_methods)]
@@ -11,6 +11,7 @@ mod edge;
 mod fleet;
 mod listing;
 mod nix;
+mod readiness;
 mod rollout;
 mod secrets;
 mod security;

@@ -235,6 +235,11 @@ fn example_host_evaluates_and_its_agent_config_is_accepted() {
         "{server_command}"
     );
     assert_eq!(example["server"]["LimitNOFILE"], 65536);
+    // The server says READY=1 when it answers (readiness::every_first_start_under_load_answers_at_once).
+    assert_eq!(
+        (&example["server"]["Type"], &example["server"]["NotifyAccess"]),
+        (&json!("notify"), &json!("main"))
+    );
 
     let toml = example["agentToml"].as_str().unwrap();
     let config = agent_check_config(directory.path(), toml);
@@ -675,7 +680,7 @@ fn copy_paste_examples_evaluate_cleanly() {
     assert_eq!(strings(&examples["server"]["services"]), ["ccfleet-server"]);
 }
 
-/// Every recipe of ABRA.md's table has a module, off by default, with the table's
+/// Every recipe of ARCHITECTURE.md's table ("Recipes ccfleet ships modules for") has a module, off by default, with the table's
 /// health path and statefulness.
 #[test]
 fn every_recipe_module_has_its_defaults() {

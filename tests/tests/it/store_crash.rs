@@ -1,4 +1,4 @@
-//! Crash safety of the store's write order (server/src/store/mod.rs, "Write
+//! Crash safety of the store's write order (server/src/store/hosts.rs, "Write
 //! order"), tested by killing a real writing process with SIGKILL.
 //!
 //! The writer (`store-writer`, the real `Store` and `StoreHandle`) applies a
@@ -17,8 +17,10 @@ use ccfleet_proto::RecipeName;
 use ccfleet_server::store::{OperationFilter, Store};
 use ccfleet_tests::store_crash::{enrol, event, host, inventory_at, is_progress, operation_id, HOSTS, SEGMENT_BYTES};
 
+/// Opens the store, waiting while the one this test just dropped still
+/// holds the directory.
 fn open(directory: &std::path::Path) -> Store {
-    Store::open_with_segment_size(directory, SEGMENT_BYTES).unwrap()
+    Store::open_when_released(|| Store::open_with_segment_size(directory, SEGMENT_BYTES)).unwrap()
 }
 
 /// What must hold in a store opened right after a crash.

@@ -199,3 +199,95 @@ fn no_test_is_ignored_or_expects_a_panic() {
         offences.join("\n")
     );
 }
+
+/// abra's subcommands as the agent spells them, `["app", "deploy", ...]`:
+/// the first word and the words that may follow it.
+const ABRA_SUBCOMMANDS: &[(&str, &[&str])] = &[
+    (
+        "app",
+        &[
+            "new", "deploy", "upgrade", "rollback", "undeploy", "secret", "backup", "restore",
+        ],
+    ),
+    ("recipe", &["fetch", "versions"]),
+    ("server", &["add"]),
+];
+
+/// Whether a line of code builds an abra command line: spells one of abra's
+/// subcommands as two string literals in a row (`"app", "deploy"`, or
+/// `.arg("app").arg("deploy")` on one line), or makes a `CommandSpec` whose
+/// program names abra. A chain of `.arg` calls split over lines is not seen:
+/// a limit of this line-by-line check.
+fn builds_abra_command_line(code: &str) -> bool {
+    let compact: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let spells_subcommand = ABRA_SUBCOMMANDS.iter().any(|(first, rest)| {
+        rest.iter().any(|second| {
+            compact.contains(&format!("\"{first}\",\"{second}\""))
+                || compact.contains(&format!("arg(\"{first}\").arg(\"{second}\")"))
+        })
+    });
+    let spec_for_abra = compact.contains("CommandSpec::new(") && compact.to_lowercase().contains("abra");
+    spells_subcommand || spec_for_abra
+}
+
+/// The production part of a source file: none of a test-only file (the
+/// tests crate's `tests/`, `tests.rs`, `*_tests.rs`), and of other files
+/// what comes before their first `#[cfg(test)]`. Tests may spell abra's
+/// command lines to check them (the double's contract in `docker.rs`).
+fn production_code<'a>(path: &str, text: &'a str) -> &'a str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    if path.starts_with("tests/tests/") || file == "tests.rs" || file.ends_with("_tests.rs") {
+        return "";
+    }
+    text.split("#[cfg(test)]").next().unwrap_or("")
+}
+
+#[test]
+fn the_abra_command_line_matcher_sees_what_builds_one() {
+    for (line, expected) in [
+        (r#"let mut arguments = vec!["app", "deploy", "-n", "-c"];"#, true),
+        (r#"self.run(&["recipe", "fetch", recipe.as_str()]).await"#, true),
+        (r#"run(&["server",  "add", "--local"])"#, true),
+        (r#"spec.arg("app").arg("upgrade")"#, true),
+        (r#"CommandSpec::new("/usr/bin/abra", "/", timeout)"#, true),
+        (r#"CommandSpec::new("/bin/sh", "/", timeout).arg("-c")"#, false),
+        (r#"let label = ["app", "domain"];"#, false),
+        (r#"format!("app {domain} deployed")"#, false),
+    ] {
+        assert_eq!(builds_abra_command_line(line), expected, "{line:?}");
+    }
+    let text = "fn f() {}\n#[cfg(test)]\nmod tests { const A: [&str; 2] = [\"app\", \"deploy\"]; }\n";
+    assert_eq!(production_code("agent/src/x.rs", text), "fn f() {}\n");
+    assert_eq!(production_code("tests/tests/it/docker.rs", text), "");
+}
+
+/// abra's interface changes in one place: nothing but `agent::abra`
+/// (`agent/src/abra.rs` and `agent/src/abra/`) builds an abra command line
+/// in production code.
+#[test]
+fn only_agent_abra_builds_abra_command_lines() {
+    let offences: Vec<String> = rust_files()
+        .iter()
+        .filter(|(path, _)| path != "agent/src/abra.rs" && !path.starts_with("agent/src/abra/") && path != THIS_FILE)
+        .flat_map(|(path, text)| {
+            production_code(path, text)
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| builds_abra_command_line(code_of(line)))
+                .map(move |(index, line)| format!("{path}:{}: {}", index + 1, line.trim()))
+        })
+        .collect();
+    assert!(
+        offences.is_empty(),
+        "abra command lines outside agent::abra:\n{}",
+        offences.join("\n")
+    );
+    // The check sees the real ones: agent::abra spells them.
+    let abra = std::fs::read_to_string(workspace_root().join("agent/src/abra.rs")).unwrap();
+    assert!(
+        production_code("agent/src/abra.rs", &abra)
+            .lines()
+            .any(|line| builds_abra_command_line(code_of(line))),
+        "agent/src/abra.rs builds no abra command line the matcher sees"
+    );
+}

@@ -8,11 +8,11 @@ use std::time::Duration;
 use ccfleet_proto::pb;
 
 use super::*;
-use crate::rollout::plan::{plan, Candidate};
-use crate::store::{
+use crate::model::{
     AgentEvent, HostOutcomeRecord, HostRecord, OperationOutcomeRecord, QuantityRecord, RolloutStateRecord,
     StrategyRecord,
 };
+use crate::rollout::plan::{plan, Candidate};
 
 fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
     let candidates = hosts
@@ -85,7 +85,7 @@ async fn next_operation(
 #[tokio::test]
 async fn a_second_rollout_of_a_recipe_is_refused_with_the_first_ones_id() {
     let directory = tempfile::tempdir().unwrap();
-    let store = StoreHandle::open(directory.path()).unwrap();
+    let store = StoreHandle::reopen(directory.path());
     let engine = RolloutEngine::start(store.clone(), Arc::new(Fleet::new(Duration::from_secs(30))))
         .await
         .unwrap();
@@ -123,7 +123,7 @@ async fn a_second_rollout_of_a_recipe_is_refused_with_the_first_ones_id() {
 #[tokio::test]
 async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids() {
     let directory = tempfile::tempdir().unwrap();
-    let store = StoreHandle::open(directory.path()).unwrap();
+    let store = StoreHandle::reopen(directory.path());
     store
         .write(|store| {
             for host in ["a", "b", "c"] {
@@ -192,7 +192,7 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
 #[tokio::test]
 async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
     let directory = tempfile::tempdir().unwrap();
-    let store = StoreHandle::open(directory.path()).unwrap();
+    let store = StoreHandle::reopen(directory.path());
     store
         .write(|store| {
             register(store, "a");
@@ -251,7 +251,7 @@ async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
 #[tokio::test]
 async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_next_batch() {
     let directory = tempfile::tempdir().unwrap();
-    let store = StoreHandle::open(directory.path()).unwrap();
+    let store = StoreHandle::reopen(directory.path());
     let (updates, _) = broadcast::channel(16);
     let mut task = EngineTask {
         store: store.clone(),
@@ -285,7 +285,7 @@ async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_
         "nothing took effect"
     );
     // The store works again: the next batch (a tick) applies the result.
-    let store = StoreHandle::open(directory.path()).unwrap();
+    let store = StoreHandle::reopen(directory.path());
     task.store = store.clone();
     task.process(Vec::new()).await;
     assert_eq!(task.live[&id].hosts[0].outcome, HostOutcomeRecord::Succeeded);
@@ -306,7 +306,7 @@ async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_
 #[tokio::test]
 async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_restart() {
     let directory = tempfile::tempdir().unwrap();
-    let store = StoreHandle::open(directory.path()).unwrap();
+    let store = StoreHandle::reopen(directory.path());
     store
         .write(|store| {
             register(store, "a");

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::model::{QuantityRecord, StrategyRecord};
 use crate::rollout::plan::{plan, resolve, Candidate};
-use crate::store::{QuantityRecord, StrategyRecord};
 
 fn strategy() -> StrategyRecord {
     StrategyRecord {

@@ -1,6 +1,6 @@
-//! The rollout and audit side of the Admin service: wire <-> record
-//! conversion for rollouts, strategy validation and defaults, planning from
-//! the stored inventory, and the audit log. `admin.rs` calls into here.
+//! The rollout side of the Admin service: wire <-> record conversion for
+//! rollouts, strategy validation and defaults, planning from the stored
+//! inventory, and the operator's actions handed to the rollout engine.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -10,40 +10,26 @@ use ccfleet_proto::CoopVersion;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::admin::AdminService;
-use super::convert;
-use super::internal;
-use crate::auth::{self, Caller};
+use crate::api::{audit::audit, convert, internal};
+use crate::auth;
+use crate::fleet::Fleet;
+use crate::model::{now_millis, HostOutcomeRecord, QuantityRecord, RolloutRecord, RolloutStateRecord, StrategyRecord};
 use crate::rollout::engine::ActionFailure;
 use crate::rollout::{machine, plan, Event, StartError};
-use crate::store::{
-    now_millis, AuditRecord, HostOutcomeRecord, QuantityRecord, RolloutRecord, RolloutStateRecord, StoreHandle,
-    StrategyRecord,
-};
+use crate::store::StoreHandle;
 
 /// A host that does not answer within this long times out (when the request says 0).
 const DEFAULT_HOST_DEADLINE_SECONDS: u32 = 15 * 60;
 const MAX_SELECTORS: usize = 64;
-/// Audit entries answered when the request says 0, and at most.
-const DEFAULT_AUDIT_LIMIT: usize = 1000;
-const MAX_AUDIT_LIMIT: usize = 10_000;
+
+/// What the rollout methods use of the service.
+pub struct RolloutsAdmin<'a> {
+    pub store: &'a StoreHandle,
+    pub fleet: &'a Fleet,
+    pub rollouts: &'a crate::rollout::RolloutEngine,
+}
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Rollout, Status>> + Send>>;
-
-/// Appends to the audit log. The action has already taken effect, so a
-/// failure here is logged, not returned.
-pub async fn audit(store: &StoreHandle, caller: &Caller, action: &str, target: &str, detail: String) {
-    let entry = AuditRecord {
-        at: now_millis(),
-        who: caller.identity.name().to_owned(),
-        action: action.to_owned(),
-        target: target.to_owned(),
-        detail,
-    };
-    if let Err(error) = store.write(move |store| store.append_audit(&entry)).await {
-        tracing::error!(%error, "cannot append to the audit log");
-    }
-}
 
 fn quantity(
     field: &str,
@@ -215,8 +201,8 @@ fn rollout_id(value: &str) -> Result<String, Status> {
     Ok(value.to_owned())
 }
 
-impl AdminService {
-    pub(super) async fn start_rollout_request(
+impl RolloutsAdmin<'_> {
+    pub async fn start_rollout_request(
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
@@ -339,11 +325,11 @@ impl AdminService {
                 StartError::Stopped => Status::unavailable("the rollout engine has stopped"),
             })?;
         tracing::info!(admin = caller.identity.name(), rollout = started.id, "rollout started");
-        audit(&self.store, &caller, "rollout.start", &started.id, detail).await;
+        audit(self.store, &caller, "rollout.start", &started.id, detail).await;
         Ok(Response::new(rollout_wire(&started)))
     }
 
-    pub(super) async fn get_rollout_request(
+    pub async fn get_rollout_request(
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
@@ -360,7 +346,7 @@ impl AdminService {
             .ok_or_else(|| Status::not_found(format!("there is no rollout {id}")))
     }
 
-    pub(super) async fn list_rollouts_request(
+    pub async fn list_rollouts_request(
         &self,
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
@@ -380,7 +366,7 @@ impl AdminService {
         }))
     }
 
-    pub(super) async fn watch_rollout_request(
+    pub async fn watch_rollout_request(
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<WatchStream>, Status> {
@@ -427,7 +413,7 @@ impl AdminService {
         ))))
     }
 
-    pub(super) async fn rollout_action(
+    pub async fn rollout_action(
         &self,
         request: Request<pb::RolloutActionRequest>,
         action: &str,
@@ -453,39 +439,7 @@ impl AdminService {
                 ActionFailure::Stopped => Status::unavailable(failure.to_string()),
             })?;
         tracing::info!(admin = caller.identity.name(), rollout = id, action, "rollout action");
-        audit(&self.store, &caller, &format!("rollout.{action}"), &id, reason).await;
+        audit(self.store, &caller, &format!("rollout.{action}"), &id, reason).await;
         Ok(Response::new(rollout_wire(&rollout)))
-    }
-
-    pub(super) async fn list_audit_request(
-        &self,
-        request: Request<pb::ListAuditRequest>,
-    ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let request = request.into_inner();
-        let since = request
-            .since
-            .map(|since| (since.seconds.max(0) as u64) * 1000 + (since.nanos.max(0) as u64) / 1_000_000)
-            .unwrap_or(0);
-        let limit = match request.limit as usize {
-            0 => DEFAULT_AUDIT_LIMIT,
-            limit => limit.min(MAX_AUDIT_LIMIT),
-        };
-        let entries = self
-            .store
-            .read(move |store| store.audit(since, limit))
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::ListAuditResponse {
-            entries: entries
-                .into_iter()
-                .map(|entry| pb::AuditEntry {
-                    at: Some(convert::timestamp(entry.at)),
-                    who: entry.who,
-                    action: entry.action,
-                    target: entry.target,
-                    detail: entry.detail,
-                })
-                .collect(),
-        }))
     }
 }

@@ -1,19 +1,14 @@
-//! What the store keeps: plain serde records with a format version byte in
-//! front of each encoded value. Proto types never reach this module; the API
-//! layer converts at its edge.
+//! The server's records: hosts, apps, operations, tokens, certificates and
+//! alerts, as plain serde types. The store encodes and keeps them (with a
+//! format byte in front, `store::codec`); proto types never reach here: the
+//! API layer converts at its edge.
 
 use std::collections::BTreeMap;
 
 use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-
-/// Format version written in front of every record. Bump it when a record's
-/// encoding changes incompatibly, and teach `decode` to read the old one.
-pub const RECORD_FORMAT: u8 = 1;
-
-/// Milliseconds since the Unix epoch; the store's only time representation.
+/// Milliseconds since the Unix epoch; the records' only time representation.
 pub type UnixMillis = u64;
 
 pub fn now_millis() -> UnixMillis {
@@ -21,31 +16,6 @@ pub fn now_millis() -> UnixMillis {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Largest encoded record the store writes. sled keeps values above 128 KiB
-/// as separate blob files, and one such record once froze the store thread
-/// inside `flush`; `api::convert` bounds every field so that real records
-/// stay far below this, and this refuses whatever slipped through.
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
-
-pub(super) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = vec![RECORD_FORMAT];
-    serde_json::to_writer(&mut bytes, record).map_err(StoreError::Encode)?;
-    if bytes.len() > MAX_RECORD_BYTES {
-        return Err(StoreError::TooLarge { bytes: bytes.len() });
-    }
-    Ok(bytes)
-}
-
-pub(super) fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&RECORD_FORMAT, body)) => {
-            serde_json::from_slice(body).map_err(|source| StoreError::Decode { tree, source })
-        }
-        Some((&format, _)) => Err(StoreError::UnknownFormat { tree, format }),
-        None => Err(StoreError::UnknownFormat { tree, format: 0 }),
-    }
 }
 
 /// Facts an agent reported about its host.
@@ -63,8 +33,8 @@ pub struct HostFactsRecord {
 pub struct HostRecord {
     pub host_id: HostId,
     pub registered_at: UnixMillis,
-    /// Last contact as last written; kept coarse on purpose (DESIGN.md,
-    /// "Storage": heartbeats are not persisted).
+    /// Last contact as last written; kept coarse on purpose
+    /// (ARCHITECTURE.md, "Storage": heartbeats are not persisted).
     pub last_seen: UnixMillis,
     pub agent_version: String,
     pub facts: HostFactsRecord,
