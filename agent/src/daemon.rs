@@ -908,6 +908,7 @@ fn operation_response(result: Result<RunResult, String>) -> Response {
     match result {
         Err(message) => Response::error(message),
         Ok(RunResult::LeftAlone { reason }) => Response::ok(format!("left alone: {reason}")),
+        Ok(RunResult::Refused { reason }) => Response::error(format!("refused, nothing was touched: {reason}")),
         Ok(RunResult::Finished(report)) => report_response(&report),
     }
 }
@@ -1062,6 +1063,7 @@ async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
         Ok(RunResult::LeftAlone { reason }) => {
             tracing::info!(operation = %id, %reason, "server command left the app alone")
         }
+        Ok(RunResult::Refused { reason }) => tracing::warn!(operation = %id, %reason, "server command refused"),
         Err(error) => tracing::error!(operation = %id, %error, "server command failed"),
     }
 }

@@ -559,7 +559,9 @@ impl Reconciler {
                             reason: error.to_string(),
                         })
                     }
-                    Ok(RunResult::LeftAlone { reason }) => return Err(ReconcileErrorKind::HeldBack { to, reason }),
+                    Ok(RunResult::LeftAlone { reason } | RunResult::Refused { reason }) => {
+                        return Err(ReconcileErrorKind::HeldBack { to, reason })
+                    }
                     Ok(RunResult::Finished(report)) if report.outcome == Outcome::Succeeded => {
                         actions.push(ReconcileAction::Upgraded { from, to: to.clone() });
                         to

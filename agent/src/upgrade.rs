@@ -124,6 +124,9 @@ pub enum RunResult {
     Finished(Box<OperationReport>),
     /// An automatic trigger must leave the app alone (nothing journaled).
     LeftAlone { reason: String },
+    /// Refused before anything moved (`machine::refuse`): nothing journaled,
+    /// no alert; the asker gets the reason as an error.
+    Refused { reason: String },
 }
 
 /// The test-only pause hook. Compiled in always but inert unless
@@ -318,13 +321,63 @@ impl Upgrader {
                     },
                 };
             }
-            Plan::Run { .. } => {}
+            Plan::Run { from } => {
+                if let Some(reason) = self.preflight(reconciler, app, &request.ask, &facts, &from).await {
+                    tracing::warn!(app = %app.domain, operation = %request.id, %reason, "upgrade refused before anything moved");
+                    // A rollout waits for every host's result: it gets one
+                    // (HELD, journaled and reported as any other).
+                    if !matches!(request.ask.trigger, Trigger::FleetUpgrade | Trigger::FleetRollback) {
+                        return Ok(RunResult::Refused { reason });
+                    }
+                    record.phase = Phase::Done {
+                        outcome: Outcome::Held,
+                        reason,
+                    };
+                }
+            }
         }
         let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
         let record = self.drive(reconciler, app, record, false, gate_deadline).await?;
         let mut report = self.report_of(&record, running);
         report.running = reconciler.observe(app).await.observed_version;
         Ok(RunResult::Finished(Box::new(report)))
+    }
+
+    /// What `machine::refuse` needs, read before anything moves: the
+    /// recipe's releases (after `abra recipe fetch`) and, for a stateful app,
+    /// whether its stack has volumes. What cannot be read is not held against
+    /// the request.
+    async fn preflight(
+        &self,
+        reconciler: &Reconciler,
+        app: &AppConfig,
+        ask: &Ask,
+        facts: &machine::AppFacts,
+        from: &CoopVersion,
+    ) -> Option<String> {
+        let releases = match reconciler.abra().available_versions(&app.recipe).await {
+            Ok(releases) => Some(releases),
+            Err(error) => {
+                tracing::warn!(recipe = %app.recipe, error = %error_chain(&error), "cannot read the recipe's releases");
+                None
+            }
+        };
+        let has_volumes = if app.stateful {
+            match reconciler.docker().stack_volumes(&app.domain.stack_name()).await {
+                Ok(volumes) => Some(!volumes.is_empty()),
+                Err(error) => {
+                    tracing::warn!(app = %app.domain, error = %error_chain(&error), "cannot list the stack's volumes");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let preflight = machine::Preflight {
+            releases: releases.as_deref(),
+            has_volumes,
+        };
+        machine::refuse(ask, facts, from, &preflight)
     }
 
     /// Finishes one operation found unfinished in the journal at start; the

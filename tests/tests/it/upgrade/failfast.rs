@@ -10,7 +10,8 @@
 use std::time::Instant;
 
 use ccfleet_tests::docker::{
-    V1_10_SLOW_START, V1_3, V1_5_NEVER_CONVERGES, V1_7_CONTAINER_UNHEALTHY, V1_8_IMAGE_MISSING, V1_9_SWARM_ROLLS_BACK,
+    V1_3, V1_5_1_CONTAINER_UNHEALTHY, V1_5_2_IMAGE_MISSING, V1_5_3_SWARM_ROLLS_BACK, V1_5_4_SLOW_START,
+    V1_5_NEVER_CONVERGES,
 };
 
 use super::World;
@@ -86,17 +87,17 @@ async fn a_crash_loop_is_rolled_back_after_three_failed_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_container_is_rolled_back_without_waiting_for_the_timeout() {
-    rolled_back_on_dockers_verdict("ffunhealthy", true, V1_7_CONTAINER_UNHEALTHY, &["unhealthy"]).await;
+    rolled_back_on_dockers_verdict("ffunhealthy", true, V1_5_1_CONTAINER_UNHEALTHY, &["unhealthy"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_rolled_back_on_the_rejected_task() {
-    rolled_back_on_dockers_verdict("ffimage", true, V1_8_IMAGE_MISSING, &["No such image"]).await;
+    rolled_back_on_dockers_verdict("ffimage", true, V1_5_2_IMAGE_MISSING, &["No such image"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarms_own_rollback_is_its_verdict() {
-    rolled_back_on_dockers_verdict("ffswarmrb", false, V1_9_SWARM_ROLLS_BACK, &["swarm", "rollback_"]).await;
+    rolled_back_on_dockers_verdict("ffswarmrb", false, V1_5_3_SWARM_ROLLS_BACK, &["swarm", "rollback_"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +106,7 @@ async fn a_slow_start_within_its_start_period_still_passes() {
     // --wait without a terminal is not silent: a line per change, each within 100 columns.
     let output = world
         .agent()
-        .command(&["upgrade", &world.domain, "--to", V1_10_SLOW_START, "--wait"]);
+        .command(&["upgrade", &world.domain, "--to", V1_5_4_SLOW_START, "--wait"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}\n{}", world.agent().log());
     assert!(
@@ -115,12 +116,39 @@ async fn a_slow_start_within_its_start_period_still_passes() {
     );
     assert!(
         stderr.contains(&format!(
-            "... {}: upgrade {V1_3} -> {V1_10_SLOW_START}: verifying",
+            "... {}: upgrade {V1_3} -> {V1_5_4_SLOW_START}: verifying",
             world.domain
         )),
         "{stderr}"
     );
     assert!(stderr.lines().all(|line| line.chars().count() <= 100), "{stderr}");
-    assert_eq!(world.running().as_deref(), Some(V1_10_SLOW_START));
+    assert_eq!(world.running().as_deref(), Some(V1_5_4_SLOW_START));
     assert!(world.alert().is_none());
+}
+
+/// A target that is not a release of the recipe is refused before anything
+/// moves: the reason names the nearest releases; no abra command changes
+/// the app, nothing is journaled, no alert is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_is_not_a_release_is_refused_before_anything_moves() {
+    let world = World::start("ffnorelease", true, false).await;
+    let commands_before = world.test.abra_log();
+    let output = world
+        .agent()
+        .command(&["upgrade", &world.domain, "--to", "2.9.0+2.9", "--wait"]);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("refused, nothing was touched: 2.9.0+2.9 is not a release of the recipe (nearest: "),
+        "{said}"
+    );
+    assert!(said.contains("2.0.0+2.0"), "{said}");
+    let new_commands: Vec<String> = world.test.abra_log()[commands_before.len()..].to_vec();
+    assert!(
+        new_commands.iter().all(|line| line.starts_with("recipe fetch")),
+        "only the fetch may run: {new_commands:?}"
+    );
+    assert!(world.alert().is_none());
+    assert!(!world.snapshots().exists());
+    assert_eq!(world.running().as_deref(), Some(V1_3));
 }
