@@ -754,9 +754,12 @@ mod properties {
     }
 }
 
-/// Each row: running, target, allow_major (ask), stateful, releases (empty:
-/// unknown), has_volumes; renders the refusal or "runs".
-fn check_refusals(rows: &[(&str, &str, bool, bool, &[&str], Option<bool>)], expect: Expect) {
+/// One row of [`check_refusals`]: running, target, allow_major (ask),
+/// stateful, releases (empty: unknown), has_volumes.
+type RefusalRow<'a> = (&'a str, &'a str, bool, bool, &'a [&'a str], Option<bool>);
+
+/// Renders, per row, the refusal or "runs".
+fn check_refusals(rows: &[RefusalRow<'_>], expect: Expect) {
     let lines: Vec<String> = rows
         .iter()
         .map(|&(running, target, allow_major, stateful, releases, has_volumes)| {
