@@ -251,7 +251,10 @@ async fn canary_then_batches_move_every_host_and_the_audit_log_records_who() {
         }
     })
     .await;
-    let again = cli_json(&server, &["upgrade", "fixture", "--to", "1.1.0"]).await;
+    // Nothing to do: the rollout is stored and completes, the JSON is printed, and it exits 8.
+    let again = cli(&server, &["--json", "upgrade", "fixture", "--to", "1.1.0"]).await;
+    assert_eq!(again.status.code(), Some(8), "{}", text(&again));
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["state"], "completed");
     assert!(again["hosts"]
         .as_array()
