@@ -6,10 +6,12 @@
 //! The observation is plain data ([`StackObservation`]); deciding what it
 //! means for an app (converged, degraded, drift) belongs to `reconcile`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
-use bollard::models::{ContainerSummaryStateEnum, HealthStatusEnum, ServiceUpdateStatusStateEnum, TaskSpec, TaskState};
+use bollard::models::{
+    ContainerSummaryStateEnum, HealthStatusEnum, ServiceUpdateStatusStateEnum, Task, TaskSpec, TaskState,
+};
 use bollard::query_parameters::{
     ListContainersOptions, ListSecretsOptions, ListServicesOptions, ListTasksOptions, ListVolumesOptions,
 };
@@ -81,6 +83,13 @@ pub struct ServiceObservation {
     /// The most recent error of a task that failed or was rejected, when the
     /// service is short of replicas (what Docker says about why).
     pub last_task_error: Option<String>,
+    /// Tasks made from the service's current spec that ended failed or
+    /// rejected (Swarm keeps a few per slot: its task history limit).
+    #[serde(default)]
+    pub current_spec_failures: u32,
+    /// The most recent error of those tasks, as Docker wrote it.
+    #[serde(default)]
+    pub current_spec_error: Option<String>,
 }
 
 /// Health of one container of a stack.
@@ -90,6 +99,10 @@ pub struct ContainerObservation {
     /// The service it belongs to (`com.docker.swarm.service.name`).
     pub service: Option<String>,
     pub health: ContainerHealth,
+    /// Whether its task was made from its service's current spec (the
+    /// version just deployed), not an older task still being replaced.
+    #[serde(default)]
+    pub current_spec: bool,
 }
 
 /// A container's healthcheck state.
@@ -297,6 +310,7 @@ impl Docker {
             })?;
 
         let mut observed = BTreeMap::new();
+        let mut current_tasks = HashSet::new();
         for service in services {
             let Some(spec) = service.spec else { continue };
             let Some(name) = spec.name else { continue };
@@ -339,7 +353,13 @@ impl Docker {
                 // Jobs: Docker's own count of tasks meant to run.
                 _ => docker_desired,
             };
-            let last_task_error = tasks
+            current_tasks.extend(
+                tasks
+                    .iter()
+                    .filter(|task| runs_current_spec(task.spec.as_ref(), spec.task_template.as_ref()))
+                    .filter_map(|task| task.id.clone()),
+            );
+            let failed: Vec<&Task> = tasks
                 .iter()
                 .filter(|task| {
                     matches!(
@@ -347,16 +367,15 @@ impl Docker {
                         Some(TaskState::FAILED | TaskState::REJECTED)
                     )
                 })
-                // The object version grows with every change, so the highest is the latest failure.
-                .max_by_key(|task| task.version.as_ref().and_then(|version| version.index))
-                .and_then(|task| task.status.as_ref())
-                .map(|status| {
-                    status
-                        .err
-                        .clone()
-                        .or_else(|| status.message.clone())
-                        .unwrap_or_else(|| "task failed".into())
-                });
+                .collect();
+            let last_task_error = latest_error(failed.iter().copied());
+            let current_failed: Vec<&Task> = failed
+                .iter()
+                .copied()
+                .filter(|task| runs_current_spec(task.spec.as_ref(), spec.task_template.as_ref()))
+                .collect();
+            let current_spec_failures = u32::try_from(current_failed.len()).unwrap_or(u32::MAX);
+            let current_spec_error = latest_error(current_failed.into_iter());
             let update_state = service
                 .update_status
                 .as_ref()
@@ -376,6 +395,8 @@ impl Docker {
                     last_task_error: (running_replicas < desired_replicas)
                         .then_some(last_task_error)
                         .flatten(),
+                    current_spec_failures,
+                    current_spec_error,
                 },
             );
         }
@@ -383,7 +404,7 @@ impl Docker {
         let containers = if observed.is_empty() {
             Vec::new()
         } else {
-            self.container_health(stack, namespace_filter).await?
+            self.container_health(stack, namespace_filter, &current_tasks).await?
         };
         Ok(StackObservation {
             stack: stack.to_owned(),
@@ -396,6 +417,7 @@ impl Docker {
         &self,
         stack: &str,
         namespace_filter: HashMap<String, Vec<String>>,
+        current_tasks: &HashSet<String>,
     ) -> Result<Vec<ContainerObservation>, DockerError> {
         let summaries = self
             .client
@@ -425,6 +447,12 @@ impl Docker {
                     })
                 }
             };
+            // A container that has just exited is listed a moment longer,
+            // and Docker marks a stopped container's health `unhealthy`: that
+            // is a crash, which its task reports, not a healthcheck's verdict.
+            if inspection.state.as_ref().and_then(|state| state.running) == Some(false) {
+                continue;
+            }
             let health = inspection
                 .state
                 .as_ref()
@@ -445,11 +473,30 @@ impl Docker {
                     .unwrap_or(id),
                 service: labels.get("com.docker.swarm.service.name").cloned(),
                 health,
+                current_spec: labels
+                    .get("com.docker.swarm.task.id")
+                    .is_some_and(|task| current_tasks.contains(task)),
             });
         }
         containers.sort_by(|left, right| left.name.cmp(&right.name));
         Ok(containers)
     }
+}
+
+/// What Docker says about the most recent of `tasks`: its error, else its
+/// message. The object version grows with every change, so the highest is the
+/// latest.
+fn latest_error<'a>(tasks: impl Iterator<Item = &'a Task>) -> Option<String> {
+    tasks
+        .max_by_key(|task| task.version.as_ref().and_then(|version| version.index))
+        .and_then(|task| task.status.as_ref())
+        .map(|status| {
+            status
+                .err
+                .clone()
+                .or_else(|| status.message.clone())
+                .unwrap_or_else(|| "task failed".into())
+        })
 }
 
 /// The engine filter for everything of `stack`.

@@ -9,7 +9,7 @@ use ccfleet_proto::error_chain;
 
 use crate::abra::Abra;
 use crate::config::{AbraConfig, AppConfig};
-use crate::docker::Docker;
+use crate::docker::{Docker, StackObservation};
 use crate::journal::Journal;
 
 pub use observe::{AppState, ObservedApp};
@@ -52,15 +52,22 @@ impl Host {
     /// How `app` stands in Docker now. Never fails: when Docker cannot be
     /// asked, the app is [`AppState::Unknown`] with the reason as drift.
     pub async fn observe(&self, app: &AppConfig) -> ObservedApp {
+        self.observe_with_stack(app).await.0
+    }
+
+    /// [`Host::observe`], with Docker's raw observation of the stack (`None`
+    /// when Docker could not be asked) for the health gate's reading of
+    /// Docker's verdict.
+    pub async fn observe_with_stack(&self, app: &AppConfig) -> (ObservedApp, Option<StackObservation>) {
         // abra may shorten long stack names (unconfirmed); the full name is
         // used until that rule is known.
-        let mut observed = match self.docker.observe_stack(&app.domain.stack_name()).await {
-            Ok(stack) => observe::classify(app, &stack),
-            Err(error) => observe::unknown(app, &error_chain(&error)),
+        let (mut observed, stack) = match self.docker.observe_stack(&app.domain.stack_name()).await {
+            Ok(stack) => (observe::classify(app, &stack), Some(stack)),
+            Err(error) => (observe::unknown(app, &error_chain(&error)), None),
         };
         if let Ok(record) = self.journal.app(&app.domain) {
             observe::explain_fleet_drift(&mut observed, &app.version, record.fleet_target.as_ref());
         }
-        observed
+        (observed, stack)
     }
 }

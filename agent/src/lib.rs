@@ -17,6 +17,7 @@ pub mod journal;
 pub mod link;
 pub mod outbox;
 pub mod process;
+pub mod progress;
 pub mod reconcile;
 pub mod snapshot;
 pub mod upgrade;

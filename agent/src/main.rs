@@ -88,9 +88,15 @@ enum Command {
         /// Wait for the outcome (otherwise the operation runs in the background).
         #[arg(long)]
         wait: bool,
-        /// Print the operation's report as JSON (implies --wait).
+        /// Print the operation's report as JSON (implies --wait); progress goes to stderr as
+        /// JSON lines (`{"progress": "..."}`).
         #[arg(long)]
         json: bool,
+        /// Print progress while waiting (the default with --wait or --json; kept for symmetry
+        /// with `apply`): a line when the phase or Docker's picture changes, otherwise a short
+        /// "still waiting" line at most every 30 s.
+        #[arg(long)]
+        progress: bool,
         /// Make the request idempotent: with an id used before, the recorded result is
         /// returned and nothing runs again.
         #[arg(long)]
@@ -131,6 +137,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     ccfleet_proto::tls::install_crypto_provider();
     let cli = Cli::parse();
@@ -186,10 +194,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             major,
             wait,
             json,
+            progress,
             operation_id,
             socket,
         } => {
-            use std::io::IsTerminal;
             // Refused here already, before the agent is asked anything.
             if let Some(Err(reason)) = operation_id.as_deref().map(ccfleet_agent::upgrade::check_operation_id) {
                 anyhow::bail!("--operation-id: {reason}");
@@ -198,13 +206,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 app,
                 to,
                 major,
-                wait: wait || json,
+                wait: wait || json || progress,
                 operation_id,
-                progress: (wait || json) && std::io::stderr().is_terminal(),
+                // A wait is never silent, on a terminal or not (a timer's log, a script).
+                progress: wait || json || progress,
             };
             let response =
                 control::call_with_progress(&socket.path()?, &request, Duration::from_secs(6 * 3600), &mut |line| {
-                    eprintln!("... {line}")
+                    if json {
+                        eprintln!("{}", serde_json::json!({ "progress": line }));
+                    } else {
+                        eprintln!("... {line}");
+                    }
                 })
                 .await?;
             if json {

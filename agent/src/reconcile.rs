@@ -317,7 +317,11 @@ impl Reconciler {
                 if actions.is_empty() {
                     actions.push(ReconcileAction::AlreadyConverged);
                 }
-                tracing::info!(app = %app.domain, actions = ?actions, "reconciled");
+                tracing::info!(
+                    app = %app.domain,
+                    actions = %actions.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    "reconciled"
+                );
                 Ok(ReconcileOutcome {
                     domain: app.domain.clone(),
                     actions,
@@ -548,7 +552,9 @@ impl Reconciler {
                             reason: error.to_string(),
                         })
                     }
-                    Ok(RunResult::LeftAlone { reason }) => return Err(ReconcileErrorKind::HeldBack { to, reason }),
+                    Ok(RunResult::LeftAlone { reason } | RunResult::Refused { reason }) => {
+                        return Err(ReconcileErrorKind::HeldBack { to, reason })
+                    }
                     Ok(RunResult::Finished(report)) if report.outcome == Outcome::Succeeded => {
                         actions.push(ReconcileAction::Upgraded { from, to: to.clone() });
                         to

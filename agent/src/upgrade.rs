@@ -124,6 +124,9 @@ pub enum RunResult {
     Finished(Box<OperationReport>),
     /// An automatic trigger must leave the app alone (nothing journaled).
     LeftAlone { reason: String },
+    /// Refused before anything moved (`machine::refuse`): nothing journaled,
+    /// no alert; the asker gets the reason as an error.
+    Refused { reason: String },
 }
 
 /// The test-only pause hook. Compiled in always but inert unless
@@ -279,7 +282,7 @@ impl Upgrader {
             fleet_managed: app.fleet_managed,
         };
         let plan = machine::plan(&request.ask, &facts, &app_record);
-        tracing::info!(app = %app.domain, operation = %request.id, ?plan, "upgrade planned");
+        tracing::info!(app = %app.domain, operation = %request.id, %plan, "upgrade planned");
         let mut record = OperationRecord {
             format: model::FORMAT,
             id: request.id.clone(),
@@ -303,7 +306,7 @@ impl Upgrader {
                 record.phase = Phase::Done { outcome, reason };
             }
             Plan::AlreadyThere { version } => {
-                let reason = match self.gate(host, app, &version, None).await {
+                let reason = match self.gate(host, app, &version, None, false).await {
                     StepResult::Ok | StepResult::SnapshotVerified => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
@@ -318,13 +321,63 @@ impl Upgrader {
                     },
                 };
             }
-            Plan::Run { .. } => {}
+            Plan::Run { from } => {
+                if let Some(reason) = self.preflight(host, app, &request.ask, &facts, &from).await {
+                    tracing::warn!(app = %app.domain, operation = %request.id, %reason, "upgrade refused before anything moved");
+                    // A rollout waits for every host's result: it gets one
+                    // (HELD, journaled and reported as any other).
+                    if !matches!(request.ask.trigger, Trigger::FleetUpgrade | Trigger::FleetRollback) {
+                        return Ok(RunResult::Refused { reason });
+                    }
+                    record.phase = Phase::Done {
+                        outcome: Outcome::Held,
+                        reason,
+                    };
+                }
+            }
         }
         let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
         let record = self.drive(host, app, record, false, gate_deadline).await?;
         let mut report = self.report_of(&record, running);
         report.running = host.observe(app).await.observed_version;
         Ok(RunResult::Finished(Box::new(report)))
+    }
+
+    /// What `machine::refuse` needs, read before anything moves: the
+    /// recipe's releases (after `abra recipe fetch`) and, for a stateful app,
+    /// whether its stack has volumes. What cannot be read is not held against
+    /// the request.
+    async fn preflight(
+        &self,
+        host: &Host,
+        app: &AppConfig,
+        ask: &Ask,
+        facts: &machine::AppFacts,
+        from: &CoopVersion,
+    ) -> Option<String> {
+        let releases = match host.abra().available_versions(&app.recipe).await {
+            Ok(releases) => Some(releases),
+            Err(error) => {
+                tracing::warn!(recipe = %app.recipe, error = %error_chain(&error), "cannot read the recipe's releases");
+                None
+            }
+        };
+        let has_volumes = if app.stateful {
+            match host.docker().stack_volumes(&app.domain.stack_name()).await {
+                Ok(volumes) => Some(!volumes.is_empty()),
+                Err(error) => {
+                    tracing::warn!(app = %app.domain, error = %error_chain(&error), "cannot list the stack's volumes");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let preflight = machine::Preflight {
+            releases: releases.as_deref(),
+            has_volumes,
+        };
+        machine::refuse(ask, facts, from, &preflight)
     }
 
     /// Finishes one operation found unfinished in the journal at start; the
@@ -448,7 +501,7 @@ impl Upgrader {
                 _ => self.effect(host, app, &record, gate_deadline).await,
             };
             if !matches!(result, StepResult::Ok | StepResult::SnapshotVerified) {
-                tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
+                tracing::warn!(operation = %record.id, phase = record.phase.name(), %result, "upgrade phase did not succeed");
             }
             record = machine::advance(&record, result);
         }

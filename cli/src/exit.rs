@@ -17,6 +17,9 @@ pub enum Failure {
     Halted(String),
     /// Exit 7: a followed rollout was aborted.
     Aborted(String),
+    /// Exit 8: a rollout in which no host had anything to do (every app
+    /// skipped, held back or already at the target).
+    NothingToDo(String),
 }
 
 impl Failure {
@@ -29,6 +32,7 @@ impl Failure {
             Failure::Unsupported(_) => 5,
             Failure::Halted(_) => 6,
             Failure::Aborted(_) => 7,
+            Failure::NothingToDo(_) => 8,
         }
     }
 
@@ -40,7 +44,8 @@ impl Failure {
             | Failure::Refused(message)
             | Failure::Unsupported(message)
             | Failure::Halted(message)
-            | Failure::Aborted(message) => message,
+            | Failure::Aborted(message)
+            | Failure::NothingToDo(message) => message,
         }
     }
 

@@ -26,7 +26,8 @@ Exit codes:
   4  the server refused the request (invalid input, not found, not allowed)
   5  the server does not support the request (older server version)
   6  --follow: the rollout halted
-  7  --follow: the rollout was aborted";
+  7  --follow: the rollout was aborted
+  8  upgrade: no host had anything to do (each skipped or already at the target; the reasons are printed)";
 
 #[derive(Parser)]
 #[command(name = "ccfleet", version, about = "Operate a fleet of Co-op Cloud hosts", after_help = EXIT_CODES)]

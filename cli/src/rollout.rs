@@ -401,6 +401,40 @@ pub fn rollout_table(rollout: &RolloutJson) -> String {
     format!("{}\n{hosts}", summary(rollout))
 }
 
+/// Why no host of a just-started (or planned) rollout has anything to do,
+/// or `None` when some host has a command coming: one phrase per distinct
+/// reason, with how many hosts it applies to.
+pub fn nothing_to_do(rollout: &RolloutJson) -> Option<String> {
+    if rollout
+        .hosts
+        .iter()
+        .any(|host| matches!(host.outcome, "pending" | "dispatched" | "upgrading"))
+    {
+        return None;
+    }
+    let mut reasons: Vec<(String, usize)> = Vec::new();
+    for host in &rollout.hosts {
+        let reason = match host.outcome {
+            "succeeded" if host.message.is_empty() => "already at the target".to_owned(),
+            "succeeded" => host.message.clone(),
+            outcome => format!("{outcome}: {}", host.message),
+        };
+        match reasons.iter_mut().find(|(known, _)| *known == reason) {
+            Some((_, count)) => *count += 1,
+            None => reasons.push((reason, 1)),
+        }
+    }
+    let reasons: Vec<String> = reasons
+        .into_iter()
+        .map(|(reason, count)| format!("{count} host(s) {reason}"))
+        .collect();
+    Some(if reasons.is_empty() {
+        "no host takes part".to_owned()
+    } else {
+        reasons.join("; ")
+    })
+}
+
 pub fn dry_run_table(rollout: &RolloutJson) -> String {
     let mut hosts = table(&["WAVE", "HOST", "APP", "FROM", "PLAN"]);
     for host in &rollout.hosts {
@@ -509,8 +543,21 @@ pub async fn upgrade(
     };
     let rollout = client.start_rollout(request).await.map_err(&failure)?.into_inner();
     let started = rollout_json(&rollout);
+    let idle = nothing_to_do(&started);
     if args.dry_run {
-        return Ok(render(json, &started, || dry_run_table(&started)));
+        return Ok(render(json, &started, || match &idle {
+            Some(why) => format!("{}\nnothing would be done: {}", dry_run_table(&started), printable(why)),
+            None => dry_run_table(&started),
+        }));
+    }
+    if let Some(why) = idle {
+        // The rollout is stored (and completed at once); say what it found,
+        // then fail: "completed" would read as if something had moved.
+        print!("{}", render(json, &started, || rollout_table(&started)));
+        return Err(Failure::NothingToDo(format!(
+            "rollout {} has nothing to do: {why}",
+            started.id
+        )));
     }
     if args.follow {
         return follow(client, &rollout.id, json, failure).await;
@@ -759,5 +806,64 @@ mod tests {
             ]
         );
         assert!(progress_lines(Some(&second), &second).is_empty());
+    }
+
+    #[test]
+    fn a_rollout_with_nothing_to_do_says_why_per_reason() {
+        let host = |host_id: &str, outcome: &'static str, message: &str| RolloutHostJson {
+            host_id: host_id.into(),
+            domain: format!("blog.{host_id}.example.org"),
+            wave: 0,
+            outcome,
+            from_version: Some("1.0.0".into()),
+            to_version: None,
+            message: message.into(),
+            updated_at: None,
+        };
+        let major = "1.0.0 to 2.0.0 is a major upgrade; it needs --major";
+        let check = |hosts: Vec<RolloutHostJson>| {
+            nothing_to_do(&RolloutJson {
+                id: String::new(),
+                recipe: "ghost".into(),
+                target_version: "2.0.0".into(),
+                state: "completed",
+                current_wave: 0,
+                reason: String::new(),
+                created_by: "admin".into(),
+                created_at: None,
+                updated_at: None,
+                strategy: StrategyJson {
+                    canary: "1".into(),
+                    batch: "1".into(),
+                    max_failures: 1,
+                    max_failure_ratio: 0.0,
+                    pause_after_canary: false,
+                    wave_interval_seconds: 0,
+                    host_deadline_seconds: 900,
+                    progress_deadline_seconds: 0,
+                    rollback_on_halt: false,
+                    allow_major: false,
+                },
+                hosts,
+            })
+        };
+        assert_eq!(
+            check(vec![
+                host("web-1", "skipped", major),
+                host("web-2", "skipped", major),
+                host("web-3", "succeeded", "already at 2.0.0"),
+                host("web-4", "skipped", "pinned by host configuration"),
+            ])
+            .as_deref(),
+            Some(
+                "2 host(s) skipped: 1.0.0 to 2.0.0 is a major upgrade; it needs --major; \
+                 1 host(s) already at 2.0.0; 1 host(s) skipped: pinned by host configuration"
+            )
+        );
+        assert_eq!(
+            check(vec![host("web-1", "pending", ""), host("web-2", "skipped", major)]),
+            None
+        );
+        assert_eq!(check(vec![host("web-1", "dispatched", "")]), None);
     }
 }

@@ -34,6 +34,16 @@ pub const V1_4_MIGRATES_THEN_FAILS_HTTP: &str = "1.4.0+1.4";
 pub const V1_5_NEVER_CONVERGES: &str = "1.5.0+1.5";
 /// Converged and container-healthy, but its HTTP probe fails.
 pub const V1_6_HTTP_FAILS: &str = "1.6.0+1.6";
+/// Its container healthcheck fails; Swarm restarts it and the update goes on
+/// (`failure_action: continue`).
+pub const V1_5_1_CONTAINER_UNHEALTHY: &str = "1.5.1+1.5.1";
+/// Its image does not exist: every task is rejected with `No such image`.
+pub const V1_5_2_IMAGE_MISSING: &str = "1.5.2+1.5.2";
+/// Its process exits at once and Swarm rolls an update to it back itself
+/// (`failure_action: rollback`; a first deploy has nothing to roll back to).
+pub const V1_5_3_SWARM_ROLLS_BACK: &str = "1.5.3+1.5.3";
+/// Healthy, but starts after 8 s, within its healthcheck's `start_period`.
+pub const V1_5_4_SLOW_START: &str = "1.5.4+1.5.4";
 
 /// `tests/fixtures`.
 pub fn fixtures_dir() -> PathBuf {

@@ -93,6 +93,7 @@ pub(super) async fn handle_command(agent: &Arc<Agent>, command: pb::Command) {
         Ok(RunResult::LeftAlone { reason }) => {
             tracing::info!(operation = %id, %reason, "server command left the app alone")
         }
+        Ok(RunResult::Refused { reason }) => tracing::warn!(operation = %id, %reason, "server command refused"),
         Err(error) => tracing::error!(operation = %id, %error, "server command failed"),
     }
 }

@@ -1,6 +1,7 @@
 //! Control socket requests (`apply`, `update`, `upgrade`, `status`) and the
 //! progress lines a waiting client hears.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use super::Agent;
 use crate::config::AppConfig;
 use crate::control::{AgentStatus, AppOutcome, AppStatus, OutboxStatus, Request, Response};
 use crate::reconcile::{ObservedApp, ReconcileError, ReconcileOutcome};
-use crate::upgrade::model::{Outcome, Trigger};
+use crate::upgrade::model::{Outcome, Phase, Trigger};
 use crate::upgrade::{self, Ask, OperationReport, OperationRequest, RunResult};
 
 impl Agent {
@@ -98,13 +99,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How often a waiting client hears how its apps stand.
+/// How often the picture of a waiting client's apps is looked at; what is
+/// sent, and when, is `progress::Reporter`'s decision.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
-/// While the returned guard lives, sends `progress` a line per app of
-/// `domains` every few seconds: the operation and phase under way (from the
-/// journal), Docker's latest picture (from the observation task, so no
-/// extra Docker calls), and the time spent.
+/// While the returned guard lives, looks every few seconds at each app of
+/// `domains`: the operation and phase under way (from the journal) and
+/// Docker's latest picture (from the observation task, so no extra Docker
+/// calls). A line goes to `progress` when that changed, and a short "still
+/// waiting" line at most every 30 s otherwise (`progress::Reporter`); while
+/// the health gate runs, its limit is the app's health timeout.
 fn report_progress(
     agent: &Arc<Agent>,
     domains: Vec<Domain>,
@@ -114,6 +118,7 @@ fn report_progress(
     let agent = agent.clone();
     Some(AbortOnDrop(tokio::spawn(async move {
         let started = Instant::now();
+        let mut reporters: HashMap<Domain, crate::progress::Reporter> = HashMap::new();
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
         ticker.tick().await;
         loop {
@@ -121,14 +126,15 @@ fn report_progress(
             let reconciler = agent.reconciler.borrow().clone();
             let unfinished = reconciler.journal().unfinished().unwrap_or_default();
             for domain in &domains {
-                let doing = unfinished
-                    .iter()
-                    .rev()
-                    .find(|record| &record.domain == domain)
-                    .map_or_else(
-                        || "reconciling".to_owned(),
-                        |record| format!("upgrade {} -> {}: {}", record.from, record.to, record.phase.name()),
-                    );
+                let record = unfinished.iter().rev().find(|record| &record.domain == domain);
+                let doing = record.map_or_else(
+                    || "reconciling".to_owned(),
+                    |record| format!("upgrade {} -> {}: {}", record.from, record.to, record.phase.name()),
+                );
+                let gate_limit = record
+                    .filter(|record| matches!(record.phase, Phase::Verifying | Phase::RollbackVerifying))
+                    .and_then(|_| reconciler.apps().iter().find(|app| &app.domain == domain))
+                    .map(|app| app.health.timeout);
                 let observed = agent
                     .observations
                     .lock()
@@ -137,10 +143,11 @@ fn report_progress(
                     .find(|observed| &observed.domain == domain)
                     .map(ObservedApp::summary)
                     .unwrap_or_else(|| "not observed yet".into());
-                let line = format!(
-                    "{domain}: {doing}; {observed} ({} elapsed)",
-                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
-                );
+                let picture = crate::progress::Picture { doing, observed };
+                let reporter = reporters.entry(domain.clone()).or_default();
+                let Some(line) = reporter.observe(domain.as_str(), picture, started.elapsed(), gate_limit) else {
+                    continue;
+                };
                 if progress.send(line).await.is_err() {
                     return;
                 }
@@ -312,6 +319,7 @@ pub(super) fn operation_response(result: Result<RunResult, String>) -> Response 
     match result {
         Err(message) => Response::error(message),
         Ok(RunResult::LeftAlone { reason }) => Response::ok(format!("left alone: {reason}")),
+        Ok(RunResult::Refused { reason }) => Response::error(format!("refused, nothing was touched: {reason}")),
         Ok(RunResult::Finished(report)) => report_response(&report),
     }
 }

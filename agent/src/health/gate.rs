@@ -3,8 +3,10 @@
 //! The gate passes once checks have been healthy continuously for
 //! `min_healthy`, measured from the first healthy check of the current streak;
 //! any unhealthy check ends the streak. It times out when `timeout` has passed
-//! since the start without passing. Time is passed in (`now`), never read, so
-//! the rule is tested with plain values.
+//! since the start without passing. A definitive check (Docker has decided
+//! that the version fails, see `health::verdict`) fails it at once, whatever
+//! time is left. Time is passed in (`now`), never read, so the rule is tested
+//! with plain values.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,11 @@ pub enum Check {
     Unhealthy {
         reason: String,
     },
+    /// Docker has decided that the version fails (`reason` in its words):
+    /// no later check can make it pass, so the gate ends here.
+    Definitive {
+        reason: String,
+    },
 }
 
 /// What the gate concluded after an observation.
@@ -43,6 +50,8 @@ pub enum GateVerdict {
     Healthy { after: Duration },
     /// Did not pass within the timeout; `reason` is for the alert.
     TimedOut { reason: String },
+    /// Failed early on a definitive check; `after` is the time from the start.
+    Failed { reason: String, after: Duration },
 }
 
 /// One run of the health gate. Feed it one check per poll; stop at the first
@@ -83,6 +92,11 @@ impl HealthGate {
             Check::Unhealthy { reason } => {
                 self.healthy_since = None;
                 self.last_reason = Some(reason);
+            }
+            Check::Definitive { reason } => {
+                let verdict = GateVerdict::Failed { reason, after: elapsed };
+                self.decided = Some(verdict.clone());
+                return verdict;
             }
         }
         let healthy_for = self
@@ -163,6 +177,10 @@ mod tests {
         for &(at, outcome) in checks {
             let observed = if outcome == "ok" {
                 Check::Healthy
+            } else if let Some(reason) = outcome.strip_prefix("docker:") {
+                Check::Definitive {
+                    reason: reason.to_owned(),
+                }
             } else {
                 Check::Unhealthy {
                     reason: outcome.to_owned(),
@@ -181,6 +199,7 @@ mod tests {
                 ),
                 GateVerdict::Healthy { after } => format!("healthy after {}", seconds(after)),
                 GateVerdict::TimedOut { reason } => format!("timed out: {reason}"),
+                GateVerdict::Failed { reason, after } => format!("failed after {}: {reason}", seconds(after)),
             };
             writeln!(rendered, "at {at:>2}s {outcome:<7} {verdict}").unwrap();
         }
@@ -302,6 +321,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_definitive_check_fails_at_once_and_stays_failed() {
+        check(
+            10,
+            300,
+            &[(0, "503"), (4, "ok"), (12, "docker:paused"), (13, "ok"), (400, "ok")],
+            expect![[r#"
+                at  0s 503     waiting healthy_for=0s time_left=300s last=503
+                at  4s ok      waiting healthy_for=0s time_left=296s last=503
+                at 12s docker:paused failed after 12s: paused
+                at 13s ok      failed after 12s: paused
+                at 400s ok      failed after 12s: paused
+            "#]],
+        );
+        // Once passed, a later verdict changes nothing: the gate is over.
+        check(
+            0,
+            300,
+            &[(1, "ok"), (2, "docker:paused")],
+            expect![[r#"
+                at  1s ok      healthy after 1s
+                at  2s docker:paused healthy after 1s
+            "#]],
+        );
+    }
+
     proptest! {
         /// Over random check sequences (non-decreasing times): the gate is never
         /// Healthy unless every check in the last `min_healthy` (back to the
@@ -332,6 +377,7 @@ mod tests {
                         prop_assert!(at - first.0 >= min_healthy, "passed with a streak of {}s < {}s", at - first.0, min_healthy);
                         break;
                     }
+                    GateVerdict::Failed { .. } => prop_assert!(false, "no definitive check was fed"),
                     GateVerdict::TimedOut { reason } => {
                         prop_assert!(at >= timeout);
                         prop_assert!(!reason.is_empty());

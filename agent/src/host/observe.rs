@@ -263,6 +263,8 @@ mod tests {
             update_state: None,
             update_message: None,
             last_task_error: None,
+            current_spec_failures: 0,
+            current_spec_error: None,
         }
     }
 
@@ -399,6 +401,7 @@ mod tests {
             name: "blog_example_org_app.1.x".into(),
             service: Some(APP.into()),
             health: ContainerHealth::Starting,
+            current_spec: true,
         });
         check(
             starting.clone(),

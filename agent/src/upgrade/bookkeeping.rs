@@ -135,7 +135,9 @@ impl Upgrader {
             .snapshots
             .prune(&record.domain, self.settings.snapshot_retention, &protect)
         {
-            Ok(deleted) if !deleted.is_empty() => tracing::info!(?deleted, "old snapshots removed"),
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(deleted = %deleted.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", "), "old snapshots removed")
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error_chain(&error), "cannot prune snapshots"),
         }

@@ -10,7 +10,7 @@ use super::model::{OperationRecord, Phase};
 use super::{StepResult, Upgrader, UNDEPLOY_SETTLE};
 use crate::config::{AppConfig, ProbeScheme};
 use crate::docker::DockerError;
-use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
+use crate::health::{docker_verdict, Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
 use crate::host::{AppState, Host};
 use crate::snapshot::{SnapshotError, VolumeSource};
 
@@ -30,13 +30,15 @@ impl Upgrader {
             Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(host, app).await,
             Phase::VerifyingSnapshot => self.verify_snapshot(host, app, record).await,
             Phase::Deploying => self.deploy_target(host, app, record).await,
-            Phase::Verifying => self.gate(host, app, &record.to, gate_deadline).await,
+            Phase::Verifying => self.gate(host, app, &record.to, gate_deadline, true).await,
             Phase::Restoring => self.restore(host, app, record).await,
             Phase::RollbackDeploying => match host.abra().deploy(&app.recipe, &app.domain, &record.from, true).await {
                 Ok(_) => StepResult::Ok,
                 Err(error) => StepResult::Failed(error_chain(&error)),
             },
-            Phase::RollbackVerifying => self.gate(host, app, &record.from, None).await,
+            // Returning to the version that ran before: patience rather than
+            // Docker's verdict, since failing here leaves the app FAILED.
+            Phase::RollbackVerifying => self.gate(host, app, &record.from, None, false).await,
         }
     }
 
@@ -221,13 +223,15 @@ impl Upgrader {
     /// replicas running its spec, containers with a healthcheck healthy) and,
     /// when the app has a health path, the HTTP probe answering an accepted
     /// status — continuously for the minimum healthy time, within the app's
-    /// health timeout.
+    /// health timeout. With `fail_fast`, Docker's verdict on the version just
+    /// deployed (`health::docker_verdict`) fails the gate at once.
     pub(super) async fn gate(
         &self,
         host: &Host,
         app: &AppConfig,
         version: &CoopVersion,
         deadline: Option<Instant>,
+        fail_fast: bool,
     ) -> StepResult {
         let timeout = match deadline {
             Some(deadline) => app.health.timeout.min(
@@ -251,10 +255,10 @@ impl Upgrader {
         let mut ticker = tokio::time::interval(self.settings.poll_interval);
         loop {
             ticker.tick().await;
-            let check = self.check(host, &at_version).await;
+            let check = self.check(host, &at_version, fail_fast).await;
             match gate.observe(Instant::now(), check) {
                 GateVerdict::Healthy { after } => {
-                    tracing::info!(app = %app.domain, %version, after = ?after, "health gate passed");
+                    tracing::info!(app = %app.domain, %version, after = %whole_seconds(after), "health gate passed");
                     return StepResult::Ok;
                 }
                 GateVerdict::TimedOut { reason } => {
@@ -263,17 +267,33 @@ impl Upgrader {
                         humantime::format_duration(timeout)
                     ))
                 }
+                GateVerdict::Failed { reason, after } => {
+                    tracing::warn!(app = %app.domain, %version, after = %whole_seconds(after), %reason, "docker decided: the health gate failed early");
+                    return StepResult::Failed(format!("docker's verdict after {}: {reason}", whole_seconds(after)));
+                }
                 GateVerdict::Waiting {
                     healthy_for,
                     time_left,
                     last_reason,
-                } => tracing::debug!(app = %app.domain, ?healthy_for, ?time_left, ?last_reason, "health gate waiting"),
+                } => tracing::debug!(
+                    app = %app.domain,
+                    healthy_for = %whole_seconds(healthy_for),
+                    time_left = %whole_seconds(time_left),
+                    last_reason = last_reason.as_deref().unwrap_or("-"),
+                    "health gate waiting"
+                ),
             }
         }
     }
 
-    pub(super) async fn check(&self, host: &Host, app: &AppConfig) -> Check {
-        let observed = host.observe(app).await;
+    pub(super) async fn check(&self, host: &Host, app: &AppConfig, fail_fast: bool) -> Check {
+        let (observed, stack) = host.observe_with_stack(app).await;
+        let verdict = stack
+            .filter(|_| fail_fast)
+            .and_then(|stack| docker_verdict(&stack, &app.version.to_string()));
+        if let Some(reason) = verdict {
+            return Check::Definitive { reason };
+        }
         if !observed.is_converged_at_declared() {
             return Check::Unhealthy {
                 reason: format!("not converged at {}: {}", app.version, observed.summary()),
@@ -302,6 +322,11 @@ impl Upgrader {
         };
         probe.probe(&target).await
     }
+}
+
+/// `duration` in whole seconds, as people read it ("1m 4s").
+fn whole_seconds(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(duration.as_secs()))
 }
 
 /// A stateful app whose stack has no volume cannot be snapshotted: its

@@ -56,6 +56,17 @@ pub enum Plan {
     LeaveAlone { reason: String },
 }
 
+impl std::fmt::Display for Plan {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Run { from } => write!(formatter, "run from {from}"),
+            Plan::AlreadyThere { version } => write!(formatter, "already running {version}: check its health"),
+            Plan::Finish { outcome, reason } => write!(formatter, "finish {outcome}: {reason}"),
+            Plan::LeaveAlone { reason } => write!(formatter, "leave alone: {reason}"),
+        }
+    }
+}
+
 /// Decides whether `ask` runs for an app standing as `app` with `record`.
 pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
     let finish = |outcome, reason: String| Plan::Finish { outcome, reason };
@@ -129,6 +140,65 @@ pub fn plan(ask: &Ask, app: &AppFacts, record: &AppRecord) -> Plan {
         );
     }
     Plan::Run { from: running.clone() }
+}
+
+/// What is known, before anything moves, about a request that [`plan`]
+/// would run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight<'a> {
+    /// The recipe's releases after a fetch; `None` when they could not be read.
+    pub releases: Option<&'a [CoopVersion]>,
+    /// Whether the app's stack has volumes; `None` when Docker could not say.
+    pub has_volumes: Option<bool>,
+}
+
+/// Why a request that [`plan`] would run must be refused before its first
+/// effect (nothing undeployed, nothing journaled, no alert), or `None`:
+/// a target that is not a release of the recipe (naming the nearest ones), a
+/// move down across a major without an explicit yes, a stateful app whose
+/// stack has no volumes to snapshot.
+pub fn refuse(ask: &Ask, app: &AppFacts, from: &CoopVersion, preflight: &Preflight<'_>) -> Option<String> {
+    if let Some(releases) = preflight.releases.filter(|releases| !releases.is_empty()) {
+        if !releases.contains(&ask.target) {
+            return Some(format!(
+                "{} is not a release of the recipe (nearest: {})",
+                ask.target,
+                nearest(releases, &ask.target)
+            ));
+        }
+    }
+    if from.change_to(&ask.target) == VersionChange::Downgrade
+        && ask.target.recipe_version().major < from.recipe_version().major
+        && !(app.allow_major || ask.allow_major)
+    {
+        return Some(format!(
+            "{from} -> {} moves down across the recipe's major version: allow it with allow_major on \
+             the app or --major on the command line",
+            ask.target
+        ));
+    }
+    if app.stateful && preflight.has_volumes == Some(false) {
+        return Some(
+            "stateful but the stack has no volumes: cannot snapshot, so nothing was stopped; \
+             set stateful = false if it keeps no data"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// Up to two releases on each side of `target`, in order.
+fn nearest(releases: &[CoopVersion], target: &CoopVersion) -> String {
+    let mut sorted: Vec<&CoopVersion> = releases.iter().collect();
+    sorted.sort();
+    let position = sorted.partition_point(|release| *release < target);
+    let start = position.saturating_sub(2);
+    let end = (position + 2).min(sorted.len());
+    sorted[start..end]
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether a finished operation changed nothing on the app: a rollout
@@ -224,6 +294,17 @@ pub enum StepResult {
     /// (no room for the snapshot, a volume driver that cannot be copied):
     /// the operation ends HELD once the old version runs again.
     Refused(String),
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepResult::Ok => formatter.write_str("ok"),
+            StepResult::SnapshotVerified => formatter.write_str("snapshot verified"),
+            StepResult::Failed(reason) => write!(formatter, "failed: {reason}"),
+            StepResult::Refused(reason) => write!(formatter, "refused: {reason}"),
+        }
+    }
 }
 
 /// The record once `record.phase`'s effect answered `result`: the facts

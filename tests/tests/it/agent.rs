@@ -195,6 +195,54 @@ fn run_refuses_bad_configurations_with_the_reason_and_touches_nothing() {
     }
 }
 
+/// `examples/agent.toml` (the configuration for a host without NixOS) is
+/// accepted by `check-config` as it is, once its secret files exist, and
+/// shows every key of `[agent]` and `[abra]`.
+#[test]
+fn the_example_agent_configuration_is_accepted_and_complete() {
+    let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent.toml");
+    let example = std::fs::read_to_string(&example_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The example's secrets live under /run/secrets/ccfleet/; here, in a temporary directory.
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    for name in ["join-token", "blog-db-password"] {
+        assert!(example.contains(&format!("\"/run/secrets/ccfleet/{name}\"")), "{name}");
+        std::fs::write(secrets.join(name), "not a real secret").unwrap();
+    }
+    let config = dir.path().join("agent.toml");
+    let secrets_prefix = format!("{}/", secrets.display());
+    std::fs::write(&config, example.replace("/run/secrets/ccfleet/", &secrets_prefix)).unwrap();
+
+    let output = agent_command(&["check-config", &config.display().to_string()]);
+    assert!(
+        output.status.success(),
+        "check-config refused the example: {}",
+        stderr(&output)
+    );
+    let normalised: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(normalised["host"]["id"], "web-1");
+    let domains: Vec<&str> = normalised["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|app| app["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["blog.example.org", "traefik.example.org"]);
+    for section in ["agent", "abra"] {
+        for key in normalised[section].as_object().unwrap().keys() {
+            assert!(
+                example.contains(&format!("\n{key} = ")),
+                "the example does not show {section}.{key}"
+            );
+        }
+    }
+    assert!(
+        example.contains("\nno_domain_checks = "),
+        "the example does not show abra.no_domain_checks"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_enrols_on_boot_renews_its_certificate_and_stays_online() {
     let dir = tempfile::tempdir().unwrap();

@@ -252,7 +252,10 @@ async fn canary_then_batches_move_every_host_and_the_audit_log_records_who() {
         }
     })
     .await;
-    let again = cli_json(&server, &["upgrade", "fixture", "--to", "1.1.0"]).await;
+    // Nothing to do: the rollout is stored and completes, the JSON is printed, and it exits 8.
+    let again = cli(&server, &["--json", "upgrade", "fixture", "--to", "1.1.0"]).await;
+    assert_eq!(again.status.code(), Some(8), "{}", text(&again));
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["state"], "completed");
     assert!(again["hosts"]
         .as_array()
@@ -725,6 +728,46 @@ async fn the_target_defaults_to_what_a_majority_reports_and_pinned_offline_or_un
         "dry runs send nothing"
     );
     assert_eq!(cli_json(&server, &["rollout", "ls"]).await, serde_json::json!([]));
+    for agent in fleet.agents {
+        agent.stop().await;
+    }
+}
+
+/// A rollout in which no host has anything to do (a major without
+/// `--major`, every host already at the target) exits 8 and says why per
+/// reason, instead of "completed"; its dry run says so too and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_with_nothing_to_do_exits_8_and_says_why() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let fleet = fleet(&server, "idle", 2, |_| Behaviour::default()).await;
+
+    let dry = cli(&server, &["upgrade", "fixture", "--to", "2.0.0", "--dry-run"]).await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry)
+            .contains("nothing would be done: 2 host(s) skipped: 1.0.0 to 2.0.0 is a major upgrade; it needs --major"),
+        "{}",
+        text(&dry)
+    );
+
+    let major = cli(&server, &["upgrade", "fixture", "--to", "2.0.0"]).await;
+    assert_eq!(major.status.code(), Some(8), "{}", text(&major));
+    let said = String::from_utf8_lossy(&major.stderr);
+    assert!(said.contains("has nothing to do: 2 host(s) skipped"), "{said}");
+    assert!(said.contains("it needs --major"), "{said}");
+
+    let same = cli(&server, &["upgrade", "fixture", "--to", "1.0.0", "--follow"]).await;
+    assert_eq!(same.status.code(), Some(8), "{}", text(&same));
+    assert!(
+        String::from_utf8_lossy(&same.stderr).contains("has nothing to do: 2 host(s) already at 1.0.0"),
+        "{}",
+        text(&same)
+    );
+    assert!(
+        fleet.agents.iter().all(|agent| agent.received().is_empty()),
+        "no host was sent a command"
+    );
     for agent in fleet.agents {
         agent.stop().await;
     }

@@ -753,3 +753,66 @@ mod properties {
         }
     }
 }
+
+/// One row of [`check_refusals`]: running, target, allow_major (ask),
+/// stateful, releases (empty: unknown), has_volumes.
+type RefusalRow<'a> = (&'a str, &'a str, bool, bool, &'a [&'a str], Option<bool>);
+
+/// Renders, per row, the refusal or "runs".
+fn check_refusals(rows: &[RefusalRow<'_>], expect: Expect) {
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|&(running, target, allow_major, stateful, releases, has_volumes)| {
+            let ask = Ask {
+                trigger: Trigger::Operator,
+                target: version(target),
+                allow_major,
+            };
+            let app = AppFacts {
+                stateful,
+                ..facts(Some(running))
+            };
+            let releases: Vec<CoopVersion> = releases.iter().map(|text| version(text)).collect();
+            let preflight = Preflight {
+                releases: (!releases.is_empty()).then_some(&releases[..]),
+                has_volumes,
+            };
+            let verdict = refuse(&ask, &app, &version(running), &preflight).unwrap_or_else(|| "runs".into());
+            format!("{running} -> {target}: {verdict}")
+        })
+        .collect();
+    expect.assert_eq(&lines.join("\n"));
+}
+
+#[test]
+fn mistakes_are_refused_before_anything_moves() {
+    let releases: &[&str] = &["1.0.0+5.0", "1.1.0+5.1", "1.2.0+5.2", "2.0.0+6.0", "2.1.0+6.1"];
+    check_refusals(
+        &[
+            ("1.0.0+5.0", "1.2.0+5.2", false, true, releases, Some(true)),
+            ("1.0.0+5.0", "2.9.0+2.9", false, true, releases, Some(true)),
+            ("1.0.0+5.0", "1.1.5+5.1", false, true, releases, Some(true)),
+            ("1.0.0+5.0", "0.9.0+4.9", false, true, releases, Some(true)),
+            // Releases unknown (the fetch and the disk both failed): not refused for that.
+            ("1.0.0+5.0", "1.1.5+5.1", false, true, &[], Some(true)),
+            ("2.0.0+6.0", "1.1.0+5.1", false, true, releases, Some(true)),
+            ("2.0.0+6.0", "1.1.0+5.1", true, true, releases, Some(true)),
+            ("2.1.0+6.1", "2.0.0+6.0", false, true, releases, Some(true)),
+            ("1.0.0+5.0", "1.1.0+5.1", false, true, releases, Some(false)),
+            ("1.0.0+5.0", "1.1.0+5.1", false, false, releases, Some(false)),
+            ("1.0.0+5.0", "1.1.0+5.1", false, true, releases, None),
+        ],
+        expect![[r#"
+            1.0.0+5.0 -> 1.2.0+5.2: runs
+            1.0.0+5.0 -> 2.9.0+2.9: 2.9.0+2.9 is not a release of the recipe (nearest: 2.0.0+6.0, 2.1.0+6.1)
+            1.0.0+5.0 -> 1.1.5+5.1: 1.1.5+5.1 is not a release of the recipe (nearest: 1.0.0+5.0, 1.1.0+5.1, 1.2.0+5.2, 2.0.0+6.0)
+            1.0.0+5.0 -> 0.9.0+4.9: 0.9.0+4.9 is not a release of the recipe (nearest: 1.0.0+5.0, 1.1.0+5.1)
+            1.0.0+5.0 -> 1.1.5+5.1: runs
+            2.0.0+6.0 -> 1.1.0+5.1: 2.0.0+6.0 -> 1.1.0+5.1 moves down across the recipe's major version: allow it with allow_major on the app or --major on the command line
+            2.0.0+6.0 -> 1.1.0+5.1: runs
+            2.1.0+6.1 -> 2.0.0+6.0: runs
+            1.0.0+5.0 -> 1.1.0+5.1: stateful but the stack has no volumes: cannot snapshot, so nothing was stopped; set stateful = false if it keeps no data
+            1.0.0+5.0 -> 1.1.0+5.1: runs
+            1.0.0+5.0 -> 1.1.0+5.1: runs"#]],
+    );
+}
