@@ -52,9 +52,7 @@ impl Host {
     /// How `app` stands in Docker now. Never fails: when Docker cannot be
     /// asked, the app is [`AppState::Unknown`] with the reason as drift.
     pub async fn observe(&self, app: &AppConfig) -> ObservedApp {
-        // abra may shorten long stack names (unconfirmed); the full name is
-        // used until that rule is known.
-        let mut observed = match self.docker.observe_stack(&app.domain.stack_name()).await {
+        let mut observed = match self.docker.observe_stack(&app.stack_name()).await {
             Ok(stack) => observe::classify(app, &stack),
             Err(error) => observe::unknown(app, &error_chain(&error)),
         };

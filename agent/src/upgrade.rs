@@ -1,4 +1,4 @@
-//! The local upgrade transaction (DESIGN.md, "The local upgrade transaction"):
+//! The local upgrade transaction (ARCHITECTURE.md):
 //! one path for every trigger — a raised declared version, `update DOMAIN`
 //! (autoUpdate), a server `UpgradeCommand` / `RollbackCommand`, and
 //! `ccfleet-agent upgrade DOMAIN`.
