@@ -324,6 +324,5 @@ impl Abra {
     }
 }
 
-
 #[cfg(test)]
 mod tests;

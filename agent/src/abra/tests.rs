@@ -84,7 +84,11 @@ fn stack_names_follow_abras_rule() {
             "a-very-long-subdomain-name_of-a-long-domain_e",
         ),
     ] {
-        assert_eq!(stack_name(&domain(domain_text), setting), expected, "{domain_text} {setting:?}");
+        assert_eq!(
+            stack_name(&domain(domain_text), setting),
+            expected,
+            "{domain_text} {setting:?}"
+        );
     }
 }
 
@@ -125,7 +129,9 @@ async fn a_secret_name_too_long_is_refused_before_abra_runs() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.starts_with(&format!("secret smtp_password_long of {domain}: the Docker secret name")),
+        error.starts_with(&format!(
+            "secret smtp_password_long of {domain}: the Docker secret name"
+        )),
         "{error}"
     );
     assert!(!abra.dir().join("ran").exists(), "abra ran");
@@ -235,9 +241,9 @@ async fn failure_carries_output_and_server_add_is_tolerated_when_present() {
         .await
         .unwrap_err();
     assert!(
-        error
-            .to_string()
-            .ends_with("abra app undeploy -n blog.example.org` failed (exit code 1): FATA nope: app undeploy -n blog.example.org"),
+        error.to_string().ends_with(
+            "abra app undeploy -n blog.example.org` failed (exit code 1): FATA nope: app undeploy -n blog.example.org"
+        ),
         "{error}"
     );
     assert_eq!(error.output().unwrap().exit_code, Some(1));

@@ -512,7 +512,9 @@ fn apps_whose_stack_names_collide_are_refused() {
             "[[app]]\ndomain = \"{long}.org\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
              [[app]]\ndomain = \"{long}.net\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n"
         ),
-        expect![[r#"error: agent.toml: app "a-very-long-subdomain-name.of-a-long-domain.example.net": field "domain": its stack name "a-very-long-subdomain-name_of-a-long-domain_e" is also that of app "a-very-long-subdomain-name.of-a-long-domain.example.org": abra would deploy both as one stack (stack names are the domain with '.' as '_' cut to 45 characters, or env.STACK_NAME): set a distinct env.STACK_NAME on one of them"#]],
+        expect![[
+            r#"error: agent.toml: app "a-very-long-subdomain-name.of-a-long-domain.example.net": field "domain": its stack name "a-very-long-subdomain-name_of-a-long-domain_e" is also that of app "a-very-long-subdomain-name.of-a-long-domain.example.org": abra would deploy both as one stack (stack names are the domain with '.' as '_' cut to 45 characters, or env.STACK_NAME): set a distinct env.STACK_NAME on one of them"#
+        ]],
     );
     // A distinct STACK_NAME on one of them settles it; the same one collides.
     check_apps(
@@ -575,11 +577,15 @@ fn apps_whose_stack_names_collide_are_refused() {
              [[app]]\ndomain = \"news.example.org\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
              env = {{ STACK_NAME = \"blog\" }}\n"
         ),
-        expect![[r#"error: agent.toml: app "news.example.org": field "domain": its stack name "blog" is also that of app "blog.example.org": abra would deploy both as one stack (stack names are the domain with '.' as '_' cut to 45 characters, or env.STACK_NAME): set a distinct env.STACK_NAME on one of them"#]],
+        expect![[
+            r#"error: agent.toml: app "news.example.org": field "domain": its stack name "blog" is also that of app "blog.example.org": abra would deploy both as one stack (stack names are the domain with '.' as '_' cut to 45 characters, or env.STACK_NAME): set a distinct env.STACK_NAME on one of them"#
+        ]],
     );
     check_apps(
         &format!("{GHOST}env = {{ STACK_NAME = \"blog.example\" }}\n"),
-        expect![[r#"error: agent.toml: app "blog.example.org": field "env.STACK_NAME": invalid stack name "blog.example": must start with a letter or digit and hold only letters, digits, '_' and '-'"#]],
+        expect![[
+            r#"error: agent.toml: app "blog.example.org": field "env.STACK_NAME": invalid stack name "blog.example": must start with a letter or digit and hold only letters, digits, '_' and '-'"#
+        ]],
     );
 }
 
@@ -807,7 +813,9 @@ fn a_domain_too_long_for_its_secrets_is_refused() {
             "[[app]]\ndomain = \"{domain}\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
              secrets = {{ database_password_long = \"/run/secrets/db\" }}\n"
         ),
-        expect![[r#"error: agent.toml: app "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org": field "domain": the Docker secret name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_exam_database_password_long_v1" would be 71 characters long, the limit is 64: use a shorter domain or secret name"#]],
+        expect![[
+            r#"error: agent.toml: app "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org": field "domain": the Docker secret name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_exam_database_password_long_v1" would be 71 characters long, the limit is 64: use a shorter domain or secret name"#
+        ]],
     );
     // Without declared secrets nothing is known to be too long yet (the
     // recipe's own secrets are checked when abra has written the env file).
