@@ -20,7 +20,9 @@
 //! fields and apps); this file holds the entry points and the errors.
 
 mod checks;
-pub use checks::{secret_name, secret_name_fits, secret_name_too_long, MAX_SECRET_NAME_LENGTH};
+pub use checks::{
+    secret_name, secret_name_fits, secret_name_too_long, stack_name, MAX_SECRET_NAME_LENGTH, STACK_NAME_KEY,
+};
 mod raw;
 mod schema;
 mod validate;

@@ -274,7 +274,7 @@ impl Docker {
     }
 
     /// Whether a swarm secret named exactly `name` exists
-    /// (`<stack>_<secret>_<version>`, ABRA.md).
+    /// (`<stack>_<secret>_<version>`, ARCHITECTURE.md, "What ccfleet relies on from abra and Docker").
     pub async fn secret_exists(&self, name: &str) -> Result<bool, DockerError> {
         // Listing by name, then comparing exactly: inspecting by name would
         // also match a secret whose id starts with `name`.

@@ -59,9 +59,7 @@ impl Host {
     /// when Docker could not be asked) for the health gate's reading of
     /// Docker's verdict.
     pub async fn observe_with_stack(&self, app: &AppConfig) -> (ObservedApp, Option<StackObservation>) {
-        // abra may shorten long stack names (unconfirmed); the full name is
-        // used until that rule is known.
-        let (mut observed, stack) = match self.docker.observe_stack(&app.domain.stack_name()).await {
+        let (mut observed, stack) = match self.docker.observe_stack(&app.stack_name()).await {
             Ok(stack) => (observe::classify(app, &stack), Some(stack)),
             Err(error) => (observe::unknown(app, &error_chain(&error)), None),
         };

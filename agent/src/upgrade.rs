@@ -1,4 +1,4 @@
-//! The local upgrade transaction (DESIGN.md, "The local upgrade transaction"):
+//! The local upgrade transaction (ARCHITECTURE.md):
 //! one path for every trigger — a raised declared version, `update DOMAIN`
 //! (autoUpdate), a server `UpgradeCommand` / `RollbackCommand`, and
 //! `ccfleet-agent upgrade DOMAIN`.
@@ -363,7 +363,7 @@ impl Upgrader {
             }
         };
         let has_volumes = if app.stateful {
-            match host.docker().stack_volumes(&app.domain.stack_name()).await {
+            match host.docker().stack_volumes(&app.stack_name()).await {
                 Ok(volumes) => Some(!volumes.is_empty()),
                 Err(error) => {
                     tracing::warn!(app = %app.domain, error = %error_chain(&error), "cannot list the stack's volumes");

@@ -20,7 +20,7 @@ pub mod pb {
 
 pub use domain::{
     system_hostname, AdminName, CoopVersion, Domain, HostId, NameError, OperationId, OperationKind, RecipeName,
-    ServerUrl, UrlError, VersionChange, VersionError,
+    ServerUrl, UrlError, VersionChange, VersionError, MAX_SANITISED_APP_NAME_LENGTH,
 };
 
 /// Upper bound on one decoded gRPC message, set explicitly on every client and

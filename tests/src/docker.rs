@@ -166,6 +166,8 @@ pub struct DockerTest {
     directory: tempfile::TempDir,
     prefix: String,
     domains: Vec<String>,
+    /// Stack names given with `env.STACK_NAME`, removed like the domains' stacks.
+    stacks: Vec<String>,
 }
 
 impl DockerTest {
@@ -187,6 +189,7 @@ impl DockerTest {
             directory: tempfile::tempdir().expect("a temporary directory"),
             prefix,
             domains: Vec::new(),
+            stacks: Vec::new(),
         }
     }
 
@@ -196,6 +199,14 @@ impl DockerTest {
         let domain = format!("{label}.{}.ccfleet.test", self.prefix);
         self.domains.push(domain.clone());
         domain
+    }
+
+    /// A stack name unique to this test for an app's `env.STACK_NAME`; the
+    /// stack is removed at the end of the test.
+    pub fn stack(&mut self, label: &str) -> String {
+        let stack = format!("{label}_{}", self.prefix.replace('-', "_"));
+        self.stacks.push(stack.clone());
+        stack
     }
 
     /// The test's `ABRA_DIR`.
@@ -255,17 +266,21 @@ impl DockerTest {
 
 impl Drop for DockerTest {
     fn drop(&mut self) {
-        for domain in &self.domains {
-            let stack = domain.replace('.', "_");
+        let stacks: Vec<String> = self
+            .domains
+            .iter()
+            .map(|domain| stack_of(domain))
+            .chain(self.stacks.iter().cloned())
+            .collect();
+        for stack in &stacks {
             // `docker stack rm` also removes the stack's secrets and networks;
             // a stack that was never deployed is not an error worth reporting.
-            let _ = docker(&["stack", "rm", &stack]);
+            let _ = docker(&["stack", "rm", stack]);
         }
         // Volumes outlive their stack; they can go once its containers have
         // stopped (bounded: a leftover volume is not worth a hanging test).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        for domain in &self.domains {
-            let stack = domain.replace('.', "_");
+        for stack in &stacks {
             let filter = format!("label=com.docker.stack.namespace={stack}");
             let listed = docker(&["volume", "ls", "--quiet", "--filter", &filter]);
             for volume in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
@@ -294,7 +309,20 @@ pub fn volume_mountpoint(name: &str) -> PathBuf {
 
 /// The `coop-cloud.<stack>.version` label of `<stack>_app`, if deployed.
 pub fn deployed_version(domain: &str) -> Option<String> {
-    let stack = domain.replace('.', "_");
+    deployed_version_of_stack(&stack_of(domain))
+}
+
+/// The stack abra makes from `domain` (no `STACK_NAME`): `.` as `_`, cut to
+/// abra's maximum length.
+pub fn stack_of(domain: &str) -> String {
+    domain
+        .parse::<ccfleet_proto::Domain>()
+        .map(|domain| domain.stack_name())
+        .unwrap_or_else(|_| domain.replace('.', "_"))
+}
+
+/// The `coop-cloud.<stack>.version` label of `<stack>_app`, if deployed.
+pub fn deployed_version_of_stack(stack: &str) -> Option<String> {
     let output = docker(&[
         "service",
         "inspect",

@@ -1,5 +1,5 @@
 //! The published versions of a recipe, read from what abra keeps on disk
-//! (ABRA.md, "Available versions"), never from the table `abra recipe
+//! (ARCHITECTURE.md, "What ccfleet relies on from abra and Docker"), never from the table `abra recipe
 //! versions` prints: that table mixes recipe versions with image tags such as
 //! `16.4.0-alpine`.
 //!

@@ -14,8 +14,8 @@ pub(super) const MAX_SCHEDULE_LENGTH: usize = 128;
 const MAX_ENV_VALUE_LENGTH: usize = 4096;
 const MAX_HEALTH_PATH_LENGTH: usize = 1024;
 
-/// Environment keys that abra itself writes into an app's `.env` (ABRA.md,
-/// "Apps, servers, state"); letting the config set them would fight abra.
+/// Environment keys that abra itself writes into an app's `.env` (ARCHITECTURE.md,
+/// "What ccfleet relies on from abra and Docker"); letting the config set them would fight abra.
 const ABRA_OWNED_ENV_KEYS: &[&str] = &["TYPE", "DOMAIN"];
 
 pub(super) fn check_readable_file(path: &Path) -> Result<(), String> {
@@ -177,8 +177,41 @@ pub(super) fn check_health_path(path: &str) -> Result<String, String> {
     Ok(path.to_owned())
 }
 
-// Docker secret names as abra makes them: the config checks refuse a domain
-// too long for its secrets, and `abra` names the secrets it inserts.
+// Stack and Docker secret names as abra makes them: the config checks refuse
+// a domain too long for its secrets and stack names that collide, and `abra`
+// names the secrets it inserts.
+
+/// The env key that, when set in an app's env file, is abra's stack name.
+pub const STACK_NAME_KEY: &str = "STACK_NAME";
+
+/// The Docker stack name abra gives an app: `STACK_NAME` from its env file
+/// when that is set, otherwise the name made from the domain
+/// ([`Domain::stack_name`], cut to abra's maximum length). The one place the
+/// agent derives it.
+pub fn stack_name(domain: &Domain, stack_name_setting: Option<&str>) -> String {
+    match stack_name_setting {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => domain.stack_name(),
+    }
+}
+
+/// A `STACK_NAME` set in an app's `env`: Docker accepts letters, digits, `_`
+/// and `-` in stack names; abra does not cut a name given this way.
+pub(super) fn check_stack_name(name: &str) -> Result<(), String> {
+    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!(
+            "invalid stack name {name:?}: must start with a letter or digit and hold only letters, digits, '_' and '-'"
+        ));
+    }
+    if name.len() > MAX_SECRET_NAME_LENGTH {
+        return Err(format!(
+            "stack name is {} characters long, Docker's limit is {MAX_SECRET_NAME_LENGTH}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
 
 /// Docker's limit on the length of secret (and config) names.
 pub const MAX_SECRET_NAME_LENGTH: usize = 64;
@@ -186,21 +219,20 @@ pub const MAX_SECRET_NAME_LENGTH: usize = 64;
 /// The version a secret is first inserted at (`SECRET_<NAME>_VERSION=v1`).
 const FIRST_SECRET_VERSION: &str = "v1";
 
-/// The Docker secret abra makes for version `version` of the app's secret
-/// `name`: `<stack>_<name>_<version>`.
-pub fn secret_name(domain: &Domain, name: &str, version: &str) -> String {
-    format!("{}_{name}_{version}", domain.stack_name())
+/// The Docker secret abra makes for version `version` of the secret `name`
+/// of the app whose stack is `stack`: `<stack>_<name>_<version>`.
+pub fn secret_name(stack: &str, name: &str, version: &str) -> String {
+    format!("{stack}_{name}_{version}")
 }
 
-/// Whether every secret `names` of the app at `domain`, at its first version,
-/// stays within Docker's [`MAX_SECRET_NAME_LENGTH`]; the error names the
-/// longest one. Checked when the configuration is read, so that a domain too
-/// long for its secrets is refused before anything is created. abra may
-/// shorten long stack names (unconfirmed), which is not relied on.
-pub fn secret_name_fits<'a>(domain: &Domain, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+/// Whether every secret `names` of the app whose stack is `stack`, at its
+/// first version, stays within Docker's [`MAX_SECRET_NAME_LENGTH`]; the error
+/// names the longest one. Checked when the configuration is read, so that a
+/// domain too long for its secrets is refused before anything is created.
+pub fn secret_name_fits<'a>(stack: &str, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
     let longest = names
         .into_iter()
-        .map(|name| secret_name(domain, name, FIRST_SECRET_VERSION))
+        .map(|name| secret_name(stack, name, FIRST_SECRET_VERSION))
         .max_by_key(String::len);
     match longest {
         Some(longest) if longest.len() > MAX_SECRET_NAME_LENGTH => Err(secret_name_too_long(&longest)),

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize, Serializer};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ccfleet-agent";
 /// Default `agent.control_socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ccfleet-agent/control.sock";
-/// Default `agent.alerts_dir` (DESIGN.md: alerts go to `/var/lib/coop-cloud/alerts/<app>.json`).
+/// Default `agent.alerts_dir` (ARCHITECTURE.md: alerts go to `/var/lib/coop-cloud/alerts/<app>.json`).
 pub const DEFAULT_ALERTS_DIR: &str = "/var/lib/coop-cloud/alerts";
 /// Default `abra.binary`: looked up on `PATH`.
 pub const DEFAULT_ABRA_BINARY: &str = "abra";
-/// Default `abra.server`: the name `abra server add --local` stores (ABRA.md, unconfirmed).
+/// Default `abra.server`: the name `abra server add --local` stores (ARCHITECTURE.md, "What ccfleet relies on from abra and Docker"; unconfirmed).
 pub const DEFAULT_ABRA_SERVER: &str = "default";
 pub(super) const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub(super) const DEFAULT_OBSERVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -140,6 +140,15 @@ pub struct AppConfig {
     /// Secret name -> file holding its value.
     pub secrets: BTreeMap<String, PathBuf>,
     pub health: HealthConfig,
+}
+
+impl AppConfig {
+    /// The Docker stack name abra gives the app ([`super::stack_name`]):
+    /// `env.STACK_NAME` when set (the agent writes `env` into the app's env
+    /// file), else the one made from the domain.
+    pub fn stack_name(&self) -> String {
+        super::stack_name(&self.domain, self.env.get(super::STACK_NAME_KEY).map(String::as_str))
+    }
 }
 
 /// How the agent decides an app is healthy.

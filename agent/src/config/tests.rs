@@ -504,6 +504,92 @@ fn duplicate_domains() {
 }
 
 #[test]
+fn apps_whose_stack_names_collide_are_refused() {
+    // Alike in their first 45 sanitised characters: abra cuts both to one stack.
+    let long = "a-very-long-subdomain-name.of-a-long-domain.example";
+    check_apps(
+        &format!(
+            "[[app]]\ndomain = \"{long}.org\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
+             [[app]]\ndomain = \"{long}.net\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n"
+        ),
+        expect![[
+            r#"error: agent.toml: app "a-very-long-subdomain-name.of-a-long-domain.example.net": field "domain": its stack name "a-very-long-subdomain-name_of-a-long-domain_e" is also that of app "a-very-long-subdomain-name.of-a-long-domain.example.org": abra would deploy both as one stack (stack names are the domain with '.' as '_' cut to 45 characters, or env.STACK_NAME): set a distinct env.STACK_NAME on one of them"#
+        ]],
+    );
+    // A distinct STACK_NAME on one of them settles it; the same one collides.
+    check_apps(
+        &format!(
+            "[[app]]\ndomain = \"{long}.org\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
+             env = {{ STACK_NAME = \"long_org\" }}\n\
+             [[app]]\ndomain = \"{long}.net\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n"
+        ),
+        expect![[r#"
+            [
+              {
+                "domain": "a-very-long-subdomain-name.of-a-long-domain.example.net",
+                "recipe": "ghost",
+                "version": "1.0.0+1",
+                "stateful": true,
+                "auto_update": false,
+                "schedule": null,
+                "allow_major": false,
+                "fleet_managed": true,
+                "deploy_timeout": "10m",
+                "depends_on": [],
+                "env": {},
+                "secrets": {},
+                "health": {
+                  "path": null,
+                  "accepted_statuses": [
+                    200
+                  ],
+                  "timeout": "5m"
+                }
+              },
+              {
+                "domain": "a-very-long-subdomain-name.of-a-long-domain.example.org",
+                "recipe": "ghost",
+                "version": "1.0.0+1",
+                "stateful": true,
+                "auto_update": false,
+                "schedule": null,
+                "allow_major": false,
+                "fleet_managed": true,
+                "deploy_timeout": "10m",
+                "depends_on": [],
+                "env": {
+                  "STACK_NAME": "long_org"
+                },
+                "secrets": {},
+                "health": {
+                  "path": null,
+                  "accepted_statuses": [
+                    200
+                  ],
+                  "timeout": "5m"
+                }
+              }
+            ]"#]],
+    );
+    check_apps(
+        &format!(
+            "{GHOST}env = {{ STACK_NAME = \"blog\" }}\n\
+             [[app]]\ndomain = \"news.example.org\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
+             env = {{ STACK_NAME = \"blog\" }}\n"
+        ),
+        expect![[
+            r#"error: agent.toml: app "news.example.org": field "domain": its stack name "blog" is also that of app "blog.example.org": abra would deploy both as one stack (stack names are the domain with '.' as '_' cut to 45 characters, or env.STACK_NAME): set a distinct env.STACK_NAME on one of them"#
+        ]],
+    );
+    check_apps(
+        &format!("{GHOST}env = {{ STACK_NAME = \"blog.example\" }}\n"),
+        expect![[
+            r#"error: agent.toml: app "blog.example.org": field "env.STACK_NAME": invalid stack name "blog.example": must start with a letter or digit and hold only letters, digits, '_' and '-'"#
+        ]],
+    );
+}
+
+#[test]
 fn depends_on_must_name_another_declared_app() {
     check_apps(
         &format!("{GHOST}depends_on = [\"sso.example.org\", \"blog.example.org\", \"not a domain\"]\n"),
@@ -719,15 +805,16 @@ fn fleet_managed_defaults_to_true_and_can_pin() {
 
 #[test]
 fn a_domain_too_long_for_its_secrets_is_refused() {
-    // `<stack>_<secret>_v1` is 67 characters: too many for Docker.
+    // The stack name is cut to 45 characters (`<40 a>_exam`); with
+    // `_database_password_long_v1` the secret name is 71: too many for Docker.
     let domain = format!("{}.example.org", "a".repeat(40));
     check_apps(
         &format!(
             "[[app]]\ndomain = \"{domain}\"\nrecipe = \"ghost\"\nversion = \"1.0.0+1\"\n\
-             secrets = {{ db_password = \"/run/secrets/db\" }}\n"
+             secrets = {{ database_password_long = \"/run/secrets/db\" }}\n"
         ),
         expect![[
-            r#"error: agent.toml: app "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org": field "domain": the Docker secret name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_example_org_db_password_v1" would be 67 characters long, the limit is 64: use a shorter domain or secret name"#
+            r#"error: agent.toml: app "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.org": field "domain": the Docker secret name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_exam_database_password_long_v1" would be 71 characters long, the limit is 64: use a shorter domain or secret name"#
         ]],
     );
     // Without declared secrets nothing is known to be too long yet (the

@@ -255,6 +255,28 @@ fn validate_apps(raw_apps: Vec<RawApp>, problems: &mut Vec<Problem>) -> Option<V
             apps.push(app);
         }
     }
+    let mut stacks: BTreeMap<String, &Domain> = BTreeMap::new();
+    for app in &apps {
+        let stack = app.stack_name();
+        match stacks.get(&stack) {
+            // A domain declared twice is reported as such.
+            Some(other) if *other == &app.domain => {}
+            Some(other) => problems.push(Problem {
+                app: Some(format!("app {:?}", app.domain.as_str())),
+                field: "domain".into(),
+                message: format!(
+                    "its stack name {stack:?} is also that of app {:?}: abra would deploy both as one stack \
+                     (stack names are the domain with '.' as '_' cut to {} characters, or env.STACK_NAME): \
+                     set a distinct env.STACK_NAME on one of them",
+                    other.as_str(),
+                    ccfleet_proto::MAX_SANITISED_APP_NAME_LENGTH
+                ),
+            }),
+            None => {
+                stacks.insert(stack, &app.domain);
+            }
+        }
+    }
     let declared: BTreeSet<&Domain> = first_index_of.keys().collect();
     for app in &apps {
         let mut collector = Collector {
@@ -329,9 +351,17 @@ fn validate_app(raw: RawApp, domain: Option<Domain>, collector: &mut Collector<'
             }
         }
     }
-    let _ = domain
-        .as_ref()
-        .map(|domain| collector.parse("domain", super::checks::secret_name_fits(domain, secrets.keys())));
+    let stack_setting = raw.env.get(super::checks::STACK_NAME_KEY);
+    if let Some(name) = stack_setting {
+        let _ = collector.parse(
+            &format!("env.{}", super::checks::STACK_NAME_KEY),
+            super::checks::check_stack_name(name),
+        );
+    }
+    let _ = domain.as_ref().map(|domain| {
+        let stack = super::checks::stack_name(domain, stack_setting.map(String::as_str));
+        collector.parse("domain", super::checks::secret_name_fits(&stack, secrets.keys()))
+    });
     let health_path = match &raw.health.path {
         None => Some(None),
         Some(path) => collector.parse("health.path", check_health_path(path)).map(Some),

@@ -218,7 +218,7 @@ pub fn classify(app: &AppConfig, stack: &StackObservation) -> ObservedApp {
 }
 
 /// Says why an app runs above its declared version when a fleet rollout put
-/// it there (DESIGN.md: "running 2.1.0 by rollout, declared 2.0.0").
+/// it there (ARCHITECTURE.md: "running 2.1.0 by rollout, declared 2.0.0").
 pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, fleet_target: Option<&CoopVersion>) {
     let (Some(running), Some(target)) = (&observed.observed_version, fleet_target) else {
         return;

@@ -2,8 +2,8 @@
 //! Docker shows, the desired version and the work owed: the decision half of
 //! `Reconciler::reconcile_app`, tested as a table.
 //!
-//! The desired version is max(declared, fleet target) (DESIGN.md, "Who
-//! decides an app's version"): a running version above it is kept (drift,
+//! The desired version is max(declared, fleet target) (ARCHITECTURE.md, "Bird's-eye view":
+//! who decides an app's version): a running version above it is kept (drift,
 //! never a downgrade), one below it is moved up by the upgrade transaction.
 
 use ccfleet_proto::{CoopVersion, VersionChange};

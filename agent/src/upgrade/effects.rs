@@ -45,7 +45,7 @@ impl Upgrader {
     /// `abra app undeploy` when the stack runs, then waits (bounded by the
     /// app's deploy timeout) until no container of it runs.
     pub(super) async fn undeploy(&self, host: &Host, app: &AppConfig) -> StepResult {
-        let stack = app.domain.stack_name();
+        let stack = app.stack_name();
         let docker = host.docker();
         let observed = host.observe(app).await;
         if observed.state != AppState::NotDeployed {
@@ -90,7 +90,7 @@ impl Upgrader {
     pub(super) async fn volumes(&self, host: &Host, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
         let volumes = host
             .docker()
-            .stack_volumes(&app.domain.stack_name())
+            .stack_volumes(&app.stack_name())
             .await
             .map_err(|error: DockerError| StepResult::Failed(error_chain(&error)))?;
         if let Some(volume) = volumes.iter().find(|volume| volume.driver != "local") {
@@ -111,7 +111,7 @@ impl Upgrader {
     /// The volumes to snapshot, or why there is no snapshot to take.
     pub(super) async fn snapshot_volumes(&self, host: &Host, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
         let volumes = self.volumes(host, app).await?;
-        if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
+        if let Some(refused) = refuse_without_volumes(&app.stack_name(), &volumes) {
             return Err(refused);
         }
         match mounted_by_containers(host, &volumes).await {

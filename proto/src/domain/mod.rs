@@ -9,7 +9,7 @@ mod version;
 #[cfg(test)]
 mod tests;
 
-pub use names::{system_hostname, AdminName, Domain, HostId, NameError, RecipeName};
+pub use names::{system_hostname, AdminName, Domain, HostId, NameError, RecipeName, MAX_SANITISED_APP_NAME_LENGTH};
 pub use operation::{OperationId, OperationKind, MAX_OPERATION_ID};
 pub use url::{ServerUrl, UrlError};
 pub use version::{CoopVersion, VersionChange, VersionError, MAX_VERSION_LENGTH};

@@ -162,11 +162,21 @@ macro_rules! string_newtype {
 pub struct Domain(String);
 string_newtype!(Domain);
 
+/// abra's limit on the length of a stack name made from a domain; longer
+/// names are cut to it. Recalled from abra's source (the constant
+/// `MAX_SANITISED_APP_NAME_LENGTH`), not checked against a binary: keep it in
+/// this one place.
+pub const MAX_SANITISED_APP_NAME_LENGTH: usize = 45;
+
 impl Domain {
-    /// The Docker stack name abra uses for the app: the domain with `.`
-    /// replaced by `_` (`blog_example_org`).
+    /// The Docker stack name abra makes from the domain when the app's env
+    /// file sets no `STACK_NAME`: the domain with `.` replaced by `_`
+    /// (`blog_example_org`), cut to [`MAX_SANITISED_APP_NAME_LENGTH`]
+    /// characters. Domains are ASCII, so the cut never splits a character.
     pub fn stack_name(&self) -> String {
-        self.0.replace('.', "_")
+        let mut name = self.0.replace('.', "_");
+        name.truncate(MAX_SANITISED_APP_NAME_LENGTH);
+        name
     }
 }
 

@@ -62,6 +62,11 @@ fn domains() {
         "xn--bcher-kva.example",
         expect![[r#"ok xn--bcher-kva.example stack=xn--bcher-kva_example"#]],
     );
+    // abra cuts stack names made from domains to 45 characters.
+    check_domain(
+        "a-rather-long-subdomain.of-a-rather-long-domain.example.org",
+        expect!["ok a-rather-long-subdomain.of-a-rather-long-domain.example.org stack=a-rather-long-subdomain_of-a-rather-long-doma"],
+    );
     check_domain("", expect![[r#"error: invalid app domain "": must not be empty"#]]);
     check_domain(
         "localhost",
@@ -500,6 +505,7 @@ proptest! {
         let domain: Domain = text.parse().unwrap();
         prop_assert_eq!(domain.as_str(), text.as_str());
         prop_assert!(!domain.stack_name().contains('.'));
+        prop_assert!(domain.stack_name().len() <= MAX_SANITISED_APP_NAME_LENGTH);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use ccfleet_agent::docker::Docker;
 use ccfleet_agent::reconcile::{AppState, ObservedApp, ReconcileAction, ReconcileErrorKind, Reconciler};
 use ccfleet_agent::upgrade::model::Outcome;
 use ccfleet_proto::{CoopVersion, Domain, RecipeName};
-use ccfleet_tests::docker::{abra_double, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0};
+use ccfleet_tests::docker::{
+    abra_double, deployed_version_of_stack, docker, DockerTest, FIXTURE_RECIPE, V1_0, V1_1, V1_2_BROKEN, V2_0,
+};
 use ccfleet_tests::wait_for;
 
 /// One `[[app]]` table of the fixture recipe.
@@ -69,6 +71,38 @@ fn brief(observed: &ObservedApp) -> (String, AppState, Option<String>, Vec<Strin
         observed.observed_version.as_ref().map(ToString::to_string),
         observed.drift.clone(),
     )
+}
+
+#[tokio::test]
+async fn stacks_are_named_as_abra_names_them_cut_to_45_or_stack_name() {
+    let mut test = DockerTest::new("stk");
+    // Longer than 45 characters once `.` becomes `_`: abra cuts the stack name.
+    let long = test.domain("a-label-that-makes-the-stack-name-long");
+    let named = test.domain("named");
+    let stack_name = test.stack("own");
+    let config = config(
+        &test,
+        &format!(
+            "{}{}",
+            app_toml(&long, V1_0, ""),
+            app_toml(&named, V1_0, &format!("[app.env]\nSTACK_NAME = \"{stack_name}\"\n"))
+        ),
+    );
+    let cut: String = long.replace('.', "_").chars().take(45).collect();
+    assert!(long.len() > 45, "{long}");
+    let reconciler = reconciler(&config).await;
+    for domain in [&long, &named] {
+        let declared = app(&config, domain);
+        reconciler.reconcile_app(declared).await.unwrap();
+        // Observed through the stack abra made: converged, at its version.
+        assert_eq!(
+            brief(&reconciler.observe(declared).await),
+            (domain.clone(), AppState::Converged, Some(V1_0.to_owned()), vec![])
+        );
+    }
+    assert_eq!(deployed_version_of_stack(&cut).as_deref(), Some(V1_0));
+    assert_eq!(deployed_version_of_stack(&stack_name).as_deref(), Some(V1_0));
+    assert_eq!(deployed_version_of_stack(&named.replace('.', "_")), None);
 }
 
 #[tokio::test]
@@ -244,7 +278,7 @@ async fn a_raised_declared_version_goes_through_the_transaction_and_a_lowered_on
         .into_iter()
         .filter(|line| line.starts_with("app upgrade") || line.starts_with("app rollback"))
         .collect();
-    assert_eq!(moves, [format!("app upgrade -n -c {domain} {V1_1}")]);
+    assert_eq!(moves, [format!("app upgrade -n -c -o {domain} {V1_1}")]);
 }
 
 #[tokio::test]

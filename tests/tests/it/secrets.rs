@@ -196,7 +196,7 @@ async fn a_changed_secret_file_becomes_the_next_version_and_the_service_uses_it(
         )]
     );
     let deploys: Vec<String> = world.abra_lines("app deploy").split_off(deploys_before);
-    assert_eq!(deploys, [format!("app deploy -n -c -f {} {VERSION}", world.domain)]);
+    assert_eq!(deploys, [format!("app deploy -n -c -o -f {} {VERSION}", world.domain)]);
     assert!(world.abra_lines("app upgrade").is_empty());
     assert!(world.abra_lines("app rollback").is_empty());
 

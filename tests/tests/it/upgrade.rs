@@ -349,7 +349,7 @@ async fn a_stateful_upgrade_snapshots_migrates_and_keeps_the_data() {
         .abra_log()
         .iter()
         .any(|line| line == &format!("app undeploy -n {}", world.domain)));
-    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 1);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V1_3_1_MIGRATES), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +423,7 @@ async fn a_failed_http_gate_restores_the_volume_alerts_and_is_not_retried() {
     assert!(!output.status.success(), "{said}");
     assert!(said.contains("was rolled back by operation"), "{said}");
     assert_eq!(
-        world.abra_lines("app deploy -n -c -f", V1_4_MIGRATES_THEN_FAILS_HTTP),
+        world.abra_lines("app deploy -n -c -o -f", V1_4_MIGRATES_THEN_FAILS_HTTP),
         1
     );
     assert_eq!(world.running().as_deref(), Some(V1_3));
@@ -533,7 +533,7 @@ async fn a_major_upgrade_is_held_and_touches_nothing() {
     // point here is that --major lets it run at all.
     assert!(!ok, "{stderr}");
     assert_eq!(report["outcome"], "ROLLED_BACK", "{report}");
-    assert_eq!(world.abra_lines("app deploy -n -c -f", V2_0), 1);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V2_0), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,13 +550,28 @@ async fn a_stateless_app_that_never_converges_rolls_back_without_a_snapshot() {
     assert!(!world.snapshots().exists());
     world.converged_at(V1_3).await;
     // abra moved it up in place and back with a redeploy; nothing was undeployed.
-    assert_eq!(world.abra_lines("app upgrade -n -c", V1_5_NEVER_CONVERGES), 1);
-    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 1);
+    assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_5_NEVER_CONVERGES), 1);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V1_3), 1);
     assert!(!world
         .test
         .abra_log()
         .iter()
         .any(|line| line.starts_with("app undeploy")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_needs_no_network() {
+    let world = World::start("upoffline", false, false).await;
+    // From now on the double refuses anything that would reach the recipe's
+    // git remote: fetches, and deploys without `-o`.
+    std::fs::write(world.test.abra_dir().join("remote-unreachable"), b"").unwrap();
+    let (ok, report, _) = world.upgrade(&["--to", V1_5_NEVER_CONVERGES, "--json"]);
+    assert!(!ok);
+    assert_eq!(report["outcome"], "ROLLED_BACK", "{report}");
+    world.converged_at(V1_3).await;
+    // Both versions' tags were in the local checkout: both moves ran offline.
+    assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_5_NEVER_CONVERGES), 1);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V1_3), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,7 +618,7 @@ async fn a_snapshot_that_fails_verification_stops_the_upgrade() {
     // The old version runs again on untouched data; the target never ran.
     world.converged_at(V1_3).await;
     assert_eq!(world.manifest(), before);
-    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 0);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V1_3_1_MIGRATES), 0);
     assert_eq!(world.alert().expect("an alert")["outcome"], "FAILED");
 }
 
@@ -621,7 +636,7 @@ async fn a_repeated_operation_id_runs_once() {
     assert_eq!(second.1["outcome"], "ROLLED_BACK");
     assert_eq!(second.1["replayed"], true);
     assert_eq!(second.1["reason"], first.1["reason"]);
-    assert_eq!(world.abra_lines("app upgrade -n -c", V1_6_HTTP_FAILS), 1);
+    assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_6_HTTP_FAILS), 1);
     assert_eq!(world.running().as_deref(), Some(V1_3));
 }
 
@@ -775,7 +790,7 @@ async fn the_timer_moves_to_the_newest_release_of_the_major_once() {
     let said = output_text(&output);
     assert!(output.status.success(), "{said}");
     assert!(said.contains("left alone"), "{said}");
-    assert_eq!(world.abra_lines("app upgrade -n -c", V1_6_HTTP_FAILS), 1);
+    assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_6_HTTP_FAILS), 1);
     assert_eq!(world.running().as_deref(), Some(V1_3));
 
     // A later success of the app clears its alert.
@@ -840,7 +855,7 @@ async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
         format!("running {V1_3_1_MIGRATES} by fleet rollout, declared {V1_3} (a floor, not a ceiling)"),
         "{status}"
     );
-    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 0);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V1_3), 0);
 
     // An operator's explicit move below the rollout's target withdraws the
     // target: the next reconcile keeps the app where the operator put it.
@@ -852,7 +867,7 @@ async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
     let output = world.agent().command(&["apply", &world.domain, "--wait"]);
     assert!(output.status.success(), "{}", output_text(&output));
     assert_eq!(world.running().as_deref(), Some(V1_3));
-    assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3_1_MIGRATES), 1);
+    assert_eq!(world.abra_lines("app deploy -n -c -o -f", V1_3_1_MIGRATES), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
