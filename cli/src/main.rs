@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
 use crate::exit::Failure;
+use crate::output::render;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -26,7 +27,10 @@ Exit codes:
   4  the server refused the request (invalid input, not found, not allowed)
   5  the server does not support the request (older server version)
   6  --follow: the rollout halted
-  7  --follow: the rollout was aborted";
+  7  --follow: the rollout was aborted
+
+An empty listing is a success (0); the table says what to do next (for example
+`ccfleet hosts` on a new fleet, or a recipe no host runs).";
 
 #[derive(Parser)]
 #[command(name = "ccfleet", version, about = "Operate a fleet of Co-op Cloud hosts", after_help = EXIT_CODES)]
@@ -250,7 +254,13 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     break;
                 }
             }
-            render(json, &apps, || output::apps_table(&apps))
+            match recipe {
+                Some(recipe) if apps.is_empty() && !json => {
+                    let known = known_recipes(&mut client, cli.page_size, failure).await?;
+                    output::no_such_recipe(recipe.as_str(), &known) + "\n"
+                }
+                _ => render(json, &apps, || output::apps_table(&apps)),
+            }
         }
         Command::Versions { recipe } => {
             let mut all = pb::RecipeVersionsResponse::default();
@@ -269,7 +279,12 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 }
             }
             let versions = output::versions(&all);
-            render(json, &versions, || output::versions_table(&versions))
+            if versions.versions.is_empty() && !json {
+                let known = known_recipes(&mut client, cli.page_size, failure).await?;
+                output::no_such_recipe(recipe.as_str(), &known) + "\n"
+            } else {
+                render(json, &versions, || output::versions_table(&versions))
+            }
         }
         Command::Alerts { host } => {
             let request = pb::ListAlertsRequest {
@@ -362,6 +377,29 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     Ok(text)
 }
 
+/// The recipes some host runs, for the hint when a listing names another.
+async fn known_recipes(
+    client: &mut AdminClient<Channel>,
+    page_size: u32,
+    failure: impl Fn(tonic::Status) -> Failure,
+) -> Result<std::collections::BTreeSet<String>, Failure> {
+    let mut recipes = std::collections::BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListAppsRequest {
+            recipe: String::new(),
+            page_size,
+            page_token,
+        };
+        let response = client.list_apps(request).await.map_err(&failure)?.into_inner();
+        recipes.extend(response.apps.into_iter().filter_map(|app| app.app).map(|app| app.recipe));
+        page_token = response.next_page_token;
+        if page_token.is_empty() {
+            return Ok(recipes);
+        }
+    }
+}
+
 async fn issue_admin(
     client: &mut AdminClient<Channel>,
     url: &str,
@@ -406,23 +444,6 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
-}
-
-fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> String) -> String {
-    if json {
-        // Serialising our own plain structs cannot fail.
-        serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
-    } else {
-        // Every line for people, tables or not, is shown with any control
-        // character escaped (the table cells already are; this also covers
-        // one-line answers that quote the server).
-        table()
-            .split('\n')
-            .map(output::printable)
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    }
 }
 
 async fn connect(url: &str, credential: &Credential) -> Result<AdminClient<Channel>, Failure> {
