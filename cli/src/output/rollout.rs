@@ -340,8 +340,8 @@ fn host_line(host: &RolloutHostJson) -> String {
         host.wave,
         printable(&host.host_id),
         printable(&host.domain),
-        or_dash(&host.from_version),
-        or_dash(&host.to_version),
+        printable(&or_dash(&host.from_version)),
+        printable(&or_dash(&host.to_version)),
         host.outcome
     );
     if !host.message.is_empty() {

@@ -2,15 +2,14 @@
 //! every command's table and one-line answer goes through [`printable`],
 //! [`Grid`] and [`render`].
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ColumnConstraint, ContentArrangement, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde::Serialize;
 use unicode_width::UnicodeWidthStr;
 
 /// The width tables take when standard output is not a terminal.
 pub const DEFAULT_WIDTH: u16 = 100;
 
-/// Free text narrower than this is never cut further: below it a cut cell
-/// says nothing, and the table wraps instead.
+/// Whole values go onto more lines before free text is cut below this.
 const MIN_FREE_COLUMN: usize = 8;
 
 /// Text from the server made safe for a terminal: control characters and
@@ -92,6 +91,23 @@ pub fn shorten(text: &str, limit: usize) -> String {
     cut
 }
 
+/// `value` in pieces at most `limit` terminal columns wide (at least one
+/// character each).
+fn break_value(value: &str, limit: usize) -> Vec<String> {
+    let mut pieces = vec![String::new()];
+    let mut used = 0;
+    for character in value.chars() {
+        let width = unicode_width::UnicodeWidthChar::width(character).unwrap_or(0);
+        if used + width > limit && used > 0 {
+            pieces.push(String::new());
+            used = 0;
+        }
+        used += width;
+        pieces.last_mut().map(|piece| piece.push(character));
+    }
+    pieces
+}
+
 /// How a column gives way when a table is wider than the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
@@ -135,39 +151,75 @@ impl Grid {
         );
     }
 
-    /// The table at most `width` columns wide (as long as each column can
-    /// have a few): free text is cut with `…` first; whole values wrap only
-    /// when they alone are wider than the terminal.
+    /// The table at most `width` columns wide: free text is cut with `…`,
+    /// and whole values that would not fit are put on more lines at their
+    /// spaces (`1.2.0+1 (2.0.0+1)`), never broken inside a value. Only when
+    /// single values are wider than the terminal does the table break them.
     pub fn render(&self, width: u16) -> String {
         let count = self.columns.len();
-        // "│ a │ b │": one bar per column plus one, and a space each side of a cell.
+        // "│ a ┆ b │": one bar per column plus one, and a space each side of a cell.
         let available = usize::from(width).saturating_sub(3 * count + 1);
-        let content: Vec<usize> = (0..count)
-            .map(|index| {
-                let cells = self.rows.iter().filter_map(|row| row.get(index));
-                cells
-                    .flat_map(|cell| cell.split('\n'))
-                    .map(UnicodeWidthStr::width)
-                    .chain([self.columns[index].0.width()])
-                    .max()
-                    .unwrap_or(0)
-            })
+        let column_width = |index: usize, measure: &dyn Fn(&str) -> usize| {
+            self.rows
+                .iter()
+                .filter_map(|row| row.get(index))
+                .flat_map(|cell| cell.split('\n'))
+                .map(measure)
+                .chain([self.columns[index].0.width()])
+                .max()
+                .unwrap_or(0)
+        };
+        let content: Vec<usize> = (0..count).map(|index| column_width(index, &UnicodeWidthStr::width)).collect();
+        let words: Vec<usize> = (0..count)
+            .map(|index| column_width(index, &|line| line.split(' ').map(UnicodeWidthStr::width).max().unwrap_or(0)))
             .collect();
+        let is_whole = |index: usize| self.columns[index].1 == Fit::Whole;
         let mut limits = content.clone();
+        let mut wrapped = vec![false; count];
+        let mut broken = vec![false; count];
         if content.iter().sum::<usize>() > available {
-            let whole: usize = (0..count).filter(|&i| self.columns[i].1 == Fit::Whole).map(|i| content[i]).sum();
-            let mut free: Vec<usize> = (0..count).filter(|&i| self.columns[i].1 == Fit::Cut).collect();
+            let free_minimum: usize = (0..count).filter(|&i| !is_whole(i)).map(|i| content[i].min(MIN_FREE_COLUMN)).sum();
+            // Whole columns go onto more lines, the one that saves most first,
+            // until the free text has its minimum.
+            let mut by_saving: Vec<usize> = (0..count).filter(|&i| is_whole(i) && words[i] < content[i]).collect();
+            by_saving.sort_by_key(|&index| std::cmp::Reverse(content[index] - words[index]));
+            for index in by_saving {
+                let whole: usize = (0..count).filter(|&i| is_whole(i)).map(|i| limits[i]).sum();
+                if whole + free_minimum <= available {
+                    break;
+                }
+                limits[index] = words[index];
+                wrapped[index] = true;
+            }
+            let mut whole: usize = (0..count).filter(|&i| is_whole(i)).map(|i| limits[i]).sum();
+            if whole + free_minimum > available {
+                // Single values wider than the terminal: share what is left
+                // among the whole columns and break those values (the one
+                // case where a value is broken; `--json` has it whole).
+                let mut whole_columns: Vec<usize> = (0..count).filter(|&i| is_whole(i)).collect();
+                whole_columns.sort_by_key(|&index| limits[index]);
+                let mut budget = available.saturating_sub(free_minimum);
+                let mut left = whole_columns.len();
+                for index in whole_columns {
+                    if limits[index] > budget / left {
+                        limits[index] = (budget / left).max(self.columns[index].0.width()).max(1);
+                        broken[index] = true;
+                    }
+                    budget = budget.saturating_sub(limits[index]);
+                    left -= 1;
+                }
+                whole = (0..count).filter(|&i| is_whole(i)).map(|i| limits[i]).sum();
+            }
+            let mut free: Vec<usize> = (0..count).filter(|&i| !is_whole(i)).collect();
             free.sort_by_key(|&index| content[index]);
             let mut budget = available.saturating_sub(whole);
             let mut left = free.len();
             for index in free {
-                let share = (budget / left).max(MIN_FREE_COLUMN.min(content[index]));
-                limits[index] = content[index].min(share);
+                limits[index] = content[index].min(budget / left).max(1);
                 budget = budget.saturating_sub(limits[index]);
                 left -= 1;
             }
         }
-        let fits = limits.iter().sum::<usize>() <= available;
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
         table.set_header(self.columns.iter().map(|(name, _)| *name).collect::<Vec<_>>());
@@ -176,27 +228,26 @@ impl Grid {
                 row.iter()
                     .enumerate()
                     .map(|(index, cell)| {
+                        let lines = cell.split('\n');
                         let limit = limits.get(index).copied().unwrap_or(usize::MAX);
-                        cell.split('\n').map(|line| shorten(line, limit)).collect::<Vec<_>>().join("\n")
+                        if broken.get(index) == Some(&true) {
+                            lines
+                                .flat_map(|line| line.split(' '))
+                                .flat_map(|word| break_value(word, limit))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        } else if wrapped.get(index) == Some(&true) {
+                            lines.flat_map(|line| line.split(' ')).collect::<Vec<_>>().join("\n")
+                        } else {
+                            lines.map(|line| shorten(line, limit)).collect::<Vec<_>>().join("\n")
+                        }
                     })
                     .collect::<Vec<_>>(),
             );
         }
-        if fits {
-            // Everything fits as it is: no column may wrap.
-            table.set_content_arrangement(ContentArrangement::Disabled);
-        } else {
-            // Whole values alone are wider than the terminal: let the table
-            // wrap them rather than spill past the edge.
-            table.set_content_arrangement(ContentArrangement::Dynamic).set_width(width);
-            for index in 0..count {
-                if let (Some(column), Fit::Cut) = (table.column_mut(index), self.columns[index].1) {
-                    column.set_constraint(ColumnConstraint::UpperBoundary(comfy_table::Width::Fixed(
-                        u16::try_from(limits[index] + 2).unwrap_or(u16::MAX),
-                    )));
-                }
-            }
-        }
+        // The layout above fits (as long as each column can have one
+        // character): the table must not rearrange it.
+        table.set_content_arrangement(ContentArrangement::Disabled);
         table.to_string()
     }
 }

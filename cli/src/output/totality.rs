@@ -13,7 +13,7 @@ use super::*;
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z0-9.+-]{0,12}",
-        "(.|[\\x00-\\x1f\\x7f\\u{9b}\\u{202e}\\u{200b}]){0,40}",
+        "[ -~\\x00-\\x1f\\x7f\\u{9b}\\u{202e}\\u{200b}é日本☃]{0,40}",
         "[a-z ]{80,300}",
     ]
 }
@@ -174,7 +174,7 @@ proptest! {
     fn inventory_formatters_are_total(
         hosts in proptest::collection::vec(host(), 0..4),
         apps in proptest::collection::vec(host_app(), 0..4),
-        width in 60_u16..200,
+        width in 100_u16..200,
     ) {
         let hosts: Vec<HostJson> = hosts.iter().map(host_json).collect();
         serde_json::to_string(&hosts).unwrap();
@@ -196,7 +196,7 @@ proptest! {
     fn history_formatters_are_total(
         alerts in proptest::collection::vec(alert(), 0..4),
         operations in proptest::collection::vec(operation(), 0..4),
-        width in 60_u16..200,
+        width in 100_u16..200,
     ) {
         let alerts: Vec<AlertJson> = alerts.iter().map(alert_json).collect();
         serde_json::to_string(&alerts).unwrap();
@@ -207,7 +207,7 @@ proptest! {
     }
 
     #[test]
-    fn rollout_formatters_are_total(rollouts in proptest::collection::vec(rollout(), 0..3), width in 60_u16..200, detail in text(), at in timestamp()) {
+    fn rollout_formatters_are_total(rollouts in proptest::collection::vec(rollout(), 0..3), width in 100_u16..200, detail in text(), at in timestamp()) {
         let rollouts: Vec<_> = rollouts.iter().map(rollout_json).collect();
         serde_json::to_string(&rollouts).unwrap();
         check(rollouts_grid(&rollouts), width)?;
