@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ccfleet_proto::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, JournalError, Outcome};
+use crate::journal::{self, JournalError};
+use crate::upgrade::model::Outcome;
 
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +132,11 @@ pub fn write(alerts_dir: &Path, alert: &Alert) -> Result<PathBuf, JournalError> 
     let path = Alert::path(alerts_dir, &alert.domain);
     let mut bytes = serde_json::to_vec_pretty(alert).expect("alerts always serialise");
     bytes.push(b'\n');
-    journal::write_atomically(&path, &bytes)?;
+    ccfleet_proto::fsutil::write_atomic(&path, &bytes, journal::RECORD_MODE).map_err(|source| JournalError::Io {
+        action: "cannot write the alert",
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 

@@ -20,6 +20,7 @@
 //! fields and apps); this file holds the entry points and the errors.
 
 mod checks;
+pub use checks::{secret_name, secret_name_fits, secret_name_too_long, MAX_SECRET_NAME_LENGTH};
 mod raw;
 mod schema;
 mod validate;

@@ -5,6 +5,8 @@
 //! can use it), carrying one JSON request line and one JSON response line
 //! per connection.
 
+pub mod status;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+
+pub use status::{AgentStatus, AppStatus, OutboxStatus};
 
 /// Longest accepted request line: requests are tiny.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -75,9 +79,9 @@ pub struct Response {
     pub message: String,
     #[serde(default)]
     pub apps: Vec<AppOutcome>,
-    /// For `status`: the agent's full state as JSON.
+    /// For `status`: the agent's full state.
     #[serde(default)]
-    pub status: Option<serde_json::Value>,
+    pub status: Option<Box<AgentStatus>>,
     /// For `upgrade --wait`: the operation's report as JSON.
     #[serde(default)]
     pub operation: Option<serde_json::Value>,

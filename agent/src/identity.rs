@@ -109,8 +109,7 @@ pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), IdentityEr
 /// Writes `text` to `path` in `state_dir` (created 0700) readable by the
 /// owner only, atomically and durably.
 fn write_private(state_dir: &Path, path: &Path, text: &str) -> Result<(), IdentityError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let write_error = |source| IdentityError::Write {
         path: path.to_owned(),
         source,
@@ -120,21 +119,7 @@ fn write_private(state_dir: &Path, path: &Path, text: &str) -> Result<(), Identi
         .mode(0o700)
         .create(state_dir)
         .map_err(write_error)?;
-    let temporary = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(write_error)?;
-    file.write_all(text.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temporary, path).map_err(write_error)?;
-    // The rename is durable only once the directory entry is.
-    std::fs::File::open(state_dir)
-        .and_then(|directory| directory.sync_all())
-        .map_err(write_error)
+    ccfleet_proto::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(write_error)
 }
 
 /// The key and request of an enrolment in progress, kept so that a retry

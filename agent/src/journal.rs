@@ -5,20 +5,22 @@
 //! fsync it, rename it over the old one, fsync the directory), so that after
 //! a crash a record is either the old one or the new one, never half of each.
 //!
-//! The journal only stores; `agent::upgrade` decides what the records mean
-//! and writes each step here *before* it performs it.
+//! The journal only stores and encodes: the records themselves (operations,
+//! apps) are `agent::upgrade::model`'s, `agent::upgrade` decides what they
+//! mean and writes each step here *before* it performs it. Markers an older
+//! agent kept elsewhere move in on open (`journal::legacy`).
+
+mod legacy;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ccfleet_proto::{CoopVersion, Domain, RecipeName};
+use ccfleet_proto::Domain;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-/// The format of every record; a record of another format is refused.
-pub const FORMAT: u32 = 1;
+use crate::upgrade::model::{AppRecord, OperationRecord, FORMAT};
 
 /// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -32,188 +34,6 @@ pub enum JournalError {
     },
     #[error("{}: not a journal record of format {FORMAT}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
-}
-
-/// The final outcome of an operation (the wire contract's outcomes, spelt
-/// as the wire and the CLI spell them: `ROLLED_BACK`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Outcome {
-    Succeeded,
-    RolledBack,
-    Held,
-    Failed,
-    Skipped,
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
-            Outcome::Succeeded => "SUCCEEDED",
-            Outcome::RolledBack => "ROLLED_BACK",
-            Outcome::Held => "HELD",
-            Outcome::Failed => "FAILED",
-            Outcome::Skipped => "SKIPPED",
-        })
-    }
-}
-
-/// Who asked for an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// The declared version was raised (`apply`, the periodic reconcile).
-    Declared,
-    /// `ccfleet-agent update DOMAIN` (the autoUpdate timer).
-    AutoUpdate,
-    /// `ccfleet-agent upgrade DOMAIN`.
-    Operator,
-    /// A server `UpgradeCommand`.
-    FleetUpgrade,
-    /// A server `RollbackCommand`.
-    FleetRollback,
-}
-
-/// Where an operation stands. Each phase is written before its effect runs
-/// (`agent::upgrade::machine` says what follows each one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "phase")]
-pub enum Phase {
-    /// Journaled, nothing done yet.
-    Accepted,
-    /// `abra app undeploy`, then waiting until no container of the stack runs.
-    Undeploying,
-    /// Copying the stack's volumes into the snapshot.
-    Snapshotting,
-    /// Checking the snapshot against a fresh walk of the volumes.
-    VerifyingSnapshot,
-    /// abra deploys the target version.
-    Deploying,
-    /// The health gate on the target version.
-    Verifying,
-    /// The target passed its health gate; recording it as last good.
-    Healthy,
-    /// Rolling back: undeploying the target before restoring the volumes.
-    RollbackUndeploying,
-    /// Rolling back: restoring every volume from the verified snapshot.
-    Restoring,
-    /// Rolling back: deploying the version that ran before.
-    RollbackDeploying,
-    /// Rolling back: the health gate on the version that ran before.
-    RollbackVerifying,
-    /// Finished with this outcome; `reported` in the record says whether the
-    /// result reached the outbox.
-    Done { outcome: Outcome, reason: String },
-}
-
-impl Phase {
-    /// A short name, used for the test pause hook's files and in logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Accepted => "accepted",
-            Phase::Undeploying => "undeploying",
-            Phase::Snapshotting => "snapshotting",
-            Phase::VerifyingSnapshot => "verifying-snapshot",
-            Phase::Deploying => "deploying",
-            Phase::Verifying => "verifying",
-            Phase::Healthy => "healthy",
-            Phase::RollbackUndeploying => "rollback-undeploying",
-            Phase::Restoring => "restoring",
-            Phase::RollbackDeploying => "rollback-deploying",
-            Phase::RollbackVerifying => "rollback-verifying",
-            Phase::Done { .. } => "done",
-        }
-    }
-}
-
-/// Why the way forward was abandoned, and what the outcome is once the
-/// version that ran before is healthy again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub outcome_when_recovered: Outcome,
-    pub reason: String,
-}
-
-/// One upgrade (or explicit rollback) of one app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OperationRecord {
-    pub format: u32,
-    /// The server's operation id, or `local-<hex>`.
-    pub id: String,
-    pub domain: Domain,
-    pub recipe: RecipeName,
-    pub trigger: Trigger,
-    /// The version running (and healthy) before; the rollback target.
-    pub from: CoopVersion,
-    pub to: CoopVersion,
-    /// Volumes are snapshotted before and restored on rollback.
-    pub stateful: bool,
-    pub phase: Phase,
-    pub failure: Option<Failure>,
-    /// `<state_dir>/snapshots/<domain>/<operation>/` once taken.
-    pub snapshot: Option<PathBuf>,
-    /// The snapshot was verified against the volumes: restoring it is safe.
-    pub snapshot_verified: bool,
-    /// Seconds since the Unix epoch.
-    pub started_at: u64,
-    pub finished_at: Option<u64>,
-    /// The result was pushed to the outbox (it reaches the server from there).
-    pub reported: bool,
-}
-
-impl OperationRecord {
-    /// The outcome and reason, once done.
-    pub fn result(&self) -> Option<(Outcome, &str)> {
-        match &self.phase {
-            Phase::Done { outcome, reason } => Some((*outcome, reason)),
-            _ => None,
-        }
-    }
-}
-
-/// A target that was rolled back, and the declared version at the time: it is
-/// not tried again automatically until the declared version changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolledBackTarget {
-    pub version: CoopVersion,
-    pub declared_then: CoopVersion,
-    pub operation_id: String,
-    pub reason: String,
-    /// How that operation ended (records written before this field: ROLLED_BACK).
-    #[serde(default = "rolled_back_outcome")]
-    pub outcome: Outcome,
-}
-
-fn rolled_back_outcome() -> Outcome {
-    Outcome::RolledBack
-}
-
-/// What the agent remembers about one app between operations.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppRecord {
-    /// The newest version that passed a health gate on this host.
-    pub last_good: Option<CoopVersion>,
-    /// The target of the last fleet `UpgradeCommand` that succeeded; the
-    /// desired version is max(declared, this).
-    pub fleet_target: Option<CoopVersion>,
-    pub rolled_back: Vec<RolledBackTarget>,
-    /// The FAILED operation that may have left the app undeployed or on
-    /// half-restored volumes: no reconcile deploys it until a later operation
-    /// succeeds.
-    #[serde(default)]
-    pub blocked_by: Option<String>,
-    /// FAILED operations since the last success: their snapshots are kept.
-    #[serde(default)]
-    pub failed_operations: Vec<String>,
-}
-
-impl AppRecord {
-    /// Whether automatic triggers (reconcile, timer) must leave `target` alone.
-    pub fn holds_back(&self, target: &CoopVersion, declared: &CoopVersion) -> Option<&RolledBackTarget> {
-        self.rolled_back
-            .iter()
-            .find(|entry| &entry.version == target && &entry.declared_then == declared)
-    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -287,18 +107,7 @@ impl Journal {
                 source,
             })?;
         }
-        let legacy = abra_dir.join(".ccfleet-pending");
-        if let Ok(entries) = std::fs::read_dir(&legacy) {
-            for entry in entries.flatten() {
-                let target = journal.dir.join("pending").join(entry.file_name());
-                std::fs::rename(entry.path(), &target).map_err(|source| JournalError::Io {
-                    action: "cannot move a pending-work marker into the journal",
-                    path: entry.path(),
-                    source,
-                })?;
-            }
-            sync_directory(&journal.dir.join("pending"))?;
-        }
+        legacy::move_pending_markers(abra_dir, &journal.dir.join("pending"))?;
         Ok(journal)
     }
 
@@ -544,24 +353,21 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), JournalError> 
 /// the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
     let directory = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("record");
-    let temporary = directory.join(format!(".{name}.tmp"));
     let io = |action, source| JournalError::Io {
         action,
         path: path.to_owned(),
         source,
     };
     std::fs::create_dir_all(directory).map_err(|source| io("cannot create the directory", source))?;
-    let mut file = File::create(&temporary).map_err(|source| io("cannot create a temporary file", source))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| io("cannot write a temporary file", source))?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(|source| io("cannot replace the file", source))?;
-    sync_directory(directory)
+    ccfleet_proto::fsutil::write_atomic(path, bytes, RECORD_MODE)
+        .map_err(|source| io("cannot replace the file", source))
 }
 
-fn sync_directory(directory: &Path) -> Result<(), JournalError> {
+/// Journal records and alerts are state, not secrets: owner-writable,
+/// world-readable (what the umask gave them before they had an explicit mode).
+pub const RECORD_MODE: u32 = 0o644;
+
+pub(crate) fn sync_directory(directory: &Path) -> Result<(), JournalError> {
     File::open(directory)
         .and_then(|directory| directory.sync_all())
         .map_err(|source| JournalError::Io {
@@ -581,7 +387,10 @@ pub fn now_seconds() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use ccfleet_proto::CoopVersion;
+
     use super::*;
+    use crate::upgrade::model::{Outcome, Phase, RolledBackTarget, Trigger};
 
     fn version(text: &str) -> CoopVersion {
         text.parse().unwrap()

@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod health;
+pub mod host;
 pub mod identity;
 pub mod journal;
 pub mod link;

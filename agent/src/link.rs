@@ -17,7 +17,7 @@ use crate::identity::{self, error_chain};
 use crate::outbox::Outbox;
 
 /// What `ccfleet-agent status` shows about the link.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStatus {
     pub connected: bool,
     /// The last problem, in one line; empty when none.

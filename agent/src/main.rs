@@ -223,7 +223,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print_status(&status);
+                print!("{}", status.render());
             }
             Ok(())
         }
@@ -246,62 +246,6 @@ fn print_outcomes(response: &Response) -> anyhow::Result<()> {
         println!("{}", response.message);
     }
     Ok(())
-}
-
-fn print_status(status: &serde_json::Value) {
-    let server = &status["server"];
-    println!(
-        "host {}: server {}{}; outbox: {} pending (last seq {})",
-        status["host_id"].as_str().unwrap_or("?"),
-        if server["connected"] == true {
-            "connected"
-        } else {
-            "disconnected"
-        },
-        server["last_error"]
-            .as_str()
-            .filter(|e| !e.is_empty())
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default(),
-        status["outbox"]["pending"],
-        status["outbox"]["last_seq"],
-    );
-    for app in status["apps"].as_array().into_iter().flatten() {
-        let observed = &app["observed"];
-        println!(
-            "{}  {}  declared {}  observed {}  {}{}",
-            app["domain"].as_str().unwrap_or("?"),
-            app["recipe"].as_str().unwrap_or("?"),
-            app["declared_version"].as_str().unwrap_or("?"),
-            observed["observed_version"].as_str().unwrap_or("-"),
-            observed["state"].as_str().unwrap_or("unknown"),
-            observed["drift"]
-                .as_array()
-                .filter(|drift| !drift.is_empty())
-                .map(|drift| format!(
-                    "  drift: {}",
-                    drift.iter().filter_map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
-                ))
-                .unwrap_or_default(),
-        );
-        if let Some(alert) = app["alert"].as_object() {
-            println!(
-                "    ALERT {} ({}): {} -> {}: {}",
-                alert.get("outcome").and_then(|v| v.as_str()).unwrap_or("?"),
-                alert.get("severity").and_then(|v| v.as_str()).unwrap_or("?"),
-                alert.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
-                alert.get("to").and_then(|v| v.as_str()).unwrap_or("?"),
-                alert.get("reason").and_then(|v| v.as_str()).unwrap_or(""),
-            );
-        }
-        if let Some(snapshot) = app["snapshots"].as_array().and_then(|snapshots| snapshots.first()) {
-            println!(
-                "    snapshots: {} (newest of {})",
-                snapshot.as_str().unwrap_or("?"),
-                app["snapshots"].as_array().map_or(0, Vec::len)
-            );
-        }
-    }
 }
 
 async fn enroll(

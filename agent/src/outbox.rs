@@ -57,6 +57,10 @@ fn kind_of(body: &Body) -> &'static str {
 
 /// The counter file of earlier versions (one file, replaced in place).
 const LEGACY_COUNTER: &str = "next_seq";
+/// Event and counter files are owner-writable, world-readable (what the
+/// umask gave them before they had an explicit mode).
+const EVENT_MODE: u32 = 0o644;
+
 /// Counter files: `next_seq.<n>`; the highest `n` is the persisted counter.
 const COUNTER_PREFIX: &str = "next_seq.";
 
@@ -212,20 +216,8 @@ impl Outbox {
     /// of different names never share one), synced and renamed, and syncs
     /// the directory so that the rename is durable.
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), OutboxError> {
-        use std::io::Write;
         let path = self.dir.join(name);
-        let temporary = self.dir.join(format!(".{name}.tmp"));
-        let io = |source| OutboxError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, &path).map_err(io)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|directory| directory.sync_all())
-            .map_err(io)
+        ccfleet_proto::fsutil::write_atomic(&path, bytes, EVENT_MODE).map_err(|source| OutboxError::Io { path, source })
     }
 
     /// Stores a durable event and returns its sequence number.

@@ -13,7 +13,7 @@
 //! server, the local `apply` and the agent's own loop may ask concurrently;
 //! `agent::abra` separately serialises abra calls per recipe.
 
-pub mod observe;
+pub use crate::host::observe;
 pub mod plan;
 pub mod secrets;
 
@@ -28,10 +28,12 @@ use serde::{Deserialize, Serialize};
 use crate::abra::{Abra, AbraError};
 use crate::config::{AppConfig, Config};
 use crate::docker::Docker;
-use crate::journal::{Journal, JournalError, Outcome, PendingWork, Trigger};
+use crate::host::Host;
+use crate::journal::{Journal, JournalError, PendingWork};
+use crate::upgrade::model::{Outcome, Trigger};
 use crate::upgrade::{self, Ask, Events, OperationRequest, RunResult, Upgrader};
 
-pub use observe::{AppState, ObservedApp};
+pub use crate::host::{AppState, ObservedApp};
 
 /// How often Docker is polled while waiting for an app to converge.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,8 +41,8 @@ const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Drives abra and reads Docker for the declared apps of this host.
 #[derive(Debug)]
 pub struct Reconciler {
-    abra: Abra,
-    docker: Docker,
+    /// abra, Docker and observation, shared with the upgrade transaction.
+    host: Host,
     apps: Vec<AppConfig>,
     /// Shared with the reconciler that replaces this one on a config reload
     /// (see [`Reconciler::reconfigured`]).
@@ -210,9 +212,9 @@ impl Reconciler {
     /// A reconciler for `apps`, driving `abra`, observing through `docker`,
     /// and moving versions through `upgrader`.
     pub fn new(abra: Abra, docker: Docker, apps: Vec<AppConfig>, upgrader: Arc<Upgrader>) -> Reconciler {
+        let journal = upgrader.journal().clone();
         Reconciler {
-            abra,
-            docker,
+            host: Host::new(abra, docker, journal),
             apps,
             app_locks: Arc::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
@@ -225,8 +227,7 @@ impl Reconciler {
     /// reconciler and one started on the new one never overlap.
     pub fn reconfigured(&self, config: &Config) -> Reconciler {
         Reconciler {
-            abra: self.abra.reconfigured(&config.abra),
-            docker: self.docker.clone(),
+            host: self.host.reconfigured(&config.abra),
             apps: config.apps.clone(),
             app_locks: Arc::clone(&self.app_locks),
             poll_interval: self.poll_interval,
@@ -267,7 +268,7 @@ impl Reconciler {
         request: &OperationRequest,
     ) -> Result<RunResult, upgrade::UpgradeError> {
         let _app_guard = self.lock_app(&app.domain).await;
-        self.upgrader.run(self, app, request).await
+        self.upgrader.run(&self.host, app, request).await
     }
 
     /// Polls Docker this often while waiting for convergence (default 1s).
@@ -281,27 +282,23 @@ impl Reconciler {
         &self.apps
     }
 
+    /// abra, Docker and observation, as the upgrade transaction sees them.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     pub fn abra(&self) -> &Abra {
-        &self.abra
+        self.host.abra()
     }
 
     pub fn docker(&self) -> &Docker {
-        &self.docker
+        self.host.docker()
     }
 
     /// How `app` stands in Docker now. Never fails: when Docker cannot be
     /// asked, the app is [`AppState::Unknown`] with the reason as drift.
     pub async fn observe(&self, app: &AppConfig) -> ObservedApp {
-        // abra may shorten long stack names (ABRA.md, unconfirmed); the full
-        // name is used until that rule is known.
-        let mut observed = match self.docker.observe_stack(&app.domain.stack_name()).await {
-            Ok(stack) => observe::classify(app, &stack),
-            Err(error) => observe::unknown(app, &error_chain(&error)),
-        };
-        if let Ok(record) = self.journal().app(&app.domain) {
-            plan::explain_fleet_drift(&mut observed, &app.version, record.fleet_target.as_ref());
-        }
-        observed
+        self.host.observe(app).await
     }
 
     /// Every declared app, in declaration order (sorted by domain).
@@ -412,13 +409,14 @@ impl Reconciler {
                 error: Box::new(error),
             }
         };
-        self.abra
+        self.host
+            .abra()
             .ensure_server()
             .await
             .map_err(abra_step("add the local server to abra"))?;
 
         let existing = self
-            .abra
+            .abra()
             .read_env_file(&app.domain)
             .map_err(abra_step("read the app's env file"))?;
         let created = existing.is_none();
@@ -438,7 +436,8 @@ impl Reconciler {
             // creating the app and inserting its secrets is resumed, never
             // forgotten.
             pending(PendingWork::Secrets, true)?;
-            self.abra
+            self.host
+                .abra()
                 .app_new(&app.recipe, &app.version, &app.domain)
                 .await
                 .map_err(abra_step("create the app (abra app new)"))?;
@@ -454,7 +453,7 @@ impl Reconciler {
             pending(PendingWork::Redeploy, true)?;
         }
         let changed_keys = self
-            .abra
+            .abra()
             .write_env_keys(
                 &app.recipe,
                 &app.domain,
@@ -518,7 +517,8 @@ impl Reconciler {
                 });
             }
             plan::VersionStep::Deploy { version } => {
-                self.abra
+                self.host
+                    .abra()
                     .deploy(&app.recipe, &app.domain, &version, false)
                     .await
                     .map_err(abra_step("deploy the app (abra app deploy)"))?;
@@ -542,7 +542,7 @@ impl Reconciler {
                     },
                     deadline: None,
                 };
-                match self.upgrader.run(self, app, &request).await {
+                match self.upgrader.run(&self.host, app, &request).await {
                     Err(error) => {
                         return Err(ReconcileErrorKind::Upgrade {
                             reason: error.to_string(),
@@ -582,7 +582,8 @@ impl Reconciler {
         reason: &str,
         actions: &mut Vec<ReconcileAction>,
     ) -> Result<(), ReconcileErrorKind> {
-        self.abra
+        self.host
+            .abra()
             .deploy(&app.recipe, &app.domain, version, true)
             .await
             .map_err(|error| ReconcileErrorKind::Abra {

@@ -17,26 +17,29 @@
 //! ran before deployed again and health-gated. Every ROLLED_BACK, FAILED and
 //! HELD outcome writes an alert (`agent::alerts`); a later success clears it.
 //!
-//! The caller holds the app's lock (`Reconciler`), and `agent::abra`
+//! Effects reach abra and Docker through the [`Host`] they are given. The
+//! caller holds the app's lock (`Reconciler`), and `agent::abra`
 //! serialises abra calls per recipe.
 
+mod bookkeeping;
+mod effects;
 pub mod machine;
+pub mod model;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ccfleet_proto::pb::{self, agent_message::Body};
-use ccfleet_proto::{error_chain, CoopVersion, Domain, VersionChange};
+use ccfleet_proto::{error_chain, CoopVersion, Domain};
 use serde::Serialize;
 
-use crate::alerts::{self, Alert, Severity};
 use crate::config::{AgentConfig, AppConfig, ProbeScheme};
-use crate::docker::DockerError;
-use crate::health::{Check, GatePolicy, GateVerdict, HealthGate, HttpProbe, ProbeTarget};
-use crate::journal::{self, AppRecord, Journal, JournalError, OperationRecord, Outcome, Phase, Trigger};
-use crate::reconcile::{AppState, Reconciler};
-use crate::snapshot::{SnapshotError, SnapshotStore, VolumeSource};
+use crate::health::HttpProbe;
+use crate::host::{AppState, Host};
+use crate::journal::{self, Journal, JournalError};
+use crate::snapshot::SnapshotStore;
+use model::{OperationRecord, Outcome, Phase, Trigger};
 
 pub use machine::{Ask, Plan, StepResult};
 
@@ -81,23 +84,20 @@ pub struct OperationRequest {
 
 /// A new local operation id.
 pub fn local_operation_id() -> String {
-    format!("local-{}", ccfleet_proto::tls::random_hex(8))
+    ccfleet_proto::OperationId::local(&ccfleet_proto::tls::random_hex(8)).into()
 }
 
-/// The longest operation id accepted.
-pub const MAX_OPERATION_ID: usize = 128;
+pub use ccfleet_proto::domain::MAX_OPERATION_ID;
 
 /// Checks an operation id from outside (`upgrade --operation-id`, a server
 /// command) before anything is touched: it names the operation's snapshot
-/// directory, so it follows the snapshot store's rule
-/// (`[A-Za-z0-9][A-Za-z0-9_.-]*`), at most 128 bytes.
+/// directory, so it follows [`ccfleet_proto::OperationId`]'s rule, which is
+/// stricter than the snapshot store's (`[A-Za-z0-9][A-Za-z0-9_.-]*`, at most
+/// 128 bytes rather than 255).
 pub fn check_operation_id(id: &str) -> Result<(), String> {
-    if id.len() > MAX_OPERATION_ID {
-        return Err(format!(
-            "invalid operation id {id:?}: is longer than {MAX_OPERATION_ID} bytes"
-        ));
-    }
-    crate::snapshot::check_name("operation id", id).map_err(|error| error.to_string())
+    ccfleet_proto::OperationId::parse(id).map_err(|error| error.to_string())?;
+    debug_assert!(crate::snapshot::check_name("operation id", id).is_ok());
+    Ok(())
 }
 
 /// How an operation ended, for the caller (and `upgrade --json`).
@@ -241,7 +241,7 @@ impl Upgrader {
     /// Runs `request` for `app`; the caller holds the app's lock.
     pub async fn run(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         request: &OperationRequest,
     ) -> Result<RunResult, UpgradeError> {
@@ -261,11 +261,11 @@ impl Upgrader {
             }
             // Journaled but unfinished (interrupted before the start-up
             // resume reached it): finish it, never start it again.
-            let record = self.drive(reconciler, app, record, true, None).await?;
+            let record = self.drive(host, app, record, true, None).await?;
             return Ok(RunResult::Finished(Box::new(self.report_of(&record, None))));
         }
 
-        let observed = reconciler.observe(app).await;
+        let observed = host.observe(app).await;
         let running = match observed.state {
             AppState::NotDeployed | AppState::Unknown => None,
             _ => observed.observed_version.clone(),
@@ -281,7 +281,7 @@ impl Upgrader {
         let plan = machine::plan(&request.ask, &facts, &app_record);
         tracing::info!(app = %app.domain, operation = %request.id, ?plan, "upgrade planned");
         let mut record = OperationRecord {
-            format: journal::FORMAT,
+            format: model::FORMAT,
             id: request.id.clone(),
             domain: app.domain.clone(),
             recipe: app.recipe.clone(),
@@ -303,8 +303,8 @@ impl Upgrader {
                 record.phase = Phase::Done { outcome, reason };
             }
             Plan::AlreadyThere { version } => {
-                let reason = match self.gate(reconciler, app, &version, None).await {
-                    StepResult::Ok => None,
+                let reason = match self.gate(host, app, &version, None).await {
+                    StepResult::Ok | StepResult::SnapshotVerified => None,
                     StepResult::Failed(reason) | StepResult::Refused(reason) => Some(reason),
                 };
                 record.phase = match reason {
@@ -321,9 +321,9 @@ impl Upgrader {
             Plan::Run { .. } => {}
         }
         let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
-        let record = self.drive(reconciler, app, record, false, gate_deadline).await?;
+        let record = self.drive(host, app, record, false, gate_deadline).await?;
         let mut report = self.report_of(&record, running);
-        report.running = reconciler.observe(app).await.observed_version;
+        report.running = host.observe(app).await.observed_version;
         Ok(RunResult::Finished(Box::new(report)))
     }
 
@@ -333,7 +333,7 @@ impl Upgrader {
     /// reason, touching nothing.
     pub async fn resume(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: Option<&AppConfig>,
         record: OperationRecord,
     ) -> Result<OperationReport, UpgradeError> {
@@ -354,7 +354,7 @@ impl Upgrader {
             return Ok(self.report_of(&record, None));
         };
         tracing::warn!(operation = %record.id, app = %app.domain, phase = record.phase.name(), "resuming an unfinished operation");
-        let record = self.drive(reconciler, app, record, true, None).await?;
+        let record = self.drive(host, app, record, true, None).await?;
         Ok(self.report_of(&record, None))
     }
 
@@ -373,7 +373,7 @@ impl Upgrader {
             return Ok(report);
         }
         let record = OperationRecord {
-            format: journal::FORMAT,
+            format: model::FORMAT,
             id: id.to_owned(),
             domain: domain.clone(),
             recipe: "undeclared".parse().expect("a valid recipe name"),
@@ -398,30 +398,12 @@ impl Upgrader {
         Ok(self.report_of(&record, None))
     }
 
-    fn report_of(&self, record: &OperationRecord, from: Option<CoopVersion>) -> OperationReport {
-        let (outcome, reason) = record
-            .result()
-            .map(|(outcome, reason)| (outcome, reason.to_owned()))
-            .unwrap_or((Outcome::Failed, "unfinished".into()));
-        OperationReport {
-            operation_id: record.id.clone(),
-            domain: record.domain.clone(),
-            outcome,
-            from: from.or_else(|| Some(record.from.clone())),
-            to: record.to.clone(),
-            running: None,
-            reason,
-            snapshot: record.snapshot.clone(),
-            replayed: false,
-        }
-    }
-
     /// Runs phases until done: each phase is journaled (and reported as
     /// progress) before its effect runs. `resumed`: the record was found
     /// unfinished, so it continues where [`machine::resume`] says.
     async fn drive(
         &self,
-        reconciler: &Reconciler,
+        host: &Host,
         app: &AppConfig,
         mut record: OperationRecord,
         resumed: bool,
@@ -450,452 +432,29 @@ impl Upgrader {
             }
             self.pause.before(record.phase.name()).await;
             tracing::info!(operation = %record.id, app = %record.domain, phase = record.phase.name(), "upgrade phase");
-            let result = self.effect(reconciler, app, &mut record, gate_deadline).await;
-            if result != StepResult::Ok {
+            let result = match record.phase {
+                Phase::Snapshotting => match self.snapshot_volumes(host, app).await {
+                    Err(result) => result,
+                    Ok(volumes) => {
+                        record = machine::with_snapshot_dir(&record, self.snapshots.dir_of(&app.domain, &record.id));
+                        // The directory is journaled before the copy starts, so
+                        // a crash in the middle leaves a record that names it.
+                        match self.journal.write_operation(&record) {
+                            Ok(()) => self.take_snapshot(app, &record, volumes).await,
+                            Err(error) => StepResult::Failed(error_chain(&error)),
+                        }
+                    }
+                },
+                _ => self.effect(host, app, &record, gate_deadline).await,
+            };
+            if !matches!(result, StepResult::Ok | StepResult::SnapshotVerified) {
                 tracing::warn!(operation = %record.id, phase = record.phase.name(), ?result, "upgrade phase did not succeed");
             }
-            let (phase, failure) = machine::transition(&record, result);
-            record.phase = phase;
-            record.failure = failure;
+            record = machine::advance(&record, result);
         }
         self.finish(&record, &app.version)?;
         Ok(record)
     }
-
-    /// Performs the effect of `record.phase`.
-    async fn effect(
-        &self,
-        reconciler: &Reconciler,
-        app: &AppConfig,
-        record: &mut OperationRecord,
-        gate_deadline: Option<Instant>,
-    ) -> StepResult {
-        match record.phase {
-            Phase::Accepted | Phase::Healthy | Phase::Done { .. } => StepResult::Ok,
-            Phase::Undeploying | Phase::RollbackUndeploying => self.undeploy(reconciler, app).await,
-            Phase::Snapshotting => self.take_snapshot(reconciler, app, record).await,
-            Phase::VerifyingSnapshot => self.verify_snapshot(reconciler, app, record).await,
-            Phase::Deploying => self.deploy_target(reconciler, app, record).await,
-            Phase::Verifying => self.gate(reconciler, app, &record.to, gate_deadline).await,
-            Phase::Restoring => self.restore(reconciler, app, record).await,
-            Phase::RollbackDeploying => {
-                match reconciler
-                    .abra()
-                    .deploy(&app.recipe, &app.domain, &record.from, true)
-                    .await
-                {
-                    Ok(_) => StepResult::Ok,
-                    Err(error) => StepResult::Failed(error_chain(&error)),
-                }
-            }
-            Phase::RollbackVerifying => self.gate(reconciler, app, &record.from, None).await,
-        }
-    }
-
-    /// `abra app undeploy` when the stack runs, then waits (bounded by the
-    /// app's deploy timeout) until no container of it runs.
-    async fn undeploy(&self, reconciler: &Reconciler, app: &AppConfig) -> StepResult {
-        let stack = app.domain.stack_name();
-        let docker = reconciler.docker();
-        let observed = reconciler.observe(app).await;
-        if observed.state != AppState::NotDeployed {
-            if let Err(error) = reconciler.abra().undeploy(&app.recipe, &app.domain).await {
-                // A concurrent removal may have won; what counts is below.
-                if reconciler.observe(app).await.state != AppState::NotDeployed {
-                    return StepResult::Failed(error_chain(&error));
-                }
-            }
-        }
-        let deadline = Instant::now() + app.deploy_timeout;
-        let mut ticker = tokio::time::interval(self.settings.poll_interval);
-        // Swarm removes a service at once but shuts its tasks down on its
-        // own time: a task that was still being prepared can start its
-        // container a moment after the removal (seen in the crash tests: a
-        // migration written after the restore). So the stack must show no
-        // running container for a settle time, not just once.
-        let mut quiet_since: Option<Instant> = None;
-        loop {
-            ticker.tick().await;
-            match docker.running_containers(&stack).await {
-                Ok(0) => {
-                    let since = *quiet_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= UNDEPLOY_SETTLE {
-                        return StepResult::Ok;
-                    }
-                    continue;
-                }
-                Ok(count) if Instant::now() >= deadline => {
-                    return StepResult::Failed(format!(
-                        "{count} container(s) of stack {stack} still run {} after the undeploy",
-                        humantime::format_duration(app.deploy_timeout)
-                    ))
-                }
-                Ok(_) => quiet_since = None,
-                Err(error) if Instant::now() >= deadline => return StepResult::Failed(error_chain(&error)),
-                Err(error) => tracing::debug!(%error, "cannot count the stack's containers yet"),
-            }
-        }
-    }
-
-    async fn volumes(&self, reconciler: &Reconciler, app: &AppConfig) -> Result<Vec<VolumeSource>, StepResult> {
-        let volumes = reconciler
-            .docker()
-            .stack_volumes(&app.domain.stack_name())
-            .await
-            .map_err(|error: DockerError| StepResult::Failed(error_chain(&error)))?;
-        if let Some(volume) = volumes.iter().find(|volume| volume.driver != "local") {
-            return Err(StepResult::Refused(format!(
-                "volume {} uses the {:?} driver; only local volumes can be snapshotted",
-                volume.name, volume.driver
-            )));
-        }
-        Ok(volumes
-            .into_iter()
-            .map(|volume| VolumeSource {
-                name: volume.name,
-                mountpoint: volume.mountpoint,
-            })
-            .collect())
-    }
-
-    async fn take_snapshot(
-        &self,
-        reconciler: &Reconciler,
-        app: &AppConfig,
-        record: &mut OperationRecord,
-    ) -> StepResult {
-        let volumes = match self.volumes(reconciler, app).await {
-            Ok(volumes) => volumes,
-            Err(result) => return result,
-        };
-        if let Some(refused) = refuse_without_volumes(&app.domain.stack_name(), &volumes) {
-            return refused;
-        }
-        let store = self.snapshots.clone();
-        let (domain, id) = (app.domain.clone(), record.id.clone());
-        record.snapshot = Some(self.snapshots.dir_of(&domain, &id));
-        // The directory is journaled before the copy starts, so a crash in
-        // the middle leaves a record that names it.
-        if let Err(error) = self.journal.write_operation(record) {
-            return StepResult::Failed(error_chain(&error));
-        }
-        let taken = tokio::task::spawn_blocking(move || store.take(&domain, &id, &volumes)).await;
-        match taken {
-            Ok(Ok(snapshot)) => {
-                tracing::info!(app = %app.domain, dir = %snapshot.dir.display(), bytes = snapshot.manifest.total_bytes, "snapshot taken");
-                StepResult::Ok
-            }
-            Ok(Err(error @ SnapshotError::NoRoom { .. })) => StepResult::Refused(error_chain(&error)),
-            Ok(Err(error)) => StepResult::Failed(error_chain(&error)),
-            Err(panic) => StepResult::Failed(format!("the snapshot task failed: {panic}")),
-        }
-    }
-
-    async fn verify_snapshot(
-        &self,
-        reconciler: &Reconciler,
-        app: &AppConfig,
-        record: &mut OperationRecord,
-    ) -> StepResult {
-        if record.snapshot.is_none() {
-            return StepResult::Ok;
-        }
-        let volumes = match self.volumes(reconciler, app).await {
-            Ok(volumes) => volumes,
-            Err(result) => return result,
-        };
-        let store = self.snapshots.clone();
-        let (domain, id) = (app.domain.clone(), record.id.clone());
-        let verified = tokio::task::spawn_blocking(move || {
-            let snapshot = store.open(&domain, &id)?.ok_or_else(|| SnapshotError::Manifest {
-                path: store.dir_of(&domain, &id),
-                detail: "the snapshot has no manifest".into(),
-            })?;
-            store.verify(&snapshot, &volumes)
-        })
-        .await;
-        match verified {
-            Ok(Ok(())) => {
-                record.snapshot_verified = true;
-                StepResult::Ok
-            }
-            Ok(Err(error)) => StepResult::Failed(error_chain(&error)),
-            Err(panic) => StepResult::Failed(format!("the verification task failed: {panic}")),
-        }
-    }
-
-    async fn restore(&self, reconciler: &Reconciler, app: &AppConfig, record: &OperationRecord) -> StepResult {
-        if record.snapshot.is_none() {
-            return StepResult::Ok;
-        }
-        let volumes = match self.volumes(reconciler, app).await {
-            Ok(volumes) => volumes,
-            Err(StepResult::Refused(reason)) => return StepResult::Failed(reason),
-            Err(result) => return result,
-        };
-        let store = self.snapshots.clone();
-        let (domain, id) = (app.domain.clone(), record.id.clone());
-        let restored = tokio::task::spawn_blocking(move || {
-            let snapshot = store.open(&domain, &id)?.ok_or_else(|| SnapshotError::Manifest {
-                path: store.dir_of(&domain, &id),
-                detail: "the snapshot has no manifest".into(),
-            })?;
-            store.restore(&snapshot, &volumes)
-        })
-        .await;
-        match restored {
-            Ok(Ok(())) => StepResult::Ok,
-            Ok(Err(error)) => StepResult::Failed(error_chain(&error)),
-            Err(panic) => StepResult::Failed(format!("the restore task failed: {panic}")),
-        }
-    }
-
-    /// Deploys the target. A stateful app was undeployed for its snapshot,
-    /// so abra deploys the target afresh (`deploy -f`); a running stateless
-    /// app moves with `abra app upgrade` (or `rollback` to an older version).
-    async fn deploy_target(&self, reconciler: &Reconciler, app: &AppConfig, record: &OperationRecord) -> StepResult {
-        let abra = reconciler.abra();
-        let deployed = if record.stateful {
-            abra.deploy(&app.recipe, &app.domain, &record.to, true).await
-        } else {
-            match record.from.change_to(&record.to) {
-                VersionChange::Compatible | VersionChange::Major => {
-                    abra.upgrade(&app.recipe, &app.domain, &record.to).await
-                }
-                VersionChange::Downgrade => abra.rollback(&app.recipe, &app.domain, &record.to).await,
-                VersionChange::Same => abra.deploy(&app.recipe, &app.domain, &record.to, true).await,
-            }
-        };
-        match deployed {
-            Ok(_) => StepResult::Ok,
-            Err(error) => StepResult::Failed(error_chain(&error)),
-        }
-    }
-
-    /// The health gate on `version`: converged at it (every service's
-    /// replicas running its spec, containers with a healthcheck healthy) and,
-    /// when the app has a health path, the HTTP probe answering an accepted
-    /// status — continuously for the minimum healthy time, within the app's
-    /// health timeout.
-    async fn gate(
-        &self,
-        reconciler: &Reconciler,
-        app: &AppConfig,
-        version: &CoopVersion,
-        deadline: Option<Instant>,
-    ) -> StepResult {
-        let timeout = match deadline {
-            Some(deadline) => app.health.timeout.min(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_secs(1)),
-            ),
-            None => app.health.timeout,
-        };
-        let at_version = AppConfig {
-            version: version.clone(),
-            ..app.clone()
-        };
-        let mut gate = HealthGate::new(
-            GatePolicy {
-                min_healthy: self.settings.min_healthy_time,
-                timeout,
-            },
-            Instant::now(),
-        );
-        let mut ticker = tokio::time::interval(self.settings.poll_interval);
-        loop {
-            ticker.tick().await;
-            let check = self.check(reconciler, &at_version).await;
-            match gate.observe(Instant::now(), check) {
-                GateVerdict::Healthy { after } => {
-                    tracing::info!(app = %app.domain, %version, after = ?after, "health gate passed");
-                    return StepResult::Ok;
-                }
-                GateVerdict::TimedOut { reason } => {
-                    return StepResult::Failed(format!(
-                        "not healthy within {}: {reason}",
-                        humantime::format_duration(timeout)
-                    ))
-                }
-                GateVerdict::Waiting {
-                    healthy_for,
-                    time_left,
-                    last_reason,
-                } => tracing::debug!(app = %app.domain, ?healthy_for, ?time_left, ?last_reason, "health gate waiting"),
-            }
-        }
-    }
-
-    async fn check(&self, reconciler: &Reconciler, app: &AppConfig) -> Check {
-        let observed = reconciler.observe(app).await;
-        if !observed.is_converged_at_declared() {
-            return Check::Unhealthy {
-                reason: format!("not converged at {}: {}", app.version, observed.summary()),
-            };
-        }
-        let Some(path) = &app.health.path else {
-            return Check::Healthy;
-        };
-        let probe = self
-            .probe
-            .get_or_init(|| HttpProbe::new().map_err(|error| error_chain(&error)));
-        let probe = match probe {
-            Ok(probe) => probe,
-            Err(reason) => return Check::Unhealthy { reason: reason.clone() },
-        };
-        let target = ProbeTarget {
-            domain: app.domain.clone(),
-            path: path.clone(),
-            address: self.settings.probe_address,
-            scheme: match self.settings.probe_scheme {
-                ProbeScheme::Http => crate::health::ProbeScheme::Http,
-                ProbeScheme::Https => crate::health::ProbeScheme::Https,
-            },
-            accepted_statuses: app.health.accepted_statuses.clone(),
-            request_timeout: Duration::from_secs(5),
-        };
-        probe.probe(&target).await
-    }
-
-    /// Records what a finished operation means for its app (last good
-    /// version, fleet target, rolled-back targets), writes or clears its
-    /// alert, prunes snapshots, and reports the result once.
-    fn finish(&self, record: &OperationRecord, declared: &CoopVersion) -> Result<(), UpgradeError> {
-        let Some((outcome, reason)) = record.result() else {
-            return Ok(());
-        };
-        if record.reported {
-            return Ok(());
-        }
-        let mut record = record.clone();
-        if record.finished_at.is_none() {
-            record.finished_at = Some(journal::now_seconds());
-            self.journal.write_operation(&record)?;
-        }
-        let app_record = self.journal.update_app(&record.domain, |app: &mut AppRecord| {
-            machine::record_outcome(app, &record, declared)
-        })?;
-        if !machine::changed_nothing(&record) {
-            self.alert(&record, outcome, reason);
-        }
-        if outcome != Outcome::Skipped {
-            self.prune_snapshots(&record, outcome, &app_record);
-        }
-        let pushed = self.events.push(Body::Result(pb::OperationResult {
-            operation_id: record.id.clone(),
-            domain: record.domain.to_string(),
-            outcome: alerts::wire_outcome(outcome) as i32,
-            from_version: record.from.to_string(),
-            to_version: match outcome {
-                Outcome::Succeeded => record.to.to_string(),
-                Outcome::Skipped => String::new(),
-                _ => record.from.to_string(),
-            },
-            message: reason.chars().take(4000).collect(),
-        }));
-        if pushed {
-            tracing::info!(operation = %record.id, %outcome, "result recorded for the server");
-            record.reported = true;
-            self.journal.write_operation(&record)?;
-        }
-        tracing::info!(operation = %record.id, app = %record.domain, %outcome, reason, "upgrade finished");
-        match self.journal.prune_operations(KEEP_FINISHED_OPERATIONS) {
-            Ok(0) => {}
-            Ok(pruned) => tracing::debug!(pruned, "old operation records removed from the journal"),
-            Err(error) => tracing::warn!(%error, "cannot prune the journal's operations"),
-        }
-        Ok(())
-    }
-
-    fn alert(&self, record: &OperationRecord, outcome: Outcome, reason: &str) {
-        let dir = &self.settings.alerts_dir;
-        match outcome {
-            Outcome::Succeeded => match alerts::clear(dir, record.domain.as_str()) {
-                Ok(true) => {
-                    self.events.push(Body::Alert(alerts::cleared_event(
-                        record.domain.as_str(),
-                        record.recipe.as_str(),
-                        &record.id,
-                    )));
-                }
-                Ok(false) => {}
-                Err(error) => tracing::error!(%error, "cannot clear the app's alert"),
-            },
-            Outcome::RolledBack | Outcome::Failed | Outcome::Held => {
-                let alert = Alert {
-                    domain: record.domain.to_string(),
-                    recipe: record.recipe.to_string(),
-                    from: record.from.to_string(),
-                    to: record.to.to_string(),
-                    outcome,
-                    severity: Severity::of(outcome),
-                    reason: reason.to_owned(),
-                    operation_id: record.id.clone(),
-                    snapshot_path: record.snapshot.clone().filter(|_| record.snapshot_verified),
-                    time: alerts::now(),
-                };
-                match alerts::write(dir, &alert) {
-                    Ok(path) => tracing::warn!(alert = %path.display(), "alert written"),
-                    Err(error) => tracing::error!(%error, "cannot write the app's alert"),
-                }
-                self.events.push(Body::Alert(alert.to_event()));
-            }
-            Outcome::Skipped => {}
-        }
-    }
-
-    /// Keeps the newest snapshots per the retention, and always those of the
-    /// FAILED operations since the app's last success (the operator needs
-    /// them until then, even after a later alert replaced theirs) and the one
-    /// named by the app's open FAILED alert.
-    fn prune_snapshots(&self, record: &OperationRecord, outcome: Outcome, app_record: &AppRecord) {
-        let open_alert = alerts::read(&self.settings.alerts_dir, record.domain.as_str())
-            .filter(|alert| alert.outcome == Outcome::Failed)
-            .map(|alert| alert.operation_id);
-        let mut protect: Vec<&str> = open_alert.iter().map(String::as_str).collect();
-        protect.extend(app_record.failed_operations.iter().map(String::as_str));
-        if outcome == Outcome::Failed {
-            protect.push(record.id.as_str());
-        }
-        match self
-            .snapshots
-            .prune(&record.domain, self.settings.snapshot_retention, &protect)
-        {
-            Ok(deleted) if !deleted.is_empty() => tracing::info!(?deleted, "old snapshots removed"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(error = %error_chain(&error), "cannot prune snapshots"),
-        }
-    }
-
-    /// Where the app's snapshots are, newest first, for `status`.
-    pub fn snapshot_dirs(&self, domain: &Domain) -> Vec<PathBuf> {
-        self.snapshots
-            .list(domain)
-            .map(|infos| {
-                infos
-                    .into_iter()
-                    .filter(|info| info.complete)
-                    .map(|info| info.dir)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The snapshots directory of this agent.
-    pub fn snapshots_root(&self) -> &Path {
-        &self.settings.snapshots_dir
-    }
-}
-
-/// A stateful app whose stack has no volume cannot be snapshotted: its
-/// upgrade is refused (HELD) rather than run without a copy of its data.
-fn refuse_without_volumes(stack: &str, volumes: &[VolumeSource]) -> Option<StepResult> {
-    volumes.is_empty().then(|| {
-        StepResult::Refused(format!(
-            "stateful but no volumes of stack {stack} found: cannot snapshot; set stateful = false if it keeps no data"
-        ))
-    })
 }
 
 /// The wire phase a journal phase reports as.
@@ -913,6 +472,8 @@ fn wire_phase(phase: &Phase) -> pb::OperationPhase {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -962,89 +523,5 @@ mod tests {
             let dir = store.dir_of(&"blog.example.org".parse().unwrap(), id);
             assert_eq!(dir.parent().unwrap(), Path::new("/tmp/snapshots/blog.example.org"));
         }
-    }
-
-    /// The snapshot of a FAILED operation is kept after later outcomes
-    /// replaced its alert, whatever the retention, until a success.
-    #[test]
-    fn a_failed_operations_snapshot_is_kept_until_the_app_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            snapshots_dir: dir.path().join("snapshots"),
-            alerts_dir: dir.path().join("alerts"),
-            snapshot_retention: 1,
-            min_healthy_time: Duration::from_secs(1),
-            probe_address: "127.0.0.1:9".parse().unwrap(),
-            probe_scheme: ProbeScheme::Http,
-            poll_interval: Duration::from_millis(100),
-        };
-        let journal = Journal::open(&dir.path().join("state"), &dir.path().join("abra")).unwrap();
-        let upgrader = Upgrader::new(journal, settings, Arc::new(LogEvents));
-        let volume = dir.path().join("volume");
-        std::fs::create_dir_all(&volume).unwrap();
-        std::fs::write(volume.join("post.md"), "data").unwrap();
-        let domain: Domain = "blog.example.org".parse().unwrap();
-        let declared: CoopVersion = "1.0.0+5.0".parse().unwrap();
-        let finish = |id: &str, to: &str, outcome: Outcome| {
-            let volumes = [VolumeSource {
-                name: "blog_example_org_data".into(),
-                mountpoint: volume.clone(),
-            }];
-            upgrader.snapshots.take(&domain, id, &volumes).unwrap();
-            let record = OperationRecord {
-                format: journal::FORMAT,
-                id: id.into(),
-                domain: domain.clone(),
-                recipe: "ghost".parse().unwrap(),
-                trigger: Trigger::Operator,
-                from: declared.clone(),
-                to: to.parse().unwrap(),
-                stateful: true,
-                phase: Phase::Done {
-                    outcome,
-                    reason: "why".into(),
-                },
-                failure: None,
-                snapshot: Some(upgrader.snapshots.dir_of(&domain, id)),
-                snapshot_verified: true,
-                started_at: 0,
-                finished_at: None,
-                reported: false,
-            };
-            upgrader.journal.write_operation(&record).unwrap();
-            upgrader.finish(&record, &declared).unwrap();
-            let mut kept: Vec<String> = upgrader
-                .snapshots
-                .list(&domain)
-                .unwrap()
-                .into_iter()
-                .map(|info| info.operation_id)
-                .collect();
-            kept.sort();
-            kept
-        };
-        assert_eq!(finish("op-1", "1.1.0+5.1", Outcome::Failed), ["op-1"]);
-        // Later outcomes replace the FAILED alert; its snapshot stays.
-        assert_eq!(finish("op-2", "1.2.0+5.2", Outcome::RolledBack), ["op-1", "op-2"]);
-        assert_eq!(finish("op-3", "1.3.0+5.3", Outcome::Held), ["op-1", "op-3"]);
-        // A success releases it.
-        assert_eq!(finish("op-4", "1.0.0+5.0", Outcome::Succeeded), ["op-4"]);
-    }
-
-    #[test]
-    fn a_stateful_app_without_volumes_is_refused_its_snapshot() {
-        assert_eq!(
-            refuse_without_volumes("blog_example_org", &[]),
-            Some(StepResult::Refused(
-                "stateful but no volumes of stack blog_example_org found: cannot snapshot; \
-                 set stateful = false if it keeps no data"
-                    .into()
-            ))
-        );
-        let volume = VolumeSource {
-            name: "blog_example_org_content".into(),
-            mountpoint: "/var/lib/docker/volumes/blog_example_org_content/_data".into(),
-        };
-        assert_eq!(refuse_without_volumes("blog_example_org", &[volume]), None);
     }
 }

@@ -434,16 +434,9 @@ async fn issue_admin(
     write_private(out, &text).map_err(|error| Failure::Unexpected(format!("cannot write {}: {error}", out.display())))
 }
 
+/// Owner-only, never replacing an existing file, and whole or absent after a crash.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
+    ccfleet_proto::fsutil::write_new_atomic(path, text.as_bytes(), 0o600)
 }
 
 async fn connect(url: &str, credential: &Credential) -> Result<AdminClient<Channel>, Failure> {

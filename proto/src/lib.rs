@@ -6,6 +6,7 @@
 //! side's edge; they never reach storage or abra.
 
 pub mod domain;
+pub mod fsutil;
 pub mod tls;
 
 /// Generated protobuf messages and gRPC clients and servers.
@@ -18,8 +19,8 @@ pub mod pb {
 }
 
 pub use domain::{
-    system_hostname, AdminName, CoopVersion, Domain, HostId, NameError, RecipeName, ServerUrl, UrlError, VersionChange,
-    VersionError,
+    system_hostname, AdminName, CoopVersion, Domain, HostId, NameError, OperationId, OperationKind, RecipeName,
+    ServerUrl, UrlError, VersionChange, VersionError,
 };
 
 /// Upper bound on one decoded gRPC message, set explicitly on every client and

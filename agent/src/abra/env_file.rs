@@ -8,7 +8,6 @@
 //! every line the agent does not own byte for byte, comments included.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 /// The parsed file: its lines in order, so that it can be written back unchanged.
@@ -158,26 +157,11 @@ pub fn read(path: &Path) -> std::io::Result<Option<EnvFile>> {
 /// file is created owner-only).
 pub fn write_atomically(path: &Path, file: &EnvFile) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let directory = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
-    let temporary = directory.join(format!(".{file_name}.ccfleet-{}.tmp", std::process::id()));
-    let permissions = match std::fs::metadata(path) {
-        Ok(metadata) => metadata.permissions(),
-        Err(_) => std::fs::Permissions::from_mode(0o600),
+    let mode = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.permissions().mode() & 0o7777,
+        Err(_) => 0o600,
     };
-    let result = (|| {
-        let mut output = std::fs::File::create(&temporary)?;
-        output.set_permissions(permissions)?;
-        output.write_all(file.render().as_bytes())?;
-        output.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(directory)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result
+    ccfleet_proto::fsutil::write_atomic(path, file.render().as_bytes(), mode)
 }
 
 fn parse_assignment(raw: &str) -> Option<(String, String)> {

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ccfleet_proto::Domain;
+
 /// Bounds that keep garbage out of logs, units and `.env` files.
 const MAX_LABEL_KEY_LENGTH: usize = 128;
 pub(super) const MAX_LABEL_VALUE_LENGTH: usize = 256;
@@ -173,4 +175,43 @@ pub(super) fn check_health_path(path: &str) -> Result<String, String> {
         ));
     }
     Ok(path.to_owned())
+}
+
+// Docker secret names as abra makes them: the config checks refuse a domain
+// too long for its secrets, and `abra` names the secrets it inserts.
+
+/// Docker's limit on the length of secret (and config) names.
+pub const MAX_SECRET_NAME_LENGTH: usize = 64;
+
+/// The version a secret is first inserted at (`SECRET_<NAME>_VERSION=v1`).
+const FIRST_SECRET_VERSION: &str = "v1";
+
+/// The Docker secret abra makes for version `version` of the app's secret
+/// `name`: `<stack>_<name>_<version>`.
+pub fn secret_name(domain: &Domain, name: &str, version: &str) -> String {
+    format!("{}_{name}_{version}", domain.stack_name())
+}
+
+/// Whether every secret `names` of the app at `domain`, at its first version,
+/// stays within Docker's [`MAX_SECRET_NAME_LENGTH`]; the error names the
+/// longest one. Checked when the configuration is read, so that a domain too
+/// long for its secrets is refused before anything is created. abra may
+/// shorten long stack names (unconfirmed), which is not relied on.
+pub fn secret_name_fits<'a>(domain: &Domain, names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    let longest = names
+        .into_iter()
+        .map(|name| secret_name(domain, name, FIRST_SECRET_VERSION))
+        .max_by_key(String::len);
+    match longest {
+        Some(longest) if longest.len() > MAX_SECRET_NAME_LENGTH => Err(secret_name_too_long(&longest)),
+        _ => Ok(()),
+    }
+}
+
+pub fn secret_name_too_long(secret: &str) -> String {
+    format!(
+        "the Docker secret name {secret:?} would be {} characters long, the limit is {MAX_SECRET_NAME_LENGTH}: \
+         use a shorter domain or secret name",
+        secret.len()
+    )
 }

@@ -331,7 +331,7 @@ fn validate_app(raw: RawApp, domain: Option<Domain>, collector: &mut Collector<'
     }
     let _ = domain
         .as_ref()
-        .map(|domain| collector.parse("domain", crate::abra::secret_name_fits(domain, secrets.keys())));
+        .map(|domain| collector.parse("domain", super::checks::secret_name_fits(domain, secrets.keys())));
     let health_path = match &raw.health.path {
         None => Some(None),
         Some(path) => collector.parse("health.path", check_health_path(path)).map(Some),

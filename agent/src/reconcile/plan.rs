@@ -38,22 +38,7 @@ pub fn desired_version(declared: &CoopVersion, fleet_target: Option<&CoopVersion
     }
 }
 
-/// Says why an app runs above its declared version when a fleet rollout put
-/// it there (DESIGN.md: "running 2.1.0 by rollout, declared 2.0.0").
-pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, fleet_target: Option<&CoopVersion>) {
-    let (Some(running), Some(target)) = (&observed.observed_version, fleet_target) else {
-        return;
-    };
-    if running != target || running <= declared {
-        return;
-    }
-    let plain = format!("declared {declared}, running {running}");
-    for reason in &mut observed.drift {
-        if *reason == plain {
-            *reason = format!("running {running} by fleet rollout, declared {declared} (a floor, not a ceiling)");
-        }
-    }
-}
+pub use crate::host::observe::explain_fleet_drift;
 
 /// Decides the version step. `redeploy_owed`: why the running stack must be
 /// redeployed (owned env keys changed, secrets rotated, or a redeploy failed

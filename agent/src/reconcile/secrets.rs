@@ -122,7 +122,7 @@ impl Reconciler {
         actions: &mut Vec<ReconcileAction>,
     ) -> Result<(), ReconcileErrorKind> {
         let recipe_secrets = self
-            .abra
+            .abra()
             .read_env_file(&app.domain)
             .map_err(abra_step("read the app's env file".into()))?
             .map(|env| env.secret_versions())
@@ -135,7 +135,8 @@ impl Reconciler {
             // content Docker does not hold. Unreadable now: abra's insert
             // says why, and an unknown hash rotates at the next reconcile.
             let sha256 = file_sha256(file).ok();
-            self.abra
+            self.host
+                .abra()
                 .secret_insert(&app.recipe, &app.domain, name, secret_version, file)
                 .await
                 .map_err(abra_step(format!("insert secret {name} (abra app secret insert)")))?;
@@ -156,7 +157,8 @@ impl Reconciler {
             });
         }
         if recipe_secrets.keys().any(|name| !app.secrets.contains_key(name)) {
-            self.abra
+            self.host
+                .abra()
                 .secret_generate_all(&app.recipe, &app.domain)
                 .await
                 .map_err(abra_step(
@@ -180,7 +182,7 @@ impl Reconciler {
         }
         let journal = self.journal();
         let env_versions = self
-            .abra
+            .abra()
             .read_env_file(&app.domain)
             .map_err(abra_step("read the app's env file".into()))?
             .map(|env| env.secret_versions())
@@ -230,7 +232,8 @@ impl Reconciler {
                     to
                 }
             };
-            self.abra
+            self.host
+                .abra()
                 .write_env_keys(
                     &app.recipe,
                     &app.domain,
@@ -239,7 +242,8 @@ impl Reconciler {
                 .await
                 .map_err(abra_step(format!("bump the version of secret {name} in the env file")))?;
             pause.before("secret-inserting").await;
-            self.abra
+            self.host
+                .abra()
                 .secret_insert(&app.recipe, &app.domain, name, &version, file)
                 .await
                 .map_err(abra_step(format!(

@@ -5,9 +5,11 @@
 //! effects and journals every phase before it runs; nothing here touches abra,
 //! Docker or the file system, so every rule is a row in a table test.
 
+use std::path::PathBuf;
+
 use ccfleet_proto::{CoopVersion, VersionChange};
 
-use crate::journal::{AppRecord, Failure, OperationRecord, Outcome, Phase, RolledBackTarget, Trigger};
+use super::model::{AppRecord, Failure, OperationRecord, Outcome, Phase, RolledBackTarget, Trigger};
 
 /// What was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,15 +205,19 @@ pub fn newest_target(
     available
         .iter()
         .filter(|version| *version >= declared && *version > base)
-        .filter(|version| allow_major || version.recipe_version().major == base.recipe_version().major)
+        .filter(|version| allow_major || version.same_major(base))
         .max()
         .cloned()
 }
 
-/// The result of one phase's effect.
+/// The result of one phase's effect: the facts it found, never a change to
+/// the record (only [`advance`] changes the record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepResult {
     Ok,
+    /// `VerifyingSnapshot`: the snapshot matches the volumes, so restoring
+    /// it is safe (an operation without a snapshot answers `Ok`).
+    SnapshotVerified,
     /// The effect failed; the reason is for people.
     Failed(String),
     /// The effect was refused by policy or circumstance, with nothing lost
@@ -220,11 +226,35 @@ pub enum StepResult {
     Refused(String),
 }
 
+/// The record once `record.phase`'s effect answered `result`: the facts
+/// the effect found recorded, and the next phase and failure as
+/// [`transition`] says.
+pub fn advance(record: &OperationRecord, result: StepResult) -> OperationRecord {
+    let mut next = record.clone();
+    if record.phase == Phase::VerifyingSnapshot && result == StepResult::SnapshotVerified {
+        next.snapshot_verified = true;
+    }
+    let (phase, failure) = transition(record, result);
+    next.phase = phase;
+    next.failure = failure;
+    next
+}
+
+/// The record once the snapshot directory `dir` is chosen, journaled before
+/// the copy starts so that a crash in the middle leaves a record that names it.
+pub fn with_snapshot_dir(record: &OperationRecord, dir: PathBuf) -> OperationRecord {
+    OperationRecord {
+        snapshot: Some(dir),
+        ..record.clone()
+    }
+}
+
 /// The phase after `record.phase` given its effect's result, with the
 /// record's `failure` updated. A phase never moves backwards, and every path
 /// ends in [`Phase::Done`].
 pub fn transition(record: &OperationRecord, result: StepResult) -> (Phase, Option<Failure>) {
     use Phase::*;
+    // A verified snapshot is a fact for [`advance`]; the way on is as for `Ok`.
     let failure = record.failure.clone();
     let fail = |outcome, reason: String| {
         Some(Failure {
@@ -244,7 +274,7 @@ pub fn transition(record: &OperationRecord, result: StepResult) -> (Phase, Optio
     match (&record.phase, result) {
         (Accepted, _) if record.stateful => (Undeploying, failure),
         (Accepted, _) => (Deploying, failure),
-        (Undeploying, StepResult::Ok) => (Snapshotting, failure),
+        (Undeploying, StepResult::Ok | StepResult::SnapshotVerified) => (Snapshotting, failure),
         (Undeploying, StepResult::Failed(reason) | StepResult::Refused(reason)) => (
             RollbackDeploying,
             fail(
@@ -252,7 +282,7 @@ pub fn transition(record: &OperationRecord, result: StepResult) -> (Phase, Optio
                 format!("cannot stop the app for its snapshot: {reason}"),
             ),
         ),
-        (Snapshotting, StepResult::Ok) => (VerifyingSnapshot, failure),
+        (Snapshotting, StepResult::Ok | StepResult::SnapshotVerified) => (VerifyingSnapshot, failure),
         (Snapshotting | VerifyingSnapshot, StepResult::Refused(reason)) => (
             RollbackDeploying,
             fail(Outcome::Held, format!("no snapshot, no upgrade: {reason}")),
@@ -261,13 +291,13 @@ pub fn transition(record: &OperationRecord, result: StepResult) -> (Phase, Optio
             RollbackDeploying,
             fail(Outcome::Failed, format!("no verified snapshot, no upgrade: {reason}")),
         ),
-        (VerifyingSnapshot, StepResult::Ok) => (Deploying, failure),
-        (Deploying, StepResult::Ok) => (Verifying, failure),
+        (VerifyingSnapshot, StepResult::Ok | StepResult::SnapshotVerified) => (Deploying, failure),
+        (Deploying, StepResult::Ok | StepResult::SnapshotVerified) => (Verifying, failure),
         (Deploying, StepResult::Failed(reason) | StepResult::Refused(reason)) => (
             rollback_start,
             fail(Outcome::RolledBack, format!("deploying {} failed: {reason}", record.to)),
         ),
-        (Verifying, StepResult::Ok) => (Healthy, failure),
+        (Verifying, StepResult::Ok | StepResult::SnapshotVerified) => (Healthy, failure),
         (Verifying, StepResult::Failed(reason) | StepResult::Refused(reason)) => (
             rollback_start,
             fail(
@@ -276,10 +306,10 @@ pub fn transition(record: &OperationRecord, result: StepResult) -> (Phase, Optio
             ),
         ),
         (Healthy, _) => (done(Outcome::Succeeded, String::new()), failure),
-        (RollbackUndeploying, StepResult::Ok) => (Restoring, failure),
-        (Restoring, StepResult::Ok) => (RollbackDeploying, failure),
-        (RollbackDeploying, StepResult::Ok) => (RollbackVerifying, failure),
-        (RollbackVerifying, StepResult::Ok) => {
+        (RollbackUndeploying, StepResult::Ok | StepResult::SnapshotVerified) => (Restoring, failure),
+        (Restoring, StepResult::Ok | StepResult::SnapshotVerified) => (RollbackDeploying, failure),
+        (RollbackDeploying, StepResult::Ok | StepResult::SnapshotVerified) => (RollbackVerifying, failure),
+        (RollbackVerifying, StepResult::Ok | StepResult::SnapshotVerified) => {
             let (outcome, reason) = failure
                 .as_ref()
                 .map(|failure| (failure.outcome_when_recovered, failure.reason.clone()))

@@ -2,6 +2,7 @@
 //! a config file or a command line is parsed into these before use.
 
 mod names;
+pub mod operation;
 mod url;
 mod version;
 
@@ -9,5 +10,6 @@ mod version;
 mod tests;
 
 pub use names::{system_hostname, AdminName, Domain, HostId, NameError, RecipeName};
+pub use operation::{OperationId, OperationKind, MAX_OPERATION_ID};
 pub use url::{ServerUrl, UrlError};
 pub use version::{CoopVersion, VersionChange, VersionError, MAX_VERSION_LENGTH};

@@ -415,6 +415,22 @@ fn version_changes() {
 }
 
 #[test]
+fn same_major_compares_the_recipe_parts_major_only() {
+    let rows = [
+        ("1.3.0+6.42.0", "1.9.9+7.0.0", true),
+        ("1.3.0+6.42.0", "1.0.0-rc1", true),
+        ("1.3.0+6.42.0", "2.0.0+6.42.0", false),
+        ("2.0.0+1", "1.9.0+1", false),
+        ("0.1.0", "0.9.0", true),
+    ];
+    for (base, other, same) in rows {
+        let (base, other): (CoopVersion, CoopVersion) = (base.parse().unwrap(), other.parse().unwrap());
+        assert_eq!(base.same_major(&other), same, "{base} {other}");
+        assert_eq!(other.same_major(&base), same, "{other} {base}");
+    }
+}
+
+#[test]
 fn versions_sort_by_recipe_part() {
     let mut versions: Vec<CoopVersion> = ["2.0.0+1.0", "1.10.0+9.9", "1.2.0+10.0", "1.10.0-rc1+9.9", "1.2.0"]
         .iter()

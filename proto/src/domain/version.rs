@@ -70,6 +70,13 @@ impl CoopVersion {
         }
     }
 
+    /// True when `other`'s recipe part has `self`'s major version: the one
+    /// "same major" rule for what an agent offers and what it moves to
+    /// without `allow_major`.
+    pub fn same_major(&self, other: &CoopVersion) -> bool {
+        self.recipe.major == other.recipe.major
+    }
+
     /// True when moving from `self` to `target` raises the recipe's major version.
     pub fn is_major_upgrade(&self, target: &CoopVersion) -> bool {
         self.change_to(target) == VersionChange::Major

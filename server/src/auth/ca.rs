@@ -62,47 +62,18 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
 }
 
-fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let write_error = |source| CaError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(write_error)?;
-    file.write_all(contents.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)
-}
-
 /// Writes `contents` to `path` readable by the owner only, atomically
 /// replacing an existing file.
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), CaError> {
     replace_file(path, contents, 0o600)
 }
 
-/// Writes `contents` to a temporary file with `mode`, syncs it, renames it
-/// over `path` and syncs the directory, so that after a crash `path` holds
-/// either the old or the new contents, and a completed call survives power loss.
+/// Replaces `path` with `contents` (file mode `mode`) atomically and durably.
 fn replace_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    let write_error = |source| CaError::Write {
+    ccfleet_proto::fsutil::write_atomic(path, contents.as_bytes(), mode).map_err(|source| CaError::Write {
         path: path.to_owned(),
         source,
-    };
-    let temporary = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&temporary);
-    write_private(&temporary, contents, mode)?;
-    std::fs::rename(&temporary, path).map_err(write_error)?;
-    if let Some(directory) = path.parent() {
-        std::fs::File::open(directory)
-            .and_then(|directory| directory.sync_all())
-            .map_err(write_error)?;
-    }
-    Ok(())
+    })
 }
 
 fn read(path: &Path) -> Result<String, CaError> {

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ccfleet_proto::domain::operation;
 use ccfleet_proto::pb;
-use ccfleet_proto::HostId;
+use ccfleet_proto::{HostId, OperationKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::machine::{self, ActionError, Command, Delivery, Event};
@@ -175,15 +176,7 @@ impl RolloutEngine {
 
 /// Whether an operation id is a rollout's upgrade (`<rollout id>.<n>`).
 fn is_upgrade(operation_id: &str) -> bool {
-    let mut parts = operation_id.split('.');
-    let (_, position, rest) = (parts.next(), parts.next(), parts.next());
-    rest.is_none()
-        && position.is_some_and(|position| !position.is_empty() && position.bytes().all(|byte| byte.is_ascii_digit()))
-}
-
-/// The rollout id that minted an operation id (`<rollout id>.<n>[.rollback]`).
-fn rollout_of(operation_id: &str) -> &str {
-    operation_id.split('.').next().unwrap_or_default()
+    matches!(operation::kind_of(operation_id), OperationKind::Upgrade { .. })
 }
 
 fn base36(mut value: u64) -> String {
@@ -308,7 +301,7 @@ impl EngineTask {
                         Event::Result { operation_id, .. } | Event::Progress { operation_id, .. } => operation_id,
                         _ => continue,
                     };
-                    let id = rollout_of(operation_id).to_owned();
+                    let id = operation::rollout_of(operation_id).to_owned();
                     let late_upgrade_result = matches!(event, Event::Result { .. }) && is_upgrade(operation_id);
                     if late_upgrade_result && !self.live.contains_key(&id) && !changed.contains_key(&id) {
                         // A settled rollout may still owe this host a rollback

@@ -17,7 +17,7 @@
 //!   change nothing; a success after a time-out is remembered (the host runs
 //!   the target) but the host still counts as failed.
 
-use ccfleet_proto::{CoopVersion, Domain, HostId};
+use ccfleet_proto::{CoopVersion, Domain, HostId, OperationId};
 
 use crate::model::{
     HostOutcomeRecord, OperationOutcomeRecord, RollbackRecord, RollbackStateRecord, RolloutRecord, RolloutStateRecord,
@@ -454,7 +454,7 @@ fn advance(rollout: &mut RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
         let mut dispatched = false;
         for index in 0..rollout.hosts.len() {
             if rollout.hosts[index].wave == wave && rollout.hosts[index].outcome == HostOutcomeRecord::Pending {
-                let operation_id = format!("{}.{index}", rollout.id);
+                let operation_id = String::from(OperationId::upgrade(&rollout.id, index));
                 let host = &mut rollout.hosts[index];
                 host.outcome = HostOutcomeRecord::Dispatched;
                 host.operation_id = Some(operation_id.clone());
@@ -533,7 +533,7 @@ fn start_rollback(
     if host.rollback.is_some() {
         return None;
     }
-    let operation_id = format!("{id}.{index}.rollback");
+    let operation_id = String::from(OperationId::rollback(id, index));
     host.rollback = Some(RollbackRecord {
         operation_id: operation_id.clone(),
         version: version.clone(),

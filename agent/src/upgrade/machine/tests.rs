@@ -3,7 +3,7 @@
 use expect_test::{expect, Expect};
 
 use super::*;
-use crate::journal::{RolledBackTarget, FORMAT};
+use crate::upgrade::model::{RolledBackTarget, FORMAT};
 
 fn version(text: &str) -> CoopVersion {
     text.parse().unwrap()
@@ -626,6 +626,40 @@ fn newest_targets_stay_within_the_major_and_above_the_declared_version() {
     .assert_eq(&lines.join("\n"));
 }
 
+/// Only the snapshot's verification records the snapshot as verified, and
+/// only the chosen directory names it; `advance` moves on as `transition` says.
+#[test]
+fn effects_facts_change_the_record_only_through_advance() {
+    use Phase::*;
+    let rows = [
+        (VerifyingSnapshot, StepResult::SnapshotVerified, true, Deploying),
+        (VerifyingSnapshot, StepResult::Ok, false, Deploying),
+        (Snapshotting, StepResult::SnapshotVerified, false, VerifyingSnapshot),
+        (Deploying, StepResult::SnapshotVerified, false, Verifying),
+        (
+            VerifyingSnapshot,
+            StepResult::Failed("copy differs".into()),
+            false,
+            RollbackDeploying,
+        ),
+    ];
+    for (phase, result, verified, next_phase) in rows {
+        let mut before = record(phase.clone(), true, false, None);
+        before.snapshot = Some("/snapshots/blog.example.org/op-1".into());
+        let next = advance(&before, result.clone());
+        assert_eq!(next.snapshot_verified, verified, "{phase:?} {result:?}");
+        assert_eq!(next.phase, next_phase, "{phase:?} {result:?}");
+        assert_eq!((next.phase.clone(), next.failure.clone()), transition(&before, result));
+        assert_eq!(next.snapshot, before.snapshot);
+    }
+    let chosen = with_snapshot_dir(&record(Snapshotting, true, false, None), "/snapshots/x/op-1".into());
+    assert_eq!(
+        chosen.snapshot.as_deref(),
+        Some(std::path::Path::new("/snapshots/x/op-1"))
+    );
+    assert_eq!((chosen.phase, chosen.snapshot_verified), (Snapshotting, false));
+}
+
 mod properties {
     use proptest::prelude::*;
 
@@ -634,6 +668,7 @@ mod properties {
     fn step_result() -> impl Strategy<Value = StepResult> {
         prop_oneof![
             4 => Just(StepResult::Ok),
+            2 => Just(StepResult::SnapshotVerified),
             1 => Just(StepResult::Failed("failed".into())),
             1 => Just(StepResult::Refused("refused".into())),
         ]
@@ -672,19 +707,18 @@ mod properties {
                 if record.result().is_some() {
                     break;
                 }
-                if record.phase == Phase::Verifying && result == StepResult::Ok {
+                if record.phase == Phase::Verifying && matches!(result, StepResult::Ok | StepResult::SnapshotVerified) {
                     passed_gate = true;
                 }
-                if record.phase == Phase::VerifyingSnapshot && result == StepResult::Ok {
-                    record.snapshot_verified = true;
+                let verified_here = record.phase == Phase::VerifyingSnapshot && result == StepResult::SnapshotVerified;
+                let next = advance(&record, result);
+                prop_assert!(rank(&next.phase) > rank(&record.phase), "{:?} -> {:?}", record.phase, next.phase);
+                // Only the snapshot's verification records it as verified.
+                prop_assert_eq!(next.snapshot_verified, record.snapshot_verified || verified_here);
+                if next.phase == Phase::Restoring {
+                    prop_assert!(next.snapshot_verified);
                 }
-                let (phase, failure) = transition(&record, result);
-                prop_assert!(rank(&phase) > rank(&record.phase), "{:?} -> {:?}", record.phase, phase);
-                if phase == Phase::Restoring {
-                    prop_assert!(record.snapshot_verified);
-                }
-                record.phase = phase;
-                record.failure = failure;
+                record = next;
             }
             prop_assert!(record.result().is_some(), "not done: {:?}", record.phase);
             if let Some((Outcome::Succeeded, _)) = record.result() {

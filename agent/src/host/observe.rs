@@ -217,6 +217,23 @@ pub fn classify(app: &AppConfig, stack: &StackObservation) -> ObservedApp {
     observed
 }
 
+/// Says why an app runs above its declared version when a fleet rollout put
+/// it there (DESIGN.md: "running 2.1.0 by rollout, declared 2.0.0").
+pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, fleet_target: Option<&CoopVersion>) {
+    let (Some(running), Some(target)) = (&observed.observed_version, fleet_target) else {
+        return;
+    };
+    if running != target || running <= declared {
+        return;
+    }
+    let plain = format!("declared {declared}, running {running}");
+    for reason in &mut observed.drift {
+        if *reason == plain {
+            *reason = format!("running {running} by fleet rollout, declared {declared} (a floor, not a ceiling)");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
