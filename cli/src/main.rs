@@ -44,6 +44,9 @@ struct Cli {
     /// Config file [default: ~/.config/ccfleet/config.toml].
     #[arg(long, global = true, env = "CCFLEET_CONFIG")]
     config: Option<PathBuf>,
+    /// Refuse an admin credential file that its group or others can read (else a warning).
+    #[arg(long, global = true)]
+    strict: bool,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -211,7 +214,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         Some(path) => settings::load_config(path).map_err(usage)?,
         None => settings::ConfigFile::default(),
     };
-    let (credential_path, credential) = settings::load_credential(cli.credentials.clone(), &config).map_err(usage)?;
+    let settings::LoadedCredential {
+        path: credential_path,
+        credential,
+        warnings,
+    } = settings::load_credential(cli.credentials.clone(), &config, cli.strict).map_err(usage)?;
+    for warning in warnings {
+        eprintln!("warning: {}", output::printable(&warning));
+    }
     credential
         .check()
         .map_err(|error| Failure::Usage(format!("unusable credential {}: {error}", credential_path.display())))?;

@@ -35,6 +35,11 @@ pub struct RolloutJson {
     pub current_wave: u32,
     pub reason: String,
     pub created_by: String,
+    /// "none" (no `--pause-after-canary`), "closed" (waves after the canary
+    /// wait for `rollout promote`) or "open" (promoted).
+    pub canary_gate: &'static str,
+    /// True while an operator's `rollout pause` holds it (`rollout resume` ends it).
+    pub paused_by_operator: bool,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     pub strategy: StrategyJson,
@@ -108,6 +113,12 @@ pub fn rollout_json(rollout: &pb::Rollout) -> RolloutJson {
         current_wave: rollout.current_wave,
         reason: rollout.reason.clone(),
         created_by: rollout.created_by.clone(),
+        canary_gate: match pb::CanaryGate::try_from(rollout.canary_gate) {
+            Ok(pb::CanaryGate::Closed) => "closed",
+            Ok(pb::CanaryGate::Open) => "open",
+            _ => "none",
+        },
+        paused_by_operator: rollout.paused_by_operator,
         created_at: time(rollout.created_at.as_ref()),
         updated_at: time(rollout.updated_at.as_ref()),
         strategy: StrategyJson {
@@ -174,10 +185,36 @@ pub fn summary(rollout: &RolloutJson) -> String {
         rollout.strategy.batch,
         printable(&rollout.created_by),
     );
+    if let Some(hold) = hold_line(rollout) {
+        text.push('\n');
+        text.push_str(&hold);
+    }
     if !rollout.reason.is_empty() {
         text.push_str(&format!("\nreason: {}", printable(&rollout.reason)));
     }
     text
+}
+
+/// The canary gate and the operator's pause, apart, and what moves the
+/// rollout on; `None` when neither applies (or the rollout has ended).
+pub fn hold_line(rollout: &RolloutJson) -> Option<String> {
+    if matches!(rollout.state, "completed" | "halted" | "aborted") {
+        return None;
+    }
+    let id = printable(&rollout.id);
+    let pause = rollout
+        .paused_by_operator
+        .then(|| format!("paused by an operator (`ccfleet rollout resume {id}`)"));
+    let gate = match rollout.canary_gate {
+        "closed" => Some(format!("canary gate closed (`ccfleet rollout promote {id}`)")),
+        "open" => Some("canary gate open".to_owned()),
+        _ => None,
+    };
+    match (gate, pause) {
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => Some(one),
+        (Some(gate), Some(pause)) => Some(format!("{gate}; {pause}")),
+    }
 }
 
 pub fn rollout_hosts_grid(rollout: &RolloutJson) -> Grid {
@@ -374,6 +411,8 @@ mod tests {
             current_wave: 0,
             reason: String::new(),
             created_by: "admin".into(),
+            canary_gate: "none",
+            paused_by_operator: false,
             created_at: None,
             updated_at: None,
             strategy: StrategyJson {
@@ -400,5 +439,23 @@ mod tests {
             ]
         );
         assert!(progress_lines(Some(&second), &second).is_empty());
+
+        let hold = |state, canary_gate, paused_by_operator| {
+            hold_line(&RolloutJson {
+                canary_gate,
+                paused_by_operator,
+                ..rollout(state, vec![])
+            })
+        };
+        let cases = [
+            ("running", "none", false, None),
+            ("paused", "closed", false, Some("canary gate closed (`ccfleet rollout promote ghost-1`)")),
+            ("paused", "open", true, Some("canary gate open; paused by an operator (`ccfleet rollout resume ghost-1`)")),
+            ("running", "open", false, Some("canary gate open")),
+            ("aborted", "closed", true, None),
+        ];
+        for (state, gate, paused, expect) in cases {
+            assert_eq!(hold(state, gate, paused).as_deref(), expect, "{state} {gate} {paused}");
+        }
     }
 }
