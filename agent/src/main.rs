@@ -30,6 +30,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script, e.g. `ccfleet-agent completions bash`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --out write one page per subcommand into a directory.
+    Man {
+        /// Directory for ccfleet-agent.1, ccfleet-agent-run.1, ...
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the agent: enrol if needed, reconcile the declared apps, report to the server.
     Run {
         /// The agent's TOML configuration.
@@ -179,6 +190,16 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ccfleet-agent", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out: None } => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("cannot print the man page"),
+        Command::Man { out: Some(out) } => clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+            .with_context(|| format!("cannot write the man pages into {}", out.display())),
         Command::Run { config } => daemon::run(&config).await,
         Command::CheckConfig { file } => check_config(&file),
         Command::Enroll {

@@ -36,19 +36,19 @@ An empty listing is a success (0); the table says what to do next (for example
 #[command(name = "ccfleet", version, about = "Operate a fleet of Co-op Cloud hosts", after_help = EXIT_CODES)]
 struct Cli {
     /// Server URL [default: config file, else the credential's, else https://127.0.0.1:7443].
-    #[arg(long, global = true, env = "CCFLEET_SERVER")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CCFLEET_SERVER")]
     server: Option<String>,
     /// Admin credential file [default: config file `credentials`, else ~/.config/ccfleet/credentials.toml].
-    #[arg(long, global = true, env = "CCFLEET_CREDENTIALS")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CCFLEET_CREDENTIALS")]
     credentials: Option<PathBuf>,
     /// Config file [default: ~/.config/ccfleet/config.toml].
-    #[arg(long, global = true, env = "CCFLEET_CONFIG")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CCFLEET_CONFIG")]
     config: Option<PathBuf>,
     /// Refuse an admin credential file that its group or others can read (else a warning).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     strict: bool,
     /// Print JSON for scripts instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// Items per request for listings the CLI pages through (hosts, apps,
     /// versions); 0 for the server's default. For tests and diagnosis.
@@ -113,8 +113,13 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `ccfleet man > ccfleet.1`.
-    Man,
+    /// Print the man page (roff), e.g. `ccfleet man > ccfleet.1`; with --out, write one page per
+    /// subcommand (ccfleet.1, ccfleet-upgrade.1, ccfleet-rollout-show.1, ...) into a directory.
+    Man {
+        /// Directory for the pages.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,12 +204,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             );
             return Ok(String::from_utf8_lossy(&script).into_owned());
         }
-        Command::Man => {
+        Command::Man { out: None } => {
             let mut page = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut page)
                 .map_err(|error| Failure::Unexpected(format!("cannot render the man page: {error}")))?;
             return Ok(String::from_utf8_lossy(&page).into_owned());
+        }
+        Command::Man { out: Some(out) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), out).map_err(|error| {
+                Failure::Unexpected(format!("cannot write the man pages into {}: {error}", out.display()))
+            })?;
+            return Ok(String::new());
         }
         _ => {}
     }
@@ -369,7 +380,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         Command::Upgrade(args) => rollout::upgrade(&mut client, args, json, failure).await?,
         Command::Rollout(command) => rollout::rollout(&mut client, command, json, failure).await?,
         Command::Audit(args) => rollout::audit(&mut client, args, json, failure).await?,
-        Command::Completions { .. } | Command::Man => unreachable!("answered before connecting"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("answered before connecting"),
         Command::Admin(AdminCommand::Revoke { name }) => {
             let request = pb::RevokeAdminCredentialRequest { name: name.to_string() };
             let response = client
