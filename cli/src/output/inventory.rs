@@ -223,7 +223,7 @@ pub fn apps_grid(apps: &[AppJson]) -> Grid {
             ),
             format!("{}{}", app.domain, if app.pinned_by_host { " (pinned)" } else { "" }),
             app.recipe.clone(),
-            or_dash(&app.version),
+            version_cell(app),
             or_dash(&app.declared_version),
             available,
             format!("{} {}", app.state, app.replicas),
@@ -231,6 +231,18 @@ pub fn apps_grid(apps: &[AppJson]) -> Grid {
         ]);
     }
     grid
+}
+
+/// The running version, marked `(fleet target)` when a fleet rollout put the
+/// app above its declared version: the rule at work (the declaration is a
+/// floor), not drift.
+fn version_cell(app: &AppJson) -> String {
+    match (&app.version, &app.fleet_target) {
+        (Some(version), Some(target)) if version == target && app.declared_version.as_ref() != Some(version) => {
+            format!("{version} (fleet target)")
+        }
+        (version, _) => or_dash(version),
+    }
 }
 
 /// The apps table, as wide as the terminal (or 100 columns when not printing
