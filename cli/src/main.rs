@@ -413,7 +413,13 @@ async fn known_recipes(
             page_token,
         };
         let response = client.list_apps(request).await.map_err(&failure)?.into_inner();
-        recipes.extend(response.apps.into_iter().filter_map(|app| app.app).map(|app| app.recipe));
+        recipes.extend(
+            response
+                .apps
+                .into_iter()
+                .filter_map(|app| app.app)
+                .map(|app| app.recipe),
+        );
         page_token = response.next_page_token;
         if page_token.is_empty() {
             return Ok(recipes);

@@ -174,8 +174,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cert.pem");
         std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
-        let error = format!("{:#}", load_credential(Some(path), &ConfigFile::default(), false).err().unwrap());
-        assert!(error.contains("this looks like a PEM certificate or key, not a credential file"), "{error}");
+        let error = format!(
+            "{:#}",
+            load_credential(Some(path), &ConfigFile::default(), false)
+                .err()
+                .unwrap()
+        );
+        assert!(
+            error.contains("this looks like a PEM certificate or key, not a credential file"),
+            "{error}"
+        );
         assert!(!error.contains("\\n"), "{error}");
     }
 

@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn running_the_fleet_target_above_the_declaration_is_not_drift() {
         let mut app = observed(AppState::Converged, Some("1.1.0+5.1"));
-        app.drift = vec!["declared 1.0.0+5.0, running 1.1.0+5.1".into(), "not converged: 0/1 replicas".into()];
+        app.drift = vec![
+            "declared 1.0.0+5.0, running 1.1.0+5.1".into(),
+            "not converged: 0/1 replicas".into(),
+        ];
         let mut other = app.clone();
         explain_fleet_drift(&mut app, &version("1.0.0+5.0"), Some(&version("1.1.0+5.1")));
         assert_eq!(app.drift, ["not converged: 0/1 replicas"]);

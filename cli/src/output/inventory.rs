@@ -254,7 +254,9 @@ pub fn apps_table(apps: &[AppJson]) -> String {
 /// [`apps_table`] at a fixed width (tests; `None` asks the terminal).
 pub fn apps_table_with_width(apps: &[AppJson], width: Option<u16>) -> String {
     let table = apps_grid(apps).render(width.unwrap_or_else(terminal_width));
-    let two_versions = apps.iter().any(|app| app.available_newest.is_some() && app.available_newest != app.available_version);
+    let two_versions = apps
+        .iter()
+        .any(|app| app.available_newest.is_some() && app.available_newest != app.available_version);
     if two_versions {
         format!("{table}\n{AVAILABLE_LEGEND}")
     } else {
@@ -427,7 +429,8 @@ mod tests {
             │ web-1 ┆ blog.example.org ┆ ghost  ┆ 1.1.0+1 ┆ 1.0.0+1  ┆ 1.2.0+1   ┆ converged 1/1 ┆ declared 1… │
             │       ┆ (pinned)         ┆        ┆         ┆          ┆ (2.0.0+1) ┆               ┆             │
             └───────┴──────────────────┴────────┴─────────┴──────────┴───────────┴───────────────┴─────────────┘
-            AVAILABLE: newest release in the running major (newest of any major)"#]].assert_eq(&table);
+            AVAILABLE: newest release in the running major (newest of any major)"#]]
+        .assert_eq(&table);
     }
 
     #[test]

@@ -242,7 +242,11 @@ pub fn rollout_hosts_grid(rollout: &RolloutJson) -> Grid {
 }
 
 pub fn rollout_table(rollout: &RolloutJson) -> String {
-    format!("{}\n{}", summary(rollout), rollout_hosts_grid(rollout).render(terminal_width()))
+    format!(
+        "{}\n{}",
+        summary(rollout),
+        rollout_hosts_grid(rollout).render(terminal_width())
+    )
 }
 
 pub fn dry_run_grid(rollout: &RolloutJson) -> Grid {
@@ -449,8 +453,18 @@ mod tests {
         };
         let cases = [
             ("running", "none", false, None),
-            ("paused", "closed", false, Some("canary gate closed (`ccfleet rollout promote ghost-1`)")),
-            ("paused", "open", true, Some("canary gate open; paused by an operator (`ccfleet rollout resume ghost-1`)")),
+            (
+                "paused",
+                "closed",
+                false,
+                Some("canary gate closed (`ccfleet rollout promote ghost-1`)"),
+            ),
+            (
+                "paused",
+                "open",
+                true,
+                Some("canary gate open; paused by an operator (`ccfleet rollout resume ghost-1`)"),
+            ),
             ("running", "open", false, Some("canary gate open")),
             ("aborted", "closed", true, None),
         ];

@@ -169,16 +169,25 @@ impl Grid {
                 .max()
                 .unwrap_or(0)
         };
-        let content: Vec<usize> = (0..count).map(|index| column_width(index, &UnicodeWidthStr::width)).collect();
+        let content: Vec<usize> = (0..count)
+            .map(|index| column_width(index, &UnicodeWidthStr::width))
+            .collect();
         let words: Vec<usize> = (0..count)
-            .map(|index| column_width(index, &|line| line.split(' ').map(UnicodeWidthStr::width).max().unwrap_or(0)))
+            .map(|index| {
+                column_width(index, &|line| {
+                    line.split(' ').map(UnicodeWidthStr::width).max().unwrap_or(0)
+                })
+            })
             .collect();
         let is_whole = |index: usize| self.columns[index].1 == Fit::Whole;
         let mut limits = content.clone();
         let mut wrapped = vec![false; count];
         let mut broken = vec![false; count];
         if content.iter().sum::<usize>() > available {
-            let free_minimum: usize = (0..count).filter(|&i| !is_whole(i)).map(|i| content[i].min(MIN_FREE_COLUMN)).sum();
+            let free_minimum: usize = (0..count)
+                .filter(|&i| !is_whole(i))
+                .map(|i| content[i].min(MIN_FREE_COLUMN))
+                .sum();
             // Whole columns go onto more lines, the one that saves most first,
             // until the free text has its minimum.
             let mut by_saving: Vec<usize> = (0..count).filter(|&i| is_whole(i) && words[i] < content[i]).collect();

@@ -19,7 +19,14 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn timestamp() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
-    let seconds = prop_oneof![Just(1_i64 << 62), Just(i64::MAX), Just(i64::MIN), Just(-1_i64), any::<i64>(), 0_i64..4_000_000_000];
+    let seconds = prop_oneof![
+        Just(1_i64 << 62),
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(-1_i64),
+        any::<i64>(),
+        0_i64..4_000_000_000
+    ];
     proptest::option::of((seconds, any::<i32>()).prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }))
 }
 
@@ -28,30 +35,48 @@ fn enum_value() -> impl Strategy<Value = i32> {
 }
 
 fn host() -> impl Strategy<Value = pb::Host> {
-    (text(), enum_value(), timestamp(), text(), any::<u32>(), (text(), text()), timestamp(), any::<u64>()).prop_map(
-        |(host_id, status, last_seen, agent_version, app_count, (key, value), not_after, last_event_seq)| pb::Host {
-            host_id,
-            status,
-            last_seen: last_seen.clone(),
-            registered_at: last_seen,
-            agent_version,
-            facts: Some(pb::HostFacts {
-                labels: [(key.clone(), value.clone())].into(),
-                ..Default::default()
-            }),
-            app_count,
-            labels: [(value, key)].into(),
-            certificate_not_after: not_after,
-            last_event_seq,
-        },
+    (
+        text(),
+        enum_value(),
+        timestamp(),
+        text(),
+        any::<u32>(),
+        (text(), text()),
+        timestamp(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(host_id, status, last_seen, agent_version, app_count, (key, value), not_after, last_event_seq)| {
+                pb::Host {
+                    host_id,
+                    status,
+                    last_seen: last_seen.clone(),
+                    registered_at: last_seen,
+                    agent_version,
+                    facts: Some(pb::HostFacts {
+                        labels: [(key.clone(), value.clone())].into(),
+                        ..Default::default()
+                    }),
+                    app_count,
+                    labels: [(value, key)].into(),
+                    certificate_not_after: not_after,
+                    last_event_seq,
+                }
+            },
+        )
 }
 
 fn host_app() -> impl Strategy<Value = pb::HostApp> {
     (
         (text(), enum_value(), text(), text()),
         (text(), text(), enum_value(), any::<u32>(), any::<u32>()),
-        (proptest::collection::vec(text(), 0..3), text(), text(), any::<bool>(), text()),
+        (
+            proptest::collection::vec(text(), 0..3),
+            text(),
+            text(),
+            any::<bool>(),
+            text(),
+        ),
         timestamp(),
     )
         .prop_map(
@@ -84,71 +109,90 @@ fn host_app() -> impl Strategy<Value = pb::HostApp> {
 }
 
 fn alert() -> impl Strategy<Value = pb::Alert> {
-    ((text(), text(), enum_value(), text(), timestamp()), (text(), text(), text(), text(), enum_value(), text())).prop_map(
-        |((host_id, domain, severity, message, raised_at), (operation_id, recipe, from_version, to_version, outcome, snapshot_path))| {
-            pb::Alert {
-                host_id,
-                domain,
-                severity,
-                message,
-                raised_at,
-                operation_id,
-                recipe,
-                from_version,
-                to_version,
-                outcome,
-                snapshot_path,
-            }
-        },
+    (
+        (text(), text(), enum_value(), text(), timestamp()),
+        (text(), text(), text(), text(), enum_value(), text()),
     )
+        .prop_map(
+            |(
+                (host_id, domain, severity, message, raised_at),
+                (operation_id, recipe, from_version, to_version, outcome, snapshot_path),
+            )| {
+                pb::Alert {
+                    host_id,
+                    domain,
+                    severity,
+                    message,
+                    raised_at,
+                    operation_id,
+                    recipe,
+                    from_version,
+                    to_version,
+                    outcome,
+                    snapshot_path,
+                }
+            },
+        )
 }
 
 fn operation() -> impl Strategy<Value = pb::Operation> {
-    ((text(), text(), text(), enum_value(), enum_value()), (text(), text(), text(), timestamp())).prop_map(
-        |((host_id, operation_id, domain, phase, outcome), (from_version, to_version, message, updated_at))| pb::Operation {
-            host_id,
-            operation_id,
-            domain,
-            phase,
-            outcome,
-            from_version,
-            to_version,
-            message,
-            updated_at,
-        },
+    (
+        (text(), text(), text(), enum_value(), enum_value()),
+        (text(), text(), text(), timestamp()),
     )
+        .prop_map(
+            |((host_id, operation_id, domain, phase, outcome), (from_version, to_version, message, updated_at))| {
+                pb::Operation {
+                    host_id,
+                    operation_id,
+                    domain,
+                    phase,
+                    outcome,
+                    from_version,
+                    to_version,
+                    message,
+                    updated_at,
+                }
+            },
+        )
 }
 
 fn rollout() -> impl Strategy<Value = pb::Rollout> {
-    let host = ((text(), text(), any::<u32>(), enum_value()), (text(), text(), text(), timestamp())).prop_map(
-        |((host_id, domain, wave, outcome), (from_version, to_version, message, updated_at))| pb::RolloutHost {
-            host_id,
-            domain,
-            wave,
-            outcome,
-            from_version,
-            to_version,
-            message,
-            updated_at,
-        },
-    );
+    let host = (
+        (text(), text(), any::<u32>(), enum_value()),
+        (text(), text(), text(), timestamp()),
+    )
+        .prop_map(
+            |((host_id, domain, wave, outcome), (from_version, to_version, message, updated_at))| pb::RolloutHost {
+                host_id,
+                domain,
+                wave,
+                outcome,
+                from_version,
+                to_version,
+                message,
+                updated_at,
+            },
+        );
     (
         (text(), text(), text(), enum_value(), any::<u32>()),
         (timestamp(), text(), text(), proptest::collection::vec(host, 0..4)),
     )
         .prop_map(
-            |((id, recipe, target_version, state, current_wave), (created_at, reason, created_by, hosts))| pb::Rollout {
-                id,
-                recipe,
-                target_version,
-                state,
-                strategy: None,
-                hosts,
-                current_wave,
-                created_at: created_at.clone(),
-                updated_at: created_at,
-                reason,
-                created_by,
+            |((id, recipe, target_version, state, current_wave), (created_at, reason, created_by, hosts))| {
+                pb::Rollout {
+                    id,
+                    recipe,
+                    target_version,
+                    state,
+                    strategy: None,
+                    hosts,
+                    current_wave,
+                    created_at: created_at.clone(),
+                    updated_at: created_at,
+                    reason,
+                    created_by,
+                }
             },
         )
 }
@@ -157,9 +201,15 @@ fn rollout() -> impl Strategy<Value = pb::Rollout> {
 /// control characters.
 fn assert_fits(table: &str, width: u16) -> Result<(), TestCaseError> {
     for line in table.lines() {
-        prop_assert!(line.width() <= usize::from(width), "a line wider than {width}:\n{table}");
+        prop_assert!(
+            line.width() <= usize::from(width),
+            "a line wider than {width}:\n{table}"
+        );
     }
-    prop_assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "a raw control character:\n{table}");
+    prop_assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "a raw control character:\n{table}"
+    );
     Ok(())
 }
 

@@ -483,10 +483,26 @@ fn every_binary_writes_a_man_page_per_subcommand_and_completions() {
     let expected: [(&str, &[&str]); 3] = [
         (
             "ccfleet",
-            &["ccfleet.1", "ccfleet-upgrade.1", "ccfleet-rollout.1", "ccfleet-rollout-show.1", "ccfleet-token-create.1"],
+            &[
+                "ccfleet.1",
+                "ccfleet-upgrade.1",
+                "ccfleet-rollout.1",
+                "ccfleet-rollout-show.1",
+                "ccfleet-token-create.1",
+            ],
         ),
-        ("ccfleet-agent", &["ccfleet-agent.1", "ccfleet-agent-status.1", "ccfleet-agent-check-config.1"]),
-        ("ccfleet-server", &["ccfleet-server.1", "ccfleet-server-run.1", "ccfleet-server-init.1"]),
+        (
+            "ccfleet-agent",
+            &[
+                "ccfleet-agent.1",
+                "ccfleet-agent-status.1",
+                "ccfleet-agent-check-config.1",
+            ],
+        ),
+        (
+            "ccfleet-server",
+            &["ccfleet-server.1", "ccfleet-server-run.1", "ccfleet-server-init.1"],
+        ),
     ];
     for (binary, pages) in expected {
         let out = directory.path().join(binary);
@@ -497,7 +513,11 @@ fn every_binary_writes_a_man_page_per_subcommand_and_completions() {
             .env("CCFLEET_CREDENTIALS", "/nonexistent/admin.toml")
             .output()
             .unwrap();
-        assert!(output.status.success(), "{binary}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{binary}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         for page in pages {
             let text = std::fs::read_to_string(out.join(page)).unwrap_or_else(|error| panic!("{page}: {error}"));
             assert!(text.contains(".TH"), "{page} is not roff:\n{text}");
@@ -509,7 +529,10 @@ fn every_binary_writes_a_man_page_per_subcommand_and_completions() {
                 .output()
                 .unwrap();
             let script = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success() && script.contains(binary), "{binary} {shell}: {script}");
+            assert!(
+                output.status.success() && script.contains(binary),
+                "{binary} {shell}: {script}"
+            );
         }
     }
     // The main page names its subcommands' pages, which now exist.
@@ -524,7 +547,10 @@ fn a_subcommand_lists_its_own_options_apart_from_the_global_ones() {
     let text = String::from_utf8(help.stdout).unwrap();
     let (own, global) = text.split_once("Global options:").unwrap_or_else(|| panic!("{text}"));
     assert!(own.contains("--canary") && !own.contains("--credentials"), "{text}");
-    assert!(global.contains("--credentials") && global.contains("--json") && !global.contains("--canary"), "{text}");
+    assert!(
+        global.contains("--credentials") && global.contains("--json") && !global.contains("--canary"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

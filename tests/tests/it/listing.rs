@@ -314,7 +314,10 @@ async fn empty_listings_say_what_to_do_and_tables_fit_100_columns() {
         assert!(table.contains(whole), "{whole} broken:\n{table}");
     }
     assert!(table.contains('…') && !table.contains(&"x".repeat(100)), "{table}");
-    assert!(table.contains("AVAILABLE: newest release in the running major"), "{table}");
+    assert!(
+        table.contains("AVAILABLE: newest release in the running major"),
+        "{table}"
+    );
     let json = server.cli_json(&["apps"]);
     assert_eq!(json[0]["drift"][0].as_str().unwrap().len(), 318);
 }
@@ -342,11 +345,15 @@ fn a_credential_others_can_read_is_a_warning_or_with_strict_an_error_and_a_certi
     assert!(stderr.contains("refused because of --strict"), "{stderr}");
 
     let certificate = directory.path().join("cert.pem");
-    let credential: toml::Value = toml::from_str(&std::fs::read_to_string(server.admin_credential_path()).unwrap()).unwrap();
+    let credential: toml::Value =
+        toml::from_str(&std::fs::read_to_string(server.admin_credential_path()).unwrap()).unwrap();
     std::fs::write(&certificate, credential["certificate"].as_str().unwrap()).unwrap();
     std::fs::set_permissions(&certificate, std::fs::Permissions::from_mode(0o600)).unwrap();
     let output = run_cli(&server.url(), &certificate, &["hosts"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("this looks like a PEM certificate or key, not a credential file"), "{stderr}");
+    assert!(
+        stderr.contains("this looks like a PEM certificate or key, not a credential file"),
+        "{stderr}"
+    );
 }

@@ -742,7 +742,10 @@ fn the_package_source_evaluates_with_this_nix() {
         "completions zsh",
         "completions fish",
     ] {
-        assert!(post_install.contains(part), "{part} missing from postInstall:\n{post_install}");
+        assert!(
+            post_install.contains(part),
+            "{part} missing from postInstall:\n{post_install}"
+        );
     }
     assert_eq!(package["nativeBuildInputs"], serde_json::json!(["installShellFiles"]));
     let src = package["src"].as_str().unwrap();
@@ -800,8 +803,16 @@ fn the_nixpkgs_library_is_fetched_only_with_the_pinned_hash() {
 
     let refused = fetch(&bad);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("hash mismatch") && stderr(&refused).contains("nothing was cached"), "{}", stderr(&refused));
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0, "a refused download left something in the cache");
+    assert!(
+        stderr(&refused).contains("hash mismatch") && stderr(&refused).contains("nothing was cached"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "a refused download left something in the cache"
+    );
 
     let missing = format!("file://{}", work.path().join("absent.tar.gz").display());
     let unreachable = fetch(&missing);
@@ -816,9 +827,16 @@ fn the_nixpkgs_library_is_fetched_only_with_the_pinned_hash() {
     let fetched = fetch(&good);
     assert!(fetched.status.success(), "{}", stderr(&fetched));
     let directory = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim_end());
-    assert!(directory.starts_with(&cache) && directory.join("lib/default.nix").is_file(), "{}", directory.display());
+    assert!(
+        directory.starts_with(&cache) && directory.join("lib/default.nix").is_file(),
+        "{}",
+        directory.display()
+    );
     // Cached: no download at all, even from a URL that cannot answer.
     let again = fetch(&missing);
     assert!(again.status.success(), "{}", stderr(&again));
-    assert_eq!(PathBuf::from(String::from_utf8(again.stdout).unwrap().trim_end()), directory);
+    assert_eq!(
+        PathBuf::from(String::from_utf8(again.stdout).unwrap().trim_end()),
+        directory
+    );
 }

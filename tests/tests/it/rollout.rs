@@ -388,7 +388,8 @@ async fn pause_promote_resume_and_abort_from_the_cli_mid_rollout() {
     let second = cli(&server, &["upgrade", "fixture", "--to", "1.1.0"]).await;
     assert_eq!(second.status.code(), Some(4), "{}", text(&second));
     assert!(
-        text(&second).contains(&format!("rollout {id} of this recipe has not ended")) && text(&second).contains(&format!("`ccfleet rollout abort {id}`")),
+        text(&second).contains(&format!("rollout {id} of this recipe has not ended"))
+            && text(&second).contains(&format!("`ccfleet rollout abort {id}`")),
         "{}",
         text(&second)
     );

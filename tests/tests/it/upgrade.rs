@@ -817,7 +817,11 @@ async fn a_fleet_rollout_runs_the_transaction_and_its_target_is_kept() {
     assert_eq!(world.running().as_deref(), Some(V1_3_1_MIGRATES));
     let status = world.agent().status().unwrap();
     assert_eq!(status["apps"][0]["fleet_target"], V1_3_1_MIGRATES, "{status}");
-    assert_eq!(status["apps"][0]["observed"]["drift"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["apps"][0]["observed"]["drift"],
+        serde_json::json!([]),
+        "{status}"
+    );
     assert_eq!(world.abra_lines("app deploy -n -c -f", V1_3), 0);
 
     // An operator's explicit move below the rollout's target withdraws the
