@@ -427,7 +427,8 @@ mod tests {
             │ HOST  ┆ APP              ┆ RECIPE ┆ VERSION ┆ DECLARED ┆ AVAILABLE ┆ STATE         ┆ DRIFT       │
             ╞═══════╪══════════════════╪════════╪═════════╪══════════╪═══════════╪═══════════════╪═════════════╡
             │ web-1 ┆ blog.example.org ┆ ghost  ┆ 1.1.0+1 ┆ 1.0.0+1  ┆ 1.2.0+1   ┆ converged 1/1 ┆ declared 1… │
-            │       ┆ (pinned)         ┆        ┆         ┆          ┆ (2.0.0+1) ┆               ┆             │
+            │       ┆ (pinned)         ┆        ┆ (fleet  ┆          ┆ (2.0.0+1) ┆               ┆             │
+            │       ┆                  ┆        ┆ target) ┆          ┆           ┆               ┆             │
             └───────┴──────────────────┴────────┴─────────┴──────────┴───────────┴───────────────┴─────────────┘
             AVAILABLE: newest release in the running major (newest of any major)"#]]
         .assert_eq(&table);

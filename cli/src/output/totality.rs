@@ -177,9 +177,14 @@ fn rollout() -> impl Strategy<Value = pb::Rollout> {
     (
         (text(), text(), text(), enum_value(), any::<u32>()),
         (timestamp(), text(), text(), proptest::collection::vec(host, 0..4)),
+        (any::<bool>(), enum_value()),
     )
         .prop_map(
-            |((id, recipe, target_version, state, current_wave), (created_at, reason, created_by, hosts))| {
+            |(
+                (id, recipe, target_version, state, current_wave),
+                (created_at, reason, created_by, hosts),
+                (paused_by_operator, canary_gate),
+            )| {
                 pb::Rollout {
                     id,
                     recipe,
@@ -192,6 +197,8 @@ fn rollout() -> impl Strategy<Value = pb::Rollout> {
                     updated_at: created_at,
                     reason,
                     created_by,
+                    paused_by_operator,
+                    canary_gate,
                 }
             },
         )
