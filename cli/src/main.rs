@@ -108,6 +108,9 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     /// Show the audit log of admin actions (who, what, when), newest first.
     Audit(rollout::AuditArgs),
+    /// Serve the fleet dashboard, a web view of the fleet, on this machine
+    /// (loopback, a per-run token in the printed address) until Ctrl-C.
+    Dashboard(ccfleet::dashboard::DashboardArgs),
     /// Print a shell completion script, e.g. `ccfleet completions bash > /etc/bash_completion.d/ccfleet`.
     Completions {
         /// The shell.
@@ -380,6 +383,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         Command::Upgrade(args) => rollout::upgrade(&mut client, args, json, failure).await?,
         Command::Rollout(command) => rollout::rollout(&mut client, command, json, failure).await?,
         Command::Audit(args) => rollout::audit(&mut client, args, json, failure).await?,
+        Command::Dashboard(args) => {
+            ccfleet::dashboard::check_listen(args.listen, args.allow_remote)
+                .map_err(|error| Failure::Usage(error.to_string()))?;
+            ccfleet::dashboard::run(client, url.clone(), args)
+                .await
+                .map_err(|error| Failure::Unexpected(format!("{error:#}")))?;
+            String::new()
+        }
         Command::Completions { .. } | Command::Man { .. } => unreachable!("answered before connecting"),
         Command::Admin(AdminCommand::Revoke { name }) => {
             let request = pb::RevokeAdminCredentialRequest { name: name.to_string() };

@@ -6,6 +6,8 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod agent;
+pub mod browser;
+pub mod dashboard;
 pub mod docker;
 pub mod load;
 pub mod server;

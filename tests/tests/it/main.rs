@@ -6,6 +6,7 @@
 
 mod agent;
 mod alerts;
+mod dashboard;
 mod docker;
 mod edge;
 mod fleet;
