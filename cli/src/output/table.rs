@@ -103,7 +103,9 @@ fn break_value(value: &str, limit: usize) -> Vec<String> {
             used = 0;
         }
         used += width;
-        pieces.last_mut().map(|piece| piece.push(character));
+        if let Some(piece) = pieces.last_mut() {
+            piece.push(character);
+        }
     }
     pieces
 }

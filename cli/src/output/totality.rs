@@ -50,7 +50,7 @@ fn host() -> impl Strategy<Value = pb::Host> {
                 pb::Host {
                     host_id,
                     status,
-                    last_seen: last_seen.clone(),
+                    last_seen,
                     registered_at: last_seen,
                     agent_version,
                     facts: Some(pb::HostFacts {
@@ -193,7 +193,7 @@ fn rollout() -> impl Strategy<Value = pb::Rollout> {
                     strategy: None,
                     hosts,
                     current_wave,
-                    created_at: created_at.clone(),
+                    created_at,
                     updated_at: created_at,
                     reason,
                     created_by,
