@@ -24,6 +24,8 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// connections by default: at boot and on a switch, `apply` may start before
 /// the agent has bound its socket.
 pub const DEFAULT_CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long `ccfleet-agent status` waits for the socket: not at all.
+pub const STATUS_CONNECT_PATIENCE: Duration = Duration::ZERO;
 
 /// The first and the longest pause between connection attempts.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
@@ -323,6 +325,17 @@ pub async fn call_with_progress(
     }
 }
 
+/// The running agent's control socket could not be reached (the command
+/// line exits 3 for it, as `ccfleet` does for an unreachable server).
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
 async fn connect(path: &Path, patience: Duration) -> anyhow::Result<UnixStream> {
     let started = tokio::time::Instant::now();
     let mut delay = FIRST_RETRY_DELAY;
@@ -338,12 +351,12 @@ async fn connect(path: &Path, patience: Duration) -> anyhow::Result<UnixStream> 
         );
         let waited = started.elapsed();
         if !waiting_helps || waited + delay > patience {
-            return Err(anyhow::Error::new(error).context(format!(
+            return Err(anyhow::Error::new(error).context(Unreachable(format!(
                 "cannot reach the running agent at {} (waited {}): is ccfleet-agent running \
                  (`systemctl status ccfleet-agent`), and does agent.control_socket in its configuration name this path?",
                 path.display(),
                 humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)),
-            )));
+            ))));
         }
         if !told {
             tracing::info!(

@@ -12,9 +12,17 @@ use clap::{Parser, Subcommand};
 
 const DEFAULT_CONFIG: &str = "/etc/ccfleet/agent.toml";
 
+/// The agent's part of the exit-code table all three binaries share (README.md).
+const EXIT_CODES: &str = "\
+Exit codes (the same table as ccfleet's):
+  0  success
+  1  unexpected error (an app failed with --wait, cannot write a file, ...)
+  2  usage or configuration error (invalid argument, invalid agent.toml)
+  3  the running agent cannot be reached (its control socket)";
+
 /// The ccfleet host agent.
 #[derive(Debug, Parser)]
-#[command(name = "ccfleet-agent", version, about)]
+#[command(name = "ccfleet-agent", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +30,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script, e.g. `ccfleet-agent completions bash`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --out write one page per subcommand into a directory.
+    Man {
+        /// Directory for ccfleet-agent.1, ccfleet-agent-run.1, ...
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the agent: enrol if needed, reconcile the declared apps, report to the server.
     Run {
         /// The agent's TOML configuration.
@@ -153,13 +172,42 @@ fn main() -> ExitCode {
             for line in format!("{error:#}").lines() {
                 eprintln!("error: {line}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&error))
         }
+    }
+}
+
+/// A command line that cannot be carried out as written (exit 2, as clap's
+/// own usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// The exit code for a failure: the table `ccfleet --help` and README.md
+/// ("Exit codes") give for all three binaries. 2: usage or configuration
+/// error; 3: the running agent cannot be reached; 1: anything else.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<Usage>().is_some() || error.downcast_ref::<ccfleet_agent::config::ConfigError>().is_some() {
+        2
+    } else if error.downcast_ref::<control::Unreachable>().is_some() {
+        3
+    } else {
+        1
     }
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ccfleet-agent", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out: None } => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("cannot print the man page"),
+        Command::Man { out: Some(out) } => clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+            .with_context(|| format!("cannot write the man pages into {}", out.display())),
         Command::Run { config } => daemon::run(&config).await,
         Command::CheckConfig { file } => check_config(&file),
         Command::Enroll {
@@ -200,7 +248,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             // Refused here already, before the agent is asked anything.
             if let Some(Err(reason)) = operation_id.as_deref().map(ccfleet_agent::upgrade::check_operation_id) {
-                anyhow::bail!("--operation-id: {reason}");
+                return Err(Usage(format!("--operation-id: {reason}")).into());
             }
             let request = Request::Upgrade {
                 app,
@@ -231,7 +279,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print_outcomes(&response)
         }
         Command::Status { json, socket } => {
-            let response = control::call(&socket.path()?, &Request::Status, Duration::from_secs(30)).await?;
+            // Status is a question about now: a missing or refused socket is
+            // the answer ("not running"), not something to wait out.
+            let response = control::call_with_patience(
+                &socket.path()?,
+                &Request::Status,
+                control::STATUS_CONNECT_PATIENCE,
+                Duration::from_secs(30),
+            )
+            .await?;
             let status = response.status.context("the agent sent no status")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
 use crate::exit::Failure;
+use crate::output::render;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -27,22 +28,28 @@ Exit codes:
   5  the server does not support the request (older server version)
   6  --follow: the rollout halted
   7  --follow: the rollout was aborted
-  8  upgrade: no host had anything to do (each skipped or already at the target; the reasons are printed)";
+  8  upgrade: no host had anything to do (each skipped or already at the target; the reasons are printed)
+
+An empty listing is a success (0); the table says what to do next (for example
+`ccfleet hosts` on a new fleet, or a recipe no host runs).";
 
 #[derive(Parser)]
 #[command(name = "ccfleet", version, about = "Operate a fleet of Co-op Cloud hosts", after_help = EXIT_CODES)]
 struct Cli {
     /// Server URL [default: config file, else the credential's, else https://127.0.0.1:7443].
-    #[arg(long, global = true, env = "CCFLEET_SERVER")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CCFLEET_SERVER")]
     server: Option<String>,
     /// Admin credential file [default: config file `credentials`, else ~/.config/ccfleet/credentials.toml].
-    #[arg(long, global = true, env = "CCFLEET_CREDENTIALS")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CCFLEET_CREDENTIALS")]
     credentials: Option<PathBuf>,
     /// Config file [default: ~/.config/ccfleet/config.toml].
-    #[arg(long, global = true, env = "CCFLEET_CONFIG")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CCFLEET_CONFIG")]
     config: Option<PathBuf>,
+    /// Refuse an admin credential file that its group or others can read (else a warning).
+    #[arg(long, global = true, help_heading = "Global options")]
+    strict: bool,
     /// Print JSON for scripts instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// Items per request for listings the CLI pages through (hosts, apps,
     /// versions); 0 for the server's default. For tests and diagnosis.
@@ -110,8 +117,13 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `ccfleet man > ccfleet.1`.
-    Man,
+    /// Print the man page (roff), e.g. `ccfleet man > ccfleet.1`; with --out, write one page per
+    /// subcommand (ccfleet.1, ccfleet-upgrade.1, ccfleet-rollout-show.1, ...) into a directory.
+    Man {
+        /// Directory for the pages.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,12 +208,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             );
             return Ok(String::from_utf8_lossy(&script).into_owned());
         }
-        Command::Man => {
+        Command::Man { out: None } => {
             let mut page = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut page)
                 .map_err(|error| Failure::Unexpected(format!("cannot render the man page: {error}")))?;
             return Ok(String::from_utf8_lossy(&page).into_owned());
+        }
+        Command::Man { out: Some(out) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), out).map_err(|error| {
+                Failure::Unexpected(format!("cannot write the man pages into {}: {error}", out.display()))
+            })?;
+            return Ok(String::new());
         }
         _ => {}
     }
@@ -211,7 +229,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         Some(path) => settings::load_config(path).map_err(usage)?,
         None => settings::ConfigFile::default(),
     };
-    let (credential_path, credential) = settings::load_credential(cli.credentials.clone(), &config).map_err(usage)?;
+    let settings::LoadedCredential {
+        path: credential_path,
+        credential,
+        warnings,
+    } = settings::load_credential(cli.credentials.clone(), &config, cli.strict).map_err(usage)?;
+    for warning in warnings {
+        eprintln!("warning: {}", output::printable(&warning));
+    }
     credential
         .check()
         .map_err(|error| Failure::Usage(format!("unusable credential {}: {error}", credential_path.display())))?;
@@ -254,7 +279,13 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     break;
                 }
             }
-            render(json, &apps, || output::apps_table(&apps))
+            match recipe {
+                Some(recipe) if apps.is_empty() && !json => {
+                    let known = known_recipes(&mut client, cli.page_size, failure).await?;
+                    output::no_such_recipe(recipe.as_str(), &known) + "\n"
+                }
+                _ => render(json, &apps, || output::apps_table(&apps)),
+            }
         }
         Command::Versions { recipe } => {
             let mut all = pb::RecipeVersionsResponse::default();
@@ -273,7 +304,12 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 }
             }
             let versions = output::versions(&all);
-            render(json, &versions, || output::versions_table(&versions))
+            if versions.versions.is_empty() && !json {
+                let known = known_recipes(&mut client, cli.page_size, failure).await?;
+                output::no_such_recipe(recipe.as_str(), &known) + "\n"
+            } else {
+                render(json, &versions, || output::versions_table(&versions))
+            }
         }
         Command::Alerts { host } => {
             let request = pb::ListAlertsRequest {
@@ -356,7 +392,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(|error| Failure::Unexpected(format!("{error:#}")))?;
             String::new()
         }
-        Command::Completions { .. } | Command::Man => unreachable!("answered before connecting"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("answered before connecting"),
         Command::Admin(AdminCommand::Revoke { name }) => {
             let request = pb::RevokeAdminCredentialRequest { name: name.to_string() };
             let response = client
@@ -372,6 +408,35 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         }
     };
     Ok(text)
+}
+
+/// The recipes some host runs, for the hint when a listing names another.
+async fn known_recipes(
+    client: &mut AdminClient<Channel>,
+    page_size: u32,
+    failure: impl Fn(tonic::Status) -> Failure,
+) -> Result<std::collections::BTreeSet<String>, Failure> {
+    let mut recipes = std::collections::BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListAppsRequest {
+            recipe: String::new(),
+            page_size,
+            page_token,
+        };
+        let response = client.list_apps(request).await.map_err(&failure)?.into_inner();
+        recipes.extend(
+            response
+                .apps
+                .into_iter()
+                .filter_map(|app| app.app)
+                .map(|app| app.recipe),
+        );
+        page_token = response.next_page_token;
+        if page_token.is_empty() {
+            return Ok(recipes);
+        }
+    }
 }
 
 async fn issue_admin(
@@ -411,23 +476,6 @@ async fn issue_admin(
 /// Owner-only, never replacing an existing file, and whole or absent after a crash.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     ccfleet_proto::fsutil::write_new_atomic(path, text.as_bytes(), 0o600)
-}
-
-fn render<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> String) -> String {
-    if json {
-        // Serialising our own plain structs cannot fail.
-        serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
-    } else {
-        // Every line for people, tables or not, is shown with any control
-        // character escaped (the table cells already are; this also covers
-        // one-line answers that quote the server).
-        table()
-            .split('\n')
-            .map(output::printable)
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    }
 }
 
 async fn connect(url: &str, credential: &Credential) -> Result<AdminClient<Channel>, Failure> {

@@ -27,12 +27,22 @@ pub fn default_credentials_path() -> Option<PathBuf> {
     dirs::config_dir().map(|dir| dir.join("ccfleet").join("credentials.toml"))
 }
 
+/// An admin credential as loaded: where it was found and what to warn about.
+pub struct LoadedCredential {
+    pub path: PathBuf,
+    pub credential: ccfleet_proto::tls::Credential,
+    /// Warnings for stderr (a credential others can read).
+    pub warnings: Vec<String>,
+}
+
 /// Loads the admin credential: `--credentials`/`CCFLEET_CREDENTIALS`, then
 /// the config file's `credentials`, then `~/.config/ccfleet/credentials.toml`.
+/// A file others can read or write is a warning, and an error when `strict`.
 pub fn load_credential(
     flag_or_env: Option<PathBuf>,
     config: &ConfigFile,
-) -> anyhow::Result<(PathBuf, ccfleet_proto::tls::Credential)> {
+    strict: bool,
+) -> anyhow::Result<LoadedCredential> {
     let path = flag_or_env
         .or_else(|| config.credentials.clone())
         .or_else(default_credentials_path)
@@ -44,8 +54,49 @@ pub fn load_credential(
             path.display()
         )
     })?;
+    if looks_like_pem(&text) {
+        anyhow::bail!(
+            "invalid credential file {}: this looks like a PEM certificate or key, not a credential file \
+             (expected the TOML file `ccfleet admin issue` writes, with server, ca_certificate, certificate \
+             and private_key; the server's first one is <data>/admin-credential.toml)",
+            path.display()
+        );
+    }
+    let mut warnings = Vec::new();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path)?.permissions());
+    if let Some(problem) = mode_problem(mode) {
+        let message = format!(
+            "the admin credential {} is {problem} (mode {:04o}); it holds a private key: run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+        if strict {
+            anyhow::bail!("{message} (refused because of --strict)");
+        }
+        warnings.push(message);
+    }
     let credential = toml::from_str(&text).with_context(|| format!("invalid credential file {}", path.display()))?;
-    Ok((path, credential))
+    Ok(LoadedCredential {
+        path,
+        credential,
+        warnings,
+    })
+}
+
+/// Why a credential file with `mode` is unsafe, as ssh judges a key file:
+/// any access for the group or for others.
+pub fn mode_problem(mode: u32) -> Option<&'static str> {
+    match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (_, true) => Some("open to other users"),
+        (true, false) => Some("open to its group"),
+        (false, false) => None,
+    }
+}
+
+/// A PEM block where a TOML credential was expected.
+fn looks_like_pem(text: &str) -> bool {
+    text.trim_start().starts_with("-----BEGIN ")
 }
 
 /// Reads the config file; a missing file is an empty config, a broken one an error.
@@ -99,6 +150,41 @@ mod tests {
                 .to_string(),
             "invalid server URL \"http://127.0.0.1:7443\": uses plain http; the server speaks TLS only, use https://"
         );
+    }
+
+    #[test]
+    fn credential_modes_are_judged_as_ssh_judges_keys() {
+        let cases = [
+            (0o100600, None),
+            (0o100400, None),
+            (0o100700, None),
+            (0o100640, Some("open to its group")),
+            (0o100644, Some("open to other users")),
+            (0o100604, Some("open to other users")),
+            (0o100660, Some("open to its group")),
+            (0o100666, Some("open to other users")),
+        ];
+        for (mode, expect) in cases {
+            assert_eq!(mode_problem(mode), expect, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_not_taken_for_a_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let error = format!(
+            "{:#}",
+            load_credential(Some(path), &ConfigFile::default(), false)
+                .err()
+                .unwrap()
+        );
+        assert!(
+            error.contains("this looks like a PEM certificate or key, not a credential file"),
+            "{error}"
+        );
+        assert!(!error.contains("\\n"), "{error}");
     }
 
     #[test]

@@ -18,6 +18,17 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// Print a shell completion script, e.g. `ccfleet-server completions bash`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --out write one page per subcommand into a directory.
+    Man {
+        /// Directory for ccfleet-server.1, ccfleet-server-run.1, ...
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Create the state directory, database, CA and first admin credential.
     Init {
         /// State directory (created owner-only).
@@ -198,6 +209,16 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ccfleet-server", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out: None } => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("cannot print the man page"),
+        Command::Man { out: Some(out) } => clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+            .with_context(|| format!("cannot write the man pages into {}", out.display())),
         Command::Init { data, public_url } => {
             let initialised = ccfleet_server::init(&data, &public_url, ADMIN_LIFETIME)?;
             report_init(&data, &initialised);

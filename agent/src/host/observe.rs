@@ -217,8 +217,10 @@ pub fn classify(app: &AppConfig, stack: &StackObservation) -> ObservedApp {
     observed
 }
 
-/// Says why an app runs above its declared version when a fleet rollout put
-/// it there (ARCHITECTURE.md: "running 2.1.0 by rollout, declared 2.0.0").
+/// An app a fleet rollout put above its declared version runs where the
+/// rules say it should (the declaration is a floor, not a ceiling): that is
+/// not drift, and the plain "declared X, running Y" reason is dropped. The
+/// app's `fleet_target` says why; drift stays for what needs a human.
 pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, fleet_target: Option<&CoopVersion>) {
     let (Some(running), Some(target)) = (&observed.observed_version, fleet_target) else {
         return;
@@ -227,11 +229,7 @@ pub fn explain_fleet_drift(observed: &mut ObservedApp, declared: &CoopVersion, f
         return;
     }
     let plain = format!("declared {declared}, running {running}");
-    for reason in &mut observed.drift {
-        if *reason == plain {
-            *reason = format!("running {running} by fleet rollout, declared {declared} (a floor, not a ceiling)");
-        }
-    }
+    observed.drift.retain(|reason| *reason != plain);
 }
 
 #[cfg(test)]

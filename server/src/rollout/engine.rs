@@ -29,7 +29,11 @@ const MAX_BATCH: usize = 1024;
 /// Why a rollout could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("rollout {0} of this recipe is still active; pause, abort or wait for it first")]
+    #[error(
+        "rollout {0} of this recipe has not ended (a paused rollout has not ended either); end it with \
+         `ccfleet rollout abort {0}`, or let it finish: `ccfleet rollout resume {0}`, and \
+         `ccfleet rollout promote {0}` if its canary gate is closed (see `ccfleet rollout show {0}`)"
+    )]
     Active(String),
     #[error(transparent)]
     Store(#[from] StoreError),

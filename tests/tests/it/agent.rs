@@ -130,7 +130,8 @@ fn upgrade_refuses_an_operation_id_that_cannot_name_a_snapshot_directory() {
             "--socket",
             &socket,
         ]);
-        assert_eq!(output.status.code(), Some(1), "{id}: {}", stderr(&output));
+        // A usage error: 2, as for `ccfleet`.
+        assert_eq!(output.status.code(), Some(2), "{id}: {}", stderr(&output));
         assert!(
             stderr(&output).contains(&format!("--operation-id: invalid operation id {id:?}: {expected}")),
             "{id}: {}",
@@ -183,7 +184,8 @@ fn run_refuses_bad_configurations_with_the_reason_and_touches_nothing() {
             let path_text = path.display().to_string();
             args.push(&path_text);
             let output = agent_command(&args);
-            assert_eq!(output.status.code(), Some(1), "{args:?} {}", stderr(&output));
+            // A configuration error: 2, as for `ccfleet`.
+            assert_eq!(output.status.code(), Some(2), "{args:?} {}", stderr(&output));
             assert!(
                 stderr(&output).contains(expected),
                 "{args:?}: expected {expected:?} in {}",
@@ -609,4 +611,30 @@ async fn the_agent_tells_systemd_it_is_ready_once_its_socket_is_bound() {
     assert_eq!(String::from_utf8_lossy(&message[..length]).trim_end(), "READY=1");
     assert!(socket_existed, "READY=1 came before the control socket existed");
     assert!(status.status.success(), "{}", stderr(&status));
+}
+
+#[test]
+fn status_of_a_stopped_agent_answers_at_once() {
+    let test = tempfile::tempdir().unwrap();
+    let missing = test.path().join("control.sock");
+    // A stale socket file whose agent is gone refuses connections.
+    let stale = test.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    for socket in [missing, stale] {
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new(ccfleet_tests::binary("ccfleet-agent"))
+            .args(["status", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(status.status.code(), Some(3), "{}", stderr(&status));
+        assert!(
+            stderr(&status).contains("cannot reach the running agent at"),
+            "{}",
+            stderr(&status)
+        );
+        // It used to wait 30 s for the socket; at once means no retry pause at all.
+        assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    }
 }

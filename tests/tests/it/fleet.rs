@@ -475,6 +475,84 @@ fn the_cli_ships_completions_and_a_man_page_without_a_server() {
     assert!(page.contains(".TH ccfleet 1") && page.contains("Exit codes"), "{page}");
 }
 
+/// Every page the main page refers to exists: one per subcommand, for all
+/// three binaries, and each binary prints its completion scripts.
+#[test]
+fn every_binary_writes_a_man_page_per_subcommand_and_completions() {
+    let directory = tempfile::tempdir().unwrap();
+    let expected: [(&str, &[&str]); 3] = [
+        (
+            "ccfleet",
+            &[
+                "ccfleet.1",
+                "ccfleet-upgrade.1",
+                "ccfleet-rollout.1",
+                "ccfleet-rollout-show.1",
+                "ccfleet-token-create.1",
+            ],
+        ),
+        (
+            "ccfleet-agent",
+            &[
+                "ccfleet-agent.1",
+                "ccfleet-agent-status.1",
+                "ccfleet-agent-check-config.1",
+            ],
+        ),
+        (
+            "ccfleet-server",
+            &["ccfleet-server.1", "ccfleet-server-run.1", "ccfleet-server-init.1"],
+        ),
+    ];
+    for (binary, pages) in expected {
+        let out = directory.path().join(binary);
+        std::fs::create_dir(&out).unwrap();
+        let output = std::process::Command::new(ccfleet_tests::binary(binary))
+            .args(["man", "--out"])
+            .arg(&out)
+            .env("CCFLEET_CREDENTIALS", "/nonexistent/admin.toml")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{binary}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for page in pages {
+            let text = std::fs::read_to_string(out.join(page)).unwrap_or_else(|error| panic!("{page}: {error}"));
+            assert!(text.contains(".TH"), "{page} is not roff:\n{text}");
+        }
+        for shell in ["bash", "zsh", "fish"] {
+            let output = std::process::Command::new(ccfleet_tests::binary(binary))
+                .args(["completions", shell])
+                .env("CCFLEET_CREDENTIALS", "/nonexistent/admin.toml")
+                .output()
+                .unwrap();
+            let script = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success() && script.contains(binary),
+                "{binary} {shell}: {script}"
+            );
+        }
+    }
+    // The main page names its subcommands' pages, which now exist.
+    let main = std::fs::read_to_string(directory.path().join("ccfleet/ccfleet.1")).unwrap();
+    assert!(main.contains("ccfleet\\-upgrade(1)"), "{main}");
+}
+
+#[test]
+fn a_subcommand_lists_its_own_options_apart_from_the_global_ones() {
+    let nowhere = std::path::Path::new("/nonexistent/admin.toml");
+    let help = run_cli("https://127.0.0.1:9", nowhere, &["upgrade", "--help"]);
+    let text = String::from_utf8(help.stdout).unwrap();
+    let (own, global) = text.split_once("Global options:").unwrap_or_else(|| panic!("{text}"));
+    assert!(own.contains("--canary") && !own.contains("--credentials"), "{text}");
+    assert!(
+        global.contains("--credentials") && global.contains("--json") && !global.contains("--canary"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_count_what_happened() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 //! a SIGKILL restart.
 
 use ccfleet_proto::pb;
-use ccfleet_tests::server::{observed, TestAgent, TestServer};
+use ccfleet_tests::server::{observed, run_cli, TestAgent, TestServer};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -269,5 +269,91 @@ async fn listings_page_through_every_item_once_and_stay_true_across_updates_remo
         strip(after[2].clone()),
         strip(before[2].clone()),
         "versions after the restart"
+    );
+}
+
+/// `ccfleet ARGS` as people read it: its stdout, after checking it exited 0.
+fn cli_text(server: &TestServer, args: &[&str]) -> String {
+    let output = server.cli(args);
+    assert!(
+        output.status.success(),
+        "ccfleet {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_listings_say_what_to_do_and_tables_fit_100_columns() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    assert_eq!(
+        cli_text(&server, &["hosts"]),
+        "no hosts yet: create a join token with `ccfleet token create`\n"
+    );
+
+    let mut app = observed("blog.example.org", "ghost", "2.0.0+2.0");
+    app.declared_version = "1.0.0+1.0".into();
+    app.available_version = "2.1.0+2.1".into();
+    app.available_newest = "3.0.0+3.0".into();
+    app.drift = vec![format!("a long drift text {}", "x".repeat(300))];
+    let _agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![app])
+        .await
+        .unwrap();
+    let unknown = "no host runs recipe nosuch (known recipes: ghost)\n";
+    assert_eq!(cli_text(&server, &["versions", "nosuch"]), unknown);
+    assert_eq!(cli_text(&server, &["apps", "--recipe", "nosuch"]), unknown);
+    assert_eq!(server.cli_json(&["apps", "--recipe", "nosuch"]), serde_json::json!([]));
+
+    // Not a terminal: 100 columns; versions whole, drift cut.
+    let table = cli_text(&server, &["apps"]);
+    for line in table.lines() {
+        assert!(line.chars().count() <= 100, "wider than 100 columns:\n{table}");
+    }
+    for whole in ["2.0.0+2.0", "1.0.0+1.0", "2.1.0+2.1", "(3.0.0+3.0)", "blog.example.org"] {
+        assert!(table.contains(whole), "{whole} broken:\n{table}");
+    }
+    assert!(table.contains('…') && !table.contains(&"x".repeat(100)), "{table}");
+    assert!(
+        table.contains("AVAILABLE: newest release in the running major"),
+        "{table}"
+    );
+    let json = server.cli_json(&["apps"]);
+    assert_eq!(json[0]["drift"][0].as_str().unwrap().len(), 318);
+}
+
+#[test]
+fn a_credential_others_can_read_is_a_warning_or_with_strict_an_error_and_a_certificate_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let open = directory.path().join("open-credential.toml");
+    std::fs::copy(server.admin_credential_path(), &open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let output = run_cli(&server.url(), &open, &["hosts"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("warning: the admin credential") && stderr.contains("open to other users (mode 0644)"),
+        "{stderr}"
+    );
+
+    let output = run_cli(&server.url(), &open, &["--strict", "hosts"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused because of --strict"), "{stderr}");
+
+    let certificate = directory.path().join("cert.pem");
+    let credential: toml::Value =
+        toml::from_str(&std::fs::read_to_string(server.admin_credential_path()).unwrap()).unwrap();
+    std::fs::write(&certificate, credential["certificate"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&certificate, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = run_cli(&server.url(), &certificate, &["hosts"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("this looks like a PEM certificate or key, not a credential file"),
+        "{stderr}"
     );
 }

@@ -740,17 +740,120 @@ fn every_recipe_module_has_its_defaults() {
 fn the_package_source_evaluates_with_this_nix() {
     let lib = nixpkgs_lib();
     let expression = format!(
-        "let lib = import {}/lib; package = import ./nix/package.nix {{ inherit lib; rustPlatform.buildRustPackage = arguments: arguments; }}; \
-         in {{ src = \"${{package.src}}\"; inherit (package) pname version; }}",
+        "let lib = import {}/lib; package = import ./nix/package.nix {{ inherit lib; rustPlatform.buildRustPackage = arguments: arguments; \
+         stdenv = {{ buildPlatform.canExecute = _: true; hostPlatform = {{}}; }}; installShellFiles = \"installShellFiles\"; }}; \
+         in {{ src = \"${{package.src}}\"; inherit (package) pname version postInstall nativeBuildInputs; }}",
         lib.display()
     );
     let output = nix_instantiate(&["--eval", "--strict", "--json", "-E", &expression]).unwrap();
     let package: Value = serde_json::from_str(&output).unwrap();
     assert_eq!(package["pname"], "ccfleet");
     assert_eq!(package["version"], env!("CARGO_PKG_VERSION"));
+    // Man pages and completions of all three binaries are installed.
+    let post_install = package["postInstall"].as_str().unwrap();
+    for part in [
+        "for binary in ccfleet ccfleet-agent ccfleet-server",
+        "man --out",
+        "installManPage",
+        "completions bash",
+        "completions zsh",
+        "completions fish",
+    ] {
+        assert!(
+            post_install.contains(part),
+            "{part} missing from postInstall:\n{post_install}"
+        );
+    }
+    assert_eq!(package["nativeBuildInputs"], serde_json::json!(["installShellFiles"]));
     let src = package["src"].as_str().unwrap();
     assert!(
         src.starts_with("/nix/store/") && src.ends_with("-ccfleet-source"),
         "{src}"
+    );
+}
+
+/// `scripts/fetch-nixpkgs-lib`, run offline from local tarballs: a tarball
+/// whose `lib/` tree has the pinned hash is cached and its directory printed
+/// (then served from the cache without a download); a changed file is refused
+/// with "hash mismatch" and nothing cached; a failed download keeps the clear
+/// instruction to clone the library.
+#[test]
+fn the_nixpkgs_library_is_fetched_only_with_the_pinned_hash() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree/nixpkgs.lib-pinned");
+    std::fs::create_dir_all(&tree).unwrap();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(nixpkgs_lib().join("lib"))
+        .arg(tree.join("lib"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let tarball = |name: &str| {
+        let path = work.path().join(name);
+        let status = Command::new("tar")
+            .arg("-czf")
+            .arg(&path)
+            .arg("-C")
+            .arg(work.path().join("tree"))
+            .arg("nixpkgs.lib-pinned")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        format!("file://{}", path.display())
+    };
+    let good = tarball("good.tar.gz");
+    let default_nix = tree.join("lib/default.nix");
+    let mut text = std::fs::read_to_string(&default_nix).unwrap();
+    text.push_str("# changed\n");
+    std::fs::write(&default_nix, text).unwrap();
+    let bad = tarball("bad.tar.gz");
+    let cache = work.path().join("cache");
+    let fetch = |url: &str| -> Output {
+        Command::new(repository_root().join("scripts/fetch-nixpkgs-lib"))
+            .env("CCFLEET_NIXPKGS_LIB_CACHE", &cache)
+            .env("CCFLEET_NIXPKGS_LIB_URL", url)
+            .output()
+            .unwrap()
+    };
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    let refused = fetch(&bad);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("hash mismatch") && stderr(&refused).contains("nothing was cached"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "a refused download left something in the cache"
+    );
+
+    let missing = format!("file://{}", work.path().join("absent.tar.gz").display());
+    let unreachable = fetch(&missing);
+    assert!(!unreachable.status.success());
+    assert!(
+        stderr(&unreachable).contains("cannot download the nixpkgs module library")
+            && stderr(&unreachable).contains("clone github:nix-community/nixpkgs.lib"),
+        "{}",
+        stderr(&unreachable)
+    );
+
+    let fetched = fetch(&good);
+    assert!(fetched.status.success(), "{}", stderr(&fetched));
+    let directory = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim_end());
+    assert!(
+        directory.starts_with(&cache) && directory.join("lib/default.nix").is_file(),
+        "{}",
+        directory.display()
+    );
+    // Cached: no download at all, even from a URL that cannot answer.
+    let again = fetch(&missing);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        PathBuf::from(String::from_utf8(again.stdout).unwrap().trim_end()),
+        directory
     );
 }

@@ -385,12 +385,15 @@ async fn pause_promote_resume_and_abort_from_the_cli_mid_rollout() {
     let id = started["id"].as_str().unwrap().to_owned();
     let paused = wait_for_state(&server, &id, "the canary gate", |rollout| rollout["state"] == "paused").await;
     assert_eq!(paused["reason"], "the canary wave finished; waiting for promote");
+    assert_eq!(paused["canary_gate"], "closed");
+    assert_eq!(paused["paused_by_operator"], false);
 
     // One active rollout per recipe: a second is refused with the first's id.
     let second = cli(&server, &["upgrade", "fixture", "--to", "1.1.0"]).await;
     assert_eq!(second.status.code(), Some(4), "{}", text(&second));
     assert!(
-        text(&second).contains(&format!("rollout {id} of this recipe is still active")),
+        text(&second).contains(&format!("rollout {id} of this recipe has not ended"))
+            && text(&second).contains(&format!("`ccfleet rollout abort {id}`")),
         "{}",
         text(&second)
     );
@@ -400,6 +403,15 @@ async fn pause_promote_resume_and_abort_from_the_cli_mid_rollout() {
     let promoted = cli_json(&server, &["rollout", "promote", &id]).await;
     assert_eq!(promoted["state"], "paused");
     assert_eq!(promoted["reason"], "paused by an operator");
+    // The gate and the pause are shown apart: promote opened the gate.
+    assert_eq!(promoted["canary_gate"], "open");
+    assert_eq!(promoted["paused_by_operator"], true);
+    let shown = cli(&server, &["rollout", "show", &id]).await;
+    assert!(
+        text(&shown).contains("canary gate open; paused by an operator"),
+        "{}",
+        text(&shown)
+    );
     assert!(fleet.agents[1].received().is_empty(), "nothing dispatched while paused");
     let resumed = cli_json(&server, &["rollout", "resume", &id]).await;
     assert_eq!(resumed["state"], "running");

@@ -166,6 +166,16 @@ pub fn rollout_wire(rollout: &RolloutRecord) -> pb::Rollout {
         updated_at: Some(convert::timestamp(rollout.updated_at)),
         reason: rollout.reason.clone(),
         created_by: rollout.created_by.clone(),
+        paused_by_operator: rollout.paused_by_operator,
+        canary_gate: canary_gate_wire(rollout) as i32,
+    }
+}
+
+fn canary_gate_wire(rollout: &RolloutRecord) -> pb::CanaryGate {
+    match (rollout.strategy.pause_after_canary, rollout.promoted) {
+        (false, _) => pb::CanaryGate::Unspecified,
+        (true, false) => pb::CanaryGate::Closed,
+        (true, true) => pb::CanaryGate::Open,
     }
 }
 
@@ -338,9 +348,7 @@ impl RolloutsAdmin<'_> {
             .start_rollout(planned)
             .await
             .map_err(|error| match error {
-                StartError::Active(id) => Status::already_exists(format!(
-                    "rollout {id} of this recipe is still active; pause, abort or wait for it first"
-                )),
+                StartError::Active(id) => Status::already_exists(StartError::Active(id).to_string()),
                 StartError::Store(error) => internal(error),
                 StartError::Stopped => Status::unavailable("the rollout engine has stopped"),
             })?;

@@ -1,10 +1,10 @@
-//! What the CLI prints: stable JSON documents for scripts (`--json`) and
-//! tables for people. The JSON field names are part of the CLI's interface
-//! (README.md, "JSON output"); the wire types never leak into it.
+//! The fleet's inventory for people and scripts: hosts, apps, versions of a
+//! recipe and join tokens, as JSON documents and tables.
 
 use ccfleet_proto::pb;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde::Serialize;
+
+use super::table::{non_empty, or_dash, printable, terminal_width, time, Fit, Grid};
 
 #[derive(Debug, Serialize)]
 pub struct HostJson {
@@ -72,12 +72,6 @@ pub struct VersionsJson {
     pub versions: Vec<VersionGroupJson>,
 }
 
-fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<String> {
-    let timestamp = timestamp?;
-    let time = std::time::UNIX_EPOCH + std::time::Duration::new(timestamp.seconds.max(0) as u64, 0);
-    Some(humantime::format_rfc3339_seconds(time).to_string())
-}
-
 fn status(value: i32) -> &'static str {
     match pb::HostStatus::try_from(value) {
         Ok(pb::HostStatus::Online) => "online",
@@ -93,10 +87,6 @@ fn state(value: i32) -> &'static str {
         Ok(pb::AppState::NotDeployed) => "not_deployed",
         _ => "unknown",
     }
-}
-
-fn non_empty(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_owned())
 }
 
 pub fn host(host: &pb::Host) -> HostJson {
@@ -170,61 +160,54 @@ pub fn append_version_page(all: &mut pb::RecipeVersionsResponse, page: pb::Recip
     }
 }
 
-fn table(header: &[&str]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
-    table
-}
-
-fn or_dash(value: &Option<String>) -> String {
-    value.clone().unwrap_or_else(|| "-".into())
-}
-
-pub fn hosts_table(hosts: &[HostJson]) -> String {
-    let mut table = table(&["HOST", "STATUS", "APPS", "AGENT", "LAST SEEN", "LABELS"]);
+pub fn hosts_grid(hosts: &[HostJson]) -> Grid {
+    let mut grid = Grid::new(&[
+        ("HOST", Fit::Whole),
+        ("STATUS", Fit::Whole),
+        ("APPS", Fit::Whole),
+        ("AGENT", Fit::Whole),
+        ("LAST SEEN", Fit::Whole),
+        ("LABELS", Fit::Cut),
+    ]);
     for host in hosts {
         let labels: Vec<String> = host.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        add_row(
-            &mut table,
-            vec![
-                host.host_id.clone(),
-                host.status.to_owned(),
-                host.app_count.to_string(),
-                host.agent_version.clone(),
-                or_dash(&host.last_seen),
-                labels.join(","),
-            ],
-        );
+        grid.row(vec![
+            host.host_id.clone(),
+            host.status.to_owned(),
+            host.app_count.to_string(),
+            host.agent_version.clone(),
+            or_dash(&host.last_seen),
+            labels.join(","),
+        ]);
     }
-    table.to_string()
+    grid
 }
 
-/// Longest drift text a table cell shows; `--json` carries it whole.
-const DRIFT_CELL_CHARS: usize = 60;
+/// What `ccfleet hosts` says when the fleet has no host yet.
+pub const NO_HOSTS: &str = "no hosts yet: create a join token with `ccfleet token create`";
 
-/// The apps table, as wide as the terminal (when printing to one): long drift
-/// texts are cut to [`DRIFT_CELL_CHARS`] and the columns wrapped to fit.
-pub fn apps_table(apps: &[AppJson]) -> String {
-    apps_table_with_width(apps, None)
+/// The hosts table, as wide as the terminal (or 100 columns when not printing to one).
+pub fn hosts_table(hosts: &[HostJson]) -> String {
+    if hosts.is_empty() {
+        return NO_HOSTS.into();
+    }
+    hosts_grid(hosts).render(terminal_width())
 }
 
-/// [`apps_table`] at a fixed width (tests; `None` asks the terminal).
-pub fn apps_table_with_width(apps: &[AppJson], width: Option<u16>) -> String {
-    let mut table = table(&[
-        "HOST",
-        "APP",
-        "RECIPE",
-        "VERSION",
-        "DECLARED",
-        "AVAILABLE",
-        "STATE",
-        "REPLICAS",
-        "DRIFT",
+/// Under an apps table whose AVAILABLE column shows two versions.
+pub const AVAILABLE_LEGEND: &str = "AVAILABLE: newest release in the running major (newest of any major)";
+
+pub fn apps_grid(apps: &[AppJson]) -> Grid {
+    let mut grid = Grid::new(&[
+        ("HOST", Fit::Whole),
+        ("APP", Fit::Whole),
+        ("RECIPE", Fit::Whole),
+        ("VERSION", Fit::Whole),
+        ("DECLARED", Fit::Whole),
+        ("AVAILABLE", Fit::Whole),
+        ("STATE", Fit::Whole),
+        ("DRIFT", Fit::Cut),
     ]);
-    table.set_content_arrangement(ContentArrangement::Dynamic);
-    if let Some(width) = width {
-        table.set_width(width);
-    }
     for app in apps {
         let available = match (&app.available_version, &app.available_newest) {
             (Some(same_major), Some(newest)) if newest != same_major => format!("{same_major} ({newest})"),
@@ -232,55 +215,87 @@ pub fn apps_table_with_width(apps: &[AppJson], width: Option<u16>) -> String {
             (None, Some(newest)) => format!("({newest})"),
             (None, None) => "-".into(),
         };
-        add_row(
-            &mut table,
-            vec![
-                format!(
-                    "{}{}",
-                    app.host_id,
-                    if app.host_status == "offline" { " (offline)" } else { "" }
-                ),
-                format!("{}{}", app.domain, if app.pinned_by_host { " (pinned)" } else { "" }),
-                app.recipe.clone(),
-                or_dash(&app.version),
-                or_dash(&app.declared_version),
-                available,
-                app.state.to_owned(),
-                app.replicas.clone(),
-                shorten(&app.drift.join("; "), DRIFT_CELL_CHARS),
-            ],
-        );
+        grid.row(vec![
+            format!(
+                "{}{}",
+                app.host_id,
+                if app.host_status == "offline" { " (offline)" } else { "" }
+            ),
+            format!("{}{}", app.domain, if app.pinned_by_host { " (pinned)" } else { "" }),
+            app.recipe.clone(),
+            version_cell(app),
+            or_dash(&app.declared_version),
+            available,
+            format!("{} {}", app.state, app.replicas),
+            app.drift.join("; "),
+        ]);
     }
-    table.to_string()
+    grid
 }
 
-/// `text` cut to at most `limit` characters, marked with `…` when cut.
-fn shorten(text: &str, limit: usize) -> String {
-    if text.chars().count() <= limit {
-        return text.to_owned();
+/// The running version, marked `(fleet target)` when a fleet rollout put the
+/// app above its declared version: the rule at work (the declaration is a
+/// floor), not drift.
+fn version_cell(app: &AppJson) -> String {
+    match (&app.version, &app.fleet_target) {
+        (Some(version), Some(target)) if version == target && app.declared_version.as_ref() != Some(version) => {
+            format!("{version} (fleet target)")
+        }
+        (version, _) => or_dash(version),
     }
-    let mut cut: String = text.chars().take(limit.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
-pub fn versions_table(versions: &VersionsJson) -> String {
-    let mut table = table(&["VERSION", "HOSTS", "APPS"]);
+/// The apps table, as wide as the terminal (or 100 columns when not printing
+/// to one): long drift texts are cut with `…`; versions, domains and ids stay whole.
+pub fn apps_table(apps: &[AppJson]) -> String {
+    apps_table_with_width(apps, None)
+}
+
+/// [`apps_table`] at a fixed width (tests; `None` asks the terminal).
+pub fn apps_table_with_width(apps: &[AppJson], width: Option<u16>) -> String {
+    let table = apps_grid(apps).render(width.unwrap_or_else(terminal_width));
+    let two_versions = apps
+        .iter()
+        .any(|app| app.available_newest.is_some() && app.available_newest != app.available_version);
+    if two_versions {
+        format!("{table}\n{AVAILABLE_LEGEND}")
+    } else {
+        table
+    }
+}
+
+pub fn versions_grid(versions: &VersionsJson) -> Grid {
+    let mut grid = Grid::new(&[("VERSION", Fit::Whole), ("HOSTS", Fit::Whole), ("APPS", Fit::Whole)]);
     for group in &versions.versions {
         let hosts: std::collections::BTreeSet<&str> = group.apps.iter().map(|app| app.host_id.as_str()).collect();
+        // One app per line: the line breaks are ours, each app is escaped.
         let apps: Vec<String> = group
             .apps
             .iter()
-            .map(|app| printable(&format!("{} ({})", app.domain, app.host_id)))
+            .map(|app| format!("{} ({})", app.domain, app.host_id))
             .collect();
-        // One app per line: the line breaks are ours, each app is escaped.
-        table.add_row(vec![
-            printable(&group.version.clone().unwrap_or_else(|| "unknown".into())),
-            hosts.len().to_string(),
-            apps.join("\n"),
+        grid.row_of_lines(vec![
+            vec![group.version.clone().unwrap_or_else(|| "unknown".into())],
+            vec![hosts.len().to_string()],
+            apps,
         ]);
     }
-    table.to_string()
+    grid
+}
+
+pub fn versions_table(versions: &VersionsJson) -> String {
+    versions_grid(versions).render(terminal_width())
+}
+
+/// What `ccfleet versions R` and `ccfleet apps --recipe R` say when no host
+/// runs `recipe`, naming the recipes the fleet does run.
+pub fn no_such_recipe(recipe: &str, known: &std::collections::BTreeSet<String>) -> String {
+    let known = if known.is_empty() {
+        "none yet".to_owned()
+    } else {
+        known.iter().map(|name| printable(name)).collect::<Vec<_>>().join(", ")
+    };
+    format!("no host runs recipe {} (known recipes: {known})", printable(recipe))
 }
 
 #[derive(Debug, Serialize)]
@@ -304,203 +319,29 @@ pub fn token(info: &pb::JoinTokenInfo) -> TokenJson {
     }
 }
 
-pub fn tokens_table(tokens: &[TokenJson]) -> String {
-    let mut table = table(&["ID", "EXPIRES", "USES LEFT", "REVOKED", "LABELS"]);
+pub fn tokens_grid(tokens: &[TokenJson]) -> Grid {
+    let mut grid = Grid::new(&[
+        ("ID", Fit::Whole),
+        ("EXPIRES", Fit::Whole),
+        ("USES LEFT", Fit::Whole),
+        ("REVOKED", Fit::Whole),
+        ("LABELS", Fit::Cut),
+    ]);
     for token in tokens {
         let labels: Vec<String> = token.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        add_row(
-            &mut table,
-            vec![
-                token.id.clone(),
-                or_dash(&token.expires_at),
-                token.uses_left.to_string(),
-                if token.revoked { "yes" } else { "no" }.to_owned(),
-                labels.join(","),
-            ],
-        );
+        grid.row(vec![
+            token.id.clone(),
+            or_dash(&token.expires_at),
+            token.uses_left.to_string(),
+            if token.revoked { "yes" } else { "no" }.to_owned(),
+            labels.join(","),
+        ]);
     }
-    table.to_string()
+    grid
 }
 
-/// Text from the server made safe for a terminal: control characters and
-/// invisible direction overrides are shown escaped (`\u{1b}`), never
-/// interpreted. The server strips them already; this holds even against a
-/// server (or a record) that did not.
-pub fn printable(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for character in text.chars() {
-        if is_unprintable(character) {
-            shown.extend(character.escape_unicode());
-        } else {
-            shown.push(character);
-        }
-    }
-    shown
-}
-
-fn is_unprintable(character: char) -> bool {
-    character.is_control()
-        || matches!(
-            character,
-            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-        )
-}
-
-/// Adds a row whose every cell is [`printable`]; every table goes through it.
-fn add_row(table: &mut Table, cells: Vec<String>) {
-    table.add_row(cells.iter().map(|cell| printable(cell)).collect::<Vec<_>>());
-}
-
-fn outcome(value: i32) -> Option<&'static str> {
-    match pb::OperationOutcome::try_from(value) {
-        Ok(pb::OperationOutcome::Succeeded) => Some("succeeded"),
-        Ok(pb::OperationOutcome::RolledBack) => Some("rolled_back"),
-        Ok(pb::OperationOutcome::Held) => Some("held"),
-        Ok(pb::OperationOutcome::Failed) => Some("failed"),
-        Ok(pb::OperationOutcome::Skipped) => Some("skipped"),
-        Ok(pb::OperationOutcome::Unspecified) | Err(_) => None,
-    }
-}
-
-fn phase(value: i32) -> &'static str {
-    match pb::OperationPhase::try_from(value) {
-        Ok(pb::OperationPhase::Accepted) => "accepted",
-        Ok(pb::OperationPhase::Snapshotting) => "snapshotting",
-        Ok(pb::OperationPhase::Deploying) => "deploying",
-        Ok(pb::OperationPhase::Verifying) => "verifying",
-        Ok(pb::OperationPhase::RollingBack) => "rolling_back",
-        Ok(pb::OperationPhase::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct AlertJson {
-    pub host_id: String,
-    pub domain: String,
-    /// null when the agent did not say.
-    pub recipe: Option<String>,
-    /// "warning", "critical" or "unknown".
-    pub severity: &'static str,
-    /// "rolled_back", "held", "failed", ...; null when the agent did not say.
-    pub outcome: Option<&'static str>,
-    pub from_version: Option<String>,
-    pub to_version: Option<String>,
-    /// Why, for people; never parse it.
-    pub reason: String,
-    pub operation_id: Option<String>,
-    /// Where the agent keeps the snapshot taken before the operation.
-    pub snapshot_path: Option<String>,
-    /// RFC 3339, UTC.
-    pub raised_at: Option<String>,
-}
-
-pub fn alert(alert: &pb::Alert) -> AlertJson {
-    AlertJson {
-        host_id: alert.host_id.clone(),
-        domain: alert.domain.clone(),
-        recipe: non_empty(&alert.recipe),
-        severity: match pb::AlertSeverity::try_from(alert.severity) {
-            Ok(pb::AlertSeverity::Warning) => "warning",
-            Ok(pb::AlertSeverity::Critical) => "critical",
-            _ => "unknown",
-        },
-        outcome: outcome(alert.outcome),
-        from_version: non_empty(&alert.from_version),
-        to_version: non_empty(&alert.to_version),
-        reason: alert.message.clone(),
-        operation_id: non_empty(&alert.operation_id),
-        snapshot_path: non_empty(&alert.snapshot_path),
-        raised_at: time(alert.raised_at.as_ref()),
-    }
-}
-
-pub fn alerts_table(alerts: &[AlertJson]) -> String {
-    if alerts.is_empty() {
-        return "no open alerts".into();
-    }
-    let mut table = table(&["RAISED", "HOST", "APP", "SEVERITY", "OUTCOME", "FROM", "TO", "REASON"]);
-    for alert in alerts {
-        add_row(
-            &mut table,
-            vec![
-                or_dash(&alert.raised_at),
-                alert.host_id.clone(),
-                alert.domain.clone(),
-                alert.severity.to_owned(),
-                alert.outcome.unwrap_or("-").to_owned(),
-                or_dash(&alert.from_version),
-                or_dash(&alert.to_version),
-                alert.reason.clone(),
-            ],
-        );
-    }
-    table.to_string()
-}
-
-#[derive(Debug, Serialize)]
-pub struct OperationJson {
-    pub host_id: String,
-    pub operation_id: String,
-    pub domain: String,
-    /// Last phase reported: "accepted", "snapshotting", "deploying",
-    /// "verifying", "rolling_back" or "unknown".
-    pub phase: &'static str,
-    /// null while the operation runs; else "succeeded", "rolled_back",
-    /// "held", "failed" or "skipped".
-    pub outcome: Option<&'static str>,
-    pub from_version: Option<String>,
-    pub to_version: Option<String>,
-    pub message: String,
-    /// RFC 3339, UTC.
-    pub updated_at: Option<String>,
-}
-
-pub fn operation(operation: &pb::Operation) -> OperationJson {
-    OperationJson {
-        host_id: operation.host_id.clone(),
-        operation_id: operation.operation_id.clone(),
-        domain: operation.domain.clone(),
-        phase: phase(operation.phase),
-        outcome: outcome(operation.outcome),
-        from_version: non_empty(&operation.from_version),
-        to_version: non_empty(&operation.to_version),
-        message: operation.message.clone(),
-        updated_at: time(operation.updated_at.as_ref()),
-    }
-}
-
-pub fn operations_table(operations: &[OperationJson]) -> String {
-    if operations.is_empty() {
-        return "no operations recorded".into();
-    }
-    let mut table = table(&[
-        "UPDATED",
-        "HOST",
-        "APP",
-        "OPERATION",
-        "PHASE",
-        "OUTCOME",
-        "FROM",
-        "TO",
-        "MESSAGE",
-    ]);
-    for operation in operations {
-        add_row(
-            &mut table,
-            vec![
-                or_dash(&operation.updated_at),
-                operation.host_id.clone(),
-                operation.domain.clone(),
-                operation.operation_id.clone(),
-                operation.phase.to_owned(),
-                operation.outcome.unwrap_or("running").to_owned(),
-                or_dash(&operation.from_version),
-                or_dash(&operation.to_version),
-                operation.message.clone(),
-            ],
-        );
-    }
-    table.to_string()
+pub fn tokens_table(tokens: &[TokenJson]) -> String {
+    tokens_grid(tokens).render(terminal_width())
 }
 
 #[cfg(test)]
@@ -549,22 +390,6 @@ mod tests {
     }
 
     #[test]
-    fn terminal_controls_are_shown_escaped() {
-        let cases = [
-            ("converged", "converged"),
-            ("\u{1b}[2J", "\\u{1b}[2J"),
-            ("\u{1b}]52;c;aGk=\u{7}", "\\u{1b}]52;c;aGk=\\u{7}"),
-            ("a\nb", "a\\u{a}b"),
-            ("\u{9b}x", "\\u{9b}x"),
-            ("ab\u{202e}c", "ab\\u{202e}c"),
-            ("日本 ☃", "日本 ☃"),
-        ];
-        for (input, shown) in cases {
-            assert_eq!(printable(input), shown, "{input:?}");
-        }
-    }
-
-    #[test]
     fn the_apps_table_fits_its_width_and_cuts_drift_that_json_keeps_whole() {
         let drift = format!("declared 1.0.0+1, running 1.1.0+1 by rollout r-1; {}", "x".repeat(200));
         let app = AppJson {
@@ -596,8 +421,17 @@ mod tests {
         assert_eq!(json["available_newest"], "2.0.0+1");
         assert_eq!(json["pinned_by_host"], true);
         assert_eq!(json["fleet_target"], "1.1.0+1");
-        assert_eq!(shorten("abc", 3), "abc");
-        assert_eq!(shorten("abcd", 3), "ab…");
+        // Versions and domains whole (on more lines at their spaces), drift cut.
+        expect_test::expect![[r#"
+            ┌───────┬──────────────────┬────────┬─────────┬──────────┬───────────┬───────────────┬─────────────┐
+            │ HOST  ┆ APP              ┆ RECIPE ┆ VERSION ┆ DECLARED ┆ AVAILABLE ┆ STATE         ┆ DRIFT       │
+            ╞═══════╪══════════════════╪════════╪═════════╪══════════╪═══════════╪═══════════════╪═════════════╡
+            │ web-1 ┆ blog.example.org ┆ ghost  ┆ 1.1.0+1 ┆ 1.0.0+1  ┆ 1.2.0+1   ┆ converged 1/1 ┆ declared 1… │
+            │       ┆ (pinned)         ┆        ┆ (fleet  ┆          ┆ (2.0.0+1) ┆               ┆             │
+            │       ┆                  ┆        ┆ target) ┆          ┆           ┆               ┆             │
+            └───────┴──────────────────┴────────┴─────────┴──────────┴───────────┴───────────────┴─────────────┘
+            AVAILABLE: newest release in the running major (newest of any major)"#]]
+        .assert_eq(&table);
     }
 
     #[test]
