@@ -247,10 +247,18 @@ pub fn check(plan: &Plan, history: &History) -> Vec<String> {
             violations.push(format!("{host} executed an operation id twice: {executed:?}"));
         }
     }
+    // Hosts whose upgrade failed: dispatched hosts the plan makes fail (a
+    // host returned by rollback-on-halt also shows rolled_back, so the shown
+    // outcome alone does not tell).
     let failed = history
         .shown
         .iter()
-        .filter(|host| matches!(host.outcome.as_str(), "failed" | "rolled_back" | "timed_out" | "held"))
+        .filter(|host| !matches!(host.outcome.as_str(), "pending" | "skipped"))
+        .filter(|host| {
+            plan.hosts
+                .iter()
+                .any(|planned| planned.id == host.host_id && matches!(planned.kind, HostKind::Failing | HostKind::Hung))
+        })
         .count() as u32;
     if failed > plan.max_failures + plan.batch.max(plan.canary) {
         violations.push(format!(
