@@ -285,6 +285,7 @@ pub fn check(plan: &Plan, history: &History) -> Vec<String> {
                 ));
             }
         }
+        // An abort lets hosts in flight finish or reach their host deadline.
         if matches!(shown.outcome.as_str(), "dispatched" | "upgrading") {
             violations.push(format!(
                 "{} still {} in a rollout that ended {state}",
@@ -305,8 +306,13 @@ pub fn check(plan: &Plan, history: &History) -> Vec<String> {
         None => violations.push("the store did not reopen after the final kill".to_owned()),
         Some((reopened_state, reopened)) => {
             if reopened_state != state || reopened != &history.shown {
+                let changed: Vec<String> = reopened
+                    .iter()
+                    .filter(|host| !history.shown.contains(host))
+                    .map(|host| format!("{} {}", host.host_id, host.outcome))
+                    .collect();
                 violations.push(format!(
-                    "after reopening the store the rollout is {reopened_state} with {} hosts, before {state} with {}",
+                    "after reopening the store the rollout is {reopened_state} with {} hosts, before {state} with {}; changed: {changed:?}",
                     reopened.len(),
                     history.shown.len()
                 ));

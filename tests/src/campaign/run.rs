@@ -216,6 +216,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                 settled = false;
                 continue;
             };
+            // An abort lets hosts in flight finish or reach their host deadline.
+            settled &= !shown(&rollout)
+                .iter()
+                .any(|host| matches!(host.outcome.as_str(), "dispatched" | "upgrading"));
             if rollout["state"] == "halted" && plan.rollback_on_halt {
                 for host in shown(&rollout).iter().filter(|host| host.outcome == "succeeded") {
                     let index = plan.hosts.iter().position(|plan| plan.id == host.host_id);
