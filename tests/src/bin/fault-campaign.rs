@@ -81,7 +81,11 @@ async fn main() {
             plan.faults.len(),
             outcome.states,
             run_started.elapsed().as_secs_f64(),
-            if found.is_empty() { "ok".to_owned() } else { format!("{} violations", found.len()) }
+            if found.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("{} violations", found.len())
+            }
         );
         if found.is_empty() {
             continue;

@@ -295,7 +295,9 @@ pub fn check(plan: &Plan, history: &History) -> Vec<String> {
     }
     for (host, acknowledged) in &history.acknowledged {
         let shown = history.shown.iter().find(|shown| &shown.host_id == host);
-        if !acknowledged.is_empty() && shown.is_some_and(|shown| matches!(shown.outcome.as_str(), "pending" | "dispatched")) {
+        if !acknowledged.is_empty()
+            && shown.is_some_and(|shown| matches!(shown.outcome.as_str(), "pending" | "dispatched"))
+        {
             violations.push(format!(
                 "{host}'s acknowledged result {acknowledged:?} is lost: shown {}",
                 shown.map_or("absent", |shown| shown.outcome.as_str())
@@ -367,7 +369,12 @@ mod tests {
             ..base.clone()
         };
         let cases: Vec<(&str, &Plan, History, &str)> = vec![
-            ("clean completion", &base, history(Some("completed"), &[("a", "succeeded", TO)]), ""),
+            (
+                "clean completion",
+                &base,
+                history(Some("completed"), &[("a", "succeeded", TO)]),
+                "",
+            ),
             ("never ended", &base, history(None, &[]), "did not end"),
             (
                 "shown succeeded but runs the old version",

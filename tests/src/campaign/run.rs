@@ -276,7 +276,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     let server = TestServer::start_on(&data, port, &[]);
     for ((_, id), history) in rollouts.iter().zip(outcome.histories.iter_mut()) {
         if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
-            history.shown_after_reopen = Some((rollout["state"].as_str().unwrap_or_default().to_owned(), shown(&rollout)));
+            history.shown_after_reopen = Some((
+                rollout["state"].as_str().unwrap_or_default().to_owned(),
+                shown(&rollout),
+            ));
         }
     }
     outcome.log = server.log();
@@ -290,9 +293,9 @@ async fn wait_online(url: &str, credentials: &Path, expected: usize) -> anyhow::
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         if let Some(hosts) = cli_json(url, credentials, &["hosts"]).await {
-            let online = hosts
-                .as_array()
-                .map_or(0, |hosts| hosts.iter().filter(|host| host["status"] == "online").count());
+            let online = hosts.as_array().map_or(0, |hosts| {
+                hosts.iter().filter(|host| host["status"] == "online").count()
+            });
             if online == expected {
                 return Ok(());
             }

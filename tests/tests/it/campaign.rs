@@ -25,7 +25,10 @@ fn a_short_seeded_fault_campaign_breaks_no_invariant() {
     );
     // The campaign did inject faults and end rollouts both ways.
     assert!(stdout.contains("\"server-kill\""), "{stdout}");
-    assert!(stdout.contains("\"halted\"") && stdout.contains("\"completed\""), "{stdout}");
+    assert!(
+        stdout.contains("\"halted\"") && stdout.contains("\"completed\""),
+        "{stdout}"
+    );
 }
 
 #[test]
