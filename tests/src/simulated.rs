@@ -116,8 +116,7 @@ impl SimulatedAgent {
             domain.clone(),
             recipe.to_owned(),
             shared.clone(),
-            stopped,
-            crash.clone(),
+            (stopped, crash.clone()),
         ));
         SimulatedAgent {
             host_id: host_id.to_owned(),
@@ -194,8 +193,7 @@ async fn run(
     domain: String,
     recipe: String,
     shared: Arc<Mutex<Shared>>,
-    mut stopped: watch::Receiver<bool>,
-    crash: Arc<tokio::sync::Notify>,
+    (mut stopped, crash): (watch::Receiver<bool>, Arc<tokio::sync::Notify>),
 ) {
     let (finished_sender, mut finished) = mpsc::unbounded_channel::<Finished>();
     loop {

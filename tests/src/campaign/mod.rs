@@ -20,7 +20,7 @@ impl Random {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         Random((z ^ (z >> 31)).max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -31,7 +31,7 @@ impl Random {
         if bound == 0 {
             0
         } else {
-            self.next() % bound
+            self.next_u64() % bound
         }
     }
     pub fn chance(&mut self, percent: u64) -> bool {
