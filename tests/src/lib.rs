@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod browser;
+pub mod campaign;
 pub mod dashboard;
 pub mod docker;
 pub mod load;

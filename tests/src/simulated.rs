@@ -75,6 +75,8 @@ struct Shared {
     received: Vec<Received>,
     /// Operation ids this agent actually carried out (once each).
     executed: Vec<String>,
+    /// Operation ids whose result the server acknowledged.
+    acknowledged: Vec<String>,
     connections: u32,
 }
 
@@ -84,6 +86,7 @@ pub struct SimulatedAgent {
     pub domain: String,
     shared: Arc<Mutex<Shared>>,
     stop: watch::Sender<bool>,
+    crash: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,6 +108,7 @@ impl SimulatedAgent {
             ..Shared::default()
         }));
         let (stop, stopped) = watch::channel(false);
+        let crash = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(run(
             url,
             credential,
@@ -112,13 +116,14 @@ impl SimulatedAgent {
             domain.clone(),
             recipe.to_owned(),
             shared.clone(),
-            stopped,
+            (stopped, crash.clone()),
         ));
         SimulatedAgent {
             host_id: host_id.to_owned(),
             domain,
             shared,
             stop,
+            crash,
             task,
         }
     }
@@ -139,6 +144,18 @@ impl SimulatedAgent {
 
     pub fn version(&self) -> String {
         self.shared.lock().unwrap().version.clone()
+    }
+
+    /// Operation ids whose result the server acknowledged.
+    pub fn acknowledged(&self) -> Vec<String> {
+        self.shared.lock().unwrap().acknowledged.clone()
+    }
+
+    /// Cuts the stream as an agent crash does; the agent reconnects and
+    /// re-sends its outbox, its journal intact (the real agent keeps both on
+    /// disk), and operations in flight finish and report after the reconnect.
+    pub fn crash_and_restart(&self) {
+        self.crash.notify_one();
     }
 
     /// How many streams the agent has opened.
@@ -176,7 +193,7 @@ async fn run(
     domain: String,
     recipe: String,
     shared: Arc<Mutex<Shared>>,
-    mut stopped: watch::Receiver<bool>,
+    (mut stopped, crash): (watch::Receiver<bool>, Arc<tokio::sync::Notify>),
 ) {
     let (finished_sender, mut finished) = mpsc::unbounded_channel::<Finished>();
     loop {
@@ -205,6 +222,16 @@ async fn run(
             let mut shared = shared.lock().unwrap();
             shared.connections += 1;
             let last = agent.welcome.last_seq;
+            let acknowledged: Vec<String> = shared
+                .outbox
+                .iter()
+                .filter(|message| message.seq <= last)
+                .filter_map(|message| match &message.body {
+                    Some(Body::Result(result)) => Some(result.operation_id.clone()),
+                    _ => None,
+                })
+                .collect();
+            shared.acknowledged.extend(acknowledged);
             shared.outbox.retain(|message| message.seq > last);
             shared.outbox.clone()
         };
@@ -215,12 +242,24 @@ async fn run(
         loop {
             tokio::select! {
                 _ = stopped.changed() => return,
+                _ = crash.notified() => break,
                 message = agent.inbound.message() => match message {
                     Ok(Some(pb::ServerMessage { body: Some(server_message::Body::Command(command)) })) => {
                         handle(&shared, &sender, &finished_sender, &domain, command).await;
                     }
                     Ok(Some(pb::ServerMessage { body: Some(server_message::Body::Ack(ack)) })) => {
-                        shared.lock().unwrap().outbox.retain(|message| message.seq > ack.seq);
+                        let mut shared = shared.lock().unwrap();
+                        let acknowledged: Vec<String> = shared
+                            .outbox
+                            .iter()
+                            .filter(|message| message.seq <= ack.seq)
+                            .filter_map(|message| match &message.body {
+                                Some(Body::Result(result)) => Some(result.operation_id.clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        shared.acknowledged.extend(acknowledged);
+                        shared.outbox.retain(|message| message.seq > ack.seq);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,

@@ -6,6 +6,7 @@
 
 mod agent;
 mod alerts;
+mod campaign;
 mod dashboard;
 mod docker;
 mod edge;

@@ -1,0 +1,307 @@
+//! One campaign run's effects: the real server on a fresh data directory,
+//! simulated agents, rollouts started and steered through the real CLI, the
+//! plan's faults injected at their times, and the history recorded for
+//! `check`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Fault, History, HostKind, Operator, Plan, ShownHost, FROM, TO};
+use crate::server::{enroll, run_cli, TestServer};
+use crate::simulated::{Behaviour, SimulatedAgent};
+use ccfleet_proto::pb;
+
+/// The CLI on a blocking thread (agents keep running); `None` when it fails
+/// (the server may be down mid-kill).
+async fn cli_json(url: &str, credentials: &Path, args: &[&str]) -> Option<Value> {
+    let (url, credentials) = (url.to_owned(), credentials.to_path_buf());
+    let mut all = vec!["--json".to_owned()];
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    let output = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_cli(&url, &credentials, &args)
+    })
+    .await
+    .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+fn shown(rollout: &Value) -> Vec<ShownHost> {
+    let mut hosts: Vec<ShownHost> = rollout["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .map(|host| ShownHost {
+                    host_id: host["host_id"].as_str().unwrap_or_default().to_owned(),
+                    wave: host["wave"].as_u64().unwrap_or_default() as u32,
+                    outcome: host["outcome"].as_str().unwrap_or_default().to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+    hosts
+}
+
+fn ended(state: &str) -> bool {
+    matches!(state, "completed" | "halted" | "aborted")
+}
+
+/// What one run did, for the report.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub histories: Vec<History>,
+    /// Faults injected by kind.
+    pub injected: BTreeMap<&'static str, u32>,
+    /// Final rollout states by name.
+    pub states: BTreeMap<String, u32>,
+    /// The server's log, for a failing run.
+    pub log: String,
+}
+
+/// Runs `plan` with `faults` (the plan's, or a shrunk subset) in `directory`.
+pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Result<Outcome> {
+    let data: PathBuf = directory.join("data");
+    let mut server = TestServer::start(&data, &[]);
+    let port = server.address.port();
+    let (url, credentials) = (server.url(), server.admin_credential_path());
+    let token = server.create_token(&["--uses", &plan.hosts.len().to_string(), "--ttl", "1h"]);
+    let mut agents = Vec::new();
+    for host in &plan.hosts {
+        let credential = enroll(&url, &token, &host.id)
+            .await
+            .map_err(|status| anyhow::anyhow!("enrolling {}: {status}", host.id))?;
+        let behaviour = Behaviour {
+            delay: Duration::from_millis(host.delay_ms),
+            outcome: if host.kind == HostKind::Failing {
+                pb::OperationOutcome::RolledBack
+            } else {
+                pb::OperationOutcome::Succeeded
+            },
+            answers: host.kind != HostKind::Hung,
+            ..Behaviour::default()
+        };
+        agents.push(SimulatedAgent::start(
+            url.clone(),
+            credential,
+            &host.id,
+            host.recipe,
+            FROM,
+            behaviour,
+        ));
+    }
+    wait_online(&url, &credentials, agents.len()).await?;
+    // Offline hosts were seen once (their inventory is known), then vanish.
+    let mut live: Vec<Option<SimulatedAgent>> = Vec::new();
+    for (agent, host) in agents.into_iter().zip(&plan.hosts) {
+        if host.kind == HostKind::Offline {
+            agent.stop().await;
+            live.push(None);
+        } else {
+            live.push(Some(agent));
+        }
+    }
+    wait_online(
+        &url,
+        &credentials,
+        plan.hosts.iter().filter(|host| host.kind != HostKind::Offline).count(),
+    )
+    .await?;
+
+    let mut rollouts: Vec<(String, String)> = Vec::new();
+    for recipe in super::RECIPES {
+        if plan.online(recipe) == 0 {
+            continue;
+        }
+        let (canary, batch, max_failures) = (
+            plan.canary.to_string(),
+            plan.batch.to_string(),
+            plan.max_failures.to_string(),
+        );
+        let deadline = format!("{}s", plan.host_deadline.as_secs());
+        let mut args = vec![
+            "upgrade",
+            recipe,
+            "--to",
+            TO,
+            "--canary",
+            &canary,
+            "--batch",
+            &batch,
+            "--max-failures",
+            &max_failures,
+            "--host-deadline",
+            &deadline,
+        ];
+        if plan.pause_after_canary {
+            args.push("--pause-after-canary");
+        }
+        if plan.rollback_on_halt {
+            args.push("--rollback-on-halt");
+        }
+        let started = cli_json(&url, &credentials, &args)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("ccfleet upgrade {recipe} failed"))?;
+        rollouts.push((recipe.to_owned(), started["id"].as_str().unwrap_or_default().to_owned()));
+    }
+
+    let mut outcome = Outcome::default();
+    let start = Instant::now();
+    let bound = rollouts
+        .iter()
+        .map(|(recipe, _)| plan.bound(recipe))
+        .max()
+        .unwrap_or_default();
+    let mut pending: Vec<Fault> = faults.to_vec();
+    pending.sort();
+    let mut aborted = false;
+    let mut states: BTreeMap<String, String> = BTreeMap::new();
+    while start.elapsed() < bound {
+        let now = start.elapsed().as_millis() as u64;
+        while pending.first().is_some_and(|fault| fault.at_ms() <= now) {
+            let fault = pending.remove(0);
+            *outcome.injected.entry(fault.kind()).or_default() += 1;
+            match fault {
+                Fault::ServerKill { .. } => {
+                    server.kill();
+                    server = TestServer::start_on(&data, port, &[]);
+                }
+                Fault::AgentRestart { host, .. } => {
+                    if let Some(Some(agent)) = live.get(host) {
+                        agent.crash_and_restart();
+                    }
+                }
+            }
+        }
+        if let Operator::Abort { at_ms } = plan.operator {
+            if !aborted && now >= at_ms {
+                for (_, id) in &rollouts {
+                    // an already-ended rollout refuses; that is fine
+                    let _ = cli_json(&url, &credentials, &["rollout", "abort", id]).await;
+                }
+                aborted = true;
+            }
+        }
+        for (_, id) in &rollouts {
+            if states.get(id).is_some_and(|state| ended(state)) {
+                continue;
+            }
+            if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
+                let state = rollout["state"].as_str().unwrap_or_default().to_owned();
+                if state == "paused" && rollout["current_wave"] == 0 {
+                    let _ = cli_json(&url, &credentials, &["rollout", "promote", id]).await;
+                }
+                states.insert(id.clone(), state);
+            }
+        }
+        if rollouts.len() == states.values().filter(|state| ended(state)).count() {
+            break;
+        }
+        // The poll's pace; every wait ends on the observed state or the bound.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rollbacks on halt run after the halt: give them the host deadline to land.
+    let settle = Instant::now();
+    while settle.elapsed() < plan.host_deadline + Duration::from_secs(3) {
+        let mut settled = true;
+        for (_, id) in &rollouts {
+            let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await else {
+                settled = false;
+                continue;
+            };
+            // An abort lets hosts in flight finish or reach their host deadline.
+            settled &= !shown(&rollout)
+                .iter()
+                .any(|host| matches!(host.outcome.as_str(), "dispatched" | "upgrading"));
+            if rollout["state"] == "halted" && plan.rollback_on_halt {
+                for host in shown(&rollout).iter().filter(|host| host.outcome == "succeeded") {
+                    let index = plan.hosts.iter().position(|plan| plan.id == host.host_id);
+                    if let Some(Some(agent)) = index.and_then(|index| live.get(index)) {
+                        settled &= agent.version() == FROM;
+                    }
+                }
+            }
+        }
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (recipe, id) in &rollouts {
+        let mut history = History {
+            recipe: recipe.clone(),
+            ..History::default()
+        };
+        if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
+            let state = rollout["state"].as_str().unwrap_or_default().to_owned();
+            *outcome.states.entry(state.clone()).or_default() += 1;
+            if ended(&state) {
+                history.state = Some(state);
+            }
+            history.shown = shown(&rollout);
+        }
+        for (host, agent) in plan.hosts.iter().zip(&live) {
+            if host.recipe != recipe {
+                continue;
+            }
+            let Some(agent) = agent else {
+                history.versions.insert(host.id.clone(), FROM.to_owned());
+                continue;
+            };
+            history.upgrade_ids.insert(
+                host.id.clone(),
+                agent
+                    .received()
+                    .into_iter()
+                    .filter(|received| received.kind == "upgrade")
+                    .map(|received| received.operation_id)
+                    .collect(),
+            );
+            history.executed.insert(host.id.clone(), agent.executed());
+            history.versions.insert(host.id.clone(), agent.version());
+            history.acknowledged.insert(host.id.clone(), agent.acknowledged());
+        }
+        outcome.histories.push(history);
+    }
+    // The store always reopens, and shows what it showed.
+    server.kill();
+    let server = TestServer::start_on(&data, port, &[]);
+    for ((_, id), history) in rollouts.iter().zip(outcome.histories.iter_mut()) {
+        if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
+            history.shown_after_reopen = Some((
+                rollout["state"].as_str().unwrap_or_default().to_owned(),
+                shown(&rollout),
+            ));
+        }
+    }
+    outcome.log = server.log();
+    for agent in live.into_iter().flatten() {
+        agent.stop().await;
+    }
+    Ok(outcome)
+}
+
+async fn wait_online(url: &str, credentials: &Path, expected: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Some(hosts) = cli_json(url, credentials, &["hosts"]).await {
+            let online = hosts.as_array().map_or(0, |hosts| {
+                hosts.iter().filter(|host| host["status"] == "online").count()
+            });
+            if online == expected {
+                return Ok(());
+            }
+        }
+        // The poll's pace; the loop ends on the observed count.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{expected} hosts never became online together")
+}
