@@ -12,8 +12,8 @@ use tonic::transport::Channel;
 
 use crate::exit::Failure;
 use crate::output::rollout::{
-    audit_table, dry_run_table, nothing_to_do, progress_lines, rollout_json, rollout_table, rollouts_table, summary, AuditJson,
-    RolloutJson,
+    audit_table, dry_run_table, nothing_to_do, progress_lines, rollout_json, rollout_table, rollouts_table, summary,
+    AuditJson, RolloutJson,
 };
 use crate::output::{printable, render, time};
 

@@ -526,6 +526,8 @@ mod tests {
                 recipe: "ghost".into(),
                 target_version: "2.0.0".into(),
                 state: "completed",
+                canary_gate: "none",
+                paused_by_operator: false,
                 current_wave: 0,
                 reason: String::new(),
                 created_by: "admin".into(),

@@ -123,6 +123,8 @@ fn alert() -> impl Strategy<Value = pb::Alert> {
                     domain,
                     severity,
                     message,
+                    received_at: raised_at,
+                    reported_raised_at_seconds: raised_at.map(|time| time.seconds),
                     raised_at,
                     operation_id,
                     recipe,

@@ -136,6 +136,8 @@ mod tests {
             operation_id: Some(operation.into()),
             snapshot_path: String::new(),
             raised_at,
+            received_at: Some(raised_at),
+            reported_raised_at: None,
         }
     }
 

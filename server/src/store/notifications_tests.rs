@@ -19,6 +19,8 @@ fn alert(domain: &str, severity: AlertSeverityRecord, raised_at: UnixMillis, cle
         operation_id: Some("op-1".into()),
         snapshot_path: String::new(),
         raised_at,
+        received_at: raised_at,
+        reported_raised_at: None,
         cleared,
     })
 }
