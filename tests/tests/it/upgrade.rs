@@ -802,7 +802,8 @@ async fn the_timer_moves_to_the_newest_release_of_the_major_once() {
 
 /// Starts a rollout of the fixture recipe to `version` on the world's server
 /// and waits until it is no longer running; returns the rollout.
-async fn roll_out(world: &World, version: &str) -> Value {
+/// Waits until the server shows the world's host online.
+async fn wait_until_online(world: &World) {
     let server = world.server.as_ref().unwrap();
     let host_id = world.host_id();
     wait_for("the host to be online", PATIENCE, || {
@@ -818,6 +819,11 @@ async fn roll_out(world: &World, version: &str) -> Value {
         }
     })
     .await;
+}
+
+async fn roll_out(world: &World, version: &str) -> Value {
+    let server = world.server.as_ref().unwrap();
+    wait_until_online(world).await;
     let started = server.cli_json(&["upgrade", FIXTURE_RECIPE, "--to", version]);
     let id = started["id"].as_str().expect("a rollout id").to_owned();
     wait_for("the rollout to end", PATIENCE, || {
@@ -875,7 +881,17 @@ async fn a_fleet_rollout_skips_an_app_pinned_by_its_host() {
     let world = World::start_with("uppinned", true, true, "fleet_managed = false\n").await;
     // The inventory carries the pin (`pinned_by_host`), and the server plans
     // the host as skipped without sending it anything.
-    let rollout = roll_out(&world, V1_3_1_MIGRATES).await;
+    // A rollout in which no host has anything to do exits 8 and says why.
+    wait_until_online(&world).await;
+    let server = world.server.as_ref().unwrap();
+    let output = server.cli(&["--json", "upgrade", FIXTURE_RECIPE, "--to", V1_3_1_MIGRATES]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("1 host(s) skipped: pinned by host configuration"),
+        "{stderr}"
+    );
+    let rollout: Value = serde_json::from_slice(&output.stdout).expect("the rollout as JSON");
     let host = &rollout["hosts"][0];
     assert_eq!(host["outcome"], "skipped", "{rollout}\n{}", world.agent().log());
     assert_eq!(host["message"], "pinned by host configuration", "{rollout}");
