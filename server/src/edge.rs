@@ -43,11 +43,8 @@ mod tls;
 
 pub use tls::{tls_acceptor, ClientAuth};
 
+pub use handshakes::SharedHandshakePool;
 use handshakes::{HandshakePool, Source, Ticket};
-
-/// The handshakes in progress on one listener; each entry holds the signal
-/// that closes it.
-pub type SharedHandshakePool = Arc<Mutex<HandshakePool<oneshot::Sender<()>>>>;
 
 /// How many connections the edge admits, and how long it waits for them.
 #[derive(Debug, Clone, PartialEq, Eq)]

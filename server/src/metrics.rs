@@ -54,7 +54,7 @@ struct ConnectionPools {
     general: Arc<tokio::sync::Semaphore>,
     reserve: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
-    handshakes: crate::edge::SharedHandshakePool,
+    handshakes: crate::edge::handshakes::SharedHandshakePool,
     max_handshakes: usize,
 }
 
@@ -70,7 +70,7 @@ impl Metrics {
         general: Arc<tokio::sync::Semaphore>,
         reserve: Arc<tokio::sync::Semaphore>,
         max_connections: usize,
-        handshakes: crate::edge::SharedHandshakePool,
+        handshakes: crate::edge::handshakes::SharedHandshakePool,
         max_handshakes: usize,
     ) {
         let _ = self.pools.set(ConnectionPools {

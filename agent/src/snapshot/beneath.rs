@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use super::tree::join_relative;
 use super::SnapshotError;
 
 /// Never cross a symlink (or a `/proc` magic link), never leave the tree.
@@ -295,4 +294,13 @@ pub(crate) fn is_out_of_space(error: &std::io::Error) -> bool {
         error.raw_os_error(),
         Some(code) if code == Errno::NOSPC.raw_os_error() || code == Errno::DQUOT.raw_os_error()
     )
+}
+
+/// `root` joined with a manifest path ("" is the root itself).
+pub(crate) fn join_relative(root: &Path, relative: &str) -> PathBuf {
+    if relative.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(relative)
+    }
 }

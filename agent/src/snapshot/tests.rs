@@ -203,7 +203,7 @@ fn take_records_every_entry_of_the_source() {
     assert_eq!((mode_in_copy("shared"), mode_in_copy("shared/setuid")), (0o775, 0o750));
     for path in ["a/b/c/deep.txt", "a/b", ""] {
         let modified = |root: &Path| {
-            fs::metadata(tree::join_relative(root, path))
+            fs::metadata(beneath::join_relative(root, path))
                 .unwrap()
                 .modified()
                 .unwrap()

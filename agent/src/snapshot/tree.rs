@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
@@ -296,15 +296,6 @@ fn hash_zeros(hasher: &mut Sha256, mut count: u64) {
         let chunk = usize::try_from(count).unwrap_or(usize::MAX).min(ZEROS.len());
         hasher.update(&ZEROS[..chunk]);
         count -= chunk as u64;
-    }
-}
-
-/// `root` joined with a manifest path ("" is the root itself).
-pub(crate) fn join_relative(root: &Path, relative: &str) -> PathBuf {
-    if relative.is_empty() {
-        root.to_owned()
-    } else {
-        root.join(relative)
     }
 }
 

@@ -4,6 +4,7 @@
 //! `pages`, `records` and `rollouts` fetch and render (askama templates under
 //! `cli/templates/dashboard/`).
 
+pub mod frame;
 pub mod model;
 pub mod pages;
 pub mod records;
@@ -154,7 +155,7 @@ async fn guard(State(dashboard): State<Arc<Dashboard>>, request: Request, next: 
             }
             response
         }
-        Admission::Refuse(status, reason) => pages::refusal(status, &reason),
+        Admission::Refuse(status, reason) => frame::refusal(status, &reason),
     };
     let headers = response.headers_mut();
     headers.insert(

@@ -10,12 +10,13 @@ use std::time::SystemTime;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ccfleet_proto::pb;
 use serde::Deserialize;
 
+use super::frame::{frame, message_page, open_alerts, page, Frame, PageError};
 use super::model::{self, Bar, Matrix};
 use super::{records, rollouts, Dashboard};
 
@@ -52,91 +53,8 @@ async fn script() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response()
 }
 
-/// The parts of the page around the content.
-pub struct Frame {
-    pub title: String,
-    pub nav: &'static str,
-    pub server: String,
-    pub rendered_at: String,
-}
-
-pub fn frame(dashboard: &Dashboard, title: impl Into<String>, nav: &'static str) -> Frame {
-    Frame {
-        title: title.into(),
-        nav,
-        server: dashboard.server_url.clone(),
-        rendered_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-    }
-}
-
-/// A page that could not be made: the server refused or could not be reached.
-pub struct PageError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl From<tonic::Status> for PageError {
-    fn from(status: tonic::Status) -> PageError {
-        let http = match status.code() {
-            tonic::Code::NotFound => StatusCode::NOT_FOUND,
-            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => StatusCode::BAD_REQUEST,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        PageError {
-            status: http,
-            message: format!("the ccfleet server answered: {}", status.message()),
-        }
-    }
-}
-
-impl From<askama::Error> for PageError {
-    fn from(error: askama::Error) -> PageError {
-        PageError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot render the page: {error}"),
-        }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "dashboard/message.html")]
-struct MessagePage {
-    title: String,
-    message: String,
-}
-
-fn message_page(status: StatusCode, title: &str, message: &str) -> Response {
-    let page = MessagePage {
-        title: title.to_owned(),
-        message: message.to_owned(),
-    };
-    match page.render() {
-        Ok(html) => (status, Html(html)).into_response(),
-        Err(_) => (status, message.to_owned()).into_response(),
-    }
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        message_page(self.status, "cannot show this page", &self.message)
-    }
-}
-
-/// The answer to a request the guard refused.
-pub fn refusal(status: u16, reason: &str) -> Response {
-    message_page(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-        "refused",
-        reason,
-    )
-}
-
 async fn not_found() -> Response {
     message_page(StatusCode::NOT_FOUND, "not found", "no such page")
-}
-
-pub fn page<T: Template>(template: T) -> Result<Response, PageError> {
-    Ok(Html(template.render()?).into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -190,13 +108,6 @@ async fn all_apps(dashboard: &Dashboard, recipe: &str) -> Result<Vec<pb::HostApp
             return Ok(apps);
         }
     }
-}
-
-pub async fn open_alerts(dashboard: &Dashboard, host: &str) -> Result<Vec<pb::Alert>, PageError> {
-    let request = pb::ListAlertsRequest {
-        host_id: host.to_owned(),
-    };
-    Ok(dashboard.client.clone().list_alerts(request).await?.into_inner().alerts)
 }
 
 // --- overview -----------------------------------------------------------------
@@ -416,54 +327,6 @@ async fn matrix(State(dashboard): Shared, Query(query): Query<PageQuery>) -> Res
 }
 
 // --- app detail -------------------------------------------------------------------
-
-pub struct OperationRow {
-    pub updated_at: String,
-    pub operation_id: String,
-    pub phase: &'static str,
-    pub outcome: &'static str,
-    pub from_version: String,
-    pub to_version: String,
-    pub message: String,
-}
-
-pub struct AlertRow {
-    pub raised_at: String,
-    pub host_id: String,
-    pub domain: String,
-    pub recipe: String,
-    pub severity: &'static str,
-    pub outcome: &'static str,
-    pub from_version: String,
-    pub to_version: String,
-    pub reason: String,
-    pub operation_id: String,
-    pub snapshot_path: String,
-}
-
-pub fn alert_row(alert: &pb::Alert) -> AlertRow {
-    AlertRow {
-        raised_at: model::time(alert.raised_at.as_ref()).unwrap_or_else(|| "-".into()),
-        host_id: alert.host_id.clone(),
-        domain: alert.domain.clone(),
-        recipe: alert.recipe.clone(),
-        severity: model::severity(alert.severity),
-        outcome: model::operation_outcome(alert.outcome).unwrap_or("-"),
-        from_version: or_dash(&alert.from_version),
-        to_version: or_dash(&alert.to_version),
-        reason: alert.message.clone(),
-        operation_id: alert.operation_id.clone(),
-        snapshot_path: alert.snapshot_path.clone(),
-    }
-}
-
-pub fn or_dash(text: &str) -> String {
-    if text.is_empty() {
-        "-".into()
-    } else {
-        text.to_owned()
-    }
-}
 
 #[cfg(test)]
 mod tests {

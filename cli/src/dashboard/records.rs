@@ -10,8 +10,8 @@ use axum::response::Response;
 use ccfleet_proto::pb;
 use serde::Deserialize;
 
+use super::frame::{alert_row, frame, open_alerts, or_dash, page, AlertRow, Frame, OperationRow, PageError};
 use super::model;
-use super::pages::{alert_row, frame, open_alerts, or_dash, page, AlertRow, Frame, OperationRow, PageError};
 use super::Dashboard;
 
 type Shared = State<Arc<Dashboard>>;

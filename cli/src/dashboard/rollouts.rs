@@ -17,8 +17,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::frame::{frame, or_dash, page, Frame, PageError};
 use super::model::{self, Progress};
-use super::pages::{frame, or_dash, page, Frame, PageError};
 use super::security::same_secret;
 use super::Dashboard;
 

@@ -25,6 +25,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// The handshakes in progress on one listener; each entry holds the signal
+/// that closes it.
+pub type SharedHandshakePool = std::sync::Arc<std::sync::Mutex<HandshakePool<tokio::sync::oneshot::Sender<()>>>>;
+
 /// Where a connection comes from, for the per-source bound: an IPv4 address,
 /// or an IPv6 /64 (one subscriber's usual allocation; an IPv4 address mapped
 /// into IPv6 counts as that IPv4 address).

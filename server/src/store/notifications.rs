@@ -13,9 +13,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use super::keys::ALERTS;
+use super::rollouts::{RolloutHeader, ROLLOUTS};
 use super::{decode, encode, Store, StoreError};
 use crate::model::{AlertRecord, AlertSeverityRecord, NotificationRecord, RolloutStateRecord};
 
@@ -173,7 +172,7 @@ impl Store {
             self.gauges.alert_changed(None, Some(alert.severity));
         }
         for entry in self.rollouts.iter() {
-            let header: RolloutHeader = decode(super::rollouts::ROLLOUTS, &entry?.1)?;
+            let header: RolloutHeader = decode(ROLLOUTS, &entry?.1)?;
             self.gauges.rollout_changed(None, header.state);
         }
         self.count_queue()
@@ -291,12 +290,6 @@ impl Store {
         }
         Ok(removed)
     }
-}
-
-/// Only the state of a rollout header, decoded without the rest.
-#[derive(Deserialize)]
-pub(super) struct RolloutHeader {
-    pub(super) state: RolloutStateRecord,
 }
 
 fn sequence(key: &[u8]) -> u64 {

@@ -4,10 +4,11 @@
 //! result). Every transition is stored before it takes effect (see
 //! `rollout::engine`).
 
+use serde::Deserialize;
 use sled::transaction::Transactional;
 
 use super::{decode, encode, Store, StoreError};
-use crate::model::RolloutRecord;
+use crate::model::{RolloutRecord, RolloutStateRecord};
 
 pub(super) const ROLLOUTS: &str = "rollouts";
 pub(super) const ROLLOUT_HOSTS: &str = "rollout_hosts";
@@ -42,7 +43,7 @@ impl Store {
             let before = self
                 .rollouts
                 .get(rollout.id.as_bytes())?
-                .map(|bytes| decode::<super::notifications::RolloutHeader>(ROLLOUTS, &bytes))
+                .map(|bytes| decode::<RolloutHeader>(ROLLOUTS, &bytes))
                 .transpose()?
                 .map(|header| header.state);
             // Decided over the whole record, before its hosts are split off.
@@ -201,4 +202,10 @@ mod tests {
             HostOutcomeRecord::Dispatched
         );
     }
+}
+
+/// Only the state of a rollout header, decoded without the rest.
+#[derive(Deserialize)]
+pub(super) struct RolloutHeader {
+    pub(super) state: RolloutStateRecord,
 }
