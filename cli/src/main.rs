@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// Items per request for listings the CLI pages through (hosts, apps,
-    /// versions); 0 for the server's default. For tests and diagnosis.
+    /// versions, alerts); 0 for the server's default. For tests and diagnosis.
     #[arg(long, global = true, default_value_t = 0, hide = true)]
     page_size: u32,
     #[command(subcommand)]
@@ -74,11 +74,18 @@ enum Command {
         /// The recipe, e.g. `ghost`.
         recipe: RecipeName,
     },
-    /// List open alerts (failed, rolled-back and held upgrades), newest first.
+    /// List open alerts (failed, rolled-back and held upgrades), newest first;
+    /// `ccfleet alerts ack ID` silences one.
+    #[command(args_conflicts_with_subcommands = true)]
     Alerts {
         /// Only alerts of this host.
         #[arg(long)]
         host: Option<HostId>,
+        /// Also acknowledged and recently resolved (7 days) alerts.
+        #[arg(long)]
+        all: bool,
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
     },
     /// List the operations hosts reported (reconciles, upgrades, rollbacks), newest first.
     Operations {
@@ -123,6 +130,24 @@ enum Command {
         /// Directory for the pages.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Acknowledge an alert: it leaves `ccfleet alerts` and sends no
+    /// notification until it expires or its app fails again (another
+    /// operation, another target or a higher severity); the app's next
+    /// success still resolves it. Recorded in the audit log.
+    Ack {
+        /// The alert's id (the ID column of `ccfleet alerts`).
+        id: String,
+        /// Why it may stay quiet (required; in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// For how long, e.g. 24h or 7d (at most 90 days) [default: until the app fails again or recovers].
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
     },
 }
 
@@ -311,13 +336,49 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 render(json, &versions, || output::versions_table(&versions))
             }
         }
-        Command::Alerts { host } => {
-            let request = pb::ListAlertsRequest {
-                host_id: host.map(String::from).unwrap_or_default(),
+        Command::Alerts {
+            command: Some(AlertsCommand::Ack { id, reason, duration }),
+            ..
+        } => {
+            let request = pb::AcknowledgeAlertRequest {
+                id,
+                reason,
+                for_seconds: duration.map_or(0, |duration| duration.as_secs().max(1)),
             };
-            let response = client.list_alerts(request).await.map_err(failure)?.into_inner();
-            let alerts: Vec<_> = response.alerts.iter().map(output::alert).collect();
-            render(json, &alerts, || output::alerts_table(&alerts))
+            let alert = output::alert(&client.acknowledge_alert(request).await.map_err(failure)?.into_inner());
+            render(json, &alert, || {
+                format!(
+                    "acknowledged alert {} ({} on {}) until {}",
+                    alert.id,
+                    alert.domain,
+                    alert.host_id,
+                    alert
+                        .acknowledged_until
+                        .as_deref()
+                        .unwrap_or("the app fails again or recovers")
+                )
+            })
+        }
+        Command::Alerts { host, all, command: None } => {
+            let mut alerts = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListAlertsRequest {
+                    host_id: host.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    all,
+                    page_size: cli.page_size,
+                    page_token,
+                };
+                let response = client.list_alerts(request).await.map_err(failure)?.into_inner();
+                alerts.extend(response.alerts);
+                page_token = response.next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
+            output::sort_alerts(&mut alerts);
+            let alerts: Vec<_> = alerts.iter().map(output::alert).collect();
+            render(json, &alerts, || output::alerts_table(&alerts, all))
         }
         Command::Operations { host, app, limit } => {
             let request = pb::ListOperationsRequest {

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub operation_quota: usize,
     /// Operation records older than this are pruned (at start and hourly).
     pub operation_retention: Duration,
+    /// Audit entries older than this are pruned (at start and hourly).
+    pub audit_retention: Duration,
+    /// Audit entries kept at most; past it admin actions are refused.
+    pub audit_max_entries: usize,
     /// On shutdown, how long agent streams and other connections get to end
     /// before the server closes them and exits.
     pub shutdown_timeout: Duration,
@@ -111,6 +115,8 @@ impl ServerConfig {
             admin_certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
             operation_quota: store::DEFAULT_OPERATION_QUOTA,
             operation_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_retention: Duration::from_secs(u64::from(store::DEFAULT_AUDIT_RETENTION_DAYS) * 24 * 3600),
+            audit_max_entries: store::DEFAULT_AUDIT_MAX_ENTRIES,
             shutdown_timeout: Duration::from_secs(10),
             max_connections: None,
             max_handshakes: None,
@@ -278,7 +284,9 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?);
-    let mut store = store.with_operation_quota(config.operation_quota);
+    let mut store = store
+        .with_operation_quota(config.operation_quota)
+        .with_audit_max_entries(config.audit_max_entries);
     let destination_ids = config
         .notify
         .destinations
@@ -318,6 +326,10 @@ pub async fn serve(
 
     let sweeper = tokio::spawn(tasks::expire_silent_sessions(fleet.clone()));
     let pruner = tokio::spawn(tasks::prune_old_operations(store.clone(), config.operation_retention));
+    let record_pruner = tokio::spawn(tasks::prune_audit_and_resolved_alerts(
+        store.clone(),
+        config.audit_retention,
+    ));
     let metrics = Arc::new(metrics::Metrics::default());
     // Webhook delivery runs on tasks of its own: a slow or dead receiver
     // holds up nothing but its own queue.
@@ -496,6 +508,7 @@ pub async fn serve(
     drop(admin_thread);
     sweeper.abort();
     pruner.abort();
+    record_pruner.abort();
     watchdog.abort();
     for delivery in deliveries {
         delivery.abort();

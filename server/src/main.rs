@@ -79,6 +79,16 @@ enum Command {
         /// Operation records older than this are pruned.
         #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
         operation_retention: Duration,
+        /// Audit entries older than this many days are pruned (hourly); none
+        /// is removed earlier, whatever the count.
+        #[arg(long, value_name = "DAYS", default_value_t = ccfleet_server::store::DEFAULT_AUDIT_RETENTION_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        audit_retention: u32,
+        /// Audit entries kept at most: once reached, admin actions are refused
+        /// (never an older entry evicted) until entries age out.
+        #[arg(long, default_value_t = ccfleet_server::store::DEFAULT_AUDIT_MAX_ENTRIES,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        audit_max_entries: u64,
         #[command(flatten)]
         limits: Limits,
         #[command(flatten)]
@@ -236,6 +246,8 @@ fn main() -> anyhow::Result<()> {
             heartbeat_timeout,
             operation_quota,
             operation_retention,
+            audit_retention,
+            audit_max_entries,
             limits,
             notify,
         } => {
@@ -298,6 +310,8 @@ fn main() -> anyhow::Result<()> {
                 config.host_certificate_lifetime = host_certificate_lifetime;
                 config.operation_quota = operation_quota;
                 config.operation_retention = operation_retention;
+                config.audit_retention = Duration::from_secs(u64::from(audit_retention) * 24 * 3600);
+                config.audit_max_entries = audit_max_entries as usize;
                 config.shutdown_timeout = limits.shutdown_timeout;
                 config.max_connections = limits.max_connections.map(|value| value as usize);
                 config.max_handshakes = limits.max_handshakes.map(|value| value as usize);

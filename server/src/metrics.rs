@@ -181,7 +181,7 @@ impl Metrics {
         metric(
             "ccfleet_alerts_open",
             "gauge",
-            "Open alerts (one per app at most), by severity.",
+            "Open and acknowledged alerts (one per app at most), by severity.",
             &alerts,
         );
         let rollouts: Vec<(String, u64)> = ROLLOUT_STATES
@@ -203,6 +203,12 @@ impl Metrics {
             "gauge",
             "Notifications in the durable queue that some webhook has not received yet.",
             &[("", gauges.notifications_queued())],
+        );
+        metric(
+            "ccfleet_alerts_refused_total",
+            "counter",
+            "Alerts refused by a host's alert quota (apps in its inventory plus 16) since the server started.",
+            &[("", gauges.alerts_refused())],
         );
         metric(
             "ccfleet_notifications_dropped_total",

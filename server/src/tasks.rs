@@ -78,3 +78,28 @@ pub(crate) async fn prune_old_operations(store: StoreHandle, retention: Duration
         }
     }
 }
+
+/// Applies the audit log's retention age and the resolved alerts' retention
+/// (`model::alerts::RESOLVED_ALERT_RETENTION_MS`) at start and then hourly.
+pub(crate) async fn prune_audit_and_resolved_alerts(store: StoreHandle, audit_retention: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticker.tick().await;
+        let now = model::now_millis();
+        let audit_cutoff = now.saturating_sub(audit_retention.as_millis() as u64);
+        match store.write(move |store| store.prune_audit_before(audit_cutoff)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned audit entries past their retention"),
+            Err(error) => tracing::error!(%error, "cannot prune old audit entries"),
+        }
+        let alert_cutoff = now.saturating_sub(model::alerts::RESOLVED_ALERT_RETENTION_MS);
+        match store
+            .write(move |store| store.prune_resolved_alerts_before(alert_cutoff))
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned resolved alerts past their retention"),
+            Err(error) => tracing::error!(%error, "cannot prune resolved alerts"),
+        }
+    }
+}

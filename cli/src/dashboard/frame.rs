@@ -95,11 +95,32 @@ pub fn page<T: Template>(template: T) -> Result<Response, PageError> {
     Ok(Html(template.render()?).into_response())
 }
 
+/// The open alerts of one host (or all, `host` empty), every page.
 pub async fn open_alerts(dashboard: &Dashboard, host: &str) -> Result<Vec<pb::Alert>, PageError> {
-    let request = pb::ListAlertsRequest {
-        host_id: host.to_owned(),
-    };
-    Ok(dashboard.client.clone().list_alerts(request).await?.into_inner().alerts)
+    alerts(dashboard, host, false).await
+}
+
+/// Alerts of one host (or all), every page, newest first; `all`:
+/// acknowledged and resolved ones too.
+pub async fn alerts(dashboard: &Dashboard, host: &str, all: bool) -> Result<Vec<pb::Alert>, PageError> {
+    let mut alerts = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListAlertsRequest {
+            host_id: host.to_owned(),
+            all,
+            page_size: 0,
+            page_token,
+        };
+        let response = dashboard.client.clone().list_alerts(request).await?.into_inner();
+        alerts.extend(response.alerts);
+        page_token = response.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    model::sort_alerts(&mut alerts);
+    Ok(alerts)
 }
 
 pub struct OperationRow {
@@ -113,6 +134,10 @@ pub struct OperationRow {
 }
 
 pub struct AlertRow {
+    pub id: String,
+    /// "open", "acknowledged" or "resolved", with who and why when acknowledged.
+    pub state: &'static str,
+    pub state_detail: String,
     pub raised_at: String,
     pub host_id: String,
     pub domain: String,
@@ -127,7 +152,27 @@ pub struct AlertRow {
 }
 
 pub fn alert_row(alert: &pb::Alert) -> AlertRow {
+    let state = match pb::AlertState::try_from(alert.state) {
+        Ok(pb::AlertState::Open) => "open",
+        Ok(pb::AlertState::Acknowledged) => "acknowledged",
+        Ok(pb::AlertState::Resolved) => "resolved",
+        _ => "unknown",
+    };
+    let state_detail = match state {
+        "acknowledged" => format!(
+            "by {} until {}: {}",
+            alert.acknowledged_by,
+            model::time(alert.acknowledged_until.as_ref())
+                .unwrap_or_else(|| "the app fails again or recovers".into()),
+            alert.acknowledged_reason
+        ),
+        "resolved" => model::time(alert.resolved_at.as_ref()).unwrap_or_default(),
+        _ => String::new(),
+    };
     AlertRow {
+        id: alert.id.clone(),
+        state,
+        state_detail,
         raised_at: model::time(alert.raised_at.as_ref()).unwrap_or_else(|| "-".into()),
         host_id: alert.host_id.clone(),
         domain: alert.domain.clone(),

@@ -141,7 +141,7 @@ struct AlertsPage {
 }
 
 pub async fn alerts(State(dashboard): Shared) -> Result<Response, PageError> {
-    let alerts = open_alerts(&dashboard, "").await?;
+    let alerts = super::frame::alerts(&dashboard, "", true).await?;
     page(AlertsPage {
         frame: frame(&dashboard, "Alerts", "alerts"),
         rows: alerts.iter().map(alert_row).collect(),

@@ -112,13 +112,22 @@ fn alert() -> impl Strategy<Value = pb::Alert> {
     (
         (text(), text(), enum_value(), text(), timestamp()),
         (text(), text(), text(), text(), enum_value(), text()),
+        (text(), enum_value(), text(), timestamp(), timestamp()),
     )
         .prop_map(
             |(
                 (host_id, domain, severity, message, raised_at),
                 (operation_id, recipe, from_version, to_version, outcome, snapshot_path),
+                (id, state, acknowledged_reason, acknowledged_until, resolved_at),
             )| {
                 pb::Alert {
+                    id,
+                    state,
+                    acknowledged_by: acknowledged_reason.clone(),
+                    acknowledged_reason,
+                    acknowledged_at: acknowledged_until,
+                    acknowledged_until,
+                    resolved_at,
                     host_id,
                     domain,
                     severity,

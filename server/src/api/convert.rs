@@ -8,7 +8,7 @@ use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
 use tonic::Status;
 
 use crate::model::{
-    AlertEventRecord, AlertRecord, AlertSeverityRecord, AppRecord, AppStateRecord, HostFactsRecord, HostRecord,
+    AlertEventRecord, AlertRecord, AlertSeverityRecord, AlertStateRecord, AppRecord, AppStateRecord, HostFactsRecord, HostRecord,
     OperationOutcomeRecord, OperationPhaseRecord, OperationRecord, UnixMillis,
 };
 
@@ -332,8 +332,22 @@ pub fn host_time(reported: Option<&prost_types::Timestamp>, received_at: UnixMil
     }
 }
 
-pub fn alert_to_wire(alert: &AlertRecord) -> pb::Alert {
+/// An alert on the wire, its state as it stands at `now` (an expired
+/// acknowledgement is open).
+pub fn alert_to_wire(alert: &AlertRecord, now: UnixMillis) -> pb::Alert {
+    let ack = alert.acknowledged.as_ref();
     pb::Alert {
+        id: alert.id.to_string(),
+        state: match alert.state_at(now) {
+            AlertStateRecord::Open => pb::AlertState::Open,
+            AlertStateRecord::Acknowledged => pb::AlertState::Acknowledged,
+            AlertStateRecord::Resolved => pb::AlertState::Resolved,
+        } as i32,
+        acknowledged_by: ack.map(|ack| ack.by.clone()).unwrap_or_default(),
+        acknowledged_reason: ack.map(|ack| ack.reason.clone()).unwrap_or_default(),
+        acknowledged_at: ack.map(|ack| timestamp(ack.at)),
+        acknowledged_until: ack.and_then(|ack| ack.until).map(timestamp),
+        resolved_at: alert.resolved_at.map(timestamp),
         host_id: alert.host_id.to_string(),
         domain: alert.domain.to_string(),
         severity: match alert.severity {

@@ -1,5 +1,5 @@
 //! Page sizes and page tokens of the Admin listings (`ListHosts`, `ListApps`,
-//! `RecipeVersions`).
+//! `RecipeVersions`, `ListAlerts`).
 //!
 //! A token is the key of the last item of the previous page, prefixed with
 //! the listing it belongs to, as hex (opaque to clients, printable, and
@@ -33,6 +33,7 @@ pub enum Listing {
     Hosts,
     Apps,
     Versions,
+    Alerts,
 }
 
 impl Listing {
@@ -41,6 +42,7 @@ impl Listing {
             Listing::Hosts => "hosts",
             Listing::Apps => "apps",
             Listing::Versions => "versions",
+            Listing::Alerts => "alerts",
         }
     }
 }
@@ -112,6 +114,20 @@ pub fn app_after(token: &str) -> Result<Option<AppKey>, Status> {
     Ok(Some((host_id, domain)))
 }
 
+/// An alerts token: the host id and domain of the last alert.
+pub fn alert_token((host_id, domain): &AppKey) -> String {
+    encode(Listing::Alerts, &[host_id.as_str(), domain.as_str()])
+}
+
+pub fn alert_after(token: &str) -> Result<Option<AppKey>, Status> {
+    let Some(parts) = decode(Listing::Alerts, token, 2)? else {
+        return Ok(None);
+    };
+    let host_id: HostId = parts[0].parse().map_err(|_| invalid_part(Listing::Alerts))?;
+    let domain: Domain = parts[1].parse().map_err(|_| invalid_part(Listing::Alerts))?;
+    Ok(Some((host_id, domain)))
+}
+
 /// A versions token: "known" or "unknown", the version, host id, domain.
 pub fn version_token((Reverse(version), host_id, domain): &VersionKey) -> String {
     let version_text = version.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -161,7 +177,14 @@ mod tests {
         let domain: Domain = "blog.coop.example".parse().unwrap();
         assert_eq!(host_after(&host_token(&host)).unwrap(), Some(host.clone()));
         let app = (host.clone(), domain.clone());
-        assert_eq!(app_after(&app_token(&app)).unwrap(), Some(app));
+        assert_eq!(app_after(&app_token(&app)).unwrap(), Some(app.clone()));
+        assert_eq!(alert_after(&alert_token(&app)).unwrap(), Some(app.clone()));
+        assert_eq!(
+            alert_after(&app_token(&app)).unwrap_err().code(),
+            tonic::Code::InvalidArgument,
+            "an apps token is not an alerts token"
+        );
+        assert_eq!(alert_after("").unwrap(), None);
         for version in [None, Some("1.3.0+6.42.0-alpine".parse::<CoopVersion>().unwrap())] {
             let key = (Reverse(version), host.clone(), domain.clone());
             assert_eq!(version_after(&version_token(&key)).unwrap(), Some(key));

@@ -3,6 +3,7 @@
 //! log. `store` encodes and keeps them; `rollout::machine` and `plan` decide
 //! with them; `api::convert` turns them into wire messages and back.
 
+pub mod alerts;
 mod audit;
 mod notifications;
 mod records;

@@ -270,10 +270,41 @@ pub enum AlertSeverityRecord {
     Critical,
 }
 
-/// The open alert of one app on one host: a newer raise replaces it, a
-/// clear removes it.
+/// Where an alert is in its life (`model::alerts` decides the moves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStateRecord {
+    #[default]
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+/// An admin's acknowledgement of an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertAckRecord {
+    pub by: String,
+    pub reason: String,
+    pub at: UnixMillis,
+    /// `None`: until the app fails again or recovers.
+    pub until: Option<UnixMillis>,
+}
+
+/// The alert of one app on one host: a newer raise replaces it (re-opening
+/// an acknowledged one), a clear resolves it, an admin acknowledges it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertRecord {
+    /// Short id, unique in the store (a counter); 0 in records stored
+    /// before ids existed, until `Store::open` numbers them.
+    #[serde(default)]
+    pub id: u64,
+    /// As stored; `AlertRecord::state_at` applies an acknowledgement's expiry.
+    #[serde(default)]
+    pub state: AlertStateRecord,
+    #[serde(default)]
+    pub acknowledged: Option<AlertAckRecord>,
+    #[serde(default)]
+    pub resolved_at: Option<UnixMillis>,
     pub host_id: HostId,
     pub domain: Domain,
     pub recipe: Option<RecipeName>,

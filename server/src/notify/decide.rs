@@ -4,36 +4,35 @@
 
 use std::time::Duration;
 
+use crate::model::alerts::{is_new_failure, rank};
 use crate::model::{
-    AlertNotice, AlertRecord, AlertSeverityRecord, HostOutcomeRecord, NotificationKind, NotificationRecord,
+    AlertNotice, AlertRecord, AlertStateRecord, HostOutcomeRecord, NotificationKind, NotificationRecord,
     RolloutNotice, RolloutRecord, RolloutStateRecord, UnixMillis,
 };
 
-fn rank(severity: AlertSeverityRecord) -> u8 {
-    match severity {
-        AlertSeverityRecord::Unknown => 0,
-        AlertSeverityRecord::Warning => 1,
-        AlertSeverityRecord::Critical => 2,
-    }
-}
-
 /// The notification for an app's alert going from `previous` to `next`
-/// (`None`: no open alert): a new alert opens; a higher severity escalates;
-/// a new failure (another operation or target) replacing an open alert
-/// opens again; a clear resolves. The same alert raised again says nothing.
+/// (`None`: no record) at `now`; a resolved alert counts as none, and an
+/// acknowledgement past its expiry as open. A new alert opens; a higher
+/// severity escalates; a new failure (another operation or target)
+/// replacing an open alert opens again; a clear resolves. An acknowledged
+/// alert says nothing (neither the acknowledgement nor the same failure
+/// reported again) until a new failure re-opens it: opened, or escalated.
 pub fn alert_notification(
     previous: Option<&AlertRecord>,
     next: Option<&AlertRecord>,
     now: UnixMillis,
 ) -> Option<NotificationRecord> {
-    let (kind, alert) = match (previous, next) {
+    let active = |record: Option<&AlertRecord>| record.filter(|record| record.state_at(now) != AlertStateRecord::Resolved);
+    let (kind, alert) = match (active(previous), active(next)) {
         (None, None) => return None,
         (None, Some(next)) => (NotificationKind::AlertOpened, next),
         (Some(previous), None) => (NotificationKind::AlertResolved, previous),
         (Some(previous), Some(next)) => {
-            if rank(next.severity) > rank(previous.severity) {
+            if next.state_at(now) == AlertStateRecord::Acknowledged {
+                return None;
+            } else if rank(next.severity) > rank(previous.severity) {
                 (NotificationKind::AlertEscalated, next)
-            } else if next.operation_id != previous.operation_id || next.to_version != previous.to_version {
+            } else if previous.state_at(now) == AlertStateRecord::Acknowledged || is_new_failure(previous, next) {
                 (NotificationKind::AlertOpened, next)
             } else {
                 return None;
@@ -121,10 +120,16 @@ pub fn answer(status: u16) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{OperationOutcomeRecord, QuantityRecord, RolloutHostRecord, StrategyRecord};
+    use crate::model::{
+        AlertAckRecord, AlertSeverityRecord, OperationOutcomeRecord, QuantityRecord, RolloutHostRecord, StrategyRecord,
+    };
 
     fn alert(severity: AlertSeverityRecord, operation: &str, raised_at: UnixMillis) -> AlertRecord {
         AlertRecord {
+            id: 1,
+            state: AlertStateRecord::Open,
+            acknowledged: None,
+            resolved_at: None,
             host_id: "web-1".parse().unwrap(),
             domain: "blog.example.org".parse().unwrap(),
             recipe: Some("ghost".parse().unwrap()),
@@ -180,6 +185,56 @@ mod tests {
                 assert_eq!(notification.created_at, 99);
                 assert!(notification.alert.is_some() && notification.rollout.is_none());
             }
+        }
+    }
+
+    #[test]
+    fn acknowledged_alerts_stay_quiet_until_they_reopen() {
+        use AlertSeverityRecord::{Critical, Warning};
+        let open = alert(Warning, "op-1", 10);
+        let acked = |until| AlertRecord {
+            state: AlertStateRecord::Acknowledged,
+            acknowledged: Some(AlertAckRecord {
+                by: "alice".into(),
+                reason: "known".into(),
+                at: 15,
+                until,
+            }),
+            ..open.clone()
+        };
+        let reopened = AlertRecord {
+            operation_id: Some("op-2".into()),
+            raised_at: 40,
+            ..open.clone()
+        };
+        let escalated = AlertRecord {
+            severity: Critical,
+            raised_at: 50,
+            ..open.clone()
+        };
+        let resolved = AlertRecord {
+            state: AlertStateRecord::Resolved,
+            resolved_at: Some(60),
+            ..acked(None)
+        };
+        let same_again = AlertRecord {
+            raised_at: 30,
+            ..open.clone()
+        };
+        let cases: Vec<(&str, Option<&AlertRecord>, Option<&AlertRecord>, u64, Option<&str>)> = vec![
+            ("acknowledging says nothing", Some(&open), Some(&acked(None)), 20, None),
+            ("the same failure while acknowledged says nothing", Some(&acked(None)), Some(&acked(None)), 30, None),
+            ("a new failure re-opens", Some(&acked(None)), Some(&reopened), 40, Some("alert:web-1:blog.example.org:40:opened")),
+            ("a higher severity escalates", Some(&acked(None)), Some(&escalated), 50, Some("alert:web-1:blog.example.org:50:escalated")),
+            ("an acknowledged alert resolves", Some(&acked(None)), Some(&resolved), 60, Some("alert:web-1:blog.example.org:10:resolved")),
+            ("an open alert resolves", Some(&open), Some(&resolved), 60, Some("alert:web-1:blog.example.org:10:resolved")),
+            ("a resolved alert written again says nothing", Some(&resolved), Some(&resolved), 70, None),
+            ("a new alert over a resolved one opens", Some(&resolved), Some(&reopened), 80, Some("alert:web-1:blog.example.org:40:opened")),
+            ("an expired acknowledgement is open: the same failure says nothing", Some(&acked(Some(25))), Some(&same_again), 30, None),
+        ];
+        for (what, previous, next, now, expected) in cases {
+            let notification = alert_notification(previous, next, now);
+            assert_eq!(notification.as_ref().map(|notification| notification.id.as_str()), expected, "{what}");
         }
     }
 

@@ -216,7 +216,10 @@ impl Store {
         let mut alert_severities = Vec::new();
         for entry in self.alerts.scan_prefix(prefix(&[host_id.as_str()])) {
             let (alert_key, value) = entry?;
-            alert_severities.push(decode::<AlertRecord>(ALERTS, &value)?.severity);
+            let alert = decode::<AlertRecord>(ALERTS, &value)?;
+            if alert.is_active() {
+                alert_severities.push(alert.severity);
+            }
             alert_keys.push(alert_key);
         }
         (

@@ -13,6 +13,8 @@ pub(super) const TOKENS: &str = "tokens";
 pub(super) const CERTIFICATES: &str = "certificates";
 pub(super) const ALERTS: &str = "alerts";
 pub(super) const OPERATIONS_BY_TIME: &str = "operations_by_time";
+/// One key, `next`: the next alert id (8 bytes, big-endian).
+pub(super) const ALERT_COUNTER: &str = "alert_counter";
 
 /// Separator inside composite keys. Every name in a key is a validated domain
 /// type, none of which can contain it.

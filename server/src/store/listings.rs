@@ -1,16 +1,10 @@
-//! Alerts and operation records: what admins list, and the bounds that keep
-//! one host from filling the disk with them (a quota per host, a retention
-//! age for everyone).
-
-use std::cmp::Reverse;
+//! Operation records: what admins list, and the bounds that keep one host
+//! from filling the disk with them (a quota per host, a retention age for
+//! everyone). Alerts, with their own quota, are in `alerts.rs`.
 
 use ccfleet_proto::{Domain, HostId};
-use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use super::{
-    decode, encode, key, prefix, storage_error, AlertEventRecord, AlertRecord, HostRecord, OperationRecord, Store,
-    StoreError, UnixMillis, ALERTS, OPERATIONS,
-};
+use super::{decode, prefix, OperationRecord, Store, StoreError, UnixMillis, OPERATIONS};
 
 /// Operation records kept per host unless configured otherwise: a busy host
 /// reports a few operations a day, so this is months of history, and at
@@ -44,82 +38,6 @@ impl Store {
     pub fn with_operation_quota(mut self, quota: usize) -> Store {
         self.operation_quota = quota.max(1);
         self
-    }
-
-    /// Raises (replacing the app's open alert) or clears an alert, writing
-    /// the host record (its `last_seq`) in the same transaction.
-    pub(super) fn write_alert(&self, host: &HostRecord, alert: &AlertEventRecord) -> Result<(), StoreError> {
-        let host_value = encode(host)?;
-        let alert_key = key(&[host.host_id.as_str(), alert.domain.as_str()]);
-        let previous: Option<AlertRecord> = self
-            .alerts
-            .get(&alert_key)?
-            .map(|bytes| decode(ALERTS, &bytes))
-            .transpose()?;
-        let next = (!alert.cleared).then(|| AlertRecord {
-            host_id: host.host_id.clone(),
-            domain: alert.domain.clone(),
-            recipe: alert.recipe.clone(),
-            from_version: alert.from_version.clone(),
-            to_version: alert.to_version.clone(),
-            outcome: alert.outcome,
-            severity: alert.severity,
-            reason: alert.reason.clone(),
-            operation_id: alert.operation_id.clone(),
-            snapshot_path: alert.snapshot_path.clone(),
-            raised_at: alert.raised_at,
-            received_at: Some(alert.received_at),
-            reported_raised_at: alert.reported_raised_at,
-        });
-        let alert_value = next.as_ref().map(encode).transpose()?;
-        // Queued in the same transaction as the alert it announces.
-        let queued = self.prepare_notification(crate::notify::decide::alert_notification(
-            previous.as_ref(),
-            next.as_ref(),
-            super::now_millis(),
-        ))?;
-        (&self.hosts, &self.alerts, &self.notifications.tree)
-            .transaction(|(hosts, alerts, notifications)| {
-                hosts.insert(host.host_id.as_str(), host_value.clone())?;
-                match &alert_value {
-                    Some(value) => alerts.insert(alert_key.clone(), value.clone())?,
-                    None => alerts.remove(alert_key.clone())?,
-                };
-                if let Some(queued) = &queued {
-                    notifications.insert(&queued.key, queued.value.clone())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(storage_error)?;
-        self.index.put_host(host);
-        self.gauges.alert_changed(
-            previous.map(|previous| previous.severity),
-            next.map(|next| next.severity),
-        );
-        self.notifications_queued(queued.as_slice())?;
-        Ok(())
-    }
-
-    /// Open alerts, of one host or all, newest first.
-    pub fn alerts(&self, host_id: Option<&HostId>) -> Result<Vec<AlertRecord>, StoreError> {
-        let entries = match host_id {
-            Some(host_id) => self.alerts.scan_prefix(prefix(&[host_id.as_str()])),
-            None => self.alerts.scan_prefix([]),
-        };
-        let mut alerts: Vec<AlertRecord> = entries
-            .map(|entry| decode(ALERTS, &entry?.1))
-            .collect::<Result<_, _>>()?;
-        // By the server's receive time: a host's clock cannot move its
-        // alerts ahead of others'.
-        alerts.sort_by_key(|alert| {
-            (
-                Reverse(alert.received_at.unwrap_or(alert.raised_at)),
-                Reverse(alert.raised_at),
-                alert.host_id.clone(),
-                alert.domain.clone(),
-            )
-        });
-        Ok(alerts)
     }
 
     /// Operations matching `filter`, newest first, at most `filter.limit`.

@@ -10,6 +10,7 @@
 //!
 
 mod access;
+mod alerts;
 mod audit;
 mod codec;
 mod enrolment;
@@ -32,7 +33,8 @@ use std::path::{Path, PathBuf};
 use ccfleet_proto::HostId;
 use sled::transaction::TransactionError;
 
-pub use audit::{AUDIT_MAX_AGE_MS, AUDIT_MAX_ENTRIES};
+pub use alerts::{AckOutcome, AlertFilter};
+pub use audit::{DEFAULT_AUDIT_MAX_ENTRIES, DEFAULT_AUDIT_RETENTION_DAYS};
 pub use codec::{MAX_RECORD_BYTES, RECORD_FORMAT};
 pub use enrolment::{Enrolment, EnrolmentRefusal};
 pub use handle::{StoreHandle, StoreStatsSnapshot};
@@ -81,6 +83,11 @@ pub enum StoreError {
     Flush(String),
     #[error("the store thread has stopped")]
     Stopped,
+    #[error(
+        "the audit log is full: it holds {max} entries, the bound set by --audit-max-entries; \
+         admin actions are refused until entries age out (--audit-retention) or the bound is raised"
+    )]
+    AuditFull { max: usize },
 }
 
 /// Outcome of applying a durable agent event.
@@ -105,8 +112,17 @@ pub struct Store {
     rollouts: sled::Tree,
     rollout_hosts: sled::Tree,
     audit: sled::Tree,
-    /// `host\0domain` -> `AlertRecord`: at most one open alert per app.
+    /// `host\0domain` -> `AlertRecord`: at most one alert per app (open,
+    /// acknowledged or resolved).
     alerts: sled::Tree,
+    /// The next alert id (`alerts.rs`).
+    alert_counter: sled::Tree,
+    /// Alerts refused per host by the quota since start, for the log.
+    alert_refusals: std::sync::Mutex<std::collections::HashMap<HostId, u64>>,
+    /// Audit entries kept at most; past it admin actions are refused.
+    audit_max_entries: usize,
+    /// Audit entries stored, counted at open (this thread is the only writer).
+    audit_entries: std::sync::atomic::AtomicUsize,
     /// `updated_at (8 bytes, big-endian) host\0operation id` -> empty: the
     /// operations in time order, for newest-first listings without sorting
     /// every record.
@@ -164,6 +180,10 @@ impl Store {
             rollout_hosts: db.open_tree(rollouts::ROLLOUT_HOSTS)?,
             audit: db.open_tree(audit::AUDIT)?,
             alerts: db.open_tree(ALERTS)?,
+            alert_counter: db.open_tree(ALERT_COUNTER)?,
+            alert_refusals: Default::default(),
+            audit_max_entries: DEFAULT_AUDIT_MAX_ENTRIES,
+            audit_entries: Default::default(),
             operations_by_time: db.open_tree(OPERATIONS_BY_TIME)?,
             operation_quota: DEFAULT_OPERATION_QUOTA,
             operation_counts: Default::default(),
@@ -173,6 +193,8 @@ impl Store {
             db,
         };
         store.index_operations_if_missing()?;
+        store.number_unnumbered_alerts()?;
+        store.count_audit_entries();
         store.build_listing_index()?;
         store.count_gauges()?;
         Ok(store)

@@ -28,7 +28,8 @@ pub const DEFAULT_NOTIFICATION_LIMIT: usize = 10_000;
 /// without a trip to the store thread.
 #[derive(Debug, Default)]
 pub struct FleetGauges {
-    /// Open alerts by severity: unknown, warning, critical.
+    /// Active (open or acknowledged) alerts by severity: unknown, warning,
+    /// critical.
     alerts_open: [AtomicU64; 3],
     /// Stored rollouts by state: running, paused, completed, halted, aborted.
     rollouts: [AtomicU64; 5],
@@ -36,6 +37,8 @@ pub struct FleetGauges {
     notifications_queued: AtomicU64,
     /// Notifications dropped because the queue was full.
     notifications_dropped: AtomicU64,
+    /// Alerts refused by a host's alert quota since the server started.
+    pub(super) alerts_refused: AtomicU64,
 }
 
 /// Every severity, in the order of `FleetGauges::alerts_open`.
@@ -77,6 +80,10 @@ impl FleetGauges {
 
     pub fn notifications_dropped(&self) -> u64 {
         self.notifications_dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn alerts_refused(&self) -> u64 {
+        self.alerts_refused.load(Ordering::Relaxed)
     }
 
     pub(super) fn alert_changed(&self, before: Option<AlertSeverityRecord>, after: Option<AlertSeverityRecord>) {
@@ -169,7 +176,9 @@ impl Store {
     pub(super) fn count_gauges(&self) -> Result<(), StoreError> {
         for entry in self.alerts.iter() {
             let alert: AlertRecord = decode(ALERTS, &entry?.1)?;
-            self.gauges.alert_changed(None, Some(alert.severity));
+            if alert.is_active() {
+                self.gauges.alert_changed(None, Some(alert.severity));
+            }
         }
         for entry in self.rollouts.iter() {
             let header: RolloutHeader = decode(ROLLOUTS, &entry?.1)?;

@@ -7,7 +7,8 @@ use ccfleet_proto::tls::{secret_hash, JoinToken};
 use tonic::{Request, Response, Status};
 
 use crate::api::enrollment::millis;
-use crate::api::{audit::audit, convert, internal};
+use crate::api::audit::{audited, Entry};
+use crate::api::{convert, internal};
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::{self, Identity, Revocations};
 use crate::model::{now_millis, CertificateKind, CertificateRecord, TokenRecord};
@@ -105,12 +106,15 @@ impl AccessAdmin<'_> {
             ttl.as_secs(),
             record.labels
         );
-        self.store
-            .write(move |store| store.put_token(&record))
-            .await
-            .map_err(internal)?;
+        let entry = Entry::new("token.create", &token.id, detail);
+        audited(
+            self.store,
+            &caller,
+            move |store| store.put_token(&record),
+            move |_| Some(entry),
+        )
+        .await?;
         tracing::info!(admin = caller.identity.name(), token = token.id, "join token created");
-        audit(self.store, &caller, "token.create", &token.id, detail).await;
         Ok(Response::new(pb::CreateJoinTokenResponse {
             token: token.to_string(),
             info: Some(info),
@@ -140,17 +144,19 @@ impl AccessAdmin<'_> {
             ));
         }
         let revoked = {
-            let id = id.clone();
-            self.store
-                .write(move |store| store.revoke_token(&id))
-                .await
-                .map_err(internal)?
+            let (id, target) = (id.clone(), id.clone());
+            audited(
+                self.store,
+                &caller,
+                move |store| store.revoke_token(&id),
+                move |revoked| revoked.then(|| Entry::new("token.revoke", &target, String::new())),
+            )
+            .await?
         };
         if !revoked {
             return Err(Status::not_found(format!("there is no join token {id}")));
         }
         tracing::info!(admin = caller.identity.name(), token = id, "join token revoked");
-        audit(self.store, &caller, "token.revoke", &id, String::new()).await;
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
 
@@ -177,11 +183,14 @@ impl AccessAdmin<'_> {
             not_after: millis(issued.not_after),
             revoked_at: None,
         };
-        let recorded = self
-            .store
-            .write(move |store| store.record_admin_certificate(&certificate, now_millis()))
-            .await
-            .map_err(internal)?;
+        let entry = Entry::new("admin.issue", name.as_str(), format!("serial {}", issued.serial));
+        let recorded = audited(
+            self.store,
+            &caller,
+            move |store| store.record_admin_certificate(&certificate, now_millis()),
+            move |recorded| recorded.is_ok().then_some(entry),
+        )
+        .await?;
         if let Err(holder) = recorded {
             // The certificate just signed is dropped unseen: it never leaves
             // this function.
@@ -191,14 +200,6 @@ impl AccessAdmin<'_> {
             )));
         }
         tracing::info!(admin = caller.identity.name(), new_admin = %name, serial = issued.serial, "admin credential issued");
-        audit(
-            self.store,
-            &caller,
-            "admin.issue",
-            name.as_str(),
-            format!("serial {}", issued.serial),
-        )
-        .await;
         Ok(Response::new(pb::IssueAdminCredentialResponse {
             certificate_pem: issued.certificate_pem,
             ca_certificate_pem: self.authority.certificate_pem().to_owned(),
@@ -219,25 +220,28 @@ impl AccessAdmin<'_> {
             ));
         }
         let serials = {
-            let name = name.clone();
-            self.store
-                .write(move |store| store.revoke_certificates_of(CertificateKind::Admin, name.as_str(), now_millis()))
-                .await
-                .map_err(internal)?
+            let (name, target) = (name.clone(), name.clone());
+            audited(
+                self.store,
+                &caller,
+                move |store| store.revoke_certificates_of(CertificateKind::Admin, name.as_str(), now_millis()),
+                move |serials: &Vec<String>| {
+                    (!serials.is_empty()).then(|| {
+                        Entry::new(
+                            "admin.revoke",
+                            target.as_str(),
+                            format!("revoked {} certificate(s)", serials.len()),
+                        )
+                    })
+                },
+            )
+            .await?
         };
         if serials.is_empty() {
             return Err(Status::not_found(format!("admin {name} has no valid credential")));
         }
         self.revocations.revoke(serials.iter().cloned());
         tracing::info!(admin = caller.identity.name(), revoked_admin = %name, count = serials.len(), "admin credential revoked");
-        audit(
-            self.store,
-            &caller,
-            "admin.revoke",
-            name.as_str(),
-            format!("revoked {} certificate(s)", serials.len()),
-        )
-        .await;
         Ok(Response::new(pb::RevokeAdminCredentialResponse {
             revoked: serials.len() as u32,
         }))

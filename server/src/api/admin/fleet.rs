@@ -7,7 +7,8 @@ use ccfleet_proto::pb;
 use ccfleet_proto::{CoopVersion, HostId};
 use tonic::{Request, Response, Status};
 
-use crate::api::{audit::audit, convert, internal, paging};
+use crate::api::audit::{audited, Entry};
+use crate::api::{convert, paging};
 use crate::auth::{self, Revocations};
 use crate::fleet::Fleet;
 use crate::model::{now_millis, AppRecord};
@@ -173,11 +174,22 @@ impl FleetAdmin<'_> {
         let caller = auth::authenticated(&request)?;
         let host_id = convert::host_id("host_id", &request.into_inner().host_id)?;
         let removed = {
-            let host_id = host_id.clone();
-            self.store
-                .write(move |store| store.remove_host(&host_id, now_millis()))
-                .await
-                .map_err(internal)?
+            let (host_id, target) = (host_id.clone(), host_id.clone());
+            audited(
+                self.store,
+                &caller,
+                move |store| store.remove_host(&host_id, now_millis()),
+                move |removed: &Option<Vec<String>>| {
+                    removed.as_ref().map(|serials| {
+                        Entry::new(
+                            "host.remove",
+                            target.as_str(),
+                            format!("revoked {} certificate(s)", serials.len()),
+                        )
+                    })
+                },
+            )
+            .await?
         };
         let Some(serials) = removed else {
             return Err(Status::not_found(format!("there is no host {host_id}")));
@@ -186,14 +198,6 @@ impl FleetAdmin<'_> {
         self.revocations.revoke(serials.iter().cloned());
         self.fleet.close(&host_id);
         tracing::info!(admin = caller.identity.name(), host = %host_id, revoked = serials.len(), "host removed");
-        audit(
-            self.store,
-            &caller,
-            "host.remove",
-            host_id.as_str(),
-            format!("revoked {} certificate(s)", serials.len()),
-        )
-        .await;
         Ok(Response::new(pb::RemoveHostResponse {
             revoked_certificates: serials.len() as u32,
         }))

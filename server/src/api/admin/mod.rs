@@ -151,6 +151,10 @@ impl pb::admin_server::Admin for AdminService {
         self.reports().list_alerts(request).await
     }
 
+    async fn acknowledge_alert(&self, request: Request<pb::AcknowledgeAlertRequest>) -> Answer<pb::Alert> {
+        self.reports().acknowledge_alert(request).await
+    }
+
     async fn list_operations(&self, request: Request<pb::ListOperationsRequest>) -> Answer<pb::ListOperationsResponse> {
         self.reports().list_operations(request).await
     }

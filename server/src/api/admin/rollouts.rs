@@ -10,7 +10,8 @@ use ccfleet_proto::CoopVersion;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::{audit::audit, convert, internal};
+use crate::api::audit::{self, audit};
+use crate::api::{convert, internal};
 use crate::auth;
 use crate::fleet::Fleet;
 use crate::model::{now_millis, HostOutcomeRecord, QuantityRecord, RolloutRecord, RolloutStateRecord, StrategyRecord};
@@ -343,6 +344,7 @@ impl RolloutsAdmin<'_> {
         if request.dry_run {
             return Ok(Response::new(rollout_wire(&planned)));
         }
+        audit::has_room(self.store).await?;
         let started = self
             .rollouts
             .start_rollout(planned)
@@ -456,6 +458,7 @@ impl RolloutsAdmin<'_> {
             "promote" => Event::Promote,
             _ => Event::Abort { reason: reason.clone() },
         };
+        audit::has_room(self.store).await?;
         let rollout = self
             .rollouts
             .act(id.clone(), event)
