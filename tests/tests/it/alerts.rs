@@ -78,6 +78,8 @@ async fn alerts_are_stored_once_listed_newest_first_and_cleared() {
     assert_eq!(
         alerts,
         json!([{
+            "id": "1",
+            "state": "open",
             "host_id": "web-1",
             "domain": "blog.coop.example",
             "recipe": "ghost",
@@ -89,6 +91,11 @@ async fn alerts_are_stored_once_listed_newest_first_and_cleared() {
             "operation_id": "op-1",
             "snapshot_path": "/var/lib/ccfleet-agent/snapshots/blog.coop.example/op-1",
             "raised_at": "1970-01-01T00:16:40Z",
+            "acknowledged_by": null,
+            "acknowledged_reason": null,
+            "acknowledged_at": null,
+            "acknowledged_until": null,
+            "resolved_at": null,
         }])
     );
     let table = server.cli(&["alerts"]);
@@ -385,4 +392,211 @@ async fn a_time_from_a_host_far_in_the_future_is_bounded_and_the_listing_answers
     let present = alerts.iter().find(|alert| alert.domain == "wiki.coop.example").unwrap();
     assert_eq!(present.reported_raised_at_seconds, None);
     assert_eq!(present.raised_at.as_ref().unwrap().seconds, honest);
+}
+
+/// The one alert of `domain` in a `ccfleet --json alerts` listing.
+fn alert_of<'a>(alerts: &'a Value, domain: &str) -> &'a Value {
+    alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|alert| alert["domain"] == domain)
+        .unwrap_or_else(|| panic!("no alert of {domain} in {alerts}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_is_acknowledged_audited_reopened_by_a_new_failure_and_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let blog = "blog.coop.example";
+    let apps = vec![observed(blog, "ghost", "1.3.0+6.42.0-alpine")];
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", apps)
+        .await
+        .unwrap();
+    send_alert(&mut agent, 1, alert_event(blog, 1_000, "health check failed"))
+        .await
+        .unwrap();
+    let open = server.cli_json(&["alerts"]);
+    let id = alert_of(&open, blog)["id"].as_str().unwrap().to_owned();
+    assert_eq!(alert_of(&open, blog)["state"], "open");
+    let table = String::from_utf8(server.cli(&["alerts"]).stdout).unwrap();
+    assert!(table.contains(" ID ") && table.contains(" open"), "{table}");
+
+    // Acknowledged for a day: gone from `ccfleet alerts`, shown with --all,
+    // in the audit log under the admin's name with the reason and expiry.
+    let before = SystemTime::now();
+    let acked = server.cli_json(&["alerts", "ack", &id, "--reason", "known; fix on Monday", "--for", "24h"]);
+    assert_eq!(acked["state"], "acknowledged", "{acked}");
+    assert_eq!(acked["acknowledged_by"], "admin");
+    let until = humantime::parse_rfc3339(acked["acknowledged_until"].as_str().unwrap()).unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    assert!(
+        until >= before + day - Duration::from_secs(1) && until <= SystemTime::now() + day,
+        "{acked}"
+    );
+    assert_eq!(server.cli_json(&["alerts"]), json!([]));
+    let all = server.cli_json(&["alerts", "--all"]);
+    assert_eq!(alert_of(&all, blog)["state"], "acknowledged");
+    assert_eq!(alert_of(&all, blog)["acknowledged_reason"], "known; fix on Monday");
+    let audit = server.cli_json(&["audit"]);
+    let entry = &audit[0];
+    assert_eq!(
+        (&entry["who"], &entry["action"], &entry["target"]),
+        (&json!("admin"), &json!("alert.ack"), &json!(id)),
+        "{audit}"
+    );
+    let detail = entry["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("known; fix on Monday") && detail.contains("until 20"),
+        "{detail}"
+    );
+
+    // The same failure reported again stays acknowledged, with the same id.
+    send_alert(&mut agent, 2, alert_event(blog, 2_000, "health check failed again"))
+        .await
+        .unwrap();
+    assert_eq!(server.cli_json(&["alerts"]), json!([]));
+    let all = server.cli_json(&["alerts", "--all"]);
+    assert_eq!(alert_of(&all, blog)["reason"], "health check failed again");
+    assert_eq!(alert_of(&all, blog)["id"], id.as_str());
+
+    // A new failure (another operation) re-opens it, same id.
+    let mut other = alert_event(blog, 3_000, "another upgrade failed");
+    other.operation_id = "op-2".into();
+    send_alert(&mut agent, 3, other).await.unwrap();
+    let open = server.cli_json(&["alerts"]);
+    assert_eq!(alert_of(&open, blog)["state"], "open");
+    assert_eq!(alert_of(&open, blog)["id"], id.as_str());
+    assert_eq!(alert_of(&open, blog)["acknowledged_by"], Value::Null);
+
+    // The app's next success resolves it: kept, with its time, under --all.
+    let mut cleared = alert_event(blog, 4_000, "");
+    cleared.cleared = true;
+    send_alert(&mut agent, 4, cleared).await.unwrap();
+    assert_eq!(server.cli_json(&["alerts"]), json!([]));
+    let all = server.cli_json(&["alerts", "--all"]);
+    assert_eq!(alert_of(&all, blog)["state"], "resolved");
+    assert!(alert_of(&all, blog)["resolved_at"].is_string(), "{all}");
+    let table = String::from_utf8(server.cli(&["alerts", "--all"]).stdout).unwrap();
+    assert!(table.contains("resolved"), "{table}");
+
+    // A resolved alert, an unknown id and a missing reason are refused.
+    for (args, code, says) in [
+        (vec!["alerts", "ack", id.as_str(), "--reason", "x"], 4, "is resolved"),
+        (vec!["alerts", "ack", "999", "--reason", "x"], 4, "there is no alert 999"),
+        (vec!["alerts", "ack", "x1", "--reason", "x"], 4, "not an alert id"),
+        (vec!["alerts", "ack", "1", "--reason", "x", "--for", "100d"], 4, "at most 90 days"),
+        (vec!["alerts", "ack", "1"], 2, "--reason"),
+    ] {
+        let output = server.cli(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+
+    // A failure after the resolution is a new alert with a new id.
+    let mut again = alert_event(blog, 5_000, "failed once more");
+    again.operation_id = "op-3".into();
+    send_alert(&mut agent, 5, again).await.unwrap();
+    let open = server.cli_json(&["alerts"]);
+    assert_eq!(alert_of(&open, blog)["state"], "open");
+    assert_ne!(alert_of(&open, blog)["id"], id.as_str());
+}
+
+/// The resident set of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The bytes of every file under `path`.
+fn bytes_under(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() {
+                bytes_under(&entry.path())
+            } else {
+                metadata.len()
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_alerts_for_distinct_domains_is_held_to_the_quota_and_the_listing_answers() {
+    const FLOOD: u64 = 20_000;
+    const SLACK: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, &["--metrics-listen", "127.0.0.1:0"]);
+    let blog = "blog.coop.example";
+    let apps = vec![
+        observed(blog, "ghost", "1.3.0+6.42.0-alpine"),
+        observed("wiki.coop.example", "ghost", "1.3.0+6.42.0-alpine"),
+    ];
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", apps)
+        .await
+        .unwrap();
+    // Sent without waiting for each acknowledgement, as a hostile host would.
+    let sender = agent.sender();
+    let flood = tokio::spawn(async move {
+        for seq in 1..=FLOOD {
+            let body = Body::Alert(alert_event(&format!("app{seq}.flood.example"), 1_000, "flood"));
+            sender
+                .send(pb::AgentMessage { seq, body: Some(body) })
+                .await
+                .expect("the stream takes the flood");
+        }
+    });
+    let mut acknowledged = 0;
+    while acknowledged < FLOOD {
+        acknowledged = agent.next_ack().await.expect("every event is acknowledged");
+    }
+    flood.await.unwrap();
+    // An app the host runs still gets its alert past the slack.
+    send_alert(&mut agent, FLOOD + 1, alert_event(blog, 2_000, "health check failed"))
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let output = server.cli(&["alerts"]);
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed = server.cli_json(&["alerts", "--all"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), SLACK + 1, "the slack for unlisted apps, and the listed app");
+    assert_eq!(listed[0]["domain"], blog, "newest first");
+    // Every page is followed: a page size of 5 lists the same alerts.
+    let paged = server.cli_json(&["--page-size", "5", "alerts", "--all"]);
+    assert_eq!(paged.as_array().unwrap(), listed);
+    let page = ccfleet_tests::server::scrape_metrics(server.metrics_address.expect("metrics"));
+    assert_eq!(
+        ccfleet_tests::server::metric_value(&page, "ccfleet_alerts_refused_total"),
+        Some(FLOOD - SLACK as u64)
+    );
+    assert!(
+        server.log().contains("alert refused"),
+        "the refusal is logged with its reason"
+    );
+    let store_bytes = bytes_under(&data.join("fleet.sled"));
+    let rss = rss_kib(server.pid());
+    eprintln!(
+        "flood of {FLOOD} alerts: store {} KiB, server RSS {rss} KiB, `ccfleet alerts` {} ms",
+        store_bytes / 1024,
+        elapsed.as_millis()
+    );
+    assert!(elapsed < Duration::from_secs(5), "ccfleet alerts took {elapsed:?}");
+    assert!(store_bytes < 64 << 20, "the store holds {store_bytes} bytes");
+    assert!(rss < 256 * 1024, "the server's resident set is {rss} KiB");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ccfleet_proto::pb::{self, agent_message::Body};
 use ccfleet_tests::docker::free_port;
-use ccfleet_tests::server::{metric_value, run_cli, scrape_metrics, TestAgent, TestServer};
+use ccfleet_tests::server::{metric_value, observed, run_cli, scrape_metrics, TestAgent, TestServer};
 use ccfleet_tests::simulated::{Behaviour, SimulatedAgent};
 use ccfleet_tests::wait_for;
 use ccfleet_tests::webhook::{hmac_sha256_hex, Receiver};
@@ -395,7 +395,11 @@ async fn a_webhook_that_never_answers_does_not_slow_the_agents_stream() {
         &directory.path().join("data"),
         &["--notify-webhook", &url, "--metrics-listen", "127.0.0.1:0"],
     );
-    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+    // The host runs the 20 apps (its alert quota follows its inventory).
+    let apps = (1..=20u64)
+        .map(|seq| observed(&format!("app{seq}.coop.example"), "ghost", "1.3.0"))
+        .collect();
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", apps)
         .await
         .unwrap();
     for seq in 1..=20u64 {

@@ -689,3 +689,125 @@ async fn assert_refused_in_handshake(client_error: &str, server: &TestServer, re
     )
     .await;
 }
+
+/// The actions of `ccfleet audit --limit LIMIT`, as "action target".
+fn audit_actions(server: &TestServer, limit: &str) -> Vec<String> {
+    server
+        .cli_json(&["audit", "--limit", limit])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} {}",
+                entry["action"].as_str().unwrap(),
+                entry["target"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_admin_actions_cannot_flush_a_host_removal_out_of_the_audit_log() {
+    const TOKENS: usize = 10_100;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = TestServer::start(&data, &[]);
+    server.enroll("web-1").await;
+    server.enroll("web-2").await;
+    let removed = server.cli(&["host", "remove", "web-1"]);
+    assert!(removed.status.success(), "{removed:?}");
+
+    // 10,100 token creations, 16 at a time over one admin connection.
+    let client = AdminClient::new(server.channel_as(&server.admin_credential()).await);
+    let mut creations = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let mut client = client.clone();
+        creations.spawn(async move {
+            for _ in (worker..TOKENS).step_by(16) {
+                let request = pb::CreateJoinTokenRequest {
+                    ttl_seconds: 3600,
+                    uses: 1,
+                    labels: Default::default(),
+                };
+                client.create_join_token(request).await.expect("token created");
+            }
+        });
+    }
+    while let Some(done) = creations.join_next().await {
+        done.unwrap();
+    }
+    let removed = server.cli(&["host", "remove", "web-2"]);
+    assert!(removed.status.success(), "{removed:?}");
+    let newest = audit_actions(&server, "10000");
+    assert_eq!(newest.len(), 10_000);
+    assert_eq!(newest[0], "host.remove web-2");
+
+    // Every entry is still stored, the first removal included: read the
+    // store the server wrote, once it has stopped.
+    let (status, _) = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let store = ccfleet_server::store::Store::open_when_released(|| ccfleet_server::store::Store::open(&data)).unwrap();
+    let entries = store.audit(0, usize::MAX).unwrap();
+    let count = |action: &str, target: Option<&str>| {
+        entries
+            .iter()
+            .filter(|entry| entry.action == action && target.is_none_or(|target| entry.target == target))
+            .count()
+    };
+    assert_eq!(count("token.create", None), TOKENS + 2, "two tokens enrolled the hosts");
+    assert_eq!(count("host.remove", Some("web-1")), 1);
+    assert_eq!(count("host.remove", Some("web-2")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_log_refuses_admin_actions_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &["--audit-max-entries", "3"]);
+    // The host's enrolment token is the first entry.
+    let mut agent = TestAgent::connect(
+        server.channel_for("web-1").await,
+        "web-1",
+        vec![observed("blog.coop.example", "ghost", "1.3.0")],
+    )
+    .await
+    .unwrap();
+    agent
+        .send(pb::AgentMessage {
+            seq: 1,
+            body: Some(pb::agent_message::Body::Alert(pb::AlertEvent {
+                domain: "blog.coop.example".into(),
+                outcome: pb::OperationOutcome::RolledBack as i32,
+                severity: pb::AlertSeverity::Warning as i32,
+                reason: "health check failed".into(),
+                operation_id: "op-1".into(),
+                ..Default::default()
+            })),
+        })
+        .await;
+    assert_eq!(agent.next_ack().await.unwrap(), 1);
+    let alert_id = server.cli_json(&["alerts"])[0]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let created = server.cli(&["token", "create"]);
+        assert!(created.status.success(), "{created:?}");
+    }
+    assert_eq!(audit_actions(&server, "100").len(), 3);
+    let tokens_before = server.cli_json(&["token", "ls"]);
+
+    // Full: each action is refused with the flag's name, and nothing changed.
+    for args in [
+        vec!["token", "create"],
+        vec!["host", "remove", "web-1"],
+        vec!["alerts", "ack", alert_id.as_str(), "--reason", "known"],
+        vec!["admin", "revoke", "nobody"],
+    ] {
+        let output = server.cli(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(stderr.contains("--audit-max-entries"), "{args:?}: {stderr}");
+    }
+    assert_eq!(server.cli_json(&["token", "ls"]), tokens_before);
+    assert_eq!(host_ids(&server), ["web-1"]);
+    assert_eq!(server.cli_json(&["alerts"])[0]["state"], "open");
+    assert_eq!(audit_actions(&server, "100").len(), 3);
+}
