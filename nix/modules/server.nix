@@ -129,6 +129,17 @@ in
       };
     };
 
+    auditRetentionDays = mkOption {
+      type = types.ints.between 1 36500;
+      default = 90;
+      description = ''
+        Days an audit log entry is kept (`--audit-retention`); none is removed earlier, however
+        many admin actions follow it. With `--audit-max-entries` (default 1,000,000; set it
+        through `extraArgs`) entries stored, further admin actions are refused rather than
+        older entries evicted.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -198,6 +209,7 @@ in
         ++ lib.optionals (notify.webhooksFile != null) [ "--notify-webhooks-file" "%d/notify-webhooks" ]
         ++ lib.optionals (notify.secretFile != null) [ "--notify-secret-file" "%d/notify-secret" ]
         ++ lib.optionals (notify.queueLimit != 10000) [ "--notify-queue-limit" (toString notify.queueLimit) ]
+        ++ lib.optionals (cfg.auditRetentionDays != 90) [ "--audit-retention" (toString cfg.auditRetentionDays) ]
         ++ cfg.extraArgs);
         LoadCredential =
           lib.optional (notify.webhooksFile != null) "notify-webhooks:${notify.webhooksFile}"

@@ -11,6 +11,7 @@
     openFirewall = true;
     adminPort = 7444;
     metricsPort = 9464;
+    auditRetentionDays = 365;
     notify = {
       webhooks = [ "text+https://ntfy.example.org/fleet" ];
       webhooksFile = "/run/secrets/ccfleet-webhooks";

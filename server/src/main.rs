@@ -86,7 +86,7 @@ enum Command {
         audit_retention: u32,
         /// Audit entries kept at most: once reached, admin actions are refused
         /// (never an older entry evicted) until entries age out.
-        #[arg(long, default_value_t = ccfleet_server::store::DEFAULT_AUDIT_MAX_ENTRIES,
+        #[arg(long, default_value_t = ccfleet_server::store::DEFAULT_AUDIT_MAX_ENTRIES as u64,
               value_parser = clap::value_parser!(u64).range(1..))]
         audit_max_entries: u64,
         #[command(flatten)]

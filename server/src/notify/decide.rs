@@ -22,8 +22,8 @@ pub fn alert_notification(
     next: Option<&AlertRecord>,
     now: UnixMillis,
 ) -> Option<NotificationRecord> {
-    let active = |record: Option<&AlertRecord>| record.filter(|record| record.state_at(now) != AlertStateRecord::Resolved);
-    let (kind, alert) = match (active(previous), active(next)) {
+    let is_active = |record: &&AlertRecord| record.state_at(now) != AlertStateRecord::Resolved;
+    let (kind, alert) = match (previous.filter(is_active), next.filter(is_active)) {
         (None, None) => return None,
         (None, Some(next)) => (NotificationKind::AlertOpened, next),
         (Some(previous), None) => (NotificationKind::AlertResolved, previous),

@@ -238,7 +238,8 @@ fn example_host_evaluates_and_its_agent_config_is_accepted() {
     assert!(
         server_command.contains(
             "--metrics-listen 127.0.0.1:9464 --notify-webhook text+https://ntfy.example.org/fleet \
-             --notify-webhooks-file %d/notify-webhooks --notify-secret-file %d/notify-secret"
+             --notify-webhooks-file %d/notify-webhooks --notify-secret-file %d/notify-secret \
+             --audit-retention 365"
         ),
         "{server_command}"
     );
