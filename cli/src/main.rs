@@ -359,7 +359,11 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 )
             })
         }
-        Command::Alerts { host, all, command: None } => {
+        Command::Alerts {
+            host,
+            all,
+            command: None,
+        } => {
             let mut alerts = Vec::new();
             let mut page_token = String::new();
             loop {

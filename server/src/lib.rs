@@ -56,9 +56,9 @@ pub struct ServerConfig {
     pub operation_quota: usize,
     /// Operation records older than this are pruned (at start and hourly).
     pub operation_retention: Duration,
-    /// Audit entries older than this are pruned (at start and hourly).
+    /// Audit entries are pruned past this age (hourly); at most `audit_max_entries` are kept,
+    /// past which admin actions are refused.
     pub audit_retention: Duration,
-    /// Audit entries kept at most; past it admin actions are refused.
     pub audit_max_entries: usize,
     /// On shutdown, how long agent streams and other connections get to end
     /// before the server closes them and exits.

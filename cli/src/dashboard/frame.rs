@@ -162,8 +162,7 @@ pub fn alert_row(alert: &pb::Alert) -> AlertRow {
         "acknowledged" => format!(
             "by {} until {}: {}",
             alert.acknowledged_by,
-            model::time(alert.acknowledged_until.as_ref())
-                .unwrap_or_else(|| "the app fails again or recovers".into()),
+            model::time(alert.acknowledged_until.as_ref()).unwrap_or_else(|| "the app fails again or recovers".into()),
             alert.acknowledged_reason
         ),
         "resolved" => model::time(alert.resolved_at.as_ref()).unwrap_or_default(),

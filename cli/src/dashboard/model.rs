@@ -369,9 +369,15 @@ pub fn query_value(text: &str) -> String {
 /// Sorts alerts as `ccfleet alerts` lists them: newest first by the
 /// server's receive time (pages arrive in host and domain order).
 pub fn sort_alerts(alerts: &mut [pb::Alert]) {
-    let at = |time: Option<&prost_types::Timestamp>| time.map_or((i64::MIN, i32::MIN), |time| (time.seconds, time.nanos));
+    let at =
+        |time: Option<&prost_types::Timestamp>| time.map_or((i64::MIN, i32::MIN), |time| (time.seconds, time.nanos));
     alerts.sort_by(|a, b| {
-        let key = |alert: &pb::Alert| (at(alert.received_at.as_ref().or(alert.raised_at.as_ref())), at(alert.raised_at.as_ref()));
+        let key = |alert: &pb::Alert| {
+            (
+                at(alert.received_at.as_ref().or(alert.raised_at.as_ref())),
+                at(alert.raised_at.as_ref()),
+            )
+        };
         key(b)
             .cmp(&key(a))
             .then_with(|| a.host_id.cmp(&b.host_id))

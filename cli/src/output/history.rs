@@ -117,7 +117,10 @@ pub fn alerts_grid(alerts: &[AlertJson]) -> Grid {
     for alert in alerts {
         grid.row(vec![
             alert.id.clone(),
-            alert.raised_at.as_ref().map_or_else(|| "-".into(), |at| at.replacen('T', " ", 1)),
+            alert
+                .raised_at
+                .as_ref()
+                .map_or_else(|| "-".into(), |at| at.replacen('T', " ", 1)),
             alert.host_id.clone(),
             alert.domain.clone(),
             format!("{} {} {}", alert.severity, alert.outcome.unwrap_or("-"), alert.state),

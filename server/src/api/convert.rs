@@ -8,8 +8,8 @@ use ccfleet_proto::{CoopVersion, Domain, HostId, RecipeName};
 use tonic::Status;
 
 use crate::model::{
-    AlertEventRecord, AlertRecord, AlertSeverityRecord, AlertStateRecord, AppRecord, AppStateRecord, HostFactsRecord, HostRecord,
-    OperationOutcomeRecord, OperationPhaseRecord, OperationRecord, UnixMillis,
+    AlertEventRecord, AlertRecord, AlertSeverityRecord, AlertStateRecord, AppRecord, AppStateRecord, HostFactsRecord,
+    HostRecord, OperationOutcomeRecord, OperationPhaseRecord, OperationRecord, UnixMillis,
 };
 
 /// Bounds on free text and collections from agents, so one misbehaving agent

@@ -149,7 +149,12 @@ mod tests {
     use crate::model::OperationOutcomeRecord;
     use AlertStateRecord::{Acknowledged, Open, Resolved};
 
-    fn event(severity: AlertSeverityRecord, operation: &str, received_at: UnixMillis, cleared: bool) -> AlertEventRecord {
+    fn event(
+        severity: AlertSeverityRecord,
+        operation: &str,
+        received_at: UnixMillis,
+        cleared: bool,
+    ) -> AlertEventRecord {
         AlertEventRecord {
             domain: "blog.example.org".parse().unwrap(),
             recipe: Some("ghost".parse().unwrap()),
@@ -181,7 +186,11 @@ mod tests {
     }
 
     /// The stored alert after `event` over `previous`: (id, state, acknowledged?).
-    fn after(previous: Option<&AlertRecord>, event: &AlertEventRecord, now: UnixMillis) -> Option<(u64, AlertStateRecord, bool)> {
+    fn after(
+        previous: Option<&AlertRecord>,
+        event: &AlertEventRecord,
+        now: UnixMillis,
+    ) -> Option<(u64, AlertStateRecord, bool)> {
         apply_event(previous, &host(), event, 99, now).map(|next| (next.id, next.state, next.acknowledged.is_some()))
     }
 
@@ -192,19 +201,97 @@ mod tests {
         let acked = acknowledge(&open, ack(None), 15).unwrap();
         let acked_until_100 = acknowledge(&open, ack(Some(100)), 15).unwrap();
         let resolved = apply_event(Some(&open), &host(), &event(Warning, "op-2", 20, true), 99, 20).unwrap();
-        let cases: Vec<(&str, Option<&AlertRecord>, AlertEventRecord, UnixMillis, Option<(u64, AlertStateRecord, bool)>)> = vec![
-            ("a raise over nothing opens a new alert", None, event(Warning, "op-1", 10, false), 10, Some((99, Open, false))),
-            ("a clear over nothing stores nothing", None, event(Warning, "op-1", 10, true), 10, None),
-            ("a raise over an open alert keeps its id", Some(&open), event(Critical, "op-1", 20, false), 20, Some((7, Open, false))),
-            ("a clear resolves an open alert", Some(&open), event(Warning, "op-1", 20, true), 20, Some((7, Resolved, false))),
-            ("a clear resolves an acknowledged alert", Some(&acked), event(Warning, "op-1", 20, true), 20, Some((7, Resolved, true))),
-            ("the same failure again stays acknowledged", Some(&acked), event(Warning, "op-1", 30, false), 30, Some((7, Acknowledged, true))),
-            ("another operation re-opens", Some(&acked), event(Warning, "op-2", 30, false), 30, Some((7, Open, false))),
-            ("a higher severity re-opens", Some(&acked), event(Critical, "op-1", 30, false), 30, Some((7, Open, false))),
-            ("before its expiry it stays acknowledged", Some(&acked_until_100), event(Warning, "op-1", 99, false), 99, Some((7, Acknowledged, true))),
-            ("past its expiry it is open", Some(&acked_until_100), event(Warning, "op-1", 100, false), 100, Some((7, Open, false))),
-            ("a raise over a resolved alert is a new alert", Some(&resolved), event(Warning, "op-3", 40, false), 40, Some((99, Open, false))),
-            ("a clear over a resolved alert stores nothing", Some(&resolved), event(Warning, "op-3", 40, true), 40, None),
+        let cases: Vec<(
+            &str,
+            Option<&AlertRecord>,
+            AlertEventRecord,
+            UnixMillis,
+            Option<(u64, AlertStateRecord, bool)>,
+        )> = vec![
+            (
+                "a raise over nothing opens a new alert",
+                None,
+                event(Warning, "op-1", 10, false),
+                10,
+                Some((99, Open, false)),
+            ),
+            (
+                "a clear over nothing stores nothing",
+                None,
+                event(Warning, "op-1", 10, true),
+                10,
+                None,
+            ),
+            (
+                "a raise over an open alert keeps its id",
+                Some(&open),
+                event(Critical, "op-1", 20, false),
+                20,
+                Some((7, Open, false)),
+            ),
+            (
+                "a clear resolves an open alert",
+                Some(&open),
+                event(Warning, "op-1", 20, true),
+                20,
+                Some((7, Resolved, false)),
+            ),
+            (
+                "a clear resolves an acknowledged alert",
+                Some(&acked),
+                event(Warning, "op-1", 20, true),
+                20,
+                Some((7, Resolved, true)),
+            ),
+            (
+                "the same failure again stays acknowledged",
+                Some(&acked),
+                event(Warning, "op-1", 30, false),
+                30,
+                Some((7, Acknowledged, true)),
+            ),
+            (
+                "another operation re-opens",
+                Some(&acked),
+                event(Warning, "op-2", 30, false),
+                30,
+                Some((7, Open, false)),
+            ),
+            (
+                "a higher severity re-opens",
+                Some(&acked),
+                event(Critical, "op-1", 30, false),
+                30,
+                Some((7, Open, false)),
+            ),
+            (
+                "before its expiry it stays acknowledged",
+                Some(&acked_until_100),
+                event(Warning, "op-1", 99, false),
+                99,
+                Some((7, Acknowledged, true)),
+            ),
+            (
+                "past its expiry it is open",
+                Some(&acked_until_100),
+                event(Warning, "op-1", 100, false),
+                100,
+                Some((7, Open, false)),
+            ),
+            (
+                "a raise over a resolved alert is a new alert",
+                Some(&resolved),
+                event(Warning, "op-3", 40, false),
+                40,
+                Some((99, Open, false)),
+            ),
+            (
+                "a clear over a resolved alert stores nothing",
+                Some(&resolved),
+                event(Warning, "op-3", 40, true),
+                40,
+                None,
+            ),
         ];
         for (what, previous, event, now, expected) in cases {
             assert_eq!(after(previous, &event, now), expected, "{what}");
@@ -214,15 +301,32 @@ mod tests {
 
     #[test]
     fn acknowledgements_expire_and_resolved_alerts_refuse_them() {
-        let open = apply_event(None, &host(), &event(AlertSeverityRecord::Warning, "op-1", 10, false), 7, 10).unwrap();
+        let open = apply_event(
+            None,
+            &host(),
+            &event(AlertSeverityRecord::Warning, "op-1", 10, false),
+            7,
+            10,
+        )
+        .unwrap();
         let acked = acknowledge(&open, ack(Some(100)), 15).unwrap();
         for (now, expected) in [(15, Acknowledged), (99, Acknowledged), (100, Open), (u64::MAX, Open)] {
             assert_eq!(acked.state_at(now), expected, "at {now}");
         }
-        assert_eq!(acknowledge(&open, ack(None), 15).unwrap().state_at(u64::MAX), Acknowledged);
+        assert_eq!(
+            acknowledge(&open, ack(None), 15).unwrap().state_at(u64::MAX),
+            Acknowledged
+        );
         let again = acknowledge(&acked, ack(None), 200).unwrap();
         assert_eq!(again.acknowledged.unwrap().until, None);
-        let resolved = apply_event(Some(&open), &host(), &event(AlertSeverityRecord::Warning, "op-1", 20, true), 0, 20).unwrap();
+        let resolved = apply_event(
+            Some(&open),
+            &host(),
+            &event(AlertSeverityRecord::Warning, "op-1", 20, true),
+            0,
+            20,
+        )
+        .unwrap();
         assert_eq!(acknowledge(&resolved, ack(None), 30), Err(AckRefusal::Resolved(7)));
     }
 
@@ -237,7 +341,11 @@ mod tests {
             (false, false, usize::MAX, false),
         ] {
             let verdict = admit(has_record, in_inventory, outside);
-            assert_eq!(verdict.is_ok(), admitted, "{has_record} {in_inventory} {outside}: {verdict:?}");
+            assert_eq!(
+                verdict.is_ok(),
+                admitted,
+                "{has_record} {in_inventory} {outside}: {verdict:?}"
+            );
         }
         assert!(admit(false, false, ALERT_SLACK)
             .unwrap_err()

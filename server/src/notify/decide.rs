@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::model::alerts::{is_new_failure, rank};
 use crate::model::{
-    AlertNotice, AlertRecord, AlertStateRecord, HostOutcomeRecord, NotificationKind, NotificationRecord,
-    RolloutNotice, RolloutRecord, RolloutStateRecord, UnixMillis,
+    AlertNotice, AlertRecord, AlertStateRecord, HostOutcomeRecord, NotificationKind, NotificationRecord, RolloutNotice,
+    RolloutRecord, RolloutStateRecord, UnixMillis,
 };
 
 /// The notification for an app's alert going from `previous` to `next`
@@ -224,18 +224,70 @@ mod tests {
         let (acked, acked_until_25) = (acked(None), acked(Some(25)));
         let cases: Vec<(&str, Option<&AlertRecord>, Option<&AlertRecord>, u64, Option<&str>)> = vec![
             ("acknowledging says nothing", Some(&open), Some(&acked), 20, None),
-            ("the same failure while acknowledged says nothing", Some(&acked), Some(&acked), 30, None),
-            ("a new failure re-opens", Some(&acked), Some(&reopened), 40, Some("alert:web-1:blog.example.org:40:opened")),
-            ("a higher severity escalates", Some(&acked), Some(&escalated), 50, Some("alert:web-1:blog.example.org:50:escalated")),
-            ("an acknowledged alert resolves", Some(&acked), Some(&resolved), 60, Some("alert:web-1:blog.example.org:10:resolved")),
-            ("an open alert resolves", Some(&open), Some(&resolved), 60, Some("alert:web-1:blog.example.org:10:resolved")),
-            ("a resolved alert written again says nothing", Some(&resolved), Some(&resolved), 70, None),
-            ("a new alert over a resolved one opens", Some(&resolved), Some(&reopened), 80, Some("alert:web-1:blog.example.org:40:opened")),
-            ("an expired acknowledgement is open: the same failure says nothing", Some(&acked_until_25), Some(&same_again), 30, None),
+            (
+                "the same failure while acknowledged says nothing",
+                Some(&acked),
+                Some(&acked),
+                30,
+                None,
+            ),
+            (
+                "a new failure re-opens",
+                Some(&acked),
+                Some(&reopened),
+                40,
+                Some("alert:web-1:blog.example.org:40:opened"),
+            ),
+            (
+                "a higher severity escalates",
+                Some(&acked),
+                Some(&escalated),
+                50,
+                Some("alert:web-1:blog.example.org:50:escalated"),
+            ),
+            (
+                "an acknowledged alert resolves",
+                Some(&acked),
+                Some(&resolved),
+                60,
+                Some("alert:web-1:blog.example.org:10:resolved"),
+            ),
+            (
+                "an open alert resolves",
+                Some(&open),
+                Some(&resolved),
+                60,
+                Some("alert:web-1:blog.example.org:10:resolved"),
+            ),
+            (
+                "a resolved alert written again says nothing",
+                Some(&resolved),
+                Some(&resolved),
+                70,
+                None,
+            ),
+            (
+                "a new alert over a resolved one opens",
+                Some(&resolved),
+                Some(&reopened),
+                80,
+                Some("alert:web-1:blog.example.org:40:opened"),
+            ),
+            (
+                "an expired acknowledgement is open: the same failure says nothing",
+                Some(&acked_until_25),
+                Some(&same_again),
+                30,
+                None,
+            ),
         ];
         for (what, previous, next, now, expected) in cases {
             let notification = alert_notification(previous, next, now);
-            assert_eq!(notification.as_ref().map(|notification| notification.id.as_str()), expected, "{what}");
+            assert_eq!(
+                notification.as_ref().map(|notification| notification.id.as_str()),
+                expected,
+                "{what}"
+            );
         }
     }
 

@@ -143,7 +143,10 @@ impl Store {
         self.hosts.insert(host.host_id.as_str(), host_value)?;
         self.index.put_host(host);
         self.gauges.alerts_refused.fetch_add(1, Ordering::Relaxed);
-        let mut refusals = self.alert_refusals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut refusals = self
+            .alert_refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = refusals.entry(host.host_id.clone()).or_insert(0);
         *count += 1;
         if count.is_power_of_two() {

@@ -149,6 +149,9 @@ mod tests {
         // The count survives a reopen.
         drop(store);
         let store = Store::reopen(directory.path()).with_audit_max_entries(12);
-        assert!(matches!(store.append_audit(&entry(22_000, "z")), Err(StoreError::AuditFull { .. })));
+        assert!(matches!(
+            store.append_audit(&entry(22_000, "z")),
+            Err(StoreError::AuditFull { .. })
+        ));
     }
 }

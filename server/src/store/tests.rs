@@ -668,3 +668,105 @@ fn a_store_in_use_is_refused_with_the_reason() {
     assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
     assert!(error.to_string().contains("in use by another process"), "{error}");
 }
+
+#[test]
+fn alerts_are_held_to_the_quota_paged_in_key_order_and_acknowledged_with_their_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let web = host("web-1");
+    store
+        .register_enrolled(&web, "1.0", &facts(), &[app("listed.example.org", "ghost", None)], 1)
+        .unwrap();
+    let alert = |domain: &str| {
+        AgentEvent::Alert(AlertEventRecord {
+            domain: domain.parse().unwrap(),
+            recipe: None,
+            from_version: None,
+            to_version: None,
+            outcome: OperationOutcomeRecord::RolledBack,
+            severity: AlertSeverityRecord::Warning,
+            reason: "unhealthy".into(),
+            operation_id: Some("op-1".into()),
+            snapshot_path: String::new(),
+            raised_at: 5,
+            received_at: 5,
+            reported_raised_at: None,
+            cleared: false,
+        })
+    };
+    let slack = crate::model::alerts::ALERT_SLACK;
+    for n in 0..slack + 10 {
+        let outcome = store
+            .apply_event(&web, n as u64 + 1, &alert(&format!("a{n:03}.example.org")))
+            .unwrap();
+        assert_eq!(
+            outcome,
+            EventOutcome::Applied,
+            "a refused alert is still applied (its seq)"
+        );
+    }
+    store.apply_event(&web, 100, &alert("listed.example.org")).unwrap();
+    assert_eq!(store.alerts(None).unwrap().len(), slack + 1);
+    assert_eq!(store.gauges().alerts_refused(), 10);
+    assert_eq!(store.host(&web).unwrap().unwrap().last_seq, 100);
+
+    // Pages of 5 in key order cover every alert once.
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let filter = AlertFilter {
+            host_id: Some(web.clone()),
+            all: false,
+            after,
+            limit: 5,
+        };
+        let (page, next) = store.alert_page(&filter, 10).unwrap();
+        assert!(page.len() <= 5);
+        listed.extend(page.into_iter().map(|alert| alert.domain.to_string()));
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+    assert_eq!(listed.len(), slack + 1);
+
+    // Acknowledged: out of the open listing, in the audit log; ids are unique.
+    let ids: std::collections::BTreeSet<u64> = store.alerts(None).unwrap().iter().map(|alert| alert.id).collect();
+    assert_eq!(ids.len(), slack + 1);
+    let id = store.alerts(None).unwrap()[0].id;
+    let ack = AlertAckRecord {
+        by: "alice".into(),
+        reason: "known".into(),
+        at: 20,
+        until: None,
+    };
+    let entry = AuditRecord {
+        at: 20,
+        who: "alice".into(),
+        action: "alert.ack".into(),
+        target: id.to_string(),
+        detail: "known".into(),
+    };
+    assert!(matches!(
+        store.acknowledge_alert(id, ack.clone(), &entry, 20).unwrap(),
+        AckOutcome::Acknowledged(_)
+    ));
+    assert_eq!(
+        store.acknowledge_alert(9999, ack, &entry, 20).unwrap(),
+        AckOutcome::NotFound
+    );
+    let open = |all| {
+        let filter = AlertFilter {
+            host_id: None,
+            all,
+            after: None,
+            limit: 1000,
+        };
+        store.alert_page(&filter, 30).unwrap().0.len()
+    };
+    assert_eq!((open(false), open(true)), (slack, slack + 1));
+    assert_eq!(store.audit(0, 10).unwrap().len(), 1);
+}

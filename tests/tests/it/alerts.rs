@@ -483,9 +483,17 @@ async fn an_alert_is_acknowledged_audited_reopened_by_a_new_failure_and_resolved
     // A resolved alert, an unknown id and a missing reason are refused.
     for (args, code, says) in [
         (vec!["alerts", "ack", id.as_str(), "--reason", "x"], 4, "is resolved"),
-        (vec!["alerts", "ack", "999", "--reason", "x"], 4, "there is no alert 999"),
+        (
+            vec!["alerts", "ack", "999", "--reason", "x"],
+            4,
+            "there is no alert 999",
+        ),
         (vec!["alerts", "ack", "x1", "--reason", "x"], 4, "not an alert id"),
-        (vec!["alerts", "ack", "1", "--reason", "x", "--for", "100d"], 4, "at most 90 days"),
+        (
+            vec!["alerts", "ack", "1", "--reason", "x", "--for", "100d"],
+            4,
+            "at most 90 days",
+        ),
         (vec!["alerts", "ack", "1"], 2, "--reason"),
     ] {
         let output = server.cli(&args);
@@ -568,14 +576,14 @@ async fn a_flood_of_alerts_for_distinct_domains_is_held_to_the_quota_and_the_lis
     let started = std::time::Instant::now();
     let output = server.cli(&["alerts"]);
     let elapsed = started.elapsed();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let listed = server.cli_json(&["alerts", "--all"]);
     let listed = listed.as_array().unwrap();
-    assert_eq!(listed.len(), SLACK + 1, "the slack for unlisted apps, and the listed app");
+    assert_eq!(
+        listed.len(),
+        SLACK + 1,
+        "the slack for unlisted apps, and the listed app"
+    );
     assert_eq!(listed[0]["domain"], blog, "newest first");
     // Every page is followed: a page size of 5 lists the same alerts.
     let paged = server.cli_json(&["--page-size", "5", "alerts", "--all"]);

@@ -6,8 +6,8 @@ use ccfleet_proto::pb;
 use ccfleet_proto::tls::{secret_hash, JoinToken};
 use tonic::{Request, Response, Status};
 
-use crate::api::enrollment::millis;
 use crate::api::audit::{audited, Entry};
+use crate::api::enrollment::millis;
 use crate::api::{convert, internal};
 use crate::auth::ca::CertificateAuthority;
 use crate::auth::{self, Identity, Revocations};

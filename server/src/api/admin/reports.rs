@@ -67,7 +67,10 @@ impl ReportsAdmin<'_> {
             .ok_or_else(|| convert::invalid("id", format!("{:?} is not an alert id (a number)", request.id)))?;
         let reason = convert::message(&request.reason);
         if reason.trim().is_empty() {
-            return Err(convert::invalid("reason", "is required: say why the alert may stay quiet"));
+            return Err(convert::invalid(
+                "reason",
+                "is required: say why the alert may stay quiet",
+            ));
         }
         if request.for_seconds.saturating_mul(1000) > MAX_ACK_MS {
             return Err(convert::invalid(
