@@ -326,10 +326,7 @@ pub async fn serve(
 
     let sweeper = tokio::spawn(tasks::expire_silent_sessions(fleet.clone()));
     let pruner = tokio::spawn(tasks::prune_old_operations(store.clone(), config.operation_retention));
-    let record_pruner = tokio::spawn(tasks::prune_audit_and_resolved_alerts(
-        store.clone(),
-        config.audit_retention,
-    ));
+    let record_pruner = tokio::spawn(tasks::prune_audit_and_alerts(store.clone(), config.audit_retention));
     let metrics = Arc::new(metrics::Metrics::default());
     // Webhook delivery runs on tasks of its own: a slow or dead receiver
     // holds up nothing but its own queue.

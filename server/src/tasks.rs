@@ -81,7 +81,7 @@ pub(crate) async fn prune_old_operations(store: StoreHandle, retention: Duration
 
 /// Applies the audit log's retention age and the resolved alerts' retention
 /// (`model::alerts::RESOLVED_ALERT_RETENTION_MS`) at start and then hourly.
-pub(crate) async fn prune_audit_and_resolved_alerts(store: StoreHandle, audit_retention: Duration) {
+pub(crate) async fn prune_audit_and_alerts(store: StoreHandle, audit_retention: Duration) {
     let mut ticker = tokio::time::interval(Duration::from_secs(3600));
     loop {
         ticker.tick().await;
