@@ -204,6 +204,8 @@ impl Store {
             end
         });
         let range = match end {
+            // A page token of another host's alerts: nothing of this host follows.
+            Some(end) if start >= end => return Ok((Vec::new(), None)),
             Some(end) => self.alerts.range(start..end),
             None => self.alerts.range(start..),
         };
