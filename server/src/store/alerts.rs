@@ -189,14 +189,15 @@ impl Store {
         filter: &AlertFilter,
         now: UnixMillis,
     ) -> Result<(Vec<AlertRecord>, Option<(HostId, Domain)>), StoreError> {
-        let start = match (&filter.after, &filter.host_id) {
-            (Some((host_id, domain)), _) => {
-                let mut after = key(&[host_id.as_str(), domain.as_str()]);
-                after.push(0);
-                after
-            }
-            (None, Some(host_id)) => prefix(&[host_id.as_str()]),
-            (None, None) => Vec::new(),
+        let after = filter.after.as_ref().map(|(host_id, domain)| {
+            let mut after = key(&[host_id.as_str(), domain.as_str()]);
+            after.push(0);
+            after
+        });
+        // Never before the host's own keys, whatever the token says.
+        let start = match &filter.host_id {
+            Some(host_id) => after.into_iter().chain([prefix(&[host_id.as_str()])]).max().unwrap_or_default(),
+            None => after.unwrap_or_default(),
         };
         let end = filter.host_id.as_ref().map(|host_id| {
             let mut end = host_id.as_str().as_bytes().to_vec();
