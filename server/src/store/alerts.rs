@@ -196,7 +196,11 @@ impl Store {
         });
         // Never before the host's own keys, whatever the token says.
         let start = match &filter.host_id {
-            Some(host_id) => after.into_iter().chain([prefix(&[host_id.as_str()])]).max().unwrap_or_default(),
+            Some(host_id) => after
+                .into_iter()
+                .chain([prefix(&[host_id.as_str()])])
+                .max()
+                .unwrap_or_default(),
             None => after.unwrap_or_default(),
         };
         let end = filter.host_id.as_ref().map(|host_id| {

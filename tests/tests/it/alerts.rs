@@ -552,22 +552,24 @@ async fn a_flood_of_alerts_for_distinct_domains_is_held_to_the_quota_and_the_lis
     let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", apps)
         .await
         .unwrap();
-    // Sent without waiting for each acknowledgement, as a hostile host would.
-    let sender = agent.sender();
-    let flood = tokio::spawn(async move {
-        for seq in 1..=FLOOD {
-            let body = Body::Alert(alert_event(&format!("app{seq}.flood.example"), 1_000, "flood"));
-            sender
-                .send(pb::AgentMessage { seq, body: Some(body) })
-                .await
-                .expect("the stream takes the flood");
-        }
-    });
+    // Sent without waiting for each acknowledgement, as a hostile host would
+    // (up to 256 in flight, so that the connection never looks idle while
+    // the server works through a full flow-control window).
+    let mut next = 1;
     let mut acknowledged = 0;
     while acknowledged < FLOOD {
+        while next <= FLOOD && next - acknowledged <= 256 {
+            let body = Body::Alert(alert_event(&format!("app{next}.flood.example"), 1_000, "flood"));
+            agent
+                .send(pb::AgentMessage {
+                    seq: next,
+                    body: Some(body),
+                })
+                .await;
+            next += 1;
+        }
         acknowledged = agent.next_ack().await.expect("every event is acknowledged");
     }
-    flood.await.unwrap();
     // An app the host runs still gets its alert past the slack.
     send_alert(&mut agent, FLOOD + 1, alert_event(blog, 2_000, "health check failed"))
         .await
