@@ -237,7 +237,11 @@ impl DockerTest {
     /// release it: a commit whose compose file is `from`'s, then the tag.
     pub fn tag_release(&self, recipe: &str, version: &str, from: &str) {
         let origin = self.recipe_origin(recipe);
-        assert!(origin.join(".git").is_dir(), "no remote of {recipe} yet: {}", origin.display());
+        assert!(
+            origin.join(".git").is_dir(),
+            "no remote of {recipe} yet: {}",
+            origin.display()
+        );
         let compose = fixtures_dir()
             .join("recipes")
             .join(recipe)
@@ -251,7 +255,13 @@ impl DockerTest {
             vec!["tag", version],
         ] {
             let output = Command::new("git")
-                .args(["-c", "user.name=maintainer", "-c", "user.email=maintainer@ccfleet.invalid", "-C"])
+                .args([
+                    "-c",
+                    "user.name=maintainer",
+                    "-c",
+                    "user.email=maintainer@ccfleet.invalid",
+                    "-C",
+                ])
                 .arg(&origin)
                 .args(&arguments)
                 .output()
@@ -279,7 +289,10 @@ impl DockerTest {
             .output()
             .expect("git runs");
         assert!(output.status.success(), "git tag: {}", text(&output));
-        String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Every command line the double was given, in order.

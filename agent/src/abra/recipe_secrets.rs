@@ -84,7 +84,10 @@ pub fn compose_secret_names(text: &str) -> Vec<String> {
 pub fn secret_lines(env: &EnvFile) -> Vec<SecretLine> {
     let mut lines: Vec<SecretLine> = Vec::new();
     for (key, value, raw) in env.entries_with_lines() {
-        let Some(name) = key.strip_prefix("SECRET_").and_then(|rest| rest.strip_suffix("_VERSION")) else {
+        let Some(name) = key
+            .strip_prefix("SECRET_")
+            .and_then(|rest| rest.strip_suffix("_VERSION"))
+        else {
             continue;
         };
         if name.is_empty() {
@@ -171,7 +174,10 @@ mod tests {
                 Some("compose.yml:compose.smtp.yml"),
                 vec!["compose.yml", "compose.smtp.yml"],
             ),
-            (Some("compose.yml::compose.x.yml:"), vec!["compose.yml", "compose.x.yml"]),
+            (
+                Some("compose.yml::compose.x.yml:"),
+                vec!["compose.yml", "compose.x.yml"],
+            ),
             (Some(":"), vec!["compose.yml"]),
         ] {
             assert_eq!(compose_files(setting), expected, "{setting:?}");
@@ -187,7 +193,10 @@ mod tests {
             (full, vec!["db_password", "smtp_password"]),
             // Services' own `secrets:` lists are not declarations.
             ("services:\n  app:\n    secrets:\n      - a\n", vec![]),
-            ("secrets:\n    four_spaces:\n        external: true\n    b:\n", vec!["four_spaces", "b"]),
+            (
+                "secrets:\n    four_spaces:\n        external: true\n    b:\n",
+                vec!["four_spaces", "b"],
+            ),
             ("secrets: {}\n", vec![]),
             ("secrets:\n  \"quoted\":\n    external: true\n", vec!["quoted"]),
             ("volumes:\n  data:\nsecrets:\n  last:\n", vec!["last"]),

@@ -35,7 +35,10 @@ fn edited_double(directory: &Path, sed: &str) -> PathBuf {
     let path = directory.join("abra");
     std::fs::write(
         &path,
-        format!("#!/bin/sh\n{:?} \"$@\" | sed -e {sed:?}\n", abra_double().display().to_string()),
+        format!(
+            "#!/bin/sh\n{:?} \"$@\" | sed -e {sed:?}\n",
+            abra_double().display().to_string()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -49,11 +52,17 @@ fn every_command_line_the_agent_runs_fits_the_doubles_help() {
     assert!(output.status.success(), "{said}");
     assert!(said.contains("abra: abra version 0.0.0-ccfleet-double"), "{said}");
     // One line per shape the agent prints, each checked.
-    let shapes = Command::new(binary("ccfleet-agent")).arg("abra-commands").output().unwrap();
+    let shapes = Command::new(binary("ccfleet-agent"))
+        .arg("abra-commands")
+        .output()
+        .unwrap();
     let shapes = String::from_utf8_lossy(&shapes.stdout).into_owned();
     assert!(shapes.lines().count() >= 9, "{shapes}");
     for shape in shapes.lines().filter(|shape| *shape != "--version") {
-        assert!(said.contains(&format!("ok   {shape}\n")), "{shape} not checked:\n{said}");
+        assert!(
+            said.contains(&format!("ok   {shape}\n")),
+            "{shape} not checked:\n{said}"
+        );
     }
 }
 

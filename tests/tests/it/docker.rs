@@ -569,7 +569,9 @@ async fn available_versions_come_from_the_tags_the_double_fetches() {
         "{packed}"
     );
 
-    // A tag the checkout lacks comes back as a loose ref on the next fetch.
+    // A tag the checkout lacks comes back as a loose ref on the next fetch:
+    // the agent's `git fetch --tags` (the double's `recipe fetch`, like
+    // abra's, leaves an existing checkout as it is).
     let newest = fixture_versions().last().unwrap().to_string();
     let without_newest: String = packed
         .lines()
@@ -741,7 +743,11 @@ async fn the_secrets_set_up_are_those_the_recipe_declares() {
     std::fs::write(&unknown_token, "also-from-a-file").unwrap();
     let smtp = format!("smtp_password = {:?}", smtp_password.display().to_string());
     let apps = app_toml(&plain, V1_0, &format!("secrets = {{ {smtp} }}"))
-        + &app_toml(&extra, V1_0, "env = { COMPOSE_FILE = \"compose.yml:compose.extra.yml\" }")
+        + &app_toml(
+            &extra,
+            V1_0,
+            "env = { COMPOSE_FILE = \"compose.yml:compose.extra.yml\" }",
+        )
         + &app_toml(
             &refused,
             V1_0,

@@ -836,9 +836,18 @@ async fn a_release_tagged_after_the_agent_started_is_seen_without_a_restart() {
     assert!(world.test.checkout_tags(FIXTURE_RECIPE).contains(&V1_7.to_owned()));
     // abra's own fetch left the checkout as it was; the tag came from the
     // agent's `git fetch --tags`, so the upgrade itself ran offline.
-    assert!(world.test.abra_log().iter().any(|line| line == "recipe fetch fixture-web"));
+    assert!(world
+        .test
+        .abra_log()
+        .iter()
+        .any(|line| line == "recipe fetch fixture-web"));
     assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_7), 1);
-    assert_eq!(world.abra_lines("app upgrade -n -c ", V1_7), 1, "{:?}", world.test.abra_log());
+    assert_eq!(
+        world.abra_lines("app upgrade -n -c ", V1_7),
+        1,
+        "{:?}",
+        world.test.abra_log()
+    );
 }
 
 /// Starts a rollout of the fixture recipe to `version` on the world's server
