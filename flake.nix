@@ -80,6 +80,13 @@
               --replace-fail ${placeholder} "$PWD/secrets"
             ${lib.getExe' ccfleet "ccfleet-agent"} check-config agent.toml > $out
           '';
+          # Every abra command line the agent runs fits nixpkgs' abra: each flag and
+          # positional argument against `abra <subcommand> --help` (scripts/check-abra).
+          abra-commands = pkgs.runCommand "ccfleet-abra-commands-check" { } ''
+            export HOME=$TMPDIR
+            bash ${./scripts/check-abra} --abra ${pkgs.abra}/bin/abra \
+              --agent ${lib.getExe' ccfleet "ccfleet-agent"} > $out || { cat $out; exit 1; }
+          '';
         });
 
       devShells = forAllSystems (pkgs: {

@@ -13,6 +13,7 @@
 
 mod commands;
 pub mod env_file;
+pub mod recipe_secrets;
 pub mod versions;
 
 use std::collections::HashMap;
@@ -27,8 +28,9 @@ use crate::config::AbraConfig;
 use crate::docker::{Docker, DockerError};
 use crate::process::{self, CommandOutput, CommandSpec, ProcessError};
 
-pub use commands::offline;
+pub use commands::{fits_shape, offline, COMMAND_SHAPES};
 pub use env_file::{AppType, EnvFile};
+pub use recipe_secrets::RecipeSecrets;
 pub use versions::VersionsError;
 
 /// Environment variables of the agent that abra (and the `docker` it starts)

@@ -41,6 +41,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the shape of every abra command line the agent runs, one a line (read by
+    /// scripts/check-abra).
+    #[command(hide = true)]
+    AbraCommands,
     /// Run the agent: enrol if needed, reconcile the declared apps, report to the server.
     Run {
         /// The agent's TOML configuration.
@@ -208,6 +212,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             .context("cannot print the man page"),
         Command::Man { out: Some(out) } => clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
             .with_context(|| format!("cannot write the man pages into {}", out.display())),
+        Command::AbraCommands => {
+            for shape in ccfleet_agent::abra::COMMAND_SHAPES {
+                println!("{shape}");
+            }
+            Ok(())
+        }
         Command::Run { config } => daemon::run(&config).await,
         Command::CheckConfig { file } => check_config(&file),
         Command::Enroll {

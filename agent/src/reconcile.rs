@@ -170,6 +170,12 @@ pub enum ReconcileErrorKind {
     },
     #[error("cannot rotate secret {name}: {reason}")]
     SecretVersion { name: String, reason: String },
+    /// Declared secrets the recipe names no version for: nothing was inserted.
+    #[error(
+        "recipe {recipe} declares no {} (its .env.sample has no such line): no secret inserted",
+        names.iter().map(|name| format!("secret {name} (SECRET_{}_VERSION)", name.to_uppercase())).collect::<Vec<_>>().join(", ")
+    )]
+    SecretUndeclared { names: Vec<String>, recipe: RecipeName },
     #[error("cannot {step}: {}", error_chain(error))]
     Journal { step: String, error: Box<JournalError> },
     /// The upgrade transaction ran and did not reach the target; it reported

@@ -227,6 +227,74 @@ impl DockerTest {
             .join(format!("{domain}.env"))
     }
 
+    /// The recipe's git remote as the double keeps it (made on the double's
+    /// first clone of the recipe).
+    pub fn recipe_origin(&self, recipe: &str) -> PathBuf {
+        self.abra_dir().join(".double-remote").join(recipe)
+    }
+
+    /// Tags `version` in the recipe's remote, as its maintainer would
+    /// release it: a commit whose compose file is `from`'s, then the tag.
+    pub fn tag_release(&self, recipe: &str, version: &str, from: &str) {
+        let origin = self.recipe_origin(recipe);
+        assert!(
+            origin.join(".git").is_dir(),
+            "no remote of {recipe} yet: {}",
+            origin.display()
+        );
+        let compose = fixtures_dir()
+            .join("recipes")
+            .join(recipe)
+            .join("versions")
+            .join(from)
+            .join("compose.yml");
+        std::fs::copy(&compose, origin.join("compose.yml")).expect("the release's compose file");
+        for arguments in [
+            vec!["add", "-A"],
+            vec!["commit", "-q", "-m", version],
+            vec!["tag", version],
+        ] {
+            let output = Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=maintainer",
+                    "-c",
+                    "user.email=maintainer@ccfleet.invalid",
+                    "-C",
+                ])
+                .arg(&origin)
+                .args(&arguments)
+                .output()
+                .expect("git runs");
+            assert!(output.status.success(), "git {arguments:?}: {}", text(&output));
+        }
+    }
+
+    /// Makes the recipes' git remote unreachable: the double refuses network
+    /// work, and git finds no remote where the checkout's `origin` points.
+    pub fn mark_remote_unreachable(&self) {
+        std::fs::write(self.abra_dir().join("remote-unreachable"), b"").unwrap();
+        let remote = self.abra_dir().join(".double-remote");
+        if remote.exists() {
+            std::fs::rename(&remote, self.abra_dir().join(".double-remote.unreachable")).unwrap();
+        }
+    }
+
+    /// The release tags in the test's checkout of `recipe`.
+    pub fn checkout_tags(&self, recipe: &str) -> Vec<String> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(self.abra_dir().join("recipes").join(recipe))
+            .args(["tag", "--list"])
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git tag: {}", text(&output));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Every command line the double was given, in order.
     pub fn abra_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.abra_dir().join("double.log"))

@@ -79,6 +79,15 @@ impl EnvFile {
         })
     }
 
+    /// Every assignment in file order with the line as written (for the
+    /// comments abra reads modifiers from, see `abra::recipe_secrets`).
+    pub fn entries_with_lines(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.lines.iter().filter_map(|line| match line {
+            Line::Entry { key, value, raw } => Some((key.as_str(), value.as_str(), raw.as_str())),
+            Line::Other(_) => None,
+        })
+    }
+
     /// Sets `key` to `value`, returning whether the file changed. An existing
     /// assignment is rewritten in place (later duplicates are dropped so the
     /// new value is the one that counts); a new key is appended.

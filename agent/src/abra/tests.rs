@@ -117,12 +117,16 @@ async fn a_secret_name_too_long_is_refused_before_abra_runs() {
         .await
         .unwrap_err();
     assert!(matches!(error, AbraError::SecretNameTooLong { .. }), "{error}");
-    // The recipe's own secrets, known from the env file abra wrote.
+    // The recipe's own secrets, known from the env file abra wrote and the
+    // compose file the recipe checkout holds.
     std::fs::write(
         abra.env_file_path(&domain),
-        "TYPE=fixture-web\nSECRET_SMTP_PASSWORD_LONG_VERSION=v12\n",
+        "TYPE=fixture-web\nSECRET_SMTP_PASSWORD_LONG_VERSION=v12\nSECRET_UNUSED_AND_VERY_LONG_NAME_VERSION=v1\n",
     )
     .unwrap();
+    let checkout = abra.dir().join("recipes/fixture-web");
+    std::fs::create_dir_all(&checkout).unwrap();
+    std::fs::write(checkout.join("compose.yml"), "secrets:\n  smtp_password_long:\n").unwrap();
     let error = abra
         .secret_generate_all(&recipe, &domain)
         .await
@@ -223,7 +227,53 @@ async fn command_lines_follow_abra_md() {
     ]
     .map(|arguments| format!("{arguments} | ABRA_DIR={0} pwd={0}", abra_dir.display()))
     .join("\n");
-    assert_eq!(std::fs::read_to_string(&log).unwrap().trim_end(), expected);
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(recorded.trim_end(), expected);
+    // The shapes `scripts/check-abra` checks are the command lines run: each
+    // line has a shape, and each shape was used.
+    let lines: Vec<Vec<&str>> = recorded
+        .lines()
+        .map(|line| line.split(" | ").next().unwrap().split_whitespace().collect())
+        .collect();
+    for line in &lines {
+        assert!(
+            COMMAND_SHAPES.iter().any(|shape| fits_shape(shape, line)),
+            "no shape in COMMAND_SHAPES for {line:?}"
+        );
+    }
+    for shape in COMMAND_SHAPES {
+        assert!(
+            lines.iter().any(|line| fits_shape(shape, line)),
+            "{shape:?} is run by nothing"
+        );
+    }
+}
+
+#[test]
+fn command_lines_fit_their_shapes() {
+    let deploy = "app deploy -n -c [-o] [-f] [-D] <domain> <version>";
+    for (shape, line, fits) in [
+        (deploy, "app deploy -n -c a.example.org 1.0.0", true),
+        (deploy, "app deploy -n -c -o -f -D a.example.org 1.0.0", true),
+        (deploy, "app deploy -n -c -f a.example.org 1.0.0", true),
+        // Optional flags keep their order; required ones are required.
+        (deploy, "app deploy -n -c -f -o a.example.org 1.0.0", false),
+        (deploy, "app deploy -n a.example.org 1.0.0", false),
+        // One argument per placeholder, and no flag in its place.
+        (deploy, "app deploy -n -c a.example.org", false),
+        (deploy, "app deploy -n -c a.example.org 1.0.0 extra", false),
+        (deploy, "app deploy -n -c -x a.example.org 1.0.0", false),
+        (deploy, "app upgrade -n -c a.example.org 1.0.0", false),
+        ("--version", "--version", true),
+        ("--version", "", false),
+        ("recipe fetch <recipe>", "recipe fetch fixture-web", true),
+        ("new --server=<server> <recipe>", "new --server default web", true),
+        ("new --server=<server> <recipe>", "new --server web", false),
+        ("new --server=<server> <recipe>", "new --server -n web", false),
+    ] {
+        let arguments: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fits_shape(shape, &arguments), fits, "{shape:?} / {line:?}");
+    }
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use std::path::Path;
 use sha2::Digest;
 
 use super::{ReconcileAction, ReconcileErrorKind, Reconciler};
+use crate::abra::recipe_secrets::secret_set_up;
 use crate::abra::AbraError;
 use crate::config::AppConfig;
 use crate::journal::InsertedSecret;
@@ -115,7 +116,10 @@ fn journal_step(step: &'static str) -> impl FnOnce(crate::journal::JournalError)
 impl Reconciler {
     /// Inserts every declared secret at the version the recipe's env names
     /// (skipping those that exist), records their hashes, then has abra
-    /// generate the recipe's other secrets.
+    /// generate the recipe's other secrets (see
+    /// [`secret_set_up`](crate::abra::recipe_secrets::secret_set_up)). A
+    /// declared secret the recipe names no version for refuses the whole
+    /// set-up before anything is inserted.
     pub(super) async fn set_up_secrets(
         &self,
         app: &AppConfig,
@@ -123,12 +127,17 @@ impl Reconciler {
     ) -> Result<(), ReconcileErrorKind> {
         let recipe_secrets = self
             .abra()
-            .read_env_file(&app.domain)
-            .map_err(abra_step("read the app's env file".into()))?
-            .map(|env| env.secret_versions())
-            .unwrap_or_default();
+            .recipe_secrets(&app.recipe, &app.domain)
+            .await
+            .map_err(abra_step("read the recipe's secrets".into()))?;
+        let to_generate = secret_set_up(app.secrets.keys().map(String::as_str), &recipe_secrets).map_err(|names| {
+            ReconcileErrorKind::SecretUndeclared {
+                names,
+                recipe: app.recipe.clone(),
+            }
+        })?;
         for (name, file) in &app.secrets {
-            let secret_version = recipe_secrets.get(name).map_or(DEFAULT_SECRET_VERSION, String::as_str);
+            let secret_version = recipe_secrets.versions[name].as_str();
             // Hashed before abra reads the file: if it changes in between,
             // the hash differs from the file later and the secret rotates
             // once more, which is safe; the other order could record a
@@ -156,7 +165,7 @@ impl Reconciler {
                 names: app.secrets.keys().cloned().collect(),
             });
         }
-        if recipe_secrets.keys().any(|name| !app.secrets.contains_key(name)) {
+        if !to_generate.is_empty() {
             self.host
                 .abra()
                 .secret_generate_all(&app.recipe, &app.domain)
@@ -187,6 +196,18 @@ impl Reconciler {
             .map_err(abra_step("read the app's env file".into()))?
             .map(|env| env.secret_versions())
             .unwrap_or_default();
+        let undeclared: Vec<String> = app
+            .secrets
+            .keys()
+            .filter(|name| !env_versions.contains_key(*name))
+            .cloned()
+            .collect();
+        if !undeclared.is_empty() {
+            return Err(ReconcileErrorKind::SecretUndeclared {
+                names: undeclared,
+                recipe: app.recipe.clone(),
+            });
+        }
         let recorded = journal
             .inserted_secrets(&app.domain)
             .map_err(journal_step("read the app's inserted secrets"))?;

@@ -569,7 +569,9 @@ async fn available_versions_come_from_the_tags_the_double_fetches() {
         "{packed}"
     );
 
-    // A tag the checkout lacks comes back as a loose ref on the next fetch.
+    // A tag the checkout lacks comes back as a loose ref on the next fetch:
+    // the agent's `git fetch --tags` (the double's `recipe fetch`, like
+    // abra's, leaves an existing checkout as it is).
     let newest = fixture_versions().last().unwrap().to_string();
     let without_newest: String = packed
         .lines()
@@ -727,6 +729,92 @@ async fn the_double_deploys_like_abra_and_undeploy_keeps_volumes_and_secrets() {
     assert!(docker_api.stack_volumes(&format!("{stack}x")).await.unwrap().is_empty());
     let log = test.abra_log();
     assert_eq!(log.last().unwrap(), &format!("app undeploy -n {domain}"));
+}
+
+#[tokio::test]
+async fn the_secrets_set_up_are_those_the_recipe_declares() {
+    let mut test = DockerTest::new("declared");
+    let plain = test.domain("a");
+    let extra = test.domain("b");
+    let refused = test.domain("c");
+    let smtp_password = test.path().join("smtp_password");
+    let unknown_token = test.path().join("unknown_token");
+    std::fs::write(&smtp_password, "from-a-file").unwrap();
+    std::fs::write(&unknown_token, "also-from-a-file").unwrap();
+    let smtp = format!("smtp_password = {:?}", smtp_password.display().to_string());
+    let apps = app_toml(&plain, V1_0, &format!("secrets = {{ {smtp} }}"))
+        + &app_toml(
+            &extra,
+            V1_0,
+            "env = { COMPOSE_FILE = \"compose.yml:compose.extra.yml\" }",
+        )
+        + &app_toml(
+            &refused,
+            V1_0,
+            &format!(
+                "secrets = {{ {smtp}, unknown_token = {:?} }}",
+                unknown_token.display().to_string()
+            ),
+        );
+    let config = config(&test, &apps);
+    let reconciler = reconciler(&config).await;
+    let docker_api = Docker::connect().await.unwrap();
+    let secrets = |domain: &str| {
+        let stack = domain.replace('.', "_");
+        let docker_api = docker_api.clone();
+        async move {
+            let mut found = Vec::new();
+            for name in ["api_key", "smtp_password", "extra_token", "unknown_token"] {
+                if docker_api.secret_exists(&format!("{stack}_{name}_v1")).await.unwrap() {
+                    found.push(name);
+                }
+            }
+            found
+        }
+    };
+
+    // The recipe's compose.yml declares api_key and smtp_password; the latter
+    // is `generate=false` (the operator's file), and compose.extra.yml, which
+    // declares extra_token, is not selected.
+    let outcome = reconciler.reconcile_app(app(&config, &plain)).await.unwrap();
+    assert_eq!(
+        outcome.summary(),
+        format!("created, inserted secrets smtp_password, generated the other secrets, deployed {V1_0}")
+    );
+    assert_eq!(secrets(&plain).await, ["api_key", "smtp_password"]);
+
+    // COMPOSE_FILE selects compose.extra.yml too: its secret is generated;
+    // smtp_password is still not.
+    let outcome = reconciler.reconcile_app(app(&config, &extra)).await.unwrap();
+    assert_eq!(
+        outcome.summary(),
+        format!("created, wrote env keys COMPOSE_FILE, generated the other secrets, deployed {V1_0}")
+    );
+    assert_eq!(secrets(&extra).await, ["api_key", "extra_token"]);
+
+    // A declared secret the recipe names no version for: refused before
+    // anything is inserted, naming the secret and the recipe.
+    let error = reconciler.reconcile_app(app(&config, &refused)).await.unwrap_err();
+    assert!(
+        matches!(error.kind, ReconcileErrorKind::SecretUndeclared { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "recipe {FIXTURE_RECIPE} declares no secret unknown_token (SECRET_UNKNOWN_TOKEN_VERSION)"
+        )),
+        "{message}"
+    );
+    assert!(secrets(&refused).await.is_empty());
+    assert!(
+        !test
+            .abra_log()
+            .iter()
+            .any(|line| line.starts_with("app secret") && line.contains(&refused)),
+        "{:?}",
+        test.abra_log()
+    );
 }
 
 #[tokio::test]

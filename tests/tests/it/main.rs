@@ -4,6 +4,7 @@
 // Tests start the real binaries, docker and nix themselves, as an operator would.
 #![allow(clippy::disallowed_methods)]
 
+mod abra_check;
 mod agent;
 mod alerts;
 mod campaign;

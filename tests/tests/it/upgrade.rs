@@ -563,8 +563,8 @@ async fn a_stateless_app_that_never_converges_rolls_back_without_a_snapshot() {
 async fn a_rollback_needs_no_network() {
     let world = World::start("upoffline", false, false).await;
     // From now on the double refuses anything that would reach the recipe's
-    // git remote: fetches, and deploys without `-o`.
-    std::fs::write(world.test.abra_dir().join("remote-unreachable"), b"").unwrap();
+    // git remote (fetches, and deploys without `-o`), and git cannot reach it.
+    world.test.mark_remote_unreachable();
     let (ok, report, _) = world.upgrade(&["--to", V1_5_NEVER_CONVERGES, "--json"]);
     assert!(!ok);
     assert_eq!(report["outcome"], "ROLLED_BACK", "{report}");
@@ -798,6 +798,56 @@ async fn the_timer_moves_to_the_newest_release_of_the_major_once() {
     assert!(ok, "{stderr}\n{report}");
     assert!(world.alert().is_none());
     assert_eq!(world.agent().status().unwrap()["apps"][0]["alert"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_tagged_after_the_agent_started_is_seen_without_a_restart() {
+    const V1_7: &str = "1.7.0+1.7";
+    let world = World::start_with(
+        "upnewtag",
+        false,
+        false,
+        "auto_update = true\nschedule = \"Sun 04:00\"\n",
+    )
+    .await;
+    // The agent read the releases once at start: 1.6.0 is the newest of major 1.
+    wait_for("the versions read at start", PATIENCE, || {
+        let status = world.agent().status();
+        async move {
+            let status = status?;
+            (status["apps"][0]["available_version"] == V1_6_HTTP_FAILS)
+                .then_some(())
+                .ok_or_else(|| status.to_string())
+        }
+    })
+    .await;
+    // The maintainer releases 1.7.0 (1.3.0's compose file) after that.
+    world.test.tag_release(FIXTURE_RECIPE, V1_7, V1_3);
+    assert!(!world.test.checkout_tags(FIXTURE_RECIPE).contains(&V1_7.to_owned()));
+
+    // The timer's next run fetches the new tag and moves there; nothing restarted.
+    let pid = world.agent().pid();
+    let output = world.agent().command(&["update", &world.domain]);
+    let said = output_text(&output);
+    assert!(output.status.success(), "{said}\n{}", world.agent().log());
+    assert!(said.contains(&format!("{V1_3} -> {V1_7}")), "{said}");
+    assert_eq!(world.running().as_deref(), Some(V1_7));
+    assert_eq!(world.agent().pid(), pid);
+    assert!(world.test.checkout_tags(FIXTURE_RECIPE).contains(&V1_7.to_owned()));
+    // abra's own fetch left the checkout as it was; the tag came from the
+    // agent's `git fetch --tags`, so the upgrade itself ran offline.
+    assert!(world
+        .test
+        .abra_log()
+        .iter()
+        .any(|line| line == "recipe fetch fixture-web"));
+    assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_7), 1);
+    assert_eq!(
+        world.abra_lines("app upgrade -n -c ", V1_7),
+        1,
+        "{:?}",
+        world.test.abra_log()
+    );
 }
 
 /// Starts a rollout of the fixture recipe to `version` on the world's server
