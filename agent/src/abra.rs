@@ -13,6 +13,7 @@
 
 mod commands;
 pub mod env_file;
+pub mod hints;
 pub mod versions;
 
 use std::collections::HashMap;
