@@ -197,6 +197,7 @@ mod tests {
         let upgrade_alert = open_alert(AlertKind::Upgrade, "op-1", "rolled back", Severity::Warning);
         let same_first = open_alert(AlertKind::FirstDeploy, "local-0", first_reason, Severity::Critical);
         let failed_op = open_alert(AlertKind::Upgrade, "op-fail", "the rollback failed", Severity::Critical);
+        let raised_first = format!("raise first_deploy critical local-1 {first_reason}");
         let rows: Vec<(&str, Reconciled, Option<&Alert>, &str)> = vec![
             ("success, no alert", outcome(vec![ReconcileAction::AlreadyConverged]), None, "keep"),
             (
@@ -215,14 +216,14 @@ mod tests {
                 "a failed first deploy",
                 first_failure(app_new(), true),
                 None,
-                &format!("raise first_deploy critical local-1 {first_reason}"),
+                &raised_first,
             ),
             ("the same failed first deploy again", first_failure(app_new(), true), Some(&same_first), "keep"),
             (
                 "a failed first deploy replaces an upgrade's alert",
                 first_failure(app_new(), true),
                 Some(&upgrade_alert),
-                &format!("raise first_deploy critical local-1 {first_reason}"),
+                &raised_first,
             ),
             ("the same failure on a running app: not alerted", failure(app_new()), None, "keep"),
             (

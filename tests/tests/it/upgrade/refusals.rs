@@ -2,7 +2,8 @@
 //! stateful app whose stack has no volumes is refused before it is undeployed
 //! (its container runs on, untouched), and a move down across the recipe's
 //! major without `--major` is refused; neither journals, snapshots or alerts.
-//! A rollout's dry run already says which app it would skip for lack of volumes.
+//! A rollout's dry run already says which app it would skip for lack of volumes;
+//! with `--major` the downgrade runs, and `--progress` alone waits and talks.
 
 use ccfleet_tests::docker::{docker, stack_of, FIXTURE_RECIPE, V1_0, V1_1, V1_3, V2_0};
 use ccfleet_tests::wait_for;
@@ -93,7 +94,7 @@ async fn a_stateful_app_without_volumes_is_refused_before_it_is_undeployed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_downgrade_across_a_major_needs_major() {
+async fn a_downgrade_across_a_major_needs_major_and_progress_talks_while_it_runs() {
     let world = World::start_at("rfdown", false, false, V2_0).await;
     refused_untouched(
         &world,
@@ -101,4 +102,23 @@ async fn a_downgrade_across_a_major_needs_major() {
         V2_0,
         &format!("{V2_0} -> {V1_3} moves down across the recipe's major version"),
     );
+
+    // With --major it runs; --progress alone waits and says what it waits
+    // for, as `apply --progress` does, in lines that fit 100 columns.
+    let output = world
+        .agent()
+        .command(&["upgrade", &world.domain, "--to", V1_3, "--major", "--progress"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{}", world.agent().log());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("SUCCEEDED"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        stderr.contains(&format!("... {}: upgrade {V2_0} -> {V1_3}: ", world.domain)),
+        "{stderr}"
+    );
+    assert!(stderr.lines().all(|line| line.chars().count() <= 100), "{stderr}");
+    assert_eq!(world.running().as_deref(), Some(V1_3));
 }
