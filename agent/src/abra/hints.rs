@@ -225,7 +225,13 @@ mod tests {
         };
         let apps = [app("fixture-wbe", "1.0.0+1.0")];
         assert_eq!(hints(&abra, &apps), Vec::<String>::new());
-        let tags = abra.dir.join("recipes").join("fixture-web").join(".git").join("refs").join("tags");
+        let tags = abra
+            .dir
+            .join("recipes")
+            .join("fixture-web")
+            .join(".git")
+            .join("refs")
+            .join("tags");
         std::fs::create_dir_all(&tags).unwrap();
         std::fs::write(tags.join("1.0.0+1.0"), "0000\n").unwrap();
         let said = hints(&abra, &apps);

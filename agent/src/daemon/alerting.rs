@@ -199,7 +199,12 @@ mod tests {
         let failed_op = open_alert(AlertKind::Upgrade, "op-fail", "the rollback failed", Severity::Critical);
         let raised_first = format!("raise first_deploy critical local-1 {first_reason}");
         let rows: Vec<(&str, Reconciled, Option<&Alert>, &str)> = vec![
-            ("success, no alert", outcome(vec![ReconcileAction::AlreadyConverged]), None, "keep"),
+            (
+                "success, no alert",
+                outcome(vec![ReconcileAction::AlreadyConverged]),
+                None,
+                "keep",
+            ),
             (
                 "success keeps an upgrade's alert",
                 outcome(vec![ReconcileAction::AlreadyConverged]),
@@ -218,14 +223,24 @@ mod tests {
                 None,
                 &raised_first,
             ),
-            ("the same failed first deploy again", first_failure(app_new(), true), Some(&same_first), "keep"),
+            (
+                "the same failed first deploy again",
+                first_failure(app_new(), true),
+                Some(&same_first),
+                "keep",
+            ),
             (
                 "a failed first deploy replaces an upgrade's alert",
                 first_failure(app_new(), true),
                 Some(&upgrade_alert),
                 &raised_first,
             ),
-            ("the same failure on a running app: not alerted", failure(app_new()), None, "keep"),
+            (
+                "the same failure on a running app: not alerted",
+                failure(app_new()),
+                None,
+                "keep",
+            ),
             (
                 "a held-back target on a first deploy: reported elsewhere",
                 first_failure(

@@ -225,7 +225,6 @@ pub(super) mod tests {
         })
     }
 
-
     #[test]
     fn what_a_reconcile_reports() {
         let observe = || ReconcileErrorKind::Observe {

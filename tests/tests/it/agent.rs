@@ -293,7 +293,8 @@ fn check_config_names_the_nearest_recipe_and_releases_for_a_typo() {
         "{warnings}"
     );
     assert!(
-        lines[1].starts_with("warning: app \"pin.example.org\": version 1.4.5+1.4 is not a release of recipe fixture-web")
+        lines[1]
+            .starts_with("warning: app \"pin.example.org\": version 1.4.5+1.4 is not a release of recipe fixture-web")
             && lines[1].contains("1.4.0+1.4, 1.5.0+1.5"),
         "{warnings}"
     );

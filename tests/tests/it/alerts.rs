@@ -462,7 +462,10 @@ async fn a_failed_first_deploy_and_a_failed_secret_insert_raise_alerts_until_the
         async move {
             match found {
                 (true, true) => Ok(()),
-                _ => Err(format!("{found:?}\n{}", log.lines().rev().take(10).collect::<Vec<_>>().join("\n"))),
+                _ => Err(format!(
+                    "{found:?}\n{}",
+                    log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+                )),
             }
         }
     })
@@ -480,7 +483,10 @@ async fn a_failed_first_deploy_and_a_failed_secret_insert_raise_alerts_until_the
     );
     let insert = alert_file(&test, &secrets).expect("an alert for the failed secret insert");
     assert_eq!(insert["kind"], "secret_insert", "{insert}");
-    assert_eq!(insert["severity"], "critical", "nothing of a first deploy runs: {insert}");
+    assert_eq!(
+        insert["severity"], "critical",
+        "nothing of a first deploy runs: {insert}"
+    );
     let reason = insert["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("secret insert failed: cannot insert secret api_key") && reason.contains("on purpose"),
