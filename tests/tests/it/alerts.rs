@@ -512,7 +512,7 @@ async fn a_failed_first_deploy_and_a_failed_secret_insert_raise_alerts_until_the
     })
     .await;
     let table = String::from_utf8(server.cli(&["alerts"]).stdout).unwrap();
-    assert!(table.contains(&web) && table.contains("critical"), "{table}");
+    assert!(table.contains("docker-test") && table.contains("critical"), "{table}");
 
     // The same failure again fails `apply` and leaves the alert as it was.
     let written = std::fs::read(test.path().join("alerts").join(format!("{web}.json"))).unwrap();

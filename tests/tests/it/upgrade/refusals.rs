@@ -95,7 +95,9 @@ async fn a_stateful_app_without_volumes_is_refused_before_it_is_undeployed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downgrade_across_a_major_needs_major_and_progress_talks_while_it_runs() {
-    let world = World::start_at("rfdown", false, false, V2_0).await;
+    // Default timing (a 5 min health timeout): the downgrade below must pass
+    // its gate on a loaded machine too.
+    let world = World::start_full("rfdown", false, false, "", true, V2_0).await;
     refused_untouched(
         &world,
         &["--to", V1_3],
