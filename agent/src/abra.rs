@@ -14,6 +14,7 @@
 mod commands;
 pub mod env_file;
 pub mod recipe_secrets;
+pub mod hints;
 pub mod versions;
 
 use std::collections::HashMap;

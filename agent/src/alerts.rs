@@ -1,13 +1,16 @@
 //! Alert sentinels: `<alerts_dir>/<domain>.json`, written atomically when an
-//! upgrade ends ROLLED_BACK, FAILED or HELD, removed when a later operation
-//! on the app succeeds. The same facts travel to the server as an
-//! `AlertEvent`, so `ccfleet alerts` lists them fleet-wide.
+//! upgrade ends ROLLED_BACK, FAILED or HELD, or a reconcile fails an app's
+//! first deploy, finds it blocked, or cannot insert a secret; removed when a
+//! later operation on the app succeeds. The same facts travel to the server
+//! as an `AlertEvent`, so `ccfleet alerts` lists them fleet-wide.
 //!
 //! The file's fields (documented for operators and their monitoring):
 //! `domain`, `recipe`, `from`, `to`, `outcome` (`ROLLED_BACK`, `FAILED`,
 //! `HELD`), `severity` (`warning`: a healthy version runs, not the one asked
 //! for; `critical`: the app may be down), `reason`, `operation_id`,
-//! `snapshot_path` (null when none was taken) and `time` (RFC 3339, UTC).
+//! `snapshot_path` (null when none was taken), `time` (RFC 3339, UTC) and,
+//! added later, `kind` (`upgrade`, `first_deploy`, `blocked`,
+//! `secret_insert`; a file without it is an upgrade's).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +39,31 @@ impl Severity {
     }
 }
 
+/// What raised an alert: the upgrade transaction, or one of the reconcile's
+/// failures that need a human.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// An upgrade ended ROLLED_BACK, FAILED or HELD.
+    #[default]
+    Upgrade,
+    /// The app's first deploy failed (`abra app new`, its deploy, or its
+    /// convergence): nothing of it runs.
+    FirstDeploy,
+    /// A FAILED operation blocks the app and no open alert names it.
+    Blocked,
+    /// A declared secret could not be inserted (`abra app secret insert`).
+    SecretInsert,
+}
+
+impl AlertKind {
+    /// Whether a reconcile raised it (and so a successful reconcile clears it);
+    /// an upgrade's alert waits for a successful operation.
+    pub fn from_reconcile(self) -> bool {
+        self != AlertKind::Upgrade
+    }
+}
+
 /// One open alert, as written to `<alerts_dir>/<domain>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
@@ -50,6 +78,9 @@ pub struct Alert {
     pub snapshot_path: Option<PathBuf>,
     /// RFC 3339, UTC.
     pub time: String,
+    /// Added after the fields above; older files are an upgrade's.
+    #[serde(default)]
+    pub kind: AlertKind,
 }
 
 impl Alert {
@@ -196,6 +227,7 @@ mod tests {
             operation_id: "op-1".into(),
             snapshot_path: Some("/var/lib/ccfleet-agent/snapshots/blog.example.org/op-1".into()),
             time: rfc3339(1_700_000_000),
+            kind: AlertKind::Upgrade,
         };
         let path = write(&alerts, &alert).unwrap();
         assert_eq!(path, alerts.join("blog.example.org.json"));
@@ -203,6 +235,7 @@ mod tests {
         assert_eq!(json["outcome"], "ROLLED_BACK");
         assert_eq!(json["severity"], "warning");
         assert_eq!(json["time"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["kind"], "upgrade");
         assert_eq!(read(&alerts, "blog.example.org"), Some(alert.clone()));
         let event = alert.to_event();
         assert_eq!(event.outcome, pb::OperationOutcome::RolledBack as i32);
@@ -212,5 +245,18 @@ mod tests {
         assert!(!clear(&alerts, "blog.example.org").unwrap());
         assert_eq!(read(&alerts, "blog.example.org"), None);
         assert_eq!(Severity::of(Outcome::Failed), Severity::Critical);
+    }
+
+    #[test]
+    fn a_file_written_before_kinds_existed_is_an_upgrades_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"domain": "blog.example.org", "recipe": "ghost", "from": "1.0.0+5.0",
+            "to": "1.1.0+5.1", "outcome": "HELD", "severity": "warning", "reason": "major",
+            "operation_id": "op-1", "snapshot_path": null, "time": "2023-11-14T22:13:20Z"}"#;
+        std::fs::write(dir.path().join("blog.example.org.json"), old).unwrap();
+        let alert = read(dir.path(), "blog.example.org").unwrap();
+        assert_eq!(alert.kind, AlertKind::Upgrade);
+        assert!(!alert.kind.from_reconcile());
+        assert!(AlertKind::FirstDeploy.from_reconcile());
     }
 }

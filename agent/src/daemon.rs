@@ -23,6 +23,7 @@ use crate::link::{Link, LinkStatus};
 use crate::outbox::Outbox;
 use crate::reconcile::{ObservedApp, ReconcileError, ReconcileOutcome, Reconciler};
 
+mod alerting;
 mod commands;
 mod inventory;
 mod report;
@@ -114,6 +115,9 @@ struct Agent {
     pushed_inventory: Mutex<pb::Inventory>,
     /// Available versions per recipe, and when abra was last asked.
     versions: Mutex<HashMap<RecipeName, (Instant, Vec<CoopVersion>)>>,
+    /// Whether each stateful app's stack has volumes, and at which running
+    /// version Docker was asked (volumes change only with a deploy).
+    volumes: Mutex<HashMap<Domain, (CoopVersion, bool)>>,
 }
 
 impl Agent {
@@ -178,6 +182,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         started_with: config.clone(),
         in_flight: Arc::default(),
         versions: Mutex::new(HashMap::new()),
+        volumes: Mutex::new(HashMap::new()),
         pushed_inventory: Mutex::new(pb::Inventory::default()),
     });
 
@@ -335,7 +340,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         tracing::warn!(
-            ?unfinished,
+            unfinished = %unfinished.join(", "),
             "operations still in flight after {}: they are recorded as interrupted and finished at the next start",
             humantime::format_duration(stop_timeout)
         );

@@ -52,7 +52,8 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file (including that secret files are readable) and print it,
-    /// normalised with every default filled in, as JSON.
+    /// normalised with every default filled in, as JSON. Warns (exit 0) when the local abra
+    /// does not know a declared recipe or version, naming the nearest ones.
     CheckConfig {
         /// The agent's TOML configuration, e.g. /etc/ccfleet/agent.toml.
         file: PathBuf,
@@ -364,6 +365,10 @@ async fn enroll(
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
     let config = daemon::load_config(file)?;
+    // Likely typos, as warnings (exit 0): abra may not have fetched the recipe yet.
+    for warning in ccfleet_agent::abra::hints::hints(&config.abra, &config.apps) {
+        eprintln!("warning: {warning}");
+    }
     let json = serde_json::to_string_pretty(&config).context("cannot render the configuration as JSON")?;
     println!("{json}");
     Ok(())

@@ -255,7 +255,7 @@ pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, ProcessError> {
             output,
         }),
         Some(status) if status.success() => {
-            tracing::debug!(command = %output.command_line, elapsed = ?output.elapsed, "succeeded");
+            tracing::debug!(command = %output.command_line, elapsed_ms = output.elapsed.as_millis() as u64, "succeeded");
             Ok(output)
         }
         Some(_) => Err(ProcessError::Failed { output }),

@@ -143,6 +143,9 @@ pub struct ReconcileError {
     pub kind: ReconcileErrorKind,
     /// What had been done before the failure.
     pub actions: Vec<ReconcileAction>,
+    /// The app ran nothing before this reconcile (it was created, or found
+    /// undeployed, and was to be deployed for the first time).
+    pub first_deploy: bool,
 }
 
 /// The reasons [`ReconcileError`] gives.
@@ -150,6 +153,9 @@ pub struct ReconcileError {
 pub enum ReconcileErrorKind {
     #[error("cannot {step}: {}", error_chain(error))]
     Abra { step: String, error: Box<AbraError> },
+    /// `abra app secret insert` failed (an alert of its own).
+    #[error("cannot {step}: {}", error_chain(error))]
+    SecretInsert { step: String, error: Box<AbraError> },
     #[error("the app's env file names recipe {found:?}, the configuration declares {declared}: refusing to touch it")]
     RecipeMismatch { declared: RecipeName, found: String },
     #[error("cannot observe the app: {reason}")]
@@ -192,6 +198,14 @@ pub enum ReconcileErrorKind {
     /// nothing ran.
     #[error("{to} is not applied: {reason}")]
     HeldBack { to: CoopVersion, reason: String },
+    /// A FAILED operation blocks the app; nothing ran. The operation raised
+    /// its alert; the reconcile raises one only if no open alert names it.
+    #[error("{to} is not applied: {reason}")]
+    Blocked {
+        to: CoopVersion,
+        operation_id: String,
+        reason: String,
+    },
     #[error("the upgrade transaction failed: {reason}")]
     Upgrade { reason: String },
 }
@@ -200,7 +214,7 @@ impl ReconcileError {
     /// abra's output, when the failure was abra's.
     pub fn abra_output(&self) -> Option<&crate::process::CommandOutput> {
         match &self.kind {
-            ReconcileErrorKind::Abra { error, .. } => error.output(),
+            ReconcileErrorKind::Abra { error, .. } | ReconcileErrorKind::SecretInsert { error, .. } => error.output(),
             _ => None,
         }
     }
@@ -212,7 +226,9 @@ impl ReconcileErrorKind {
     pub fn reported_elsewhere(&self) -> bool {
         matches!(
             self,
-            ReconcileErrorKind::UpgradeNotApplied { .. } | ReconcileErrorKind::HeldBack { .. }
+            ReconcileErrorKind::UpgradeNotApplied { .. }
+                | ReconcileErrorKind::HeldBack { .. }
+                | ReconcileErrorKind::Blocked { .. }
         )
     }
 }
@@ -320,7 +336,8 @@ impl Reconciler {
     pub async fn reconcile_app(&self, app: &AppConfig) -> Result<ReconcileOutcome, ReconcileError> {
         let _app_guard = self.lock_app(&app.domain).await;
         let mut actions = Vec::new();
-        let result = self.reconcile_locked(app, &mut actions).await;
+        let mut first_deploy = false;
+        let result = self.reconcile_locked(app, &mut actions, &mut first_deploy).await;
         match result {
             Ok(observed) => {
                 if actions.is_empty() {
@@ -342,6 +359,7 @@ impl Reconciler {
                     domain: app.domain.clone(),
                     kind,
                     actions,
+                    first_deploy,
                 };
                 tracing::warn!(error = %error, "reconcile failed");
                 Err(error)
@@ -373,6 +391,7 @@ impl Reconciler {
                             reason: "it is not declared, or the dependencies form a cycle".into(),
                         },
                         actions: Vec::new(),
+                        first_deploy: false,
                     };
                     results.insert(app.domain.clone(), Err(error));
                 }
@@ -393,6 +412,7 @@ impl Reconciler {
                             domain: app.domain.clone(),
                             kind: ReconcileErrorKind::DependencyFailed { dependency, reason },
                             actions: Vec::new(),
+                            first_deploy: false,
                         };
                         results.insert(app.domain.clone(), Err(error));
                     }
@@ -410,10 +430,13 @@ impl Reconciler {
             .collect()
     }
 
+    /// One reconcile; `first_deploy` is set once it is known that nothing of
+    /// the app ran before (for the alert a failure raises).
     async fn reconcile_locked(
         &self,
         app: &AppConfig,
         actions: &mut Vec<ReconcileAction>,
+        first_deploy: &mut bool,
     ) -> Result<ObservedApp, ReconcileErrorKind> {
         let abra_step = |step: &str| {
             let step = step.to_owned();
@@ -433,6 +456,7 @@ impl Reconciler {
             .read_env_file(&app.domain)
             .map_err(abra_step("read the app's env file"))?;
         let created = existing.is_none();
+        *first_deploy = created;
         let journal = self.journal();
         let pending = |work, owed| {
             journal
@@ -494,6 +518,9 @@ impl Reconciler {
             pending(PendingWork::Redeploy, false)?;
         }
         if secrets_owed {
+            // Owed only from `app new` until the set-up is done: the app's
+            // creation is unfinished, so nothing of it runs yet.
+            *first_deploy = true;
             self.set_up_secrets(app, actions).await?;
             pending(PendingWork::Secrets, false)?;
         }
@@ -519,8 +546,9 @@ impl Reconciler {
             plan::VersionStep::CannotObserve { reason } => return Err(ReconcileErrorKind::Observe { reason }),
             plan::VersionStep::Blocked { operation_id, version } => {
                 let alert = self.upgrader.settings().alerts_dir.join(format!("{}.json", app.domain));
-                return Err(ReconcileErrorKind::HeldBack {
+                return Err(ReconcileErrorKind::Blocked {
                     to: version,
+                    operation_id: operation_id.clone(),
                     reason: format!(
                         "blocked by failed operation {operation_id} (alert {}): an operator must act \
                          (ccfleet-agent upgrade {} --to VERSION, or restore by hand)",
@@ -530,6 +558,7 @@ impl Reconciler {
                 });
             }
             plan::VersionStep::Deploy { version } => {
+                *first_deploy = true;
                 self.host
                     .abra()
                     .deploy(&app.recipe, &app.domain, &version, false)

@@ -83,6 +83,21 @@ pub fn release_version(tag: &str) -> Option<CoopVersion> {
     version.recipe_version().pre.is_empty().then_some(version)
 }
 
+/// Up to two releases on each side of `target`, in order, comma-separated:
+/// what a refusal or a hint names when `target` is not a release.
+pub fn nearest_releases(releases: &[CoopVersion], target: &CoopVersion) -> String {
+    let mut sorted: Vec<&CoopVersion> = releases.iter().collect();
+    sorted.sort();
+    let position = sorted.partition_point(|release| *release < target);
+    let start = position.saturating_sub(2);
+    let end = (position + 2).min(sorted.len());
+    sorted[start..end]
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn release_versions(tags: impl IntoIterator<Item = String>) -> Vec<CoopVersion> {
     let versions: BTreeSet<CoopVersion> = tags.into_iter().filter_map(|tag| release_version(&tag)).collect();
     versions.into_iter().collect()

@@ -1,6 +1,7 @@
 //! The inventory the agent reports: Docker's observation of each declared app
 //! projected onto the wire, with facts beyond Docker's (available versions
-//! from a cache of abra's answers, the fleet target, host pins).
+//! from a cache of abra's answers, the fleet target, host pins, whether a
+//! stateful app's stack has volumes to snapshot, asked once per running version).
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub struct AppExtras {
     pub available_newest: Option<CoopVersion>,
     pub pinned_by_host: bool,
     pub fleet_target: Option<CoopVersion>,
+    /// Stateful, and its stack has no volumes: an upgrade would be refused.
+    pub unsnapshottable: bool,
 }
 
 /// Newest of `versions` within `base`'s major, and newest overall.
@@ -78,6 +81,7 @@ pub fn to_wire(app: &ObservedApp, extras: &AppExtras) -> pb::ObservedApp {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default(),
+        unsnapshottable: extras.unsnapshottable,
     }
 }
 
@@ -96,11 +100,57 @@ impl Agent {
             .get(&config.recipe)
             .map(|(_, versions)| newest_available(versions, base))
             .unwrap_or_default();
+        let unsnapshottable = config.stateful
+            && app.observed_version.as_ref().is_some_and(|running| {
+                self.volumes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&app.domain)
+                    .is_some_and(|(asked_at, has_volumes)| asked_at == running && !has_volumes)
+            });
         AppExtras {
             available_version,
             available_newest,
             pinned_by_host: !config.fleet_managed,
             fleet_target: record.fleet_target,
+            unsnapshottable,
+        }
+    }
+
+    /// Asks Docker whether the stack of each deployed stateful app has
+    /// volumes, once per running version.
+    async fn refresh_volumes(&self, reconciler: &Reconciler, observed: &[ObservedApp]) {
+        for app in observed {
+            let Some(running) = &app.observed_version else {
+                continue;
+            };
+            let Some(config) = reconciler
+                .apps()
+                .iter()
+                .find(|config| config.domain == app.domain && config.stateful)
+            else {
+                continue;
+            };
+            let known = self
+                .volumes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&app.domain)
+                .is_some_and(|(asked_at, _)| asked_at == running);
+            if known {
+                continue;
+            }
+            match reconciler.docker().stack_volumes(&config.stack_name()).await {
+                Ok(volumes) => {
+                    self.volumes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(app.domain.clone(), (running.clone(), !volumes.is_empty()));
+                }
+                Err(error) => {
+                    tracing::warn!(app = %app.domain, error = %ccfleet_proto::error_chain(&error), "cannot list the stack's volumes")
+                }
+            }
         }
     }
 
@@ -154,6 +204,7 @@ impl Agent {
     pub(super) async fn observe(&self) {
         let reconciler = self.reconciler.borrow().clone();
         let observed = reconciler.observe_all().await;
+        self.refresh_volumes(&reconciler, &observed).await;
         let inventory = pb::Inventory {
             apps: observed
                 .iter()

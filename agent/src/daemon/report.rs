@@ -1,6 +1,6 @@
 //! Reporting to the server through the outbox: the transaction's events, and
 //! what a reconcile did as durable operation results (decided by the pure
-//! [`reconcile_report`]).
+//! [`reconcile_report`]) and as alerts (`daemon/alerting.rs`).
 
 use std::sync::Arc;
 
@@ -60,8 +60,12 @@ impl Agent {
     /// Records what a reconcile did as durable operation results: changes as
     /// SUCCEEDED, failures as FAILED (once per distinct failure).
     pub(super) fn report(&self, results: &[(Domain, Result<ReconcileOutcome, ReconcileError>)]) {
+        let reconciler = self.reconciler.borrow().clone();
         for (domain, result) in results {
             let operation_id = format!("local-{}", ccfleet_proto::tls::random_hex(8));
+            if let Some(app) = reconciler.apps().iter().find(|app| &app.domain == domain) {
+                self.alert(&reconciler.upgrader().settings().alerts_dir, app, result, &operation_id);
+            }
             let report = {
                 let mut failures = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
                 let report = reconcile_report(domain, result, failures.get(domain).map(String::as_str), operation_id);
@@ -174,20 +178,20 @@ pub(super) fn reconcile_report(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::host::{AppState, ObservedApp};
     use crate::reconcile::ReconcileErrorKind;
 
     /// One reconcile's result, as `Agent::report` is given it.
-    type Reconciled = Result<ReconcileOutcome, ReconcileError>;
+    pub(crate) type Reconciled = Result<ReconcileOutcome, ReconcileError>;
 
-    fn version(text: &str) -> ccfleet_proto::CoopVersion {
+    pub(crate) fn version(text: &str) -> ccfleet_proto::CoopVersion {
         text.parse().unwrap()
     }
 
     #[allow(clippy::result_large_err)] // the type the reports are made of
-    fn outcome(actions: Vec<ReconcileAction>) -> Reconciled {
+    pub(crate) fn outcome(actions: Vec<ReconcileAction>) -> Reconciled {
         let domain: Domain = "blog.example.org".parse().unwrap();
         Ok(ReconcileOutcome {
             domain: domain.clone(),
@@ -207,11 +211,17 @@ mod tests {
     }
 
     #[allow(clippy::result_large_err)] // the type the reports are made of
-    fn failure(kind: ReconcileErrorKind) -> Reconciled {
+    pub(crate) fn failure(kind: ReconcileErrorKind) -> Reconciled {
+        first_failure(kind, false)
+    }
+
+    #[allow(clippy::result_large_err)] // the type the reports are made of
+    pub(crate) fn first_failure(kind: ReconcileErrorKind, first_deploy: bool) -> Reconciled {
         Err(ReconcileError {
             domain: "blog.example.org".parse().unwrap(),
             kind,
             actions: vec![],
+            first_deploy,
         })
     }
 

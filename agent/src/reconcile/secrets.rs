@@ -106,6 +106,13 @@ fn abra_step(step: String) -> impl FnOnce(AbraError) -> ReconcileErrorKind {
     }
 }
 
+fn insert_step(step: String) -> impl FnOnce(AbraError) -> ReconcileErrorKind {
+    move |error| ReconcileErrorKind::SecretInsert {
+        step,
+        error: Box::new(error),
+    }
+}
+
 fn journal_step(step: &'static str) -> impl FnOnce(crate::journal::JournalError) -> ReconcileErrorKind {
     move |error| ReconcileErrorKind::Journal {
         step: step.into(),
@@ -148,7 +155,7 @@ impl Reconciler {
                 .abra()
                 .secret_insert(&app.recipe, &app.domain, name, secret_version, file)
                 .await
-                .map_err(abra_step(format!("insert secret {name} (abra app secret insert)")))?;
+                .map_err(insert_step(format!("insert secret {name} (abra app secret insert)")))?;
             self.journal()
                 .record_inserted_secret(
                     &app.domain,
@@ -267,7 +274,7 @@ impl Reconciler {
                 .abra()
                 .secret_insert(&app.recipe, &app.domain, name, &version, file)
                 .await
-                .map_err(abra_step(format!(
+                .map_err(insert_step(format!(
                     "insert secret {name} {version} (abra app secret insert)"
                 )))?;
             journal

@@ -9,7 +9,7 @@ use ccfleet_proto::{error_chain, CoopVersion, Domain};
 
 use super::model::{AppRecord, OperationRecord, Outcome};
 use super::{machine, OperationReport, UpgradeError, Upgrader, KEEP_FINISHED_OPERATIONS};
-use crate::alerts::{self, Alert, Severity};
+use crate::alerts::{self, Alert, AlertKind, Severity};
 use crate::journal;
 
 impl Upgrader {
@@ -107,6 +107,7 @@ impl Upgrader {
                     operation_id: record.id.clone(),
                     snapshot_path: record.snapshot.clone().filter(|_| record.snapshot_verified),
                     time: alerts::now(),
+                    kind: AlertKind::Upgrade,
                 };
                 match alerts::write(dir, &alert) {
                     Ok(path) => tracing::warn!(alert = %path.display(), "alert written"),

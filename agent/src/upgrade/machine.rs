@@ -163,7 +163,7 @@ pub fn refuse(ask: &Ask, app: &AppFacts, from: &CoopVersion, preflight: &Preflig
             return Some(format!(
                 "{} is not a release of the recipe (nearest: {})",
                 ask.target,
-                nearest(releases, &ask.target)
+                crate::abra::versions::nearest_releases(releases, &ask.target)
             ));
         }
     }
@@ -185,20 +185,6 @@ pub fn refuse(ask: &Ask, app: &AppFacts, from: &CoopVersion, preflight: &Preflig
         );
     }
     None
-}
-
-/// Up to two releases on each side of `target`, in order.
-fn nearest(releases: &[CoopVersion], target: &CoopVersion) -> String {
-    let mut sorted: Vec<&CoopVersion> = releases.iter().collect();
-    sorted.sort();
-    let position = sorted.partition_point(|release| *release < target);
-    let start = position.saturating_sub(2);
-    let end = (position + 2).min(sorted.len());
-    sorted[start..end]
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Whether a finished operation changed nothing on the app: a rollout

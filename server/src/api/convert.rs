@@ -178,6 +178,7 @@ pub fn inventory(inventory: Option<pb::Inventory>, now: UnixMillis) -> Result<Ve
             available_newest: optional_version(&field("available_newest"), &app.available_newest)?,
             pinned_by_host: app.pinned_by_host,
             fleet_target: optional_version(&field("fleet_target"), &app.fleet_target)?,
+            unsnapshottable: app.unsnapshottable,
             domain,
         });
     }
@@ -446,6 +447,7 @@ pub fn observed_app(app: &AppRecord) -> pb::ObservedApp {
         available_newest: optional_text(&app.available_newest),
         pinned_by_host: app.pinned_by_host,
         fleet_target: optional_text(&app.fleet_target),
+        unsnapshottable: app.unsnapshottable,
     }
 }
 

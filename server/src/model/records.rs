@@ -117,6 +117,10 @@ pub struct AppRecord {
     /// The fleet rollout target the agent recorded for this app.
     #[serde(default)]
     pub fleet_target: Option<CoopVersion>,
+    /// Stateful and its stack has no volumes: it cannot be snapshotted, so
+    /// its agent refuses an upgrade and a rollout's plan skips it.
+    #[serde(default)]
+    pub unsnapshottable: bool,
 }
 
 impl AppRecord {
@@ -138,6 +142,7 @@ impl AppRecord {
             available_newest: None,
             pinned_by_host: false,
             fleet_target: None,
+            unsnapshottable: false,
         }
     }
 

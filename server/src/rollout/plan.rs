@@ -21,6 +21,9 @@ pub struct Candidate {
     pub pinned_by_host: bool,
     /// Matches the operator's `--canary-hosts` selector (false without one).
     pub canary: bool,
+    /// Stateful and its stack has no volumes: its agent would refuse the
+    /// upgrade (no snapshot is possible), so the plan skips it.
+    pub unsnapshottable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,6 +200,10 @@ pub fn plan(
                 HostOutcomeRecord::Skipped,
                 format!("{observed} to {target} is a major upgrade; it needs --major"),
             ),
+            Some(_) if candidate.unsnapshottable => (
+                HostOutcomeRecord::Skipped,
+                "stateful without volumes: it cannot be snapshotted (stateful = false if it keeps no data)".to_owned(),
+            ),
             Some(_) => (HostOutcomeRecord::Pending, String::new()),
         };
         if candidate.canary && outcome == HostOutcomeRecord::Pending {
@@ -300,6 +307,7 @@ mod tests {
             observed: version.map(|version| version.parse().unwrap()),
             pinned_by_host: false,
             canary: false,
+            unsnapshottable: false,
         }
     }
 
@@ -353,6 +361,8 @@ mod tests {
         candidates.push(candidate("t1", Some("1.1.0")));
         candidates.push(candidate("n1", Some("1.2.0")));
         candidates.push(candidate("m1", Some("0.9.0")));
+        candidates.push(candidate("v1", Some("1.0.0")));
+        candidates.last_mut().unwrap().unsnapshottable = true;
         let rollout = plan(
             "ghost-1".into(),
             "ghost".parse().unwrap(),
@@ -387,6 +397,7 @@ mod tests {
                 "p1 Skipped w0 pinned by host configuration",
                 "t1 Succeeded w0 already at 1.1.0",
                 "u1 Skipped w0 version unknown (not deployed or no version label)",
+                "v1 Skipped w0 stateful without volumes: it cannot be snapshotted (stateful = false if it keeps no data)",
             ]
         );
         assert_eq!(rollout.wave_count, 4);

@@ -245,6 +245,66 @@ fn the_example_agent_configuration_is_accepted_and_complete() {
     );
 }
 
+/// `check-config` warns (exit 0, the configuration still printed) about a
+/// recipe the local abra does not know and a version that is not a release
+/// of its recipe, naming the nearest names, once abra's state is readable;
+/// before abra fetched anything it says nothing.
+#[test]
+fn check_config_names_the_nearest_recipe_and_releases_for_a_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    let abra_dir = dir.path().join("abra");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nurl = \"https://fleet.example.org\"\n\n[host]\nid = \"web-1\"\n\n\
+             [agent]\nstate_dir = {state:?}\n\n[abra]\ndir = {abra:?}\n\n\
+             [[app]]\ndomain = \"typo.example.org\"\nrecipe = \"fixture-wbe\"\nversion = \"1.0.0+1.0\"\n\n\
+             [[app]]\ndomain = \"pin.example.org\"\nrecipe = \"fixture-web\"\nversion = \"1.4.5+1.4\"\n\n\
+             [[app]]\ndomain = \"good.example.org\"\nrecipe = \"fixture-web\"\nversion = \"1.0.0+1.0\"\n",
+            state = dir.path().join("state").display().to_string(),
+            abra = abra_dir.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let output = agent_command(&["check-config", &config.display().to_string()]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let normalised: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(normalised["apps"].as_array().unwrap().len(), 3);
+        stderr(&output)
+    };
+    // abra has fetched nothing yet: nothing to compare with, nothing said.
+    assert_eq!(check(), "");
+
+    // What `abra recipe fetch` leaves: the checkout with its tags, the catalogue.
+    let fetched = std::process::Command::new(ccfleet_tests::docker::abra_double())
+        .args(["recipe", "fetch", "fixture-web"])
+        .env("ABRA_DIR", &abra_dir)
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{}", stderr(&fetched));
+    let warnings = check();
+    let lines: Vec<&str> = warnings.lines().collect();
+    assert_eq!(lines.len(), 2, "{warnings}");
+    assert!(
+        lines.iter().any(|line| {
+            line.starts_with("warning: app \"typo.example.org\": recipe fixture-wbe is unknown to the local abra")
+                && line.contains("(nearest: fixture-web)")
+        }),
+        "{warnings}"
+    );
+    assert!(
+        lines.iter().any(|line| {
+            line.starts_with(
+                "warning: app \"pin.example.org\": version 1.4.5+1.4 is not a release of recipe fixture-web",
+            ) && line.contains("1.4.0+1.4, 1.5.0+1.5")
+        }),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("good.example.org"), "{warnings}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_enrols_on_boot_renews_its_certificate_and_stays_online() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,13 @@
 //! Alerts and operation records end to end: a test agent sends them over the
-//! real stream to the real server, and the real CLI lists them.
+//! real stream to the real server, and the real CLI lists them; the real
+//! agent on the real Docker Engine raises the alerts of a reconcile (a failed
+//! first deploy, a failed secret insert) and clears them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ccfleet_proto::pb::{self, agent_message::Body};
+use ccfleet_tests::agent::AgentProcess;
+use ccfleet_tests::docker::{DockerTest, V1_0};
 use ccfleet_tests::server::{observed, TestAgent, TestServer};
 use ccfleet_tests::wait_for;
 use serde_json::{json, Value};
@@ -609,4 +613,161 @@ async fn a_flood_of_alerts_for_distinct_domains_is_held_to_the_quota_and_the_lis
     assert!(elapsed < Duration::from_secs(5), "ccfleet alerts took {elapsed:?}");
     assert!(store_bytes < 64 << 20, "the store holds {store_bytes} bytes");
     assert!(rss < 256 * 1024, "the server's resident set is {rss} KiB");
+
+/// The alert file the real agent keeps for `domain` under `test`'s alerts directory.
+fn alert_file(test: &DockerTest, domain: &str) -> Option<Value> {
+    std::fs::read(test.path().join("alerts").join(format!("{domain}.json")))
+        .ok()
+        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+}
+
+/// The server's open alerts of `domain`, as `ccfleet alerts --json` lists them.
+fn server_alerts_of(server: &TestServer, domain: &str) -> Vec<Value> {
+    server
+        .cli_json(&["alerts"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|alert| alert["domain"] == domain)
+        .cloned()
+        .collect()
+}
+
+/// An agent config on `server` declaring a stateless fixture app of `recipe`
+/// and a `fixture-secrets` app with its secret file.
+fn failing_config(server: &TestServer, test: &DockerTest, web: &str, recipe: &str, secrets: &str) -> String {
+    let token_file = test.path().join("token");
+    if !token_file.exists() {
+        std::fs::write(&token_file, server.create_token(&["--uses", "1"])).unwrap();
+    }
+    let secret_file = test.path().join("api_key");
+    std::fs::write(&secret_file, "first value").unwrap();
+    test.agent_config_with(
+        "observe_interval = \"1s\"\nreconcile_interval = \"1h\"\n",
+        &format!(
+            "[[app]]\ndomain = {web:?}\nrecipe = {recipe:?}\nversion = {V1_0:?}\nstateful = false\n\
+             deploy_timeout = \"90s\"\n\n\
+             [[app]]\ndomain = {secrets:?}\nrecipe = \"fixture-secrets\"\nversion = \"1.0.0+1.0\"\n\
+             stateful = false\ndeploy_timeout = \"90s\"\nsecrets = {{ api_key = {:?} }}\n",
+            secret_file.display().to_string()
+        ),
+    )
+    .replace(
+        "url = \"https://fleet.example.org\"",
+        &format!(
+            "url = {:?}\njoin_token_file = {:?}",
+            server.url(),
+            token_file.display().to_string()
+        ),
+    )
+}
+
+/// A first deploy that fails (a recipe abra does not know) and a secret
+/// insert that fails each raise a critical alert, on the host and in
+/// `ccfleet alerts`; the same failure again changes nothing; the apps' next
+/// successful reconcile clears both. The agent's log (stderr to a file, not
+/// a terminal) carries no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_deploy_and_a_failed_secret_insert_raise_alerts_until_they_succeed() {
+    let mut test = DockerTest::new("alfirst");
+    let (web, secrets) = (test.domain("web"), test.domain("sec"));
+    let server = TestServer::start(&test.path().join("data"), &[]);
+    let config = test.path().join("agent.toml");
+    std::fs::write(&config, failing_config(&server, &test, &web, "fixture-wbe", &secrets)).unwrap();
+    std::fs::create_dir_all(test.abra_dir()).unwrap();
+    std::fs::write(test.abra_dir().join("fail-next-secret-insert"), b"").unwrap();
+    let agent = AgentProcess::start(&config, &test.path().join("control.sock"));
+
+    // The agent's first reconcile, at start, fails both.
+    wait_for("both alert files", Duration::from_secs(120), || {
+        let found = (alert_file(&test, &web).is_some(), alert_file(&test, &secrets).is_some());
+        let log = agent.log();
+        async move {
+            match found {
+                (true, true) => Ok(()),
+                _ => Err(format!(
+                    "{found:?}\n{}",
+                    log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+                )),
+            }
+        }
+    })
+    .await;
+    let first = alert_file(&test, &web).expect("an alert for the failed first deploy");
+    assert_eq!(first["kind"], "first_deploy", "{first}");
+    assert_eq!(first["outcome"], "FAILED");
+    assert_eq!(first["severity"], "critical");
+    assert_eq!(first["to"], V1_0);
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("first deploy failed: cannot create the app (abra app new)")
+            && reason.contains("unknown recipe fixture-wbe"),
+        "{reason}"
+    );
+    let insert = alert_file(&test, &secrets).expect("an alert for the failed secret insert");
+    assert_eq!(insert["kind"], "secret_insert", "{insert}");
+    assert_eq!(
+        insert["severity"], "critical",
+        "nothing of a first deploy runs: {insert}"
+    );
+    let reason = insert["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("secret insert failed: cannot insert secret api_key") && reason.contains("on purpose"),
+        "{reason}"
+    );
+
+    // Both are visible from the workstation.
+    wait_for("the server to list both alerts", Duration::from_secs(60), || {
+        let (web_alerts, secret_alerts) = (server_alerts_of(&server, &web), server_alerts_of(&server, &secrets));
+        async move {
+            match (web_alerts.as_slice(), secret_alerts.as_slice()) {
+                ([web], [secret])
+                    if web["outcome"] == "failed"
+                        && web["severity"] == "critical"
+                        && web["to_version"] == V1_0
+                        && secret["outcome"] == "failed" =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{web_alerts:?} {secret_alerts:?}")),
+            }
+        }
+    })
+    .await;
+    let table = String::from_utf8(server.cli(&["alerts"]).stdout).unwrap();
+    assert!(table.contains("docker-test") && table.contains("critical"), "{table}");
+
+    // The same failure again fails `apply` and leaves the alert as it was.
+    let written = std::fs::read(test.path().join("alerts").join(format!("{web}.json"))).unwrap();
+    let output = agent.command(&["apply", &web, "--wait"]);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("unknown recipe fixture-wbe"), "{said}");
+    assert_eq!(
+        std::fs::read(test.path().join("alerts").join(format!("{web}.json"))).unwrap(),
+        written
+    );
+
+    // The operator fixes the recipe's name; the secret insert works this
+    // time: both apps reconcile, and their alerts are cleared.
+    std::fs::write(&config, failing_config(&server, &test, &web, "fixture-web", &secrets)).unwrap();
+    agent.reload();
+    let output = agent.command(&["apply", "--wait"]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        agent.log()
+    );
+    assert_eq!(alert_file(&test, &web), None);
+    assert_eq!(alert_file(&test, &secrets), None);
+    wait_for("the server to clear both alerts", Duration::from_secs(60), || {
+        let left = [server_alerts_of(&server, &web), server_alerts_of(&server, &secrets)].concat();
+        async move { left.is_empty().then_some(()).ok_or_else(|| format!("{left:?}")) }
+    })
+    .await;
+
+    let log = agent.log();
+    assert!(log.contains("alert written"), "{log}");
+    assert!(!log.contains("\u{1b}["), "colour codes in a log that is not a terminal");
 }

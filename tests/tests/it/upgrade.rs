@@ -19,6 +19,7 @@ use ccfleet_tests::wait_for;
 use serde_json::Value;
 
 mod failfast;
+mod refusals;
 
 /// How long an upgrade test waits for the agent to reach a state.
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -60,6 +61,22 @@ impl World {
         extra_app: &str,
         default_timing: bool,
     ) -> World {
+        World::start_full(name, stateful, with_server, extra_app, default_timing, V1_3).await
+    }
+
+    /// [`World::start`] with the app declared at `version`.
+    async fn start_at(name: &str, stateful: bool, with_server: bool, version: &str) -> World {
+        World::start_full(name, stateful, with_server, "", false, version).await
+    }
+
+    async fn start_full(
+        name: &str,
+        stateful: bool,
+        with_server: bool,
+        extra_app: &str,
+        default_timing: bool,
+        version: &str,
+    ) -> World {
         let mut test = DockerTest::new(name);
         let domain = test.domain("app");
         let server = with_server.then(|| TestServer::start(&test.path().join("server"), &[]));
@@ -75,12 +92,12 @@ impl World {
             extra_app: extra_app.to_owned(),
             default_timing,
         };
-        world.write_config(V1_3);
+        world.write_config(version);
         world.start_agent();
         let output = world.agent().command(&["apply", &world.domain.clone(), "--wait"]);
         assert!(
             output.status.success(),
-            "the app did not converge at {V1_3}: {}\n{}",
+            "the app did not converge at {version}: {}\n{}",
             String::from_utf8_lossy(&output.stderr),
             world.agent().log()
         );
@@ -491,6 +508,26 @@ async fn a_failed_rollback_is_failed_critical_and_keeps_the_snapshot() {
     );
     assert_eq!(world.abra_lines("app deploy", V1_3), deploys_before);
     assert_eq!(world.running(), None);
+    // The failed operation's alert stands for the block: not raised again.
+    assert_eq!(world.alert().expect("the alert stays")["kind"], "upgrade");
+
+    // Someone removes the alert file while the app is still blocked: the
+    // next reconcile raises a critical alert that names the block.
+    std::fs::remove_file(world.test.path().join("alerts").join(format!("{}.json", world.domain))).unwrap();
+    let output = world.agent().command(&["apply", &world.domain, "--wait"]);
+    assert!(!output.status.success(), "{}", output_text(&output));
+    let alert = world.alert().expect("an alert for the blocked app");
+    assert_eq!(alert["kind"], "blocked", "{alert}");
+    assert_eq!(alert["outcome"], "FAILED");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["operation_id"], "op-fail");
+    assert!(
+        alert["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked by failed operation op-fail"),
+        "{alert}"
+    );
 
     // The operator deploys the old version through the transaction: it is
     // gated, and its success unblocks the app.
@@ -500,6 +537,7 @@ async fn a_failed_rollback_is_failed_critical_and_keeps_the_snapshot() {
     assert_eq!(world.running().as_deref(), Some(V1_3));
     let status = world.agent().status().unwrap();
     assert_eq!(status["apps"][0]["blocked_by"], Value::Null, "{status}");
+    assert!(world.alert().is_none(), "the success clears the alert");
     let output = world.agent().command(&["apply", &world.domain, "--wait"]);
     assert!(output.status.success(), "{}", output_text(&output));
 }

@@ -297,6 +297,7 @@ impl RolloutsAdmin<'_> {
                 domain: app.domain,
                 observed: app.observed_version,
                 pinned_by_host: app.pinned_by_host,
+                unsnapshottable: app.unsnapshottable,
             })
             .collect();
         let detail = format!(

@@ -24,6 +24,7 @@ fn planned(recipe: &str, hosts: &[&str], canary: u32) -> RolloutRecord {
             observed: Some("1.0.0".parse().unwrap()),
             pinned_by_host: false,
             canary: false,
+            unsnapshottable: false,
         })
         .collect();
     let strategy = StrategyRecord {

@@ -37,6 +37,7 @@ fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
             observed: Some("1.0.0+a".parse().unwrap()),
             pinned_by_host: false,
             canary: false,
+            unsnapshottable: false,
         })
         .collect();
     plan(
@@ -868,6 +869,7 @@ fn the_failure_budget_and_the_failures_count_hosts_not_apps() {
             observed: Some("1.0.0+a".parse().unwrap()),
             pinned_by_host: false,
             canary: false,
+            unsnapshottable: false,
         })
         .collect();
     candidates.extend((1..5).map(|index| Candidate {
@@ -877,6 +879,7 @@ fn the_failure_budget_and_the_failures_count_hosts_not_apps() {
         observed: Some("1.0.0+a".parse().unwrap()),
         pinned_by_host: false,
         canary: false,
+        unsnapshottable: false,
     }));
     let strategy = StrategyRecord {
         max_failures: 0,
