@@ -62,6 +62,7 @@ impl Store {
             recipe: alert.recipe.clone(),
             from_version: alert.from_version.clone(),
             to_version: alert.to_version.clone(),
+            running_version: alert.running_version.clone(),
             outcome: alert.outcome,
             severity: alert.severity,
             reason: alert.reason.clone(),

@@ -14,6 +14,7 @@ fn alert_event(domain: &str, raised_at_seconds: i64, reason: &str) -> pb::AlertE
         recipe: "ghost".into(),
         from_version: "1.3.0+6.42.0-alpine".into(),
         to_version: "1.4.0+6.43.0-alpine".into(),
+        running_version: "1.3.0+6.42.0-alpine".into(),
         outcome: pb::OperationOutcome::RolledBack as i32,
         severity: pb::AlertSeverity::Warning as i32,
         reason: reason.into(),
@@ -85,6 +86,7 @@ async fn alerts_are_stored_once_listed_newest_first_and_cleared() {
             "outcome": "rolled_back",
             "from_version": "1.3.0+6.42.0-alpine",
             "to_version": "1.4.0+6.43.0-alpine",
+            "running_version": "1.3.0+6.42.0-alpine",
             "reason": "health check failed[2J]52;c;aGk=: 502",
             "operation_id": "op-1",
             "snapshot_path": "/var/lib/ccfleet-agent/snapshots/blog.coop.example/op-1",
@@ -167,6 +169,11 @@ fn result(operation_id: &str, domain: &str, outcome: pb::OperationOutcome) -> Bo
         outcome: outcome as i32,
         from_version: "1.3.0+6.42.0-alpine".into(),
         to_version: "1.4.0+6.43.0-alpine".into(),
+        running_version: if outcome == pb::OperationOutcome::Succeeded {
+            "1.4.0+6.43.0-alpine".into()
+        } else {
+            "1.3.0+6.42.0-alpine".into()
+        },
         message: "done".into(),
     })
 }

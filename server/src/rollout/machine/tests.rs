@@ -59,6 +59,7 @@ fn result(delivery: &Delivery, outcome: OperationOutcomeRecord) -> Event {
         outcome,
         from_version: None,
         to_version: None,
+        running_version: None,
         message: format!("{outcome:?}"),
     }
 }
@@ -71,6 +72,7 @@ fn result_from(delivery: &Delivery, outcome: OperationOutcomeRecord, from: &str)
             operation_id,
             outcome,
             to_version,
+            running_version,
             message,
             ..
         } => Event::Result {
@@ -79,6 +81,7 @@ fn result_from(delivery: &Delivery, outcome: OperationOutcomeRecord, from: &str)
             outcome,
             from_version: Some(from.parse().unwrap()),
             to_version,
+            running_version,
             message,
         },
         other => other,
@@ -622,6 +625,7 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
                     outcome: outcome_of(outcome),
                     from_version: Some(ran_before(index)),
                     to_version: None,
+                    running_version: None,
                     message: String::new(),
                 }
             }
