@@ -215,7 +215,11 @@ mod tests {
         let event = alert.to_event();
         assert_eq!(event.outcome, pb::OperationOutcome::RolledBack as i32);
         assert_eq!(
-            (event.from_version.as_str(), event.to_version.as_str(), event.running_version.as_str()),
+            (
+                event.from_version.as_str(),
+                event.to_version.as_str(),
+                event.running_version.as_str()
+            ),
             ("1.0.0+5.0", "1.1.0+5.1", "1.0.0+5.0")
         );
         assert_eq!(event.raised_at.unwrap().seconds, 1_700_000_000);

@@ -285,7 +285,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             notify,
         } => {
             let notify = usage(notify.config())?;
-            usage(check_run_flags(&limits, metrics_listen, (heartbeat_interval, heartbeat_timeout), host_certificate_lifetime))?;
+            usage(check_run_flags(
+                &limits,
+                metrics_listen,
+                (heartbeat_interval, heartbeat_timeout),
+                host_certificate_lifetime,
+            ))?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind(listen))

@@ -90,7 +90,13 @@ impl Upgrader {
         Ok(())
     }
 
-    pub(super) fn alert(&self, record: &OperationRecord, outcome: Outcome, reason: &str, running: Option<&CoopVersion>) {
+    pub(super) fn alert(
+        &self,
+        record: &OperationRecord,
+        outcome: Outcome,
+        reason: &str,
+        running: Option<&CoopVersion>,
+    ) {
         let dir = &self.settings.alerts_dir;
         match outcome {
             Outcome::Succeeded => match alerts::clear(dir, record.domain.as_str()) {

@@ -32,7 +32,9 @@ pub fn ago(then: SystemTime, now: SystemTime) -> String {
 
 // The wire's enum values by the names `ccfleet --json` gives them (one list,
 // `crate::names`, for the dashboard and the CLI's output).
-pub use crate::names::{app_state, host_outcome, host_status, operation_outcome, operation_phase, rollout_state, severity};
+pub use crate::names::{
+    app_state, host_outcome, host_status, operation_outcome, operation_phase, rollout_state, severity,
+};
 
 /// How a host's part in a rollout counts in the progress bar and chart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

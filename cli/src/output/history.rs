@@ -1,32 +1,11 @@
 //! What hosts reported about their operations: open alerts and the
 //! operations log, as JSON documents and tables.
 
+use ccfleet::names::{operation_outcome as outcome, operation_phase as phase};
 use ccfleet_proto::pb;
 use serde::Serialize;
 
 use super::table::{non_empty, or_dash, terminal_width, time, Fit, Grid};
-
-fn outcome(value: i32) -> Option<&'static str> {
-    match pb::OperationOutcome::try_from(value) {
-        Ok(pb::OperationOutcome::Succeeded) => Some("succeeded"),
-        Ok(pb::OperationOutcome::RolledBack) => Some("rolled_back"),
-        Ok(pb::OperationOutcome::Held) => Some("held"),
-        Ok(pb::OperationOutcome::Failed) => Some("failed"),
-        Ok(pb::OperationOutcome::Skipped) => Some("skipped"),
-        Ok(pb::OperationOutcome::Unspecified) | Err(_) => None,
-    }
-}
-
-fn phase(value: i32) -> &'static str {
-    match pb::OperationPhase::try_from(value) {
-        Ok(pb::OperationPhase::Accepted) => "accepted",
-        Ok(pb::OperationPhase::Snapshotting) => "snapshotting",
-        Ok(pb::OperationPhase::Deploying) => "deploying",
-        Ok(pb::OperationPhase::Verifying) => "verifying",
-        Ok(pb::OperationPhase::RollingBack) => "rolling_back",
-        Ok(pb::OperationPhase::Unspecified) | Err(_) => "unknown",
-    }
-}
 
 #[derive(Debug, Serialize)]
 pub struct AlertJson {
@@ -165,7 +144,11 @@ pub fn operations_grid(operations: &[OperationJson]) -> Grid {
             operation.operation_id.clone(),
             operation.phase.to_owned(),
             operation.outcome.unwrap_or("running").to_owned(),
-            format!("{} -> {}", or_dash(&operation.from_version), or_dash(&operation.to_version)),
+            format!(
+                "{} -> {}",
+                or_dash(&operation.from_version),
+                or_dash(&operation.to_version)
+            ),
             or_dash(&operation.running_version),
             operation.message.clone(),
         ]);

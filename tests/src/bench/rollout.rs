@@ -68,7 +68,10 @@ pub async fn rollout_bench(agents: usize, concurrency: usize) {
     }
     let mut admin = admin_client(&server).await;
     let online = online_hosts(&mut admin).await;
-    assert_eq!(online, agents, "every agent connected, but the server lists {online} online");
+    assert_eq!(
+        online, agents,
+        "every agent connected, but the server lists {online} online"
+    );
     println!("rollout bench: {agents} agents online ({failing} set to fail, delays {min_delay}..={max_delay} ms, seed {seed})");
 
     let (_, cpu_before) = process_usage(pid);

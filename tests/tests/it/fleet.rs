@@ -613,7 +613,10 @@ fn refused_start(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .unwrap();
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -623,11 +626,25 @@ fn the_server_exits_2_on_flag_errors_found_after_parsing_and_1_when_it_cannot_st
         (&["--heartbeat-interval", "soon"], "invalid value 'soon'"),
         // Refused after parsing: values that contradict each other, a URL.
         (
-            &["--listen", "127.0.0.1:0", "--idle-timeout", "10s", "--keepalive-interval", "20s"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--idle-timeout",
+                "10s",
+                "--keepalive-interval",
+                "20s",
+            ],
             "--idle-timeout (10s) must be longer than --keepalive-interval (20s)",
         ),
         (
-            &["--listen", "127.0.0.1:0", "--heartbeat-interval", "30s", "--heartbeat-timeout", "30s"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "30s",
+                "--heartbeat-timeout",
+                "30s",
+            ],
             "--heartbeat-timeout (30s) must be longer than --heartbeat-interval (30s)",
         ),
         (
