@@ -5,12 +5,15 @@
 //! as an `AlertEvent`, so `ccfleet alerts` lists them fleet-wide.
 //!
 //! The file's fields (documented for operators and their monitoring):
-//! `domain`, `recipe`, `from`, `to`, `outcome` (`ROLLED_BACK`, `FAILED`,
-//! `HELD`), `severity` (`warning`: a healthy version runs, not the one asked
-//! for; `critical`: the app may be down), `reason`, `operation_id`,
-//! `snapshot_path` (null when none was taken), `time` (RFC 3339, UTC) and,
-//! added later, `kind` (`upgrade`, `first_deploy`, `blocked`,
-//! `secret_insert`; a file without it is an upgrade's).
+//! `domain`, `recipe`, `from` (the version running before), `to` (the
+//! version asked for), `running` (the version observed running after the
+//! operation; null when nothing runs or it could not be seen), `outcome`
+//! (`ROLLED_BACK`, `FAILED`, `HELD`), `severity` (`warning`: a healthy
+//! version runs, not the one asked for; `critical`: the app may be down),
+//! `reason`, `operation_id`, `snapshot_path` (null when none was taken),
+//! `time` (RFC 3339, UTC) and, added later, `kind` (`upgrade`,
+//! `first_deploy`, `blocked`, `secret_insert`; a file without it is an
+//! upgrade's).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,6 +74,9 @@ pub struct Alert {
     pub recipe: String,
     pub from: String,
     pub to: String,
+    /// Absent from files written before it was kept.
+    #[serde(default)]
+    pub running: Option<String>,
     pub outcome: Outcome,
     pub severity: Severity,
     pub reason: String,
@@ -100,6 +106,7 @@ impl Alert {
             recipe: self.recipe.clone(),
             from_version: self.from.clone(),
             to_version: self.to.clone(),
+            running_version: self.running.clone().unwrap_or_default(),
             outcome: wire_outcome(self.outcome) as i32,
             severity: match self.severity {
                 Severity::Warning => pb::AlertSeverity::Warning,
@@ -221,6 +228,7 @@ mod tests {
             recipe: "ghost".into(),
             from: "1.0.0+5.0".into(),
             to: "1.1.0+5.1".into(),
+            running: Some("1.0.0+5.0".into()),
             outcome: Outcome::RolledBack,
             severity: Severity::of(Outcome::RolledBack),
             reason: "1.1.0+5.1 failed its health gate".into(),
@@ -239,6 +247,14 @@ mod tests {
         assert_eq!(read(&alerts, "blog.example.org"), Some(alert.clone()));
         let event = alert.to_event();
         assert_eq!(event.outcome, pb::OperationOutcome::RolledBack as i32);
+        assert_eq!(
+            (
+                event.from_version.as_str(),
+                event.to_version.as_str(),
+                event.running_version.as_str()
+            ),
+            ("1.0.0+5.0", "1.1.0+5.1", "1.0.0+5.0")
+        );
         assert_eq!(event.raised_at.unwrap().seconds, 1_700_000_000);
         assert!(!event.cleared);
         assert!(clear(&alerts, "blog.example.org").unwrap());

@@ -108,8 +108,10 @@ pub struct OperationReport {
     pub outcome: Outcome,
     /// The version running before; `None` when the app was not deployed.
     pub from: Option<CoopVersion>,
+    /// The version asked for, whatever the outcome.
     pub to: CoopVersion,
-    /// The version observed running afterwards.
+    /// The version running now (observed after the operation, or, for a
+    /// replayed result, when it was asked again); `None` when nothing runs.
     pub running: Option<CoopVersion>,
     pub reason: String,
     pub snapshot: Option<PathBuf>,
@@ -258,21 +260,17 @@ impl Upgrader {
             }
             if record.result().is_some() && record.reported {
                 tracing::info!(operation = %record.id, "operation already finished: returning its recorded result");
-                let mut report = self.report_of(&record, None);
+                let mut report = self.report_of(&record, None, running_version(&host.observe(app).await));
                 report.replayed = true;
                 return Ok(RunResult::Finished(Box::new(report)));
             }
             // Journaled but unfinished (interrupted before the start-up
             // resume reached it): finish it, never start it again.
-            let record = self.drive(host, app, record, true, None).await?;
-            return Ok(RunResult::Finished(Box::new(self.report_of(&record, None))));
+            let (record, after) = self.drive(host, app, record, true, None).await?;
+            return Ok(RunResult::Finished(Box::new(self.report_of(&record, None, after))));
         }
 
-        let observed = host.observe(app).await;
-        let running = match observed.state {
-            AppState::NotDeployed | AppState::Unknown => None,
-            _ => observed.observed_version.clone(),
-        };
+        let running = running_version(&host.observe(app).await);
         let app_record = self.journal.app(&app.domain)?;
         let facts = machine::AppFacts {
             declared: app.version.clone(),
@@ -337,10 +335,8 @@ impl Upgrader {
             }
         }
         let gate_deadline = request.deadline.map(|deadline| Instant::now() + deadline);
-        let record = self.drive(host, app, record, false, gate_deadline).await?;
-        let mut report = self.report_of(&record, running);
-        report.running = host.observe(app).await.observed_version;
-        Ok(RunResult::Finished(Box::new(report)))
+        let (record, after) = self.drive(host, app, record, false, gate_deadline).await?;
+        Ok(RunResult::Finished(Box::new(self.report_of(&record, running, after))))
     }
 
     /// What `machine::refuse` needs, read before anything moves: the
@@ -403,12 +399,12 @@ impl Upgrader {
                 self.journal.write_operation(&record)?;
             }
             let declared = record.to.clone();
-            self.finish(&record, &declared)?;
-            return Ok(self.report_of(&record, None));
+            self.finish(&record, &declared, None)?;
+            return Ok(self.report_of(&record, None, None));
         };
         tracing::warn!(operation = %record.id, app = %app.domain, phase = record.phase.name(), "resuming an unfinished operation");
-        let record = self.drive(host, app, record, true, None).await?;
-        Ok(self.report_of(&record, None))
+        let (record, after) = self.drive(host, app, record, true, None).await?;
+        Ok(self.report_of(&record, None, after))
     }
 
     /// Journals a request for an app this host does not declare as SKIPPED
@@ -421,7 +417,7 @@ impl Upgrader {
         trigger: Trigger,
     ) -> Result<OperationReport, UpgradeError> {
         if let Some(record) = self.journal.operation(id)? {
-            let mut report = self.report_of(&record, None);
+            let mut report = self.report_of(&record, None, None);
             report.replayed = true;
             return Ok(report);
         }
@@ -447,13 +443,15 @@ impl Upgrader {
         };
         self.journal.write_operation(&record)?;
         let declared = record.to.clone();
-        self.finish(&record, &declared)?;
-        Ok(self.report_of(&record, None))
+        self.finish(&record, &declared, None)?;
+        Ok(self.report_of(&record, None, None))
     }
 
     /// Runs phases until done: each phase is journaled (and reported as
     /// progress) before its effect runs. `resumed`: the record was found
-    /// unfinished, so it continues where [`machine::resume`] says.
+    /// unfinished, so it continues where [`machine::resume`] says. Returns
+    /// the finished record and the version observed running after it, which
+    /// its result reports.
     async fn drive(
         &self,
         host: &Host,
@@ -461,7 +459,7 @@ impl Upgrader {
         mut record: OperationRecord,
         resumed: bool,
         gate_deadline: Option<Instant>,
-    ) -> Result<OperationRecord, UpgradeError> {
+    ) -> Result<(OperationRecord, Option<CoopVersion>), UpgradeError> {
         if resumed {
             let (phase, failure) = machine::resume(&record);
             record.phase = phase;
@@ -505,8 +503,18 @@ impl Upgrader {
             }
             record = machine::advance(&record, result);
         }
-        self.finish(&record, &app.version)?;
-        Ok(record)
+        let running = running_version(&host.observe(app).await);
+        self.finish(&record, &app.version, running.as_ref())?;
+        Ok((record, running))
+    }
+}
+
+/// The version an observation shows running: none for an app that is not
+/// deployed or could not be seen.
+fn running_version(observed: &crate::host::ObservedApp) -> Option<CoopVersion> {
+    match observed.state {
+        AppState::NotDeployed | AppState::Unknown => None,
+        _ => observed.observed_version.clone(),
     }
 }
 

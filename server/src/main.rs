@@ -1,8 +1,15 @@
 //! `ccfleet-server`: parses the command line, sets up tracing, calls the library.
+//!
+//! Exit codes (README.md, "Exit codes"): 0 success; 1 the server cannot start
+//! or stopped on an error; 2 a usage or configuration error, whether clap
+//! refuses a flag or a value is refused after parsing ([`Usage`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use ccfleet_proto::ServerUrl;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -37,7 +44,7 @@ enum Command {
         /// The URL clients will use to reach the server, written into the
         /// first admin credential.
         #[arg(long, default_value = "https://127.0.0.1:7443")]
-        public_url: String,
+        public_url: ServerUrl,
     },
     /// Run the server (initialises the state directory on first use).
     Run {
@@ -54,7 +61,7 @@ enum Command {
         /// URL written into the first admin credential if this run initialises
         /// the state directory [default: https://<listen address>].
         #[arg(long)]
-        public_url: Option<String>,
+        public_url: Option<ServerUrl>,
         /// Serve Prometheus metrics (plain HTTP, `GET /metrics`) on this loopback address.
         #[arg(long, env = "CCFLEET_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
@@ -210,7 +217,26 @@ struct Limits {
     store_stall_threshold: Duration,
 }
 
-fn main() -> anyhow::Result<()> {
+/// A command-line value refused after clap parsed it (a combination of flags,
+/// a file a flag names, an address): the process exits 2, as for the values
+/// clap refuses itself.
+#[derive(Debug)]
+struct Usage(anyhow::Error);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Marks an error found while checking the command line as a [`Usage`] error.
+fn usage<T>(result: anyhow::Result<T>) -> anyhow::Result<T> {
+    result.map_err(|error| Usage(error).into())
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -218,6 +244,25 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            exit_code(&error)
+        }
+    }
+}
+
+/// 2 for a usage or configuration error, 1 for anything else.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if error.is::<Usage>() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -230,7 +275,7 @@ fn main() -> anyhow::Result<()> {
         Command::Man { out: Some(out) } => clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
             .with_context(|| format!("cannot write the man pages into {}", out.display())),
         Command::Init { data, public_url } => {
-            let initialised = ccfleet_server::init(&data, &public_url, ADMIN_LIFETIME)?;
+            let initialised = ccfleet_server::init(&data, public_url.as_str(), ADMIN_LIFETIME)?;
             report_init(&data, &initialised);
             Ok(())
         }
@@ -251,23 +296,13 @@ fn main() -> anyhow::Result<()> {
             limits,
             notify,
         } => {
-            let notify = notify.config()?;
-            if limits.idle_timeout <= limits.keepalive_interval {
-                anyhow::bail!(
-                    "--idle-timeout ({:?}) must be longer than --keepalive-interval ({:?}), or idle but live clients are cut",
-                    limits.idle_timeout,
-                    limits.keepalive_interval
-                );
-            }
-            if let Some(address) = metrics_listen {
-                ccfleet_server::metrics::check_address(address)?;
-            }
-            if heartbeat_timeout <= heartbeat_interval {
-                anyhow::bail!("--heartbeat-timeout ({heartbeat_timeout:?}) must be longer than --heartbeat-interval ({heartbeat_interval:?})");
-            }
-            if host_certificate_lifetime < Duration::from_secs(3) {
-                anyhow::bail!("--host-certificate-lifetime must be at least 3s");
-            }
+            let notify = usage(notify.config())?;
+            usage(check_run_flags(
+                &limits,
+                metrics_listen,
+                (heartbeat_interval, heartbeat_timeout),
+                host_certificate_lifetime,
+            ))?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind(listen))
@@ -276,7 +311,7 @@ fn main() -> anyhow::Result<()> {
             // Initialised after binding, so that a credential made for port 0
             // names the real port. The store is opened here, once for the
             // whole process and off the async runtime, and handed to `serve`.
-            let public_url = public_url.unwrap_or_else(|| format!("https://{address}"));
+            let public_url = public_url.map_or_else(|| format!("https://{address}"), String::from);
             let store = ccfleet_server::open_store(&data)?;
             let initialised = ccfleet_server::init_store(&store, &data, &public_url, ADMIN_LIFETIME)?;
             if initialised.created || initialised.admin_credential.is_some() {
@@ -333,6 +368,33 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The checks of `run`'s flags that clap cannot make alone: how values relate
+/// to each other, and the metrics address.
+fn check_run_flags(
+    limits: &Limits,
+    metrics_listen: Option<SocketAddr>,
+    (heartbeat_interval, heartbeat_timeout): (Duration, Duration),
+    host_certificate_lifetime: Duration,
+) -> anyhow::Result<()> {
+    if limits.idle_timeout <= limits.keepalive_interval {
+        anyhow::bail!(
+            "--idle-timeout ({:?}) must be longer than --keepalive-interval ({:?}), or idle but live clients are cut",
+            limits.idle_timeout,
+            limits.keepalive_interval
+        );
+    }
+    if let Some(address) = metrics_listen {
+        ccfleet_server::metrics::check_address(address)?;
+    }
+    if heartbeat_timeout <= heartbeat_interval {
+        anyhow::bail!("--heartbeat-timeout ({heartbeat_timeout:?}) must be longer than --heartbeat-interval ({heartbeat_interval:?})");
+    }
+    if host_certificate_lifetime < Duration::from_secs(3) {
+        anyhow::bail!("--host-certificate-lifetime must be at least 3s");
+    }
+    Ok(())
 }
 
 /// Called by `serve` once the server can answer (store open, rollouts

@@ -5,11 +5,15 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running `ccfleet dashboard`, killed when dropped.
 pub struct TestDashboard {
-    child: Child,
+    /// `None` once [`TestDashboard::interrupt`] handed it to a thread that waits for its exit.
+    child: Option<Child>,
+    pid: u32,
+    /// The exit, from that thread, when `interrupt` stopped waiting first.
+    exit: Option<mpsc::Receiver<ExitStatus>>,
     /// The printed address, token included: `http://127.0.0.1:PORT/?token=...`.
     pub url: String,
     /// `http://127.0.0.1:PORT`.
@@ -54,32 +58,54 @@ impl TestDashboard {
             origin: origin.to_owned(),
             token: token.to_owned(),
             url,
-            child,
+            pid: child.id(),
+            child: Some(child),
+            exit: None,
         }
     }
 
-    /// Sends SIGINT (Ctrl-C) and waits up to `deadline` for the exit.
+    /// Sends SIGINT (Ctrl-C) and waits up to `deadline` for the exit: a
+    /// thread blocks in `wait` and sends the status the moment it comes.
     pub fn interrupt(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "cannot send SIGINT to the dashboard");
-        let start = Instant::now();
-        // Polls the process on a short period; the deadline bounds it.
-        while start.elapsed() < deadline {
-            if let Some(status) = self.child.try_wait().expect("wait for the dashboard") {
-                return Some(status);
+        let mut child = self.child.take().expect("the dashboard is interrupted once");
+        signal("-INT", self.pid);
+        let (sender, exit) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = sender.send(status);
             }
-            std::thread::sleep(Duration::from_millis(20));
+        });
+        match exit.recv_timeout(deadline) {
+            Ok(status) => Some(status),
+            Err(_) => {
+                self.exit = Some(exit);
+                None
+            }
         }
-        None
     }
+}
+
+/// Sends `kill`'s `signal` to `pid`.
+fn signal(signal: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "cannot send {signal} to the dashboard");
 }
 
 impl Drop for TestDashboard {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if let Some(exit) = self.exit.take() {
+            // Still running after `interrupt` gave up (its waiting thread
+            // has sent no exit): killed, then reaped by that thread.
+            if exit.try_recv().is_err() {
+                let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+                let _ = exit.recv_timeout(Duration::from_secs(10));
+            }
+        }
     }
 }

@@ -87,6 +87,8 @@ pub struct SimulatedAgent {
     shared: Arc<Mutex<Shared>>,
     stop: watch::Sender<bool>,
     crash: Arc<tokio::sync::Notify>,
+    /// How many streams the agent has opened, announced as each opens.
+    opened: watch::Receiver<u32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -109,6 +111,7 @@ impl SimulatedAgent {
         }));
         let (stop, stopped) = watch::channel(false);
         let crash = Arc::new(tokio::sync::Notify::new());
+        let (announce, opened) = watch::channel(0);
         let task = tokio::spawn(run(
             url,
             credential,
@@ -116,7 +119,7 @@ impl SimulatedAgent {
             domain.clone(),
             recipe.to_owned(),
             shared.clone(),
-            (stopped, crash.clone()),
+            (stopped, crash.clone(), announce),
         ));
         SimulatedAgent {
             host_id: host_id.to_owned(),
@@ -124,6 +127,7 @@ impl SimulatedAgent {
             shared,
             stop,
             crash,
+            opened,
             task,
         }
     }
@@ -163,6 +167,16 @@ impl SimulatedAgent {
         self.shared.lock().unwrap().connections
     }
 
+    /// Waits, at most `deadline`, until the agent has opened a stream: its
+    /// Welcome arrived, which the server sends once it has the host online.
+    pub async fn connected(&self, deadline: Duration) {
+        let mut opened = self.opened.clone();
+        tokio::time::timeout(deadline, opened.wait_for(|count| *count > 0))
+            .await
+            .unwrap_or_else(|_| panic!("{} did not connect within {deadline:?}", self.host_id))
+            .expect("the agent's task announces its streams");
+    }
+
     /// Stops the agent and closes its stream.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -193,7 +207,7 @@ async fn run(
     domain: String,
     recipe: String,
     shared: Arc<Mutex<Shared>>,
-    (mut stopped, crash): (watch::Receiver<bool>, Arc<tokio::sync::Notify>),
+    (mut stopped, crash, opened): (watch::Receiver<bool>, Arc<tokio::sync::Notify>, watch::Sender<u32>),
 ) {
     let (finished_sender, mut finished) = mpsc::unbounded_channel::<Finished>();
     loop {
@@ -221,6 +235,7 @@ async fn run(
         let pending: Vec<pb::AgentMessage> = {
             let mut shared = shared.lock().unwrap();
             shared.connections += 1;
+            opened.send_replace(shared.connections);
             let last = agent.welcome.last_seq;
             let acknowledged: Vec<String> = shared
                 .outbox
@@ -268,8 +283,8 @@ async fn run(
                     {
                         let mut state = shared.lock().unwrap();
                         state.journal.insert(done.result.operation_id.clone(), Some(done.result.clone()));
-                        if !done.result.to_version.is_empty() {
-                            state.version = done.result.to_version.clone();
+                        if !done.result.running_version.is_empty() {
+                            state.version = done.result.running_version.clone();
                         }
                     }
                     let result = push_durable(&shared, Body::Result(done.result));
@@ -347,7 +362,8 @@ async fn handle(
     } else {
         behaviour.outcome
     };
-    let to_version = if outcome == pb::OperationOutcome::Succeeded {
+    // As the real agent reports: the version asked for, and the one running after.
+    let running_version = if outcome == pb::OperationOutcome::Succeeded {
         version.clone()
     } else {
         from.clone()
@@ -357,7 +373,8 @@ async fn handle(
         domain: domain.to_owned(),
         outcome: outcome as i32,
         from_version: from,
-        to_version,
+        to_version: version.clone(),
+        running_version,
         message: match outcome {
             pb::OperationOutcome::Succeeded => format!("{version} healthy"),
             _ => format!("{version} unhealthy: probe failed; rolled back"),

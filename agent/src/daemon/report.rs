@@ -137,12 +137,15 @@ pub(super) fn reconcile_report(
                         }
                         _ => (from, to),
                     });
+                let to = to.map(|v| v.to_string()).unwrap_or_default();
                 pb::OperationResult {
                     operation_id,
                     domain: domain.to_string(),
                     outcome: pb::OperationOutcome::Succeeded as i32,
                     from_version: from.map(|v| v.to_string()).unwrap_or_default(),
-                    to_version: to.map(|v| v.to_string()).unwrap_or_default(),
+                    // Deployed and converged: what was asked for runs.
+                    running_version: to.clone(),
+                    to_version: to,
                     message: outcome.summary(),
                 }
             });

@@ -13,7 +13,12 @@ use crate::alerts::{self, Alert, AlertKind, Severity};
 use crate::journal;
 
 impl Upgrader {
-    pub(super) fn report_of(&self, record: &OperationRecord, from: Option<CoopVersion>) -> OperationReport {
+    pub(super) fn report_of(
+        &self,
+        record: &OperationRecord,
+        from: Option<CoopVersion>,
+        running: Option<CoopVersion>,
+    ) -> OperationReport {
         let (outcome, reason) = record
             .result()
             .map(|(outcome, reason)| (outcome, reason.to_owned()))
@@ -24,7 +29,7 @@ impl Upgrader {
             outcome,
             from: from.or_else(|| Some(record.from.clone())),
             to: record.to.clone(),
-            running: None,
+            running,
             reason,
             snapshot: record.snapshot.clone(),
             replayed: false,
@@ -33,8 +38,15 @@ impl Upgrader {
 
     /// Records what a finished operation means for its app (last good
     /// version, fleet target, rolled-back targets), writes or clears its
-    /// alert, prunes snapshots, and reports the result once.
-    pub(super) fn finish(&self, record: &OperationRecord, declared: &CoopVersion) -> Result<(), UpgradeError> {
+    /// alert, prunes snapshots, and reports the result once. `running`: the
+    /// version observed running after the operation (`None`: nothing, or
+    /// not seen).
+    pub(super) fn finish(
+        &self,
+        record: &OperationRecord,
+        declared: &CoopVersion,
+        running: Option<&CoopVersion>,
+    ) -> Result<(), UpgradeError> {
         let Some((outcome, reason)) = record.result() else {
             return Ok(());
         };
@@ -50,7 +62,7 @@ impl Upgrader {
             machine::record_outcome(app, &record, declared)
         })?;
         if !machine::changed_nothing(&record) {
-            self.alert(&record, outcome, reason);
+            self.alert(&record, outcome, reason, running);
         }
         if outcome != Outcome::Skipped {
             self.prune_snapshots(&record, outcome, &app_record);
@@ -60,11 +72,8 @@ impl Upgrader {
             domain: record.domain.to_string(),
             outcome: alerts::wire_outcome(outcome) as i32,
             from_version: record.from.to_string(),
-            to_version: match outcome {
-                Outcome::Succeeded => record.to.to_string(),
-                Outcome::Skipped => String::new(),
-                _ => record.from.to_string(),
-            },
+            to_version: record.to.to_string(),
+            running_version: running.map(ToString::to_string).unwrap_or_default(),
             message: reason.chars().take(4000).collect(),
         }));
         if pushed {
@@ -81,7 +90,13 @@ impl Upgrader {
         Ok(())
     }
 
-    pub(super) fn alert(&self, record: &OperationRecord, outcome: Outcome, reason: &str) {
+    pub(super) fn alert(
+        &self,
+        record: &OperationRecord,
+        outcome: Outcome,
+        reason: &str,
+        running: Option<&CoopVersion>,
+    ) {
         let dir = &self.settings.alerts_dir;
         match outcome {
             Outcome::Succeeded => match alerts::clear(dir, record.domain.as_str()) {
@@ -101,6 +116,7 @@ impl Upgrader {
                     recipe: record.recipe.to_string(),
                     from: record.from.to_string(),
                     to: record.to.to_string(),
+                    running: running.map(ToString::to_string),
                     outcome,
                     severity: Severity::of(outcome),
                     reason: reason.to_owned(),
@@ -224,7 +240,7 @@ mod tests {
                 reported: false,
             };
             upgrader.journal.write_operation(&record).unwrap();
-            upgrader.finish(&record, &declared).unwrap();
+            upgrader.finish(&record, &declared, None).unwrap();
             let mut kept: Vec<String> = upgrader
                 .snapshots
                 .list(&domain)

@@ -130,6 +130,7 @@ pub struct OperationRow {
     pub outcome: &'static str,
     pub from_version: String,
     pub to_version: String,
+    pub running_version: String,
     pub message: String,
 }
 

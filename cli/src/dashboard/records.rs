@@ -125,6 +125,7 @@ pub async fn app_detail(
                 outcome: model::operation_outcome(operation.outcome).unwrap_or("running"),
                 from_version: or_dash(&operation.from_version),
                 to_version: or_dash(&operation.to_version),
+                running_version: or_dash(&operation.running_version),
                 message: operation.message.clone(),
             })
             .collect(),

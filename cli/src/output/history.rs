@@ -1,32 +1,11 @@
 //! What hosts reported about their operations: alerts and the operations
 //! log, as JSON documents and tables.
 
+use ccfleet::names::{operation_outcome as outcome, operation_phase as phase};
 use ccfleet_proto::pb;
 use serde::Serialize;
 
 use super::table::{non_empty, or_dash, terminal_width, time, Fit, Grid};
-
-fn outcome(value: i32) -> Option<&'static str> {
-    match pb::OperationOutcome::try_from(value) {
-        Ok(pb::OperationOutcome::Succeeded) => Some("succeeded"),
-        Ok(pb::OperationOutcome::RolledBack) => Some("rolled_back"),
-        Ok(pb::OperationOutcome::Held) => Some("held"),
-        Ok(pb::OperationOutcome::Failed) => Some("failed"),
-        Ok(pb::OperationOutcome::Skipped) => Some("skipped"),
-        Ok(pb::OperationOutcome::Unspecified) | Err(_) => None,
-    }
-}
-
-fn phase(value: i32) -> &'static str {
-    match pb::OperationPhase::try_from(value) {
-        Ok(pb::OperationPhase::Accepted) => "accepted",
-        Ok(pb::OperationPhase::Snapshotting) => "snapshotting",
-        Ok(pb::OperationPhase::Deploying) => "deploying",
-        Ok(pb::OperationPhase::Verifying) => "verifying",
-        Ok(pb::OperationPhase::RollingBack) => "rolling_back",
-        Ok(pb::OperationPhase::Unspecified) | Err(_) => "unknown",
-    }
-}
 
 #[derive(Debug, Serialize)]
 pub struct AlertJson {
@@ -42,8 +21,12 @@ pub struct AlertJson {
     pub severity: &'static str,
     /// "rolled_back", "held", "failed", ...; null when the agent did not say.
     pub outcome: Option<&'static str>,
+    /// Running before the operation.
     pub from_version: Option<String>,
+    /// Asked for.
     pub to_version: Option<String>,
+    /// Running after the operation; null when the host did not say.
+    pub running_version: Option<String>,
     /// Why, for people; never parse it.
     pub reason: String,
     pub operation_id: Option<String>,
@@ -86,6 +69,7 @@ pub fn alert(alert: &pb::Alert) -> AlertJson {
         outcome: outcome(alert.outcome),
         from_version: non_empty(&alert.from_version),
         to_version: non_empty(&alert.to_version),
+        running_version: non_empty(&alert.running_version),
         reason: alert.message.clone(),
         operation_id: non_empty(&alert.operation_id),
         snapshot_path: non_empty(&alert.snapshot_path),
@@ -150,8 +134,13 @@ pub struct OperationJson {
     /// null while the operation runs; else "succeeded", "rolled_back",
     /// "held", "failed" or "skipped".
     pub outcome: Option<&'static str>,
+    /// Running before the operation.
     pub from_version: Option<String>,
+    /// Asked for, whatever the outcome.
     pub to_version: Option<String>,
+    /// Running after the operation; null while it runs or when the host
+    /// did not say.
+    pub running_version: Option<String>,
     pub message: String,
     /// RFC 3339, UTC.
     pub updated_at: Option<String>,
@@ -166,6 +155,7 @@ pub fn operation(operation: &pb::Operation) -> OperationJson {
         outcome: outcome(operation.outcome),
         from_version: non_empty(&operation.from_version),
         to_version: non_empty(&operation.to_version),
+        running_version: non_empty(&operation.running_version),
         message: operation.message.clone(),
         updated_at: time(operation.updated_at.as_ref()),
     }
@@ -179,8 +169,9 @@ pub fn operations_grid(operations: &[OperationJson]) -> Grid {
         ("OPERATION", Fit::Whole),
         ("PHASE", Fit::Whole),
         ("OUTCOME", Fit::Whole),
-        ("FROM", Fit::Whole),
-        ("TO", Fit::Whole),
+        // As in the alerts table: from -> to (asked for), then what runs now.
+        ("FROM -> TO", Fit::Whole),
+        ("RUNNING", Fit::Whole),
         ("MESSAGE", Fit::Cut),
     ]);
     for operation in operations {
@@ -191,8 +182,12 @@ pub fn operations_grid(operations: &[OperationJson]) -> Grid {
             operation.operation_id.clone(),
             operation.phase.to_owned(),
             operation.outcome.unwrap_or("running").to_owned(),
-            or_dash(&operation.from_version),
-            or_dash(&operation.to_version),
+            format!(
+                "{} -> {}",
+                or_dash(&operation.from_version),
+                or_dash(&operation.to_version)
+            ),
+            or_dash(&operation.running_version),
             operation.message.clone(),
         ]);
     }

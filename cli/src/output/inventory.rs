@@ -1,6 +1,7 @@
 //! The fleet's inventory for people and scripts: hosts, apps, versions of a
 //! recipe and join tokens, as JSON documents and tables.
 
+use ccfleet::names::{app_state, host_status};
 use ccfleet_proto::pb;
 use serde::Serialize;
 
@@ -72,28 +73,11 @@ pub struct VersionsJson {
     pub versions: Vec<VersionGroupJson>,
 }
 
-fn status(value: i32) -> &'static str {
-    match pb::HostStatus::try_from(value) {
-        Ok(pb::HostStatus::Online) => "online",
-        _ => "offline",
-    }
-}
-
-fn state(value: i32) -> &'static str {
-    match pb::AppState::try_from(value) {
-        Ok(pb::AppState::Converged) => "converged",
-        Ok(pb::AppState::Converging) => "converging",
-        Ok(pb::AppState::Degraded) => "degraded",
-        Ok(pb::AppState::NotDeployed) => "not_deployed",
-        _ => "unknown",
-    }
-}
-
 pub fn host(host: &pb::Host) -> HostJson {
     let facts = host.facts.clone().unwrap_or_default();
     HostJson {
         host_id: host.host_id.clone(),
-        status: status(host.status),
+        status: host_status(host.status),
         last_seen: time(host.last_seen.as_ref()),
         registered_at: time(host.registered_at.as_ref()),
         agent_version: host.agent_version.clone(),
@@ -116,12 +100,12 @@ pub fn app(host_app: &pb::HostApp) -> AppJson {
     let app = host_app.app.clone().unwrap_or_default();
     AppJson {
         host_id: host_app.host_id.clone(),
-        host_status: status(host_app.host_status),
+        host_status: host_status(host_app.host_status),
         domain: app.domain,
         recipe: app.recipe,
         version: non_empty(&app.observed_version),
         declared_version: non_empty(&app.declared_version),
-        state: state(app.state),
+        state: app_state(app.state),
         replicas: format!("{}/{}", app.running_replicas, app.desired_replicas),
         drift: app.drift,
         chaos: app.chaos,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use ccfleet::names::{host_outcome, rollout_state};
 use ccfleet_proto::pb;
 use serde::Serialize;
 
@@ -18,8 +19,12 @@ pub struct RolloutHostJson {
     pub wave: u32,
     /// pending, dispatched, upgrading, succeeded, rolled_back, held, failed, skipped, timed_out.
     pub outcome: &'static str,
+    /// Running before the host's operation.
     pub from_version: Option<String>,
+    /// Asked for, once the host reported its result.
     pub to_version: Option<String>,
+    /// Running after the host's operation, as it reported; null until then.
+    pub running_version: Option<String>,
     pub message: String,
     pub updated_at: Option<String>,
 }
@@ -69,32 +74,6 @@ pub struct AuditJson {
     pub detail: String,
 }
 
-fn outcome_name(value: i32) -> &'static str {
-    match pb::HostOutcome::try_from(value) {
-        Ok(pb::HostOutcome::Pending) => "pending",
-        Ok(pb::HostOutcome::Dispatched) => "dispatched",
-        Ok(pb::HostOutcome::Upgrading) => "upgrading",
-        Ok(pb::HostOutcome::Succeeded) => "succeeded",
-        Ok(pb::HostOutcome::RolledBack) => "rolled_back",
-        Ok(pb::HostOutcome::Held) => "held",
-        Ok(pb::HostOutcome::Failed) => "failed",
-        Ok(pb::HostOutcome::Skipped) => "skipped",
-        Ok(pb::HostOutcome::TimedOut) => "timed_out",
-        _ => "unknown",
-    }
-}
-
-fn state_name(value: i32) -> &'static str {
-    match pb::RolloutState::try_from(value) {
-        Ok(pb::RolloutState::Running) => "running",
-        Ok(pb::RolloutState::Paused) => "paused",
-        Ok(pb::RolloutState::Completed) => "completed",
-        Ok(pb::RolloutState::Halted) => "halted",
-        Ok(pb::RolloutState::Aborted) => "aborted",
-        _ => "unknown",
-    }
-}
-
 fn quantity_text(quantity: Option<&pb::HostQuantity>) -> String {
     match quantity.and_then(|quantity| quantity.quantity) {
         Some(pb::host_quantity::Quantity::Count(count)) => count.to_string(),
@@ -109,7 +88,7 @@ pub fn rollout_json(rollout: &pb::Rollout) -> RolloutJson {
         id: rollout.id.clone(),
         recipe: rollout.recipe.clone(),
         target_version: rollout.target_version.clone(),
-        state: state_name(rollout.state),
+        state: rollout_state(rollout.state),
         current_wave: rollout.current_wave,
         reason: rollout.reason.clone(),
         created_by: rollout.created_by.clone(),
@@ -140,9 +119,10 @@ pub fn rollout_json(rollout: &pb::Rollout) -> RolloutJson {
                 host_id: host.host_id.clone(),
                 domain: host.domain.clone(),
                 wave: host.wave,
-                outcome: outcome_name(host.outcome),
+                outcome: host_outcome(host.outcome),
                 from_version: non_empty(&host.from_version),
                 to_version: non_empty(&host.to_version),
+                running_version: non_empty(&host.running_version),
                 message: host.message.clone(),
                 updated_at: time(host.updated_at.as_ref()),
             })
@@ -222,8 +202,9 @@ pub fn rollout_hosts_grid(rollout: &RolloutJson) -> Grid {
         ("WAVE", Fit::Whole),
         ("HOST", Fit::Whole),
         ("APP", Fit::Whole),
-        ("FROM", Fit::Whole),
-        ("TO", Fit::Whole),
+        // As in the operations table: from -> to (asked for), then what runs now.
+        ("FROM -> TO", Fit::Whole),
+        ("RUNNING", Fit::Whole),
         ("OUTCOME", Fit::Whole),
         ("MESSAGE", Fit::Cut),
     ]);
@@ -232,8 +213,8 @@ pub fn rollout_hosts_grid(rollout: &RolloutJson) -> Grid {
             host.wave.to_string(),
             host.host_id.clone(),
             host.domain.clone(),
-            or_dash(&host.from_version),
-            or_dash(&host.to_version),
+            format!("{} -> {}", or_dash(&host.from_version), or_dash(&host.to_version)),
+            or_dash(&host.running_version),
             host.outcome.to_owned(),
             host.message.clone(),
         ]);
@@ -438,6 +419,7 @@ mod tests {
             outcome,
             from_version: Some("1.0.0".into()),
             to_version: None,
+            running_version: None,
             message: message.into(),
             updated_at: None,
         };
@@ -516,6 +498,7 @@ mod tests {
             outcome,
             from_version: Some("1.0.0".into()),
             to_version: None,
+            running_version: None,
             message: message.into(),
             updated_at: None,
         };

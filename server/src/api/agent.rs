@@ -278,6 +278,7 @@ impl StreamSession {
                     outcome: convert::outcome(result.outcome),
                     from_version,
                     to_version,
+                    running_version: convert::running_version(&result.running_version)?,
                     message: convert::message(&result.message),
                 }
             }

@@ -249,6 +249,11 @@ pub fn versions(from: &str, to: &str) -> Result<(Option<CoopVersion>, Option<Coo
     ))
 }
 
+/// The version a host reports running after an operation (empty: none).
+pub fn running_version(running: &str) -> Result<Option<CoopVersion>, Status> {
+    optional_version("running_version", running)
+}
+
 /// An alert event, validated whole: names parse, free text is bounded and
 /// printable, its time is bounded by the receive time `now` (`host_time`).
 pub fn alert(alert: pb::AlertEvent, now: UnixMillis) -> Result<AlertEventRecord, Status> {
@@ -263,6 +268,7 @@ pub fn alert(alert: pb::AlertEvent, now: UnixMillis) -> Result<AlertEventRecord,
         },
         from_version,
         to_version,
+        running_version: running_version(&alert.running_version)?,
         outcome: outcome(alert.outcome),
         severity: match pb::AlertSeverity::try_from(alert.severity) {
             Ok(pb::AlertSeverity::Warning) => AlertSeverityRecord::Warning,
@@ -364,6 +370,7 @@ pub fn alert_to_wire(alert: &AlertRecord, now: UnixMillis) -> pb::Alert {
         recipe: alert.recipe.as_ref().map(ToString::to_string).unwrap_or_default(),
         from_version: version_text(alert.from_version.as_ref()),
         to_version: version_text(alert.to_version.as_ref()),
+        running_version: version_text(alert.running_version.as_ref()),
         outcome: outcome_to_wire(alert.outcome) as i32,
         snapshot_path: alert.snapshot_path.clone(),
     }
@@ -387,6 +394,7 @@ pub fn operation_to_wire(operation: &OperationRecord) -> pb::Operation {
             .map_or(pb::OperationOutcome::Unspecified, outcome_to_wire) as i32,
         from_version: version_text(operation.from_version.as_ref()),
         to_version: version_text(operation.to_version.as_ref()),
+        running_version: version_text(operation.running_version.as_ref()),
         message: operation.message.clone(),
         updated_at: Some(timestamp(operation.updated_at)),
     }

@@ -190,8 +190,13 @@ pub struct OperationRecord {
     pub domain: Domain,
     pub phase: OperationPhaseRecord,
     pub outcome: Option<OperationOutcomeRecord>,
+    /// Running before the operation.
     pub from_version: Option<CoopVersion>,
+    /// Asked for (in records stored before `running_version`, what ran after).
     pub to_version: Option<CoopVersion>,
+    /// Running after the operation, as its result reported.
+    #[serde(default)]
+    pub running_version: Option<CoopVersion>,
     pub message: String,
     pub updated_at: UnixMillis,
 }
@@ -215,6 +220,7 @@ pub enum AgentEvent {
         outcome: OperationOutcomeRecord,
         from_version: Option<CoopVersion>,
         to_version: Option<CoopVersion>,
+        running_version: Option<CoopVersion>,
         message: String,
     },
     /// An app's alert was raised (replacing its open one) or cleared.
@@ -315,6 +321,9 @@ pub struct AlertRecord {
     pub recipe: Option<RecipeName>,
     pub from_version: Option<CoopVersion>,
     pub to_version: Option<CoopVersion>,
+    /// Running after the operation; `None` in records stored before it was kept.
+    #[serde(default)]
+    pub running_version: Option<CoopVersion>,
     pub outcome: OperationOutcomeRecord,
     pub severity: AlertSeverityRecord,
     /// Free text for people, bounded and stripped of control characters.
@@ -340,6 +349,7 @@ pub struct AlertEventRecord {
     pub recipe: Option<RecipeName>,
     pub from_version: Option<CoopVersion>,
     pub to_version: Option<CoopVersion>,
+    pub running_version: Option<CoopVersion>,
     pub outcome: OperationOutcomeRecord,
     pub severity: AlertSeverityRecord,
     pub reason: String,

@@ -133,8 +133,12 @@ pub struct RolloutHostRecord {
     /// succeeded, the version the host reported running before it (what a
     /// rollback returns it to).
     pub from_version: Option<CoopVersion>,
-    /// Version the host reported after its operation.
+    /// Version the host's operation was asked to reach, as the host reported
+    /// it (in records stored before `running_version`, what ran after).
     pub to_version: Option<CoopVersion>,
+    /// Version the host reported running after its operation.
+    #[serde(default)]
+    pub running_version: Option<CoopVersion>,
     pub message: String,
     pub updated_at: UnixMillis,
     /// Minted and stored when the host is dispatched; never changes after.

@@ -110,6 +110,7 @@ impl RolloutEngine {
                                     outcome,
                                     from_version: operation.from_version,
                                     to_version: operation.to_version,
+                                    running_version: operation.running_version,
                                     message: operation.message,
                                 });
                             }
@@ -509,6 +510,7 @@ pub fn rollout_event(host_id: &HostId, event: &crate::model::AgentEvent) -> Opti
             outcome,
             from_version,
             to_version,
+            running_version,
             message,
             ..
         } => Some(Event::Result {
@@ -517,6 +519,7 @@ pub fn rollout_event(host_id: &HostId, event: &crate::model::AgentEvent) -> Opti
             outcome: *outcome,
             from_version: from_version.clone(),
             to_version: to_version.clone(),
+            running_version: running_version.clone(),
             message: message.clone(),
         }),
         // Inventories (and any other event kind) do not concern rollouts.

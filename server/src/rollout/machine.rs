@@ -41,7 +41,10 @@ pub enum Event {
         outcome: OperationOutcomeRecord,
         /// The version the host ran before the operation, as it reports it.
         from_version: Option<CoopVersion>,
+        /// The version the operation was asked to reach, as the host reports it.
         to_version: Option<CoopVersion>,
+        /// The version the host runs after it, as it reports it.
+        running_version: Option<CoopVersion>,
         message: String,
     },
     Pause,
@@ -107,6 +110,7 @@ pub fn apply(rollout: &mut RolloutRecord, event: Event, now: UnixMillis) -> Resu
             outcome,
             from_version,
             to_version,
+            running_version,
             message,
         } => deliveries.extend(record_result(
             rollout,
@@ -116,6 +120,7 @@ pub fn apply(rollout: &mut RolloutRecord, event: Event, now: UnixMillis) -> Resu
             Versions {
                 from: from_version,
                 to: to_version,
+                running: running_version,
             },
             message,
             now,
@@ -290,6 +295,7 @@ fn upgrade_delivery(
 struct Versions {
     from: Option<CoopVersion>,
     to: Option<CoopVersion>,
+    running: Option<CoopVersion>,
 }
 
 fn record_result(
@@ -304,6 +310,7 @@ fn record_result(
     let Versions {
         from: from_version,
         to: to_version,
+        running: running_version,
     } = versions;
     let rollback_on_halt = rollout.strategy.rollback_on_halt;
     let halted = rollout.state == RolloutStateRecord::Halted;
@@ -337,6 +344,7 @@ fn record_result(
             host.message = format!("rollback to {} failed: {message}", rollback.version);
         }
         host.to_version = to_version;
+        host.running_version = running_version;
         host.updated_at = now;
         rollout.last_progress_at = now;
         return Vec::new();
@@ -353,6 +361,7 @@ fn record_result(
             host.from_version = Some(from_version);
         }
         host.to_version = to_version;
+        host.running_version = running_version;
         host.message = format!("succeeded after the host deadline: {message}");
         host.updated_at = now;
         if halted && rollback_on_halt {
@@ -379,6 +388,7 @@ fn record_result(
         }
     }
     host.to_version = to_version;
+    host.running_version = running_version;
     host.message = message;
     host.updated_at = now;
     rollout.last_progress_at = now;

@@ -219,6 +219,11 @@ pub fn plan(
             } else {
                 None
             },
+            running_version: if outcome == HostOutcomeRecord::Succeeded {
+                candidate.observed.clone()
+            } else {
+                None
+            },
             from_version: candidate.observed,
             message,
             updated_at: now,

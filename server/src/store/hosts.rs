@@ -113,6 +113,7 @@ impl Store {
                         outcome: None,
                         from_version: None,
                         to_version: None,
+                        running_version: None,
                         message: String::new(),
                         updated_at: 0,
                     });
@@ -130,6 +131,7 @@ impl Store {
                 outcome,
                 from_version,
                 to_version,
+                running_version,
                 message,
             } => {
                 let phase = self
@@ -143,6 +145,7 @@ impl Store {
                     outcome: Some(*outcome),
                     from_version: from_version.clone(),
                     to_version: to_version.clone(),
+                    running_version: running_version.clone(),
                     message: message.clone(),
                     updated_at: now_millis(),
                 };

@@ -13,6 +13,7 @@ fn alert(domain: &str, severity: AlertSeverityRecord, raised_at: UnixMillis, cle
         recipe: None,
         from_version: None,
         to_version: None,
+        running_version: None,
         outcome: OperationOutcomeRecord::RolledBack,
         severity,
         reason: "unhealthy".into(),

@@ -142,6 +142,7 @@ mod tests {
                     outcome: HostOutcomeRecord::Pending,
                     from_version: Some("1.0.0".parse().unwrap()),
                     to_version: None,
+                    running_version: None,
                     message: String::new(),
                     updated_at: created_at,
                     operation_id: None,

@@ -183,6 +183,7 @@ fn events_apply_once_per_sequence_number() {
         outcome: OperationOutcomeRecord::Succeeded,
         from_version: Some("1.0.0".parse().unwrap()),
         to_version: Some("1.1.0".parse().unwrap()),
+        running_version: Some("1.1.0".parse().unwrap()),
         message: "ok".into(),
     };
     assert_eq!(store.apply_event(&web, 1, &result).unwrap(), EventOutcome::Applied);
@@ -391,6 +392,7 @@ fn removing_a_host_forgets_its_apps_and_operations_and_revokes_its_certificates(
         outcome: OperationOutcomeRecord::Succeeded,
         from_version: None,
         to_version: None,
+        running_version: None,
         message: String::new(),
     };
     store.apply_event(&web, 1, &result).unwrap();
@@ -475,6 +477,7 @@ fn alerts_are_replaced_cleared_and_removed_with_their_host() {
             recipe: None,
             from_version: None,
             to_version: None,
+            running_version: None,
             outcome: OperationOutcomeRecord::RolledBack,
             severity: AlertSeverityRecord::Warning,
             reason: "unhealthy".into(),
@@ -591,6 +594,7 @@ fn operations_list_newest_first_through_the_time_index_which_pruning_and_removal
                     outcome: None,
                     from_version: None,
                     to_version: None,
+                    running_version: None,
                     message: String::new(),
                     updated_at: at,
                 },
@@ -683,6 +687,7 @@ fn alerts_are_held_to_the_quota_paged_in_key_order_and_acknowledged_with_their_a
             recipe: None,
             from_version: None,
             to_version: None,
+            running_version: None,
             outcome: OperationOutcomeRecord::RolledBack,
             severity: AlertSeverityRecord::Warning,
             reason: "unhealthy".into(),

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long one simulated agent may take to open its stream (they connect
+/// while the ones before them are awaited).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(600);
+
 pub async fn rollout_bench(agents: usize, concurrency: usize) {
     let seed = argument("--seed", 42) as u64;
     let (min_delay, max_delay) = (
@@ -57,14 +61,17 @@ pub async fn rollout_bench(agents: usize, concurrency: usize) {
             behaviour,
         ));
     }
-    let mut admin = admin_client(&server).await;
-    loop {
-        if online_hosts(&mut admin).await == agents {
-            break;
-        }
-        // Polling the connection count, not a synchronisation of the measurement.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each agent announces its first stream (its Welcome arrived, so the
+    // server has it online); the listing then confirms the whole fleet.
+    for agent in &simulated {
+        agent.connected(CONNECT_DEADLINE).await;
     }
+    let mut admin = admin_client(&server).await;
+    let online = online_hosts(&mut admin).await;
+    assert_eq!(
+        online, agents,
+        "every agent connected, but the server lists {online} online"
+    );
     println!("rollout bench: {agents} agents online ({failing} set to fail, delays {min_delay}..={max_delay} ms, seed {seed})");
 
     let (_, cpu_before) = process_usage(pid);

@@ -60,6 +60,7 @@ async fn host_with_an_alert(server: &TestServer) -> TestAgent {
             outcome: pb::OperationOutcome::RolledBack as i32,
             from_version: "1.3.0+6.42.0".into(),
             to_version: "1.4.0+6.43.0".into(),
+            running_version: "1.3.0+6.42.0".into(),
             message: "health gate failed: GET /ghost/api/admin/site/ answered 502".into(),
         }),
         Body::Alert(pb::AlertEvent {
@@ -67,6 +68,7 @@ async fn host_with_an_alert(server: &TestServer) -> TestAgent {
             recipe: "ghost".into(),
             from_version: "1.3.0+6.42.0".into(),
             to_version: "1.4.0+6.43.0".into(),
+            running_version: "1.3.0+6.42.0".into(),
             outcome: pb::OperationOutcome::RolledBack as i32,
             severity: pb::AlertSeverity::Warning as i32,
             reason: "health gate failed: GET /ghost/api/admin/site/ answered 502".into(),

@@ -597,7 +597,78 @@ async fn prometheus_metrics_count_what_happened() {
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "a flag error, as clap's own");
     assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to serve metrics on 0.0.0.0:0"));
     assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+/// `ccfleet-server run` with `args` on a fresh data directory, expected to
+/// refuse to start: its exit code and stderr.
+fn refused_start(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(ccfleet_tests::binary("ccfleet-server"))
+        .arg("run")
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_server_exits_2_on_flag_errors_found_after_parsing_and_1_when_it_cannot_start() {
+    let flag_errors: [(&[&str], &str); 6] = [
+        // Refused by clap itself.
+        (&["--heartbeat-interval", "soon"], "invalid value 'soon'"),
+        // Refused after parsing: values that contradict each other, a URL.
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--idle-timeout",
+                "10s",
+                "--keepalive-interval",
+                "20s",
+            ],
+            "--idle-timeout (10s) must be longer than --keepalive-interval (20s)",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "30s",
+                "--heartbeat-timeout",
+                "30s",
+            ],
+            "--heartbeat-timeout (30s) must be longer than --heartbeat-interval (30s)",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--host-certificate-lifetime", "1s"],
+            "--host-certificate-lifetime must be at least 3s",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--public-url", "http://fleet.example.org"],
+            "invalid server URL \"http://fleet.example.org\"",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--notify-max-retry-delay", "10ms"],
+            "--notify-max-retry-delay must be at least 1s",
+        ),
+    ];
+    for (args, said) in flag_errors {
+        let (code, stderr) = refused_start(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    // A start that fails for another reason (the address is taken) is 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = refused_start(&["--listen", &address]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
 }

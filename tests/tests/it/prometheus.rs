@@ -55,6 +55,7 @@ fn alert(domain: &str, severity: pb::AlertSeverity) -> pb::AgentMessage {
             recipe: "ghost".into(),
             from_version: "1.3.0".into(),
             to_version: "1.4.0".into(),
+            running_version: "1.3.0".into(),
             outcome: pb::OperationOutcome::RolledBack as i32,
             severity: severity as i32,
             reason: "health check failed".into(),

@@ -308,6 +308,23 @@ impl World {
     }
 }
 
+/// Waits until `ccfleet COMMAND --json` lists `operation_id` with `outcome`; the entry.
+async fn listed(server: &TestServer, command: &str, operation_id: &str, outcome: &str) -> Value {
+    wait_for(&format!("`ccfleet {command}` to list {operation_id}"), PATIENCE, || {
+        let listing = server.cli_json(&[command]);
+        async move {
+            listing
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|entry| entry["operation_id"] == operation_id && entry["outcome"] == outcome)
+                .cloned()
+                .ok_or_else(|| listing.to_string())
+        }
+    })
+    .await
+}
+
 /// What a command printed, stdout then stderr.
 fn output_text(output: &std::process::Output) -> String {
     format!(
@@ -410,6 +427,7 @@ async fn a_failed_http_gate_restores_the_volume_alerts_and_is_not_retried() {
     assert_eq!(alert["severity"], "warning");
     assert_eq!(alert["from"], V1_3);
     assert_eq!(alert["to"], V1_4_MIGRATES_THEN_FAILS_HTTP);
+    assert_eq!(alert["running"], V1_3, "{alert}");
     assert!(
         alert["reason"].as_str().unwrap().contains("failed its health gate"),
         "{alert}"
@@ -420,19 +438,15 @@ async fn a_failed_http_gate_restores_the_volume_alerts_and_is_not_retried() {
     // The server shows the alert.
     let server = world.server.as_ref().unwrap();
     let operation_id = alert["operation_id"].as_str().unwrap().to_owned();
-    wait_for("the server to show the alert", PATIENCE, || {
-        let alerts = server.cli_json(&["alerts"]);
-        let operation_id = operation_id.clone();
-        async move {
-            let found = alerts
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|alert| alert["operation_id"] == operation_id.as_str() && alert["outcome"] == "rolled_back");
-            found.then_some(()).ok_or_else(|| alerts.to_string())
-        }
-    })
-    .await;
+    // One meaning on every screen: from is what ran before, to what was
+    // asked for, running what runs after the rollback.
+    let on_server = listed(server, "alerts", &operation_id, "rolled_back").await;
+    let operation = listed(server, "operations", &operation_id, "rolled_back").await;
+    for entry in [&on_server, &operation] {
+        assert_eq!(entry["from_version"], V1_3, "{entry}");
+        assert_eq!(entry["to_version"], V1_4_MIGRATES_THEN_FAILS_HTTP, "{entry}");
+        assert_eq!(entry["running_version"], V1_3, "{entry}");
+    }
 
     // Not retried: the next reconcile leaves the target alone, and says why.
     let output = world.agent().command(&["apply", &world.domain, "--wait"]);
@@ -665,6 +679,12 @@ async fn a_repeated_operation_id_runs_once() {
     let world = World::start("uponce", false, false).await;
     let first = world.upgrade(&["--to", V1_6_HTTP_FAILS, "--json", "--operation-id", "op-once"]);
     assert_eq!(first.1["outcome"], "ROLLED_BACK", "{}", first.1);
+    assert_eq!(
+        (&first.1["from"], &first.1["to"], &first.1["running"]),
+        (&Value::from(V1_3), &Value::from(V1_6_HTTP_FAILS), &Value::from(V1_3)),
+        "{}",
+        first.1
+    );
     assert!(
         first.1["reason"].as_str().unwrap().contains("answered 404"),
         "converged and container-healthy, but the probe fails: {}",
@@ -674,6 +694,9 @@ async fn a_repeated_operation_id_runs_once() {
     assert_eq!(second.1["outcome"], "ROLLED_BACK");
     assert_eq!(second.1["replayed"], true);
     assert_eq!(second.1["reason"], first.1["reason"]);
+    // The replay says what runs now, as the first answer did.
+    assert_eq!(second.1["running"], V1_3, "{}", second.1);
+    assert_eq!(second.1["to"], V1_6_HTTP_FAILS, "{}", second.1);
     assert_eq!(world.abra_lines("app upgrade -n -c -o", V1_6_HTTP_FAILS), 1);
     assert_eq!(world.running().as_deref(), Some(V1_3));
 }

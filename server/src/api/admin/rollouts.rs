@@ -158,6 +158,7 @@ pub fn rollout_wire(rollout: &RolloutRecord) -> pb::Rollout {
                 outcome: outcome_wire(host.outcome) as i32,
                 from_version: text(&host.from_version),
                 to_version: text(&host.to_version),
+                running_version: text(&host.running_version),
                 message: host.message.clone(),
                 updated_at: Some(convert::timestamp(host.updated_at)),
             })

@@ -117,6 +117,7 @@ async fn a_second_rollout_of_a_recipe_is_refused_with_the_first_ones_id() {
         outcome: OperationOutcomeRecord::Succeeded,
         from_version: None,
         to_version: None,
+        running_version: None,
         message: String::new(),
     });
     let second = engine.start_rollout(planned("ghost", &["a"], 1)).await.unwrap();
@@ -160,6 +161,7 @@ async fn a_restarted_engine_applies_stored_results_and_redelivers_original_ids()
                     // a ran 1.0.5 by then, not the 1.0.0 seen at planning.
                     from_version: Some("1.0.5".parse().unwrap()),
                     to_version: Some("1.1.0".parse().unwrap()),
+                    running_version: Some("1.1.0".parse().unwrap()),
                     message: "healthy".into(),
                 },
             )
@@ -233,6 +235,7 @@ async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
         outcome: OperationOutcomeRecord::Succeeded,
         from_version: Some("1.0.5".parse().unwrap()),
         to_version: Some("1.1.0".parse().unwrap()),
+        running_version: Some("1.1.0".parse().unwrap()),
         message: "healthy".into(),
     });
     assert_eq!(next_operation(&mut stream_a).await, format!("{id}.0.rollback"));
@@ -279,6 +282,7 @@ async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_
         outcome: OperationOutcomeRecord::Succeeded,
         from_version: None,
         to_version: Some("1.1.0".parse().unwrap()),
+        running_version: Some("1.1.0".parse().unwrap()),
         message: "healthy".into(),
     })])
     .await;
@@ -343,6 +347,7 @@ async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_
                     outcome: OperationOutcomeRecord::Succeeded,
                     from_version: Some("1.0.5".parse().unwrap()),
                     to_version: Some("1.1.0".parse().unwrap()),
+                    running_version: Some("1.1.0".parse().unwrap()),
                     message: "healthy".into(),
                 },
             )

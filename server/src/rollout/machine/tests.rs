@@ -60,6 +60,7 @@ fn result(delivery: &Delivery, outcome: OperationOutcomeRecord) -> Event {
         outcome,
         from_version: None,
         to_version: None,
+        running_version: None,
         message: format!("{outcome:?}"),
     }
 }
@@ -72,6 +73,7 @@ fn result_from(delivery: &Delivery, outcome: OperationOutcomeRecord, from: &str)
             operation_id,
             outcome,
             to_version,
+            running_version,
             message,
             ..
         } => Event::Result {
@@ -80,6 +82,7 @@ fn result_from(delivery: &Delivery, outcome: OperationOutcomeRecord, from: &str)
             outcome,
             from_version: Some(from.parse().unwrap()),
             to_version,
+            running_version,
             message,
         },
         other => other,
@@ -623,6 +626,7 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
                     outcome: outcome_of(outcome),
                     from_version: Some(ran_before(index)),
                     to_version: None,
+                    running_version: None,
                     message: String::new(),
                 }
             }
