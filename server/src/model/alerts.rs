@@ -197,6 +197,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases
     fn the_lifecycle_table() {
         use AlertSeverityRecord::{Critical, Warning};
         let open = apply_event(None, &host(), &event(Warning, "op-1", 10, false), 7, 10).unwrap();

@@ -190,6 +190,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases
     fn acknowledged_alerts_stay_quiet_until_they_reopen() {
         use AlertSeverityRecord::{Critical, Warning};
         let open = alert(Warning, "op-1", 10);

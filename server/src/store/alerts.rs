@@ -31,10 +31,13 @@ pub struct AlertFilter {
     pub limit: usize,
 }
 
+/// One page of alerts, and the key to continue after when more follow.
+pub type AlertPage = (Vec<AlertRecord>, Option<super::AppKey>);
+
 /// What an acknowledgement did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckOutcome {
-    Acknowledged(AlertRecord),
+    Acknowledged(Box<AlertRecord>),
     NotFound,
     Refused(AckRefusal),
 }
@@ -184,11 +187,7 @@ impl Store {
 
     /// One page of alerts matching `filter` at `now`, in key order (host,
     /// then domain), and the key to continue after when more follow.
-    pub fn alert_page(
-        &self,
-        filter: &AlertFilter,
-        now: UnixMillis,
-    ) -> Result<(Vec<AlertRecord>, Option<(HostId, Domain)>), StoreError> {
+    pub fn alert_page(&self, filter: &AlertFilter, now: UnixMillis) -> Result<AlertPage, StoreError> {
         let after = filter.after.as_ref().map(|(host_id, domain)| {
             let mut after = key(&[host_id.as_str(), domain.as_str()]);
             after.push(0);
@@ -276,7 +275,7 @@ impl Store {
             .map_err(storage_error)?;
         self.audit_appended(1);
         self.notifications_queued(queued.as_slice())?;
-        Ok(AckOutcome::Acknowledged(next))
+        Ok(AckOutcome::Acknowledged(Box::new(next)))
     }
 
     /// Deletes resolved alerts that resolved before `cutoff`; returns how
