@@ -169,9 +169,8 @@ pub fn operations_grid(operations: &[OperationJson]) -> Grid {
         ("OPERATION", Fit::Whole),
         ("PHASE", Fit::Whole),
         ("OUTCOME", Fit::Whole),
-        // As in the alerts table: from -> to (asked for), then what runs now.
-        ("FROM -> TO", Fit::Whole),
-        ("RUNNING", Fit::Whole),
+        ("FROM", Fit::Whole),
+        ("TO", Fit::Whole),
         ("MESSAGE", Fit::Cut),
     ]);
     for operation in operations {
@@ -182,12 +181,8 @@ pub fn operations_grid(operations: &[OperationJson]) -> Grid {
             operation.operation_id.clone(),
             operation.phase.to_owned(),
             operation.outcome.unwrap_or("running").to_owned(),
-            format!(
-                "{} -> {}",
-                or_dash(&operation.from_version),
-                or_dash(&operation.to_version)
-            ),
-            or_dash(&operation.running_version),
+            or_dash(&operation.from_version),
+            or_dash(&operation.to_version),
             operation.message.clone(),
         ]);
     }

@@ -160,7 +160,7 @@ fn operation() -> impl Strategy<Value = pb::Operation> {
                     domain,
                     phase,
                     outcome,
-                    running_version: message.clone(),
+                    running_version: from_version.clone(),
                     from_version,
                     to_version,
                     message,

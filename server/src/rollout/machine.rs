@@ -25,6 +25,9 @@ use crate::model::{
 };
 
 /// Something that happened to a rollout.
+// A result's three versions make it the large variant; events are moved
+// once into `apply`, and boxing it would only obscure every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Time passed: deadlines, wave intervals, and the first dispatch.
