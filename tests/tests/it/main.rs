@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod agent;
+mod agent_campaign;
 mod alerts;
 mod campaign;
 mod dashboard;
