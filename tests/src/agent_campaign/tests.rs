@@ -86,6 +86,10 @@ fn a_seed_gives_one_plan_and_seeds_cover_both_targets_and_the_kill_window() {
     assert!(plans.iter().all(|plan| plan.kill_after < MAX_KILL));
     assert!(plans.iter().any(|plan| plan.kill_after < MAX_KILL / 4));
     assert!(plans.iter().any(|plan| plan.kill_after > MAX_KILL * 3 / 4));
+    assert!(plans
+        .iter()
+        .filter(|plan| plan.target_passes())
+        .all(|plan| plan.kill_after < MAX_KILL * 3 / 5));
     for plan in &plans {
         assert_eq!(plan.operation_id(), format!("campaign-{}", plan.seed));
         assert!(ccfleet_proto::OperationId::parse(&plan.operation_id()).is_ok());

@@ -57,6 +57,12 @@ pub async fn run(plan: RunPlan) -> RunReport {
             elapsed: started.elapsed(),
         },
     };
+    if let Some(dir) = std::env::var_os("AGENT_CAMPAIGN_LOGS") {
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("agent-{}.log", report.plan.seed)),
+            world.agent.as_ref().map(AgentProcess::log).unwrap_or_default(),
+        );
+    }
     drop(world);
     report
 }
@@ -241,7 +247,12 @@ impl World {
         let server_results = match &finished {
             Some(_) => poll_for("the server to hold the result", PATIENCE, || {
                 let results = self.server_results(id);
-                async move { results.filter(|results| !results.is_empty()) }
+                async move {
+                    match results {
+                        Ok(results) if results.is_empty() => Err("not listed yet".to_owned()),
+                        other => other,
+                    }
+                }
             })
             .await
             .unwrap_or_default(),

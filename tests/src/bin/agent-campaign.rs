@@ -4,7 +4,8 @@
 //! each judged by the invariants of `ccfleet_tests::agent_campaign`
 //! (RELIABILITY.md, "The real agent under SIGKILL").
 //!
-//! Usage: `agent-campaign --runs N --seed S [--parallel P] [--max-kill-ms M]`.
+//! Usage: `agent-campaign --runs N --seed S [--parallel P] [--max-kill-ms M] [--plans]`
+//! (`--plans` prints each run's target and kill moment and runs nothing).
 //! Run `i` uses seed `S + i`; `--seed <seed> --runs 1` replays one (its plan;
 //! the kill lands at the same moment, the agent's pace is the machine's).
 //! Prints a JSON line per run and a summary; exits 1 on any violation.
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use ccfleet_tests::agent_campaign::world::{run, RunReport};
 use ccfleet_tests::agent_campaign::{plan, Tally};
 
-const USAGE: &str = "usage: agent-campaign --runs N --seed S [--parallel P] [--max-kill-ms M]";
+const USAGE: &str = "usage: agent-campaign --runs N --seed S [--parallel P] [--max-kill-ms M] [--plans]";
 
 fn argument(name: &str, default: u64) -> u64 {
     let arguments: Vec<String> = std::env::args().collect();
@@ -77,6 +78,21 @@ fn main() {
     if max_kill.is_zero() {
         eprintln!("agent-campaign: --max-kill-ms must be at least 1\n{USAGE}");
         std::process::exit(2);
+    }
+    if std::env::args().any(|argument| argument == "--plans") {
+        for seed in first..first + runs {
+            let plan = plan(seed, max_kill);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "seed": seed,
+                    "target": plan.target,
+                    "kill_after_ms": plan.kill_after.as_millis() as u64,
+                    "entries": plan.entries.len(),
+                })
+            );
+        }
+        return;
     }
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
