@@ -19,12 +19,7 @@ fn manifest_of(plan: &RunPlan) -> Vec<ManifestEntry> {
     for seeded in &plan.entries {
         let (kind, size, sha256, target) = match &seeded.kind {
             SeedKind::Dir => (EntryKind::Dir, 0, None, None),
-            SeedKind::File(contents) => (
-                EntryKind::File,
-                contents.len() as u64,
-                Some(sha256_hex(contents)),
-                None,
-            ),
+            SeedKind::File(contents) => (EntryKind::File, contents.len() as u64, Some(sha256_hex(contents)), None),
             SeedKind::Symlink(target) => (EntryKind::Symlink, 0, None, Some(target.clone())),
             SeedKind::Fifo => (EntryKind::Fifo, 0, None, None),
         };
@@ -121,7 +116,10 @@ fn the_migration_changes_contents_modes_owners_and_entries() {
     assert_eq!(find(&after, "schema").unwrap().sha256, Some(sha256_hex(b"2\n")));
     assert_eq!(find(&after, "index/posts").unwrap().size, 9);
     // Everything else is as before, and the result is in path order.
-    for entry in before.iter().filter(|entry| entry.path.starts_with("notes") || entry.path == "queue") {
+    for entry in before
+        .iter()
+        .filter(|entry| entry.path.starts_with("notes") || entry.path == "queue")
+    {
         assert_eq!(find(&after, &entry.path).as_ref(), Some(entry));
     }
     assert!(after.windows(2).all(|pair| pair[0].path < pair[1].path));

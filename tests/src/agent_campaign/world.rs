@@ -50,7 +50,10 @@ pub async fn run(plan: RunPlan) -> RunReport {
             elapsed: started.elapsed(),
         },
         Err(error) => RunReport {
-            violations: vec![format!("the run failed: {error:#}\nagent log tail:\n{}", world.log_tail())],
+            violations: vec![format!(
+                "the run failed: {error:#}\nagent log tail:\n{}",
+                world.log_tail()
+            )],
             kill_phase: "none".into(),
             outcome: "none".into(),
             plan,
@@ -236,7 +239,11 @@ impl World {
         let health = match running {
             Some(_) => poll_for("GET /health to answer 200", Duration::from_secs(30), || {
                 let status = http_status(self.port, &self.domain);
-                async move { status.filter(|status| *status == 200).ok_or_else(|| format!("{status:?}")) }
+                async move {
+                    status
+                        .filter(|status| *status == 200)
+                        .ok_or_else(|| format!("{status:?}"))
+                }
             })
             .await
             .ok()

@@ -8,7 +8,8 @@
 //! (`--plans` prints each run's target and kill moment and runs nothing).
 //! Run `i` uses seed `S + i`; `--seed <seed> --runs 1` replays one (its plan;
 //! the kill lands at the same moment, the agent's pace is the machine's).
-//! Prints a JSON line per run and a summary; exits 1 on any violation.
+//! Prints a JSON line per run and a summary; exits 1 on any violation. With
+//! `AGENT_CAMPAIGN_LOGS=DIR`, each run's agent log is kept as `DIR/agent-<seed>.log`.
 
 #![allow(clippy::disallowed_methods)] // starts the real agent, server and docker, as an operator would
 
@@ -74,7 +75,7 @@ fn main() {
     let runs = argument("--runs", 10);
     let first = argument("--seed", 1);
     let parallel = argument("--parallel", 1).max(1);
-    let max_kill = Duration::from_millis(argument("--max-kill-ms", 30_000));
+    let max_kill = Duration::from_millis(argument("--max-kill-ms", 60_000));
     if max_kill.is_zero() {
         eprintln!("agent-campaign: --max-kill-ms must be at least 1\n{USAGE}");
         std::process::exit(2);
@@ -129,7 +130,12 @@ fn main() {
     reports.sort_by_key(|report| report.plan.seed);
     let mut tally = Tally::default();
     for report in &reports {
-        tally.add(&report.plan, &report.kill_phase, &report.outcome, report.violations.len());
+        tally.add(
+            &report.plan,
+            &report.kill_phase,
+            &report.outcome,
+            report.violations.len(),
+        );
         if !report.violations.is_empty() {
             println!(
                 "VIOLATION seed {} (replay: agent-campaign --seed {} --runs 1):",
