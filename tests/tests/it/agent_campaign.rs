@@ -30,7 +30,7 @@ fn a_short_real_agent_campaign_breaks_no_invariant() {
     // Seeds 4..=6 in a 30 s window (`agent-campaign --plans`): both targets,
     // kills 13 s, 13 s and 27 s after the upgrade starts.
     let output = Command::new(binary("agent-campaign"))
-        .args(["--runs", "3", "--seed", "4", "--parallel", "3", "--max-kill-ms", "30000"])
+        .args("--runs 3 --seed 4 --parallel 3 --max-kill-ms 30000".split(' '))
         .output()
         .expect("agent-campaign starts");
     let stdout = String::from_utf8_lossy(&output.stdout);
