@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod agent;
+pub mod agent_campaign;
 pub mod browser;
 pub mod campaign;
 pub mod dashboard;
@@ -42,10 +43,22 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub use ccfleet_proto::error_chain;
 
-/// Polls `condition` until it returns `Some`, or panics after `deadline` with
+/// Polls `condition` until it returns `Ok`, or panics after `deadline` with
 /// `what` and the last observation. This is how tests wait for the system to
 /// reach a state: on the event, bounded, never a bare sleep.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    poll_for(what, deadline, condition)
+        .await
+        .unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
+/// [`wait_for`] that returns the timeout (with `what` and the last
+/// observation) as an error instead of panicking, for runners that record it.
+pub async fn poll_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -58,9 +71,11 @@ where
     while start.elapsed() < deadline {
         ticker.tick().await;
         match condition().await {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(observation) => last = observation,
         }
     }
-    panic!("timed out after {deadline:?} waiting for {what}; last observation: {last}");
+    Err(format!(
+        "timed out after {deadline:?} waiting for {what}; last observation: {last}"
+    ))
 }

@@ -6,6 +6,7 @@
 
 mod abra_check;
 mod agent;
+mod agent_campaign;
 mod alerts;
 mod campaign;
 mod dashboard;
