@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::agent::CampaignAgent;
 use super::{Fault, History, HostKind, Operator, Plan, ShownHost, FROM, TO};
 use crate::server::{enroll, run_cli, TestServer};
-use crate::simulated::{Behaviour, SimulatedAgent};
-use ccfleet_proto::pb;
 
 /// The CLI on a blocking thread (agents keep running); `None` when it fails
 /// (the server may be down mid-kill).
@@ -58,8 +57,10 @@ fn ended(state: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub histories: Vec<History>,
-    /// Faults injected by kind.
+    /// Faults injected by kind (a fault aimed at an offline host is not).
     pub injected: BTreeMap<&'static str, u32>,
+    /// Hosts by behaviour (healthy, failing-health, slow-health, ...).
+    pub hosts: BTreeMap<&'static str, u32>,
     /// Final rollout states by name.
     pub states: BTreeMap<String, u32>,
     /// The server's log, for a failing run.
@@ -68,6 +69,12 @@ pub struct Outcome {
 
 /// Runs `plan` with `faults` (the plan's, or a shrunk subset) in `directory`.
 pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Result<Outcome> {
+    let begun = Instant::now();
+    let phase = |name: &str| {
+        if std::env::var_os("CAMPAIGN_PHASES").is_some() {
+            eprintln!("seed {} {name} at {:.2} s", plan.seed, begun.elapsed().as_secs_f64());
+        }
+    };
     let data: PathBuf = directory.join("data");
     let mut server = TestServer::start(&data, &[]);
     let port = server.address.port();
@@ -78,28 +85,19 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         let credential = enroll(&url, &token, &host.id)
             .await
             .map_err(|status| anyhow::anyhow!("enrolling {}: {status}", host.id))?;
-        let behaviour = Behaviour {
-            delay: Duration::from_millis(host.delay_ms),
-            outcome: if host.kind == HostKind::Failing {
-                pb::OperationOutcome::RolledBack
-            } else {
-                pb::OperationOutcome::Succeeded
-            },
-            answers: host.kind != HostKind::Hung,
-            ..Behaviour::default()
-        };
-        agents.push(SimulatedAgent::start(
+        agents.push(CampaignAgent::start(
             url.clone(),
             credential,
-            &host.id,
-            host.recipe,
+            host,
             FROM,
-            behaviour,
+            plan.derive_target,
         ));
     }
+    phase("enrolled");
     wait_online(&url, &credentials, agents.len()).await?;
+    phase("online");
     // Offline hosts were seen once (their inventory is known), then vanish.
-    let mut live: Vec<Option<SimulatedAgent>> = Vec::new();
+    let mut live: Vec<Option<CampaignAgent>> = Vec::new();
     for (agent, host) in agents.into_iter().zip(&plan.hosts) {
         if host.kind == HostKind::Offline {
             agent.stop().await;
@@ -126,11 +124,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             plan.max_failures.to_string(),
         );
         let deadline = format!("{}s", plan.host_deadline.as_secs());
-        let mut args = vec![
-            "upgrade",
-            recipe,
-            "--to",
-            TO,
+        let mut args = vec!["upgrade", recipe];
+        if !plan.derive_target {
+            args.extend(["--to", TO]);
+        }
+        args.extend([
             "--canary",
             &canary,
             "--batch",
@@ -139,7 +137,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             &max_failures,
             "--host-deadline",
             &deadline,
-        ];
+        ]);
         if plan.pause_after_canary {
             args.push("--pause-after-canary");
         }
@@ -153,6 +151,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     }
 
     let mut outcome = Outcome::default();
+    for host in &plan.hosts {
+        *outcome.hosts.entry(host.kind.name()).or_default() += 1;
+    }
+    phase("started");
     let start = Instant::now();
     let bound = rollouts
         .iter()
@@ -167,17 +169,29 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         let now = start.elapsed().as_millis() as u64;
         while pending.first().is_some_and(|fault| fault.at_ms() <= now) {
             let fault = pending.remove(0);
-            *outcome.injected.entry(fault.kind()).or_default() += 1;
-            match fault {
+            let injected = match fault {
                 Fault::ServerKill { .. } => {
                     server.kill();
                     server = TestServer::start_on(&data, port, &[]);
+                    true
                 }
-                Fault::AgentRestart { host, .. } => {
-                    if let Some(Some(agent)) = live.get(host) {
-                        agent.crash_and_restart();
-                    }
+                Fault::ServerPause { for_ms, .. } => {
+                    pause(server.pid(), Duration::from_millis(for_ms));
+                    true
                 }
+                Fault::AgentRestart { host, .. } => live
+                    .get(host)
+                    .and_then(Option::as_ref)
+                    .map(CampaignAgent::crash_and_restart)
+                    .is_some(),
+                Fault::Link { host, fault, .. } => live
+                    .get(host)
+                    .and_then(Option::as_ref)
+                    .map(|agent| agent.inject(fault))
+                    .is_some(),
+            };
+            if injected {
+                *outcome.injected.entry(fault.kind()).or_default() += 1;
             }
         }
         if let Operator::Abort { at_ms } = plan.operator {
@@ -208,6 +222,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Rollbacks on halt run after the halt: give them the host deadline to land.
+    phase("ended");
     let settle = Instant::now();
     while settle.elapsed() < plan.host_deadline + Duration::from_secs(3) {
         let mut settled = true;
@@ -235,6 +250,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Once every agent has reported everything, `versions` lists what each host runs.
+    phase("settled");
+    let (model, listed) = settle_versions(&url, &credentials, plan, &live).await;
+    phase("listed");
     for (recipe, id) in &rollouts {
         let mut history = History {
             recipe: recipe.clone(),
@@ -246,14 +265,16 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             if ended(&state) {
                 history.state = Some(state);
             }
+            history.target = rollout["target_version"].as_str().unwrap_or_default().to_owned();
             history.shown = shown(&rollout);
         }
         for (host, agent) in plan.hosts.iter().zip(&live) {
             if host.recipe != recipe {
                 continue;
             }
+            history.versions.insert(host.id.clone(), model[&host.id].clone());
+            history.listed.insert(host.id.clone(), listed.get(&host.id).cloned());
             let Some(agent) = agent else {
-                history.versions.insert(host.id.clone(), FROM.to_owned());
                 continue;
             };
             history.upgrade_ids.insert(
@@ -266,11 +287,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                     .collect(),
             );
             history.executed.insert(host.id.clone(), agent.executed());
-            history.versions.insert(host.id.clone(), agent.version());
             history.acknowledged.insert(host.id.clone(), agent.acknowledged());
         }
         outcome.histories.push(history);
     }
+    phase("recorded");
     // The store always reopens, and shows what it showed.
     server.kill();
     let server = TestServer::start_on(&data, port, &[]);
@@ -283,6 +304,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         }
     }
     outcome.log = server.log();
+    phase("reopened");
     for agent in live.into_iter().flatten() {
         agent.stop().await;
     }
@@ -304,4 +326,65 @@ async fn wait_online(url: &str, credentials: &Path, expected: usize) -> anyhow::
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("{expected} hosts never became online together")
+}
+
+/// SIGSTOPs the server `pid` now and SIGCONTs it after `duration`, from a
+/// task of its own (the runner's own CLI calls wait while it is stopped).
+fn pause(pid: u32, duration: Duration) {
+    let signal = |name: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status();
+    };
+    signal("-STOP");
+    tokio::spawn(async move {
+        // The pause's length is the fault itself.
+        tokio::time::sleep(duration).await;
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+    });
+}
+
+/// Waits (up to 20 s) until every agent is settled and `ccfleet versions
+/// <recipe> --json` lists each host at the version it runs; returns the
+/// runner's model (host -> version) and the last listing (host -> version).
+async fn settle_versions(
+    url: &str,
+    credentials: &Path,
+    plan: &Plan,
+    live: &[Option<CampaignAgent>],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let start = Instant::now();
+    loop {
+        let settled = live.iter().flatten().all(CampaignAgent::settled);
+        let model: BTreeMap<String, String> = plan
+            .hosts
+            .iter()
+            .zip(live)
+            .map(|(host, agent)| (host.id.clone(), agent.as_ref().map_or(FROM.to_owned(), CampaignAgent::version)))
+            .collect();
+        let mut listed = BTreeMap::new();
+        for recipe in super::RECIPES {
+            if !plan.hosts.iter().any(|host| host.recipe == recipe) {
+                continue;
+            }
+            let Some(versions) = cli_json(url, credentials, &["versions", recipe]).await else {
+                continue;
+            };
+            for group in versions["versions"].as_array().into_iter().flatten() {
+                let version = group["version"].as_str().unwrap_or("unknown");
+                for app in group["apps"].as_array().into_iter().flatten() {
+                    if let Some(host) = app["host_id"].as_str() {
+                        listed.insert(host.to_owned(), version.to_owned());
+                    }
+                }
+            }
+        }
+        if (settled && listed == model) || start.elapsed() > Duration::from_secs(20) {
+            return (model, listed);
+        }
+        // The poll's pace; the loop ends on the observed listing or the deadline.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
