@@ -3,14 +3,17 @@
 //! campaign's invariants (see `ccfleet_tests::campaign` and RELIABILITY.md).
 //!
 //! Usage: `fault-campaign --runs N --seed S [--min-hosts A --max-hosts B]
-//! [--jobs J] [--record FILE] [--faults I,J,..]`. Run `i` uses seed `S + i`;
+//! [--jobs J] [--record FILE] [--logs DIR] [--time-limit SECONDS]
+//! [--faults I,J,..] [--dry-run]`. Run `i` uses seed `S + i`;
 //! `--jobs` runs that many at once (each with its own server). A violation
 //! prints its seed and the shortest fault schedule that still fails (found
 //! by dropping faults one at a time); `--seed <that seed> --runs 1` replays
 //! the run, and `--faults` with the printed positions replays it with only
 //! the shortest schedule. `--record` appends every line printed to FILE as
 //! it goes (faults injected by kind included), so a campaign cut short
-//! keeps its counts. Exits 1 on any violation.
+//! keeps its counts; `--time-limit` starts no run after that many seconds;
+//! `--logs` saves a violating run's server log there; `--dry-run` prints
+//! the plans (settings, hosts, fault schedule) and runs nothing. Exits 1 on any violation.
 
 #![allow(clippy::disallowed_methods)] // starts the real server and CLI, as an operator would
 
@@ -21,7 +24,7 @@ use std::time::Instant;
 use ccfleet_tests::campaign::run::{run, Outcome};
 use ccfleet_tests::campaign::{check, plan, positions, shrink, Fault, Plan};
 
-const USAGE: &str = "usage: fault-campaign --runs N --seed S [--min-hosts A] [--max-hosts B] [--jobs J] [--record FILE] [--faults I,J,..]";
+const USAGE: &str = "usage: fault-campaign --runs N --seed S [--min-hosts A] [--max-hosts B] [--jobs J] [--record FILE] [--logs DIR] [--time-limit SECONDS] [--faults I,J,..] [--dry-run]";
 
 fn value(name: &str) -> Option<String> {
     let arguments: Vec<String> = std::env::args().collect();
@@ -85,6 +88,31 @@ async fn violations(plan: Plan, faults: Vec<Fault>) -> (Vec<String>, Outcome) {
     }
 }
 
+/// A plan as `--dry-run` prints it: the settings, the hosts by behaviour and the schedule.
+fn describe(plan: &Plan, faults: &[Fault]) -> String {
+    let mut kinds: BTreeMap<&str, u32> = BTreeMap::new();
+    for host in &plan.hosts {
+        *kinds.entry(host.kind.name()).or_default() += 1;
+    }
+    let mut text = format!(
+        "seed {}: {} hosts {kinds:?}, canary {}, batch {}, max failures {}, host deadline {:?}, pause after canary {}, rollback on halt {}, derived target {}, operator {:?}\n",
+        plan.seed,
+        plan.hosts.len(),
+        plan.canary,
+        plan.batch,
+        plan.max_failures,
+        plan.host_deadline,
+        plan.pause_after_canary,
+        plan.rollback_on_halt,
+        plan.derive_target,
+        plan.operator
+    );
+    for fault in faults {
+        text.push_str(&format!("  {fault:?}\n"));
+    }
+    text
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     for argument in std::env::args().skip(1) {
@@ -130,6 +158,7 @@ async fn main() {
             })
     });
     let mut report = Report { record };
+    let logs = value("--logs");
     let schedule_of = |plan: &Plan| -> Vec<Fault> {
         match &only {
             None => plan.faults.clone(),
@@ -139,16 +168,28 @@ async fn main() {
                 .collect(),
         }
     };
+    if std::env::args().any(|argument| argument == "--dry-run") {
+        for run_seed in seed..seed + runs {
+            let plan = plan(run_seed, min_hosts, max_hosts);
+            println!("{}", describe(&plan, &schedule_of(&plan)));
+        }
+        return;
+    }
     let started = Instant::now();
     let mut injected: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut behaviours: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut states: BTreeMap<String, u32> = BTreeMap::new();
     let (mut hosts, mut done) = (0, 0);
     let mut failed = Vec::new();
+    // With --time-limit no run starts after it; the summary says how many ran.
+    let time_limit = value("--time-limit").map(|_| std::time::Duration::from_secs(argument("--time-limit", 0)));
     let mut seeds = seed..seed + runs;
     let mut running = tokio::task::JoinSet::new();
     loop {
         while running.len() < jobs {
+            if time_limit.is_some_and(|limit| started.elapsed() >= limit) {
+                break;
+            }
             let Some(run_seed) = seeds.next() else { break };
             let plan = plan(run_seed, min_hosts, max_hosts);
             let faults = schedule_of(&plan);
@@ -196,7 +237,13 @@ async fn main() {
         }
         failed.push(plan.seed);
         report.line(format!("VIOLATION seed {}: {found:#?}", plan.seed));
-        if !outcome.log.is_empty() {
+        if let (Some(directory), false) = (&logs, outcome.log.is_empty()) {
+            let path = std::path::Path::new(directory).join(format!("seed-{}.log", plan.seed));
+            match std::fs::write(&path, &outcome.log) {
+                Ok(()) => report.line(format!("  server log: {}", path.display())),
+                Err(error) => eprintln!("fault-campaign: cannot write {}: {error}", path.display()),
+            }
+        } else if !outcome.log.is_empty() {
             report.line("  server log (last lines):".to_owned());
             let tail: Vec<&str> = outcome.log.lines().rev().take(30).collect();
             for line in tail.iter().rev() {
@@ -220,8 +267,8 @@ async fn main() {
         ));
     }
     report.line(format!(
-        "campaign: {runs} runs (seeds {seed}..={}), {hosts} hosts {behaviours:?}, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}",
-        seed + runs - 1,
+        "campaign: {done} runs (seeds {seed}..={}), {hosts} hosts {behaviours:?}, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}",
+        seed + done.max(1) - 1,
         started.elapsed().as_secs_f64(),
         failed.len()
     ));

@@ -13,6 +13,8 @@ pub struct ShownHost {
     pub host_id: String,
     pub wave: u32,
     pub outcome: String,
+    /// The server's message for the host (why it ended as it did).
+    pub message: String,
 }
 
 /// What a run recorded for one rollout.
@@ -26,6 +28,8 @@ pub struct History {
     pub shown: Vec<ShownHost>,
     /// The same rollout shown again after a final SIGKILL and restart.
     pub shown_after_reopen: Option<(String, Vec<ShownHost>)>,
+    /// Per host: every command delivered (`kind id`), for reports.
+    pub received: BTreeMap<String, Vec<String>>,
     /// Per host: operation ids received for upgrades (distinct), executed ids (all).
     pub upgrade_ids: BTreeMap<String, BTreeSet<String>>,
     pub executed: BTreeMap<String, Vec<String>>,
@@ -110,8 +114,12 @@ pub fn check(plan: &Plan, history: &History) -> Vec<String> {
         if let (Some(expected), Some(version)) = (expected, version) {
             if expected != version && !(shown.outcome == "skipped" && version == TO) {
                 violations.push(format!(
-                    "{} shown {} (wave {}) but runs {version}, expected {expected}",
-                    shown.host_id, shown.outcome, shown.wave
+                    "{} shown {} (wave {}) but runs {version}, expected {expected} (server: {:?}; received {:?})",
+                    shown.host_id,
+                    shown.outcome,
+                    shown.wave,
+                    shown.message,
+                    history.received.get(&shown.host_id).cloned().unwrap_or_default()
                 ));
             }
         }
@@ -175,6 +183,7 @@ mod tests {
             host_id: host.into(),
             wave: 0,
             outcome: outcome.into(),
+            message: String::new(),
         }
     }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::agent::CampaignAgent;
 use super::{Fault, History, HostKind, Operator, Plan, ShownHost, FROM, TO};
 use crate::server::{enroll, run_cli, TestServer};
+use ccfleet_proto::pb::{self, admin_client::AdminClient};
 
 /// The CLI on a blocking thread (agents keep running); `None` when it fails
 /// (the server may be down mid-kill).
@@ -41,6 +42,7 @@ fn shown(rollout: &Value) -> Vec<ShownHost> {
                     host_id: host["host_id"].as_str().unwrap_or_default().to_owned(),
                     wave: host["wave"].as_u64().unwrap_or_default() as u32,
                     outcome: host["outcome"].as_str().unwrap_or_default().to_owned(),
+                    message: host["message"].as_str().unwrap_or_default().to_owned(),
                 })
                 .collect()
         })
@@ -94,7 +96,8 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         ));
     }
     phase("enrolled");
-    wait_online(&url, &credentials, agents.len()).await?;
+    let mut admin = Admin::new(&url, &server.admin_credential())?;
+    wait_online(&mut admin, agents.len()).await?;
     phase("online");
     // Offline hosts were seen once (their inventory is known), then vanish.
     let mut live: Vec<Option<CampaignAgent>> = Vec::new();
@@ -107,8 +110,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         }
     }
     wait_online(
-        &url,
-        &credentials,
+        &mut admin,
         plan.hosts.iter().filter(|host| host.kind != HostKind::Offline).count(),
     )
     .await?;
@@ -150,6 +152,9 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         rollouts.push((recipe.to_owned(), started["id"].as_str().unwrap_or_default().to_owned()));
     }
 
+    // The runner watches through the Admin API (cheaper than a CLI process
+    // per poll); what it checks at the end it reads with the CLI.
+    let mut admin = Admin::new(&url, &server.admin_credential())?;
     let mut outcome = Outcome::default();
     for host in &plan.hosts {
         *outcome.hosts.entry(host.kind.name()).or_default() += 1;
@@ -207,12 +212,12 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             if states.get(id).is_some_and(|state| ended(state)) {
                 continue;
             }
-            if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
-                let state = rollout["state"].as_str().unwrap_or_default().to_owned();
-                if state == "paused" && rollout["current_wave"] == 0 {
+            if let Some(rollout) = admin.rollout(id).await {
+                let state = state_name(rollout.state);
+                if state == "paused" && rollout.current_wave == 0 {
                     let _ = cli_json(&url, &credentials, &["rollout", "promote", id]).await;
                 }
-                states.insert(id.clone(), state);
+                states.insert(id.clone(), state.to_owned());
             }
         }
         if rollouts.len() == states.values().filter(|state| ended(state)).count() {
@@ -224,19 +229,26 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     // Rollbacks on halt run after the halt: give them the host deadline to land.
     phase("ended");
     let settle = Instant::now();
-    while settle.elapsed() < plan.host_deadline + Duration::from_secs(3) {
+    while settle.elapsed() < plan.host_deadline * 2 + Duration::from_secs(10) {
         let mut settled = true;
         for (_, id) in &rollouts {
-            let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await else {
+            let Some(rollout) = admin.rollout(id).await else {
                 settled = false;
                 continue;
             };
             // An abort lets hosts in flight finish or reach their host deadline.
-            settled &= !shown(&rollout)
-                .iter()
-                .any(|host| matches!(host.outcome.as_str(), "dispatched" | "upgrading"));
-            if rollout["state"] == "halted" && plan.rollback_on_halt {
-                for host in shown(&rollout).iter().filter(|host| host.outcome == "succeeded") {
+            settled &= !rollout.hosts.iter().any(|host| {
+                matches!(
+                    pb::HostOutcome::try_from(host.outcome),
+                    Ok(pb::HostOutcome::Dispatched | pb::HostOutcome::Upgrading)
+                )
+            });
+            if rollout.state == pb::RolloutState::Halted as i32 && plan.rollback_on_halt {
+                let succeeded = rollout
+                    .hosts
+                    .iter()
+                    .filter(|host| host.outcome == pb::HostOutcome::Succeeded as i32);
+                for host in succeeded {
                     let index = plan.hosts.iter().position(|plan| plan.id == host.host_id);
                     if let Some(Some(agent)) = index.and_then(|index| live.get(index)) {
                         settled &= agent.version() == FROM;
@@ -247,12 +259,13 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         if settled {
             break;
         }
+        // The poll's pace; the loop ends on the observed state or its bound.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Once every agent has reported everything, `versions` lists what each host runs.
     phase("settled");
-    let (model, listed) = settle_versions(&url, &credentials, plan, &live).await;
+    let (model, listed) = settle_versions(&mut admin, &url, &credentials, plan, &live).await;
     phase("listed");
     for (recipe, id) in &rollouts {
         let mut history = History {
@@ -277,6 +290,14 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             let Some(agent) = agent else {
                 continue;
             };
+            history.received.insert(
+                host.id.clone(),
+                agent
+                    .received()
+                    .into_iter()
+                    .map(|received| format!("{} {}", received.kind, received.operation_id))
+                    .collect(),
+            );
             history.upgrade_ids.insert(
                 host.id.clone(),
                 agent
@@ -311,21 +332,89 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     Ok(outcome)
 }
 
-async fn wait_online(url: &str, credentials: &Path, expected: usize) -> anyhow::Result<()> {
+async fn wait_online(admin: &mut Admin, expected: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
-        if let Some(hosts) = cli_json(url, credentials, &["hosts"]).await {
-            let online = hosts.as_array().map_or(0, |hosts| {
-                hosts.iter().filter(|host| host["status"] == "online").count()
-            });
-            if online == expected {
-                return Ok(());
-            }
+        if admin.online().await == Some(expected) {
+            return Ok(());
         }
         // The poll's pace; the loop ends on the observed count.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("{expected} hosts never became online together")
+}
+
+/// The runner's own Admin client: one mTLS channel that reconnects after
+/// server restarts, each call bounded (a paused server answers nothing).
+struct Admin {
+    client: AdminClient<tonic::transport::Channel>,
+}
+
+impl Admin {
+    fn new(url: &str, credential: &ccfleet_proto::tls::Credential) -> anyhow::Result<Admin> {
+        let channel = ccfleet_proto::tls::mtls_endpoint(url, credential)?.connect_lazy();
+        Ok(Admin {
+            client: AdminClient::new(channel).max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES),
+        })
+    }
+
+    async fn bounded<T>(call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Option<T> {
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(response)) => Some(response.into_inner()),
+            _ => None,
+        }
+    }
+
+    async fn rollout(&mut self, id: &str) -> Option<pb::Rollout> {
+        Self::bounded(self.client.get_rollout(pb::GetRolloutRequest { id: id.to_owned() })).await
+    }
+
+    /// How many hosts are online (the fleet fits one page).
+    async fn online(&mut self) -> Option<usize> {
+        let hosts = Self::bounded(self.client.list_hosts(pb::ListHostsRequest::default())).await?;
+        Some(
+            hosts
+                .hosts
+                .iter()
+                .filter(|host| host.status == pb::HostStatus::Online as i32)
+                .count(),
+        )
+    }
+
+    /// Host -> the version `recipe`'s listing shows it at.
+    async fn versions(&mut self, recipe: &str) -> Option<BTreeMap<String, String>> {
+        let request = pb::RecipeVersionsRequest {
+            recipe: recipe.to_owned(),
+            ..Default::default()
+        };
+        let answer = Self::bounded(self.client.recipe_versions(request)).await?;
+        if !answer.next_page_token.is_empty() {
+            return None;
+        }
+        Some(
+            answer
+                .versions
+                .iter()
+                .flat_map(|group| {
+                    group
+                        .apps
+                        .iter()
+                        .map(|app| (app.host_id.clone(), group.version.clone()))
+                })
+                .collect(),
+        )
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::RolloutState::try_from(state) {
+        Ok(pb::RolloutState::Running) => "running",
+        Ok(pb::RolloutState::Paused) => "paused",
+        Ok(pb::RolloutState::Completed) => "completed",
+        Ok(pb::RolloutState::Halted) => "halted",
+        Ok(pb::RolloutState::Aborted) => "aborted",
+        _ => "unknown",
+    }
 }
 
 /// SIGSTOPs the server `pid` now and SIGCONTs it after `duration`, from a
@@ -346,45 +435,54 @@ fn pause(pid: u32, duration: Duration) {
     });
 }
 
-/// Waits (up to 20 s) until every agent is settled and `ccfleet versions
-/// <recipe> --json` lists each host at the version it runs; returns the
-/// runner's model (host -> version) and the last listing (host -> version).
+/// Waits (up to 20 s) until every agent is settled and the server lists
+/// each host at the version it runs, then reads `ccfleet versions <recipe>
+/// --json` for each recipe; returns the runner's model (host -> version) and
+/// that listing (host -> version).
 async fn settle_versions(
+    admin: &mut Admin,
     url: &str,
     credentials: &Path,
     plan: &Plan,
     live: &[Option<CampaignAgent>],
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let start = Instant::now();
-    loop {
-        let settled = live.iter().flatten().all(CampaignAgent::settled);
-        let model: BTreeMap<String, String> = plan
-            .hosts
+    let recipes: Vec<&str> = super::RECIPES
+        .into_iter()
+        .filter(|recipe| plan.hosts.iter().any(|host| host.recipe == *recipe))
+        .collect();
+    let model = || -> BTreeMap<String, String> {
+        plan.hosts
             .iter()
             .zip(live)
             .map(|(host, agent)| (host.id.clone(), agent.as_ref().map_or(FROM.to_owned(), CampaignAgent::version)))
-            .collect();
+            .collect()
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let settled = live.iter().flatten().all(CampaignAgent::settled);
         let mut listed = BTreeMap::new();
-        for recipe in super::RECIPES {
-            if !plan.hosts.iter().any(|host| host.recipe == recipe) {
-                continue;
-            }
-            let Some(versions) = cli_json(url, credentials, &["versions", recipe]).await else {
-                continue;
-            };
-            for group in versions["versions"].as_array().into_iter().flatten() {
-                let version = group["version"].as_str().unwrap_or("unknown");
-                for app in group["apps"].as_array().into_iter().flatten() {
-                    if let Some(host) = app["host_id"].as_str() {
-                        listed.insert(host.to_owned(), version.to_owned());
-                    }
-                }
-            }
+        for recipe in &recipes {
+            listed.extend(admin.versions(recipe).await.unwrap_or_default());
         }
-        if (settled && listed == model) || start.elapsed() > Duration::from_secs(20) {
-            return (model, listed);
+        if settled && listed == model() {
+            break;
         }
         // The poll's pace; the loop ends on the observed listing or the deadline.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let mut listed = BTreeMap::new();
+    for recipe in recipes {
+        let Some(versions) = cli_json(url, credentials, &["versions", recipe]).await else {
+            continue;
+        };
+        for group in versions["versions"].as_array().into_iter().flatten() {
+            let version = group["version"].as_str().unwrap_or("unknown");
+            for app in group["apps"].as_array().into_iter().flatten() {
+                if let Some(host) = app["host_id"].as_str() {
+                    listed.insert(host.to_owned(), version.to_owned());
+                }
+            }
+        }
+    }
+    (model(), listed)
 }
