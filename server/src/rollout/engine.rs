@@ -82,10 +82,8 @@ impl RolloutEngine {
     pub async fn start(store: StoreHandle, fleet: Arc<Fleet>) -> Result<RolloutEngine, StoreError> {
         let loaded = store
             .read(|store| {
-                let (live, settled): (Vec<RolloutRecord>, Vec<RolloutRecord>) = store
-                    .rollouts()?
-                    .into_iter()
-                    .partition(machine::is_kept);
+                let (live, settled): (Vec<RolloutRecord>, Vec<RolloutRecord>) =
+                    store.rollouts()?.into_iter().partition(machine::is_kept);
                 // Results stored while the engine was not running (the server
                 // died between storing a result and applying it): every
                 // operation of a live rollout; of a settled one that halted
@@ -285,7 +283,8 @@ impl EngineTask {
                     // A newer rollout of the recipe decides its hosts' version:
                     // an older one owes them no rollback any more.
                     let recipe = rollout.recipe.clone();
-                    self.live.retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
+                    self.live
+                        .retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
                     changed.retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
                     // Tick cannot be refused.
                     deliveries.extend(machine::apply(&mut rollout, Event::Tick, now).unwrap_or_default());

@@ -181,6 +181,8 @@ async fn main() {
     let mut states: BTreeMap<String, u32> = BTreeMap::new();
     let (mut hosts, mut done) = (0, 0);
     let mut failed = Vec::new();
+    // Runs whose fleet could not be set up: no rollout ran, nothing was checked.
+    let mut unset = Vec::new();
     // With --time-limit no run starts after it; the summary says how many ran.
     let time_limit = value("--time-limit").map(|_| std::time::Duration::from_secs(argument("--time-limit", 0)));
     let mut seeds = seed..seed + runs;
@@ -199,7 +201,9 @@ async fn main() {
                 (plan, faults, found, outcome, run_started.elapsed())
             });
         }
-        let Some(finished) = running.join_next().await else { break };
+        let Some(finished) = running.join_next().await else {
+            break;
+        };
         let (plan, faults, found, outcome, took) = finished.expect("a run's task reports, its panics caught");
         done += 1;
         hosts += plan.hosts.len();
@@ -219,7 +223,9 @@ async fn main() {
             outcome.injected,
             outcome.states,
             took.as_secs_f64(),
-            if found.is_empty() {
+            if outcome.setup_failed.is_some() {
+                "not set up".to_owned()
+            } else if found.is_empty() {
                 "ok".to_owned()
             } else {
                 format!("{} violations", found.len())
@@ -227,10 +233,16 @@ async fn main() {
         ));
         if done % 50 == 0 {
             report.line(format!(
-                "progress: {done} runs, {hosts} hosts, faults {injected:?}, {:.1} s, {} violating runs {failed:?}",
+                "progress: {done} runs, {hosts} hosts, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}, {} not set up",
                 started.elapsed().as_secs_f64(),
-                failed.len()
+                failed.len(),
+                unset.len()
             ));
+        }
+        if let Some(error) = &outcome.setup_failed {
+            report.line(format!("  seed {}: the fleet could not be set up: {error}", plan.seed));
+            unset.push(plan.seed);
+            continue;
         }
         if found.is_empty() {
             continue;
@@ -267,10 +279,11 @@ async fn main() {
         ));
     }
     report.line(format!(
-        "campaign: {done} runs (seeds {seed}..={}), {hosts} hosts {behaviours:?}, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}",
+        "campaign: {done} runs (seeds {seed}..={}), {hosts} hosts {behaviours:?}, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}, {} runs not set up {unset:?}",
         seed + done.max(1) - 1,
         started.elapsed().as_secs_f64(),
-        failed.len()
+        failed.len(),
+        unset.len()
     ));
     if !failed.is_empty() {
         std::process::exit(1);

@@ -188,7 +188,11 @@ impl CampaignAgent {
 fn app(host: &Host, shared: &Mutex<Shared>) -> pb::ObservedApp {
     let version = shared.lock().unwrap().version.clone();
     pb::ObservedApp {
-        available_version: if host.offers_target { TO.to_owned() } else { String::new() },
+        available_version: if host.offers_target {
+            TO.to_owned()
+        } else {
+            String::new()
+        },
         ..observed(&host.domain, &host.recipe, &version)
     }
 }
@@ -359,7 +363,9 @@ async fn run(
                 .connect()
                 .await
                 .ok()?;
-            TestAgent::connect(channel, &host.id, vec![app(&host, &shared)]).await.ok()
+            TestAgent::connect(channel, &host.id, vec![app(&host, &shared)])
+                .await
+                .ok()
         };
         let Some(agent) = connected.await else {
             // Reconnect backoff, as the real agent does; not a synchronisation.
@@ -531,7 +537,11 @@ fn handle(
         (passes, host.delay + after + rollback)
     };
     let (outcome, to_version, message) = if passes {
-        (pb::OperationOutcome::Succeeded, version.clone(), format!("{version} healthy"))
+        (
+            pb::OperationOutcome::Succeeded,
+            version.clone(),
+            format!("{version} healthy"),
+        )
     } else {
         (
             pb::OperationOutcome::RolledBack,

@@ -162,7 +162,11 @@ pub enum LinkFault {
     /// its sequence number, a re-delivered command with its operation id).
     Duplicate { direction: Direction },
     /// Messages in `direction` arrive `by_ms` late, in order, for `for_ms`.
-    Delay { direction: Direction, by_ms: u64, for_ms: u64 },
+    Delay {
+        direction: Direction,
+        by_ms: u64,
+        for_ms: u64,
+    },
     /// The agent's next event is held on its stream while the agent
     /// reconnects and re-sends it on a new stream; the old stream delivers
     /// it afterwards (reordered across the two streams).
@@ -501,6 +505,9 @@ mod tests {
         // Nothing needed: everything goes.
         assert!(shrink(&faults, |_| async { true }).await.is_empty());
         // Everything needed: everything stays.
-        assert_eq!(shrink(&faults, |schedule| async move { schedule.len() == 6 }).await, faults);
+        assert_eq!(
+            shrink(&faults, |schedule| async move { schedule.len() == 6 }).await,
+            faults
+        );
     }
 }

@@ -67,6 +67,35 @@ pub struct Outcome {
     pub states: BTreeMap<String, u32>,
     /// The server's log, for a failing run.
     pub log: String,
+    /// The fleet could not be set up (enrolled and online) on a machine this
+    /// busy: no rollout ran, so no invariant was checked.
+    pub setup_failed: Option<String>,
+}
+
+impl Outcome {
+    fn setup_failed(error: anyhow::Error, server: &TestServer) -> Outcome {
+        Outcome {
+            setup_failed: Some(format!("{error:#}")),
+            log: server.log(),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Enrols as the real agent does, retrying while the server is unavailable
+/// (a machine this busy drops a connection now and then) for up to 30 s.
+async fn enroll_retrying(url: &str, token: &str, host_id: &str) -> anyhow::Result<ccfleet_proto::tls::Credential> {
+    let start = Instant::now();
+    loop {
+        match enroll(url, token, host_id).await {
+            Ok(credential) => return Ok(credential),
+            Err(status) if status.code() == tonic::Code::Unavailable && start.elapsed() < Duration::from_secs(30) => {
+                // The agent's enrolment backoff, not a synchronisation.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => anyhow::bail!("enrolling {host_id}: {status}"),
+        }
+    }
 }
 
 /// Runs `plan` with `faults` (the plan's, or a shrunk subset) in `directory`.
@@ -84,9 +113,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     let token = server.create_token(&["--uses", &plan.hosts.len().to_string(), "--ttl", "1h"]);
     let mut agents = Vec::new();
     for host in &plan.hosts {
-        let credential = enroll(&url, &token, &host.id)
-            .await
-            .map_err(|status| anyhow::anyhow!("enrolling {}: {status}", host.id))?;
+        let credential = match enroll_retrying(&url, &token, &host.id).await {
+            Ok(credential) => credential,
+            Err(error) => return Ok(Outcome::setup_failed(error, &server)),
+        };
         agents.push(CampaignAgent::start(
             url.clone(),
             credential,
@@ -97,7 +127,9 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     }
     phase("enrolled");
     let mut admin = Admin::new(&url, &server.admin_credential())?;
-    wait_online(&mut admin, agents.len()).await?;
+    if let Err(error) = wait_online(&mut admin, agents.len()).await {
+        return Ok(Outcome::setup_failed(error, &server));
+    }
     phase("online");
     // Offline hosts were seen once (their inventory is known), then vanish.
     let mut live: Vec<Option<CampaignAgent>> = Vec::new();
@@ -109,11 +141,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             live.push(Some(agent));
         }
     }
-    wait_online(
-        &mut admin,
-        plan.hosts.iter().filter(|host| host.kind != HostKind::Offline).count(),
-    )
-    .await?;
+    let online = plan.hosts.iter().filter(|host| host.kind != HostKind::Offline).count();
+    if let Err(error) = wait_online(&mut admin, online).await {
+        return Ok(Outcome::setup_failed(error, &server));
+    }
 
     let mut rollouts: Vec<(String, String)> = Vec::new();
     for recipe in super::RECIPES {
@@ -358,7 +389,9 @@ impl Admin {
         })
     }
 
-    async fn bounded<T>(call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Option<T> {
+    async fn bounded<T>(
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Option<T> {
         match tokio::time::timeout(Duration::from_secs(5), call).await {
             Ok(Ok(response)) => Some(response.into_inner()),
             _ => None,
@@ -454,7 +487,12 @@ async fn settle_versions(
         plan.hosts
             .iter()
             .zip(live)
-            .map(|(host, agent)| (host.id.clone(), agent.as_ref().map_or(FROM.to_owned(), CampaignAgent::version)))
+            .map(|(host, agent)| {
+                (
+                    host.id.clone(),
+                    agent.as_ref().map_or(FROM.to_owned(), CampaignAgent::version),
+                )
+            })
             .collect()
     };
     let start = Instant::now();

@@ -61,11 +61,22 @@ fn a_seed_replays_its_plan_and_positions_replay_a_shrunk_schedule() {
     let campaign_of_three = text(campaign(&["--seed", "40", "--runs", "3", "--dry-run"]));
     let replay = text(campaign(&["--seed", "41", "--runs", "1", "--dry-run"]));
     assert!(replay.starts_with("seed 41: "), "{replay}");
-    assert!(campaign_of_three.contains(&replay), "{campaign_of_three}\n---\n{replay}");
+    assert!(
+        campaign_of_three.contains(&replay),
+        "{campaign_of_three}\n---\n{replay}"
+    );
     // Seed 41's whole schedule, then only its first and third faults.
     let faults: Vec<&str> = replay.lines().skip(1).collect();
     assert!(faults.len() >= 3, "seed 41 should have three faults or more: {replay}");
-    let shrunk = text(campaign(&["--seed", "41", "--runs", "1", "--dry-run", "--faults", "0,2"]));
+    let shrunk = text(campaign(&[
+        "--seed",
+        "41",
+        "--runs",
+        "1",
+        "--dry-run",
+        "--faults",
+        "0,2",
+    ]));
     assert_eq!(shrunk.lines().skip(1).collect::<Vec<_>>(), vec![faults[0], faults[2]]);
 }
 
@@ -73,8 +84,14 @@ fn a_seed_replays_its_plan_and_positions_replay_a_shrunk_schedule() {
 fn a_bad_argument_is_refused_with_a_clear_error() {
     for (args, error) in [
         (&["--runs", "many"][..], "--runs needs a whole number"),
-        (&["--runs", "2", "--faults", "0"][..], "--faults replays one run: give --runs 1"),
-        (&["--runs", "1", "--faults", "a"][..], "--faults needs positions such as 0,3,5"),
+        (
+            &["--runs", "2", "--faults", "0"][..],
+            "--faults replays one run: give --runs 1",
+        ),
+        (
+            &["--runs", "1", "--faults", "a"][..],
+            "--faults needs positions such as 0,3,5",
+        ),
     ] {
         let output = campaign(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

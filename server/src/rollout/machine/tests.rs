@@ -179,9 +179,15 @@ fn seed_205_a_rollback_whose_deadline_passed_while_its_host_was_away_goes_out_wh
         rollout.hosts[0].rollback.as_ref().map(|rollback| rollback.state),
         Some(RollbackStateRecord::TimedOut)
     );
-    assert_eq!(rollout.hosts[0].message, "no rollback result within the host deadline of 60s");
+    assert_eq!(
+        rollout.hosts[0].message,
+        "no rollback result within the host deadline of 60s"
+    );
     assert!(is_settled(&rollout), "nothing is in flight: watchers may stop");
-    assert!(owes_rollback(&rollout) && is_kept(&rollout), "but h0 may still run the target");
+    assert!(
+        owes_rollback(&rollout) && is_kept(&rollout),
+        "but h0 may still run the target"
+    );
     // When h0 returns, its rollback goes out again with the same operation id.
     let again = outstanding(&rollout, 70_000);
     assert_eq!(hosts_of(&again), ["h0 rollback to 1.0.0+a"]);
@@ -189,7 +195,10 @@ fn seed_205_a_rollback_whose_deadline_passed_while_its_host_was_away_goes_out_wh
     // Its late result counts: h0 is rolled back and nothing is owed any more.
     apply(&mut rollout, result(&again[0], Succeeded), 70_001).unwrap();
     assert_eq!(outcomes(&rollout), "RolledBack RolledBack RolledBack");
-    assert_eq!(rollout.hosts[0].message, "rolled back to 1.0.0+a after the rollout halted");
+    assert_eq!(
+        rollout.hosts[0].message,
+        "rolled back to 1.0.0+a after the rollout halted"
+    );
     assert!(!owes_rollback(&rollout) && !is_kept(&rollout));
     assert!(outstanding(&rollout, 70_002).is_empty());
     // A completed or aborted rollout owes nothing.
