@@ -3,9 +3,10 @@
 //! connecting, ticks) through one `select!`, applies them with the pure
 //! `machine`, stores every changed record in one store job, and only after
 //! that write is on disk delivers the commands, answers the callers and tells
-//! the watchers. A restarted engine reloads unsettled rollouts, applies
-//! results the store received while it was down, and re-delivers what is
-//! outstanding with the original operation ids when hosts reconnect.
+//! the watchers. A restarted engine reloads unsettled rollouts (and halted
+//! ones that still owe a host its rollback), applies results the store
+//! received while it was down, and re-delivers what is outstanding with the
+//! original operation ids when hosts reconnect.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -77,14 +78,12 @@ pub struct RolloutEngine {
 }
 
 impl RolloutEngine {
-    /// Loads unsettled rollouts from the store and starts the engine task.
+    /// Loads unsettled rollouts (and those owing a rollback) from the store and starts the engine task.
     pub async fn start(store: StoreHandle, fleet: Arc<Fleet>) -> Result<RolloutEngine, StoreError> {
         let loaded = store
             .read(|store| {
-                let (live, settled): (Vec<RolloutRecord>, Vec<RolloutRecord>) = store
-                    .rollouts()?
-                    .into_iter()
-                    .partition(|rollout| !machine::is_settled(rollout));
+                let (live, settled): (Vec<RolloutRecord>, Vec<RolloutRecord>) =
+                    store.rollouts()?.into_iter().partition(machine::is_kept);
                 // Results stored while the engine was not running (the server
                 // died between storing a result and applying it): every
                 // operation of a live rollout; of a settled one that halted
@@ -282,6 +281,12 @@ impl EngineTask {
                         continue;
                     }
                     rollout.id = self.new_id(&rollout);
+                    // A newer rollout of the recipe decides its hosts' version:
+                    // an older one owes them no rollback any more.
+                    let recipe = rollout.recipe.clone();
+                    self.live
+                        .retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
+                    changed.retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
                     // Tick cannot be refused.
                     deliveries.extend(machine::apply(&mut rollout, Event::Tick, now).unwrap_or_default());
                     replies.push(Reply::Start(reply, Ok(rollout.id.clone())));
@@ -375,7 +380,7 @@ impl EngineTask {
             }
         }
         // Revived rollouts that this batch did not change are settled still.
-        self.live.retain(|_, rollout| !machine::is_settled(rollout));
+        self.live.retain(|_, rollout| machine::is_kept(rollout));
         let mut committed: HashMap<String, RolloutRecord> = HashMap::new();
         for (id, rollout) in changed {
             let _ = self.updates.send(Arc::new(rollout.clone()));
@@ -387,7 +392,7 @@ impl EngineTask {
                     "rollout ended"
                 );
             }
-            if machine::is_settled(&rollout) {
+            if !machine::is_kept(&rollout) {
                 self.live.remove(&id);
             } else {
                 self.live.insert(id.clone(), rollout.clone());

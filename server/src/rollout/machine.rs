@@ -233,10 +233,29 @@ pub fn is_settled(rollout: &RolloutRecord) -> bool {
     rollout.state.is_final() && !in_flight(rollout)
 }
 
+/// A halted rollout still owes a host its rollback when the rollback's
+/// deadline passed without a result (the host was away, e.g. reconnecting
+/// after a server restart): the host may still run the target. Its rollback
+/// goes out again when the host returns, and a late result still counts.
+pub fn owes_rollback(rollout: &RolloutRecord) -> bool {
+    rollout.state == RolloutStateRecord::Halted
+        && rollout.hosts.iter().any(|host| {
+            host.rollback
+                .as_ref()
+                .is_some_and(|rollback| rollback.state == RollbackStateRecord::TimedOut)
+        })
+}
+
+/// Whether the engine keeps the rollout in memory: not settled, or owing a rollback.
+pub fn is_kept(rollout: &RolloutRecord) -> bool {
+    !is_settled(rollout) || owes_rollback(rollout)
+}
+
 /// Every command that is out and may not have reached its host, with its
 /// stored operation id: what a reconnecting host (or a restarted server)
 /// delivers again. An aborted rollout delivers nothing more. An upgrade
-/// carries the time left of its host deadline at `now`, not all of it.
+/// carries the time left of its host deadline at `now`, not all of it. A
+/// rollback goes out again also after its deadline passed ([`owes_rollback`]).
 pub fn outstanding(rollout: &RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
     if rollout.state == RolloutStateRecord::Aborted {
         return Vec::new();
@@ -257,11 +276,12 @@ pub fn outstanding(rollout: &RolloutRecord, now: UnixMillis) -> Vec<Delivery> {
                 left,
             ));
         }
-        if let Some(rollback) = host
-            .rollback
-            .as_ref()
-            .filter(|rollback| rollback.state == RollbackStateRecord::Dispatched)
-        {
+        if let Some(rollback) = host.rollback.as_ref().filter(|rollback| {
+            matches!(
+                rollback.state,
+                RollbackStateRecord::Dispatched | RollbackStateRecord::TimedOut
+            )
+        }) {
             deliveries.push(Delivery {
                 host_id: host.host_id.clone(),
                 operation_id: rollback.operation_id.clone(),
@@ -334,7 +354,11 @@ fn record_result(
         .as_mut()
         .filter(|rollback| rollback.operation_id == operation_id)
     {
-        if rollback.state != RollbackStateRecord::Dispatched {
+        // A result after the rollback's deadline still counts: the host is back.
+        if !matches!(
+            rollback.state,
+            RollbackStateRecord::Dispatched | RollbackStateRecord::TimedOut
+        ) {
             return Vec::new();
         }
         if outcome == OperationOutcomeRecord::Succeeded {

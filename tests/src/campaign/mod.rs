@@ -1,12 +1,18 @@
 //! The seeded fault campaign's pure half: a run's plan drawn from its seed
-//! (fleet, rollout settings, fault schedule) and the invariants checked over
-//! the history a run records. The effects (real server, simulated agents,
-//! the CLI) live in `run.rs`; `fault-campaign` drives both.
+//! (fleet, rollout settings, fault schedule), the simulated health checks
+//! judged by the agent's real health gate, and shrinking a failing schedule.
+//! The invariants are in `check.rs`; the effects (real server, simulated
+//! agents, the CLI) in `run.rs` and `agent.rs`; `fault-campaign` drives them.
 
+pub mod agent;
+mod check;
 pub mod run;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+pub use check::{check, History, ShownHost};
+
+use std::time::{Duration, Instant};
+
+use ccfleet_agent::health::{Check, GatePolicy, GateVerdict, HealthGate};
 
 /// A small deterministic generator (xorshift64*): a seed replays a run's plan.
 #[derive(Debug, Clone)]
@@ -34,6 +40,10 @@ impl Random {
             self.next_u64() % bound
         }
     }
+    /// A number in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high.saturating_sub(low) + 1)
+    }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
@@ -42,14 +52,83 @@ impl Random {
 /// How one simulated host behaves during the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKind {
-    /// Upgrades and reports success after `delay_ms`.
+    /// Its new version is healthy from the first check.
     Healthy,
-    /// Its new version fails its health gate: the agent rolls back.
+    /// Docker fails its new version at the first check: the agent rolls back.
     Failing,
+    /// Its new version becomes healthy only `healthy_after_ms` into the gate:
+    /// it passes if a long enough healthy streak still fits before the gate's
+    /// timeout, else the agent rolls back.
+    SlowHealth { healthy_after_ms: u64 },
+    /// Its checks pass and fail alternately, `period_ms` each: it passes if
+    /// one healthy stretch is long enough for the gate.
+    FlappingHealth { period_ms: u64 },
     /// Accepts the command and never answers: times out at the host deadline.
     Hung,
     /// Offline for the whole run (skipped at the start).
     Offline,
+}
+
+impl HostKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostKind::Healthy => "healthy",
+            HostKind::Failing => "failing-health",
+            HostKind::SlowHealth { .. } => "slow-health",
+            HostKind::FlappingHealth { .. } => "flapping-health",
+            HostKind::Hung => "hung",
+            HostKind::Offline => "offline",
+        }
+    }
+
+    /// What the agent's probe sees `at_ms` into the gate.
+    pub fn check_at(&self, at_ms: u64) -> Check {
+        let unhealthy = |reason: &str| Check::Unhealthy { reason: reason.into() };
+        match *self {
+            HostKind::Healthy | HostKind::Hung | HostKind::Offline => Check::Healthy,
+            HostKind::Failing => Check::Definitive {
+                reason: "the new version's task failed".into(),
+            },
+            HostKind::SlowHealth { healthy_after_ms } if at_ms < healthy_after_ms => unhealthy("still starting"),
+            HostKind::SlowHealth { .. } => Check::Healthy,
+            HostKind::FlappingHealth { period_ms } if (at_ms / period_ms.max(1)) % 2 == 0 => unhealthy("flapping"),
+            HostKind::FlappingHealth { .. } => Check::Healthy,
+        }
+    }
+}
+
+/// The simulated agent's health gate: checks every 100 ms, healthy for 300 ms to pass.
+pub const PROBE_EVERY_MS: u64 = 100;
+pub const MIN_HEALTHY: Duration = Duration::from_millis(300);
+
+/// The verdict of the agent's real [`HealthGate`] over `kind`'s checks with
+/// `timeout`: whether the new version passes, and when the gate decides.
+pub fn gate(kind: HostKind, timeout: Duration) -> (bool, Duration) {
+    let start = Instant::now();
+    let mut gate = HealthGate::new(
+        GatePolicy {
+            min_healthy: MIN_HEALTHY,
+            timeout,
+        },
+        start,
+    );
+    let mut at_ms = 0;
+    loop {
+        match gate.observe(start + Duration::from_millis(at_ms), kind.check_at(at_ms)) {
+            GateVerdict::Waiting { .. } => at_ms += PROBE_EVERY_MS,
+            GateVerdict::Healthy { after } => return (true, after),
+            GateVerdict::Failed { after, .. } => return (false, after),
+            GateVerdict::TimedOut { .. } => return (false, Duration::from_millis(at_ms)),
+        }
+    }
+}
+
+/// The gate's timeout for an upgrade with `deadline`, after a deploy of
+/// `deploy`: what is left, less time to roll back within the deadline.
+pub fn gate_timeout(deadline: Duration, deploy: Duration) -> Duration {
+    deadline
+        .saturating_sub(deploy)
+        .saturating_sub(Duration::from_millis(300))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +136,41 @@ pub struct HostPlan {
     pub id: String,
     pub recipe: &'static str,
     pub kind: HostKind,
+    /// How long the deploy takes before the gate starts.
     pub delay_ms: u64,
+}
+
+/// Which way a message travels on an agent's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    ToServer,
+    ToAgent,
+}
+
+/// A fault of one agent's link to the server. The stream is one HTTP/2
+/// stream over TCP, so messages of one stream arrive in order or not at all;
+/// what the network can do is break it, delay it, and deliver a stream's
+/// last messages after a newer stream of the same host opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LinkFault {
+    /// The link breaks at the next message in `direction`: it and every
+    /// later message that way are lost, and the agent notices `detect_ms`
+    /// later and reconnects (re-sending its outbox; the server re-delivers
+    /// what is outstanding).
+    Drop { direction: Direction, detect_ms: u64 },
+    /// The next message in `direction` arrives twice (a re-sent event with
+    /// its sequence number, a re-delivered command with its operation id).
+    Duplicate { direction: Direction },
+    /// Messages in `direction` arrive `by_ms` late, in order, for `for_ms`.
+    Delay {
+        direction: Direction,
+        by_ms: u64,
+        for_ms: u64,
+    },
+    /// The agent's next event is held on its stream while the agent
+    /// reconnects and re-sends it on a new stream; the old stream delivers
+    /// it afterwards (reordered across the two streams).
+    Reorder,
 }
 
 /// A fault injected at a point of the run, counted from the rollout's start.
@@ -65,21 +178,47 @@ pub struct HostPlan {
 pub enum Fault {
     /// SIGKILL the server and restart it on the same data directory and port.
     ServerKill { at_ms: u64 },
+    /// SIGSTOP the server for `for_ms`, then SIGCONT: a store (or the whole
+    /// process) that stalls, with every deadline running meanwhile.
+    ServerPause { at_ms: u64, for_ms: u64 },
     /// Host `host` crashes: its stream is cut and it reconnects, keeping its
     /// journal and outbox (as the real agent's are on disk).
     AgentRestart { at_ms: u64, host: usize },
+    /// A fault of host `host`'s link.
+    Link { at_ms: u64, host: usize, fault: LinkFault },
 }
 
 impl Fault {
     pub fn kind(&self) -> &'static str {
         match self {
             Fault::ServerKill { .. } => "server-kill",
+            Fault::ServerPause { .. } => "server-pause",
             Fault::AgentRestart { .. } => "agent-restart",
+            Fault::Link { fault, .. } => match fault {
+                LinkFault::Drop {
+                    direction: Direction::ToServer,
+                    ..
+                } => "drop-to-server",
+                LinkFault::Drop { .. } => "drop-to-agent",
+                LinkFault::Duplicate {
+                    direction: Direction::ToServer,
+                } => "duplicate-to-server",
+                LinkFault::Duplicate { .. } => "duplicate-to-agent",
+                LinkFault::Delay {
+                    direction: Direction::ToServer,
+                    ..
+                } => "delay-to-server",
+                LinkFault::Delay { .. } => "delay-to-agent",
+                LinkFault::Reorder => "reorder-to-server",
+            },
         }
     }
     pub fn at_ms(&self) -> u64 {
         match self {
-            Fault::ServerKill { at_ms } | Fault::AgentRestart { at_ms, .. } => *at_ms,
+            Fault::ServerKill { at_ms }
+            | Fault::ServerPause { at_ms, .. }
+            | Fault::AgentRestart { at_ms, .. }
+            | Fault::Link { at_ms, .. } => *at_ms,
         }
     }
 }
@@ -102,6 +241,9 @@ pub struct Plan {
     pub max_failures: u32,
     pub pause_after_canary: bool,
     pub rollback_on_halt: bool,
+    /// No `--to`: the server derives the target from the versions the hosts
+    /// report available (every host reports [`TO`]).
+    pub derive_target: bool,
     pub host_deadline: Duration,
     pub operator: Operator,
     pub faults: Vec<Fault>,
@@ -114,33 +256,39 @@ pub const TO: &str = "1.1.0";
 /// The plan of run `seed`: between `min_hosts` and `max_hosts` hosts.
 pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
     let mut random = Random::new(seed);
-    let count = min_hosts + random.below(max_hosts.saturating_sub(min_hosts) + 1);
+    let count = random.between(min_hosts, max_hosts);
     let hosts = (0..count)
         .map(|index| {
-            let roll = random.below(100);
-            let kind = match roll {
+            let kind = match random.below(100) {
                 0..=4 => HostKind::Offline,
                 5..=9 => HostKind::Failing,
                 10..=12 => HostKind::Hung,
+                13..=16 => HostKind::SlowHealth {
+                    healthy_after_ms: random.between(300, 3000),
+                },
+                17..=20 => HostKind::FlappingHealth {
+                    period_ms: random.between(100, 600),
+                },
                 _ => HostKind::Healthy,
             };
             HostPlan {
                 id: format!("h{index:03}"),
                 recipe: RECIPES[random.below(RECIPES.len() as u64) as usize],
                 kind,
-                delay_ms: 20 + random.below(300),
+                delay_ms: random.between(20, 320),
             }
         })
         .collect();
-    let canary = 1 + random.below(2) as u32;
-    let batch = 2 + random.below(5) as u32;
-    let max_failures = 1 + random.below(3) as u32;
+    let canary = random.between(1, 2) as u32;
+    let batch = random.between(2, 6) as u32;
+    let max_failures = random.between(1, 3) as u32;
     let pause_after_canary = random.chance(30);
     let rollback_on_halt = random.chance(50);
-    let host_deadline = Duration::from_secs(2 + random.below(2));
+    let derive_target = random.chance(40);
+    let host_deadline = Duration::from_secs(random.between(2, 3));
     let operator = if random.chance(15) {
         Operator::Abort {
-            at_ms: 200 + random.below(1500),
+            at_ms: random.between(200, 1700),
         }
     } else {
         Operator::None
@@ -148,13 +296,45 @@ pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
     let mut faults = Vec::new();
     for _ in 0..random.below(3) {
         faults.push(Fault::ServerKill {
-            at_ms: 100 + random.below(3000),
+            at_ms: random.between(100, 3100),
+        });
+    }
+    for _ in 0..random.below(2) {
+        faults.push(Fault::ServerPause {
+            at_ms: random.between(100, 3100),
+            for_ms: random.between(200, 2000),
         });
     }
     for _ in 0..random.below(4) {
         faults.push(Fault::AgentRestart {
-            at_ms: 50 + random.below(3000),
+            at_ms: random.between(50, 3050),
             host: random.below(count) as usize,
+        });
+    }
+    // Link faults grow with the fleet: about one per ten hosts, at least a few.
+    for _ in 0..random.below(3 + count / 10) {
+        let direction = if random.chance(50) {
+            Direction::ToServer
+        } else {
+            Direction::ToAgent
+        };
+        let fault = match random.below(4) {
+            0 => LinkFault::Drop {
+                direction,
+                detect_ms: random.between(100, 1500),
+            },
+            1 => LinkFault::Duplicate { direction },
+            2 => LinkFault::Delay {
+                direction,
+                by_ms: random.between(100, 1500),
+                for_ms: random.between(500, 3000),
+            },
+            _ => LinkFault::Reorder,
+        };
+        faults.push(Fault::Link {
+            at_ms: random.between(0, 4000),
+            host: random.below(count) as usize,
+            fault,
         });
     }
     faults.sort();
@@ -166,6 +346,7 @@ pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
         max_failures,
         pause_after_canary,
         rollback_on_halt,
+        derive_target,
         host_deadline,
         operator,
         faults,
@@ -181,175 +362,77 @@ impl Plan {
             .count()
     }
 
+    /// Whether `host`'s upgrade fails on its own (its gate, or it never
+    /// answers) when it has the full host deadline.
+    pub fn fails(&self, host: &HostPlan) -> bool {
+        match host.kind {
+            HostKind::Hung => true,
+            HostKind::Offline => false,
+            kind => {
+                let deploy = Duration::from_millis(host.delay_ms);
+                !gate(kind, gate_timeout(self.host_deadline, deploy)).0
+            }
+        }
+    }
+
     /// The longest a rollout of `recipe` may take to end: every wave may wait
-    /// for its host deadline, each server kill costs a restart, plus slack
-    /// for the CLI and reconnects on a shared machine.
+    /// for its host deadline, each server kill costs a restart, each pause
+    /// its length, plus slack for the CLI and reconnects on a shared machine.
     pub fn bound(&self, recipe: &str) -> Duration {
         let hosts = self.hosts.iter().filter(|host| host.recipe == recipe).count() as u32;
         let waves = 1 + hosts.saturating_sub(self.canary).div_ceil(self.batch.max(1));
-        let kills = self
+        let faults: Duration = self
             .faults
             .iter()
-            .filter(|fault| matches!(fault, Fault::ServerKill { .. }))
-            .count() as u32;
-        (self.host_deadline + Duration::from_secs(2)) * waves + Duration::from_secs(5) * kills + Duration::from_secs(15)
+            .map(|fault| match fault {
+                Fault::ServerKill { .. } => Duration::from_secs(5),
+                Fault::ServerPause { for_ms, .. } => Duration::from_millis(*for_ms) + Duration::from_secs(3),
+                Fault::AgentRestart { .. } => Duration::ZERO,
+                Fault::Link { .. } => Duration::from_millis(500),
+            })
+            .sum();
+        (self.host_deadline + Duration::from_secs(2)) * waves + faults + Duration::from_secs(15)
     }
 }
 
-/// One host as `ccfleet rollout show --json` reports it at the end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShownHost {
-    pub host_id: String,
-    pub wave: u32,
-    pub outcome: String,
-}
-
-/// What a run recorded for one rollout.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    pub recipe: String,
-    /// The final state, or `None` when it did not end within its bound.
-    pub state: Option<String>,
-    pub shown: Vec<ShownHost>,
-    /// The same rollout shown again after a final SIGKILL and restart.
-    pub shown_after_reopen: Option<(String, Vec<ShownHost>)>,
-    /// Per host: operation ids received for upgrades (distinct), executed ids (all).
-    pub upgrade_ids: BTreeMap<String, BTreeSet<String>>,
-    pub executed: BTreeMap<String, Vec<String>>,
-    /// Per host: the version it runs at the end.
-    pub versions: BTreeMap<String, String>,
-    /// Per host: results the agent had acknowledged by the server (operation ids).
-    pub acknowledged: BTreeMap<String, Vec<String>>,
-}
-
-/// Every invariant a run's history breaks, as sentences (empty: none).
-pub fn check(plan: &Plan, history: &History) -> Vec<String> {
-    let mut violations = Vec::new();
-    let Some(state) = &history.state else {
-        violations.push(format!(
-            "rollout of {} did not end within {:?}",
-            history.recipe,
-            plan.bound(&history.recipe)
-        ));
-        return violations;
-    };
-    if !["completed", "halted", "aborted"].contains(&state.as_str()) {
-        violations.push(format!("rollout of {} ended in unknown state {state}", history.recipe));
-    }
-    for (host, ids) in &history.upgrade_ids {
-        if ids.len() > 1 {
-            violations.push(format!("{host} was sent {} different upgrades: {ids:?}", ids.len()));
+/// The shortest schedule that still fails, found by dropping one fault at a
+/// time from `faults` (each kept only if the run passes without it).
+/// `still_fails` runs the plan with a candidate schedule.
+pub async fn shrink<F, Fut>(faults: &[Fault], mut still_fails: F) -> Vec<Fault>
+where
+    F: FnMut(Vec<Fault>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut schedule = faults.to_vec();
+    let mut index = 0;
+    while index < schedule.len() {
+        let mut fewer = schedule.clone();
+        fewer.remove(index);
+        if still_fails(fewer.clone()).await {
+            schedule = fewer;
+        } else {
+            index += 1;
         }
     }
-    for (host, executed) in &history.executed {
-        let distinct: BTreeSet<&String> = executed.iter().collect();
-        if distinct.len() != executed.len() {
-            violations.push(format!("{host} executed an operation id twice: {executed:?}"));
-        }
-    }
-    // Hosts whose upgrade failed: dispatched hosts the plan makes fail (a
-    // host returned by rollback-on-halt also shows rolled_back, so the shown
-    // outcome alone does not tell).
-    let failed = history
-        .shown
+    schedule
+}
+
+/// The positions of `subset` in `faults` (for `--faults`, which replays a shrunk schedule).
+pub fn positions(faults: &[Fault], subset: &[Fault]) -> Vec<usize> {
+    let mut used = vec![false; faults.len()];
+    subset
         .iter()
-        .filter(|host| !matches!(host.outcome.as_str(), "pending" | "skipped"))
-        .filter(|host| {
-            plan.hosts
-                .iter()
-                .any(|planned| planned.id == host.host_id && matches!(planned.kind, HostKind::Failing | HostKind::Hung))
+        .filter_map(|fault| {
+            let index = (0..faults.len()).find(|&index| !used[index] && faults[index] == *fault)?;
+            used[index] = true;
+            Some(index)
         })
-        .count() as u32;
-    if failed > plan.max_failures + plan.batch.max(plan.canary) {
-        violations.push(format!(
-            "{failed} hosts failed, over the budget {} plus {} in flight",
-            plan.max_failures,
-            plan.batch.max(plan.canary)
-        ));
-    }
-    let rolled_back_on_halt = state == "halted" && plan.rollback_on_halt;
-    for shown in &history.shown {
-        let version = history.versions.get(&shown.host_id).map(String::as_str);
-        let expected = match shown.outcome.as_str() {
-            "succeeded" if rolled_back_on_halt => Some(FROM),
-            "succeeded" => Some(TO),
-            "failed" | "rolled_back" | "pending" | "skipped" | "held" => Some(FROM),
-            // a timed-out host may still finish later; either version is honest
-            _ => None,
-        };
-        if let (Some(expected), Some(version)) = (expected, version) {
-            if expected != version && !(shown.outcome == "skipped" && version == TO) {
-                violations.push(format!(
-                    "{} shown {} (wave {}) but runs {version}, expected {expected}",
-                    shown.host_id, shown.outcome, shown.wave
-                ));
-            }
-        }
-        // An abort lets hosts in flight finish or reach their host deadline.
-        if matches!(shown.outcome.as_str(), "dispatched" | "upgrading") {
-            violations.push(format!(
-                "{} still {} in a rollout that ended {state}",
-                shown.host_id, shown.outcome
-            ));
-        }
-    }
-    for (host, acknowledged) in &history.acknowledged {
-        let shown = history.shown.iter().find(|shown| &shown.host_id == host);
-        if !acknowledged.is_empty()
-            && shown.is_some_and(|shown| matches!(shown.outcome.as_str(), "pending" | "dispatched"))
-        {
-            violations.push(format!(
-                "{host}'s acknowledged result {acknowledged:?} is lost: shown {}",
-                shown.map_or("absent", |shown| shown.outcome.as_str())
-            ));
-        }
-    }
-    match &history.shown_after_reopen {
-        None => violations.push("the store did not reopen after the final kill".to_owned()),
-        Some((reopened_state, reopened)) => {
-            if reopened_state != state || reopened != &history.shown {
-                let changed: Vec<String> = reopened
-                    .iter()
-                    .filter(|host| !history.shown.contains(host))
-                    .map(|host| format!("{} {}", host.host_id, host.outcome))
-                    .collect();
-                violations.push(format!(
-                    "after reopening the store the rollout is {reopened_state} with {} hosts, before {state} with {}; changed: {changed:?}",
-                    reopened.len(),
-                    history.shown.len()
-                ));
-            }
-        }
-    }
-    violations
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shown(host: &str, outcome: &str) -> ShownHost {
-        ShownHost {
-            host_id: host.into(),
-            wave: 0,
-            outcome: outcome.into(),
-        }
-    }
-
-    fn history(state: Option<&str>, hosts: &[(&str, &str, &str)]) -> History {
-        let shown: Vec<ShownHost> = hosts.iter().map(|(host, outcome, _)| shown(host, outcome)).collect();
-        History {
-            recipe: "fixture".into(),
-            state: state.map(str::to_owned),
-            shown_after_reopen: state.map(|state| (state.to_owned(), shown.clone())),
-            shown,
-            versions: hosts
-                .iter()
-                .map(|(host, _, version)| (host.to_string(), version.to_string()))
-                .collect(),
-            ..History::default()
-        }
-    }
 
     #[test]
     fn the_same_seed_gives_the_same_plan_and_different_seeds_differ() {
@@ -358,69 +441,73 @@ mod tests {
         for seed in 0..200 {
             let plan = plan(seed, 10, 200);
             assert!((10..=200).contains(&plan.hosts.len()), "seed {seed}");
+            for fault in &plan.faults {
+                if let Fault::AgentRestart { host, .. } | Fault::Link { host, .. } = fault {
+                    assert!(*host < plan.hosts.len(), "seed {seed}: {fault:?}");
+                }
+            }
         }
     }
 
     #[test]
-    fn invariants_as_a_table() {
-        let base = plan(1, 10, 10);
-        let halting = Plan {
-            rollback_on_halt: true,
-            ..base.clone()
-        };
-        let cases: Vec<(&str, &Plan, History, &str)> = vec![
-            (
-                "clean completion",
-                &base,
-                history(Some("completed"), &[("a", "succeeded", TO)]),
-                "",
-            ),
-            ("never ended", &base, history(None, &[]), "did not end"),
-            (
-                "shown succeeded but runs the old version",
-                &base,
-                history(Some("completed"), &[("a", "succeeded", FROM)]),
-                "expected 1.1.0",
-            ),
-            (
-                "halt with rollback leaves a host moved",
-                &halting,
-                history(Some("halted"), &[("a", "succeeded", TO)]),
-                "expected 1.0.0",
-            ),
-            (
-                "halt with rollback returned it",
-                &halting,
-                history(Some("halted"), &[("a", "succeeded", FROM)]),
-                "",
-            ),
-            (
-                "in flight after the end",
-                &base,
-                history(Some("aborted"), &[("a", "dispatched", FROM)]),
-                "still dispatched",
-            ),
-        ];
-        for (name, plan, history, expected) in cases {
-            let violations = check(plan, &history);
-            if expected.is_empty() {
-                assert!(violations.is_empty(), "{name}: {violations:?}");
-            } else {
-                assert!(
-                    violations.iter().any(|violation| violation.contains(expected)),
-                    "{name}: {violations:?}"
-                );
-            }
+    fn every_fault_kind_and_host_kind_is_drawn() {
+        let mut faults = std::collections::BTreeSet::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..300 {
+            let plan = plan(seed, 10, 40);
+            faults.extend(plan.faults.iter().map(Fault::kind));
+            kinds.extend(plan.hosts.iter().map(|host| host.kind.name()));
         }
-        let mut twice = history(Some("completed"), &[("a", "succeeded", TO)]);
-        twice.executed.insert("a".into(), vec!["op1".into(), "op1".into()]);
-        assert!(check(&base, &twice)[0].contains("executed an operation id twice"));
-        let mut two = history(Some("completed"), &[("a", "succeeded", TO)]);
-        two.upgrade_ids
-            .insert("a".into(), ["op1".to_owned(), "op2".to_owned()].into());
-        assert!(check(&base, &two)[0].contains("2 different upgrades"));
-        let mut unreopened = history(Some("completed"), &[("a", "succeeded", TO)]);
-        unreopened.shown_after_reopen = None;
-        assert!(check(&base, &unreopened)[0].contains("did not reopen"));
+        assert_eq!(faults.len(), 10, "{faults:?}");
+        assert_eq!(kinds.len(), 6, "{kinds:?}");
+    }
+
+    /// The real gate over the scripted checks: (kind, timeout ms) -> (passes, decided at ms).
+    #[test]
+    fn the_gate_judges_the_scripted_health_as_a_table() {
+        let cases = [
+            (HostKind::Healthy, 2000, (true, 300)),
+            (HostKind::Failing, 2000, (false, 0)),
+            (HostKind::SlowHealth { healthy_after_ms: 1000 }, 2000, (true, 1300)),
+            (HostKind::SlowHealth { healthy_after_ms: 1800 }, 2000, (false, 2000)),
+            // the streak starts at the first healthy check: 1700 + 300 = 2000 still passes
+            (HostKind::SlowHealth { healthy_after_ms: 1700 }, 2000, (true, 2000)),
+            // healthy 500 ms at a time: the first healthy stretch is long enough
+            (HostKind::FlappingHealth { period_ms: 500 }, 2000, (true, 800)),
+            // healthy 300 ms at a time: checks at 300, 400, 500 span only 200 ms
+            (HostKind::FlappingHealth { period_ms: 300 }, 2000, (false, 2000)),
+            (HostKind::FlappingHealth { period_ms: 100 }, 1500, (false, 1500)),
+        ];
+        for (kind, timeout, (passes, at_ms)) in cases {
+            assert_eq!(
+                gate(kind, Duration::from_millis(timeout)),
+                (passes, Duration::from_millis(at_ms)),
+                "{kind:?} with a timeout of {timeout} ms"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn shrinking_keeps_only_the_faults_the_failure_needs() {
+        let faults: Vec<Fault> = (0..6).map(|at_ms| Fault::ServerKill { at_ms }).collect();
+        // Fails when both the kill at 1 and the kill at 4 happen.
+        let needs = [faults[1], faults[4]];
+        let mut runs = 0;
+        let shortest = shrink(&faults, |schedule| {
+            runs += 1;
+            let fails = needs.iter().all(|fault| schedule.contains(fault));
+            async move { fails }
+        })
+        .await;
+        assert_eq!(shortest, needs.to_vec());
+        assert_eq!(runs, 6, "one run per fault of the original schedule");
+        assert_eq!(positions(&faults, &shortest), vec![1, 4]);
+        // Nothing needed: everything goes.
+        assert!(shrink(&faults, |_| async { true }).await.is_empty());
+        // Everything needed: everything stays.
+        assert_eq!(
+            shrink(&faults, |schedule| async move { schedule.len() == 6 }).await,
+            faults
+        );
     }
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::agent::CampaignAgent;
 use super::{Fault, History, HostKind, Operator, Plan, ShownHost, FROM, TO};
 use crate::server::{enroll, run_cli, TestServer};
-use crate::simulated::{Behaviour, SimulatedAgent};
-use ccfleet_proto::pb;
+use ccfleet_proto::pb::{self, admin_client::AdminClient};
 
 /// The CLI on a blocking thread (agents keep running); `None` when it fails
 /// (the server may be down mid-kill).
@@ -42,6 +42,7 @@ fn shown(rollout: &Value) -> Vec<ShownHost> {
                     host_id: host["host_id"].as_str().unwrap_or_default().to_owned(),
                     wave: host["wave"].as_u64().unwrap_or_default() as u32,
                     outcome: host["outcome"].as_str().unwrap_or_default().to_owned(),
+                    message: host["message"].as_str().unwrap_or_default().to_owned(),
                 })
                 .collect()
         })
@@ -58,16 +59,53 @@ fn ended(state: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub histories: Vec<History>,
-    /// Faults injected by kind.
+    /// Faults injected by kind (a fault aimed at an offline host is not).
     pub injected: BTreeMap<&'static str, u32>,
+    /// Hosts by behaviour (healthy, failing-health, slow-health, ...).
+    pub hosts: BTreeMap<&'static str, u32>,
     /// Final rollout states by name.
     pub states: BTreeMap<String, u32>,
     /// The server's log, for a failing run.
     pub log: String,
+    /// The fleet could not be set up (enrolled and online) on a machine this
+    /// busy: no rollout ran, so no invariant was checked.
+    pub setup_failed: Option<String>,
+}
+
+impl Outcome {
+    fn setup_failed(error: anyhow::Error, server: &TestServer) -> Outcome {
+        Outcome {
+            setup_failed: Some(format!("{error:#}")),
+            log: server.log(),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Enrols as the real agent does, retrying while the server is unavailable
+/// (a machine this busy drops a connection now and then) for up to 30 s.
+async fn enroll_retrying(url: &str, token: &str, host_id: &str) -> anyhow::Result<ccfleet_proto::tls::Credential> {
+    let start = Instant::now();
+    loop {
+        match enroll(url, token, host_id).await {
+            Ok(credential) => return Ok(credential),
+            Err(status) if status.code() == tonic::Code::Unavailable && start.elapsed() < Duration::from_secs(30) => {
+                // The agent's enrolment backoff, not a synchronisation.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => anyhow::bail!("enrolling {host_id}: {status}"),
+        }
+    }
 }
 
 /// Runs `plan` with `faults` (the plan's, or a shrunk subset) in `directory`.
 pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Result<Outcome> {
+    let begun = Instant::now();
+    let phase = |name: &str| {
+        if std::env::var_os("CAMPAIGN_PHASES").is_some() {
+            eprintln!("seed {} {name} at {:.2} s", plan.seed, begun.elapsed().as_secs_f64());
+        }
+    };
     let data: PathBuf = directory.join("data");
     let mut server = TestServer::start(&data, &[]);
     let port = server.address.port();
@@ -75,31 +113,26 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     let token = server.create_token(&["--uses", &plan.hosts.len().to_string(), "--ttl", "1h"]);
     let mut agents = Vec::new();
     for host in &plan.hosts {
-        let credential = enroll(&url, &token, &host.id)
-            .await
-            .map_err(|status| anyhow::anyhow!("enrolling {}: {status}", host.id))?;
-        let behaviour = Behaviour {
-            delay: Duration::from_millis(host.delay_ms),
-            outcome: if host.kind == HostKind::Failing {
-                pb::OperationOutcome::RolledBack
-            } else {
-                pb::OperationOutcome::Succeeded
-            },
-            answers: host.kind != HostKind::Hung,
-            ..Behaviour::default()
+        let credential = match enroll_retrying(&url, &token, &host.id).await {
+            Ok(credential) => credential,
+            Err(error) => return Ok(Outcome::setup_failed(error, &server)),
         };
-        agents.push(SimulatedAgent::start(
+        agents.push(CampaignAgent::start(
             url.clone(),
             credential,
-            &host.id,
-            host.recipe,
+            host,
             FROM,
-            behaviour,
+            plan.derive_target,
         ));
     }
-    wait_online(&url, &credentials, agents.len()).await?;
+    phase("enrolled");
+    let mut admin = Admin::new(&url, &server.admin_credential())?;
+    if let Err(error) = wait_online(&mut admin, agents.len()).await {
+        return Ok(Outcome::setup_failed(error, &server));
+    }
+    phase("online");
     // Offline hosts were seen once (their inventory is known), then vanish.
-    let mut live: Vec<Option<SimulatedAgent>> = Vec::new();
+    let mut live: Vec<Option<CampaignAgent>> = Vec::new();
     for (agent, host) in agents.into_iter().zip(&plan.hosts) {
         if host.kind == HostKind::Offline {
             agent.stop().await;
@@ -108,12 +141,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             live.push(Some(agent));
         }
     }
-    wait_online(
-        &url,
-        &credentials,
-        plan.hosts.iter().filter(|host| host.kind != HostKind::Offline).count(),
-    )
-    .await?;
+    let online = plan.hosts.iter().filter(|host| host.kind != HostKind::Offline).count();
+    if let Err(error) = wait_online(&mut admin, online).await {
+        return Ok(Outcome::setup_failed(error, &server));
+    }
 
     let mut rollouts: Vec<(String, String)> = Vec::new();
     for recipe in super::RECIPES {
@@ -126,11 +157,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             plan.max_failures.to_string(),
         );
         let deadline = format!("{}s", plan.host_deadline.as_secs());
-        let mut args = vec![
-            "upgrade",
-            recipe,
-            "--to",
-            TO,
+        let mut args = vec!["upgrade", recipe];
+        if !plan.derive_target {
+            args.extend(["--to", TO]);
+        }
+        args.extend([
             "--canary",
             &canary,
             "--batch",
@@ -139,7 +170,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             &max_failures,
             "--host-deadline",
             &deadline,
-        ];
+        ]);
         if plan.pause_after_canary {
             args.push("--pause-after-canary");
         }
@@ -152,7 +183,14 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         rollouts.push((recipe.to_owned(), started["id"].as_str().unwrap_or_default().to_owned()));
     }
 
+    // The runner watches through the Admin API (cheaper than a CLI process
+    // per poll); what it checks at the end it reads with the CLI.
+    let mut admin = Admin::new(&url, &server.admin_credential())?;
     let mut outcome = Outcome::default();
+    for host in &plan.hosts {
+        *outcome.hosts.entry(host.kind.name()).or_default() += 1;
+    }
+    phase("started");
     let start = Instant::now();
     let bound = rollouts
         .iter()
@@ -167,17 +205,29 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         let now = start.elapsed().as_millis() as u64;
         while pending.first().is_some_and(|fault| fault.at_ms() <= now) {
             let fault = pending.remove(0);
-            *outcome.injected.entry(fault.kind()).or_default() += 1;
-            match fault {
+            let injected = match fault {
                 Fault::ServerKill { .. } => {
                     server.kill();
                     server = TestServer::start_on(&data, port, &[]);
+                    true
                 }
-                Fault::AgentRestart { host, .. } => {
-                    if let Some(Some(agent)) = live.get(host) {
-                        agent.crash_and_restart();
-                    }
+                Fault::ServerPause { for_ms, .. } => {
+                    pause(server.pid(), Duration::from_millis(for_ms));
+                    true
                 }
+                Fault::AgentRestart { host, .. } => live
+                    .get(host)
+                    .and_then(Option::as_ref)
+                    .map(CampaignAgent::crash_and_restart)
+                    .is_some(),
+                Fault::Link { host, fault, .. } => live
+                    .get(host)
+                    .and_then(Option::as_ref)
+                    .map(|agent| agent.inject(fault))
+                    .is_some(),
+            };
+            if injected {
+                *outcome.injected.entry(fault.kind()).or_default() += 1;
             }
         }
         if let Operator::Abort { at_ms } = plan.operator {
@@ -193,12 +243,12 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             if states.get(id).is_some_and(|state| ended(state)) {
                 continue;
             }
-            if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
-                let state = rollout["state"].as_str().unwrap_or_default().to_owned();
-                if state == "paused" && rollout["current_wave"] == 0 {
+            if let Some(rollout) = admin.rollout(id).await {
+                let state = state_name(rollout.state);
+                if state == "paused" && rollout.current_wave == 0 {
                     let _ = cli_json(&url, &credentials, &["rollout", "promote", id]).await;
                 }
-                states.insert(id.clone(), state);
+                states.insert(id.clone(), state.to_owned());
             }
         }
         if rollouts.len() == states.values().filter(|state| ended(state)).count() {
@@ -208,20 +258,28 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Rollbacks on halt run after the halt: give them the host deadline to land.
+    phase("ended");
     let settle = Instant::now();
-    while settle.elapsed() < plan.host_deadline + Duration::from_secs(3) {
+    while settle.elapsed() < plan.host_deadline * 2 + Duration::from_secs(10) {
         let mut settled = true;
         for (_, id) in &rollouts {
-            let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await else {
+            let Some(rollout) = admin.rollout(id).await else {
                 settled = false;
                 continue;
             };
             // An abort lets hosts in flight finish or reach their host deadline.
-            settled &= !shown(&rollout)
-                .iter()
-                .any(|host| matches!(host.outcome.as_str(), "dispatched" | "upgrading"));
-            if rollout["state"] == "halted" && plan.rollback_on_halt {
-                for host in shown(&rollout).iter().filter(|host| host.outcome == "succeeded") {
+            settled &= !rollout.hosts.iter().any(|host| {
+                matches!(
+                    pb::HostOutcome::try_from(host.outcome),
+                    Ok(pb::HostOutcome::Dispatched | pb::HostOutcome::Upgrading)
+                )
+            });
+            if rollout.state == pb::RolloutState::Halted as i32 && plan.rollback_on_halt {
+                let succeeded = rollout
+                    .hosts
+                    .iter()
+                    .filter(|host| host.outcome == pb::HostOutcome::Succeeded as i32);
+                for host in succeeded {
                     let index = plan.hosts.iter().position(|plan| plan.id == host.host_id);
                     if let Some(Some(agent)) = index.and_then(|index| live.get(index)) {
                         settled &= agent.version() == FROM;
@@ -232,9 +290,14 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         if settled {
             break;
         }
+        // The poll's pace; the loop ends on the observed state or its bound.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Once every agent has reported everything, `versions` lists what each host runs.
+    phase("settled");
+    let (model, listed) = settle_versions(&mut admin, &url, &credentials, plan, &live).await;
+    phase("listed");
     for (recipe, id) in &rollouts {
         let mut history = History {
             recipe: recipe.clone(),
@@ -246,16 +309,26 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
             if ended(&state) {
                 history.state = Some(state);
             }
+            history.target = rollout["target_version"].as_str().unwrap_or_default().to_owned();
             history.shown = shown(&rollout);
         }
         for (host, agent) in plan.hosts.iter().zip(&live) {
             if host.recipe != recipe {
                 continue;
             }
+            history.versions.insert(host.id.clone(), model[&host.id].clone());
+            history.listed.insert(host.id.clone(), listed.get(&host.id).cloned());
             let Some(agent) = agent else {
-                history.versions.insert(host.id.clone(), FROM.to_owned());
                 continue;
             };
+            history.received.insert(
+                host.id.clone(),
+                agent
+                    .received()
+                    .into_iter()
+                    .map(|received| format!("{} {}", received.kind, received.operation_id))
+                    .collect(),
+            );
             history.upgrade_ids.insert(
                 host.id.clone(),
                 agent
@@ -266,11 +339,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                     .collect(),
             );
             history.executed.insert(host.id.clone(), agent.executed());
-            history.versions.insert(host.id.clone(), agent.version());
             history.acknowledged.insert(host.id.clone(), agent.acknowledged());
         }
         outcome.histories.push(history);
     }
+    phase("recorded");
     // The store always reopens, and shows what it showed.
     server.kill();
     let server = TestServer::start_on(&data, port, &[]);
@@ -283,25 +356,171 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         }
     }
     outcome.log = server.log();
+    phase("reopened");
     for agent in live.into_iter().flatten() {
         agent.stop().await;
     }
     Ok(outcome)
 }
 
-async fn wait_online(url: &str, credentials: &Path, expected: usize) -> anyhow::Result<()> {
+async fn wait_online(admin: &mut Admin, expected: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
-        if let Some(hosts) = cli_json(url, credentials, &["hosts"]).await {
-            let online = hosts.as_array().map_or(0, |hosts| {
-                hosts.iter().filter(|host| host["status"] == "online").count()
-            });
-            if online == expected {
-                return Ok(());
-            }
+        if admin.online().await == Some(expected) {
+            return Ok(());
         }
         // The poll's pace; the loop ends on the observed count.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("{expected} hosts never became online together")
+}
+
+/// The runner's own Admin client: one mTLS channel that reconnects after
+/// server restarts, each call bounded (a paused server answers nothing).
+struct Admin {
+    client: AdminClient<tonic::transport::Channel>,
+}
+
+impl Admin {
+    fn new(url: &str, credential: &ccfleet_proto::tls::Credential) -> anyhow::Result<Admin> {
+        let channel = ccfleet_proto::tls::mtls_endpoint(url, credential)?.connect_lazy();
+        Ok(Admin {
+            client: AdminClient::new(channel).max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES),
+        })
+    }
+
+    async fn bounded<T>(
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(response)) => Some(response.into_inner()),
+            _ => None,
+        }
+    }
+
+    async fn rollout(&mut self, id: &str) -> Option<pb::Rollout> {
+        Self::bounded(self.client.get_rollout(pb::GetRolloutRequest { id: id.to_owned() })).await
+    }
+
+    /// How many hosts are online (the fleet fits one page).
+    async fn online(&mut self) -> Option<usize> {
+        let hosts = Self::bounded(self.client.list_hosts(pb::ListHostsRequest::default())).await?;
+        Some(
+            hosts
+                .hosts
+                .iter()
+                .filter(|host| host.status == pb::HostStatus::Online as i32)
+                .count(),
+        )
+    }
+
+    /// Host -> the version `recipe`'s listing shows it at.
+    async fn versions(&mut self, recipe: &str) -> Option<BTreeMap<String, String>> {
+        let request = pb::RecipeVersionsRequest {
+            recipe: recipe.to_owned(),
+            ..Default::default()
+        };
+        let answer = Self::bounded(self.client.recipe_versions(request)).await?;
+        if !answer.next_page_token.is_empty() {
+            return None;
+        }
+        Some(
+            answer
+                .versions
+                .iter()
+                .flat_map(|group| {
+                    group
+                        .apps
+                        .iter()
+                        .map(|app| (app.host_id.clone(), group.version.clone()))
+                })
+                .collect(),
+        )
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::RolloutState::try_from(state) {
+        Ok(pb::RolloutState::Running) => "running",
+        Ok(pb::RolloutState::Paused) => "paused",
+        Ok(pb::RolloutState::Completed) => "completed",
+        Ok(pb::RolloutState::Halted) => "halted",
+        Ok(pb::RolloutState::Aborted) => "aborted",
+        _ => "unknown",
+    }
+}
+
+/// SIGSTOPs the server `pid` now and SIGCONTs it after `duration`, from a
+/// task of its own (the runner's own CLI calls wait while it is stopped).
+fn pause(pid: u32, duration: Duration) {
+    let signal = |name: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status();
+    };
+    signal("-STOP");
+    tokio::spawn(async move {
+        // The pause's length is the fault itself.
+        tokio::time::sleep(duration).await;
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+    });
+}
+
+/// Waits (up to 20 s) until every agent is settled and the server lists
+/// each host at the version it runs, then reads `ccfleet versions <recipe>
+/// --json` for each recipe; returns the runner's model (host -> version) and
+/// that listing (host -> version).
+async fn settle_versions(
+    admin: &mut Admin,
+    url: &str,
+    credentials: &Path,
+    plan: &Plan,
+    live: &[Option<CampaignAgent>],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let recipes: Vec<&str> = super::RECIPES
+        .into_iter()
+        .filter(|recipe| plan.hosts.iter().any(|host| host.recipe == *recipe))
+        .collect();
+    let model = || -> BTreeMap<String, String> {
+        plan.hosts
+            .iter()
+            .zip(live)
+            .map(|(host, agent)| {
+                (
+                    host.id.clone(),
+                    agent.as_ref().map_or(FROM.to_owned(), CampaignAgent::version),
+                )
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let settled = live.iter().flatten().all(CampaignAgent::settled);
+        let mut listed = BTreeMap::new();
+        for recipe in &recipes {
+            listed.extend(admin.versions(recipe).await.unwrap_or_default());
+        }
+        if settled && listed == model() {
+            break;
+        }
+        // The poll's pace; the loop ends on the observed listing or the deadline.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut listed = BTreeMap::new();
+    for recipe in recipes {
+        let Some(versions) = cli_json(url, credentials, &["versions", recipe]).await else {
+            continue;
+        };
+        for group in versions["versions"].as_array().into_iter().flatten() {
+            let version = group["version"].as_str().unwrap_or("unknown");
+            for app in group["apps"].as_array().into_iter().flatten() {
+                if let Some(host) = app["host_id"].as_str() {
+                    listed.insert(host.to_owned(), version.to_owned());
+                }
+            }
+        }
+    }
+    (model(), listed)
 }

@@ -1,18 +1,35 @@
 //! The seeded fault campaign, short, on every change: `fault-campaign` runs
-//! rollouts over the real server and simulated agents under server kills,
-//! agent restarts and failing, hung and offline hosts, and checks its
-//! invariants on every run (RELIABILITY.md has the recorded long campaign).
+//! rollouts over the real server and simulated agents under server kills and
+//! pauses, agent restarts, broken, duplicated, delayed and reordered
+//! messages and failing, slow, flapping, hung and offline hosts, and checks
+//! its invariants on every run (RELIABILITY.md has the recorded long
+//! campaign). Also: a seed replays its plan, and `--faults` its shrunk schedule.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use ccfleet_tests::binary;
 
+fn campaign(args: &[&str]) -> Output {
+    Command::new(binary("fault-campaign"))
+        .args(args)
+        .output()
+        .expect("fault-campaign starts")
+}
+
 #[test]
 fn a_short_seeded_fault_campaign_breaks_no_invariant() {
-    let output = Command::new(binary("fault-campaign"))
-        .args(["--runs", "8", "--seed", "1", "--min-hosts", "10", "--max-hosts", "24"])
-        .output()
-        .expect("fault-campaign starts");
+    let output = campaign(&[
+        "--runs",
+        "6",
+        "--seed",
+        "1",
+        "--min-hosts",
+        "10",
+        "--max-hosts",
+        "20",
+        "--jobs",
+        "3",
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -20,27 +37,68 @@ fn a_short_seeded_fault_campaign_breaks_no_invariant() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("campaign: 8 runs") && stdout.contains("0 violating runs"),
+        stdout.contains("campaign: 6 runs") && stdout.contains("0 violating runs"),
         "{stdout}"
     );
-    // The campaign did inject faults and end rollouts both ways.
-    assert!(stdout.contains("\"server-kill\""), "{stdout}");
+    // Faults were injected, by kind, and rollouts ended more than one way.
+    let summary = stdout.lines().last().unwrap_or_default();
+    for kind in ["\"server-kill\"", "\"agent-restart\"", "\"delay-to-agent\""] {
+        assert!(summary.contains(kind), "{kind} missing from: {summary}");
+    }
+    let ways = ["\"halted\"", "\"completed\"", "\"aborted\""]
+        .iter()
+        .filter(|way| summary.contains(*way))
+        .count();
+    assert!(ways >= 2, "{summary}");
+}
+
+#[test]
+fn a_seed_replays_its_plan_and_positions_replay_a_shrunk_schedule() {
+    let text = |output: Output| {
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let campaign_of_three = text(campaign(&["--seed", "40", "--runs", "3", "--dry-run"]));
+    let replay = text(campaign(&["--seed", "41", "--runs", "1", "--dry-run"]));
+    assert!(replay.starts_with("seed 41: "), "{replay}");
     assert!(
-        stdout.contains("\"halted\"") && stdout.contains("\"completed\""),
-        "{stdout}"
+        campaign_of_three.contains(&replay),
+        "{campaign_of_three}\n---\n{replay}"
     );
+    // Seed 41's whole schedule, then only its first and third faults.
+    let faults: Vec<&str> = replay.lines().skip(1).collect();
+    assert!(faults.len() >= 3, "seed 41 should have three faults or more: {replay}");
+    let shrunk = text(campaign(&[
+        "--seed",
+        "41",
+        "--runs",
+        "1",
+        "--dry-run",
+        "--faults",
+        "0,2",
+    ]));
+    assert_eq!(shrunk.lines().skip(1).collect::<Vec<_>>(), vec![faults[0], faults[2]]);
 }
 
 #[test]
 fn a_bad_argument_is_refused_with_a_clear_error() {
-    let output = Command::new(binary("fault-campaign"))
-        .args(["--runs", "many"])
-        .output()
-        .expect("fault-campaign starts");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("--runs needs a whole number"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for (args, error) in [
+        (&["--runs", "many"][..], "--runs needs a whole number"),
+        (
+            &["--runs", "2", "--faults", "0"][..],
+            "--faults replays one run: give --runs 1",
+        ),
+        (
+            &["--runs", "1", "--faults", "a"][..],
+            "--faults needs positions such as 0,3,5",
+        ),
+    ] {
+        let output = campaign(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(error),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

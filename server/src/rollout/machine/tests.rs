@@ -160,6 +160,58 @@ fn a_failure_halts_in_flight_hosts_finish_and_succeeded_hosts_roll_back() {
     );
 }
 
+/// Found by the fault campaign, seed 205: a server restart halted a rollout
+/// while its hosts were still reconnecting; their rollbacks timed out before
+/// they were back and were never sent again, so they kept the target.
+#[test]
+fn seed_205_a_rollback_whose_deadline_passed_while_its_host_was_away_goes_out_when_it_returns() {
+    let mut rollout = rollout(
+        3,
+        StrategyRecord {
+            rollback_on_halt: true,
+            ..strategy()
+        },
+    );
+    let canary = apply(&mut rollout, Event::Tick, 1).unwrap();
+    let wave_1 = apply(&mut rollout, result(&canary[0], Succeeded), 2).unwrap();
+    let rollbacks = apply(&mut rollout, result(&wave_1[0], RolledBack), 3).unwrap();
+    assert_eq!(hosts_of(&rollbacks), ["h0 rollback to 1.0.0+a"]);
+    apply(&mut rollout, result(&wave_1[1], RolledBack), 4).unwrap();
+    // h0 is away past the host deadline of its rollback.
+    apply(&mut rollout, Event::Tick, 3 + 60_000).unwrap();
+    assert_eq!(
+        rollout.hosts[0].rollback.as_ref().map(|rollback| rollback.state),
+        Some(RollbackStateRecord::TimedOut)
+    );
+    assert_eq!(
+        rollout.hosts[0].message,
+        "no rollback result within the host deadline of 60s"
+    );
+    assert!(is_settled(&rollout), "nothing is in flight: watchers may stop");
+    assert!(
+        owes_rollback(&rollout) && is_kept(&rollout),
+        "but h0 may still run the target"
+    );
+    // When h0 returns, its rollback goes out again with the same operation id.
+    let again = outstanding(&rollout, 70_000);
+    assert_eq!(hosts_of(&again), ["h0 rollback to 1.0.0+a"]);
+    assert_eq!(again[0].operation_id, rollbacks[0].operation_id);
+    // Its late result counts: h0 is rolled back and nothing is owed any more.
+    apply(&mut rollout, result(&again[0], Succeeded), 70_001).unwrap();
+    assert_eq!(outcomes(&rollout), "RolledBack RolledBack RolledBack");
+    assert_eq!(
+        rollout.hosts[0].message,
+        "rolled back to 1.0.0+a after the rollout halted"
+    );
+    assert!(!owes_rollback(&rollout) && !is_kept(&rollout));
+    assert!(outstanding(&rollout, 70_002).is_empty());
+    // A completed or aborted rollout owes nothing.
+    let mut aborted = rollout.clone();
+    aborted.state = RolloutStateRecord::Aborted;
+    aborted.hosts[0].rollback.as_mut().unwrap().state = RollbackStateRecord::TimedOut;
+    assert!(!owes_rollback(&aborted) && outstanding(&aborted, 70_003).is_empty());
+}
+
 #[test]
 fn a_rollback_returns_a_host_to_the_version_it_reported_running_before_its_upgrade() {
     let mut rollout = rollout(
