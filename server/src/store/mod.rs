@@ -35,7 +35,7 @@ use sled::transaction::TransactionError;
 pub use audit::{AUDIT_MAX_AGE_MS, AUDIT_MAX_ENTRIES};
 pub use codec::{MAX_RECORD_BYTES, RECORD_FORMAT};
 pub use enrolment::{Enrolment, EnrolmentRefusal};
-pub use handle::{StoreHandle, StoreStatsSnapshot};
+pub use handle::{GroupCommit, StoreHandle, StoreStatsSnapshot, DEFAULT_COMMIT_WINDOW};
 pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use notifications::{FleetGauges, DEFAULT_NOTIFICATION_LIMIT, ROLLOUT_STATES, SEVERITIES};
