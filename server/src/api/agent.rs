@@ -245,6 +245,8 @@ impl StreamSession {
         mut flushed_events: mpsc::UnboundedReceiver<Flushed>,
         mut closed: tokio::sync::watch::Receiver<bool>,
     ) {
+        // The agent closed its side: the events it sent are still answered.
+        let mut agent_done = false;
         let ending = loop {
             tokio::select! {
                 Some(first) = flushed_events.recv() => {
@@ -259,8 +261,11 @@ impl StreamSession {
                         let _ = self.outbound.send(Err(status)).await;
                         break "its events could not be stored";
                     }
+                    if agent_done && self.unflushed == 0 {
+                        break "stream closed by the agent";
+                    }
                 }
-                message = inbound.message(), if self.unflushed < MAX_UNFLUSHED_EVENTS => match message {
+                message = inbound.message(), if !agent_done && self.unflushed < MAX_UNFLUSHED_EVENTS => match message {
                     Ok(Some(message)) => {
                         self.fleet.touch(&self.host_id, self.connection_id);
                         if let Err(status) = self.handle(message) {
@@ -269,7 +274,8 @@ impl StreamSession {
                             break "refused a message";
                         }
                     }
-                    Ok(None) => break "stream closed by the agent",
+                    Ok(None) if self.unflushed == 0 => break "stream closed by the agent",
+                    Ok(None) => agent_done = true,
                     Err(status) if is_decode_error(&status) => {
                         let status = undecodable(status);
                         tracing::warn!(host = %self.host_id, %status, "refusing agent message");
