@@ -379,9 +379,7 @@ impl Batch {
                 Durability::Now => self.waiting.urgent = true,
                 Durability::Grouped => {
                     self.waiting.grouped += 1;
-                    self.waiting
-                        .window_opened
-                        .get_or_insert_with(std::time::Instant::now);
+                    self.waiting.window_opened.get_or_insert_with(std::time::Instant::now);
                 }
             }
         }
@@ -477,10 +475,30 @@ mod group_commit_tests {
         let cases = [
             ("nothing written", waiting(false, 0, None), at(0), FlushStep::Idle),
             ("an urgent write alone", waiting(true, 0, None), at(0), FlushStep::Flush),
-            ("an urgent write ends the window", waiting(true, 2, Some(opened)), at(1), FlushStep::Flush),
-            ("one grouped write", waiting(false, 1, Some(opened)), at(0), FlushStep::WaitUntil(at(10))),
-            ("inside the window", waiting(false, 3, Some(opened)), at(9), FlushStep::WaitUntil(at(10))),
-            ("the window passed", waiting(false, 1, Some(opened)), at(10), FlushStep::Flush),
+            (
+                "an urgent write ends the window",
+                waiting(true, 2, Some(opened)),
+                at(1),
+                FlushStep::Flush,
+            ),
+            (
+                "one grouped write",
+                waiting(false, 1, Some(opened)),
+                at(0),
+                FlushStep::WaitUntil(at(10)),
+            ),
+            (
+                "inside the window",
+                waiting(false, 3, Some(opened)),
+                at(9),
+                FlushStep::WaitUntil(at(10)),
+            ),
+            (
+                "the window passed",
+                waiting(false, 1, Some(opened)),
+                at(10),
+                FlushStep::Flush,
+            ),
             ("long past", waiting(false, 1, Some(opened)), at(500), FlushStep::Flush),
             ("a full group", waiting(false, 4, Some(opened)), at(0), FlushStep::Flush),
         ];

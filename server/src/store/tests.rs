@@ -693,15 +693,25 @@ async fn a_grouped_write_is_answered_after_the_flush_an_urgent_write_brings_forw
     assert!(answers.try_recv().is_err(), "answered before a flush");
     assert_eq!(handle.stats().flushes, flushes_before);
     handle.write(|_| Ok(())).await.unwrap();
-    assert_eq!(answers.try_recv().unwrap().unwrap(), "first", "the urgent flush covered it");
+    assert_eq!(
+        answers.try_recv().unwrap().unwrap(),
+        "first",
+        "the urgent flush covered it"
+    );
     // One left waiting when the store stops is answered after the last flush.
     handle
-        .write_grouped(|_| Ok(()), move |result| durable.send(result.map(|()| "second")).unwrap())
+        .write_grouped(
+            |_| Ok(()),
+            move |result| durable.send(result.map(|()| "second")).unwrap(),
+        )
         .unwrap();
     handle.close().await;
     assert_eq!(answers.try_recv().unwrap().unwrap(), "second");
     let reopened = Store::reopen(dir.path());
-    assert!(reopened.host(&host("web-1")).unwrap().is_some(), "the grouped write is durable");
+    assert!(
+        reopened.host(&host("web-1")).unwrap().is_some(),
+        "the grouped write is durable"
+    );
 }
 
 /// At a steady trickle of grouped writes the flushes are bounded by the

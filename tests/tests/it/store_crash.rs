@@ -208,7 +208,10 @@ fn a_store_killed_mid_burst_keeps_every_acknowledged_event() {
         }
     }
     println!("{unflushed_kills} kills between receipt and flush; {lost} of those events lost and re-sent");
-    assert!(unflushed_kills > 0, "no kill landed between an event's receipt and its flush");
+    assert!(
+        unflushed_kills > 0,
+        "no kill landed between an event's receipt and its flush"
+    );
 
     // The agents' resend, then one more round: the state is exact.
     let store = open(directory.path());
