@@ -2,7 +2,8 @@
 //!
 //! Each event is one file, `<seq>.<kind>.pb` (the encoded `AgentMessage`),
 //! written to a temporary name, synced and renamed, so a crash leaves either
-//! the whole event or none. The server acknowledges by sequence number and
+//! the whole event or none. The server acknowledges with a watermark (every event
+//! at or below it is durable on the server; agent.proto, `Ack`) and
 //! ignores anything at or below what it has stored, so re-sending after a
 //! reconnect keeps each event once.
 //!
@@ -272,7 +273,8 @@ impl Outbox {
         Ok(self.files()?.len())
     }
 
-    /// The server has stored everything up to and including `seq`.
+    /// The server's watermark: it has stored and flushed everything up to
+    /// and including `seq`; those events go, later ones stay.
     pub fn acknowledge(&self, seq: u64) -> Result<(), OutboxError> {
         let files = self.files()?;
         let next_seq = {
@@ -376,6 +378,51 @@ mod tests {
         outbox.push(result("op-1")).unwrap();
         outbox.push(inventory("b.example.org")).unwrap();
         assert_eq!(summary(&outbox), ["2 result op-1", "3 inventory b.example.org"]);
+    }
+
+    /// The server's Ack is a durability watermark (agent.proto): it covers
+    /// every event at or below it and nothing above, may cover several at
+    /// once, and a lower one arriving late (an earlier stream's) changes
+    /// nothing.
+    #[test]
+    fn an_acknowledgement_drops_exactly_what_its_watermark_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        for id in ["a", "b", "c", "d", "e"] {
+            outbox.push(result(id)).unwrap();
+        }
+        outbox.acknowledge(3).unwrap();
+        assert_eq!(summary(&outbox), ["4 result d", "5 result e"]);
+        assert_eq!(outbox.pending_count().unwrap(), 2, "what `status` shows as waiting");
+        outbox.acknowledge(2).unwrap();
+        assert_eq!(summary(&outbox), ["4 result d", "5 result e"], "a stale watermark");
+        outbox.acknowledge(5).unwrap();
+        assert_eq!(outbox.pending_count().unwrap(), 0);
+        assert_eq!(outbox.push(result("f")).unwrap(), 6);
+    }
+
+    /// Events the server received but no watermark covered (it died before
+    /// its flush) stay in the outbox across a reconnect and a restart of the
+    /// agent, and are offered again with their own numbers, so the server
+    /// keeps each once.
+    #[test]
+    fn events_no_watermark_covered_are_offered_again_with_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        outbox.push(result("a")).unwrap();
+        outbox.push(result("b")).unwrap();
+        outbox.push(result("c")).unwrap();
+        // Sent, and only the first covered before the stream broke.
+        assert_eq!(outbox.pending().unwrap().len(), 3);
+        outbox.acknowledge(1).unwrap();
+        assert_eq!(summary(&outbox), ["2 result b", "3 result c"], "after a reconnect");
+        drop(outbox);
+        let outbox = Outbox::open(dir.path()).unwrap();
+        assert_eq!(summary(&outbox), ["2 result b", "3 result c"], "after a restart");
+        // The restarted server's Welcome says it had stored 2 after all.
+        outbox.acknowledge(2).unwrap();
+        assert_eq!(summary(&outbox), ["3 result c"]);
+        assert_eq!(outbox.push(result("d")).unwrap(), 4);
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// A store request running longer than this marks the server
     /// NOT_SERVING in gRPC health until it finishes.
     pub store_stall_threshold: Duration,
+    /// Group commit of the agents' events: how long an event may wait for
+    /// its flush, and how many wait at most.
+    pub group_commit: store::GroupCommit,
     /// Webhooks, their signing secret and the notification queue's bounds.
     pub notify: notify::NotifyConfig,
 }
@@ -127,6 +130,7 @@ impl ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 32,
             store_stall_threshold: Duration::from_secs(10),
+            group_commit: store::GroupCommit::default(),
             notify: notify::NotifyConfig::new(),
         }
     }
@@ -295,7 +299,7 @@ pub async fn serve(
     store
         .configure_notifications(destination_ids.collect(), config.notify.queue_limit)
         .with_context(|| format!("cannot set up the notification queue in {}", config.data_dir.display()))?;
-    let store = StoreHandle::start(store)
+    let store = StoreHandle::start_with(store, config.group_commit)
         .with_context(|| format!("cannot start the store thread for {}", config.data_dir.display()))?;
     let revocations = Revocations::new(store.read(|store| store.revoked_serials(model::now_millis())).await?);
     let fleet = Arc::new(Fleet::new(config.heartbeat_timeout));

@@ -215,6 +215,11 @@ struct Limits {
     /// A store request running longer than this turns gRPC health NOT_SERVING.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     store_stall_threshold: Duration,
+    /// Group commit: an agent's event waits at most this long for the flush
+    /// that makes it durable (and for its acknowledgement), so that one flush
+    /// covers many events; 0s flushes as soon as the queue is drained.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    commit_window: Duration,
 }
 
 /// A command-line value refused after clap parsed it (a combination of flags,
@@ -357,6 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.keepalive_timeout = limits.keepalive_timeout;
                 config.max_concurrent_streams = limits.max_concurrent_streams;
                 config.store_stall_threshold = limits.store_stall_threshold;
+                config.group_commit.window = limits.commit_window;
                 config.server_names.extend(server_names);
                 config.notify = notify;
                 let listeners = ccfleet_server::Listeners {
@@ -390,6 +396,9 @@ fn check_run_flags(
     }
     if heartbeat_timeout <= heartbeat_interval {
         anyhow::bail!("--heartbeat-timeout ({heartbeat_timeout:?}) must be longer than --heartbeat-interval ({heartbeat_interval:?})");
+    }
+    if limits.commit_window > Duration::from_secs(60) {
+        anyhow::bail!("--commit-window must be at most 60s: events wait that long for their acknowledgement");
     }
     if host_certificate_lifetime < Duration::from_secs(3) {
         anyhow::bail!("--host-certificate-lifetime must be at least 3s");

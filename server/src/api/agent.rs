@@ -25,6 +25,20 @@ use crate::store::{EventOutcome, StoreError, StoreHandle};
 /// Messages queued for one agent's stream before the sender waits.
 const OUTBOUND_QUEUE: usize = 32;
 
+/// Events of one stream stored but not yet flushed (or still queued for the
+/// store thread) at most: past it the session reads no more messages until
+/// a flush covers some, so one agent cannot fill the store's queue.
+const MAX_UNFLUSHED_EVENTS: usize = 256;
+
+/// One of a stream's events, flushed (or failed): what the session needs to
+/// acknowledge it.
+struct Flushed {
+    seq: u64,
+    /// How it was stored, with the host's highest applied sequence number at
+    /// that point (the event's own, or a higher one for a duplicate).
+    stored: Result<(EventOutcome, u64), StoreError>,
+}
+
 pub struct AgentService {
     pub store: StoreHandle,
     pub fleet: Arc<Fleet>,
@@ -123,7 +137,11 @@ impl AgentService {
         self.fleet.attach(&host_id, ticket.connection_id, outbound.clone());
         self.rollouts.host_connected(host_id.clone());
 
+        let (flushed, flushed_events) = mpsc::unbounded_channel();
         let session = StreamSession {
+            flushed,
+            unflushed: 0,
+            acknowledged: registered.last_seq,
             store: self.store.clone(),
             fleet: self.fleet.clone(),
             metrics: self.metrics.clone(),
@@ -133,7 +151,7 @@ impl AgentService {
             outbound,
             certificate_expires: expiry_instant(caller.not_after),
         };
-        tokio::spawn(session.run(inbound, ticket.closed));
+        tokio::spawn(session.run(inbound, flushed_events, ticket.closed));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound_stream))))
     }
 
@@ -196,7 +214,18 @@ fn not_enrolled(host_id: &HostId) -> Status {
 }
 
 /// The task that owns one agent stream after its hello.
+///
+/// Acknowledgements are a watermark: the session hands each durable event
+/// to the store as a grouped write and goes on reading; when a flush covers
+/// events, it sends one `Ack` with the highest sequence number now durable
+/// for the host. A result reaches the rollout engine once it is flushed.
 struct StreamSession {
+    /// Where the store thread reports this stream's events once flushed.
+    flushed: mpsc::UnboundedSender<Flushed>,
+    /// Events handed to the store and not reported flushed yet.
+    unflushed: usize,
+    /// The watermark last sent (or the Welcome's `last_seq`).
+    acknowledged: u64,
     store: StoreHandle,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
@@ -210,19 +239,43 @@ struct StreamSession {
 }
 
 impl StreamSession {
-    async fn run(self, mut inbound: Streaming<pb::AgentMessage>, mut closed: tokio::sync::watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::AgentMessage>,
+        mut flushed_events: mpsc::UnboundedReceiver<Flushed>,
+        mut closed: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // The agent closed its side: the events it sent are still answered.
+        let mut agent_done = false;
         let ending = loop {
             tokio::select! {
-                message = inbound.message() => match message {
+                Some(first) = flushed_events.recv() => {
+                    // Everything the same flush covered is here already:
+                    // one Ack for all of it.
+                    let mut batch = vec![first];
+                    while let Ok(next) = flushed_events.try_recv() {
+                        batch.push(next);
+                    }
+                    if let Err(status) = self.acknowledge(batch).await {
+                        tracing::warn!(host = %self.host_id, %status, "ending the agent stream");
+                        let _ = self.outbound.send(Err(status)).await;
+                        break "its events could not be stored";
+                    }
+                    if agent_done && self.unflushed == 0 {
+                        break "stream closed by the agent";
+                    }
+                }
+                message = inbound.message(), if !agent_done && self.unflushed < MAX_UNFLUSHED_EVENTS => match message {
                     Ok(Some(message)) => {
                         self.fleet.touch(&self.host_id, self.connection_id);
-                        if let Err(status) = self.handle(message).await {
+                        if let Err(status) = self.handle(message) {
                             tracing::warn!(host = %self.host_id, %status, "refusing agent message");
                             let _ = self.outbound.send(Err(status)).await;
                             break "refused a message";
                         }
                     }
-                    Ok(None) => break "stream closed by the agent",
+                    Ok(None) if self.unflushed == 0 => break "stream closed by the agent",
+                    Ok(None) => agent_done = true,
                     Err(status) if is_decode_error(&status) => {
                         let status = undecodable(status);
                         tracing::warn!(host = %self.host_id, %status, "refusing agent message");
@@ -256,7 +309,9 @@ impl StreamSession {
         }
     }
 
-    async fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
+    /// Checks one message and hands a durable event to the store; its
+    /// acknowledgement follows when a flush covers it (`acknowledge`).
+    fn handle(&mut self, message: pb::AgentMessage) -> Result<(), Status> {
         let seq = message.seq;
         let event = match message.body {
             Some(Body::Heartbeat(_)) => return Ok(()),
@@ -290,24 +345,50 @@ impl StreamSession {
         }
         let host_id = self.host_id.clone();
         let rollout_event = crate::rollout::engine::rollout_event(&self.host_id, &event);
-        let outcome = self
-            .store
-            .write(move |store| store.apply_event(&host_id, seq, &event))
-            .await
+        let rollouts = self.rollouts.clone();
+        let flushed = self.flushed.clone();
+        self.store
+            .write_grouped(
+                move |store| {
+                    let outcome = store.apply_event(&host_id, seq, &event)?;
+                    Ok((outcome, store.applied_seq(&host_id).max(seq)))
+                },
+                move |stored: Result<(EventOutcome, u64), StoreError>| {
+                    // Flushed first: a restarted engine finds the result in
+                    // the store. Sent from here, so that a result reaches the
+                    // engine even when its stream has ended meanwhile.
+                    if let (Ok((EventOutcome::Applied, _)), Some(rollout_event)) = (&stored, rollout_event) {
+                        rollouts.agent_event(rollout_event);
+                    }
+                    let _ = flushed.send(Flushed { seq, stored });
+                },
+            )
             .map_err(internal)?;
-        if let (EventOutcome::Applied, Some(rollout_event)) = (outcome, rollout_event) {
-            // Stored first: a restarted engine finds the result in the store.
-            self.rollouts.agent_event(rollout_event);
+        self.unflushed += 1;
+        Ok(())
+    }
+
+    /// Events that a flush covered, in the order they were sent: counts them
+    /// and sends one Ack with the new watermark.
+    async fn acknowledge(&mut self, batch: Vec<Flushed>) -> Result<(), Status> {
+        let mut watermark = self.acknowledged;
+        for Flushed { seq, stored } in batch {
+            self.unflushed -= 1;
+            let (outcome, applied) = stored.map_err(internal)?;
+            if outcome == EventOutcome::Duplicate {
+                tracing::debug!(host = %self.host_id, seq, "duplicate event ignored");
+                Metrics::increment(&self.metrics.agent_events_duplicate);
+            } else {
+                Metrics::increment(&self.metrics.agent_events_applied);
+            }
+            watermark = watermark.max(applied);
         }
-        if outcome == EventOutcome::Duplicate {
-            tracing::debug!(host = %self.host_id, seq, "duplicate event ignored");
-            Metrics::increment(&self.metrics.agent_events_duplicate);
-        } else {
-            Metrics::increment(&self.metrics.agent_events_applied);
-        }
+        // Sent even when it did not move (a repeated event at or below it):
+        // the agent hears that what it sent is covered.
+        self.acknowledged = watermark;
         self.outbound
             .send(Ok(pb::ServerMessage {
-                body: Some(server_message::Body::Ack(pb::Ack { seq })),
+                body: Some(server_message::Body::Ack(pb::Ack { seq: watermark })),
             }))
             .await
             .map_err(|_| Status::cancelled("the agent went away"))

@@ -11,8 +11,88 @@ use tokio::sync::oneshot;
 use super::{FleetGauges, ListingIndex, Store, StoreError};
 
 /// A job runs on the store thread; a write returns the reply to send once
-/// its batch has been flushed.
-type Job = Box<dyn FnOnce(&Store) -> Option<PendingReply> + Send>;
+/// its batch has been flushed, and how soon that flush must come.
+type Job = Box<dyn FnOnce(&Store) -> Option<(PendingReply, Durability)> + Send>;
+
+/// How soon a write needs its flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// At once: the writer waits for nothing else (admin actions, rollout
+    /// transitions, hellos, enrolment). The flush also covers every grouped
+    /// write before it.
+    Now,
+    /// Within the group-commit window: agents' events, which the agent keeps
+    /// in its outbox until a watermark covers them.
+    Grouped,
+}
+
+/// Group commit: how long the store thread may hold grouped writes before
+/// their flush, and how many it holds at most (BENCHMARKS.md, "Durable
+/// acknowledgements by watermark", for how these were chosen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// The longest a grouped write waits for its flush (0: flush as soon as
+    /// the queue is drained, as for any other write).
+    pub window: Duration,
+    /// Grouped writes waiting that make the flush due at once.
+    pub max_writes: usize,
+}
+
+/// The default window: long enough to group the reports of a busy fleet
+/// under one flush, short against the 100 ms a durable acknowledgement may
+/// take and against a rollout's reaction to a result.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(10);
+
+impl Default for GroupCommit {
+    fn default() -> GroupCommit {
+        GroupCommit {
+            window: DEFAULT_COMMIT_WINDOW,
+            max_writes: MAX_BATCH,
+        }
+    }
+}
+
+/// What the store thread does next about the writes that wait for a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushStep {
+    /// Nothing waits: sleep until a job arrives.
+    Idle,
+    /// Flush now and answer every waiting writer.
+    Flush,
+    /// Take jobs as they come, and flush at this instant at the latest.
+    WaitUntil(std::time::Instant),
+}
+
+/// Writes waiting for the next flush.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unflushed {
+    /// A write that must not wait is among them.
+    pub urgent: bool,
+    /// Grouped writes among them.
+    pub grouped: usize,
+    /// When the oldest grouped write ran: the window runs from there.
+    pub window_opened: Option<std::time::Instant>,
+}
+
+/// The group-commit rule: flush at once for an urgent write or a full
+/// group, otherwise when the window that the oldest grouped write opened
+/// has passed.
+pub(crate) fn flush_step(waiting: Unflushed, now: std::time::Instant, config: GroupCommit) -> FlushStep {
+    if waiting.urgent || (waiting.grouped > 0 && waiting.grouped >= config.max_writes) {
+        return FlushStep::Flush;
+    }
+    match waiting.window_opened {
+        None => FlushStep::Idle,
+        Some(opened) => {
+            let due = opened + config.window;
+            if now >= due {
+                FlushStep::Flush
+            } else {
+                FlushStep::WaitUntil(due)
+            }
+        }
+    }
+}
 
 /// What the store thread has done since it started: how many requests, how
 /// many flushes, and where its time went. Read by the metrics endpoint and
@@ -111,8 +191,15 @@ impl StoreHandle {
         Self::start(Store::reopen(directory)).expect("the store thread starts")
     }
 
-    /// Starts the store thread over an opened store.
+    /// Starts the store thread over an opened store, with the default group
+    /// commit.
     pub fn start(store: Store) -> Result<StoreHandle, StoreError> {
+        Self::start_with(store, GroupCommit::default())
+    }
+
+    /// Starts the store thread over an opened store; grouped writes
+    /// ([`StoreHandle::write_grouped`]) are flushed as `group` says.
+    pub fn start_with(store: Store, group: GroupCommit) -> Result<StoreHandle, StoreError> {
         let listings = store.listing_index();
         let gauges = store.gauges();
         let notification_waker = store.notification_waker();
@@ -125,7 +212,7 @@ impl StoreHandle {
         let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ccfleet-store".into())
-            .spawn(move || run_store_thread(store, inbox, &busy, &stop, &counters))
+            .spawn(move || run_store_thread(store, inbox, group, &busy, &stop, &counters))
             .map_err(|_| StoreError::Stopped)?;
         Ok(StoreHandle {
             jobs,
@@ -195,93 +282,166 @@ impl StoreHandle {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(operation, false).await
+        self.submit(operation, None).await
     }
 
     /// Runs a write on the store thread; the answer arrives after the write
-    /// has been flushed to disk.
+    /// has been flushed to disk, which happens at once (with every grouped
+    /// write before it).
     pub async fn write<T, F>(&self, operation: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(operation, true).await
+        self.submit(operation, Some(Durability::Now)).await
     }
 
-    async fn submit<T, F>(&self, operation: F, writes: bool) -> Result<T, StoreError>
+    /// Queues a write whose flush may wait for the group-commit window:
+    /// `durable` is called on the store thread once the write is flushed (or
+    /// failed), so it must be quick (a channel send). Writes run in the order
+    /// they are queued and are answered in that order. Fails at once only
+    /// when the store has stopped.
+    pub fn write_grouped<T, F, D>(&self, operation: F, durable: D) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        D: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        self.enqueue(operation, Some(Durability::Grouped), durable)
+    }
+
+    async fn submit<T, F>(&self, operation: F, durability: Option<Durability>) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        self.enqueue(operation, durability, move |result| {
+            let _ = reply.send(result);
+        })?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Queues `operation` for the store thread; `answer` gets its result,
+    /// for a write (`durability` given) after the flush that covers it.
+    fn enqueue<T, F, A>(&self, operation: F, durability: Option<Durability>, answer: A) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
         let queued = std::time::Instant::now();
         let stats = self.stats.clone();
-        let job: Job = if writes {
-            // The reply waits for the batch's flush.
-            Box::new(move |store: &Store| {
+        let job: Job = match durability {
+            // The answer waits for the flush.
+            Some(durability) => Box::new(move |store: &Store| {
                 let started = add_elapsed(&stats.queue_nanos, queued);
                 let result = operation(store);
                 add_elapsed(&stats.write_nanos, started);
                 stats.writes.fetch_add(1, Ordering::Relaxed);
                 let reply: PendingReply = Box::new(move |flushed: Result<(), String>| {
-                    let result = match (result, flushed) {
+                    answer(match (result, flushed) {
                         (Ok(value), Ok(())) => Ok(value),
                         (Ok(_), Err(message)) => Err(StoreError::Flush(message)),
                         (Err(error), _) => Err(error),
-                    };
-                    let _ = reply.send(result);
+                    });
                 });
-                Some(reply)
-            })
-        } else {
-            Box::new(move |store: &Store| {
+                Some((reply, durability))
+            }),
+            None => Box::new(move |store: &Store| {
                 let started = add_elapsed(&stats.queue_nanos, queued);
                 let result = operation(store);
                 add_elapsed(&stats.read_nanos, started);
                 stats.reads.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(result);
+                answer(result);
                 None
-            })
+            }),
         };
-        self.jobs.send(job).map_err(|_| StoreError::Stopped)?;
-        answer.await.map_err(|_| StoreError::Stopped)?
+        self.jobs.send(job).map_err(|_| StoreError::Stopped)
     }
 }
 
 /// Most jobs grouped under one flush.
 const MAX_BATCH: usize = 512;
 
-/// The store thread: runs jobs in arrival order; after draining every job that
-/// is already queued, flushes once if any of them wrote, then answers the
-/// writers. Stops when every handle is gone.
+/// The writes run since the last flush, with their replies.
+#[derive(Default)]
+struct Batch {
+    replies: Vec<PendingReply>,
+    waiting: Unflushed,
+}
+
+impl Batch {
+    fn run(&mut self, job: Job, store: &Store) {
+        if let Some((reply, durability)) = job(store) {
+            self.replies.push(reply);
+            match durability {
+                Durability::Now => self.waiting.urgent = true,
+                Durability::Grouped => {
+                    self.waiting.grouped += 1;
+                    self.waiting.window_opened.get_or_insert_with(std::time::Instant::now);
+                }
+            }
+        }
+    }
+
+    /// Flushes once and answers every writer of the batch.
+    fn flush(&mut self, store: &Store, stats: &StoreStats) {
+        let started = std::time::Instant::now();
+        let flushed = store.flush().map_err(|error| error.to_string());
+        add_elapsed(&stats.flush_nanos, started);
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(message) = &flushed {
+            tracing::error!(%message, "store flush failed");
+        }
+        for reply in self.replies.drain(..) {
+            reply(flushed.clone());
+        }
+        self.waiting = Unflushed::default();
+    }
+}
+
+/// The store thread: runs jobs in arrival order as they come; flushes once
+/// for everything written since the last flush when `flush_step` says so (an
+/// urgent write, a full group, or the window of the oldest grouped write
+/// passed), then answers the writers. Stops when every handle is gone, after
+/// a last flush.
 fn run_store_thread(
     store: Store,
     inbox: std_mpsc::Receiver<Job>,
+    group: GroupCommit,
     busy_since: &AtomicU64,
     stopping: &std::sync::atomic::AtomicBool,
     stats: &StoreStats,
 ) {
-    let mut replies: Vec<PendingReply> = Vec::new();
-    while let Ok(first) = inbox.recv() {
+    let mut batch = Batch::default();
+    loop {
+        let next = match flush_step(batch.waiting, std::time::Instant::now(), group) {
+            FlushStep::Idle => match inbox.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            },
+            FlushStep::WaitUntil(due) => {
+                match inbox.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            FlushStep::Flush => None,
+        };
         busy_since.store(super::now_millis().max(1), Ordering::Relaxed);
-        replies.extend(first(&store));
-        // Group what is already queued, up to a bound so that a steady
-        // stream of writes cannot postpone the flush indefinitely.
-        for _ in 1..MAX_BATCH {
-            let Ok(next) = inbox.try_recv() else { break };
-            replies.extend(next(&store));
+        if let Some(first) = next {
+            batch.run(first, &store);
+            // Take what is already queued, up to a bound so that a steady
+            // stream of jobs cannot postpone a flush that is due.
+            for _ in 1..MAX_BATCH {
+                let Ok(job) = inbox.try_recv() else { break };
+                batch.run(job, &store);
+            }
         }
-        if !replies.is_empty() {
-            let started = std::time::Instant::now();
-            let flushed = store.flush().map_err(|error| error.to_string());
-            add_elapsed(&stats.flush_nanos, started);
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
-            if let Err(message) = &flushed {
-                tracing::error!(%message, "store flush failed");
-            }
-            for reply in replies.drain(..) {
-                reply(flushed.clone());
-            }
+        if flush_step(batch.waiting, std::time::Instant::now(), group) == FlushStep::Flush {
+            batch.flush(&store, stats);
         }
         stats.cpu_nanos.store(thread_cpu_nanos(), Ordering::Relaxed);
         busy_since.store(0, Ordering::Relaxed);
@@ -289,7 +449,70 @@ fn run_store_thread(
             break;
         }
     }
-    if let Err(error) = store.flush() {
-        tracing::error!(%error, "final store flush failed");
+    // Writers still waiting (a stop inside a window) are answered after the
+    // last flush.
+    batch.flush(&store, stats);
+}
+
+#[cfg(test)]
+mod group_commit_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_flush_comes_at_once_for_urgent_writes_and_full_groups_else_after_the_window() {
+        let config = GroupCommit {
+            window: Duration::from_millis(10),
+            max_writes: 4,
+        };
+        let opened = Instant::now();
+        let at = |millis| opened + Duration::from_millis(millis);
+        let waiting = |urgent, grouped, window_opened| Unflushed {
+            urgent,
+            grouped,
+            window_opened,
+        };
+        let cases = [
+            ("nothing written", waiting(false, 0, None), at(0), FlushStep::Idle),
+            ("an urgent write alone", waiting(true, 0, None), at(0), FlushStep::Flush),
+            (
+                "an urgent write ends the window",
+                waiting(true, 2, Some(opened)),
+                at(1),
+                FlushStep::Flush,
+            ),
+            (
+                "one grouped write",
+                waiting(false, 1, Some(opened)),
+                at(0),
+                FlushStep::WaitUntil(at(10)),
+            ),
+            (
+                "inside the window",
+                waiting(false, 3, Some(opened)),
+                at(9),
+                FlushStep::WaitUntil(at(10)),
+            ),
+            (
+                "the window passed",
+                waiting(false, 1, Some(opened)),
+                at(10),
+                FlushStep::Flush,
+            ),
+            ("long past", waiting(false, 1, Some(opened)), at(500), FlushStep::Flush),
+            ("a full group", waiting(false, 4, Some(opened)), at(0), FlushStep::Flush),
+        ];
+        for (name, unflushed, now, expected) in cases {
+            assert_eq!(flush_step(unflushed, now, config), expected, "{name}");
+        }
+        let no_window = GroupCommit {
+            window: Duration::ZERO,
+            max_writes: 4,
+        };
+        assert_eq!(
+            flush_step(waiting(false, 1, Some(opened)), opened, no_window),
+            FlushStep::Flush,
+            "a zero window flushes once the queue is drained"
+        );
     }
 }

@@ -43,6 +43,13 @@ impl Store {
             .transpose()
     }
 
+    /// The highest sequence number of the host's events applied so far (its
+    /// `last_seq` as the store thread wrote it, durable once the batch is
+    /// flushed); 0 for an unknown host.
+    pub fn applied_seq(&self, host_id: &HostId) -> u64 {
+        self.index.host(host_id).map_or(0, |host| host.last_seq)
+    }
+
     /// Every host, sorted by id.
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.hosts.iter().map(|entry| decode(HOSTS, &entry?.1)).collect()

@@ -37,7 +37,7 @@ pub use alerts::{AckOutcome, AlertFilter};
 pub use audit::{DEFAULT_AUDIT_MAX_ENTRIES, DEFAULT_AUDIT_RETENTION_DAYS};
 pub use codec::{MAX_RECORD_BYTES, RECORD_FORMAT};
 pub use enrolment::{Enrolment, EnrolmentRefusal};
-pub use handle::{StoreHandle, StoreStatsSnapshot};
+pub use handle::{GroupCommit, StoreHandle, StoreStatsSnapshot, DEFAULT_COMMIT_WINDOW};
 pub use index::{AppKey, IndexedApp, ListingIndex, Page, VersionKey};
 pub use listings::{OperationFilter, DEFAULT_OPERATION_QUOTA};
 pub use notifications::{FleetGauges, DEFAULT_NOTIFICATION_LIMIT, ROLLOUT_STATES, SEVERITIES};

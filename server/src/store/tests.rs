@@ -775,3 +775,96 @@ fn alerts_are_held_to_the_quota_paged_in_key_order_and_acknowledged_with_their_a
     assert_eq!((open(false), open(true)), (slack, slack + 1));
     assert_eq!(store.audit(0, 10).unwrap().len(), 1);
 }
+
+/// Group commit: a grouped write is answered only after a flush, which
+/// waits for its window unless an urgent write (or a stop) comes first.
+#[tokio::test]
+async fn a_grouped_write_is_answered_after_the_flush_an_urgent_write_brings_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = GroupCommit {
+        window: Duration::from_secs(3600),
+        ..GroupCommit::default()
+    };
+    let handle = StoreHandle::start_with(Store::open(dir.path()).unwrap(), group).unwrap();
+    let (durable, answers) = std::sync::mpsc::channel();
+    let written = durable.clone();
+    handle
+        .write_grouped(
+            |store| store.register_enrolled(&host("web-1"), "0.1.0", &facts(), &[], 1),
+            move |result| written.send(result.map(|_| "first")).unwrap(),
+        )
+        .unwrap();
+    // The write has run (jobs run in order) but is not flushed.
+    let flushes_before = handle.stats().flushes;
+    assert!(handle.read(|store| store.host(&host("web-1"))).await.unwrap().is_some());
+    assert!(answers.try_recv().is_err(), "answered before a flush");
+    assert_eq!(handle.stats().flushes, flushes_before);
+    handle.write(|_| Ok(())).await.unwrap();
+    assert_eq!(
+        answers.try_recv().unwrap().unwrap(),
+        "first",
+        "the urgent flush covered it"
+    );
+    // One left waiting when the store stops is answered after the last flush.
+    handle
+        .write_grouped(
+            |_| Ok(()),
+            move |result| durable.send(result.map(|()| "second")).unwrap(),
+        )
+        .unwrap();
+    handle.close().await;
+    assert_eq!(answers.try_recv().unwrap().unwrap(), "second");
+    let reopened = Store::reopen(dir.path());
+    assert!(
+        reopened.host(&host("web-1")).unwrap().is_some(),
+        "the grouped write is durable"
+    );
+}
+
+/// At a steady trickle of grouped writes the flushes are bounded by the
+/// window, not by the number of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_of_grouped_writes_are_bounded_by_the_window() {
+    const WRITES: u64 = 200;
+    let window = Duration::from_millis(20);
+    let dir = tempfile::tempdir().unwrap();
+    let group = GroupCommit {
+        window,
+        ..GroupCommit::default()
+    };
+    let handle = StoreHandle::start_with(Store::open(dir.path()).unwrap(), group).unwrap();
+    let id = host("web-1");
+    handle
+        .write(move |store| store.register_enrolled(&id, "0.1.0", &facts(), &[], 1))
+        .await
+        .unwrap();
+    let (durable, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let before = handle.stats();
+    let started = std::time::Instant::now();
+    for seq in 1..=WRITES {
+        let durable = durable.clone();
+        let event = AgentEvent::Inventory(vec![app("blog.example.org", "ghost", Some(&format!("1.{seq}.0")))]);
+        handle
+            .write_grouped(
+                move |store| store.apply_event(&host("web-1"), seq, &event),
+                move |outcome| durable.send((seq, outcome.unwrap())).unwrap(),
+            )
+            .unwrap();
+        // A trickle: one write a millisecond (load generation, not a wait
+        // for anything).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut answered = Vec::new();
+    while answered.len() < WRITES as usize {
+        answered.push(answers.recv().await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let expected: Vec<(u64, EventOutcome)> = (1..=WRITES).map(|seq| (seq, EventOutcome::Applied)).collect();
+    assert_eq!(answered, expected, "answered once each, in order");
+    let flushes = handle.stats().flushes - before.flushes;
+    let bound = elapsed.as_millis() as u64 / window.as_millis() as u64 + 2;
+    assert!(
+        flushes <= bound,
+        "{flushes} flushes for {WRITES} writes over {elapsed:?}: more than one per {window:?} window"
+    );
+}

@@ -25,7 +25,7 @@
 //! every 10 s ± 10 %) first against a bare tonic + rustls mTLS server, then
 //! against the real server, and prints the figures side by side with their
 //! ratio (see `bench/baseline.rs`); `--traffic-seconds` sets the measured
-//! window (60).
+//! window (60), `--commit-window MS` the real server's group-commit window.
 //!
 //! `--storm` kills the server (SIGKILL) under N reconnecting agents and
 //! restarts it; `--cap C` runs N agents against `--max-connections C` (see
@@ -493,15 +493,35 @@ async fn baseline_bench(agents: usize, concurrency: usize) {
         &credentials,
         concurrency,
         traffic,
+        None,
     )
     .await;
     println!("baseline: {bare_figures:?}; load average {}", load_average());
     let _ = bare.kill();
     let _ = bare.wait();
 
-    // The real server on the same state, under the same load.
-    let mut server = TestServer::start(&data, &server_arguments);
-    let ccfleet_figures = baseline::run_load(&server.url(), server.pid(), &credentials, concurrency, traffic).await;
+    // The real server on the same state, under the same load, with its
+    // store counters on /metrics (`--commit-window MS` sets its group-commit
+    // window; the server's default otherwise).
+    let window = std::env::args()
+        .skip_while(|argument| argument != "--commit-window")
+        .nth(1)
+        .map(|millis| format!("{millis}ms"));
+    let mut ccfleet_arguments = vec!["--metrics-listen", "127.0.0.1:0"];
+    ccfleet_arguments.extend_from_slice(&server_arguments);
+    if let Some(window) = &window {
+        ccfleet_arguments.extend(["--commit-window", window.as_str()]);
+    }
+    let mut server = TestServer::start(&data, &ccfleet_arguments);
+    let ccfleet_figures = baseline::run_load(
+        &server.url(),
+        server.pid(),
+        &credentials,
+        concurrency,
+        traffic,
+        server.metrics_address,
+    )
+    .await;
     println!("ccfleet: {ccfleet_figures:?}; load average {}", load_average());
     server.terminate(Duration::from_secs(120));
     print!(

@@ -437,8 +437,8 @@ async fn run(
                         let mut state = shared.lock().unwrap();
                         state.running = state.running.saturating_sub(1);
                         state.journal.insert(done.result.operation_id.clone(), Some(done.result.clone()));
-                        if !done.result.to_version.is_empty() {
-                            state.version = done.result.to_version.clone();
+                        if !done.result.running_version.is_empty() {
+                            state.version = done.result.running_version.clone();
                         }
                     }
                     let result = push_durable(&shared, Body::Result(done.result));
@@ -536,7 +536,8 @@ fn handle(
         let rollback = if passes { Duration::ZERO } else { host.delay };
         (passes, host.delay + after + rollback)
     };
-    let (outcome, to_version, message) = if passes {
+    // As the real agent reports: the version asked for, and the one running after.
+    let (outcome, running_version, message) = if passes {
         (
             pb::OperationOutcome::Succeeded,
             version.clone(),
@@ -554,7 +555,8 @@ fn handle(
         domain: host.domain.clone(),
         outcome: outcome as i32,
         from_version: from,
-        to_version,
+        to_version: version.clone(),
+        running_version,
         message,
     };
     shared.lock().unwrap().running += 1;

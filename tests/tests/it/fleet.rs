@@ -291,13 +291,14 @@ async fn durable_events_are_kept_once() {
         .await
         .unwrap();
     // A re-delivered older event (outbox replay after a reconnect) is
-    // acknowledged but must not roll the stored state back.
+    // answered with the watermark, which covers it, but must not roll the
+    // stored state back.
     assert_eq!(
         agent
             .send_inventory(1, vec![observed("a.coop.example", "ghost", "1.0.0")])
             .await
             .unwrap(),
-        1
+        2
     );
     assert_eq!(
         app_summary(&server.cli_json(&["apps"])),
@@ -671,4 +672,110 @@ fn the_server_exits_2_on_flag_errors_found_after_parsing_and_1_when_it_cannot_st
     let (code, stderr) = refused_start(&["--listen", &address]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
+}
+
+/// A progress event `seq` of operation `op-kill` on `blog.coop.example`.
+fn progress_event(seq: u64, message: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        seq,
+        body: Some(pb::agent_message::Body::Progress(pb::OperationProgress {
+            operation_id: "op-kill".into(),
+            domain: "blog.coop.example".into(),
+            phase: pb::OperationPhase::Deploying as i32,
+            message: message.into(),
+        })),
+    }
+}
+
+/// The stored operations as `host operation message`.
+fn operation_messages(server: &TestServer) -> Vec<String> {
+    server
+        .cli_json(&["operations"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|operation| {
+            format!(
+                "{} {} {}",
+                operation["host_id"].as_str().unwrap(),
+                operation["operation_id"].as_str().unwrap(),
+                operation["message"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Acknowledgements are a durability watermark (agent.proto, `Ack`): an
+/// event the server received and stored but had not flushed when it was
+/// SIGKILLed is not acknowledged; the agent keeps it, re-sends it to the
+/// restarted server, and it is stored once.
+#[tokio::test]
+async fn an_event_killed_between_receipt_and_flush_is_resent_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A window far longer than the test: only another write's flush could
+    // cover the event, and nothing else writes meanwhile.
+    let server = TestServer::start(&data, &["--commit-window", "60s"]);
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    assert_eq!(agent.welcome.last_seq, 0);
+    agent.send(progress_event(1, "step 1")).await;
+    // Received and stored (readers see it), not flushed.
+    wait_for("the server to store the event", Duration::from_secs(30), || {
+        let stored = operation_messages(&server);
+        async move {
+            match stored.as_slice() {
+                [_] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let answer = tokio::time::timeout(Duration::ZERO, agent.inbound.message()).await;
+    assert!(answer.is_err(), "answered before any flush: {answer:?}");
+    server.kill();
+
+    let server = TestServer::start(&data, &[]);
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    // Lost with the process, or written out by sled before the kill: either
+    // way the agent still holds it, since no watermark covered it.
+    assert!(agent.welcome.last_seq <= 1, "{:?}", agent.welcome);
+    agent.send(progress_event(1, "step 1")).await;
+    assert_eq!(agent.next_ack().await.unwrap(), 1, "the re-sent event is covered");
+    assert_eq!(operation_messages(&server), ["web-1 op-kill step 1"]);
+    // Once more, as after another reconnect: still stored once, and the
+    // answer is the watermark.
+    agent.send(progress_event(2, "step 2")).await;
+    assert_eq!(agent.next_ack().await.unwrap(), 2);
+    agent.send(progress_event(1, "step 1")).await;
+    assert_eq!(agent.next_ack().await.unwrap(), 2, "a re-send below the watermark");
+    assert_eq!(operation_messages(&server), ["web-1 op-kill step 2"]);
+}
+
+/// Events sent close together are covered by one flush and answered with
+/// one watermark, never a lower one later.
+#[tokio::test]
+async fn one_flush_covers_many_events_with_one_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &["--commit-window", "5s"]);
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    for seq in 1..=20 {
+        agent.send(progress_event(seq, &format!("step {seq}"))).await;
+    }
+    let mut watermarks = Vec::new();
+    while watermarks.last() != Some(&20) {
+        watermarks.push(agent.next_ack().await.unwrap());
+    }
+    assert!(watermarks.is_sorted(), "{watermarks:?}");
+    assert!(
+        watermarks.len() <= 2,
+        "20 events sent within the 5 s window, {} acknowledgements: {watermarks:?}",
+        watermarks.len()
+    );
+    assert_eq!(operation_messages(&server), ["web-1 op-kill step 20"]);
 }

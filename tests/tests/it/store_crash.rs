@@ -1,13 +1,18 @@
 //! Crash safety of the store's write order (server/src/store/hosts.rs, "Write
 //! order"), tested by killing a real writing process with SIGKILL.
 //!
-//! The writer (`store-writer`, the real `Store` and `StoreHandle`) applies a
-//! deterministic stream of events for a few hosts, as the server does, and
-//! prints every acknowledged (flushed) sequence number. The test kills it
-//! after a varying number of acknowledgements, opens the store, checks what
-//! must hold right after a crash, and starts the writer again, which resends
-//! from each host's `last_seq`, as agents do. At the end the test applies a
-//! last round itself and checks the state exactly.
+//! The writer (`store-writer`, the real `Store` and `StoreHandle` with a
+//! group-commit window) applies a deterministic stream of events for a few
+//! hosts, as the server does, and prints every event it stored and every
+//! watermark a flush made durable. The test kills it after a varying number
+//! of acknowledgements, right after an event above its host's watermark was
+//! stored (received, not yet flushed), opens the store, checks what must hold
+//! right after a crash (nothing acknowledged is lost), and starts the writer
+//! again, which re-sends everything above each host's watermark, as agents
+//! do, and requires every event at or below the stored `last_seq` to come
+//! back a duplicate and every other one to be applied: each is stored once.
+//! At the end the test applies a last round itself and checks the state
+//! exactly.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -132,49 +137,81 @@ fn check_indexes(store: &Store) {
     assert_eq!(listed.len(), per_host, "every operation listed once");
 }
 
+/// `(host, seq)` from a writer line `<word> HOST SEQ`.
+fn parse(line: &str, word: &str) -> Option<(usize, u64)> {
+    let (index, seq) = line.strip_prefix(word)?.strip_prefix(' ')?.split_once(' ')?;
+    Some((index.parse().unwrap(), seq.parse().unwrap()))
+}
+
 #[test]
 fn a_store_killed_mid_burst_keeps_every_acknowledged_event() {
     let directory = tempfile::tempdir().unwrap();
+    // Per host, the watermark: the highest event a flush covered.
     let mut acked = vec![0u64; HOSTS];
+    // Kills that came right after the writer stored an event above its
+    // host's watermark (received, not flushed), and how many of those
+    // events the store then had lost (the re-send stores them).
+    let (mut unflushed_kills, mut lost) = (0, 0);
     // Kill after a varying number of acknowledgements: early, while hosts
     // are being enrolled, and later in steady writing.
     for kill_after in [
         1, 7, 40, 150, 3, 300, 25, 90, 12, 60, 5, 200, 33, 75, 2, 120, 18, 250, 45, 9,
     ] {
+        // The agents re-send everything above their watermark.
+        let watermarks: Vec<String> = acked.iter().map(u64::to_string).collect();
         let mut child = Command::new(ccfleet_tests::binary("store-writer"))
             .arg(directory.path())
+            .arg(watermarks.join(","))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(directory.path().join("writer.log")).unwrap())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut count = 0;
-        while count < kill_after {
+        let mut next_line = || {
             let Some(line) = lines.next() else {
                 let log = std::fs::read_to_string(directory.path().join("writer.log")).unwrap_or_default();
                 panic!("the writer stopped before it was killed:\n{log}");
             };
-            let line = line.unwrap();
-            let Some(ack) = line.strip_prefix("acked ") else {
-                continue;
-            };
-            let (index, seq) = ack.split_once(' ').unwrap();
-            let (index, seq): (usize, u64) = (index.parse().unwrap(), seq.parse().unwrap());
-            acked[index] = acked[index].max(seq);
-            count += 1;
+            line.unwrap()
+        };
+        let mut count = 0;
+        let mut unflushed = None;
+        // Until `kill_after` acknowledgements, then until an event above
+        // its host's watermark has been stored: the kill lands between
+        // receipt and flush.
+        while count < kill_after || unflushed.is_none() {
+            let line = next_line();
+            if let Some((index, seq)) = parse(&line, "durable") {
+                acked[index] = acked[index].max(seq);
+                count += 1;
+            } else if let Some((index, seq)) = parse(&line, "applied") {
+                if count >= kill_after && seq > acked[index] {
+                    unflushed = Some((index, seq));
+                }
+            }
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // Acknowledgements printed before the kill and still in the pipe.
         for line in lines.map_while(Result::ok) {
-            if let Some((index, seq)) = line.strip_prefix("acked ").and_then(|ack| ack.split_once(' ')) {
-                let (index, seq): (usize, u64) = (index.parse().unwrap(), seq.parse().unwrap());
+            if let Some((index, seq)) = parse(&line, "durable") {
                 acked[index] = acked[index].max(seq);
             }
         }
         let store = open(directory.path());
         check_after_crash(&store, &acked);
+        let (index, seq) = unflushed.unwrap();
+        if seq > acked[index] {
+            unflushed_kills += 1;
+            let last_seq = store.host(&host(index)).unwrap().map_or(0, |host| host.last_seq);
+            lost += usize::from(last_seq < seq);
+        }
     }
+    println!("{unflushed_kills} kills between receipt and flush; {lost} of those events lost and re-sent");
+    assert!(
+        unflushed_kills > 0,
+        "no kill landed between an event's receipt and its flush"
+    );
 
     // The agents' resend, then one more round: the state is exact.
     let store = open(directory.path());
