@@ -13,8 +13,8 @@
 
 mod commands;
 pub mod env_file;
-pub mod recipe_secrets;
 pub mod hints;
+pub mod recipe_secrets;
 pub mod versions;
 
 use std::collections::HashMap;

@@ -54,8 +54,9 @@ impl Agent {
 pub(super) enum AlertStep {
     /// Leave the file (and the server) as they are.
     Keep,
-    /// Write this alert, replacing the open one, and send it.
-    Raise(Alert),
+    /// Write this alert, replacing the open one, and send it (boxed: the
+    /// other steps carry nothing).
+    Raise(Box<Alert>),
     /// Remove the open alert and send its clearing.
     Clear,
 }
@@ -120,7 +121,7 @@ pub(super) fn reconcile_alert(
     if open.is_some_and(|alert| alert.kind == kind && alert.severity == severity && alert.reason == reason) {
         return AlertStep::Keep;
     }
-    AlertStep::Raise(Alert {
+    AlertStep::Raise(Box::new(Alert {
         domain: app.domain.to_string(),
         recipe: app.recipe.to_string(),
         from: String::new(),
@@ -133,7 +134,7 @@ pub(super) fn reconcile_alert(
         snapshot_path: None,
         time: now.to_owned(),
         kind,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -401,6 +401,9 @@ impl Batch {
     }
 }
 
+/// At most this many requests queued before a stop still run after it.
+const MAX_DRAIN_AT_STOP: usize = 100_000;
+
 /// The store thread: runs jobs in arrival order as they come; flushes once
 /// for everything written since the last flush when `flush_step` says so (an
 /// urgent write, a full group, or the window of the oldest grouped write
@@ -448,6 +451,14 @@ fn run_store_thread(
         if stopping.load(Ordering::Relaxed) {
             break;
         }
+    }
+    // Requests queued before the stop still run (a stop can be seen in the
+    // same pass that answered the caller's previous write, before its next
+    // requests were taken); the bound keeps a sender that never stops from
+    // holding the thread.
+    for _ in 0..MAX_DRAIN_AT_STOP {
+        let Ok(job) = inbox.try_recv() else { break };
+        batch.run(job, &store);
     }
     // Writers still waiting (a stop inside a window) are answered after the
     // last flush.

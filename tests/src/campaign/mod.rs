@@ -91,7 +91,9 @@ impl HostKind {
             },
             HostKind::SlowHealth { healthy_after_ms } if at_ms < healthy_after_ms => unhealthy("still starting"),
             HostKind::SlowHealth { .. } => Check::Healthy,
-            HostKind::FlappingHealth { period_ms } if (at_ms / period_ms.max(1)) % 2 == 0 => unhealthy("flapping"),
+            HostKind::FlappingHealth { period_ms } if (at_ms / period_ms.max(1)).is_multiple_of(2) => {
+                unhealthy("flapping")
+            }
             HostKind::FlappingHealth { .. } => Check::Healthy,
         }
     }

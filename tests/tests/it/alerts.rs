@@ -610,7 +610,8 @@ async fn a_flood_of_alerts_for_distinct_domains_is_held_to_the_quota_and_the_lis
         server.log().contains("alert refused"),
         "the refusal is logged with its reason"
     );
-    let store_bytes = bytes_under(&data.join("fleet.sled"));
+    // The whole data directory: the store is all it holds.
+    let store_bytes = bytes_under(&data);
     let rss = rss_kib(server.pid());
     eprintln!(
         "flood of {FLOOD} alerts: store {} KiB, server RSS {rss} KiB, `ccfleet alerts` {} ms",

@@ -42,9 +42,17 @@ fn a_short_seeded_fault_campaign_breaks_no_invariant() {
     );
     // Faults were injected, by kind, and rollouts ended more than one way.
     let summary = stdout.lines().last().unwrap_or_default();
-    for kind in ["\"server-kill\"", "\"agent-restart\"", "\"delay-to-agent\""] {
+    for kind in ["\"server-kill\"", "\"agent-restart\""] {
         assert!(summary.contains(kind), "{kind} missing from: {summary}");
     }
+    // The link faults are drawn per run from the seed, but whether one fires
+    // depends on the run's pace (a fault due after the rollout ended does
+    // not): at least one of them, besides the two above.
+    let link_faults = ["drop-to", "duplicate-to", "delay-to", "reorder-to", "server-pause"];
+    assert!(
+        link_faults.iter().any(|kind| summary.contains(kind)),
+        "no link fault or pause fired: {summary}"
+    );
     let ways = ["\"halted\"", "\"completed\"", "\"aborted\""]
         .iter()
         .filter(|way| summary.contains(*way))
@@ -66,7 +74,7 @@ fn a_seed_replays_its_plan_and_positions_replay_a_shrunk_schedule() {
         "{campaign_of_three}\n---\n{replay}"
     );
     // Seed 41's whole schedule, then only its first and third faults.
-    let faults: Vec<&str> = replay.lines().skip(1).collect();
+    let faults: Vec<&str> = replay.lines().skip(1).filter(|line| !line.is_empty()).collect();
     assert!(faults.len() >= 3, "seed 41 should have three faults or more: {replay}");
     let shrunk = text(campaign(&[
         "--seed",
@@ -77,7 +85,14 @@ fn a_seed_replays_its_plan_and_positions_replay_a_shrunk_schedule() {
         "--faults",
         "0,2",
     ]));
-    assert_eq!(shrunk.lines().skip(1).collect::<Vec<_>>(), vec![faults[0], faults[2]]);
+    assert_eq!(
+        shrunk
+            .lines()
+            .skip(1)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>(),
+        vec![faults[0], faults[2]]
+    );
 }
 
 #[test]

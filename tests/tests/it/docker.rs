@@ -440,8 +440,10 @@ async fn a_failed_dependency_skips_its_dependents_and_abra_output_is_kept() {
         .collect();
     let abra_failure = format!(
         "{base}: cannot create the app (abra app new): `{} app new -n --server default --domain {base} {FIXTURE_RECIPE} 9.9.9+9` \
-         failed (exit code 1): abra-double: recipe {FIXTURE_RECIPE} has no version 9.9.9+9",
-        abra_double().display()
+         failed (exit code 1): abra-double: recipe {FIXTURE_RECIPE} has no version 9.9.9+9 in {} \
+         (abra recipe fetch {FIXTURE_RECIPE})",
+        abra_double().display(),
+        test.abra_dir().join("recipes").join(FIXTURE_RECIPE).display()
     );
     assert_eq!(messages[0], (base.clone(), abra_failure.clone()));
     assert_eq!(
@@ -652,14 +654,11 @@ async fn the_double_deploys_like_abra_and_undeploy_keeps_volumes_and_secrets() {
     abra.ensure_server().await.unwrap();
     abra.app_new(&recipe, &version, &parsed_domain).await.unwrap();
     // The version label must come from abra, not from the recipe: take it
-    // out of the checkout's compose file.
-    let compose = test
-        .abra_dir()
-        .join("recipes")
-        .join(FIXTURE_RECIPE)
-        .join("versions")
-        .join(V1_0)
-        .join("compose.yml");
+    // out of the checkout's compose file. Like abra, the double checks out
+    // the release's tag before it deploys, so the change is committed and
+    // the checkout's tag moved onto it.
+    let checkout = test.abra_dir().join("recipes").join(FIXTURE_RECIPE);
+    let compose = checkout.join("compose.yml");
     let text = std::fs::read_to_string(&compose).unwrap();
     let without_label: String = text
         .lines()
@@ -668,6 +667,22 @@ async fn the_double_deploys_like_abra_and_undeploy_keeps_volumes_and_secrets() {
         .collect();
     assert_ne!(text, without_label, "the fixture compose file carried the label");
     std::fs::write(&compose, without_label).unwrap();
+    for arguments in [
+        vec!["commit", "-q", "-a", "-m", "no version label"],
+        vec!["tag", "-f", V1_0],
+    ] {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@ccfleet.invalid", "-C"])
+            .arg(&checkout)
+            .args(&arguments)
+            .output()
+            .expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let secret_file = test.path().join("api_key");
     std::fs::write(&secret_file, "from-a-file").unwrap();
     abra.secret_insert(&recipe, &parsed_domain, "api_key", "v1", &secret_file)
