@@ -1,6 +1,9 @@
 //! The ccfleet fleet server as a library: `serve` runs every service on an
 //! already-bound listener until a shutdown future completes, so the binary and
 //! the tests start it the same way.
+//!
+//! (Just over 600 lines: `serve` wires every service, listener and background
+//! task in one place, with the configuration it reads.)
 
 pub mod api;
 pub mod auth;
