@@ -124,6 +124,21 @@ async fn wait_for_state(server: &TestServer, id: &str, what: &str, condition: im
     .await
 }
 
+/// [`outcomes`] with the reason of each host that failed or rolled back, for
+/// failure messages.
+fn explained(rollout: &Value) -> Vec<String> {
+    outcomes(rollout)
+        .into_iter()
+        .zip(rollout["hosts"].as_array().unwrap())
+        .map(|(outcome, host)| match host["message"].as_str() {
+            Some(message) if !message.is_empty() && !outcome.ends_with("succeeded") => {
+                format!("{outcome} ({message})")
+            }
+            _ => outcome,
+        })
+        .collect()
+}
+
 fn host_outcome<'a>(rollout: &'a Value, host_id: &str) -> &'a str {
     rollout["hosts"]
         .as_array()
@@ -858,7 +873,7 @@ mod real_agents {
     use ccfleet_tests::server::TestServer;
     use ccfleet_tests::wait_for;
 
-    use super::{cli, cli_json, host_outcome, outcomes, save_output, text, wait_for_state};
+    use super::{cli, cli_json, explained, host_outcome, outcomes, save_output, text, wait_for_state};
 
     const PATIENCE: Duration = Duration::from_secs(240);
 
@@ -881,10 +896,12 @@ mod real_agents {
                 "observe_interval = \"1s\"\nreconcile_interval = \"1h\"\nmin_healthy_time = \"2s\"\n\
                  probe_address = \"127.0.0.1:{port}\"\nprobe_scheme = \"http\"\nstop_timeout = \"5s\"\n"
             );
+            // A 30 s health timeout: five agents and their stacks share a
+            // loaded CI machine, and only the failing release waits it out.
             let apps = format!(
                 "[[app]]\ndomain = {domain:?}\nrecipe = {FIXTURE_RECIPE:?}\nversion = {V1_3:?}\n\
                  stateful = false\ndeploy_timeout = \"90s\"\n\n[app.env]\nHTTP_PORT = \"{port}\"\n\n\
-                 [app.health]\npath = \"/health\"\ntimeout = \"15s\"\n"
+                 [app.health]\npath = \"/health\"\ntimeout = \"30s\"\n"
             );
             let token_file = test.path().join("token");
             std::fs::write(&token_file, server.create_token(&["--uses", "1"])).unwrap();
@@ -993,7 +1010,7 @@ mod real_agents {
                 if rollout["state"] == "completed" {
                     Ok(rollout)
                 } else {
-                    Err(format!("{} {:?}", rollout["state"], outcomes(&rollout)))
+                    Err(format!("{} {:?}", rollout["state"], explained(&rollout)))
                 }
             },
         )
@@ -1001,7 +1018,7 @@ mod real_agents {
         assert!(
             outcomes(&finished).iter().all(|outcome| outcome.ends_with("succeeded")),
             "{:?} (at the kill: {:?})",
-            outcomes(&finished),
+            explained(&finished),
             outcomes(&wave_1)
         );
         for host in &hosts {
