@@ -1,6 +1,22 @@
 //! What every benchmark binary needs: numbers from the command line, and a
 //! process's memory and CPU time and the machine's load as `/proc` tells them.
 
+/// Checks the command line before anything starts: `--help` (or `-h`) prints
+/// `usage` and exits 0; a flag not in `known` is named on stderr and exits 2,
+/// so that a typo never silently runs a long benchmark with the defaults.
+pub fn check_flags(usage: &str, known: &[&str]) {
+    for argument in std::env::args().skip(1) {
+        if argument == "--help" || argument == "-h" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        if argument.starts_with("--") && !known.contains(&argument.as_str()) {
+            eprintln!("unknown flag {argument}: the flags are {} (--help)", known.join(", "));
+            std::process::exit(2);
+        }
+    }
+}
+
 /// The number after `name` on the command line (`--agents 1000`), or `default`.
 pub fn argument(name: &str, default: usize) -> usize {
     let arguments: Vec<String> = std::env::args().collect();

@@ -32,7 +32,7 @@ use ccfleet_tests::agent::AgentProcess;
 use ccfleet_tests::docker::{DockerTest, FIXTURE_RECIPE, V1_0, V1_1};
 use ccfleet_tests::server::TestServer;
 use ccfleet_tests::wait_for;
-use common::{argument, load_average, switch, usage, Usage};
+use common::{argument, check_flags, load_average, switch, usage, Usage};
 use docker_proxy::{DockerProxy, Request};
 use serde_json::{json, Value};
 
@@ -43,6 +43,11 @@ const AGENT_CLIENT: &str = "agent";
 
 #[tokio::main]
 async fn main() {
+    check_flags(
+        "agent-bench [--apps N (20)] [--minutes N (10)] [--sample-seconds N (5)] [--json]\n\
+         The footprint of an idle agent on the real Docker Engine; see BENCHMARKS.md.",
+        &["--apps", "--minutes", "--sample-seconds", "--json"],
+    );
     let apps = argument("--apps", 20);
     let minutes = argument("--minutes", 10);
     let sample_every = Duration::from_secs(argument("--sample-seconds", 5) as u64);

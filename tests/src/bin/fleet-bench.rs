@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use ccfleet_proto::pb;
 use ccfleet_tests::server::{enroll_with_key, observed, TestAgent, TestServer};
 use ccfleet_tests::simulated::{Behaviour, SimulatedAgent};
-use common::{argument, load_average, process_usage, switch};
+use common::{argument, check_flags, load_average, process_usage, switch};
 use tokio::sync::Semaphore;
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
@@ -158,6 +158,30 @@ fn heartbeat_every_10s(sender: tokio::sync::mpsc::Sender<pb::AgentMessage>) -> t
 
 #[tokio::main]
 async fn main() {
+    check_flags(
+        "fleet-bench [--agents N (1000)] [--concurrency N (64)] [--steady-seconds N (30)]\n\
+         fleet-bench --baseline [--agents N] [--traffic-seconds N (60)] [--commit-window MS]\n\
+         fleet-bench --rollout [--agents N] [--seed N] [--min-delay-ms N] [--max-delay-ms N] [--fail-percent N] [--batch-percent N]\n\
+         fleet-bench --storm [--agents N] | --cap C [--refuse-seconds N]\n\
+         How the real server copes with many connected agents; see BENCHMARKS.md.",
+        &[
+            "--agents",
+            "--concurrency",
+            "--steady-seconds",
+            "--baseline",
+            "--traffic-seconds",
+            "--commit-window",
+            "--rollout",
+            "--seed",
+            "--min-delay-ms",
+            "--max-delay-ms",
+            "--fail-percent",
+            "--batch-percent",
+            "--storm",
+            "--cap",
+            "--refuse-seconds",
+        ],
+    );
     ccfleet_proto::tls::install_crypto_provider();
     let agents = argument("--agents", 1000);
     let concurrency = argument("--concurrency", 64);
