@@ -407,6 +407,23 @@ impl TestAgent {
         host_id: &str,
         apps: Vec<pb::ObservedApp>,
     ) -> Result<TestAgent, tonic::Status> {
+        Self::connect_labelled(
+            channel,
+            host_id,
+            apps,
+            [("site".to_string(), "test".to_string())].into(),
+        )
+        .await
+    }
+
+    /// [`TestAgent::connect`] with these labels in the host's facts (as the
+    /// agent's configuration gives them).
+    pub async fn connect_labelled(
+        channel: Channel,
+        host_id: &str,
+        apps: Vec<pb::ObservedApp>,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<TestAgent, tonic::Status> {
         let hello = pb::Hello {
             host_id: host_id.into(),
             facts: Some(pb::HostFacts {
@@ -414,7 +431,7 @@ impl TestAgent {
                 os: "NixOS 25.05".into(),
                 arch: "x86_64".into(),
                 docker_version: "28.2.2".into(),
-                labels: [("site".to_string(), "test".to_string())].into(),
+                labels,
             }),
             agent_version: "0.1.0-test".into(),
             inventory: Some(pb::Inventory { apps }),

@@ -260,7 +260,8 @@ fn a_symlink_swapped_in_during_restore_never_leads_outside_the_volume() {
     let snapshot = store.take(&domain(), "op-1", &volumes).unwrap();
     store.verify(&snapshot, &volumes).unwrap();
 
-    let (mut restored, mut refused) = (0, 0);
+    // Restores during which the racer swapped at least once.
+    let (mut restored, mut refused, mut raced) = (0, 0, 0);
     let swaps = Arc::new(AtomicUsize::new(0));
     for run in 0..RUNS {
         // Start from the snapshot, then change what the new version would.
@@ -291,9 +292,19 @@ fn a_symlink_swapped_in_during_restore_never_leads_outside_the_volume() {
                 }
             })
         };
+        // The restore starts once the racer is swapping (on a loaded machine
+        // a new thread may not run before a short restore is over).
+        let before = swaps.load(Ordering::Relaxed);
+        while swaps.load(Ordering::Relaxed) == before {
+            std::thread::yield_now();
+        }
+        let at_start = swaps.load(Ordering::Relaxed);
         match store.restore(&snapshot, &volumes) {
             Ok(()) => restored += 1,
             Err(_) => refused += 1,
+        }
+        if swaps.load(Ordering::Relaxed) > at_start {
+            raced += 1;
         }
         stop.store(true, Ordering::Relaxed);
         racer.join().unwrap();
@@ -311,8 +322,12 @@ fn a_symlink_swapped_in_during_restore_never_leads_outside_the_volume() {
         }
     }
     let swaps = swaps.load(Ordering::Relaxed);
-    eprintln!("{RUNS} restores under the racer: {restored} completed, {refused} refused, {swaps} swaps");
-    assert!(swaps > RUNS, "the racer swapped only {swaps} times: it did not race");
+    eprintln!("{RUNS} restores under the racer: {restored} completed, {refused} refused; {raced} raced; {swaps} swaps");
+    // 177-200 of 200 raced on this machine, quiet or under `stress-ng --cpu 2`.
+    assert!(
+        raced >= RUNS / 10,
+        "the racer swapped during only {raced} of {RUNS} restores ({swaps} swaps): it did not race"
+    );
     // Without the racer, the restore completes and the volume matches.
     store.restore(&snapshot, &volumes).unwrap();
     assert_eq!(walk(&live).unwrap(), snapshot.manifest.volumes[0].entries);

@@ -95,7 +95,7 @@ fn describe(plan: &Plan, faults: &[Fault]) -> String {
         *kinds.entry(host.kind.name()).or_default() += 1;
     }
     let mut text = format!(
-        "seed {}: {} hosts {kinds:?}, canary {}, batch {}, max failures {}, host deadline {:?}, pause after canary {}, rollback on halt {}, derived target {}, operator {:?}\n",
+        "seed {}: {} hosts {kinds:?}, canary {}, batch {}, max failures {}, host deadline {:?}, pause after canary {}, rollback on halt {}, derived target {}, hosts {}, operator {:?}\n",
         plan.seed,
         plan.hosts.len(),
         plan.canary,
@@ -105,6 +105,7 @@ fn describe(plan: &Plan, faults: &[Fault]) -> String {
         plan.pause_after_canary,
         plan.rollback_on_halt,
         plan.derive_target,
+        plan.site.map_or("all".to_owned(), |site| format!("site={site}")),
         plan.operator
     );
     for fault in faults {
@@ -179,7 +180,7 @@ async fn main() {
     let mut injected: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut behaviours: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut states: BTreeMap<String, u32> = BTreeMap::new();
-    let (mut hosts, mut done) = (0, 0);
+    let (mut hosts, mut done, mut selected) = (0, 0, 0);
     let mut failed = Vec::new();
     // Runs whose fleet could not be set up: no rollout ran, nothing was checked.
     let mut unset = Vec::new();
@@ -207,6 +208,9 @@ async fn main() {
         let (plan, faults, found, outcome, took) = finished.expect("a run's task reports, its panics caught");
         done += 1;
         hosts += plan.hosts.len();
+        if plan.site.is_some() {
+            selected += 1;
+        }
         for (kind, count) in &outcome.injected {
             *injected.entry(kind).or_default() += count;
         }
@@ -217,9 +221,11 @@ async fn main() {
             *states.entry(state.clone()).or_default() += count;
         }
         report.line(format!(
-            "seed {}: {} hosts, faults {:?}, rollouts {:?}, {:.1} s, {}",
+            "seed {}: {} hosts{}, faults {:?}, rollouts {:?}, {:.1} s, {}",
             plan.seed,
             plan.hosts.len(),
+            plan.site
+                .map_or(String::new(), |site| format!(" (--hosts site={site})")),
             outcome.injected,
             outcome.states,
             took.as_secs_f64(),
@@ -279,7 +285,7 @@ async fn main() {
         ));
     }
     report.line(format!(
-        "campaign: {done} runs (seeds {seed}..={}), {hosts} hosts {behaviours:?}, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}, {} runs not set up {unset:?}",
+        "campaign: {done} runs (seeds {seed}..={}; {selected} with a --hosts selector), {hosts} hosts {behaviours:?}, faults {injected:?}, rollouts {states:?}, {:.1} s, {} violating runs {failed:?}, {} runs not set up {unset:?}",
         seed + done.max(1) - 1,
         started.elapsed().as_secs_f64(),
         failed.len(),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{gate, gate_timeout, Direction, HostKind, HostPlan, LinkFault, TO};
+use super::{gate, gate_timeout, Direction, HostKind, HostPlan, LinkFault, SITE_LABEL, TO};
 use crate::server::{observed, TestAgent};
 
 /// One command as it arrived.
@@ -94,6 +94,8 @@ struct Host {
     delay: Duration,
     /// Reports [`TO`] as the newest available version.
     offers_target: bool,
+    /// The host's `site` label, sent in its facts.
+    site: &'static str,
 }
 
 impl CampaignAgent {
@@ -107,6 +109,7 @@ impl CampaignAgent {
             kind: plan.kind,
             delay: Duration::from_millis(plan.delay_ms),
             offers_target,
+            site: plan.site,
         };
         let shared = Arc::new(Mutex::new(Shared {
             version: version.to_owned(),
@@ -363,7 +366,8 @@ async fn run(
                 .connect()
                 .await
                 .ok()?;
-            TestAgent::connect(channel, &host.id, vec![app(&host, &shared)])
+            let labels = [(SITE_LABEL.to_owned(), host.site.to_owned())].into();
+            TestAgent::connect_labelled(channel, &host.id, vec![app(&host, &shared)], labels)
                 .await
                 .ok()
         };

@@ -101,6 +101,40 @@ pub fn check(plan: &Plan, history: &History) -> Vec<String> {
             plan.batch.max(plan.canary)
         ));
     }
+    // The selector (`--hosts site=...`): the rollout shows every host it
+    // selects and none other; a host left out is sent no upgrade and keeps
+    // its version.
+    for host in plan.hosts.iter().filter(|host| host.recipe == history.recipe) {
+        let shown = history.shown.iter().any(|shown| shown.host_id == host.id);
+        let site = plan.site.unwrap_or_default();
+        if plan.selects(host) {
+            if !shown {
+                violations.push(format!(
+                    "{} (site {}) is selected but the rollout does not show it",
+                    host.id, host.site
+                ));
+            }
+            continue;
+        }
+        if shown {
+            violations.push(format!(
+                "{} (site {}) is outside --hosts site={site} but the rollout shows it",
+                host.id, host.site
+            ));
+        }
+        if history.upgrade_ids.get(&host.id).is_some_and(|ids| !ids.is_empty()) {
+            violations.push(format!(
+                "{} (site {}) is outside --hosts site={site} but was sent an upgrade",
+                host.id, host.site
+            ));
+        }
+        if let Some(version) = history.versions.get(&host.id).filter(|version| *version != FROM) {
+            violations.push(format!(
+                "{} (site {}) is outside --hosts site={site} but runs {version}",
+                host.id, host.site
+            ));
+        }
+    }
     let rolled_back_on_halt = state == "halted" && plan.rollback_on_halt;
     for shown in &history.shown {
         let version = history.versions.get(&shown.host_id).map(String::as_str);
@@ -210,7 +244,40 @@ mod tests {
 
     #[test]
     fn invariants_as_a_table() {
-        let base = plan(1, 10, 10);
+        // No hosts of its own (the histories name theirs) and no selector.
+        let base = Plan {
+            hosts: Vec::new(),
+            site: None,
+            ..plan(1, 10, 10)
+        };
+        // `--hosts site=leeds`: s0 is selected, o0 (berlin) is not.
+        let selecting = Plan {
+            hosts: [("s0", "leeds"), ("o0", "berlin")]
+                .into_iter()
+                .map(|(id, site)| HostPlan {
+                    id: id.into(),
+                    recipe: "fixture",
+                    kind: HostKind::Healthy,
+                    delay_ms: 20,
+                    site,
+                })
+                .collect(),
+            site: Some("leeds"),
+            ..base.clone()
+        };
+        let left_out = |outcome: Option<&str>, version: &str, upgraded: bool| {
+            let mut hosts = vec![("s0", "succeeded", TO)];
+            if let Some(outcome) = outcome {
+                hosts.push(("o0", outcome, version));
+            }
+            let mut history = history(Some("completed"), &hosts);
+            history.versions.insert("o0".into(), version.into());
+            history.listed.insert("o0".into(), Some(version.into()));
+            if upgraded {
+                history.upgrade_ids.insert("o0".into(), ["op9".to_owned()].into());
+            }
+            history
+        };
         let halting = Plan {
             rollback_on_halt: true,
             ..base.clone()
@@ -238,6 +305,7 @@ mod tests {
                     recipe: "fixture",
                     kind: HostKind::Failing,
                     delay_ms: 20,
+                    site: "berlin",
                 })
                 .collect(),
             canary: 1,
@@ -322,6 +390,36 @@ mod tests {
                 &base,
                 lost,
                 "acknowledged result [\"op1\"] is lost",
+            ),
+            (
+                "a selector's host moved, the other left alone",
+                &selecting,
+                left_out(None, FROM, false),
+                "",
+            ),
+            (
+                "a host outside the selector shown",
+                &selecting,
+                left_out(Some("skipped"), FROM, false),
+                "o0 (site berlin) is outside --hosts site=leeds but the rollout shows it",
+            ),
+            (
+                "a host outside the selector sent an upgrade",
+                &selecting,
+                left_out(None, FROM, true),
+                "outside --hosts site=leeds but was sent an upgrade",
+            ),
+            (
+                "a host outside the selector moved",
+                &selecting,
+                left_out(None, TO, false),
+                "outside --hosts site=leeds but runs 1.1.0",
+            ),
+            (
+                "a selected host missing from the rollout",
+                &selecting,
+                history(Some("completed"), &[]),
+                "s0 (site leeds) is selected but the rollout does not show it",
             ),
             ("failures over the budget", &failing, over_budget, "4 hosts failed"),
             ("failures within the budget and a wave", &failing, within_budget, ""),

@@ -140,6 +140,8 @@ pub struct HostPlan {
     pub kind: HostKind,
     /// How long the deploy takes before the gate starts.
     pub delay_ms: u64,
+    /// The host's [`SITE_LABEL`] label (one of [`SITES`]).
+    pub site: &'static str,
 }
 
 /// Which way a message travels on an agent's stream.
@@ -247,11 +249,16 @@ pub struct Plan {
     /// report available (every host reports [`TO`]).
     pub derive_target: bool,
     pub host_deadline: Duration,
+    /// `--hosts site=<this>`: only the hosts of this site take part.
+    pub site: Option<&'static str>,
     pub operator: Operator,
     pub faults: Vec<Fault>,
 }
 
 pub const RECIPES: [&str; 3] = ["fixture", "wiki", "db"];
+/// The label every simulated host carries, and its values.
+pub const SITE_LABEL: &str = "site";
+pub const SITES: [&str; 3] = ["berlin", "leeds", "lagos"];
 pub const FROM: &str = "1.0.0";
 pub const TO: &str = "1.1.0";
 
@@ -278,9 +285,23 @@ pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
                 recipe: RECIPES[random.below(RECIPES.len() as u64) as usize],
                 kind,
                 delay_ms: random.between(20, 320),
+                site: SITES[0],
             }
         })
+        .collect::<Vec<_>>();
+    // Labels and the selector come from a stream of their own, so that adding
+    // them left every other draw of a seed (and its recorded replay) as it was.
+    let mut labels = Random::new(seed ^ 0x5173_1abe_15e1_ec70);
+    let hosts: Vec<HostPlan> = hosts
+        .into_iter()
+        .map(|host| HostPlan {
+            site: SITES[labels.below(SITES.len() as u64) as usize],
+            ..host
+        })
         .collect();
+    let site = labels
+        .chance(35)
+        .then(|| SITES[labels.below(SITES.len() as u64) as usize]);
     let canary = random.between(1, 2) as u32;
     let batch = random.between(2, 6) as u32;
     let max_failures = random.between(1, 3) as u32;
@@ -350,17 +371,23 @@ pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
         rollback_on_halt,
         derive_target,
         host_deadline,
+        site,
         operator,
         faults,
     }
 }
 
 impl Plan {
-    /// Hosts of `recipe` taking part (not offline).
+    /// Whether the rollouts' selector (`--hosts site=...`) selects `host`.
+    pub fn selects(&self, host: &HostPlan) -> bool {
+        self.site.is_none_or(|site| host.site == site)
+    }
+
+    /// Hosts of `recipe` taking part: selected and not offline.
     pub fn online(&self, recipe: &str) -> usize {
         self.hosts
             .iter()
-            .filter(|host| host.recipe == recipe && host.kind != HostKind::Offline)
+            .filter(|host| host.recipe == recipe && host.kind != HostKind::Offline && self.selects(host))
             .count()
     }
 
@@ -381,7 +408,11 @@ impl Plan {
     /// for its host deadline, each server kill costs a restart, each pause
     /// its length, plus slack for the CLI and reconnects on a shared machine.
     pub fn bound(&self, recipe: &str) -> Duration {
-        let hosts = self.hosts.iter().filter(|host| host.recipe == recipe).count() as u32;
+        let hosts = self
+            .hosts
+            .iter()
+            .filter(|host| host.recipe == recipe && self.selects(host))
+            .count() as u32;
         let waves = 1 + hosts.saturating_sub(self.canary).div_ceil(self.batch.max(1));
         let faults: Duration = self
             .faults
@@ -462,6 +493,32 @@ mod tests {
         }
         assert_eq!(faults.len(), 10, "{faults:?}");
         assert_eq!(kinds.len(), 6, "{kinds:?}");
+    }
+
+    #[test]
+    fn every_site_is_drawn_and_some_runs_select_one() {
+        let mut sites = std::collections::BTreeSet::new();
+        let mut selected = std::collections::BTreeSet::new();
+        let mut runs_leaving_hosts_out = 0;
+        for seed in 0..300 {
+            let plan = plan(seed, 10, 40);
+            sites.extend(plan.hosts.iter().map(|host| host.site));
+            match plan.site {
+                Some(site) => {
+                    selected.insert(site);
+                    if plan.hosts.iter().any(|host| !plan.selects(host)) {
+                        runs_leaving_hosts_out += 1;
+                    }
+                }
+                None => assert!(plan.hosts.iter().all(|host| plan.selects(host))),
+            }
+        }
+        assert_eq!(sites.len(), SITES.len(), "{sites:?}");
+        assert_eq!(selected.len(), SITES.len(), "{selected:?}");
+        assert!(
+            (50..150).contains(&runs_leaving_hosts_out),
+            "{runs_leaving_hosts_out} of 300 runs leave hosts out"
+        );
     }
 
     /// The real gate over the scripted checks: (kind, timeout ms) -> (passes, decided at ms).

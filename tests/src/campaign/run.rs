@@ -177,6 +177,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         if plan.rollback_on_halt {
             args.push("--rollback-on-halt");
         }
+        let selector = plan.site.map(|site| format!("{}={site}", super::SITE_LABEL));
+        if let Some(selector) = &selector {
+            args.extend(["--hosts", selector]);
+        }
         let started = cli_json(&url, &credentials, &args)
             .await
             .ok_or_else(|| anyhow::anyhow!("ccfleet upgrade {recipe} failed"))?;
