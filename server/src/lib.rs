@@ -470,12 +470,29 @@ pub async fn serve(
     // Shutdown: stop accepting (tonic), tell every agent stream to end (the
     // agents reconnect with backoff), let connections drain, then write
     // last-seen times and close the store, all within the shutdown timeout.
+    // A store that failed (sled refuses every write after an I/O error such
+    // as a full disk) stops the server the same way, and `serve` returns the
+    // error, so that the service manager starts it again (NixOS: Restart=
+    // on-failure): a fresh open recovers, and what was not flushed was never
+    // acknowledged, so agents re-send it.
     let started = Arc::new(tokio::sync::Notify::new());
     let (closed_hosts_sender, closed_hosts) = tokio::sync::oneshot::channel();
+    let store_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let signal = {
-        let (fleet, started) = (fleet.clone(), started.clone());
+        let (fleet, started, store, store_failure) =
+            (fleet.clone(), started.clone(), store.clone(), store_failure.clone());
         async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                message = store.failed() => {
+                    tracing::error!(
+                        error = %message,
+                        "the store cannot write: stopping; start the server again once the cause (a full disk?) is fixed; \
+                         nothing acknowledged is lost"
+                    );
+                    *store_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(message);
+                }
+            }
             let _ = admin_stop.send(true);
             let hosts = fleet.close_all();
             tracing::info!(streams = hosts.len(), "shutting down: closing agent streams");
@@ -546,6 +563,16 @@ pub async fn serve(
     // Bounded too: a store stuck in sled must not keep the process alive.
     if tokio::time::timeout(store_budget, store.close()).await.is_err() {
         tracing::error!("the store thread did not stop; exiting without it");
+    }
+    let failure = store_failure
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    if let Some(message) = failure {
+        anyhow::bail!(
+            "the store in {} failed to write ({message}); the server stopped: start it again once the cause (a full disk?) is fixed",
+            config.data_dir.display()
+        );
     }
     result
 }

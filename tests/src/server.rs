@@ -233,6 +233,11 @@ impl TestServer {
     /// Kills the server with SIGKILL (no graceful shutdown: what was
     /// acknowledged must already be on disk) and waits for it to exit.
     pub fn kill(mut self) {
+        self.kill_in_place();
+    }
+
+    /// [`TestServer::kill`], keeping the value (its log stays readable).
+    pub fn kill_in_place(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -246,17 +251,30 @@ impl TestServer {
             .status()
             .expect("kill runs");
         assert!(sent.success(), "cannot send SIGTERM to the server");
-        // Polls the process on a short period; the deadline bounds it.
-        while start.elapsed() < deadline {
+        match self.wait_exit(deadline) {
+            Some(status) => (status, start.elapsed()),
+            None => panic!(
+                "the server did not exit within {deadline:?} of SIGTERM; its log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// Waits up to `deadline` for the server to exit on its own; its exit
+    /// status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, deadline: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        // Polls the process on a short period (at least once); the deadline
+        // bounds it.
+        loop {
             if let Some(status) = self.child.try_wait().expect("wait for the server") {
-                return (status, start.elapsed());
+                return Some(status);
+            }
+            if start.elapsed() >= deadline {
+                return None;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!(
-            "the server did not exit within {deadline:?} of SIGTERM; its log:\n{}",
-            self.log()
-        );
     }
 
     /// The server's log so far, for failure messages.

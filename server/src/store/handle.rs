@@ -176,6 +176,9 @@ pub struct StoreHandle {
     gauges: Arc<FleetGauges>,
     /// Wakes the notification delivery tasks when something is queued.
     notification_waker: tokio::sync::watch::Receiver<u64>,
+    /// Set (once) when a flush failed: the store thread has stopped, see
+    /// [`StoreHandle::failed`].
+    failure: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl StoreHandle {
@@ -210,9 +213,14 @@ impl StoreHandle {
         let stop = stopping.clone();
         let stats = Arc::new(StoreStats::default());
         let counters = stats.clone();
+        let (failed, failure) = tokio::sync::watch::channel(None);
         let thread = std::thread::Builder::new()
             .name("ccfleet-store".into())
-            .spawn(move || run_store_thread(store, inbox, group, &busy, &stop, &counters))
+            .spawn(move || {
+                if let Err(message) = run_store_thread(store, inbox, group, &busy, &stop, &counters) {
+                    failed.send_replace(Some(message));
+                }
+            })
             .map_err(|_| StoreError::Stopped)?;
         Ok(StoreHandle {
             jobs,
@@ -223,7 +231,26 @@ impl StoreHandle {
             stats,
             gauges,
             notification_waker,
+            failure,
         })
+    }
+
+    /// Completes when a flush has failed, with sled's error. sled refuses
+    /// every write after an I/O error (a full disk, a failing device), even
+    /// once its cause is gone, so the store thread stops there: what it had
+    /// not flushed was never acknowledged, and a fresh open recovers from the
+    /// log. Never completes for a store that is closed without a failure.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        let message = match failure.wait_for(Option::is_some).await {
+            Ok(message) => message.clone().unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if message.is_empty() {
+            // Closed without a failure.
+            return std::future::pending().await;
+        }
+        message
     }
 
     /// The gauges the store keeps (open alerts, rollouts by state, the
@@ -385,10 +412,15 @@ impl Batch {
         }
     }
 
-    /// Flushes once and answers every writer of the batch.
-    fn flush(&mut self, store: &Store, stats: &StoreStats) {
+    /// Flushes once and answers every writer of the batch; the flush's error
+    /// is returned too.
+    fn flush(&mut self, store: &Store, stats: &StoreStats) -> Result<(), String> {
         let started = std::time::Instant::now();
-        let flushed = store.flush().map_err(|error| error.to_string());
+        // With sled's own words ("No space left on device"), not only ours.
+        let flushed = store.flush().map_err(|error| match std::error::Error::source(&error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        });
         add_elapsed(&stats.flush_nanos, started);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(message) = &flushed {
@@ -398,6 +430,7 @@ impl Batch {
             reply(flushed.clone());
         }
         self.waiting = Unflushed::default();
+        flushed
     }
 }
 
@@ -408,7 +441,9 @@ const MAX_DRAIN_AT_STOP: usize = 100_000;
 /// for everything written since the last flush when `flush_step` says so (an
 /// urgent write, a full group, or the window of the oldest grouped write
 /// passed), then answers the writers. Stops when every handle is gone, after
-/// a last flush.
+/// a last flush. A failed flush stops it at once with the error: sled
+/// refuses every later write (see [`StoreHandle::failed`]); the requests
+/// still queued fail as `Stopped`.
 fn run_store_thread(
     store: Store,
     inbox: std_mpsc::Receiver<Job>,
@@ -416,7 +451,7 @@ fn run_store_thread(
     busy_since: &AtomicU64,
     stopping: &std::sync::atomic::AtomicBool,
     stats: &StoreStats,
-) {
+) -> Result<(), String> {
     let mut batch = Batch::default();
     loop {
         let next = match flush_step(batch.waiting, std::time::Instant::now(), group) {
@@ -444,7 +479,7 @@ fn run_store_thread(
             }
         }
         if flush_step(batch.waiting, std::time::Instant::now(), group) == FlushStep::Flush {
-            batch.flush(&store, stats);
+            batch.flush(&store, stats)?;
         }
         stats.cpu_nanos.store(thread_cpu_nanos(), Ordering::Relaxed);
         busy_since.store(0, Ordering::Relaxed);
@@ -462,7 +497,7 @@ fn run_store_thread(
     }
     // Writers still waiting (a stop inside a window) are answered after the
     // last flush.
-    batch.flush(&store, stats);
+    batch.flush(&store, stats)
 }
 
 #[cfg(test)]

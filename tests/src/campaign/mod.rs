@@ -190,6 +190,12 @@ pub enum Fault {
     AgentRestart { at_ms: u64, host: usize },
     /// A fault of host `host`'s link.
     Link { at_ms: u64, host: usize, fault: LinkFault },
+    /// The disk under the store fills (the data directory is a tmpfs; a
+    /// file takes all its room) and is freed `for_ms` later. sled refuses
+    /// every write after a failed one, so the server stops on its own at its
+    /// next flush; the runner starts it again once there is room, as the
+    /// service manager would.
+    DiskFull { at_ms: u64, for_ms: u64 },
 }
 
 impl Fault {
@@ -197,6 +203,7 @@ impl Fault {
         match self {
             Fault::ServerKill { .. } => "server-kill",
             Fault::ServerPause { .. } => "server-pause",
+            Fault::DiskFull { .. } => "disk-full",
             Fault::AgentRestart { .. } => "agent-restart",
             Fault::Link { fault, .. } => match fault {
                 LinkFault::Drop {
@@ -221,6 +228,7 @@ impl Fault {
         match self {
             Fault::ServerKill { at_ms }
             | Fault::ServerPause { at_ms, .. }
+            | Fault::DiskFull { at_ms, .. }
             | Fault::AgentRestart { at_ms, .. }
             | Fault::Link { at_ms, .. } => *at_ms,
         }
@@ -302,6 +310,11 @@ pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
     let site = labels
         .chance(35)
         .then(|| SITES[labels.below(SITES.len() as u64) as usize]);
+    // So is the full disk, added after them.
+    let disk_full = labels.chance(25).then(|| Fault::DiskFull {
+        at_ms: labels.between(100, 3100),
+        for_ms: labels.between(300, 2000),
+    });
     let canary = random.between(1, 2) as u32;
     let batch = random.between(2, 6) as u32;
     let max_failures = random.between(1, 3) as u32;
@@ -360,6 +373,7 @@ pub fn plan(seed: u64, min_hosts: u64, max_hosts: u64) -> Plan {
             fault,
         });
     }
+    faults.extend(disk_full);
     faults.sort();
     Plan {
         seed,
@@ -420,6 +434,8 @@ impl Plan {
             .map(|fault| match fault {
                 Fault::ServerKill { .. } => Duration::from_secs(5),
                 Fault::ServerPause { for_ms, .. } => Duration::from_millis(*for_ms) + Duration::from_secs(3),
+                // The server's own shutdown, the room coming back, a restart.
+                Fault::DiskFull { for_ms, .. } => Duration::from_millis(*for_ms) + Duration::from_secs(10),
                 Fault::AgentRestart { .. } => Duration::ZERO,
                 Fault::Link { .. } => Duration::from_millis(500),
             })
@@ -491,7 +507,7 @@ mod tests {
             faults.extend(plan.faults.iter().map(Fault::kind));
             kinds.extend(plan.hosts.iter().map(|host| host.kind.name()));
         }
-        assert_eq!(faults.len(), 10, "{faults:?}");
+        assert_eq!(faults.len(), 11, "{faults:?}");
         assert_eq!(kinds.len(), 6, "{kinds:?}");
     }
 

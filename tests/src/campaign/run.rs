@@ -107,6 +107,12 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         }
     };
     let data: PathBuf = directory.join("data");
+    // A run that fills the disk gets a small disk of its own under the store.
+    let disk = faults
+        .iter()
+        .any(|fault| matches!(fault, Fault::DiskFull { .. }))
+        .then(|| Disk::mount(&data))
+        .transpose()?;
     let mut server = TestServer::start(&data, &[]);
     let port = server.address.port();
     let (url, credentials) = (server.url(), server.admin_credential_path());
@@ -205,16 +211,47 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     pending.sort();
     let mut aborted = false;
     let mut states: BTreeMap<String, String> = BTreeMap::new();
+    // While the disk is full: when it is freed, and whether the server is
+    // down (killed, or stopped on its own) until then.
+    let mut full_until: Option<Instant> = None;
+    let mut down = false;
     while start.elapsed() < bound {
         let now = start.elapsed().as_millis() as u64;
+        if full_until.is_some_and(|until| Instant::now() >= until) {
+            full_until = None;
+            if let Some(disk) = &disk {
+                disk.free();
+            }
+        }
+        if full_until.is_none() && (down || server.wait_exit(Duration::ZERO).is_some()) {
+            if !down {
+                // It stopped on its own: the full disk's doing.
+                *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
+            }
+            server = TestServer::start_on(&data, port, &[]);
+            down = false;
+        }
         while pending.first().is_some_and(|fault| fault.at_ms() <= now) {
             let fault = pending.remove(0);
             let injected = match fault {
                 Fault::ServerKill { .. } => {
-                    server.kill();
-                    server = TestServer::start_on(&data, port, &[]);
+                    server.kill_in_place();
+                    // On a full disk the start would fail: it waits for the room.
+                    if full_until.is_some() {
+                        down = true;
+                    } else {
+                        server = TestServer::start_on(&data, port, &[]);
+                    }
                     true
                 }
+                Fault::DiskFull { for_ms, .. } => match &disk {
+                    Some(disk) if full_until.is_none() => {
+                        disk.fill();
+                        full_until = Some(Instant::now() + Duration::from_millis(for_ms));
+                        true
+                    }
+                    _ => false,
+                },
                 Fault::ServerPause { for_ms, .. } => {
                     pause(server.pid(), Duration::from_millis(for_ms));
                     true
@@ -260,6 +297,16 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         }
         // The poll's pace; every wait ends on the observed state or the bound.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The disk has room again and the server runs, for what follows.
+    if let Some(disk) = &disk {
+        disk.free();
+    }
+    if down || server.wait_exit(Duration::ZERO).is_some() {
+        if !down {
+            *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
+        }
+        server = TestServer::start_on(&data, port, &[]);
     }
     // Rollbacks on halt run after the halt: give them the host deadline to land.
     phase("ended");
@@ -364,7 +411,61 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     for agent in live.into_iter().flatten() {
         agent.stop().await;
     }
+    drop(server);
+    drop(disk);
     Ok(outcome)
+}
+
+/// A tmpfs mounted on a run's data directory (needs root), so that a fault
+/// can fill it; unmounted when dropped.
+struct Disk {
+    mountpoint: PathBuf,
+}
+
+impl Disk {
+    /// 64 MiB: room for a run's store, little enough to fill at once.
+    fn mount(directory: &Path) -> anyhow::Result<Disk> {
+        std::fs::create_dir_all(directory)?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+            .arg(directory)
+            .status()?;
+        anyhow::ensure!(
+            mounted.success(),
+            "cannot mount a tmpfs on {} for the disk-full fault (needs root)",
+            directory.display()
+        );
+        Ok(Disk {
+            mountpoint: directory.to_path_buf(),
+        })
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.mountpoint.join("filler")
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let Ok(mut file) = std::fs::File::create(self.filler()) else {
+            return;
+        };
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).and_then(|()| file.sync_all()).is_ok() {}
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.filler());
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+    }
 }
 
 async fn wait_online(admin: &mut Admin, expected: usize) -> anyhow::Result<()> {

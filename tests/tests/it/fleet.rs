@@ -755,6 +755,122 @@ async fn an_event_killed_between_receipt_and_flush_is_resent_and_stored_once() {
     assert_eq!(operation_messages(&server), ["web-1 op-kill step 2"]);
 }
 
+/// Unmounts a test's tmpfs when the test ends, however it ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the disk is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        if let Err(error) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+            assert_eq!(error.raw_os_error(), Some(28), "filling the disk: {error}");
+            return;
+        }
+    }
+}
+
+/// A disk that fills under the store (a 16 MiB tmpfs): sled refuses every
+/// write after its first failed one, even once there is room again, so the
+/// server stops with the reason and exits 1 (the service manager starts it
+/// again). It refuses to start while the disk is full; once there is room it
+/// starts with every acknowledged event, and the event it never acknowledged
+/// is re-sent by the agent and stored once.
+#[tokio::test]
+async fn a_full_disk_stops_the_server_with_the_reason_and_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs on {} (needs root)",
+        data.display()
+    );
+    let _unmount = Unmount(data.clone());
+    let mut server = TestServer::start(&data, &[]);
+    let port = server.address.port();
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    agent.send(progress_event(1, "step 1")).await;
+    assert_eq!(agent.next_ack().await.unwrap(), 1);
+
+    let filler = data.join("filler");
+    fill(&filler);
+    // Events until one is not acknowledged (the first few may still fit in
+    // the page sled's log had begun).
+    let mut acknowledged = 1;
+    for seq in 2..=1000 {
+        agent
+            .send(progress_event(seq, &format!("step {seq} {}", "x".repeat(400))))
+            .await;
+        match tokio::time::timeout(Duration::from_secs(30), agent.next_ack()).await {
+            Ok(Ok(watermark)) if watermark == seq => acknowledged = seq,
+            _ => break,
+        }
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the server still runs on a full disk; its log:\n{}", server.log()));
+    let log = server.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("the store cannot write: stopping"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(acknowledged < 1000, "a thousand events acknowledged on a full disk");
+
+    // While the disk is full, a start is refused with the reason.
+    let refused = std::process::Command::new(ccfleet_tests::binary("ccfleet-server"))
+        .arg("run")
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the store") && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let server = TestServer::start_on(&data, port, &[]);
+    let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
+        .await
+        .unwrap();
+    // Every acknowledged event is there; the next one may or may not be
+    // (sled may have written part of its log before the error), and the
+    // agent, which holds it, sends it again.
+    let next = acknowledged + 1;
+    assert!(
+        (acknowledged..=next).contains(&agent.welcome.last_seq),
+        "acknowledged up to {acknowledged}: {:?}",
+        agent.welcome
+    );
+    agent.send(progress_event(next, &format!("step {next} again"))).await;
+    assert_eq!(agent.next_ack().await.unwrap(), next);
+    let stored = operation_messages(&server);
+    assert!(
+        stored == [format!("web-1 op-kill step {next} again")] || agent.welcome.last_seq == next,
+        "{stored:?} after {:?}",
+        agent.welcome
+    );
+    // And the store writes again.
+    server.create_token(&["--uses", "1"]);
+}
+
 /// Events sent close together are covered by one flush and answered with
 /// one watermark, never a lower one later.
 #[tokio::test]
