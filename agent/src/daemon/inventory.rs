@@ -118,12 +118,17 @@ impl Agent {
     }
 
     /// Asks Docker whether the stack of each deployed stateful app has
-    /// volumes, once per running version.
+    /// volumes, once per running version and only once the app has
+    /// converged: Swarm creates a stack's volumes with its containers, so a
+    /// stack still starting has none yet.
     async fn refresh_volumes(&self, reconciler: &Reconciler, observed: &[ObservedApp]) {
         for app in observed {
             let Some(running) = &app.observed_version else {
                 continue;
             };
+            if app.state != AppState::Converged {
+                continue;
+            }
             let Some(config) = reconciler
                 .apps()
                 .iter()

@@ -212,8 +212,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     let mut aborted = false;
     let mut states: BTreeMap<String, String> = BTreeMap::new();
     // While the disk is full: when it is freed, and whether the server is
-    // down (killed, or stopped on its own) until then.
+    // down (killed, or stopped on its own) until then. Only a server that
+    // stopped after a fill is started again by the runner: one that dies
+    // otherwise stays down, and the run's invariants say so.
     let mut full_until: Option<Instant> = None;
+    let mut filled = false;
     let mut down = false;
     while start.elapsed() < bound {
         let now = start.elapsed().as_millis() as u64;
@@ -223,13 +226,13 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                 disk.free();
             }
         }
-        if full_until.is_none() && (down || server.wait_exit(Duration::ZERO).is_some()) {
+        if full_until.is_none() && (down || (filled && server.wait_exit(Duration::ZERO).is_some())) {
             if !down {
                 // It stopped on its own: the full disk's doing.
                 *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
             }
             server = TestServer::start_on(&data, port, &[]);
-            down = false;
+            (down, filled) = (false, false);
         }
         while pending.first().is_some_and(|fault| fault.at_ms() <= now) {
             let fault = pending.remove(0);
@@ -247,6 +250,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                 Fault::DiskFull { for_ms, .. } => match &disk {
                     Some(disk) if full_until.is_none() => {
                         disk.fill();
+                        filled = true;
                         full_until = Some(Instant::now() + Duration::from_millis(for_ms));
                         true
                     }
@@ -302,7 +306,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     if let Some(disk) = &disk {
         disk.free();
     }
-    if down || server.wait_exit(Duration::ZERO).is_some() {
+    if down || (filled && server.wait_exit(Duration::ZERO).is_some()) {
         if !down {
             *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
         }
