@@ -255,6 +255,9 @@ async fn main() {
         }
         failed.push(plan.seed);
         report.line(format!("VIOLATION seed {}: {found:#?}", plan.seed));
+        if let Some(diagnosis) = &outcome.diagnosis {
+            report.line(format!("  when the bound passed: {diagnosis}"));
+        }
         if let (Some(directory), false) = (&logs, outcome.log.is_empty()) {
             let path = std::path::Path::new(directory).join(format!("seed-{}.log", plan.seed));
             match std::fs::write(&path, &outcome.log) {

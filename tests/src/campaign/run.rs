@@ -70,6 +70,9 @@ pub struct Outcome {
     /// The fleet could not be set up (enrolled and online) on a machine this
     /// busy: no rollout ran, so no invariant was checked.
     pub setup_failed: Option<String>,
+    /// The server process's state (`/proc/PID/status`, each thread's state)
+    /// when a rollout had not ended by its bound.
+    pub diagnosis: Option<String>,
 }
 
 impl Outcome {
@@ -111,12 +114,12 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     let disk = faults
         .iter()
         .any(|fault| matches!(fault, Fault::DiskFull { .. }))
-        .then(|| Disk::mount(&data))
+        .then(|| blocking(|| Disk::mount(&data)))
         .transpose()?;
-    let mut server = TestServer::start(&data, &[]);
+    let mut server = blocking(|| TestServer::start(&data, &[]));
     let port = server.address.port();
     let (url, credentials) = (server.url(), server.admin_credential_path());
-    let token = server.create_token(&["--uses", &plan.hosts.len().to_string(), "--ttl", "1h"]);
+    let token = blocking(|| server.create_token(&["--uses", &plan.hosts.len().to_string(), "--ttl", "1h"]));
     let mut agents = Vec::new();
     for host in &plan.hosts {
         let credential = match enroll_retrying(&url, &token, &host.id).await {
@@ -208,7 +211,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         .max()
         .unwrap_or_default();
     let mut pending: Vec<Fault> = faults.to_vec();
-    pending.sort();
+    // By time: the loop injects the first pending fault once it is due, so a
+    // later fault ahead of it would hold back every fault behind it (sorting
+    // by kind did: every kill went first and a pause due before a kill struck
+    // the server started after it).
+    pending.sort_by_key(|fault| (fault.at_ms(), *fault));
     let mut aborted = false;
     let mut states: BTreeMap<String, String> = BTreeMap::new();
     // While the disk is full: when it is freed, and whether the server is
@@ -231,25 +238,25 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                 // It stopped on its own: the full disk's doing.
                 *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
             }
-            server = TestServer::start_on(&data, port, &[]);
+            server = blocking(|| TestServer::start_on(&data, port, &[]));
             (down, filled) = (false, false);
         }
         while pending.first().is_some_and(|fault| fault.at_ms() <= now) {
             let fault = pending.remove(0);
             let injected = match fault {
                 Fault::ServerKill { .. } => {
-                    server.kill_in_place();
+                    blocking(|| server.kill_in_place());
                     // On a full disk the start would fail: it waits for the room.
                     if full_until.is_some() {
                         down = true;
                     } else {
-                        server = TestServer::start_on(&data, port, &[]);
+                        server = blocking(|| TestServer::start_on(&data, port, &[]));
                     }
                     true
                 }
                 Fault::DiskFull { for_ms, .. } => match &disk {
                     Some(disk) if full_until.is_none() => {
-                        disk.fill();
+                        blocking(|| disk.fill());
                         filled = true;
                         full_until = Some(Instant::now() + Duration::from_millis(for_ms));
                         true
@@ -302,6 +309,11 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         // The poll's pace; every wait ends on the observed state or the bound.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if rollouts.len() != states.values().filter(|state| ended(state)).count() {
+        // For the report: whether the server was running, stopped or gone
+        // when the bound passed.
+        outcome.diagnosis = Some(process_state(server.pid()));
+    }
     // The disk has room again and the server runs, for what follows.
     if let Some(disk) = &disk {
         disk.free();
@@ -310,7 +322,7 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         if !down {
             *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
         }
-        server = TestServer::start_on(&data, port, &[]);
+        server = blocking(|| TestServer::start_on(&data, port, &[]));
     }
     // Rollbacks on halt run after the halt: give them the host deadline to land.
     phase("ended");
@@ -400,8 +412,10 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     }
     phase("recorded");
     // The store always reopens, and shows what it showed.
-    server.kill();
-    let server = TestServer::start_on(&data, port, &[]);
+    let server = blocking(|| {
+        server.kill();
+        TestServer::start_on(&data, port, &[])
+    });
     for ((_, id), history) in rollouts.iter().zip(outcome.histories.iter_mut()) {
         if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
             history.shown_after_reopen = Some((
@@ -548,6 +562,31 @@ impl Admin {
     }
 }
 
+/// The process's state and each thread's, from `/proc`.
+fn process_state(pid: u32) -> String {
+    let state = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|line| line.starts_with("State:"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "State: gone".to_owned())
+    };
+    let mut threads: BTreeMap<String, u32> = BTreeMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            *threads.entry(state(task.path().join("status"))).or_default() += 1;
+        }
+    }
+    format!(
+        "server pid {pid}: {}; threads {threads:?}",
+        state(format!("/proc/{pid}/status").into())
+    )
+}
+
 fn state_name(state: i32) -> &'static str {
     match pb::RolloutState::try_from(state) {
         Ok(pb::RolloutState::Running) => "running",
@@ -559,21 +598,31 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// Runs a blocking call (a server start waits for its first line, a kill
+/// for the exit, a CLI call for its answer, a fill for the disk) without
+/// holding a runtime worker: the runner shares two workers among its jobs
+/// and every simulated agent, and a held worker starves their reconnects and
+/// timers.
+fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(call)
+}
+
 /// SIGSTOPs the server `pid` now and SIGCONTs it after `duration`, from a
 /// task of its own (the runner's own CLI calls wait while it is stopped).
 fn pause(pid: u32, duration: Duration) {
-    let signal = |name: &str| {
-        let _ = std::process::Command::new("kill")
+    let signal = move |name: &'static str| {
+        let sent = std::process::Command::new("kill")
             .args([name, &pid.to_string()])
             .status();
+        if !sent.as_ref().is_ok_and(|status| status.success()) {
+            eprintln!("fault-campaign: kill {name} {pid} failed: {sent:?}");
+        }
     };
-    signal("-STOP");
+    blocking(|| signal("-STOP"));
     tokio::spawn(async move {
         // The pause's length is the fault itself.
         tokio::time::sleep(duration).await;
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &pid.to_string()])
-            .status();
+        let _ = tokio::task::spawn_blocking(move || signal("-CONT")).await;
     });
 }
 

@@ -20,7 +20,7 @@ fn campaign(args: &[&str]) -> Output {
 fn a_short_seeded_fault_campaign_breaks_no_invariant() {
     let output = campaign(&[
         "--runs",
-        "6",
+        "30",
         "--seed",
         "1",
         "--min-hosts",
@@ -37,12 +37,14 @@ fn a_short_seeded_fault_campaign_breaks_no_invariant() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("campaign: 6 runs") && stdout.contains("0 violating runs"),
+        stdout.contains("campaign: 30 runs") && stdout.contains("0 violating runs"),
         "{stdout}"
     );
     // Faults were injected, by kind, and rollouts ended more than one way.
     let summary = stdout.lines().last().unwrap_or_default();
-    for kind in ["\"server-kill\"", "\"agent-restart\""] {
+    // Nine of these thirty plans fill the disk, four of them in the first
+    // 0.6 s, before any rollout of ten or more hosts can end.
+    for kind in ["\"server-kill\"", "\"agent-restart\"", "\"disk-full\""] {
         assert!(summary.contains(kind), "{kind} missing from: {summary}");
     }
     // The link faults are drawn per run from the seed, but whether one fires
