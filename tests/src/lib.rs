@@ -10,6 +10,7 @@ pub mod agent_campaign;
 pub mod browser;
 pub mod campaign;
 pub mod dashboard;
+pub mod disk;
 pub mod docker;
 pub mod load;
 pub mod server;

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::agent::CampaignAgent;
 use super::{Fault, History, HostKind, Operator, Plan, ShownHost, FROM, TO};
+use crate::disk::SmallDisk;
 use crate::server::{enroll, run_cli, TestServer};
 use ccfleet_proto::pb::{self, admin_client::AdminClient};
 
@@ -114,7 +115,8 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     let disk = faults
         .iter()
         .any(|fault| matches!(fault, Fault::DiskFull { .. }))
-        .then(|| blocking(|| Disk::mount(&data)))
+        // 64 MiB: room for a run's store, little enough to fill at once.
+        .then(|| blocking(|| SmallDisk::mount(&data, "size=64m")))
         .transpose()?;
     let mut server = blocking(|| TestServer::start(&data, &[]));
     let port = server.address.port();
@@ -432,58 +434,6 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     drop(server);
     drop(disk);
     Ok(outcome)
-}
-
-/// A tmpfs mounted on a run's data directory (needs root), so that a fault
-/// can fill it; unmounted when dropped.
-struct Disk {
-    mountpoint: PathBuf,
-}
-
-impl Disk {
-    /// 64 MiB: room for a run's store, little enough to fill at once.
-    fn mount(directory: &Path) -> anyhow::Result<Disk> {
-        std::fs::create_dir_all(directory)?;
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
-            .arg(directory)
-            .status()?;
-        anyhow::ensure!(
-            mounted.success(),
-            "cannot mount a tmpfs on {} for the disk-full fault (needs root)",
-            directory.display()
-        );
-        Ok(Disk {
-            mountpoint: directory.to_path_buf(),
-        })
-    }
-
-    fn filler(&self) -> PathBuf {
-        self.mountpoint.join("filler")
-    }
-
-    /// Writes a file until the disk is full.
-    fn fill(&self) {
-        use std::io::Write;
-        let Ok(mut file) = std::fs::File::create(self.filler()) else {
-            return;
-        };
-        let chunk = vec![0u8; 1 << 20];
-        while file.write_all(&chunk).and_then(|()| file.sync_all()).is_ok() {}
-    }
-
-    fn free(&self) {
-        let _ = std::fs::remove_file(self.filler());
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.mountpoint)
-            .status();
-    }
 }
 
 async fn wait_online(admin: &mut Admin, expected: usize) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ccfleet_proto::pb;
+use ccfleet_tests::disk::SmallDisk;
 use ccfleet_tests::server::{observed, run_cli, TestAgent, TestServer};
 use ccfleet_tests::wait_for;
 use serde_json::{json, Value};
@@ -755,28 +756,6 @@ async fn an_event_killed_between_receipt_and_flush_is_resent_and_stored_once() {
     assert_eq!(operation_messages(&server), ["web-1 op-kill step 2"]);
 }
 
-/// Unmounts a test's tmpfs when the test ends, however it ends.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes `path` until the disk is full.
-fn fill(path: &std::path::Path) {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    loop {
-        if let Err(error) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
-            assert_eq!(error.raw_os_error(), Some(28), "filling the disk: {error}");
-            return;
-        }
-    }
-}
-
 /// A disk that fills under the store (a 16 MiB tmpfs): sled refuses every
 /// write after its first failed one, even once there is room again, so the
 /// server stops with the reason and exits 1 (the service manager starts it
@@ -787,18 +766,7 @@ fn fill(path: &std::path::Path) {
 async fn a_full_disk_stops_the_server_with_the_reason_and_a_restart_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "cannot mount a tmpfs on {} (needs root)",
-        data.display()
-    );
-    let _unmount = Unmount(data.clone());
+    let disk = SmallDisk::mount(&data, "size=16m").unwrap();
     let mut server = TestServer::start(&data, &[]);
     let port = server.address.port();
     let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
@@ -807,8 +775,8 @@ async fn a_full_disk_stops_the_server_with_the_reason_and_a_restart_loses_nothin
     agent.send(progress_event(1, "step 1")).await;
     assert_eq!(agent.next_ack().await.unwrap(), 1);
 
-    let filler = data.join("filler");
-    fill(&filler);
+    let full = disk.fill();
+    assert_eq!(full.raw_os_error(), Some(28), "filling the disk: {full}");
     // Events until one is not acknowledged (the first few may still fit in
     // the page sled's log had begun).
     let mut acknowledged = 1;
@@ -845,7 +813,7 @@ async fn a_full_disk_stops_the_server_with_the_reason_and_a_restart_loses_nothin
         "{stderr}"
     );
 
-    std::fs::remove_file(&filler).unwrap();
+    disk.free();
     let server = TestServer::start_on(&data, port, &[]);
     let mut agent = TestAgent::connect(server.channel_for("web-1").await, "web-1", vec![])
         .await

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ccfleet_agent::snapshot::{walk, ManifestEntry};
 use ccfleet_tests::agent::AgentProcess;
+use ccfleet_tests::disk::SmallDisk;
 use ccfleet_tests::docker::{
     deployed_version, docker, free_port, volume_mountpoint, DockerTest, FIXTURE_RECIPE, V1_3, V1_3_1_MIGRATES,
     V1_4_MIGRATES_THEN_FAILS_HTTP, V1_5_NEVER_CONVERGES, V1_6_HTTP_FAILS, V2_0,
@@ -1010,15 +1011,6 @@ async fn a_fleet_rollout_skips_an_app_pinned_by_its_host() {
     assert!(world.alert().is_none());
 }
 
-/// Unmounts a file system mounted by a test when dropped.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_up_during_the_snapshot_holds_the_upgrade_and_blocks_nothing() {
     let world = World::start("upfull", true, false).await;
@@ -1030,18 +1022,7 @@ async fn a_disk_that_fills_up_during_the_snapshot_holds_the_upgrade_and_blocks_n
         std::fs::write(world.volume().join(format!("note-{index:02}")), b"x").unwrap();
     }
     let disk = world.test.path().join("state").join("snapshots");
-    std::fs::create_dir_all(&disk).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=20,mode=0700", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "cannot mount a tmpfs on {} (needs root)",
-        disk.display()
-    );
-    let _unmount = Unmount(disk.clone());
+    let _disk = SmallDisk::mount(&disk, "size=64m,nr_inodes=20").unwrap();
 
     let (ok, report, stderr) = world.upgrade(&["--to", V1_3_1_MIGRATES, "--json", "--operation-id", "op-full"]);
     assert!(!ok);
