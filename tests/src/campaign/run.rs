@@ -343,16 +343,26 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
                     Ok(pb::HostOutcome::Dispatched | pb::HostOutcome::Upgrading)
                 )
             });
-            if rollout.state == pb::RolloutState::Halted as i32 && plan.rollback_on_halt {
-                let succeeded = rollout
-                    .hosts
+            let halted_with_rollback = rollout.state == pb::RolloutState::Halted as i32 && plan.rollback_on_halt;
+            for host in &rollout.hosts {
+                let index = plan.hosts.iter().position(|plan| plan.id == host.host_id);
+                let Some(Some(agent)) = index.and_then(|index| live.get(index)) else {
+                    continue;
+                };
+                // Every host it moved comes back, also one whose result came
+                // after its deadline (shown timed out, rolled back all the
+                // same): the rollback may still be on its way to the agent
+                // (seed 10289).
+                if halted_with_rollback {
+                    settled &= agent.version() == FROM;
+                }
+                // A rollback the agent ran is shown once its result is in.
+                let rolled_back = agent
+                    .executed()
                     .iter()
-                    .filter(|host| host.outcome == pb::HostOutcome::Succeeded as i32);
-                for host in succeeded {
-                    let index = plan.hosts.iter().position(|plan| plan.id == host.host_id);
-                    if let Some(Some(agent)) = index.and_then(|index| live.get(index)) {
-                        settled &= agent.version() == FROM;
-                    }
+                    .any(|operation| operation.starts_with(&format!("{id}.")) && operation.ends_with(".rollback"));
+                if rolled_back {
+                    settled &= host.outcome == pb::HostOutcome::RolledBack as i32;
                 }
             }
         }
@@ -561,16 +571,18 @@ fn blocking<T>(call: impl FnOnce() -> T) -> T {
 /// task of its own (the runner's own CLI calls wait while it is stopped).
 fn pause(pid: u32, duration: Duration) {
     let signal = move |name: &'static str| {
-        let sent = std::process::Command::new("kill")
+        std::process::Command::new("kill")
             .args([name, &pid.to_string()])
-            .status();
-        if !sent.as_ref().is_ok_and(|status| status.success()) {
-            eprintln!("fault-campaign: kill {name} {pid} failed: {sent:?}");
-        }
+            .stderr(std::process::Stdio::null())
+            .status()
     };
-    blocking(|| signal("-STOP"));
+    let stopped = blocking(|| signal("-STOP"));
+    if !stopped.as_ref().is_ok_and(|status| status.success()) {
+        eprintln!("fault-campaign: kill -STOP {pid} failed: {stopped:?}");
+    }
     tokio::spawn(async move {
-        // The pause's length is the fault itself.
+        // The pause's length is the fault itself. A kill meanwhile leaves no
+        // process to continue, which is fine.
         tokio::time::sleep(duration).await;
         let _ = tokio::task::spawn_blocking(move || signal("-CONT")).await;
     });
