@@ -2,18 +2,20 @@
 //! rollouts over the Admin API, their live progress (`--follow`), and the
 //! audit log. The JSON documents here are part of the CLI's interface.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use ccfleet_proto::pb::{self, admin_client::AdminClient};
+use ccfleet_proto::watch::FollowedRollout;
 use ccfleet_proto::{CoopVersion, RecipeName};
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
 use crate::exit::Failure;
 use crate::output::rollout::{
-    audit_table, dry_run_table, nothing_to_do, progress_lines, rollout_json, rollout_table, rollouts_table, summary,
-    AuditJson, RolloutJson,
+    audit_table, change_lines, dry_run_table, nothing_to_do, progress_lines, rollout_json, rollout_table,
+    rollouts_table, summary, AuditJson,
 };
 use crate::output::{printable, render, time};
 
@@ -295,8 +297,10 @@ pub async fn audit(
     Ok(render(json, &entries, || audit_table(&entries)))
 }
 
-/// Streams `WatchRollout` until the rollout ends, printing as it goes; the
-/// final state decides the exit code.
+/// Streams `WatchRolloutChanges` until the rollout ends, printing as it
+/// goes: each change names the hosts it changed, so following a rollout of
+/// 10,000 hosts costs per change what changed, not the fleet. The final state
+/// decides the exit code.
 async fn follow(
     client: &mut AdminClient<Channel>,
     id: &str,
@@ -304,25 +308,55 @@ async fn follow(
     failure: impl Fn(tonic::Status) -> Failure,
 ) -> Result<String, Failure> {
     let mut stream = client
-        .watch_rollout(pb::GetRolloutRequest { id: id.to_owned() })
+        .watch_rollout_changes(pb::GetRolloutRequest { id: id.to_owned() })
         .await
         .map_err(&failure)?
         .into_inner();
-    let mut last: Option<RolloutJson> = None;
+    let mut followed = FollowedRollout::new();
     let stdout = std::io::stdout();
-    while let Some(rollout) = stream.message().await.map_err(&failure)? {
-        let current = rollout_json(&rollout);
+    while let Some(change) = stream.message().await.map_err(&failure)? {
+        let previous = followed
+            .current()
+            .map(|rollout| (rollout.state, rollout.reason.clone()));
+        // The changed hosts as they were (every host, for a whole rollout
+        // sent again after the watch fell behind).
+        let before: BTreeMap<usize, pb::RolloutHost> = match followed.current() {
+            None => BTreeMap::new(),
+            Some(rollout) if change.whole => rollout.hosts.iter().cloned().enumerate().collect(),
+            Some(rollout) => change
+                .hosts
+                .iter()
+                .filter_map(|changed| {
+                    let position = changed.position as usize;
+                    Some((position, rollout.hosts.get(position)?.clone()))
+                })
+                .collect(),
+        };
+        let positions = followed
+            .apply(change)
+            .map_err(|error| Failure::Unexpected(format!("the watch of rollout {id} sent {error}")))?;
+        let Some(current) = followed.current() else {
+            continue;
+        };
         let mut out = stdout.lock();
         if json {
-            let _ = writeln!(out, "{}", serde_json::to_string(&current).unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&rollout_json(current)).unwrap_or_default()
+            );
         } else {
-            for line in progress_lines(last.as_ref(), &current) {
+            let lines = match &previous {
+                None => progress_lines(None, &rollout_json(current)),
+                Some((state, reason)) => change_lines(&before, (*state, reason), current, &positions),
+            };
+            for line in lines {
                 let _ = writeln!(out, "{line}");
             }
         }
         let _ = out.flush();
-        last = Some(current);
     }
+    let last = followed.current().map(rollout_json);
     let Some(last) = last else {
         return Err(Failure::Unexpected("the server ended the watch without a state".into()));
     };

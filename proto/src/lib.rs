@@ -8,6 +8,7 @@
 pub mod domain;
 pub mod fsutil;
 pub mod tls;
+pub mod watch;
 
 /// Generated protobuf messages and gRPC clients and servers.
 #[allow(clippy::all, missing_docs)] // generated code, not ours to lint

@@ -1,5 +1,5 @@
 //! The rollout pages: the list, the live detail (server-sent events fed by
-//! the server's `WatchRollout` stream) and the actions (pause, resume,
+//! the server's `WatchRolloutChanges` stream) and the actions (pause, resume,
 //! promote, abort), each behind a confirmation page and the CSRF token.
 
 use std::convert::Infallible;
@@ -13,6 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use ccfleet_proto::pb;
+use ccfleet_proto::watch::FollowedRollout;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -290,27 +291,63 @@ pub async fn detail(State(dashboard): Shared, Path(id): Path<String>) -> Result<
     })
 }
 
-/// Server-sent events for one rollout: the rendered live part, every time
-/// the server's watch stream brings a new state; `end` when the stream ends.
+/// At most one render of a rollout's live part a second: in a wave of a
+/// large rollout the server sends hundreds of changes a second, and each
+/// render is the whole part (every host's row).
+const RENDER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The live part rendered as an event (or the failure to render it).
+fn rendered(followed: &FollowedRollout) -> Event {
+    let Some(rollout) = followed.current() else {
+        return Event::default().event("failure").data("the watch sent no rollout");
+    };
+    match rollout_body(rollout, SystemTime::now()).render() {
+        Ok(html) => Event::default().event("rollout").data(html),
+        Err(error) => Event::default()
+            .event("failure")
+            .data(format!("cannot render the rollout: {error}")),
+    }
+}
+
+/// Server-sent events for one rollout: the rendered live part as the
+/// server's `WatchRolloutChanges` stream changes it (at once, then at most
+/// once a second, and its last state); `end` when the stream ends.
 pub async fn events(State(dashboard): Shared, Path(id): Path<String>) -> Result<Response, PageError> {
     let mut stream = dashboard
         .client
         .clone()
-        .watch_rollout(pb::GetRolloutRequest { id })
+        .watch_rollout_changes(pb::GetRolloutRequest { id })
         .await?
         .into_inner();
     let (sender, receiver) = mpsc::channel(4);
     let mut stopping = dashboard.stopping.clone();
     tokio::spawn(async move {
+        let mut followed = FollowedRollout::new();
+        let mut rendered_at: Option<tokio::time::Instant> = None;
+        // A change arrived since the last render.
+        let mut unsent = false;
         loop {
+            let due = rendered_at.map_or_else(tokio::time::Instant::now, |at| at + RENDER_EVERY);
             let event = tokio::select! {
                 _ = async { stopping.wait_for(|stopping| *stopping).await.is_ok() } => break,
+                _ = tokio::time::sleep_until(due), if unsent => rendered(&followed),
                 message = stream.message() => match message {
-                    Ok(Some(rollout)) => match rollout_body(&rollout, SystemTime::now()).render() {
-                        Ok(html) => Event::default().event("rollout").data(html),
-                        Err(error) => Event::default().event("failure").data(format!("cannot render the rollout: {error}")),
-                    },
+                    Ok(Some(change)) => {
+                        if let Err(error) = followed.apply(change) {
+                            let failure = Event::default().event("failure").data(format!("the watch sent {error}"));
+                            let _ = sender.send(Ok(failure)).await;
+                            break;
+                        }
+                        if rendered_at.is_some_and(|at| at.elapsed() < RENDER_EVERY) {
+                            unsent = true;
+                            continue;
+                        }
+                        rendered(&followed)
+                    }
                     Ok(None) => {
+                        if unsent {
+                            let _ = sender.send(Ok(rendered(&followed))).await;
+                        }
                         let _ = sender.send(Ok(Event::default().event("end").data("the rollout's watch ended"))).await;
                         break;
                     }
@@ -322,6 +359,8 @@ pub async fn events(State(dashboard): Shared, Path(id): Path<String>) -> Result<
                     }
                 },
             };
+            rendered_at = Some(tokio::time::Instant::now());
+            unsent = false;
             if sender.send(Ok(event)).await.is_err() {
                 break;
             }

@@ -82,6 +82,20 @@ fn quantity_text(quantity: Option<&pb::HostQuantity>) -> String {
     }
 }
 
+fn host_json(host: &pb::RolloutHost) -> RolloutHostJson {
+    RolloutHostJson {
+        host_id: host.host_id.clone(),
+        domain: host.domain.clone(),
+        wave: host.wave,
+        outcome: host_outcome(host.outcome),
+        from_version: non_empty(&host.from_version),
+        to_version: non_empty(&host.to_version),
+        running_version: non_empty(&host.running_version),
+        message: host.message.clone(),
+        updated_at: time(host.updated_at.as_ref()),
+    }
+}
+
 pub fn rollout_json(rollout: &pb::Rollout) -> RolloutJson {
     let strategy = rollout.strategy.unwrap_or_default();
     RolloutJson {
@@ -112,21 +126,7 @@ pub fn rollout_json(rollout: &pb::Rollout) -> RolloutJson {
             rollback_on_halt: strategy.rollback_on_halt,
             allow_major: strategy.allow_major,
         },
-        hosts: rollout
-            .hosts
-            .iter()
-            .map(|host| RolloutHostJson {
-                host_id: host.host_id.clone(),
-                domain: host.domain.clone(),
-                wave: host.wave,
-                outcome: host_outcome(host.outcome),
-                from_version: non_empty(&host.from_version),
-                to_version: non_empty(&host.to_version),
-                running_version: non_empty(&host.running_version),
-                message: host.message.clone(),
-                updated_at: time(host.updated_at.as_ref()),
-            })
-            .collect(),
+        hosts: rollout.hosts.iter().map(host_json).collect(),
     }
 }
 
@@ -384,6 +384,38 @@ pub fn progress_lines(previous: Option<&RolloutJson>, current: &RolloutJson) -> 
     lines
 }
 
+/// What one change of a followed rollout shows, in as many steps as it
+/// changed hosts (a large rollout is not walked per change): a line for each
+/// host at `positions` whose outcome or message differs from `before` (its
+/// record before the change, by position; a host not there is new), then the
+/// rollout's state when it or the reason changed from `previous` (state,
+/// reason).
+pub fn change_lines(
+    before: &std::collections::BTreeMap<usize, pb::RolloutHost>,
+    previous: (i32, &str),
+    current: &pb::Rollout,
+    positions: &[usize],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for &position in positions {
+        let Some(host) = current.hosts.get(position) else {
+            continue;
+        };
+        let old = before.get(&position);
+        if old.is_none_or(|old| old.outcome != host.outcome || old.message != host.message) {
+            lines.push(host_line(&host_json(host)));
+        }
+    }
+    if previous.0 != current.state || previous.1 != current.reason {
+        let mut line = format!("rollout {} {}", printable(&current.id), rollout_state(current.state));
+        if !current.reason.is_empty() {
+            line.push_str(&format!(": {}", printable(&current.reason)));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 fn host_line(host: &RolloutHostJson) -> String {
     // "2026-11-30T06:55:11Z" -> "06:55:11"
     let at = host
@@ -459,6 +491,40 @@ mod tests {
             ]
         );
         assert!(progress_lines(Some(&second), &second).is_empty());
+
+        // The same from the changes a watch sends: only the changed positions.
+        let wire_host = |outcome: pb::HostOutcome, message: &str| pb::RolloutHost {
+            host_id: "web-1".into(),
+            domain: "blog.example.org".into(),
+            from_version: "1.0.0".into(),
+            outcome: outcome as i32,
+            message: message.into(),
+            ..Default::default()
+        };
+        let before: std::collections::BTreeMap<usize, pb::RolloutHost> =
+            [(1, wire_host(pb::HostOutcome::Dispatched, ""))].into();
+        let current = pb::Rollout {
+            id: "ghost-1".into(),
+            state: pb::RolloutState::Completed as i32,
+            hosts: vec![
+                wire_host(pb::HostOutcome::Pending, ""),
+                wire_host(pb::HostOutcome::Failed, "unhealthy\u{7}"),
+            ],
+            ..Default::default()
+        };
+        let running = (pb::RolloutState::Running as i32, "");
+        assert_eq!(
+            change_lines(&before, running, &current, &[1]),
+            [
+                "--:--:--  wave 0  web-1  blog.example.org  1.0.0 -> -  failed  (unhealthy\\u{7})",
+                "rollout ghost-1 completed"
+            ]
+        );
+        let unchanged: std::collections::BTreeMap<usize, pb::RolloutHost> = [(1, current.hosts[1].clone())].into();
+        let completed = (pb::RolloutState::Completed as i32, "");
+        assert!(change_lines(&unchanged, completed, &current, &[1]).is_empty());
+        // A position the change did not name is not looked at.
+        assert!(change_lines(&before, completed, &current, &[]).is_empty());
 
         let hold = |state, canary_gate, paused_by_operator| {
             hold_line(&RolloutJson {

@@ -180,3 +180,72 @@ pub struct RolloutRecord {
     /// Last dispatch or host progress, for the progress deadline.
     pub last_progress_at: UnixMillis,
 }
+
+impl RolloutRecord {
+    /// The record without its hosts: what the store keeps as the rollout's
+    /// header, and what the engine compares to tell whether it changed.
+    pub fn header(&self) -> RolloutRecord {
+        // Destructured, so that a new field cannot be left out.
+        let RolloutRecord {
+            id,
+            recipe,
+            target,
+            state,
+            strategy,
+            hosts: _,
+            current_wave,
+            wave_count,
+            created_at,
+            updated_at,
+            reason,
+            created_by,
+            paused_by_operator,
+            awaiting_promotion,
+            promoted,
+            next_wave_at,
+            last_progress_at,
+        } = self;
+        RolloutRecord {
+            id: id.clone(),
+            recipe: recipe.clone(),
+            target: target.clone(),
+            state: *state,
+            strategy: strategy.clone(),
+            hosts: Vec::new(),
+            current_wave: *current_wave,
+            wave_count: *wave_count,
+            created_at: *created_at,
+            updated_at: *updated_at,
+            reason: reason.clone(),
+            created_by: created_by.clone(),
+            paused_by_operator: *paused_by_operator,
+            awaiting_promotion: *awaiting_promotion,
+            promoted: *promoted,
+            next_wave_at: *next_wave_at,
+            last_progress_at: *last_progress_at,
+        }
+    }
+}
+
+/// A rollout's hosts counted by outcome: what a completion or halt notice
+/// reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutTally {
+    pub hosts: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+}
+
+impl RolloutTally {
+    pub fn of(hosts: &[RolloutHostRecord]) -> RolloutTally {
+        let count =
+            |wanted: fn(HostOutcomeRecord) -> bool| hosts.iter().filter(|host| wanted(host.outcome)).count() as u32;
+        RolloutTally {
+            hosts: hosts.len() as u32,
+            succeeded: count(|outcome| outcome == HostOutcomeRecord::Succeeded),
+            failed: count(HostOutcomeRecord::is_failure),
+            skipped: count(|outcome| outcome == HostOutcomeRecord::Skipped),
+        }
+    }
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::model::alerts::{is_new_failure, rank};
 use crate::model::{
-    AlertNotice, AlertRecord, AlertStateRecord, HostOutcomeRecord, NotificationKind, NotificationRecord, RolloutNotice,
-    RolloutRecord, RolloutStateRecord, UnixMillis,
+    AlertNotice, AlertRecord, AlertStateRecord, NotificationKind, NotificationRecord, RolloutNotice, RolloutRecord,
+    RolloutStateRecord, RolloutTally, UnixMillis,
 };
 
 /// The notification for an app's alert going from `previous` to `next`
@@ -60,32 +60,40 @@ pub fn rollout_notification(
     rollout: &RolloutRecord,
     now: UnixMillis,
 ) -> Option<NotificationRecord> {
-    let kind = match rollout.state {
+    rollout_notice(before, rollout, RolloutTally::of(&rollout.hosts), now)
+}
+
+/// [`rollout_notification`] from a rollout's header and the count of its
+/// hosts by outcome (the store writes only the hosts that changed).
+pub fn rollout_notice(
+    before: Option<RolloutStateRecord>,
+    header: &RolloutRecord,
+    tally: RolloutTally,
+    now: UnixMillis,
+) -> Option<NotificationRecord> {
+    let kind = match header.state {
         RolloutStateRecord::Completed => NotificationKind::RolloutCompleted,
         RolloutStateRecord::Halted => NotificationKind::RolloutHalted,
         _ => return None,
     };
-    if before == Some(rollout.state) {
+    if before == Some(header.state) {
         return None;
     }
-    let count = |wanted: fn(&HostOutcomeRecord) -> bool| {
-        rollout.hosts.iter().filter(|host| wanted(&host.outcome)).count() as u32
-    };
     Some(NotificationRecord {
-        id: format!("rollout:{}:{}", rollout.id, rollout.state.name()),
+        id: format!("rollout:{}:{}", header.id, header.state.name()),
         kind,
         created_at: now,
         alert: None,
         rollout: Some(RolloutNotice {
-            id: rollout.id.clone(),
-            recipe: rollout.recipe.clone(),
-            target: rollout.target.clone(),
-            state: rollout.state,
-            reason: rollout.reason.clone(),
-            hosts: rollout.hosts.len() as u32,
-            succeeded: count(|outcome| *outcome == HostOutcomeRecord::Succeeded),
-            failed: count(|outcome| outcome.is_failure()),
-            skipped: count(|outcome| *outcome == HostOutcomeRecord::Skipped),
+            id: header.id.clone(),
+            recipe: header.recipe.clone(),
+            target: header.target.clone(),
+            state: header.state,
+            reason: header.reason.clone(),
+            hosts: tally.hosts,
+            succeeded: tally.succeeded,
+            failed: tally.failed,
+            skipped: tally.skipped,
         }),
     })
 }
@@ -121,7 +129,8 @@ pub fn answer(status: u16) -> Answer {
 mod tests {
     use super::*;
     use crate::model::{
-        AlertAckRecord, AlertSeverityRecord, OperationOutcomeRecord, QuantityRecord, RolloutHostRecord, StrategyRecord,
+        AlertAckRecord, AlertSeverityRecord, HostOutcomeRecord, OperationOutcomeRecord, QuantityRecord,
+        RolloutHostRecord, StrategyRecord,
     };
 
     fn alert(severity: AlertSeverityRecord, operation: &str, raised_at: UnixMillis) -> AlertRecord {

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use ccfleet_proto::domain::operation;
 use ccfleet_proto::pb;
-use ccfleet_proto::{HostId, OperationKind};
+use ccfleet_proto::{HostId, OperationKind, RecipeName};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::machine::{self, ActionError, Command, Delivery, Event};
+use super::machine::{self, ActionError, Before, Command, Delivery, Event, TrackedRollout};
 use crate::fleet::Fleet;
-use crate::model::{now_millis, HostOutcomeRecord, RolloutRecord, RolloutStateRecord, UnixMillis};
+use crate::model::{now_millis, HostOutcomeRecord, RolloutHostRecord, RolloutRecord, RolloutStateRecord, UnixMillis};
 use crate::store::{RolloutChange, StoreError, StoreHandle};
 
 /// How often deadlines and wave intervals are checked.
@@ -68,13 +68,41 @@ enum Message {
     /// A result or progress report from a host, already stored.
     Agent(Event),
     Connected(HostId),
+    /// A watcher's starting point: the rollout as stored and the version of
+    /// the last update sent before it (answered after the batch's store
+    /// write and broadcast, so that every later update is newer).
+    Snapshot {
+        id: String,
+        reply: SnapshotReply,
+    },
+}
+
+/// Where a watcher's snapshot goes: the version and the rollout, if live.
+type SnapshotReply = oneshot::Sender<Option<(u64, RolloutRecord)>>;
+
+/// A stored change of one rollout, for its watchers: its header and the
+/// hosts the change wrote (every host of a new rollout), not the whole
+/// rollout, so that watching a rollout of 10,000 hosts costs per change what
+/// changed.
+#[derive(Debug)]
+pub struct RolloutUpdate {
+    /// The engine's count of stored batches: a watcher that started from a
+    /// snapshot at version V skips every update at or below V.
+    pub version: u64,
+    /// The header and the changed hosts, as stored.
+    pub change: RolloutChange,
+    /// The change holds every host (a rollout the batch started).
+    pub whole: bool,
+    /// The rollout is settled after this change: no other change follows
+    /// unless a late result makes it live again.
+    pub settled: bool,
 }
 
 /// Cloneable handle to the engine task.
 #[derive(Clone)]
 pub struct RolloutEngine {
     inbox: mpsc::UnboundedSender<Message>,
-    updates: broadcast::Sender<Arc<RolloutRecord>>,
+    updates: broadcast::Sender<Arc<RolloutUpdate>>,
 }
 
 impl RolloutEngine {
@@ -131,8 +159,12 @@ impl RolloutEngine {
         let task = EngineTask {
             store,
             fleet,
-            live: live.into_iter().map(|rollout| (rollout.id.clone(), rollout)).collect(),
+            live: live
+                .into_iter()
+                .map(|rollout| (rollout.id.clone(), TrackedRollout::new(rollout)))
+                .collect(),
             updates: updates.clone(),
+            version: 0,
             last_id_millis: 0,
             retry: Vec::new(),
         };
@@ -173,8 +205,23 @@ impl RolloutEngine {
     }
 
     /// Every stored change of every rollout, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RolloutRecord>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RolloutUpdate>> {
         self.updates.subscribe()
+    }
+
+    /// Rollout `id` as the engine holds it, with the version of the last
+    /// update sent before it; `None` when it is not live (settled: read it
+    /// from the store). Subscribe first: every update received after this
+    /// answer with a higher version is newer than the snapshot.
+    pub async fn snapshot(&self, id: &str) -> Result<Option<(u64, RolloutRecord)>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Message::Snapshot {
+                id: id.to_owned(),
+                reply,
+            })
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)
     }
 }
 
@@ -209,12 +256,47 @@ enum Reply {
     ),
 }
 
+/// How a live rollout was before the batch changed it: what the store write
+/// compares with (it writes only what differs), and what a failed write
+/// puts back.
+struct Undo {
+    /// The header ([`RolloutRecord::header`]); `None`: the batch started it.
+    header: Option<RolloutRecord>,
+    /// The hosts the batch changed, as they were.
+    hosts: BTreeMap<usize, RolloutHostRecord>,
+}
+
+/// Notes what an applied event changed in rollout `id`, unless the batch
+/// has already noted an earlier state of it.
+fn note(undo: &mut BTreeMap<String, Undo>, id: &str, before: Option<Before>) {
+    let Some(Before { header, hosts }) = before else {
+        return;
+    };
+    let undo = undo.entry(id.to_owned()).or_insert_with(|| Undo {
+        header: Some(header),
+        hosts: BTreeMap::new(),
+    });
+    if undo.header.is_some() {
+        for (position, host) in hosts {
+            undo.hosts.entry(position).or_insert(host);
+        }
+    }
+}
+
+/// Whether this batch started rollout `id`.
+fn started(undo: &BTreeMap<String, Undo>, id: &str) -> bool {
+    undo.get(id).is_some_and(|before| before.header.is_none())
+}
+
 struct EngineTask {
     store: StoreHandle,
     fleet: Arc<Fleet>,
-    /// Rollouts that are not settled, by id.
-    live: HashMap<String, RolloutRecord>,
-    updates: broadcast::Sender<Arc<RolloutRecord>>,
+    /// Rollouts that are not settled, by id. A batch changes them in place
+    /// and notes how they were in its `Undo`s.
+    live: HashMap<String, TrackedRollout>,
+    updates: broadcast::Sender<Arc<RolloutUpdate>>,
+    /// Stored batches so far (see [`RolloutUpdate::version`]).
+    version: u64,
     last_id_millis: UnixMillis,
     /// Agent events and connections of a batch whose store write failed:
     /// applied again with the next batch (the agents' results are already
@@ -254,53 +336,60 @@ impl EngineTask {
     /// Applies a batch of messages (and a tick) and commits the result.
     async fn process(&mut self, batch: Vec<Message>) {
         let now = now_millis();
-        let mut changed: BTreeMap<String, RolloutRecord> = BTreeMap::new();
+        let mut undo: BTreeMap<String, Undo> = BTreeMap::new();
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
         let mut retry: Vec<Message> = Vec::new();
+        let mut snapshots: Vec<(String, SnapshotReply)> = Vec::new();
+        // Settled rollouts a newer one of their recipe replaced in this batch:
+        // out of the engine's hands at once, stored with this batch's changes.
+        let mut leaving: HashMap<String, TrackedRollout> = HashMap::new();
         let batch: Vec<Message> = std::mem::take(&mut self.retry).into_iter().chain(batch).collect();
         for message in batch {
             match &message {
                 Message::Agent(event) => retry.push(Message::Agent(event.clone())),
                 Message::Connected(host_id) => retry.push(Message::Connected(host_id.clone())),
-                Message::Start { .. } | Message::Action { .. } => {}
+                Message::Start { .. } | Message::Action { .. } | Message::Snapshot { .. } => {}
             }
             match message {
                 Message::Start { rollout, reply } => {
                     let mut rollout = *rollout;
-                    // This batch's working copies are newer than the live records.
                     let active = self
                         .live
                         .values()
-                        .filter(|other| !changed.contains_key(&other.id))
-                        .chain(changed.values())
-                        .find(|other| other.recipe == rollout.recipe && !machine::is_settled(other))
+                        .find(|other| other.recipe == rollout.recipe && !other.is_settled())
                         .map(|other| other.id.clone());
                     if let Some(active) = active {
                         replies.push(Reply::Start(reply, Err(StartError::Active(active))));
                         continue;
                     }
                     rollout.id = self.new_id(&rollout);
-                    // A newer rollout of the recipe decides its hosts' version:
-                    // an older one owes them no rollback any more.
-                    let recipe = rollout.recipe.clone();
-                    self.live
-                        .retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
-                    changed.retain(|_, other| other.recipe != recipe || !machine::is_settled(other));
+                    self.drop_older(&rollout.recipe, &mut leaving);
+                    let mut rollout = TrackedRollout::new(rollout);
                     // Tick cannot be refused.
-                    deliveries.extend(machine::apply(&mut rollout, Event::Tick, now).unwrap_or_default());
+                    if let Ok(applied) = rollout.apply(Event::Tick, now) {
+                        deliveries.extend(applied.deliveries);
+                    }
                     replies.push(Reply::Start(reply, Ok(rollout.id.clone())));
-                    changed.insert(rollout.id.clone(), rollout);
+                    undo.insert(
+                        rollout.id.clone(),
+                        Undo {
+                            header: None,
+                            hosts: BTreeMap::new(),
+                        },
+                    );
+                    self.live.insert(rollout.id.clone(), rollout);
                 }
                 Message::Action { id, event, reply } => {
-                    let Some(rollout) = self.working(&mut changed, &id) else {
+                    let Some(rollout) = self.live.get_mut(&id) else {
                         let failure = self.not_live(&id).await;
                         replies.push(Reply::Action(reply, Err(failure)));
                         continue;
                     };
-                    match machine::apply(rollout, event, now) {
-                        Ok(sent) => {
-                            deliveries.extend(sent);
+                    match rollout.apply(event, now) {
+                        Ok(applied) => {
+                            note(&mut undo, &id, applied.before);
+                            deliveries.extend(applied.deliveries);
                             replies.push(Reply::Action(reply, Ok(id)));
                         }
                         Err(error) => replies.push(Reply::Action(reply, Err(error.into()))),
@@ -313,58 +402,91 @@ impl EngineTask {
                     };
                     let id = operation::rollout_of(operation_id).to_owned();
                     let late_upgrade_result = matches!(event, Event::Result { .. }) && is_upgrade(operation_id);
-                    if late_upgrade_result && !self.live.contains_key(&id) && !changed.contains_key(&id) {
+                    if late_upgrade_result && !self.live.contains_key(&id) {
                         // A settled rollout may still owe this host a rollback
                         // (its upgrade succeeded after it timed out).
-                        self.revive(&id, &changed).await;
+                        self.revive(&id).await;
                     }
-                    if let Some(rollout) = self.working(&mut changed, &id) {
-                        deliveries.extend(machine::apply(rollout, event, now).unwrap_or_default());
+                    if let Some(rollout) = self.live.get_mut(&id) {
+                        if let Ok(applied) = rollout.apply(event, now) {
+                            note(&mut undo, &id, applied.before);
+                            deliveries.extend(applied.deliveries);
+                        }
                     }
                 }
+                Message::Snapshot { id, reply } => snapshots.push((id, reply)),
                 Message::Connected(host_id) => {
-                    for rollout in self.live.values() {
-                        let rollout = changed.get(&rollout.id).unwrap_or(rollout);
-                        deliveries.extend(
-                            machine::outstanding(rollout, now)
-                                .into_iter()
-                                .filter(|delivery| delivery.host_id == host_id),
-                        );
+                    // A rollout this batch started delivers its first wave anyway.
+                    for (id, rollout) in &self.live {
+                        if !started(&undo, id) {
+                            deliveries.extend(rollout.outstanding_to(&host_id, now));
+                        }
                     }
                 }
             }
         }
-        // Time passes for every live rollout.
-        let ids: Vec<String> = self.live.keys().cloned().collect();
-        for id in ids {
-            if let Some(rollout) = self.working(&mut changed, &id) {
-                deliveries.extend(machine::apply(rollout, Event::Tick, now).unwrap_or_default());
+        // Time passes for every live rollout (one this batch started had its tick).
+        for (id, rollout) in &mut self.live {
+            if started(&undo, id) {
+                continue;
+            }
+            if let Ok(applied) = rollout.apply(Event::Tick, now) {
+                note(&mut undo, id, applied.before);
+                deliveries.extend(applied.deliveries);
             }
         }
-        // Keep only records that really changed.
-        changed.retain(|id, rollout| self.live.get(id) != Some(rollout));
-        if !changed.is_empty() {
-            // The header and only the hosts that changed (all of a new rollout).
-            let records: Vec<RolloutChange> = changed
-                .values()
-                .map(|rollout| RolloutChange {
-                    rollout: rollout.clone(),
-                    changed_hosts: self
-                        .live
-                        .get(&rollout.id)
-                        .filter(|old| old.hosts.len() == rollout.hosts.len())
-                        .map(|old| {
-                            (0..rollout.hosts.len())
-                                .filter(|&position| old.hosts[position] != rollout.hosts[position])
-                                .collect()
-                        }),
-                })
-                .collect();
+        // Keep only rollouts that really changed; store the header and only
+        // the hosts that changed (all of a new rollout).
+        let mut changed: Vec<(String, bool)> = Vec::new();
+        let mut records: Vec<RolloutChange> = Vec::new();
+        for (id, before) in &undo {
+            let Some(rollout) = self.live.get(id).or_else(|| leaving.get(id)) else {
+                continue;
+            };
+            let record = match &before.header {
+                None => RolloutChange::whole(rollout.record().clone()),
+                Some(header) => {
+                    let hosts: Vec<(usize, RolloutHostRecord)> = before
+                        .hosts
+                        .iter()
+                        .filter(|&(&position, old)| rollout.hosts[position] != *old)
+                        .map(|(&position, _)| (position, rollout.hosts[position].clone()))
+                        .collect();
+                    let now_header = rollout.header();
+                    if hosts.is_empty() && now_header == *header {
+                        continue;
+                    }
+                    RolloutChange {
+                        header: now_header,
+                        hosts,
+                        tally: rollout.tally(),
+                    }
+                }
+            };
+            changed.push((id.clone(), before.header.is_none()));
+            records.push(record);
+        }
+        // What the watchers are sent, only when there are any.
+        let mut watched = (self.updates.receiver_count() > 0).then(|| records.clone().into_iter());
+        if !records.is_empty() {
             if let Err(error) = self.store.write(move |store| store.put_rollouts(records)).await {
-                // Nothing takes effect: no command goes out, callers learn it
-                // failed; agent events and connections are applied again with
-                // the next batch.
+                // Nothing takes effect: the rollouts are put back as they
+                // were, no command goes out, callers learn it failed; agent
+                // events and connections are applied again with the next batch.
                 tracing::error!(%error, "cannot store rollout changes; they do not take effect");
+                self.live.extend(leaving);
+                for (id, before) in undo {
+                    match before.header {
+                        None => {
+                            self.live.remove(&id);
+                        }
+                        Some(header) => {
+                            if let Some(rollout) = self.live.get_mut(&id) {
+                                rollout.restore(header, before.hosts);
+                            }
+                        }
+                    }
+                }
                 self.retry = retry;
                 for reply in replies {
                     match reply {
@@ -379,11 +501,22 @@ impl EngineTask {
                 return;
             }
         }
-        // Revived rollouts that this batch did not change are settled still.
-        self.live.retain(|_, rollout| machine::is_kept(rollout));
-        let mut committed: HashMap<String, RolloutRecord> = HashMap::new();
-        for (id, rollout) in changed {
-            let _ = self.updates.send(Arc::new(rollout.clone()));
+        if !changed.is_empty() {
+            self.version += 1;
+        }
+        for (id, whole) in &changed {
+            let Some(rollout) = self.live.get(id).or_else(|| leaving.get(id)) else {
+                continue;
+            };
+            // One per change, in the same order.
+            if let Some(change) = watched.as_mut().and_then(Iterator::next) {
+                let _ = self.updates.send(Arc::new(RolloutUpdate {
+                    version: self.version,
+                    change,
+                    whole: *whole,
+                    settled: rollout.is_settled(),
+                }));
+            }
             if rollout.state.is_final() {
                 tracing::info!(
                     rollout = id,
@@ -392,22 +525,38 @@ impl EngineTask {
                     "rollout ended"
                 );
             }
-            if !machine::is_kept(&rollout) {
-                self.live.remove(&id);
-            } else {
-                self.live.insert(id.clone(), rollout.clone());
+        }
+        // Settled rollouts leave (also revived ones that this batch did not
+        // change: they are settled still); callers still get their record.
+        let settled: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, rollout)| !rollout.is_kept())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut left: HashMap<String, TrackedRollout> = HashMap::new();
+        for id in settled {
+            if let Some(rollout) = self.live.remove(&id) {
+                left.insert(id, rollout);
             }
-            committed.insert(id, rollout);
         }
         for delivery in deliveries {
             self.deliver(delivery);
         }
+        for (id, reply) in snapshots {
+            let snapshot = self
+                .live
+                .get(&id)
+                .or_else(|| left.get(&id))
+                .map(|rollout| (self.version, rollout.record().clone()));
+            let _ = reply.send(snapshot);
+        }
         // The record each caller sees is the one just stored (or, unchanged, the live one).
         let current = |id: &String| {
-            committed
+            self.live
                 .get(id)
-                .or_else(|| self.live.get(id))
-                .cloned()
+                .or_else(|| left.get(id))
+                .map(|rollout| rollout.record().clone())
                 .ok_or(StoreError::Stopped)
         };
         for reply in replies {
@@ -422,17 +571,28 @@ impl EngineTask {
         }
     }
 
-    /// The working copy of a live rollout for this batch.
-    fn working<'a>(&self, changed: &'a mut BTreeMap<String, RolloutRecord>, id: &str) -> Option<&'a mut RolloutRecord> {
-        if !changed.contains_key(id) {
-            changed.insert(id.to_owned(), self.live.get(id)?.clone());
+    /// A newer rollout of `recipe` decides its hosts' version: an older one
+    /// that is settled owes them no rollback any more and leaves the engine
+    /// (into `leaving`: what this batch changed in it, such as the result
+    /// that settled it, is still stored). The caller made sure that every
+    /// rollout of the recipe is settled now.
+    fn drop_older(&mut self, recipe: &RecipeName, leaving: &mut HashMap<String, TrackedRollout>) {
+        let older: Vec<String> = self
+            .live
+            .values()
+            .filter(|other| &other.recipe == recipe && other.is_settled())
+            .map(|other| other.id.clone())
+            .collect();
+        for id in older {
+            if let Some(rollout) = self.live.remove(&id) {
+                leaving.insert(id, rollout);
+            }
         }
-        changed.get_mut(id)
     }
 
     /// Makes a settled rollout live again for a late upgrade result, unless a
     /// newer rollout of its recipe is active (that one owns the hosts now).
-    async fn revive(&mut self, id: &str, changed: &BTreeMap<String, RolloutRecord>) {
+    async fn revive(&mut self, id: &str) {
         let lookup = id.to_owned();
         let rollout = match self.store.read(move |store| store.rollout(&lookup)).await {
             Ok(Some(rollout)) => rollout,
@@ -445,8 +605,7 @@ impl EngineTask {
         let newer = self
             .live
             .values()
-            .chain(changed.values())
-            .find(|other| other.recipe == rollout.recipe && !machine::is_settled(other));
+            .find(|other| other.recipe == rollout.recipe && !other.is_settled());
         if let Some(newer) = newer {
             tracing::warn!(
                 rollout = id,
@@ -455,7 +614,7 @@ impl EngineTask {
             );
             return;
         }
-        self.live.insert(id.to_owned(), rollout);
+        self.live.insert(id.to_owned(), TrackedRollout::new(rollout));
     }
 
     /// The answer for an action on a rollout that is not live.

@@ -8,16 +8,46 @@ use serde::Deserialize;
 use sled::transaction::Transactional;
 
 use super::{decode, encode, Store, StoreError};
-use crate::model::{RolloutRecord, RolloutStateRecord};
+use crate::model::{RolloutHostRecord, RolloutRecord, RolloutStateRecord, RolloutTally};
 
 pub(super) const ROLLOUTS: &str = "rollouts";
 pub(super) const ROLLOUT_HOSTS: &str = "rollout_hosts";
 
-/// A rollout to store, and which of its hosts changed (`None`: all of them).
+/// A rollout to store: its header and the hosts that changed, so that a
+/// write costs what changed, not the rollout's size.
 #[derive(Debug, Clone)]
 pub struct RolloutChange {
-    pub rollout: RolloutRecord,
-    pub changed_hosts: Option<Vec<usize>>,
+    /// The rollout's header (its `hosts` are not read).
+    pub header: RolloutRecord,
+    /// The hosts to write, with their positions.
+    pub hosts: Vec<(usize, RolloutHostRecord)>,
+    /// The rollout's hosts by outcome, for the notice a completion or halt queues.
+    pub tally: RolloutTally,
+}
+
+impl RolloutChange {
+    /// A whole rollout: its header and every host.
+    pub fn whole(mut rollout: RolloutRecord) -> RolloutChange {
+        let tally = RolloutTally::of(&rollout.hosts);
+        let hosts = std::mem::take(&mut rollout.hosts).into_iter().enumerate().collect();
+        RolloutChange {
+            header: rollout,
+            hosts,
+            tally,
+        }
+    }
+
+    /// A rollout's header and its hosts at `positions`.
+    pub fn hosts_at(rollout: &RolloutRecord, positions: impl IntoIterator<Item = usize>) -> RolloutChange {
+        RolloutChange {
+            header: rollout.header(),
+            hosts: positions
+                .into_iter()
+                .filter_map(|position| Some((position, rollout.hosts.get(position)?.clone())))
+                .collect(),
+            tally: RolloutTally::of(&rollout.hosts),
+        }
+    }
 }
 
 /// `rollout id \0 host position (big-endian)`: a rollout's hosts in order.
@@ -36,28 +66,25 @@ impl Store {
         let mut queued = Vec::new();
         let mut states = Vec::with_capacity(changes.len());
         for RolloutChange {
-            mut rollout,
-            changed_hosts,
+            mut header,
+            hosts: changed_hosts,
+            tally,
         } in changes
         {
             let before = self
                 .rollouts
-                .get(rollout.id.as_bytes())?
+                .get(header.id.as_bytes())?
                 .map(|bytes| decode::<RolloutHeader>(ROLLOUTS, &bytes))
                 .transpose()?
                 .map(|header| header.state);
-            // Decided over the whole record, before its hosts are split off.
-            let notification = crate::notify::decide::rollout_notification(before, &rollout, super::now_millis());
+            let notification = crate::notify::decide::rollout_notice(before, &header, tally, super::now_millis());
             queued.extend(self.prepare_notification(notification)?);
-            states.push((before, rollout.state));
-            let all_hosts = std::mem::take(&mut rollout.hosts);
-            let positions = changed_hosts.unwrap_or_else(|| (0..all_hosts.len()).collect());
-            for position in positions {
-                if let Some(host) = all_hosts.get(position) {
-                    hosts.push((host_key(&rollout.id, position), encode(host)?));
-                }
+            states.push((before, header.state));
+            for (position, host) in &changed_hosts {
+                hosts.push((host_key(&header.id, *position), encode(host)?));
             }
-            headers.push((rollout.id.clone(), encode(&rollout)?));
+            header.hosts.clear();
+            headers.push((header.id.clone(), encode(&header)?));
         }
         (&self.rollouts, &self.rollout_hosts, &self.notifications.tree)
             .transaction(|(rollouts, rollout_hosts, notifications)| {
@@ -173,24 +200,15 @@ mod tests {
         let second = rollout("ghost-b", 2, 2);
         store
             .put_rollouts(vec![
-                RolloutChange {
-                    rollout: first.clone(),
-                    changed_hosts: None,
-                },
-                RolloutChange {
-                    rollout: second.clone(),
-                    changed_hosts: None,
-                },
+                RolloutChange::whole(first.clone()),
+                RolloutChange::whole(second.clone()),
             ])
             .unwrap();
         first.hosts[257].outcome = HostOutcomeRecord::Dispatched;
         first.hosts[257].operation_id = Some("ghost-a.257".into());
         first.state = RolloutStateRecord::Paused;
         store
-            .put_rollouts(vec![RolloutChange {
-                rollout: first.clone(),
-                changed_hosts: Some(vec![257]),
-            }])
+            .put_rollouts(vec![RolloutChange::hosts_at(&first, [257])])
             .unwrap();
         assert_eq!(store.rollout("ghost-a").unwrap(), Some(first.clone()));
         assert_eq!(store.rollout("ghost").unwrap(), None);

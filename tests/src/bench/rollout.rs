@@ -93,17 +93,26 @@ pub async fn rollout_bench(agents: usize, concurrency: usize) {
         ..Default::default()
     };
     let rollout = admin.start_rollout(request).await.expect("rollout starts").into_inner();
+    // Followed as the CLI's --follow and the dashboard follow it: the whole
+    // rollout once, then what changed.
     let mut watch = admin
-        .watch_rollout(pb::GetRolloutRequest { id: rollout.id.clone() })
+        .watch_rollout_changes(pb::GetRolloutRequest { id: rollout.id.clone() })
         .await
         .unwrap()
         .into_inner();
-    let mut last = rollout;
+    let mut followed = ccfleet_proto::watch::FollowedRollout::new();
     let mut updates = 0;
-    while let Some(rollout) = watch.message().await.expect("watch") {
-        last = rollout;
+    let mut hosts_sent = 0;
+    while let Some(change) = watch.message().await.expect("watch") {
+        hosts_sent += if change.whole {
+            change.rollout.as_ref().map_or(0, |rollout| rollout.hosts.len())
+        } else {
+            change.hosts.len()
+        };
+        followed.apply(change).expect("the watch's changes fit the rollout");
         updates += 1;
     }
+    let last = followed.current().cloned().unwrap_or(rollout);
     let wall = started.elapsed();
     let (rss, cpu_after) = process_usage(pid);
     // The agents' own time on the critical path: the slowest host of each wave.
@@ -126,7 +135,7 @@ pub async fn rollout_bench(agents: usize, concurrency: usize) {
         })
         .collect();
     println!(
-        "rollout {} ended {} ({}) in {} waves after {:.2} s ({updates} watch updates); agents' own delays on the \
+        "rollout {} ended {} ({}) in {} waves after {:.2} s ({updates} watch updates carrying {hosts_sent} host records); agents' own delays on the \
          critical path {:.2} s; orchestration overhead {:.2} s ({:.1} ms per wave); server CPU {:.2} s, RSS {rss:.0} MiB",
         last.id,
         pb::RolloutState::try_from(last.state).map_or("unknown", |state| state.as_str_name()),

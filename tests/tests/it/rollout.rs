@@ -175,6 +175,87 @@ fn save_output(name: &str, output: &Output) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_watches_follow_a_rollout_to_its_end_and_a_change_carries_only_the_hosts_it_changed() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&directory.path().join("data"), &[]);
+    let _fleet = fleet(&server, "watch", 12, |_| Behaviour::default()).await;
+    let channel = server.channel_as(&server.admin_credential()).await;
+    let mut admin =
+        pb::admin_client::AdminClient::new(channel).max_decoding_message_size(ccfleet_proto::MAX_ADMIN_RESPONSE_BYTES);
+    let started = admin
+        .start_rollout(pb::StartRolloutRequest {
+            recipe: "fixture".into(),
+            version: "1.1.0".into(),
+            strategy: Some(pb::RolloutStrategy {
+                canary: Some(pb::HostQuantity {
+                    quantity: Some(pb::host_quantity::Quantity::Count(1)),
+                }),
+                batch: Some(pb::HostQuantity {
+                    quantity: Some(pb::host_quantity::Quantity::Count(4)),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let request = || pb::GetRolloutRequest { id: started.id.clone() };
+    let mut changes = admin.watch_rollout_changes(request()).await.unwrap().into_inner();
+    let mut wholes = admin.clone().watch_rollout(request()).await.unwrap().into_inner();
+    let (changes, wholes) = tokio::join!(
+        async {
+            let mut followed = ccfleet_proto::watch::FollowedRollout::new();
+            let mut sizes = Vec::new();
+            while let Some(change) = changes.message().await.unwrap() {
+                sizes.push((change.whole, change.hosts.len()));
+                followed.apply(change).unwrap();
+            }
+            (followed.current().cloned().unwrap(), sizes)
+        },
+        async {
+            let mut last = None;
+            let mut count = 0;
+            while let Some(rollout) = wholes.message().await.unwrap() {
+                assert_eq!(rollout.hosts.len(), 12, "WatchRollout sends every host every time");
+                last = Some(rollout);
+                count += 1;
+            }
+            (last.unwrap(), count)
+        }
+    );
+    let stored = admin.get_rollout(request()).await.unwrap().into_inner();
+    assert_eq!(stored.state, pb::RolloutState::Completed as i32);
+    // Both end where the stored rollout is, host for host.
+    assert_eq!(changes.0, stored);
+    assert_eq!(wholes.0, stored);
+    let (followed, sizes) = changes;
+    assert_eq!(followed.hosts.len(), 12);
+    // The whole rollout first, then changes: a few hosts each, never all.
+    assert!(sizes[0].0, "{sizes:?}");
+    assert!(sizes.len() > 3, "a change per transition: {sizes:?}");
+    assert!(
+        sizes[1..].iter().all(|&(whole, hosts)| !whole && hosts < 12),
+        "{sizes:?}"
+    );
+    assert!(wholes.1 > 3, "{} whole rollouts", wholes.1);
+    // A rollout that does not exist is refused by both.
+    let missing = pb::GetRolloutRequest {
+        id: "fixture-nothere".into(),
+    };
+    let refused = admin.watch_rollout_changes(missing.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let refused = admin.watch_rollout(missing).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    // A settled rollout is sent whole once, and the watch ends.
+    let mut again = admin.watch_rollout_changes(request()).await.unwrap().into_inner();
+    let first = again.message().await.unwrap().unwrap();
+    assert!(first.whole);
+    assert_eq!(first.rollout.unwrap(), stored);
+    assert!(again.message().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_then_batches_move_every_host_and_the_audit_log_records_who() {
     let directory = tempfile::tempdir().unwrap();
     let server = TestServer::start(&directory.path().join("data"), &[]);

@@ -131,6 +131,15 @@ impl pb::admin_server::Admin for AdminService {
         self.rollouts().watch_rollout_request(request).await
     }
 
+    type WatchRolloutChangesStream = rollouts::WatchChangesStream;
+
+    async fn watch_rollout_changes(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Answer<Self::WatchRolloutChangesStream> {
+        self.rollouts().watch_rollout_changes_request(request).await
+    }
+
     async fn pause_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Answer<pb::Rollout> {
         self.rollouts().rollout_action(request, "pause").await
     }

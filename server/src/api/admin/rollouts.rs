@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use ccfleet_proto::pb;
 use ccfleet_proto::CoopVersion;
@@ -14,8 +15,10 @@ use crate::api::audit::{self, audit};
 use crate::api::{convert, internal};
 use crate::auth;
 use crate::fleet::Fleet;
-use crate::model::{now_millis, HostOutcomeRecord, QuantityRecord, RolloutRecord, RolloutStateRecord, StrategyRecord};
-use crate::rollout::engine::ActionFailure;
+use crate::model::{
+    now_millis, HostOutcomeRecord, QuantityRecord, RolloutHostRecord, RolloutRecord, RolloutStateRecord, StrategyRecord,
+};
+use crate::rollout::engine::{ActionFailure, RolloutUpdate};
 use crate::rollout::{machine, plan, Event, StartError};
 use crate::store::StoreHandle;
 
@@ -31,6 +34,7 @@ pub struct RolloutsAdmin<'a> {
 }
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Rollout, Status>> + Send>>;
+pub type WatchChangesStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutChange, Status>> + Send>>;
 
 fn quantity(
     field: &str,
@@ -129,6 +133,94 @@ fn text(version: &Option<CoopVersion>) -> String {
     version.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
+fn host_wire(host: &RolloutHostRecord) -> pb::RolloutHost {
+    pb::RolloutHost {
+        host_id: host.host_id.to_string(),
+        domain: host.domain.to_string(),
+        wave: host.wave,
+        outcome: outcome_wire(host.outcome) as i32,
+        from_version: text(&host.from_version),
+        to_version: text(&host.to_version),
+        running_version: text(&host.running_version),
+        message: host.message.clone(),
+        updated_at: Some(convert::timestamp(host.updated_at)),
+    }
+}
+
+/// One stored change as `WatchRolloutChanges` sends it: the header, and the
+/// changed hosts by position.
+fn change_wire(update: &RolloutUpdate) -> pb::RolloutChange {
+    pb::RolloutChange {
+        rollout: Some(rollout_wire(&update.change.header)),
+        whole: false,
+        hosts: update
+            .change
+            .hosts
+            .iter()
+            .map(|(position, host)| pb::ChangedRolloutHost {
+                position: *position as u32,
+                host: Some(host_wire(host)),
+            })
+            .collect(),
+    }
+}
+
+/// What a watch sends next: the whole rollout (first, and after the watcher
+/// fell behind), or one stored change newer than it.
+enum Watched {
+    Whole(Box<RolloutRecord>),
+    Change(Arc<RolloutUpdate>),
+}
+
+/// Follows rollout `id` from its snapshot (subscribed before it is taken,
+/// so that no change falls between), handing `send` the whole rollout and
+/// then each newer change until the rollout is settled or `send` answers
+/// false (the watcher left).
+async fn follow_rollout<F, Fut>(
+    engine: crate::rollout::RolloutEngine,
+    store: StoreHandle,
+    id: String,
+    mut updates: tokio::sync::broadcast::Receiver<Arc<RolloutUpdate>>,
+    mut send: F,
+) where
+    F: FnMut(Watched) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        // The engine's snapshot of a live rollout, with the version it is at;
+        // a settled one from the store (nothing follows it).
+        let (version, rollout) = match engine.snapshot(&id).await {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => {
+                let lookup = id.clone();
+                match store.read(move |store| store.rollout(&lookup)).await {
+                    Ok(Some(rollout)) => (u64::MAX, rollout),
+                    _ => return,
+                }
+            }
+            Err(_) => return,
+        };
+        let settled = version == u64::MAX || machine::is_settled(&rollout);
+        if !send(Watched::Whole(Box::new(rollout))).await || settled {
+            return;
+        }
+        loop {
+            match updates.recv().await {
+                Ok(update) if update.change.header.id == id && update.version > version => {
+                    let settled = update.settled;
+                    if !send(Watched::Change(update)).await || settled {
+                        return;
+                    }
+                }
+                Ok(_) => continue,
+                // Fell behind: start again from a new snapshot.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
 pub fn rollout_wire(rollout: &RolloutRecord) -> pb::Rollout {
     let strategy = &rollout.strategy;
     pb::Rollout {
@@ -148,21 +240,7 @@ pub fn rollout_wire(rollout: &RolloutRecord) -> pb::Rollout {
             rollback_on_halt: strategy.rollback_on_halt,
             allow_major: strategy.allow_major,
         }),
-        hosts: rollout
-            .hosts
-            .iter()
-            .map(|host| pb::RolloutHost {
-                host_id: host.host_id.to_string(),
-                domain: host.domain.to_string(),
-                wave: host.wave,
-                outcome: outcome_wire(host.outcome) as i32,
-                from_version: text(&host.from_version),
-                to_version: text(&host.to_version),
-                running_version: text(&host.running_version),
-                message: host.message.clone(),
-                updated_at: Some(convert::timestamp(host.updated_at)),
-            })
-            .collect(),
+        hosts: rollout.hosts.iter().map(host_wire).collect(),
         current_wave: rollout.current_wave,
         created_at: Some(convert::timestamp(rollout.created_at)),
         updated_at: Some(convert::timestamp(rollout.updated_at)),
@@ -398,46 +476,86 @@ impl RolloutsAdmin<'_> {
         }))
     }
 
+    /// `WatchRollout`: the whole rollout after every change (kept whole
+    /// here from the changes; `WatchRolloutChanges` sends only those).
     pub async fn watch_rollout_request(
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let id = rollout_id(&request.into_inner().id)?;
-        // Subscribe before reading, so no change falls between the two.
-        let mut updates = self.rollouts.subscribe();
-        let current = self.stored_rollout(&id).await?;
+        // Subscribe before the snapshot, so no change falls between the two.
+        let updates = self.rollouts.subscribe();
+        self.stored_rollout(&id).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        let store = self.store.clone();
+        let (engine, store) = (self.rollouts.clone(), self.store.clone());
         tokio::spawn(async move {
-            let mut last = current;
-            if sender.send(Ok(rollout_wire(&last))).await.is_err() || machine::is_settled(&last) {
-                return;
-            }
-            loop {
-                let update = tokio::select! {
-                    // The watcher went away: stop now, not at the next change.
-                    _ = sender.closed() => return,
-                    update = updates.recv() => update,
-                };
-                let next = match update {
-                    Ok(rollout) if rollout.id == id => (*rollout).clone(),
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let lookup = id.clone();
-                        match store.read(move |store| store.rollout(&lookup)).await {
-                            Ok(Some(rollout)) => rollout,
-                            _ => return,
+            let mut current: Option<RolloutRecord> = None;
+            let watching = follow_rollout(engine, store, id, updates, |watched| {
+                let next = match (watched, current.take()) {
+                    (Watched::Whole(rollout), _) => Some(*rollout),
+                    (Watched::Change(update), Some(previous)) => {
+                        let mut rollout = RolloutRecord {
+                            hosts: previous.hosts,
+                            ..update.change.header.clone()
+                        };
+                        for (position, host) in &update.change.hosts {
+                            if let Some(slot) = rollout.hosts.get_mut(*position) {
+                                *slot = host.clone();
+                            }
                         }
+                        Some(rollout)
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    // A change comes only after the whole rollout.
+                    (Watched::Change(_), None) => None,
                 };
-                if next == last {
-                    continue;
+                let wire = next.as_ref().map(rollout_wire);
+                current = next;
+                let sender = sender.clone();
+                async move {
+                    match wire {
+                        Some(wire) => sender.send(Ok(wire)).await.is_ok(),
+                        None => false,
+                    }
                 }
-                last = next;
-                if sender.send(Ok(rollout_wire(&last))).await.is_err() || machine::is_settled(&last) {
-                    return;
-                }
+            });
+            tokio::select! {
+                // The watcher went away: stop now, not at the next change.
+                _ = sender.closed() => {}
+                _ = watching => {}
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        ))))
+    }
+
+    /// `WatchRolloutChanges`: the whole rollout, then each change's header
+    /// and changed hosts.
+    pub async fn watch_rollout_changes_request(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<WatchChangesStream>, Status> {
+        let id = rollout_id(&request.into_inner().id)?;
+        let updates = self.rollouts.subscribe();
+        self.stored_rollout(&id).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let (engine, store) = (self.rollouts.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let watching = follow_rollout(engine, store, id, updates, |watched| {
+                let wire = match watched {
+                    Watched::Whole(rollout) => pb::RolloutChange {
+                        rollout: Some(rollout_wire(&rollout)),
+                        whole: true,
+                        hosts: Vec::new(),
+                    },
+                    Watched::Change(update) => change_wire(&update),
+                };
+                let sender = sender.clone();
+                async move { sender.send(Ok(wire)).await.is_ok() }
+            });
+            tokio::select! {
+                _ = sender.closed() => {}
+                _ = watching => {}
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(

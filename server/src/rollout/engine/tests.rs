@@ -219,15 +219,23 @@ async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
     let halted = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let update = updates.recv().await.unwrap();
-            if update.id == id && update.state == RolloutStateRecord::Halted {
+            if update.change.header.id == id && update.change.header.state == RolloutStateRecord::Halted {
                 return update;
             }
         }
     })
     .await
     .expect("halted within 10 s");
-    assert_eq!(halted.hosts[0].outcome, HostOutcomeRecord::TimedOut);
-    assert!(machine::is_settled(&halted));
+    // The update carries the host that changed with the halt, not the whole rollout.
+    let changed: Vec<(usize, HostOutcomeRecord)> = halted
+        .change
+        .hosts
+        .iter()
+        .map(|(position, host)| (*position, host.outcome))
+        .collect();
+    assert_eq!(changed, [(0, HostOutcomeRecord::TimedOut)]);
+    assert!(!halted.whole);
+    assert!(halted.settled);
     // Its upgrade finished after all (it had got the whole deadline again on a re-delivery).
     engine.agent_event(Event::Result {
         host_id: "a".parse().unwrap(),
@@ -264,6 +272,7 @@ async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_
         fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
         live: HashMap::new(),
         updates,
+        version: 0,
         last_id_millis: 0,
         retry: Vec::new(),
     };
@@ -329,7 +338,7 @@ async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_
     plan.strategy.rollback_on_halt = true;
     let id = engine.start_rollout(plan).await.unwrap().id;
     tokio::time::timeout(Duration::from_secs(10), async {
-        while updates.recv().await.unwrap().state != RolloutStateRecord::Halted {}
+        while updates.recv().await.unwrap().change.header.state != RolloutStateRecord::Halted {}
     })
     .await
     .expect("halted within 10 s");
@@ -367,4 +376,61 @@ async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_
             .map(|rollback| rollback.version.to_string()),
         Some("1.0.5".to_owned())
     );
+}
+
+#[tokio::test]
+async fn a_result_that_settles_a_rollout_is_stored_when_the_same_batch_starts_the_next_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = StoreHandle::reopen(directory.path());
+    let (updates, _) = broadcast::channel(16);
+    let mut task = EngineTask {
+        store: store.clone(),
+        fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
+        live: HashMap::new(),
+        updates,
+        version: 0,
+        last_id_millis: 0,
+        retry: Vec::new(),
+    };
+    let (reply, answer) = oneshot::channel();
+    task.process(vec![Message::Start {
+        rollout: Box::new(planned("ghost", &["a"], 1)),
+        reply,
+    }])
+    .await;
+    let first = answer.await.unwrap().unwrap().id;
+    // One batch: a's result completes the first rollout, then the next
+    // rollout of the recipe starts.
+    let (reply, answer) = oneshot::channel();
+    task.process(vec![
+        Message::Agent(Event::Result {
+            host_id: "a".parse().unwrap(),
+            operation_id: format!("{first}.0"),
+            outcome: OperationOutcomeRecord::Succeeded,
+            from_version: Some("1.0.0".parse().unwrap()),
+            to_version: Some("1.1.0".parse().unwrap()),
+            running_version: Some("1.1.0".parse().unwrap()),
+            message: "healthy".into(),
+        }),
+        Message::Start {
+            rollout: Box::new(planned("ghost", &["a"], 1)),
+            reply,
+        },
+    ])
+    .await;
+    let second = answer
+        .await
+        .unwrap()
+        .expect("the recipe is free once the first completed")
+        .id;
+    let lookup = first.clone();
+    let stored = store.read(move |store| store.rollout(&lookup)).await.unwrap().unwrap();
+    assert_eq!(
+        stored.state,
+        RolloutStateRecord::Completed,
+        "the result that completed it is stored"
+    );
+    assert_eq!(stored.hosts[0].outcome, HostOutcomeRecord::Succeeded);
+    assert!(!task.live.contains_key(&first), "the first left the engine");
+    assert!(task.live.contains_key(&second));
 }

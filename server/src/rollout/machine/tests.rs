@@ -962,3 +962,244 @@ fn the_failure_budget_and_the_failures_count_hosts_not_apps() {
     }
     assert_eq!(failures(&rollout), 1);
 }
+
+// ---------------------------------------------------------------------------
+// The index of a tracked rollout: after every event it must say what a full
+// look at the hosts says, and the tracked rollout must change exactly as a
+// plain record does.
+
+/// Applies `steps` to a plain record and to a [`TrackedRollout`] side by side.
+fn run_tracked(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut plain = rollout(hosts, strategy);
+    let mut tracked = TrackedRollout::new(plain.clone());
+    let mut now = 0;
+    let mut steps = steps;
+    steps.insert(0, Step::Tick(0));
+    for step in steps {
+        let event = match step {
+            Step::Tick(dt) => {
+                now += dt;
+                Event::Tick
+            }
+            Step::Result { host, outcome, stale } => {
+                let target = &plain.hosts[host % hosts];
+                let operation_id = match (&target.rollback, &target.operation_id) {
+                    _ if stale => format!("{}.{}", plain.id, host % hosts + 1),
+                    (Some(rollback), _) => rollback.operation_id.clone(),
+                    (None, Some(operation_id)) => operation_id.clone(),
+                    (None, None) => format!("{}.{}", plain.id, host % hosts),
+                };
+                Event::Result {
+                    host_id: target.host_id.clone(),
+                    operation_id,
+                    outcome: outcome_of(outcome),
+                    from_version: Some(ran_before(host % hosts)),
+                    to_version: None,
+                    running_version: None,
+                    message: String::new(),
+                }
+            }
+            Step::Progress(host) => {
+                let target = &plain.hosts[host % hosts];
+                Event::Progress {
+                    host_id: target.host_id.clone(),
+                    operation_id: target.operation_id.clone().unwrap_or_default(),
+                }
+            }
+            Step::Pause => Event::Pause,
+            Step::Resume => Event::Resume,
+            Step::Promote => Event::Promote,
+            Step::Abort => Event::Abort { reason: "test".into() },
+            Step::Restart => {
+                // A restarted server builds the index afresh from the stored record.
+                let stored = serde_json::to_vec(tracked.record()).unwrap();
+                tracked = TrackedRollout::new(serde_json::from_slice(&stored).unwrap());
+                continue;
+            }
+        };
+        let before = plain.clone();
+        let expected = apply(&mut plain, event.clone(), now);
+        let applied = tracked.apply(event, now);
+        prop_assert_eq!(tracked.record(), &plain);
+        let applied = match (expected, applied) {
+            (Ok(expected), Ok(applied)) => {
+                prop_assert_eq!(&applied.deliveries, &expected);
+                applied
+            }
+            (Err(expected), Err(refused)) => {
+                prop_assert_eq!(refused, expected);
+                continue;
+            }
+            (expected, applied) => {
+                return Err(TestCaseError::fail(format!("{expected:?} but {applied:?}")));
+            }
+        };
+        // What the event reports as changed is what changed, as it was.
+        let changed: Vec<usize> = (0..hosts)
+            .filter(|&position| before.hosts[position] != plain.hosts[position])
+            .collect();
+        match &applied.before {
+            None => prop_assert_eq!(&plain, &before),
+            Some(reported) => {
+                prop_assert_eq!(&reported.header, &before.header());
+                let positions: Vec<usize> = reported.hosts.iter().map(|(position, _)| *position).collect();
+                prop_assert_eq!(&positions, &changed);
+                for (position, host) in &reported.hosts {
+                    prop_assert_eq!(host, &before.hosts[*position]);
+                }
+                // Putting it back gives the record before the event.
+                let mut undone = tracked.clone();
+                undone.restore(reported.header.clone(), reported.hosts.clone());
+                prop_assert_eq!(undone.record(), &before);
+            }
+        }
+        // The counts equal a full look at the hosts.
+        prop_assert_eq!(&tracked.index, &Index::of(&plain));
+        prop_assert_eq!(tracked.in_flight(), in_flight(&plain));
+        prop_assert_eq!(tracked.is_settled(), is_settled(&plain));
+        prop_assert_eq!(tracked.owes_rollback(), owes_rollback(&plain));
+        prop_assert_eq!(tracked.is_kept(), is_kept(&plain));
+        prop_assert_eq!(tracked.tally(), RolloutTally::of(&plain.hosts));
+        prop_assert_eq!(tracked.index.failed_hosts, failures(&plain));
+        prop_assert_eq!(
+            failure_budget(&plain.strategy, tracked.index.taking_part_hosts),
+            failure_limit(&plain)
+        );
+        for host in &plain.hosts {
+            let all: Vec<Delivery> = outstanding(&plain, now)
+                .into_iter()
+                .filter(|delivery| delivery.host_id == host.host_id)
+                .collect();
+            prop_assert_eq!(tracked.outstanding_to(&host.host_id, now), all);
+        }
+    }
+    Ok(())
+}
+
+/// Hosts that run several apps of the recipe: `apps` apps each.
+fn multi_app_rollout(hosts: usize, apps: usize, strategy: StrategyRecord) -> RolloutRecord {
+    let candidates = (0..hosts * apps)
+        .map(|index| Candidate {
+            host_id: host(index / apps),
+            domain: format!("app{}.h{}.example.org", index % apps, index / apps)
+                .parse()
+                .unwrap(),
+            online: true,
+            observed: Some("1.0.0+a".parse().unwrap()),
+            pinned_by_host: false,
+            canary: false,
+            unsnapshottable: false,
+        })
+        .collect();
+    plan(
+        "ghost-t1".into(),
+        "ghost".parse().unwrap(),
+        "1.1.0+b".parse().unwrap(),
+        strategy,
+        candidates,
+        None,
+        "admin".into(),
+        0,
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn a_tracked_rollout_changes_as_a_record_does_and_its_index_never_goes_stale(
+        hosts in 1usize..25,
+        strategy in random_strategy(),
+        steps in steps(),
+    ) {
+        run_tracked(hosts, strategy, steps)?;
+    }
+
+    /// Hosts with several apps: failures and the budget count hosts, not apps.
+    #[test]
+    fn the_index_counts_hosts_with_several_apps_once(
+        hosts in 1usize..8,
+        apps in 1usize..4,
+        strategy in random_strategy(),
+        outcomes in proptest::collection::vec((0usize..32, 0u8..10), 0..40),
+    ) {
+        let plain = multi_app_rollout(hosts, apps, strategy);
+        let mut tracked = TrackedRollout::new(plain);
+        let mut now = 0;
+        for (position, outcome) in outcomes {
+            now += 7_000;
+            let position = position % tracked.hosts.len();
+            let target = &tracked.hosts[position];
+            let event = match &target.operation_id {
+                Some(operation_id) => Event::Result {
+                    host_id: target.host_id.clone(),
+                    operation_id: target
+                        .rollback
+                        .as_ref()
+                        .map_or_else(|| operation_id.clone(), |rollback| rollback.operation_id.clone()),
+                    outcome: outcome_of(outcome),
+                    from_version: Some(ran_before(position)),
+                    to_version: None,
+                    running_version: None,
+                    message: String::new(),
+                },
+                None => Event::Tick,
+            };
+            let mut plain = tracked.record().clone();
+            let expected = apply(&mut plain, event.clone(), now).unwrap();
+            prop_assert_eq!(tracked.apply(event, now).unwrap().deliveries, expected);
+            prop_assert_eq!(tracked.record(), &plain);
+            prop_assert_eq!(&tracked.index, &Index::of(&plain));
+            prop_assert_eq!(tracked.index.failed_hosts, failures(&plain));
+        }
+    }
+}
+
+#[test]
+fn a_tracked_rollout_looks_only_at_the_hosts_an_event_touches() {
+    let mut tracked = TrackedRollout::new(rollout(
+        1000,
+        StrategyRecord {
+            batch: QuantityRecord::Count(100),
+            max_failures: 5,
+            ..strategy()
+        },
+    ));
+    let canary = tracked.apply(Event::Tick, 1).unwrap();
+    assert_eq!(canary.before.as_ref().map(|before| before.hosts.len()), Some(1));
+    let wave_1 = tracked.apply(result(&canary.deliveries[0], Succeeded), 2).unwrap();
+    assert_eq!(wave_1.deliveries.len(), 100);
+    let before = wave_1.before.unwrap();
+    assert_eq!(before.hosts.len(), 101, "the canary's result and the wave it started");
+    // A result in the middle of a wave changes one host; a tick with no
+    // deadline due changes nothing.
+    let one = tracked.apply(result(&wave_1.deliveries[50], Succeeded), 3).unwrap();
+    assert!(one.deliveries.is_empty());
+    let positions: Vec<usize> = one
+        .before
+        .unwrap()
+        .hosts
+        .iter()
+        .map(|(position, _)| *position)
+        .collect();
+    assert_eq!(positions, [51]);
+    assert!(tracked.apply(Event::Tick, 4).unwrap().before.is_none());
+    // A result for a position whose operation id is another host's changes nothing.
+    let stranger = Delivery {
+        host_id: host(3),
+        ..wave_1.deliveries[0].clone()
+    };
+    assert!(tracked.apply(result(&stranger, Failed), 5).unwrap().before.is_none());
+    // The host deadline: only the hosts in flight time out.
+    tracked.apply(Event::Tick, 2 + 60_000).unwrap();
+    assert_eq!(tracked.state, RolloutStateRecord::Halted);
+    assert_eq!(
+        tracked
+            .hosts
+            .iter()
+            .filter(|host| host.outcome == HostOutcomeRecord::TimedOut)
+            .count(),
+        99
+    );
+}
