@@ -500,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plans_faults_are_in_the_order_they_strike() {
+    fn seed_7000_a_plans_faults_are_in_the_order_they_strike() {
         // The runner injects the first pending fault once due; seed 7000's
         // schedule, sorted by kind, struck a pause due at 2.3 s only after a
         // kill at 2.7 s, on the server that kill started.

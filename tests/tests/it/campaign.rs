@@ -62,6 +62,40 @@ fn a_short_seeded_fault_campaign_breaks_no_invariant() {
     assert!(ways >= 2, "{summary}");
 }
 
+/// Seed 10289 (10 hosts, rollback on halt, a pause that times the canary
+/// out while its upgrade lands late): the runner compared the versions while
+/// the server's rollback of that host was still on its way, one replay in
+/// three before the fix. Three replays at once.
+#[test]
+fn seed_10289_a_late_upgrade_rolled_back_on_halt_is_compared_once_it_is_back() {
+    let replays: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(|| {
+                campaign(&[
+                    "--seed",
+                    "10289",
+                    "--runs",
+                    "1",
+                    "--min-hosts",
+                    "10",
+                    "--max-hosts",
+                    "40",
+                ])
+            })
+        })
+        .collect();
+    for replay in replays {
+        let output = replay.join().expect("the replay's thread");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("0 violating runs"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("seed 10289: 10 hosts (--hosts site=leeds)"), "{stdout}");
+    }
+}
+
 #[test]
 fn a_seed_replays_its_plan_and_positions_replay_a_shrunk_schedule() {
     let text = |output: Output| {
