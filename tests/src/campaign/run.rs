@@ -320,16 +320,22 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     if let Some(disk) = &disk {
         disk.free();
     }
-    if down || (filled && server.wait_exit(Duration::ZERO).is_some()) {
-        if !down {
-            *outcome.injected.entry("server-stopped-on-full-disk").or_default() += 1;
-        }
+    if down {
         server = blocking(|| TestServer::start_on(&data, port, &[]));
+        filled = false;
     }
+    let mut after_fill = AfterFill {
+        data: data.clone(),
+        port,
+        exposed: filled,
+        restarts: 0,
+    };
+    after_fill.keep_up(&mut server);
     // Rollbacks on halt run after the halt: give them the host deadline to land.
     phase("ended");
     let settle = Instant::now();
     while settle.elapsed() < plan.host_deadline * 2 + Duration::from_secs(10) {
+        after_fill.keep_up(&mut server);
         let mut settled = true;
         for (_, id) in &rollouts {
             let Some(rollout) = admin.rollout(id).await else {
@@ -375,14 +381,28 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
 
     // Once every agent has reported everything, `versions` lists what each host runs.
     phase("settled");
-    let (model, listed) = settle_versions(&mut admin, &url, &credentials, plan, &live).await;
+    let (model, listed) = settle_versions(
+        &mut admin,
+        &url,
+        &credentials,
+        plan,
+        &live,
+        &mut server,
+        &mut after_fill,
+    )
+    .await;
     phase("listed");
     for (recipe, id) in &rollouts {
         let mut history = History {
             recipe: recipe.clone(),
             ..History::default()
         };
-        if let Some(rollout) = cli_json(&url, &credentials, &["rollout", "show", id]).await {
+        let mut shown_now = cli_json(&url, &credentials, &["rollout", "show", id]).await;
+        if shown_now.is_none() {
+            after_fill.keep_up(&mut server);
+            shown_now = cli_json(&url, &credentials, &["rollout", "show", id]).await;
+        }
+        if let Some(rollout) = shown_now {
             let state = rollout["state"].as_str().unwrap_or_default().to_owned();
             *outcome.states.entry(state.clone()).or_default() += 1;
             if ended(&state) {
@@ -422,6 +442,9 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
         }
         outcome.histories.push(history);
     }
+    if after_fill.restarts > 0 {
+        *outcome.injected.entry("server-stopped-on-full-disk").or_default() += after_fill.restarts;
+    }
     phase("recorded");
     // The store always reopens, and shows what it showed.
     let server = blocking(|| {
@@ -444,6 +467,28 @@ pub async fn run(plan: &Plan, faults: &[Fault], directory: &Path) -> anyhow::Res
     drop(server);
     drop(disk);
     Ok(outcome)
+}
+
+/// A server that lived through a full disk stops at its next write, room or
+/// not (sled refuses every write after a failed one), which may come after
+/// the rollouts ended (seed 11810): from then on the runner starts it again
+/// whenever it finds it stopped, as the service manager would.
+struct AfterFill {
+    data: PathBuf,
+    port: u16,
+    /// The running server lived through a fill.
+    exposed: bool,
+    restarts: u32,
+}
+
+impl AfterFill {
+    fn keep_up(&mut self, server: &mut TestServer) {
+        if self.exposed && server.wait_exit(Duration::ZERO).is_some() {
+            *server = blocking(|| TestServer::start_on(&self.data, self.port, &[]));
+            self.exposed = false;
+            self.restarts += 1;
+        }
+    }
 }
 
 async fn wait_online(admin: &mut Admin, expected: usize) -> anyhow::Result<()> {
@@ -598,6 +643,8 @@ async fn settle_versions(
     credentials: &Path,
     plan: &Plan,
     live: &[Option<CampaignAgent>],
+    server: &mut TestServer,
+    after_fill: &mut AfterFill,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let recipes: Vec<&str> = super::RECIPES
         .into_iter()
@@ -617,6 +664,7 @@ async fn settle_versions(
     };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
+        after_fill.keep_up(server);
         let settled = live.iter().flatten().all(CampaignAgent::settled);
         let mut listed = BTreeMap::new();
         for recipe in &recipes {
@@ -630,7 +678,12 @@ async fn settle_versions(
     }
     let mut listed = BTreeMap::new();
     for recipe in recipes {
-        let Some(versions) = cli_json(url, credentials, &["versions", recipe]).await else {
+        let mut versions = cli_json(url, credentials, &["versions", recipe]).await;
+        if versions.is_none() {
+            after_fill.keep_up(server);
+            versions = cli_json(url, credentials, &["versions", recipe]).await;
+        }
+        let Some(versions) = versions else {
             continue;
         };
         for group in versions["versions"].as_array().into_iter().flatten() {
