@@ -16,7 +16,10 @@ pub async fn rollout_bench(agents: usize, concurrency: usize) {
     let fail_percent = argument("--fail-percent", 2) as u64;
     let batch_percent = argument("--batch-percent", 10) as u32;
     let directory = tempfile::tempdir().expect("a temporary directory");
-    let server = TestServer::start(&directory.path().join("data"), &[]);
+    // Every simulated host connects from 127.0.0.1, enrolling and opening
+    // its stream while others do: one source with hundreds of handshakes,
+    // which the default per-source share (64) would cut short.
+    let server = TestServer::start(&directory.path().join("data"), &["--handshakes-per-source", "1024"]);
     let pid = server.pid();
     let token = server.create_token(&["--uses", &agents.to_string(), "--ttl", "2h"]);
     let url = server.url();
