@@ -173,19 +173,27 @@ enum Watched {
 }
 
 /// Follows rollout `id` from its snapshot (subscribed before it is taken,
-/// so that no change falls between), handing `send` the whole rollout and
-/// then each newer change until the rollout is settled or `send` answers
-/// false (the watcher left).
-async fn follow_rollout<F, Fut>(
+/// so that no change falls between): the whole rollout, then each newer
+/// change, each turned into a message by `wire` and sent, until the rollout
+/// is settled, `wire` answers `None` or the watcher leaves.
+async fn follow_rollout<T>(
     engine: crate::rollout::RolloutEngine,
     store: StoreHandle,
     id: String,
     mut updates: tokio::sync::broadcast::Receiver<Arc<RolloutUpdate>>,
-    mut send: F,
-) where
-    F: FnMut(Watched) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    sender: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    mut wire: impl FnMut(Watched) -> Option<T>,
+) {
+    let mut send = |watched: Watched| {
+        let message = wire(watched);
+        let sender = sender.clone();
+        async move {
+            match message {
+                Some(message) => sender.send(Ok(message)).await.is_ok(),
+                None => false,
+            }
+        }
+    };
     loop {
         // The engine's snapshot of a live rollout, with the version it is at;
         // a settled one from the store (nothing follows it).
@@ -476,12 +484,13 @@ impl RolloutsAdmin<'_> {
         }))
     }
 
-    /// `WatchRollout`: the whole rollout after every change (kept whole
-    /// here from the changes; `WatchRolloutChanges` sends only those).
-    pub async fn watch_rollout_request(
+    /// A watch of the rollout `request` names, its messages made by `wire`
+    /// (see [`follow_rollout`]); a rollout that does not exist is refused.
+    async fn watch<T: Send + 'static>(
         &self,
         request: Request<pb::GetRolloutRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
+        wire: impl FnMut(Watched) -> Option<T> + Send + 'static,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>>, Status> {
         let id = rollout_id(&request.into_inner().id)?;
         // Subscribe before the snapshot, so no change falls between the two.
         let updates = self.rollouts.subscribe();
@@ -489,44 +498,48 @@ impl RolloutsAdmin<'_> {
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         let (engine, store) = (self.rollouts.clone(), self.store.clone());
         tokio::spawn(async move {
-            let mut current: Option<RolloutRecord> = None;
-            let watching = follow_rollout(engine, store, id, updates, |watched| {
-                let next = match (watched, current.take()) {
-                    (Watched::Whole(rollout), _) => Some(*rollout),
-                    (Watched::Change(update), Some(previous)) => {
-                        let mut rollout = RolloutRecord {
-                            hosts: previous.hosts,
-                            ..update.change.header.clone()
-                        };
-                        for (position, host) in &update.change.hosts {
-                            if let Some(slot) = rollout.hosts.get_mut(*position) {
-                                *slot = host.clone();
-                            }
-                        }
-                        Some(rollout)
-                    }
-                    // A change comes only after the whole rollout.
-                    (Watched::Change(_), None) => None,
-                };
-                let wire = next.as_ref().map(rollout_wire);
-                current = next;
-                let sender = sender.clone();
-                async move {
-                    match wire {
-                        Some(wire) => sender.send(Ok(wire)).await.is_ok(),
-                        None => false,
-                    }
-                }
-            });
+            let closed = sender.clone();
             tokio::select! {
                 // The watcher went away: stop now, not at the next change.
-                _ = sender.closed() => {}
-                _ = watching => {}
+                _ = closed.closed() => {}
+                _ = follow_rollout(engine, store, id, updates, sender, wire) => {}
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
         ))))
+    }
+
+    /// `WatchRollout`: the whole rollout after every change (kept whole
+    /// here from the changes; `WatchRolloutChanges` sends only those).
+    pub async fn watch_rollout_request(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let mut current: Option<RolloutRecord> = None;
+        self.watch(request, move |watched| {
+            let next = match (watched, current.take()) {
+                (Watched::Whole(rollout), _) => *rollout,
+                (Watched::Change(update), Some(previous)) => {
+                    let mut rollout = RolloutRecord {
+                        hosts: previous.hosts,
+                        ..update.change.header.clone()
+                    };
+                    for (position, host) in &update.change.hosts {
+                        if let Some(slot) = rollout.hosts.get_mut(*position) {
+                            *slot = host.clone();
+                        }
+                    }
+                    rollout
+                }
+                // A change comes only after the whole rollout.
+                (Watched::Change(_), None) => return None,
+            };
+            let wire = rollout_wire(&next);
+            current = Some(next);
+            Some(wire)
+        })
+        .await
     }
 
     /// `WatchRolloutChanges`: the whole rollout, then each change's header
@@ -535,32 +548,17 @@ impl RolloutsAdmin<'_> {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<WatchChangesStream>, Status> {
-        let id = rollout_id(&request.into_inner().id)?;
-        let updates = self.rollouts.subscribe();
-        self.stored_rollout(&id).await?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        let (engine, store) = (self.rollouts.clone(), self.store.clone());
-        tokio::spawn(async move {
-            let watching = follow_rollout(engine, store, id, updates, |watched| {
-                let wire = match watched {
-                    Watched::Whole(rollout) => pb::RolloutChange {
-                        rollout: Some(rollout_wire(&rollout)),
-                        whole: true,
-                        hosts: Vec::new(),
-                    },
-                    Watched::Change(update) => change_wire(&update),
-                };
-                let sender = sender.clone();
-                async move { sender.send(Ok(wire)).await.is_ok() }
-            });
-            tokio::select! {
-                _ = sender.closed() => {}
-                _ = watching => {}
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        ))))
+        self.watch(request, |watched| {
+            Some(match watched {
+                Watched::Whole(rollout) => pb::RolloutChange {
+                    rollout: Some(rollout_wire(&rollout)),
+                    whole: true,
+                    hosts: Vec::new(),
+                },
+                Watched::Change(update) => change_wire(&update),
+            })
+        })
+        .await
     }
 
     pub async fn rollout_action(

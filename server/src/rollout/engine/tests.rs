@@ -62,6 +62,20 @@ fn register(store: &crate::store::Store, host: &str) {
         .unwrap();
 }
 
+/// An engine task over `store`, driven batch by batch by the test.
+fn task_over(store: &StoreHandle) -> EngineTask {
+    let (updates, _) = broadcast::channel(16);
+    EngineTask {
+        store: store.clone(),
+        fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
+        live: HashMap::new(),
+        updates,
+        version: 0,
+        last_id_millis: 0,
+        retry: Vec::new(),
+    }
+}
+
 /// A stream for `host` registered in `fleet`, as `AgentService` makes one.
 fn open_stream(fleet: &Fleet, host: &str) -> tokio::sync::mpsc::Receiver<Result<pb::ServerMessage, tonic::Status>> {
     let host_id: HostId = host.parse().unwrap();
@@ -266,16 +280,7 @@ async fn a_late_success_for_a_settled_halted_rollout_is_rolled_back() {
 async fn agent_results_of_a_batch_whose_store_write_failed_are_applied_with_the_next_batch() {
     let directory = tempfile::tempdir().unwrap();
     let store = StoreHandle::reopen(directory.path());
-    let (updates, _) = broadcast::channel(16);
-    let mut task = EngineTask {
-        store: store.clone(),
-        fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
-        live: HashMap::new(),
-        updates,
-        version: 0,
-        last_id_millis: 0,
-        retry: Vec::new(),
-    };
+    let mut task = task_over(&store);
     let (reply, answer) = oneshot::channel();
     task.process(vec![Message::Start {
         rollout: Box::new(planned("ghost", &["a", "b"], 1)),
@@ -382,16 +387,7 @@ async fn a_late_success_stored_while_the_engine_was_down_is_rolled_back_after_a_
 async fn a_result_that_settles_a_rollout_is_stored_when_the_same_batch_starts_the_next_one() {
     let directory = tempfile::tempdir().unwrap();
     let store = StoreHandle::reopen(directory.path());
-    let (updates, _) = broadcast::channel(16);
-    let mut task = EngineTask {
-        store: store.clone(),
-        fleet: Arc::new(Fleet::new(Duration::from_secs(30))),
-        live: HashMap::new(),
-        updates,
-        version: 0,
-        last_id_millis: 0,
-        retry: Vec::new(),
-    };
+    let mut task = task_over(&store);
     let (reply, answer) = oneshot::channel();
     task.process(vec![Message::Start {
         rollout: Box::new(planned("ghost", &["a"], 1)),

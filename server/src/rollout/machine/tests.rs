@@ -29,10 +29,18 @@ fn host(index: usize) -> HostId {
 }
 
 fn rollout(hosts: usize, strategy: StrategyRecord) -> RolloutRecord {
-    let candidates = (0..hosts)
-        .map(|index| Candidate {
-            host_id: host(index),
-            domain: format!("app.h{index}.example.org").parse().unwrap(),
+    planned(
+        (0..hosts).map(|index| (host(index), format!("app.h{index}.example.org"))),
+        strategy,
+    )
+}
+
+/// The rollout planned for these (host, domain) apps, all online at 1.0.0+a.
+fn planned(apps: impl Iterator<Item = (HostId, String)>, strategy: StrategyRecord) -> RolloutRecord {
+    let candidates = apps
+        .map(|(host_id, domain)| Candidate {
+            host_id,
+            domain: domain.parse().unwrap(),
             online: true,
             observed: Some("1.0.0+a".parse().unwrap()),
             pinned_by_host: false,
@@ -1078,30 +1086,15 @@ fn run_tracked(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Resu
 
 /// Hosts that run several apps of the recipe: `apps` apps each.
 fn multi_app_rollout(hosts: usize, apps: usize, strategy: StrategyRecord) -> RolloutRecord {
-    let candidates = (0..hosts * apps)
-        .map(|index| Candidate {
-            host_id: host(index / apps),
-            domain: format!("app{}.h{}.example.org", index % apps, index / apps)
-                .parse()
-                .unwrap(),
-            online: true,
-            observed: Some("1.0.0+a".parse().unwrap()),
-            pinned_by_host: false,
-            canary: false,
-            unsnapshottable: false,
-        })
-        .collect();
-    plan(
-        "ghost-t1".into(),
-        "ghost".parse().unwrap(),
-        "1.1.0+b".parse().unwrap(),
+    planned(
+        (0..hosts * apps).map(|index| {
+            (
+                host(index / apps),
+                format!("app{}.h{}.example.org", index % apps, index / apps),
+            )
+        }),
         strategy,
-        candidates,
-        None,
-        "admin".into(),
-        0,
     )
-    .unwrap()
 }
 
 proptest! {
