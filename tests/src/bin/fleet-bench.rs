@@ -180,6 +180,9 @@ async fn main() {
             "--storm",
             "--cap",
             "--refuse-seconds",
+            // Not for people: `--baseline` runs this binary again with it as
+            // the bare server.
+            "--serve-baseline",
         ],
     );
     ccfleet_proto::tls::install_crypto_provider();

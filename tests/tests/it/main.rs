@@ -8,6 +8,7 @@ mod abra_check;
 mod agent;
 mod agent_campaign;
 mod alerts;
+mod bench;
 mod campaign;
 mod dashboard;
 mod docker;
