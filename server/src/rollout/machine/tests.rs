@@ -642,6 +642,49 @@ fn ran_before(index: usize) -> CoopVersion {
     format!("1.0.{}+a", index + 1).parse().unwrap()
 }
 
+/// The event `step` sends to `rollout` (time passes by its ticks): a result
+/// names the operation its host holds (its rollback's, if any), or a stale
+/// or unminted id. `None` for a restart, which each test does its own way.
+fn event_of(step: &Step, rollout: &RolloutRecord, hosts: usize, now: &mut UnixMillis) -> Option<Event> {
+    Some(match *step {
+        Step::Tick(dt) => {
+            *now += dt;
+            Event::Tick
+        }
+        Step::Result { host, outcome, stale } => {
+            let index = host % hosts;
+            let target = &rollout.hosts[index];
+            let operation_id = match (&target.rollback, &target.operation_id) {
+                _ if stale => format!("{}.{}", rollout.id, index + 1),
+                (Some(rollback), _) => rollback.operation_id.clone(),
+                (None, Some(operation_id)) => operation_id.clone(),
+                (None, None) => format!("{}.{index}", rollout.id),
+            };
+            Event::Result {
+                host_id: target.host_id.clone(),
+                operation_id,
+                outcome: outcome_of(outcome),
+                from_version: Some(ran_before(index)),
+                to_version: None,
+                running_version: None,
+                message: String::new(),
+            }
+        }
+        Step::Progress(host) => {
+            let target = &rollout.hosts[host % hosts];
+            Event::Progress {
+                host_id: target.host_id.clone(),
+                operation_id: target.operation_id.clone().unwrap_or_default(),
+            }
+        }
+        Step::Pause => Event::Pause,
+        Step::Resume => Event::Resume,
+        Step::Promote => Event::Promote,
+        Step::Abort => Event::Abort { reason: "test".into() },
+        Step::Restart => return None,
+    })
+}
+
 /// Runs `steps` against a rollout, checking `invariant` after each.
 fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Invariant) -> Result<(), TestCaseError> {
     use Invariant::*;
@@ -661,47 +704,27 @@ fn run(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>, invariant: Inva
     for step in steps {
         let before = rollout.clone();
         let mut succeeded = None;
-        let event = match step {
-            Step::Tick(dt) => {
-                now += dt;
-                Event::Tick
-            }
-            Step::Result { host, outcome, stale } => {
-                let index = host % hosts;
-                let target = &rollout.hosts[index];
-                let operation_id = match (&target.rollback, &target.operation_id) {
-                    _ if stale => format!("{}.{}", rollout.id, index + 1),
-                    (Some(rollback), _) => rollback.operation_id.clone(),
-                    (None, Some(operation_id)) => operation_id.clone(),
-                    (None, None) => format!("{}.{index}", rollout.id),
-                };
-                let ran = target.rollback.is_none()
-                    && target.operation_id.as_ref() == Some(&operation_id)
-                    && (target.outcome.is_in_flight() || target.outcome == HostOutcomeRecord::TimedOut)
-                    && outcome_of(outcome) == Succeeded;
-                succeeded = ran.then_some(index);
-                Event::Result {
-                    host_id: target.host_id.clone(),
-                    operation_id,
-                    outcome: outcome_of(outcome),
-                    from_version: Some(ran_before(index)),
-                    to_version: None,
-                    running_version: None,
-                    message: String::new(),
+        let event = match event_of(&step, &rollout, hosts, &mut now) {
+            Some(event) => {
+                // A result of the upgrade the host holds, in flight or timed out, that succeeded.
+                if let (
+                    Step::Result { host, .. },
+                    Event::Result {
+                        operation_id, outcome, ..
+                    },
+                ) = (&step, &event)
+                {
+                    let index = host % hosts;
+                    let target = &rollout.hosts[index];
+                    let ran = target.rollback.is_none()
+                        && target.operation_id.as_ref() == Some(operation_id)
+                        && (target.outcome.is_in_flight() || target.outcome == HostOutcomeRecord::TimedOut)
+                        && *outcome == Succeeded;
+                    succeeded = ran.then_some(index);
                 }
+                event
             }
-            Step::Progress(host) => {
-                let target = &rollout.hosts[host % hosts];
-                Event::Progress {
-                    host_id: target.host_id.clone(),
-                    operation_id: target.operation_id.clone().unwrap_or_default(),
-                }
-            }
-            Step::Pause => Event::Pause,
-            Step::Resume => Event::Resume,
-            Step::Promote => Event::Promote,
-            Step::Abort => Event::Abort { reason: "test".into() },
-            Step::Restart => {
+            None => {
                 let stored = serde_json::to_vec(&rollout).unwrap();
                 rollout = serde_json::from_slice(&stored).unwrap();
                 prop_assert_eq!(&rollout, &before, "the record survives storage unchanged");
@@ -984,41 +1007,9 @@ fn run_tracked(hosts: usize, strategy: StrategyRecord, steps: Vec<Step>) -> Resu
     let mut steps = steps;
     steps.insert(0, Step::Tick(0));
     for step in steps {
-        let event = match step {
-            Step::Tick(dt) => {
-                now += dt;
-                Event::Tick
-            }
-            Step::Result { host, outcome, stale } => {
-                let target = &plain.hosts[host % hosts];
-                let operation_id = match (&target.rollback, &target.operation_id) {
-                    _ if stale => format!("{}.{}", plain.id, host % hosts + 1),
-                    (Some(rollback), _) => rollback.operation_id.clone(),
-                    (None, Some(operation_id)) => operation_id.clone(),
-                    (None, None) => format!("{}.{}", plain.id, host % hosts),
-                };
-                Event::Result {
-                    host_id: target.host_id.clone(),
-                    operation_id,
-                    outcome: outcome_of(outcome),
-                    from_version: Some(ran_before(host % hosts)),
-                    to_version: None,
-                    running_version: None,
-                    message: String::new(),
-                }
-            }
-            Step::Progress(host) => {
-                let target = &plain.hosts[host % hosts];
-                Event::Progress {
-                    host_id: target.host_id.clone(),
-                    operation_id: target.operation_id.clone().unwrap_or_default(),
-                }
-            }
-            Step::Pause => Event::Pause,
-            Step::Resume => Event::Resume,
-            Step::Promote => Event::Promote,
-            Step::Abort => Event::Abort { reason: "test".into() },
-            Step::Restart => {
+        let event = match event_of(&step, &plain, hosts, &mut now) {
+            Some(event) => event,
+            None => {
                 // A restarted server builds the index afresh from the stored record.
                 let stored = serde_json::to_vec(tracked.record()).unwrap();
                 tracked = TrackedRollout::new(serde_json::from_slice(&stored).unwrap());
